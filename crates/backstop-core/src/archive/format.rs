@@ -1,0 +1,396 @@
+//! Archive format version 1: the fixed member names, the manifest and trailer
+//! documents, codecs and file names, and the `sha256sum` line encoding.
+//!
+//! See DESIGN.md ("Archive format, version 1"). Any change here that a
+//! version-1 reader could not handle needs a new major format number.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The format major version this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// The first member of every archive.
+pub const MANIFEST_NAME: &str = "backstop-manifest.json";
+/// The list of payload checksums, after the payload.
+pub const CHECKSUMS_NAME: &str = "backstop-checksums.sha256";
+/// The last member of every archive.
+pub const TRAILER_NAME: &str = "backstop-trailer.json";
+/// Top-level names starting with this are reserved for the members above.
+pub const RESERVED_PREFIX: &str = "backstop-";
+
+/// How the tar stream is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Codec {
+    /// The archive file name suffix for this codec.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Codec::Zstd => ".tar.zst",
+            Codec::Gzip => ".tar.gz",
+            Codec::None => ".tar",
+        }
+    }
+
+    /// The codec an archive file name implies, if any.
+    pub fn from_file_name(name: &str) -> Option<Codec> {
+        [Codec::Zstd, Codec::Gzip, Codec::None]
+            .into_iter()
+            .find(|c| name.ends_with(c.extension()))
+    }
+
+    /// The level used when none is given.
+    pub fn default_level(self) -> Option<i32> {
+        match self {
+            Codec::Zstd => Some(3),
+            Codec::Gzip => Some(6),
+            Codec::None => None,
+        }
+    }
+
+    /// The accepted level range.
+    pub fn levels(self) -> Option<(i32, i32)> {
+        match self {
+            Codec::Zstd => Some((1, 19)),
+            Codec::Gzip => Some((1, 9)),
+            Codec::None => None,
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+            Codec::None => "none",
+        })
+    }
+}
+
+/// A codec with a level checked against the codec's range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionSpec {
+    pub codec: Codec,
+    /// `None` only for [`Codec::None`].
+    pub level: Option<i32>,
+}
+
+impl CompressionSpec {
+    /// Checks `level` against `codec`, filling in the default.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message when the level is out of range, or given for `none`.
+    pub fn new(codec: Codec, level: Option<i32>) -> Result<CompressionSpec, String> {
+        match (codec.levels(), level) {
+            (None, Some(_)) => Err("a compression level has no effect with compression \"none\"".into()),
+            (None, None) => Ok(CompressionSpec { codec, level: None }),
+            (Some(_), None) => Ok(CompressionSpec {
+                codec,
+                level: codec.default_level(),
+            }),
+            (Some((lo, hi)), Some(l)) if (lo..=hi).contains(&l) => Ok(CompressionSpec {
+                codec,
+                level: Some(l),
+            }),
+            (Some((lo, hi)), Some(l)) => Err(format!(
+                "compression level {l} is out of range for {codec} (use {lo} to {hi})"
+            )),
+        }
+    }
+}
+
+impl Default for CompressionSpec {
+    fn default() -> Self {
+        CompressionSpec {
+            codec: Codec::Zstd,
+            level: Some(3),
+        }
+    }
+}
+
+/// Whether a person asked for the backup or backstop made it by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Manual,
+    Automatic,
+}
+
+impl BackupKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Manual => "manual",
+            BackupKind::Automatic => "automatic",
+        }
+    }
+}
+
+impl fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One source as the manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceManifest {
+    /// The top-level directory (or file) of the source in the archive.
+    pub name: String,
+    /// `path` for files and directories.
+    pub kind: String,
+    /// The path relative to the instance root (`.` for the root itself).
+    pub path: String,
+    /// Where the data came from: the absolute path on the host.
+    pub origin: String,
+    /// How a restore puts it back: `extract` for path sources.
+    pub restore: String,
+}
+
+/// What the scan measured before anything was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Payload entries of every type.
+    pub entries: u64,
+    /// Regular files among them.
+    pub files: u64,
+    /// Bytes of regular-file content (apparent size).
+    pub bytes: u64,
+}
+
+/// The first member: everything needed to understand the archive without
+/// reading the rest of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub id: String,
+    pub instance: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// `backstop <version>`.
+    pub created_by: String,
+    pub host: String,
+    pub kind: BackupKind,
+    pub reason: String,
+    pub message: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub app_version: Option<String>,
+    pub upgraded_to: Option<String>,
+    pub profile: Option<String>,
+    pub compression: Codec,
+    pub level: Option<i32>,
+    /// The instance root the sources are relative to; an ad-hoc restore with
+    /// no destination goes back here.
+    pub root: String,
+    pub sources: Vec<SourceManifest>,
+    /// Every exclude pattern in force, built-in ones included.
+    pub excludes: Vec<String>,
+    /// Paths (relative to the root) a restore never writes.
+    pub never_restore: Vec<String>,
+    /// The scan's totals, so a restore can check free space first.
+    pub totals: Totals,
+}
+
+/// A path that could not be backed up as scanned, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The path inside the archive (`<source>/<relative path>`).
+    pub path: String,
+    pub detail: String,
+}
+
+/// The last member: what was actually written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    pub format: u32,
+    pub id: String,
+    /// Payload entries written.
+    pub entries: u64,
+    /// Regular files written (lines in the checksums member).
+    pub files: u64,
+    /// Bytes of regular-file content written.
+    pub bytes: u64,
+    /// Files that disappeared between the scan and the read: not in the archive.
+    pub vanished: Vec<String>,
+    /// Files that changed while being read: in the archive as read.
+    pub changed: Vec<Problem>,
+    /// Files that could not be read (permissions, I/O errors).
+    pub unreadable: Vec<Problem>,
+    /// FIFOs, sockets and devices, which are never backed up.
+    pub skipped: Vec<Problem>,
+    pub duration_ms: u64,
+}
+
+/// A problem with an archive's content or form.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArchiveError {
+    /// The data is damaged: decompression failed, the tar structure is broken,
+    /// a member is missing or out of place.
+    #[error("{} is corrupt: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    /// A checksum did not match.
+    #[error("{} failed its checksum: {detail}", path.display())]
+    Checksum { path: PathBuf, detail: String },
+    /// A member would be written outside the destination, or is of a kind
+    /// backstop never writes (devices, FIFOs): the archive was made to attack.
+    #[error("{} is unsafe: member {member} {detail}", path.display())]
+    Hostile {
+        path: PathBuf,
+        member: String,
+        detail: String,
+    },
+    /// The archive was written by a newer backstop.
+    #[error("{} uses archive format {found}; this backstop reads format {FORMAT}", path.display())]
+    NewerFormat { path: PathBuf, found: u64 },
+}
+
+impl ArchiveError {
+    pub(crate) fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            ArchiveError::Corrupt { .. }
+            | ArchiveError::Checksum { .. }
+            | ArchiveError::Hostile { .. } => crate::error::ErrorKind::Integrity,
+            ArchiveError::NewerFormat { .. } => crate::error::ErrorKind::Failed,
+        }
+    }
+
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            ArchiveError::Corrupt { .. } | ArchiveError::Checksum { .. } => Some(
+                "do not restore from this archive; use another backup (`backstop list`), and \
+                 check the disk it is on"
+                    .into(),
+            ),
+            ArchiveError::Hostile { .. } => Some(
+                "this archive was not written by backstop or was altered to escape its \
+                 destination: do not extract it"
+                    .into(),
+            ),
+            ArchiveError::NewerFormat { .. } => {
+                Some("upgrade backstop to read this archive".into())
+            }
+        }
+    }
+}
+
+/// Formats one `sha256sum` line for `name`, escaped the way GNU coreutils
+/// does: a name holding a backslash or a newline gets a leading `\` and those
+/// characters written as `\\` and `\n`.
+pub fn checksum_line(out: &mut Vec<u8>, hex: &str, name: &[u8]) {
+    let escape = name.iter().any(|&b| b == b'\\' || b == b'\n');
+    if escape {
+        out.push(b'\\');
+    }
+    out.extend_from_slice(hex.as_bytes());
+    out.extend_from_slice(b"  ");
+    for &b in name {
+        match b {
+            b'\\' if escape => out.extend_from_slice(b"\\\\"),
+            b'\n' if escape => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Parses the lines written by [`checksum_line`] into `(hex, name)` pairs.
+///
+/// # Errors
+///
+/// Returns the 1-based number of the first malformed line.
+pub fn parse_checksum_lines(text: &[u8]) -> Result<Vec<(String, Vec<u8>)>, usize> {
+    let mut out = Vec::new();
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        if line.len() < 66 || &line[64..66] != b"  " {
+            return Err(i + 1);
+        }
+        let hex = std::str::from_utf8(&line[..64]).map_err(|_| i + 1)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(i + 1);
+        }
+        let raw = &line[66..];
+        let name = if escaped {
+            let mut name = Vec::with_capacity(raw.len());
+            let mut iter = raw.iter();
+            while let Some(&b) = iter.next() {
+                if b == b'\\' {
+                    match iter.next() {
+                        Some(b'\\') => name.push(b'\\'),
+                        Some(b'n') => name.push(b'\n'),
+                        _ => return Err(i + 1),
+                    }
+                } else {
+                    name.push(b);
+                }
+            }
+            name
+        } else {
+            raw.to_vec()
+        };
+        out.push((hex.to_string(), name));
+    }
+    Ok(out)
+}
+
+/// The sidecar content for an archive named `file_name`.
+pub fn sidecar_line(hex: &str, file_name: &str) -> String {
+    format!("{hex}  {file_name}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_lines_round_trip_awkward_names() {
+        let names: Vec<&[u8]> = vec![
+            b"plain/file.txt",
+            b"with space/x",
+            b"back\\slash",
+            b"new\nline",
+            b"\xff\xfe not utf8",
+        ];
+        let hex = "a".repeat(64);
+        let mut text = Vec::new();
+        for n in &names {
+            checksum_line(&mut text, &hex, n);
+        }
+        let parsed = parse_checksum_lines(&text).unwrap();
+        let back: Vec<&[u8]> = parsed.iter().map(|(_, n)| n.as_slice()).collect();
+        assert_eq!(back, names);
+    }
+
+    #[test]
+    fn malformed_checksum_line_is_reported() {
+        assert_eq!(parse_checksum_lines(b"nothex  x\n"), Err(1));
+    }
+
+    #[test]
+    fn levels_are_checked() {
+        assert!(CompressionSpec::new(Codec::Zstd, Some(0)).is_err());
+        assert!(CompressionSpec::new(Codec::Gzip, Some(10)).is_err());
+        assert!(CompressionSpec::new(Codec::None, Some(1)).is_err());
+        assert_eq!(
+            CompressionSpec::new(Codec::Gzip, None).unwrap().level,
+            Some(6)
+        );
+    }
+}

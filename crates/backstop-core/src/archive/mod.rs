@@ -1,0 +1,11 @@
+//! The archive: format version 1, its writer and its reader.
+
+pub mod compress;
+pub mod format;
+pub mod read_entry;
+pub mod reader;
+pub mod tarfmt;
+pub mod tarread;
+pub mod writer;
+
+pub use format::{ArchiveError, BackupKind, Codec, CompressionSpec, Manifest, Trailer};

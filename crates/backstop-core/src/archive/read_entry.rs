@@ -1,0 +1,461 @@
+//! Reading one scanned entry from the filesystem: its metadata, extended
+//! attributes, link target and content, hashed as it is read. Runs on the
+//! reader threads of the writer pipeline.
+
+use std::collections::HashMap;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::source::scan::NodeKind;
+
+/// Files up to this size are read in one piece; larger ones stream in chunks
+/// of this size.
+pub const CHUNK: usize = 1 << 20;
+
+/// The metadata of an entry as read, which its tar header records.
+#[derive(Debug, Clone)]
+pub struct EntryMeta {
+    pub kind: MetaKind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub uname: Option<String>,
+    pub gname: Option<String>,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The type-specific part of [`EntryMeta`].
+#[derive(Debug, Clone)]
+pub enum MetaKind {
+    Dir,
+    /// `size` bytes follow in `Data` messages; for a sparse file only the data
+    /// segments in `sparse` do, `size` being the apparent size.
+    File {
+        size: u64,
+        sparse: Option<Vec<(u64, u64)>>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// A further name of an earlier file: no data.
+    HardLink,
+}
+
+/// What a reader sends the tar writer about one entry, in order:
+/// `Meta`, then for files any number of `Data`, then `End`; or a single
+/// `Vanished` or `Unreadable`.
+#[derive(Debug)]
+pub enum Msg {
+    Meta(EntryMeta),
+    Data(Vec<u8>),
+    End {
+        sha256: [u8; 32],
+        /// Why the content may not match one moment of the file.
+        changed: Option<String>,
+    },
+    Vanished,
+    Unreadable(String),
+}
+
+/// Caches user and group names, which are looked up once per id.
+#[derive(Default)]
+pub struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned()))
+            .clone()
+    }
+
+    fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
+            })
+            .clone()
+    }
+}
+
+/// Reads entry `path`, which the scan saw as `expected`, and passes the
+/// messages to `send`. `send` returns false when nobody listens any more.
+pub fn read_entry(path: &Path, expected: NodeKind, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) {
+    let meta = match path.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            send(Msg::Vanished);
+            return;
+        }
+        Err(e) => {
+            send(Msg::Unreadable(e.to_string()));
+            return;
+        }
+    };
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        MetaKind::Dir
+    } else if ft.is_symlink() {
+        match std::fs::read_link(path) {
+            Ok(t) => MetaKind::Symlink {
+                target: t.as_os_str().as_bytes().to_vec(),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                send(Msg::Vanished);
+                return;
+            }
+            Err(e) => {
+                send(Msg::Unreadable(e.to_string()));
+                return;
+            }
+        }
+    } else if ft.is_file() && expected == NodeKind::HardLink {
+        MetaKind::HardLink
+    } else if ft.is_file() {
+        read_file(path, names, send);
+        return;
+    } else {
+        // Replaced by a FIFO, socket or device since the scan.
+        send(Msg::Unreadable("is no longer a regular file, directory or symlink".into()));
+        return;
+    };
+    let changed = match (&kind, expected) {
+        (MetaKind::Dir, NodeKind::Dir) | (MetaKind::Symlink { .. }, NodeKind::Symlink) => None,
+        (MetaKind::HardLink, NodeKind::HardLink) => None,
+        _ => Some("changed type while the backup ran".to_string()),
+    };
+    let meta = entry_meta(path, &meta, kind, names);
+    if send(Msg::Meta(meta)) {
+        send(Msg::End {
+            sha256: [0; 32],
+            changed,
+        });
+    }
+}
+
+fn entry_meta(path: &Path, meta: &Metadata, kind: MetaKind, names: &mut Names) -> EntryMeta {
+    EntryMeta {
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: u64::from(meta.uid()),
+        gid: u64::from(meta.gid()),
+        uname: names.user(meta.uid()),
+        gname: names.group(meta.gid()),
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        xattrs: read_xattrs(path),
+    }
+}
+
+/// Every extended attribute of `path` (not following symlinks). Filesystems
+/// without xattr support simply have none.
+fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Ask for the size first, then read; retry if it grew in between.
+    let list = loop {
+        let Ok(size) = rustix::fs::llistxattr_query(path) else {
+            return Vec::new();
+        };
+        if size == 0 {
+            return Vec::new();
+        }
+        let mut list = vec![0u8; size];
+        match rustix::fs::llistxattr(path, &mut list[..]) {
+            Ok(n) => {
+                list.truncate(n);
+                break list;
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(_) => return Vec::new(),
+        }
+    };
+    let mut out = Vec::new();
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        while let Ok(size) = rustix::fs::lgetxattr_query(path, name) {
+            let mut value = vec![0u8; size];
+            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+                Ok(n) => {
+                    value.truncate(n);
+                    out.push((name.to_vec(), value));
+                    break;
+                }
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Opens a file for reading without updating its access time where the
+/// kernel allows it (only the owner or root may ask).
+fn open_noatime(path: &Path) -> io::Result<File> {
+    match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+}
+
+/// The (size, mtime, ctime) triple that tells whether a file changed.
+fn stamp(meta: &Metadata) -> (u64, i64, i64, i64, i64) {
+    (
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) {
+    let mut file = match open_noatime(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            send(Msg::Vanished);
+            return;
+        }
+        Err(e) => {
+            send(Msg::Unreadable(e.to_string()));
+            return;
+        }
+    };
+    let before = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => {
+            send(Msg::Unreadable(e.to_string()));
+            return;
+        }
+    };
+    let size = before.len();
+    let sparse = sparse_map(&file, &before);
+    let mut hasher = Sha256::new();
+    let mut changed = None;
+
+    // A small file is read completely before anything is sent, so that an
+    // error while reading it leaves no trace in the archive.
+    if size <= CHUNK as u64 && sparse.is_none() {
+        let mut data = Vec::with_capacity(size as usize);
+        if let Err(e) = (&mut file).take(size).read_to_end(&mut data) {
+            send(Msg::Unreadable(e.to_string()));
+            return;
+        }
+        if (data.len() as u64) < size {
+            changed = Some("shrank while being read; the missing end is stored as zeros".into());
+            data.resize(size as usize, 0);
+        }
+        hasher.update(&data);
+        let changed = changed.or_else(|| changed_since(&file, &before));
+        let meta = entry_meta(path, &before, MetaKind::File { size, sparse: None }, names);
+        let _ = send(Msg::Meta(meta)) && send(Msg::Data(data)) && send(Msg::End {
+            sha256: hasher.finalize().into(),
+            changed,
+        });
+        return;
+    }
+
+    let segments: Vec<(u64, u64)> = sparse.clone().unwrap_or_else(|| vec![(0, size)]);
+    let meta = entry_meta(
+        path,
+        &before,
+        MetaKind::File {
+            size,
+            sparse: sparse.clone(),
+        },
+        names,
+    );
+    if !send(Msg::Meta(meta)) {
+        return;
+    }
+    let mut logical = 0u64;
+    for &(offset, len) in &segments {
+        hash_zeros(&mut hasher, offset - logical);
+        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
+            changed.get_or_insert(format!("could not be read completely ({e}); the rest is stored as zeros"));
+        }
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(CHUNK as u64) as usize;
+            let mut buf = Vec::with_capacity(want);
+            if changed.is_none() {
+                match (&mut file).take(want as u64).read_to_end(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        changed = Some(format!(
+                            "could not be read completely ({e}); the rest is stored as zeros"
+                        ));
+                    }
+                }
+                if buf.len() < want && changed.is_none() {
+                    changed = Some("shrank while being read; the missing end is stored as zeros".into());
+                }
+            }
+            buf.resize(want, 0);
+            hasher.update(&buf);
+            left -= want as u64;
+            if !send(Msg::Data(buf)) {
+                return;
+            }
+        }
+        logical = offset + len;
+    }
+    hash_zeros(&mut hasher, size - logical);
+    let changed = changed.or_else(|| changed_since(&file, &before));
+    send(Msg::End {
+        sha256: hasher.finalize().into(),
+        changed,
+    });
+}
+
+/// Compares the file's metadata now with what it was when reading started.
+fn changed_since(file: &File, before: &Metadata) -> Option<String> {
+    match file.metadata() {
+        Ok(after) if stamp(&after) == stamp(before) => None,
+        Ok(after) if after.len() != before.len() => Some(format!(
+            "changed size while being read ({} → {} bytes); stored as read",
+            before.len(),
+            after.len()
+        )),
+        Ok(_) => Some("modified while being read; stored as read".into()),
+        Err(e) => Some(format!("could not be checked after reading: {e}")),
+    }
+}
+
+/// The data segments of a sparse file, or `None` when the file has no holes
+/// (or the filesystem cannot tell). Each segment but the last is a multiple
+/// of 512 bytes long, as the GNU sparse format requires.
+fn sparse_map(file: &File, meta: &Metadata) -> Option<Vec<(u64, u64)>> {
+    let size = meta.len();
+    if size == 0 || meta.blocks() * 512 >= size {
+        return None;
+    }
+    let mut map = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return None,
+        };
+        let hole = match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data)) {
+            Ok(h) => h.min(size),
+            Err(_) => return None,
+        };
+        if hole <= data {
+            return None;
+        }
+        map.push((data, hole - data));
+        pos = hole;
+    }
+    // Segments must start on 512-byte boundaries and all but the last must
+    // span whole blocks; filesystem blocks always do, but check rather than trust.
+    let aligned = map
+        .iter()
+        .enumerate()
+        .all(|(i, &(o, l))| o % 512 == 0 && (i + 1 == map.len() || l % 512 == 0));
+    if !aligned || (map.len() == 1 && map[0] == (0, size)) {
+        return None;
+    }
+    // A file that ends in a hole gets an empty segment at its end, as GNU tar
+    // writes it, so the real size is explicit in the map.
+    if map.last().is_none_or(|&(o, l)| o + l < size) {
+        map.push((size, 0));
+    }
+    Some(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(path: &Path, expected: NodeKind) -> Vec<Msg> {
+        let mut msgs = Vec::new();
+        read_entry(path, expected, &mut Names::default(), &mut |m| {
+            msgs.push(m);
+            true
+        });
+        msgs
+    }
+
+    #[test]
+    fn sparse_file_sends_only_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = File::create(&p).unwrap();
+        f.set_len(8 << 20).unwrap();
+        drop(f);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(4 << 20))?;
+                std::io::Write::write_all(&mut f, b"middle")
+            })
+            .unwrap();
+        let msgs = collect(&p, NodeKind::File);
+        let Msg::Meta(EntryMeta {
+            kind: MetaKind::File { size, sparse: Some(map) },
+            ..
+        }) = &msgs[0]
+        else {
+            panic!("expected a sparse file, got {:?}", msgs[0]);
+        };
+        assert_eq!(*size, 8 << 20);
+        assert_eq!(map.last(), Some(&(8 << 20, 0)));
+        let data: usize = msgs
+            .iter()
+            .map(|m| if let Msg::Data(d) = m { d.len() } else { 0 })
+            .sum();
+        assert!(data < 1 << 20, "only the data segment is read, got {data}");
+        let Msg::End { sha256, changed } = msgs.last().unwrap() else {
+            panic!()
+        };
+        assert!(changed.is_none());
+        let mut whole = vec![0u8; 8 << 20];
+        whole[4 << 20..(4 << 20) + 6].copy_from_slice(b"middle");
+        assert_eq!(sha256[..], Sha256::digest(&whole)[..]);
+    }
+
+    #[test]
+    fn vanished_file_is_reported() {
+        let msgs = collect(Path::new("/nonexistent/backstop/file"), NodeKind::File);
+        assert!(matches!(msgs[..], [Msg::Vanished]));
+    }
+
+    #[test]
+    fn xattrs_are_read_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        if rustix::fs::setxattr(&p, "user.b", b"2", rustix::fs::XattrFlags::empty()).is_err() {
+            crate::testutil::skip("the temporary directory's filesystem has no user xattrs");
+            return;
+        }
+        rustix::fs::setxattr(&p, "user.a", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        let got = read_xattrs(&p);
+        assert_eq!(
+            got,
+            vec![(b"user.a".to_vec(), b"1".to_vec()), (b"user.b".to_vec(), b"2".to_vec())]
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! Reading archives back: the codec from the magic bytes, the manifest from
+//! the first member, and a full verification that checks everything the
+//! format promises in one pass over the file.
+//!
+//! Verification runs three stages on three threads: the file is read and
+//! hashed as a whole (for the sidecar), decompressed, and parsed as tar with
+//! every member hashed. Nothing is written anywhere.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crossbeam_channel::{bounded, Receiver};
+use sha2::{Digest, Sha256};
+
+use crate::archive::format::{
+    parse_checksum_lines, ArchiveError, Codec, Manifest, Trailer, CHECKSUMS_NAME, FORMAT,
+    MANIFEST_NAME, TRAILER_NAME,
+};
+use crate::archive::tarread::{Entry, Kind, TarReader};
+use crate::error::{Error, Result};
+use crate::progress::{Cancel, Phase, Progress};
+
+/// Members of the archive's own are at most this large, except the checksums.
+const MAX_DOC: u64 = 16 << 20;
+
+/// The codec of a stream, from its first bytes.
+pub fn detect_codec(head: &[u8]) -> Option<Codec> {
+    if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+        Some(Codec::Zstd)
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Codec::Gzip)
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Some(Codec::None)
+    } else {
+        None
+    }
+}
+
+/// Wraps `reader` in the decoder for `codec`.
+fn decoder<'a, R: Read + 'a>(codec: Codec, reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match codec {
+        // Multi-frame streams are read to the end: every block is a frame.
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        // Every block is a gzip member; `GzDecoder` would stop after the first.
+        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Codec::None => Box::new(reader),
+    })
+}
+
+fn corrupt(path: &Path, detail: impl Into<String>) -> Error {
+    ArchiveError::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+    .into()
+}
+
+/// Reads the first bytes of `path` and returns its codec.
+fn sniff(path: &Path) -> Result<Codec> {
+    let mut head = [0u8; 512];
+    let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(Error::io("reading", path, e)),
+        }
+    }
+    detect_codec(&head[..n])
+        .ok_or_else(|| corrupt(path, "not a backstop archive (neither zstd, gzip nor tar)"))
+}
+
+/// Parses a manifest, refusing a newer format before anything else.
+pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
+    let value: serde_json::Value = serde_json::from_slice(data)
+        .map_err(|e| corrupt(path, format!("{MANIFEST_NAME} is not valid JSON: {e}")))?;
+    match value.get("format").and_then(serde_json::Value::as_u64) {
+        Some(f) if f == u64::from(FORMAT) => {}
+        Some(f) if f > u64::from(FORMAT) => {
+            return Err(ArchiveError::NewerFormat {
+                path: path.to_path_buf(),
+                found: f,
+            }
+            .into());
+        }
+        _ => return Err(corrupt(path, format!("{MANIFEST_NAME} has no valid format number"))),
+    }
+    serde_json::from_value(value).map_err(|e| corrupt(path, format!("{MANIFEST_NAME}: {e}")))
+}
+
+/// Reads only the manifest, the archive's first member.
+///
+/// # Errors
+///
+/// Fails when the file cannot be read, or its first member is not a manifest.
+pub fn read_manifest(path: &Path) -> Result<Manifest> {
+    let codec = sniff(path)?;
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let stream = decoder(codec, io::BufReader::new(file)).map_err(|e| corrupt(path, e.to_string()))?;
+    let mut tar = TarReader::new(stream);
+    let first = tar
+        .next_entry()
+        .map_err(|e| corrupt(path, e.to_string()))?
+        .ok_or_else(|| corrupt(path, "the archive is empty"))?;
+    let data = read_doc(path, &mut tar, &first, MANIFEST_NAME)?;
+    parse_manifest(path, &data)
+}
+
+/// Reads one of the archive's own JSON members, checking its name.
+fn read_doc<R: Read>(path: &Path, tar: &mut TarReader<R>, entry: &Entry, name: &str) -> Result<Vec<u8>> {
+    if entry.path != name.as_bytes() {
+        return Err(corrupt(
+            path,
+            format!("expected {name}, found {}", String::from_utf8_lossy(&entry.path)),
+        ));
+    }
+    if entry.kind != Kind::File || entry.sparse.is_some() || entry.size > MAX_DOC {
+        return Err(corrupt(path, format!("{name} is not a small regular file")));
+    }
+    read_content(path, tar, entry.size, name)
+}
+
+/// Reads the current member's whole content.
+fn read_content<R: Read>(path: &Path, tar: &mut TarReader<R>, size: u64, name: &str) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; size as usize];
+    let mut n = 0;
+    while n < data.len() {
+        match tar.read_data(&mut data[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(corrupt(path, format!("reading {name}: {e}"))),
+        }
+    }
+    Ok(data)
+}
+
+/// What a full verification found; produced only when everything checked out.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// SHA-256 of the archive file as a whole.
+    pub sha256: String,
+    pub size: u64,
+    pub codec: Codec,
+    pub manifest: Manifest,
+    pub trailer: Trailer,
+    /// Payload entries, regular files, and their bytes, as counted while reading.
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The outcome of [`verify_archive`]: the whole-file checksum is always known
+/// once the file was read, even when its content is broken, so the caller can
+/// also say whether the sidecar matched.
+#[derive(Debug)]
+pub struct VerifyRun {
+    pub sha256: Option<String>,
+    pub size: u64,
+    pub result: Result<Verified>,
+}
+
+/// A reader over chunks arriving through a channel.
+struct ChannelReader {
+    rx: Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads `path` completely and checks it: the codec decodes to the end with
+/// nothing after it; the manifest is first and of a known format; every
+/// payload path is relative, has no `..`, and lies under one of the sources;
+/// hard links point at earlier files; every regular file's SHA-256 matches
+/// its line in the checksums member, which lists exactly those files in
+/// order; the trailer is last and agrees with what was read.
+pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> VerifyRun {
+    let codec = match sniff(path) {
+        Ok(c) => c,
+        Err(e) => {
+            return VerifyRun {
+                sha256: None,
+                size: 0,
+                result: Err(e),
+            };
+        }
+    };
+    let total = std::fs::metadata(path).map_or(0, |m| m.len());
+    progress.start(Phase::Verify, total);
+    let run = std::thread::scope(|s| {
+        let (raw_tx, raw_rx) = bounded::<Vec<u8>>(8);
+        let (plain_tx, plain_rx) = bounded::<Vec<u8>>(8);
+        // Stage 1: read and hash the file.
+        let reader = s.spawn(move || -> Result<(String, u64)> {
+            let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            loop {
+                cancel.check()?;
+                let mut buf = vec![0u8; 1 << 20];
+                let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                hasher.update(&buf);
+                size += n as u64;
+                progress.advance(n as u64);
+                // The decoder may stop early on corrupt data; keep hashing.
+                let _ = raw_tx.send(buf);
+            }
+            Ok((hex::encode(hasher.finalize()), size))
+        });
+        // Stage 2: decompress.
+        let decoder_thread = s.spawn(move || -> std::result::Result<(), String> {
+            let input = ChannelReader {
+                rx: raw_rx,
+                chunk: Vec::new(),
+                pos: 0,
+            };
+            let mut stream = decoder(codec, input).map_err(|e| e.to_string())?;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = read_full(&mut stream, &mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                if plain_tx.send(buf).is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        // Stage 3: the tar stream, here.
+        let plain = ChannelReader {
+            rx: plain_rx,
+            chunk: Vec::new(),
+            pos: 0,
+        };
+        let checked = check_tar(path, plain, cancel);
+        let decoded = decoder_thread.join().expect("decoder thread panicked");
+        let read = reader.join().expect("reader thread panicked");
+        (checked, decoded, read)
+    });
+    progress.finish();
+    let (checked, decoded, read) = run;
+    let (sha256, size) = match read {
+        Ok((sha, size)) => (Some(sha), size),
+        Err(e) => {
+            return VerifyRun {
+                sha256: None,
+                size: 0,
+                result: Err(e),
+            };
+        }
+    };
+    // A decoding error explains any tar error that follows from it.
+    let result = match (decoded, checked) {
+        (Err(detail), _) => Err(corrupt(path, format!("{codec} stream: {detail}"))),
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(mut v)) => {
+            v.sha256 = sha256.clone().unwrap_or_default();
+            v.size = size;
+            v.codec = codec;
+            Ok(v)
+        }
+    };
+    VerifyRun {
+        sha256,
+        size,
+        result,
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn path_key(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Why a payload path may not be extracted, if it may not.
+pub fn unsafe_member_path(member: &[u8], sources: &HashSet<&[u8]>) -> Option<String> {
+    if member.first() == Some(&b'/') {
+        return Some("is an absolute path".into());
+    }
+    let trimmed = member.strip_suffix(b"/").unwrap_or(member);
+    let mut parts = trimmed.split(|&b| b == b'/');
+    let top = parts.next().unwrap_or_default();
+    if trimmed.split(|&b| b == b'/').any(|p| p == b".." || p == b"." || p.is_empty()) {
+        return Some("has an empty, `.` or `..` component".into());
+    }
+    if !sources.contains(top) {
+        return Some("is outside the sources the manifest lists".into());
+    }
+    None
+}
+
+fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verified> {
+    let bad = |detail: String| corrupt(path, detail);
+    let mut tar = TarReader::new(stream);
+    let next = |tar: &mut TarReader<R>| -> Result<Option<Entry>> {
+        tar.next_entry().map_err(|e| corrupt(path, format!("tar structure: {e}")))
+    };
+
+    let first = next(&mut tar)?.ok_or_else(|| bad("the archive is empty".into()))?;
+    let manifest = parse_manifest(path, &read_doc(path, &mut tar, &first, MANIFEST_NAME)?)?;
+    let source_names: Vec<Vec<u8>> = manifest.sources.iter().map(|s| s.name.as_bytes().to_vec()).collect();
+    let sources: HashSet<&[u8]> = source_names.iter().map(Vec::as_slice).collect();
+
+    let mut hashes: Vec<(u64, [u8; 32])> = Vec::new();
+    let mut files_seen: HashSet<u64> = HashSet::new();
+    let (mut entries_n, mut bytes) = (0u64, 0u64);
+    let mut buf = vec![0u8; 256 << 10];
+    let checksums = loop {
+        cancel.check()?;
+        let entry = next(&mut tar)?
+            .ok_or_else(|| bad(format!("{CHECKSUMS_NAME} is missing: the archive is truncated")))?;
+        if entry.path == CHECKSUMS_NAME.as_bytes() {
+            if entry.kind != Kind::File || entry.sparse.is_some() {
+                return Err(bad(format!("{CHECKSUMS_NAME} is not a regular file")));
+            }
+            break read_content(path, &mut tar, entry.size, CHECKSUMS_NAME)?;
+        }
+        let shown = String::from_utf8_lossy(&entry.path).into_owned();
+        let hostile = |detail: String| -> Error {
+            ArchiveError::Hostile {
+                path: path.to_path_buf(),
+                member: shown.clone(),
+                detail,
+            }
+            .into()
+        };
+        if let Some(why) = unsafe_member_path(&entry.path, &sources) {
+            return Err(hostile(why));
+        }
+        entries_n += 1;
+        match entry.kind {
+            Kind::File => {
+                let mut hasher = Sha256::new();
+                let mut read = 0u64;
+                loop {
+                    let n = tar
+                        .read_data(&mut buf)
+                        .map_err(|e| bad(format!("reading {shown}: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    read += n as u64;
+                }
+                if read != entry.size {
+                    return Err(bad(format!("{shown} holds {read} of its {} bytes", entry.size)));
+                }
+                bytes += read;
+                let key = path_key(&entry.path);
+                files_seen.insert(key);
+                hashes.push((key, hasher.finalize().into()));
+            }
+            Kind::HardLink => {
+                let target = entry.link.clone().unwrap_or_default();
+                if unsafe_member_path(&target, &sources).is_some() || !files_seen.contains(&path_key(&target)) {
+                    return Err(hostile(format!(
+                        "is a hard link to {}, which is not an earlier file of the archive",
+                        String::from_utf8_lossy(&target)
+                    )));
+                }
+            }
+            Kind::Dir | Kind::Symlink => {}
+            Kind::Other(flag) => {
+                return Err(hostile(format!(
+                    "has a type backstop never writes (tar type `{}`)",
+                    char::from(flag).escape_default()
+                )));
+            }
+        }
+    };
+
+    let lines = parse_checksum_lines(&checksums)
+        .map_err(|line| bad(format!("{CHECKSUMS_NAME} line {line} is malformed")))?;
+    if lines.len() != hashes.len() {
+        return Err(ArchiveError::Checksum {
+            path: path.to_path_buf(),
+            detail: format!(
+                "{CHECKSUMS_NAME} lists {} files but the archive holds {}",
+                lines.len(),
+                hashes.len()
+            ),
+        }
+        .into());
+    }
+    for ((hex_sum, name), (key, actual)) in lines.iter().zip(&hashes) {
+        if path_key(name) != *key {
+            return Err(bad(format!(
+                "{CHECKSUMS_NAME} is out of order at {}",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        if !hex_sum.eq_ignore_ascii_case(&hex::encode(actual)) {
+            return Err(ArchiveError::Checksum {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the content of {} does not match its checksum",
+                    String::from_utf8_lossy(name)
+                ),
+            }
+            .into());
+        }
+    }
+
+    let last = next(&mut tar)?
+        .ok_or_else(|| bad(format!("{TRAILER_NAME} is missing: the archive is truncated")))?;
+    let trailer_data = read_doc(path, &mut tar, &last, TRAILER_NAME)?;
+    let trailer: Trailer = serde_json::from_slice(&trailer_data)
+        .map_err(|e| bad(format!("{TRAILER_NAME} is not valid: {e}")))?;
+    if trailer.id != manifest.id {
+        return Err(bad(format!(
+            "the trailer belongs to {}, the manifest to {}",
+            trailer.id, manifest.id
+        )));
+    }
+    if (trailer.entries, trailer.files, trailer.bytes) != (entries_n, hashes.len() as u64, bytes) {
+        return Err(bad(format!(
+            "the trailer records {} entries, {} files, {} bytes; the archive holds {entries_n}, {}, {bytes}",
+            trailer.entries,
+            trailer.files,
+            trailer.bytes,
+            hashes.len()
+        )));
+    }
+    if let Some(extra) = next(&mut tar)? {
+        return Err(bad(format!(
+            "{} follows the trailer",
+            String::from_utf8_lossy(&extra.path)
+        )));
+    }
+    // After the end-of-archive blocks only zero padding may follow.
+    let mut rest = tar.into_inner();
+    loop {
+        let n = rest.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(bad("data follows the end of the tar archive".into()));
+        }
+    }
+    Ok(Verified {
+        sha256: String::new(),
+        size: 0,
+        codec: Codec::None,
+        manifest,
+        trailer,
+        entries: entries_n,
+        files: hashes.len() as u64,
+        bytes,
+    })
+}
+
+/// Reads a sidecar file and returns the checksum it records for `file_name`.
+///
+/// # Errors
+///
+/// Returns `Ok(None)` when there is no sidecar; fails when it is unreadable or
+/// malformed.
+pub fn read_sidecar(archive: &Path) -> Result<Option<String>> {
+    let sidecar = sidecar_path(archive);
+    let text = match std::fs::read_to_string(&sidecar) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("reading", &sidecar, e)),
+    };
+    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let line = text.lines().next().unwrap_or_default();
+    match line.split_once("  ") {
+        Some((hex_sum, n)) if hex_sum.len() == 64 && n.trim_start_matches('*') == name => {
+            Ok(Some(hex_sum.to_ascii_lowercase()))
+        }
+        _ => Err(ArchiveError::Corrupt {
+            path: sidecar,
+            detail: format!("is not a sha256sum line for {name}"),
+        }
+        .into()),
+    }
+}
+
+/// The sidecar of an archive: `<file>.sha256`.
+pub fn sidecar_path(archive: &Path) -> PathBuf {
+    let mut s = archive.as_os_str().to_os_string();
+    s.push(".sha256");
+    PathBuf::from(s)
+}

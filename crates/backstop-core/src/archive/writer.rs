@@ -1,0 +1,604 @@
+//! The archive writer: turns a [`Scan`] into a format-1 archive.
+//!
+//! ```text
+//!  reader threads ──(per-entry channels, in scan order)──▶ tar writer
+//!   open, read, hash                                       headers, data
+//!                                                              │ 4 MiB blocks
+//!                                                              ▼
+//!  sink ◀──(results, in block order)── compressor threads ◀────┘
+//!   SHA-256 of the archive, write, early write-back
+//! ```
+//!
+//! Readers work ahead of the tar writer by a bounded number of bytes, so
+//! memory stays flat however large the tree; each entry's content arrives in
+//! order through its own small channel. Blocks are compressed independently
+//! and handed to the sink in order through one-shot channels, which bounds
+//! the number of blocks in flight. The archive's SHA-256 is computed by the
+//! sink as it writes: the archive is never read back.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use sha2::{Digest, Sha256};
+
+use crate::archive::compress::{BlockCompressor, BLOCK_SIZE};
+use crate::archive::format::{
+    checksum_line, CompressionSpec, Manifest, Problem, Trailer, CHECKSUMS_NAME, FORMAT,
+    MANIFEST_NAME, TRAILER_NAME,
+};
+use crate::archive::read_entry::{read_entry, EntryMeta, MetaKind, Msg, Names};
+use crate::archive::tarfmt::{self, EntryHeader, HeaderKind};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::fsutil::WriteBack;
+use crate::progress::{Cancel, Phase, Progress};
+use crate::source::scan::{EntryRef, NodeKind, Scan};
+
+/// How far (in bytes of file content) readers may run ahead of the tar writer.
+const READ_AHEAD_BYTES: u64 = 32 << 20;
+/// How many entries readers may run ahead, for trees of tiny files.
+const READ_AHEAD_ENTRIES: usize = 4096;
+/// Messages buffered per entry; a large file waits for the writer beyond this.
+const PER_ENTRY_QUEUE: usize = 4;
+/// Reader threads. Reading is mostly waiting for the disk or copying from the
+/// page cache, so a few more threads than cores keep the disk busy.
+const READERS: usize = 4;
+
+/// Where the compressed archive goes.
+pub enum Target<'a> {
+    /// A file: written with early write-back.
+    File(&'a std::fs::File),
+    /// A stream such as stdout.
+    Stream(Box<dyn Write + Send + 'a>),
+}
+
+/// What the writer produced.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Bytes of the compressed archive.
+    pub size: u64,
+    /// SHA-256 of the compressed archive, lower-case hex.
+    pub sha256: String,
+    /// The trailer as written into the archive.
+    pub trailer: Trailer,
+}
+
+/// Writes the archive for `scan` described by `manifest` to `target`.
+///
+/// # Errors
+///
+/// Fails on any error writing the output (a full disk, a closed pipe), on a
+/// codec error, or when `cancel` is set. Problems with single source files
+/// are not errors: they are recorded in the trailer.
+pub fn write_archive(
+    scan: &Scan,
+    manifest: &Manifest,
+    target: Target<'_>,
+    spec: CompressionSpec,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<Written> {
+    let started = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let failure = Failure::default();
+
+    std::thread::scope(|s| {
+        // The sink: receives compressed blocks in order.
+        let queue = threads + 2;
+        let (ordered_tx, ordered_rx) = bounded::<Receiver<BlockResult>>(queue);
+        let sink = s.spawn(|| sink_loop(ordered_rx, target, &failure));
+
+        // The compressors.
+        let (job_tx, job_rx) = bounded::<BlockJob>(queue);
+        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(2 * queue + threads);
+        let compress = spec.codec != crate::archive::Codec::None;
+        if compress {
+            for _ in 0..threads {
+                let job_rx = job_rx.clone();
+                let spare_tx = spare_tx.clone();
+                s.spawn(move || compress_loop(spec, job_rx, spare_tx));
+            }
+        }
+        drop(job_rx);
+
+        // The readers.
+        let (read_tx, read_rx) = unbounded::<ReadJob>();
+        for _ in 0..READERS {
+            let read_rx = read_rx.clone();
+            s.spawn(move || reader_loop(read_rx, cancel));
+        }
+        drop(read_rx);
+
+        let blocks = BlockOut {
+            buf: Vec::with_capacity(BLOCK_SIZE),
+            ordered_tx,
+            job_tx: compress.then_some(job_tx),
+            spare_rx,
+        };
+        drop(spare_tx);
+        let mut tar = TarWriter {
+            scan,
+            blocks,
+            read_tx,
+            progress,
+            cancel,
+            hashes: Vec::new(),
+            written_files: vec![false; scan.len()],
+            // Problems the scan met are the first the trailer records.
+            trailer: Trailer {
+                format: FORMAT,
+                id: manifest.id.clone(),
+                unreadable: scan.unreadable.clone(),
+                skipped: scan.skipped.clone(),
+                ..Trailer::default()
+            },
+            header: Vec::with_capacity(2048),
+            path: Vec::with_capacity(256),
+        };
+        progress.start(Phase::Backup, scan.totals.bytes);
+        let result = tar.run(manifest, started);
+        // Closing the block channels lets the compressors and the sink finish.
+        let TarWriter { blocks, read_tx, .. } = tar;
+        drop(read_tx);
+        drop(blocks);
+        let sink_result = sink.join().expect("sink thread panicked");
+        progress.finish();
+        // The first error recorded is the cause; later ones are its echoes.
+        if let Some(err) = failure.take() {
+            return Err(err);
+        }
+        let trailer = result?;
+        let (size, sha256) = sink_result?;
+        Ok(Written {
+            size,
+            sha256,
+            trailer,
+        })
+    })
+}
+
+/// A compressed block, or the codec's error.
+type BlockResult = std::io::Result<Vec<u8>>;
+/// A block to compress and where its result goes.
+type BlockJob = (Vec<u8>, Sender<BlockResult>);
+
+/// The first fatal error of any thread of the pipeline.
+#[derive(Default)]
+struct Failure(Mutex<Option<Error>>);
+
+impl Failure {
+    fn set(&self, err: Error) {
+        let mut slot = self.0.lock().expect("failure lock");
+        if slot.is_none() {
+            *slot = Some(err);
+        }
+    }
+
+    fn take(&self) -> Option<Error> {
+        self.0.lock().expect("failure lock").take()
+    }
+}
+
+/// One entry for a reader to read.
+struct ReadJob {
+    path: PathBuf,
+    kind: NodeKind,
+    tx: Sender<Msg>,
+}
+
+fn reader_loop(jobs: Receiver<ReadJob>, cancel: &Cancel) {
+    let mut names = Names::default();
+    for job in jobs {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let tx = job.tx;
+        read_entry(&job.path, job.kind, &mut names, &mut |m| {
+            !cancel.is_cancelled() && tx.send(m).is_ok()
+        });
+    }
+}
+
+fn compress_loop(
+    spec: CompressionSpec,
+    jobs: Receiver<BlockJob>,
+    spare: Sender<Vec<u8>>,
+) {
+    let mut compressor = match BlockCompressor::new(spec) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            // Report the error through every job this thread would have done.
+            for (_, done) in &jobs {
+                let _ = done.send(Err(std::io::Error::other(e.to_string())));
+            }
+            None
+        }
+    };
+    let Some(compressor) = compressor.as_mut() else {
+        return;
+    };
+    for (input, done) in jobs {
+        let mut out = Vec::new();
+        let result = compressor.compress(&input, &mut out).map(|()| out);
+        let _ = spare.try_send(input);
+        if done.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+fn sink_loop(
+    ordered: Receiver<Receiver<BlockResult>>,
+    target: Target<'_>,
+    failure: &Failure,
+) -> Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let mut written = 0u64;
+    let (mut out, mut writeback): (Box<dyn Write + Send + '_>, Option<WriteBack>) = match target {
+        Target::File(f) => (Box::new(f), Some(WriteBack::new(f))),
+        Target::Stream(w) => (w, None),
+    };
+    let result = (|| {
+        for pending in ordered {
+            let block = pending
+                .recv()
+                .map_err(|_| Error::io("compressing", "archive", std::io::Error::other("compressor stopped")))?
+                .map_err(|e| Error::io("compressing", "archive", e))?;
+            hasher.update(&block);
+            out.write_all(&block).map_err(|e| Error::io("writing", "archive", e))?;
+            written += block.len() as u64;
+            if let Some(wb) = writeback.as_mut() {
+                wb.advance(written);
+            }
+            failpoint::hit("backup.sink-write")?;
+        }
+        out.flush().map_err(|e| Error::io("writing", "archive", e))?;
+        Ok((written, hex::encode(hasher.finalize())))
+    })();
+    if let Err(e) = result {
+        failure.set(e);
+        return Err(Error::Interrupted);
+    }
+    result
+}
+
+/// The tar stream cut into blocks and sent off for compression.
+struct BlockOut {
+    buf: Vec<u8>,
+    ordered_tx: Sender<Receiver<BlockResult>>,
+    /// `None` for uncompressed archives: blocks go straight to the sink.
+    job_tx: Option<Sender<BlockJob>>,
+    /// Input buffers the compressors are done with, for reuse.
+    spare_rx: Receiver<Vec<u8>>,
+}
+
+impl BlockOut {
+    fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let room = BLOCK_SIZE - self.buf.len();
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == BLOCK_SIZE {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self.spare_rx.try_recv().map_or_else(
+            |_| Vec::with_capacity(BLOCK_SIZE),
+            |mut v| {
+                v.clear();
+                v
+            },
+        );
+        let block = std::mem::replace(&mut self.buf, next);
+        let (done_tx, done_rx) = bounded(1);
+        // The sink's slot is taken first, so blocks reach it in order.
+        self.ordered_tx.send(done_rx).map_err(|_| Error::Interrupted)?;
+        match &self.job_tx {
+            Some(jobs) => jobs.send((block, done_tx)).map_err(|_| Error::Interrupted)?,
+            None => {
+                let _ = done_tx.send(Ok(block));
+            }
+        }
+        Ok(())
+    }
+}
+
+struct TarWriter<'a> {
+    scan: &'a Scan,
+    blocks: BlockOut,
+    read_tx: Sender<ReadJob>,
+    progress: &'a dyn Progress,
+    cancel: &'a Cancel,
+    /// (entry, SHA-256) of every regular file written, in archive order.
+    hashes: Vec<(u32, [u8; 32])>,
+    /// Which entries were written as files: hard links may only point there.
+    written_files: Vec<bool>,
+    trailer: Trailer,
+    header: Vec<u8>,
+    path: Vec<u8>,
+}
+
+impl TarWriter<'_> {
+    fn run(&mut self, manifest: &Manifest, started: Instant) -> Result<Trailer> {
+        let manifest_json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        self.member(MANIFEST_NAME.as_bytes(), &manifest_json, manifest_mtime(manifest))?;
+        failpoint::hit("backup.after-manifest")?;
+
+        let n = self.scan.len();
+        let mut queue: VecDeque<(u32, Receiver<Msg>)> = VecDeque::new();
+        let mut next = 0usize;
+        let mut ahead_bytes = 0u64;
+        while next < n || !queue.is_empty() {
+            // Keep the readers supplied up to the read-ahead limits.
+            while next < n
+                && (queue.is_empty()
+                    || (ahead_bytes < READ_AHEAD_BYTES && queue.len() < READ_AHEAD_ENTRIES))
+            {
+                let e = EntryRef(next as u32);
+                let (tx, rx) = bounded(PER_ENTRY_QUEUE);
+                let job = ReadJob {
+                    path: self.scan.fs_path(e),
+                    kind: self.scan.kind(e),
+                    tx,
+                };
+                self.read_tx.send(job).map_err(|_| Error::Interrupted)?;
+                ahead_bytes += self.scan.size(e);
+                queue.push_back((next as u32, rx));
+                next += 1;
+            }
+            let (index, rx) = queue.pop_front().expect("queue is not empty");
+            ahead_bytes -= self.scan.size(EntryRef(index));
+            self.cancel.check()?;
+            self.entry(EntryRef(index), &rx)?;
+        }
+        failpoint::hit("backup.after-payload")?;
+
+        self.checksums_member(manifest)?;
+        self.trailer.duration_ms = started.elapsed().as_millis() as u64;
+        let trailer_json = serde_json::to_vec_pretty(&self.trailer).expect("trailer serialises");
+        self.member(TRAILER_NAME.as_bytes(), &trailer_json, manifest_mtime(manifest))?;
+        self.blocks.write(&tarfmt::END_OF_ARCHIVE)?;
+        self.blocks.flush()?;
+        Ok(self.trailer.clone())
+    }
+
+    /// Writes one of the archive's own members (manifest, checksums, trailer).
+    fn member(&mut self, name: &[u8], data: &[u8], mtime: i64) -> Result<()> {
+        self.header.clear();
+        tarfmt::write_header(
+            &mut self.header,
+            &EntryHeader {
+                path: name,
+                kind: HeaderKind::File {
+                    size: data.len() as u64,
+                },
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                uname: None,
+                gname: None,
+                mtime,
+                mtime_nsec: 0,
+                xattrs: &[],
+            },
+        );
+        self.blocks.write(&self.header)?;
+        self.blocks.write(data)?;
+        self.blocks.write(&[0; tarfmt::BLOCK][..tarfmt::padding(data.len() as u64)])
+    }
+
+    fn checksums_member(&mut self, manifest: &Manifest) -> Result<()> {
+        // Two passes over the hashes: the size goes in the header first.
+        let mut line = Vec::new();
+        let mut path = Vec::new();
+        let mut size = 0u64;
+        for (index, hash) in &self.hashes {
+            self.scan.archive_path(EntryRef(*index), &mut path);
+            line.clear();
+            checksum_line(&mut line, &hex::encode(hash), &path);
+            size += line.len() as u64;
+        }
+        self.header.clear();
+        tarfmt::write_header(
+            &mut self.header,
+            &EntryHeader {
+                path: CHECKSUMS_NAME.as_bytes(),
+                kind: HeaderKind::File { size },
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                uname: None,
+                gname: None,
+                mtime: manifest_mtime(manifest),
+                mtime_nsec: 0,
+                xattrs: &[],
+            },
+        );
+        self.blocks.write(&self.header)?;
+        let mut chunk = Vec::with_capacity(64 << 10);
+        for (index, hash) in &self.hashes {
+            self.scan.archive_path(EntryRef(*index), &mut path);
+            checksum_line(&mut chunk, &hex::encode(hash), &path);
+            if chunk.len() >= 60 << 10 {
+                self.blocks.write(&chunk)?;
+                chunk.clear();
+            }
+        }
+        self.blocks.write(&chunk)?;
+        self.blocks.write(&[0; tarfmt::BLOCK][..tarfmt::padding(size)])
+    }
+
+    /// Writes one payload entry from its reader's messages.
+    fn entry(&mut self, e: EntryRef, rx: &Receiver<Msg>) -> Result<()> {
+        let cancel = self.cancel;
+        let recv = |rx: &Receiver<Msg>| next_msg(rx, cancel);
+        self.scan.archive_path(e, &mut self.path);
+        let display = String::from_utf8_lossy(&self.path).into_owned();
+        let meta = match recv(rx)? {
+            Msg::Meta(m) => m,
+            Msg::Vanished => {
+                self.trailer.vanished.push(display);
+                return Ok(());
+            }
+            Msg::Unreadable(detail) => {
+                self.trailer.unreadable.push(Problem { path: display, detail });
+                return Ok(());
+            }
+            other => unreachable!("reader sent {other:?} first"),
+        };
+        match &meta.kind {
+            MetaKind::HardLink => {
+                let target = self.scan.link_target(e).expect("hard links have targets");
+                if self.written_files[target.0 as usize] {
+                    let mut target_path = Vec::new();
+                    self.scan.archive_path(target, &mut target_path);
+                    self.header_for(&meta, HeaderKind::HardLink { target: &target_path });
+                    self.blocks.write(&self.header)?;
+                    self.trailer.entries += 1;
+                    let _ = recv(rx)?; // End
+                    return Ok(());
+                }
+                // The first name vanished: this one carries the data instead.
+                let _ = recv(rx)?;
+                let (tx, rx2) = bounded(PER_ENTRY_QUEUE);
+                let path = self.scan.fs_path(e);
+                let cancel = self.cancel.clone();
+                let reader = std::thread::spawn(move || {
+                    read_entry(&path, NodeKind::File, &mut Names::default(), &mut |m| {
+                        !cancel.is_cancelled() && tx.send(m).is_ok()
+                    })
+                });
+                let result = self.entry_file_from(e, &rx2, display);
+                drop(rx2);
+                let _ = reader.join();
+                return result;
+            }
+            MetaKind::File { .. } => return self.file(e, meta, rx, display),
+            MetaKind::Dir => {
+                self.header_for(&meta, HeaderKind::Dir);
+            }
+            MetaKind::Symlink { target } => {
+                let target = target.clone();
+                self.header_for(&meta, HeaderKind::Symlink { target: &target });
+            }
+        }
+        self.blocks.write(&self.header)?;
+        self.trailer.entries += 1;
+        if let Msg::End { changed: Some(detail), .. } = recv(rx)? {
+            self.trailer.changed.push(Problem { path: display, detail });
+        }
+        Ok(())
+    }
+
+    /// Like [`TarWriter::entry`] for a file read outside the normal queue.
+    fn entry_file_from(&mut self, e: EntryRef, rx: &Receiver<Msg>, display: String) -> Result<()> {
+        match next_msg(rx, self.cancel)? {
+            Msg::Meta(meta) => self.file(e, meta, rx, display),
+            Msg::Vanished => {
+                self.trailer.vanished.push(display);
+                Ok(())
+            }
+            Msg::Unreadable(detail) => {
+                self.trailer.unreadable.push(Problem { path: display, detail });
+                Ok(())
+            }
+            other => unreachable!("reader sent {other:?} first"),
+        }
+    }
+
+    fn file(&mut self, e: EntryRef, meta: EntryMeta, rx: &Receiver<Msg>, display: String) -> Result<()> {
+        let MetaKind::File { size, sparse } = &meta.kind else {
+            unreachable!("file() is called for files")
+        };
+        let (size, sparse) = (*size, sparse.clone());
+        let stored = match &sparse {
+            Some(map) => map.iter().map(|&(_, l)| l).sum(),
+            None => size,
+        };
+        let kind = match &sparse {
+            Some(map) => HeaderKind::Sparse {
+                real_size: size,
+                map,
+                stored,
+            },
+            None => HeaderKind::File { size },
+        };
+        self.header_for(&meta, kind);
+        self.blocks.write(&self.header)?;
+        let mut got = 0u64;
+        loop {
+            match next_msg(rx, self.cancel)? {
+                Msg::Data(d) => {
+                    got += d.len() as u64;
+                    self.blocks.write(&d)?;
+                    self.progress.advance(d.len() as u64);
+                }
+                Msg::End { sha256, changed } => {
+                    debug_assert_eq!(got, stored);
+                    self.blocks.write(&[0; tarfmt::BLOCK][..tarfmt::padding(stored)])?;
+                    self.hashes.push((e.0, sha256));
+                    self.written_files[e.0 as usize] = true;
+                    self.trailer.entries += 1;
+                    self.trailer.files += 1;
+                    self.trailer.bytes += size;
+                    if let Some(detail) = changed {
+                        self.trailer.changed.push(Problem { path: display, detail });
+                    }
+                    // Content that was scanned but is smaller or sparse still
+                    // counts as done for the progress bar.
+                    self.progress.advance(self.scan.size(e).saturating_sub(got));
+                    return Ok(());
+                }
+                other => unreachable!("reader sent {other:?} inside a file"),
+            }
+        }
+    }
+
+    /// Builds the header for the current entry into `self.header`.
+    fn header_for(&mut self, meta: &EntryMeta, kind: HeaderKind<'_>) {
+        self.header.clear();
+        tarfmt::write_header(
+            &mut self.header,
+            &EntryHeader {
+                path: &self.path,
+                kind,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                uname: meta.uname.as_deref(),
+                gname: meta.gname.as_deref(),
+                mtime: meta.mtime,
+                mtime_nsec: meta.mtime_nsec,
+                xattrs: &meta.xattrs,
+            },
+        );
+    }
+}
+
+/// The next message of an entry. A reader only stops sending early when the
+/// operation is being cancelled.
+fn next_msg(rx: &Receiver<Msg>, cancel: &Cancel) -> Result<Msg> {
+    rx.recv().map_err(|_| {
+        cancel.check().err().unwrap_or(Error::Interrupted)
+    })
+}
+
+/// The mtime given to the archive's own members: the backup's creation time.
+fn manifest_mtime(manifest: &Manifest) -> i64 {
+    manifest
+        .created_at
+        .parse::<jiff::Timestamp>()
+        .map_or(0, |t| t.as_second())
+}

@@ -1,0 +1,845 @@
+//! The catalog: an SQLite index of every backup attempt and every restore.
+//!
+//! It is an index, not the truth: each archive describes itself, so the
+//! catalog can be checked against the store and rebuilt from it. It is opened
+//! in WAL mode with a busy timeout, so concurrent invocations (different
+//! instances backing up at once, a `list` during a backup) simply wait for
+//! each other's short transactions. Commits are fully synchronous: a row
+//! marked available must survive a power cut.
+//!
+//! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] holds
+//! one step per version and is only ever appended to.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use crate::archive::{BackupKind, Codec};
+use crate::error::ErrorKind;
+
+/// A problem with the catalog database.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    #[error("catalog {}: {source}", path.display())]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("catalog {} is not a backstop catalog or is damaged", path.display())]
+    Corrupt { path: PathBuf },
+    #[error(
+        "catalog {} has schema version {found}; this backstop knows up to {known}",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+}
+
+impl CatalogError {
+    pub(crate) fn kind(&self) -> ErrorKind {
+        ErrorKind::Failed
+    }
+
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            CatalogError::Sqlite { .. } => None,
+            CatalogError::Corrupt { path } => Some(format!(
+                "move {} aside; the archives in the store are intact and describe themselves",
+                path.display()
+            )),
+            CatalogError::TooNew { .. } => Some("upgrade backstop to use this catalog".into()),
+        }
+    }
+}
+
+type CResult<T> = std::result::Result<T, CatalogError>;
+
+/// Schema steps; step `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // Version 1: backups and restores.
+    r#"
+    CREATE TABLE backups (
+        id               TEXT PRIMARY KEY,
+        instance         TEXT NOT NULL,
+        origin           TEXT NOT NULL,
+        host             TEXT NOT NULL,
+        created_at       TEXT NOT NULL,
+        finished_at      TEXT,
+        kind             TEXT NOT NULL CHECK (kind IN ('manual', 'automatic')),
+        reason           TEXT NOT NULL,
+        message          TEXT,
+        labels           TEXT NOT NULL DEFAULT '{}',
+        app_version      TEXT,
+        upgraded_to      TEXT,
+        profile          TEXT,
+        location         TEXT,
+        size             INTEGER,
+        entries          INTEGER,
+        files            INTEGER,
+        bytes            INTEGER,
+        compression      TEXT NOT NULL,
+        level            INTEGER,
+        sha256           TEXT,
+        status           TEXT NOT NULL
+                         CHECK (status IN ('creating', 'available', 'failed', 'missing', 'corrupt')),
+        error            TEXT,
+        warnings         INTEGER NOT NULL DEFAULT 0,
+        verified_at      TEXT,
+        verify_ok        INTEGER,
+        verify_error     TEXT,
+        pinned           INTEGER NOT NULL DEFAULT 0,
+        created_by       TEXT NOT NULL,
+        last_restored_at TEXT,
+        last_restored_to TEXT,
+        last_restored_by TEXT
+    );
+    CREATE INDEX backups_by_instance ON backups (instance, created_at);
+    CREATE INDEX backups_by_location ON backups (location);
+    CREATE TABLE restores (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        backup_id       TEXT NOT NULL,
+        started_at      TEXT NOT NULL,
+        finished_at     TEXT,
+        destination     TEXT NOT NULL,
+        mode            TEXT NOT NULL,
+        user            TEXT NOT NULL,
+        host            TEXT NOT NULL,
+        outcome         TEXT NOT NULL,
+        safety_backup   TEXT,
+        error           TEXT
+    );
+    CREATE INDEX restores_by_backup ON restores (backup_id, started_at);
+    "#,
+];
+
+/// The state of a backup attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being written right now (or its writer died; see
+    /// [`Catalog::fail_interrupted`]).
+    Creating,
+    /// Complete, flushed, with its sidecar.
+    Available,
+    /// The attempt failed; `error` says why. No archive exists.
+    Failed,
+    /// The archive is no longer where the catalog says.
+    Missing,
+    /// The archive failed verification.
+    Corrupt,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Available => "available",
+            Status::Failed => "failed",
+            Status::Missing => "missing",
+            Status::Corrupt => "corrupt",
+        }
+    }
+
+    fn parse(s: &str) -> Status {
+        match s {
+            "creating" => Status::Creating,
+            "available" => Status::Available,
+            "missing" => Status::Missing,
+            "corrupt" => Status::Corrupt,
+            _ => Status::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One backup attempt as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupRecord {
+    pub id: String,
+    pub instance: String,
+    /// The instance root the data came from.
+    pub origin: String,
+    pub host: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    pub kind: BackupKind,
+    pub reason: String,
+    pub message: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub app_version: Option<String>,
+    pub upgraded_to: Option<String>,
+    pub profile: Option<String>,
+    /// The archive file.
+    pub location: Option<String>,
+    /// Bytes of the archive file.
+    pub size: Option<u64>,
+    pub entries: Option<u64>,
+    pub files: Option<u64>,
+    /// Bytes of file content inside.
+    pub bytes: Option<u64>,
+    pub compression: Codec,
+    pub level: Option<i32>,
+    pub sha256: Option<String>,
+    pub status: Status,
+    pub error: Option<String>,
+    /// Files that vanished, changed or were unreadable during the backup.
+    pub warnings: u64,
+    pub verified_at: Option<String>,
+    pub verify_ok: Option<bool>,
+    pub verify_error: Option<String>,
+    pub pinned: bool,
+    pub created_by: String,
+    pub last_restored_at: Option<String>,
+    pub last_restored_to: Option<String>,
+    pub last_restored_by: Option<String>,
+}
+
+/// One restore as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreRecord {
+    pub id: i64,
+    pub backup_id: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub destination: String,
+    pub mode: String,
+    pub user: String,
+    pub host: String,
+    pub outcome: String,
+    pub safety_backup: Option<String>,
+    pub error: Option<String>,
+}
+
+/// What is known when a backup attempt starts.
+#[derive(Debug, Clone)]
+pub struct NewBackup<'a> {
+    pub instance: &'a str,
+    pub origin: &'a str,
+    pub host: &'a str,
+    pub created_at: &'a str,
+    pub kind: BackupKind,
+    pub reason: &'a str,
+    pub message: Option<&'a str>,
+    pub labels: &'a BTreeMap<String, String>,
+    pub app_version: Option<&'a str>,
+    pub upgraded_to: Option<&'a str>,
+    pub profile: Option<&'a str>,
+    pub compression: Codec,
+    pub level: Option<i32>,
+    pub created_by: &'a str,
+}
+
+/// What is known when a backup attempt succeeds.
+#[derive(Debug, Clone)]
+pub struct Finished<'a> {
+    pub finished_at: &'a str,
+    pub location: &'a str,
+    pub size: u64,
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub sha256: &'a str,
+    pub warnings: u64,
+}
+
+/// Which rows [`Catalog::list`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub instance: Option<String>,
+    pub reason: Option<String>,
+    pub status: Option<Status>,
+    pub version: Option<String>,
+    pub kind: Option<BackupKind>,
+    /// At most this many rows, newest first.
+    pub limit: Option<usize>,
+}
+
+/// An open catalog.
+pub struct Catalog {
+    conn: Connection,
+    path: PathBuf,
+}
+
+const COLUMNS: &str = "id, instance, origin, host, created_at, finished_at, kind, reason, message, \
+    labels, app_version, upgraded_to, profile, location, size, entries, files, bytes, compression, \
+    level, sha256, status, error, warnings, verified_at, verify_ok, verify_error, pinned, created_by, \
+    last_restored_at, last_restored_to, last_restored_by";
+
+impl Catalog {
+    /// Opens (creating if needed, with mode 0600) and migrates the catalog at
+    /// `path`. Its directory must exist.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file is not an SQLite database, is from a newer
+    /// backstop, or cannot be opened.
+    pub fn open(path: &Path) -> CResult<Catalog> {
+        let sql = |source| CatalogError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            // Created by hand so that the mode is 0600 from the start; SQLite
+            // gives its WAL and shared-memory files the same mode.
+            let _ = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+        }
+        let conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
+        let wal: Result<String, _> = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0));
+        match wal {
+            Ok(_) => {}
+            Err(e) if is_not_a_database(&e) => {
+                return Err(CatalogError::Corrupt {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(sql(e)),
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(sql)?;
+        let mut catalog = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        catalog.migrate()?;
+        Ok(catalog)
+    }
+
+    fn err(&self, source: rusqlite::Error) -> CatalogError {
+        if is_not_a_database(&source) {
+            return CatalogError::Corrupt {
+                path: self.path.clone(),
+            };
+        }
+        CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> CResult<()> {
+        let known = MIGRATIONS.len() as i64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| CatalogError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| CatalogError::Sqlite {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        if version > known {
+            return Err(CatalogError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                known,
+            });
+        }
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(step)
+                .and_then(|()| tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1)))
+                .map_err(|e| CatalogError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+        }
+        tx.commit().map_err(|e| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    /// The schema version of the open catalog.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn schema_version(&self) -> CResult<i64> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the start of a backup attempt with status `creating`, under the
+    /// first free id among `base`, `base-2`, `base-3`… An id is free when no
+    /// row has it and `taken(id)` is false (an archive file of that name may
+    /// exist outside the catalog).
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn begin_backup(&mut self, base: &str, new: &NewBackup<'_>, taken: &dyn Fn(&str) -> bool) -> CResult<String> {
+        let path = self.path.clone();
+        let sql = |source| CatalogError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let mut n = 1;
+        let id = loop {
+            let candidate = if n == 1 { base.to_string() } else { format!("{base}-{n}") };
+            let exists: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM backups WHERE id = ?1)", [&candidate], |r| r.get(0))
+                .map_err(sql)?;
+            if !exists && !taken(&candidate) {
+                break candidate;
+            }
+            n += 1;
+        };
+        let labels = serde_json::to_string(new.labels).expect("labels serialise");
+        tx.execute(
+            "INSERT INTO backups (id, instance, origin, host, created_at, kind, reason, message, labels, \
+             app_version, upgraded_to, profile, compression, level, status, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'creating', ?15)",
+            params![
+                id,
+                new.instance,
+                new.origin,
+                new.host,
+                new.created_at,
+                new.kind.as_str(),
+                new.reason,
+                new.message,
+                labels,
+                new.app_version,
+                new.upgraded_to,
+                new.profile,
+                new.compression.to_string(),
+                new.level,
+                new.created_by,
+            ],
+        )
+        .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        Ok(id)
+    }
+
+    /// Marks a backup available, with what was written.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn finish_backup(&self, id: &str, done: &Finished<'_>) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET status = 'available', finished_at = ?2, location = ?3, size = ?4, \
+                 entries = ?5, files = ?6, bytes = ?7, sha256 = ?8, warnings = ?9, error = NULL \
+                 WHERE id = ?1",
+                params![
+                    id,
+                    done.finished_at,
+                    done.location,
+                    done.size as i64,
+                    done.entries as i64,
+                    done.files as i64,
+                    done.bytes as i64,
+                    done.sha256,
+                    done.warnings as i64
+                ],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a backup attempt failed with `error`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn fail_backup(&self, id: &str, finished_at: &str, error: &str) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET status = 'failed', finished_at = ?2, error = ?3, location = NULL \
+                 WHERE id = ?1",
+                params![id, finished_at, error],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks every `creating` row of `instance` failed. Only call this while
+    /// holding the instance lock: then no live process is writing them.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn fail_interrupted(&self, instance: &str, now: &str) -> CResult<usize> {
+        self.conn
+            .execute(
+                "UPDATE backups SET status = 'failed', finished_at = ?2, location = NULL, \
+                 error = 'interrupted: the process ended before the backup was complete' \
+                 WHERE instance = ?1 AND status = 'creating'",
+                params![instance, now],
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The instances that have rows in state `creating`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn instances_creating(&self) -> CResult<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT instance FROM backups WHERE status = 'creating'")
+            .map_err(|e| self.err(e))?;
+        
+        stmt
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records the result of a verification. A failure marks the backup
+    /// corrupt; a success marks a corrupt or missing backup available again.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn record_verification(&self, id: &str, at: &str, error: Option<&str>) -> CResult<()> {
+        let ok = error.is_none();
+        self.conn
+            .execute(
+                "UPDATE backups SET verified_at = ?2, verify_ok = ?3, verify_error = ?4, \
+                 status = CASE \
+                   WHEN ?3 THEN (CASE WHEN status IN ('corrupt', 'missing') THEN 'available' ELSE status END) \
+                   ELSE (CASE WHEN status = 'available' THEN 'corrupt' ELSE status END) END \
+                 WHERE id = ?1",
+                params![id, at, ok, error],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks a backup whose archive is gone as missing.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn mark_missing(&self, id: &str, at: &str) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET status = 'missing', verified_at = ?2, verify_ok = 0, \
+                 verify_error = 'the archive file is missing' WHERE id = ?1 AND status != 'failed'",
+                params![id, at],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// One backup by id.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn get(&self, id: &str) -> CResult<Option<BackupRecord>> {
+        self.conn
+            .query_row(&format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"), [id], record)
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The backup whose archive is at `location`, if any.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn find_by_location(&self, location: &str) -> CResult<Option<BackupRecord>> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM backups WHERE location = ?1 ORDER BY created_at DESC LIMIT 1"),
+                [location],
+                record,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Backups matching `filter`, newest first.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn list(&self, filter: &ListFilter) -> CResult<Vec<BackupRecord>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM backups WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        let mut add = |clause: &str, value: String| {
+            args.push(value);
+            sql.push_str(&format!(" AND {clause} = ?{}", args.len()));
+        };
+        if let Some(v) = &filter.instance {
+            add("instance", v.clone());
+        }
+        if let Some(v) = &filter.reason {
+            add("reason", v.clone());
+        }
+        if let Some(v) = filter.status {
+            add("status", v.as_str().to_string());
+        }
+        if let Some(v) = &filter.version {
+            add("app_version", v.clone());
+        }
+        if let Some(v) = filter.kind {
+            add("kind", v.as_str().to_string());
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC");
+        if let Some(limit) = filter.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        
+        stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), record)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// The restores of one backup, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn restores_of(&self, backup_id: &str) -> CResult<Vec<RestoreRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, backup_id, started_at, finished_at, destination, mode, user, host, outcome, \
+                 safety_backup, error FROM restores WHERE backup_id = ?1 ORDER BY started_at, id",
+            )
+            .map_err(|e| self.err(e))?;
+        
+        stmt
+            .query_map([backup_id], |r| {
+                Ok(RestoreRecord {
+                    id: r.get(0)?,
+                    backup_id: r.get(1)?,
+                    started_at: r.get(2)?,
+                    finished_at: r.get(3)?,
+                    destination: r.get(4)?,
+                    mode: r.get(5)?,
+                    user: r.get(6)?,
+                    host: r.get(7)?,
+                    outcome: r.get(8)?,
+                    safety_backup: r.get(9)?,
+                    error: r.get(10)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn is_not_a_database(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::NotADatabase || f.code == rusqlite::ErrorCode::DatabaseCorrupt
+    )
+}
+
+fn opt_u64(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<u64>> {
+    Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+}
+
+fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
+    let kind: String = r.get(6)?;
+    let labels: String = r.get(9)?;
+    let compression: String = r.get(18)?;
+    let status: String = r.get(21)?;
+    Ok(BackupRecord {
+        id: r.get(0)?,
+        instance: r.get(1)?,
+        origin: r.get(2)?,
+        host: r.get(3)?,
+        created_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        kind: if kind == "automatic" {
+            BackupKind::Automatic
+        } else {
+            BackupKind::Manual
+        },
+        reason: r.get(7)?,
+        message: r.get(8)?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        app_version: r.get(10)?,
+        upgraded_to: r.get(11)?,
+        profile: r.get(12)?,
+        location: r.get(13)?,
+        size: opt_u64(r, 14)?,
+        entries: opt_u64(r, 15)?,
+        files: opt_u64(r, 16)?,
+        bytes: opt_u64(r, 17)?,
+        compression: match compression.as_str() {
+            "gzip" => Codec::Gzip,
+            "none" => Codec::None,
+            _ => Codec::Zstd,
+        },
+        level: r.get(19)?,
+        sha256: r.get(20)?,
+        status: Status::parse(&status),
+        error: r.get(22)?,
+        warnings: r.get::<_, i64>(23)? as u64,
+        verified_at: r.get(24)?,
+        verify_ok: r.get(25)?,
+        verify_error: r.get(26)?,
+        pinned: r.get(27)?,
+        created_by: r.get(28)?,
+        last_restored_at: r.get(29)?,
+        last_restored_to: r.get(30)?,
+        last_restored_by: r.get(31)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_backup<'a>(labels: &'a BTreeMap<String, String>) -> NewBackup<'a> {
+        NewBackup {
+            instance: "app",
+            origin: "/srv/app",
+            host: "h",
+            created_at: "2026-01-01T00:00:00.000Z",
+            kind: BackupKind::Manual,
+            reason: "manual",
+            message: Some("m"),
+            labels,
+            app_version: Some("1.0"),
+            upgraded_to: None,
+            profile: None,
+            compression: Codec::Zstd,
+            level: Some(3),
+            created_by: "backstop test",
+        }
+    }
+
+    #[test]
+    fn ids_get_suffixes_on_collision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let labels = BTreeMap::new();
+        let a = cat.begin_backup("app-x", &new_backup(&labels), &|_| false).unwrap();
+        let b = cat.begin_backup("app-x", &new_backup(&labels), &|_| false).unwrap();
+        let c = cat.begin_backup("app-x", &new_backup(&labels), &|id| id == "app-x-3").unwrap();
+        assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("app-x", "app-x-2", "app-x-4"));
+    }
+
+    #[test]
+    fn lifecycle_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let labels = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let id = cat.begin_backup("app-1", &new_backup(&labels), &|_| false).unwrap();
+        assert_eq!(cat.get(&id).unwrap().unwrap().status, Status::Creating);
+        cat.finish_backup(
+            &id,
+            &Finished {
+                finished_at: "t",
+                location: "/s/app-1.tar.zst",
+                size: 10,
+                entries: 3,
+                files: 2,
+                bytes: 7,
+                sha256: "ab",
+                warnings: 0,
+            },
+        )
+        .unwrap();
+        let rec = cat.get(&id).unwrap().unwrap();
+        assert_eq!(rec.status, Status::Available);
+        assert_eq!(rec.labels, labels);
+        let failed = cat.begin_backup("app-2", &new_backup(&labels), &|_| false).unwrap();
+        cat.fail_backup(&failed, "t", "disk full").unwrap();
+        let only_failed = cat
+            .list(&ListFilter {
+                status: Some(Status::Failed),
+                ..ListFilter::default()
+            })
+            .unwrap();
+        assert_eq!(only_failed.len(), 1);
+        assert_eq!(only_failed[0].error.as_deref(), Some("disk full"));
+        cat.record_verification(&id, "t2", Some("bad")).unwrap();
+        assert_eq!(cat.get(&id).unwrap().unwrap().status, Status::Corrupt);
+        cat.record_verification(&id, "t3", None).unwrap();
+        assert_eq!(cat.get(&id).unwrap().unwrap().status, Status::Available);
+        assert_eq!(cat.find_by_location("/s/app-1.tar.zst").unwrap().unwrap().id, id);
+    }
+
+    #[test]
+    fn stale_creating_rows_become_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let labels = BTreeMap::new();
+        let id = cat.begin_backup("app-1", &new_backup(&labels), &|_| false).unwrap();
+        assert_eq!(cat.instances_creating().unwrap(), ["app"]);
+        assert_eq!(cat.fail_interrupted("app", "t").unwrap(), 1);
+        let rec = cat.get(&id).unwrap().unwrap();
+        assert_eq!(rec.status, Status::Failed);
+        assert!(rec.error.unwrap().contains("interrupted"));
+    }
+
+    #[test]
+    fn not_a_database_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        assert!(matches!(Catalog::open(&path), Err(CatalogError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(Catalog::open(&path).unwrap());
+        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+        assert!(matches!(Catalog::open(&path), Err(CatalogError::TooNew { found: 99, .. })));
+    }
+
+    #[test]
+    fn concurrent_writers_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(Catalog::open(&path).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut cat = Catalog::open(&path).unwrap();
+                    let labels = BTreeMap::new();
+                    for _ in 0..10 {
+                        cat.begin_backup(&format!("app-{i}"), &new_backup(&labels), &|_| false)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(cat.list(&ListFilter::default()).unwrap().len(), 80);
+    }
+}

@@ -1,0 +1,303 @@
+//! The config file: where it is looked up, what it may say, and the layout
+//! (home, store, catalog) that follows from it.
+//!
+//! The file is TOML. Unknown keys and bad values are errors that name the
+//! file, the line and the column: a typo must never be silently ignored in a
+//! tool that decides what gets backed up. Instance definitions will join the
+//! top level as `[instances.NAME]` tables; [`Config`] keeps the file's path so
+//! relative paths in them can be resolved against it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::archive::{Codec, CompressionSpec};
+use crate::error::ErrorKind;
+
+/// A problem with the config file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config file {} does not exist", path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot read config file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot find a home directory for backstop: {0}")]
+    NoHome(String),
+}
+
+impl ConfigError {
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::Missing { .. } => Some(
+                "check the path given with --config or $BACKSTOP_CONFIG, or omit it to use \
+                 the defaults"
+                    .into(),
+            ),
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { .. } => Some(
+                "fix the line named above; the keys backstop knows are listed in the README \
+                 (Configuration)"
+                    .into(),
+            ),
+            ConfigError::NoHome(_) => Some("set --home DIR or $BACKSTOP_HOME".into()),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn kind(&self) -> ErrorKind {
+        ErrorKind::Usage
+    }
+}
+
+/// The file as written, before defaults are applied.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    home: Option<PathBuf>,
+    store: Option<PathBuf>,
+    #[serde(default)]
+    defaults: RawDefaults,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    compression: Option<Codec>,
+    level: Option<i32>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+/// The loaded configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The file it came from; `None` when no config file exists.
+    pub path: Option<PathBuf>,
+    /// `home`, resolved against the file's directory.
+    pub home: Option<PathBuf>,
+    /// `store`, resolved against the file's directory.
+    pub store: Option<PathBuf>,
+    /// `[defaults] compression` and `level`.
+    pub compression: Option<Codec>,
+    pub level: Option<i32>,
+    /// `[defaults] exclude`: gitignore-style patterns for every backup.
+    pub exclude: Vec<String>,
+}
+
+/// Where the config came from when it was looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `--config FILE`
+    Flag,
+    /// `$BACKSTOP_CONFIG`
+    Env,
+    /// One of the standard places, which may all be absent.
+    Search,
+}
+
+impl Config {
+    /// The places searched when neither `--config` nor `$BACKSTOP_CONFIG` is
+    /// given, in order.
+    pub fn search_paths() -> Vec<PathBuf> {
+        let mut paths = vec![PathBuf::from("backstop.toml")];
+        if let Some(dir) = xdg_dir("XDG_CONFIG_HOME", ".config") {
+            paths.push(dir.join("backstop").join("backstop.toml"));
+        }
+        paths.push(PathBuf::from("/etc/backstop/backstop.toml"));
+        paths
+    }
+
+    /// Loads the config: `explicit` (from `--config`) first, then
+    /// `$BACKSTOP_CONFIG`, then the first of [`Config::search_paths`] that
+    /// exists. No file at all is fine: the defaults apply.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a named file does not exist, cannot be read, or is not valid.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = std::env::var_os("BACKSTOP_CONFIG").filter(|v| !v.is_empty());
+        let (path, origin) = match (explicit, env) {
+            (Some(p), _) => (Some(p.to_path_buf()), Origin::Flag),
+            (None, Some(p)) => (Some(PathBuf::from(p)), Origin::Env),
+            (None, None) => (
+                Config::search_paths().into_iter().find(|p| p.is_file()),
+                Origin::Search,
+            ),
+        };
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && origin != Origin::Search => {
+                return Err(ConfigError::Missing { path });
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::parse(&text, &path)
+    }
+
+    /// Parses config text that came from `path`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on invalid TOML, unknown keys and bad values, naming the line.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: describe_toml_error(&e, text),
+        })?;
+        let base = crate::fsutil::parent_dir(path);
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if let Some(codec) = raw.defaults.compression {
+            CompressionSpec::new(codec, raw.defaults.level).map_err(|message| {
+                ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!("[defaults] {message}"),
+                }
+            })?;
+        }
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            home: raw.home.map(resolve),
+            store: raw.store.map(resolve),
+            compression: raw.defaults.compression,
+            level: raw.defaults.level,
+            exclude: raw.defaults.exclude,
+        })
+    }
+}
+
+/// Turns a TOML error into one line: "line L, column C: what is wrong".
+fn describe_toml_error(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim().to_string();
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// `$VAR`, or `$HOME/<fallback>` when it is unset or empty.
+fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        _ => std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(fallback)),
+    }
+}
+
+/// Where backstop keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The home directory: catalog, locks.
+    pub home: PathBuf,
+    /// Where archives live, one directory per instance.
+    pub store: PathBuf,
+}
+
+impl Layout {
+    /// Resolves the layout: `home` (from `--home` or `$BACKSTOP_HOME`) wins over
+    /// the config, which wins over the default (`$XDG_DATA_HOME/backstop`, or
+    /// `/var/lib/backstop` for root). The store is the config's `store` or
+    /// `<home>/backups`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when no home can be determined.
+    pub fn resolve(home: Option<&Path>, config: &Config) -> Result<Layout, ConfigError> {
+        let home = match (home, &config.home) {
+            (Some(h), _) => absolute(h),
+            (None, Some(h)) => absolute(h),
+            (None, None) if rustix::process::geteuid().is_root() => {
+                PathBuf::from("/var/lib/backstop")
+            }
+            (None, None) => xdg_dir("XDG_DATA_HOME", ".local/share")
+                .map(|d| d.join("backstop"))
+                .ok_or_else(|| ConfigError::NoHome("neither $XDG_DATA_HOME nor $HOME is set".into()))?,
+        };
+        let store = match &config.store {
+            Some(s) => absolute(s),
+            None => home.join("backups"),
+        };
+        Ok(Layout { home, store })
+    }
+
+    /// The catalog database.
+    pub fn catalog(&self) -> PathBuf {
+        self.home.join("catalog.db")
+    }
+
+    /// The directory of lock files.
+    pub fn locks(&self) -> PathBuf {
+        self.home.join("locks")
+    }
+
+    /// The directory holding one instance's archives.
+    pub fn instance_store(&self, instance: &str) -> PathBuf {
+        self.store.join(instance)
+    }
+}
+
+/// `path` made absolute against the current directory, without resolving
+/// symlinks (the user's spelling is kept).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let text = "home = \"/x\"\n\n[defaults]\ncompresion = \"zstd\"\n";
+        let err = Config::parse(text, Path::new("/etc/b.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 4"), "{msg}");
+        assert!(msg.contains("compresion"), "{msg}");
+        assert!(msg.contains("/etc/b.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_level_is_rejected() {
+        let text = "[defaults]\ncompression = \"gzip\"\nlevel = 42\n";
+        let err = Config::parse(text, Path::new("b.toml")).unwrap_err();
+        assert!(err.to_string().contains("level"), "{err}");
+    }
+
+    #[test]
+    fn bad_codec_is_rejected_with_line() {
+        let text = "[defaults]\ncompression = \"lzma\"\n";
+        let err = Config::parse(text, Path::new("b.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let text = "home = \"state\"\nstore = \"/srv/backups\"\n[defaults]\nexclude = [\"*.tmp\"]\n";
+        let config = Config::parse(text, Path::new("/etc/backstop/backstop.toml")).unwrap();
+        assert_eq!(config.home.unwrap(), Path::new("/etc/backstop/state"));
+        assert_eq!(config.store.unwrap(), Path::new("/srv/backups"));
+        assert_eq!(config.exclude, vec!["*.tmp".to_string()]);
+    }
+
+    #[test]
+    fn layout_defaults_store_under_home() {
+        let layout = Layout::resolve(Some(Path::new("/h")), &Config::default()).unwrap();
+        assert_eq!(layout.store, Path::new("/h/backups"));
+        assert_eq!(layout.catalog(), Path::new("/h/catalog.db"));
+    }
+}

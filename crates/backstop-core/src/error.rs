@@ -1,0 +1,151 @@
+//! The error type of the core, and how each error is classified.
+//!
+//! Every module has its own typed error; [`Error`] gathers them so that an
+//! operation can fail with any of them. The CLI never inspects messages: it
+//! asks [`Error::kind`] for the exit code and [`Error::hint`] for the next step
+//! to suggest.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::archive::ArchiveError;
+use crate::catalog::CatalogError;
+use crate::config::ConfigError;
+use crate::lock::LockError;
+
+/// What kind of failure an error is; the CLI maps each to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The command line or a config file is wrong (exit code 2).
+    Usage,
+    /// An archive failed a checksum, is corrupt, truncated, or hostile (exit code 4).
+    Integrity,
+    /// Another process holds the lock (exit code 6).
+    LockHeld,
+    /// The user interrupted the operation (exit code 130).
+    Interrupted,
+    /// Anything else: I/O errors, full disks, missing permissions (exit code 1).
+    Failed,
+}
+
+/// Any error the core can return.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// An I/O operation on a named path failed.
+    #[error("{action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The request itself is wrong (a path that does not exist, flags that
+    /// contradict each other).
+    #[error("{message}")]
+    Usage {
+        message: String,
+        hint: Option<String>,
+    },
+    /// A backup or verification target was not found.
+    #[error("{message}")]
+    NotFound {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The operation was interrupted by a signal.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `action` on `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Usage`] with an optional hint.
+    pub fn usage(message: impl Into<String>, hint: Option<String>) -> Self {
+        Error::Usage {
+            message: message.into(),
+            hint,
+        }
+    }
+
+    /// The classification that decides the exit code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) | Error::Usage { .. } => ErrorKind::Usage,
+            Error::Catalog(e) => e.kind(),
+            Error::Lock(e) => e.kind(),
+            Error::Archive(e) => e.kind(),
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::Interrupted => {
+                ErrorKind::Interrupted
+            }
+            Error::Io { .. } => ErrorKind::Failed,
+            Error::NotFound { .. } => ErrorKind::Failed,
+            Error::Interrupted => ErrorKind::Interrupted,
+        }
+    }
+
+    /// What the user can do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Config(e) => e.hint(),
+            Error::Catalog(e) => e.hint(),
+            Error::Lock(e) => e.hint(),
+            Error::Archive(e) => e.hint(),
+            Error::Io { source, path, .. } => io_hint(source, path),
+            Error::Usage { hint, .. } | Error::NotFound { hint, .. } => hint.clone(),
+            Error::Interrupted => None,
+        }
+    }
+}
+
+/// Hints for the I/O errors users meet most: full disks and permissions.
+pub(crate) fn io_hint(err: &io::Error, path: &Path) -> Option<String> {
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Some(format!(
+            "the filesystem holding {} is full: free some space or choose another \
+             destination (--output DIR, or `store` in the config)",
+            path.display()
+        )),
+        Some(libc::EACCES) | Some(libc::EPERM) => Some(format!(
+            "check the permissions of {} (run as a user who may write there, or choose \
+             another destination)",
+            path.display()
+        )),
+        Some(libc::EROFS) => Some(format!(
+            "{} is on a read-only filesystem: choose another destination",
+            path.display()
+        )),
+        _ => None,
+    }
+}
+
+/// The core's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds the path and the action to a bare `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::io(action, path, source))
+    }
+}

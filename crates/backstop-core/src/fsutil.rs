@@ -1,0 +1,356 @@
+//! Filesystem primitives with the durability rules backstop depends on.
+//!
+//! Everything that must survive a power cut goes through here: files that
+//! appear under their final name only when complete ([`NewFile`]), small files
+//! replaced atomically ([`atomic_write`]), directory flushes, and early
+//! write-back so that the final flush of a large archive is short.
+
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Creates `path` and any missing parents; directories created here get mode
+/// 0700, because backstop's home and store hold secrets.
+///
+/// # Errors
+///
+/// Fails when a directory cannot be created.
+pub fn create_private_dir_all(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .at("creating directory", path)
+}
+
+/// Flushes a directory, so that entries created or renamed in it survive a
+/// power cut.
+///
+/// # Errors
+///
+/// Fails when the directory cannot be opened or flushed.
+pub fn fsync_dir(path: &Path) -> Result<()> {
+    let dir = File::open(path).at("opening directory", path)?;
+    dir.sync_all().at("flushing directory", path)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory
+/// is written, flushed and renamed over `path`, then the directory is flushed.
+/// A reader sees either the old content or the new one, never a mix.
+///
+/// # Errors
+///
+/// Fails on any I/O error; the temporary file is removed.
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = parent_dir(path);
+    let tmp = temp_sibling(path, "tmp");
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .at("creating", &tmp)?;
+        file.write_all(bytes).at("writing", &tmp)?;
+        file.sync_all().at("flushing", &tmp)?;
+        fs::rename(&tmp, path).at("renaming into place", path)?;
+        fsync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The directory that holds `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A hidden name next to `path` that no other process uses: `.<name>.<tag>-<pid>`.
+fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{tag}-{}", std::process::id()));
+    parent_dir(path).join(name)
+}
+
+/// How a [`NewFile`] exists before it is committed.
+#[derive(Debug)]
+enum Pending {
+    /// An unnamed inode (`O_TMPFILE`): a crash leaves nothing behind at all.
+    Anonymous,
+    /// A hidden temporary name, for filesystems without `O_TMPFILE`.
+    Named(PathBuf),
+}
+
+/// A file that appears under its final name only once it is complete and on
+/// disk. Created with mode 0600 from the first byte.
+///
+/// The life cycle is `create` → write → [`NewFile::commit`]; dropping it
+/// without committing removes every trace of it.
+#[derive(Debug)]
+pub struct NewFile {
+    file: Option<File>,
+    pending: Pending,
+    final_path: PathBuf,
+}
+
+/// The name prefix of named temporary files, so stale ones can be recognised.
+pub const TEMP_PREFIX: &str = ".backstop-tmp-";
+
+impl NewFile {
+    /// Prepares `final_path`. Nothing is visible under that name until
+    /// [`NewFile::commit`].
+    ///
+    /// # Errors
+    ///
+    /// Fails when `final_path` already exists or its directory is not writable.
+    pub fn create(final_path: &Path) -> Result<NewFile> {
+        if final_path.symlink_metadata().is_ok() {
+            return Err(Error::usage(
+                format!("{} already exists", final_path.display()),
+                Some("backstop never overwrites an archive: choose another name".into()),
+            ));
+        }
+        let dir = parent_dir(final_path);
+        let tmpfile = rustix::fs::open(
+            &dir,
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        match tmpfile {
+            Ok(fd) => {
+                return Ok(NewFile {
+                    file: Some(File::from(fd)),
+                    pending: Pending::Anonymous,
+                    final_path: final_path.to_path_buf(),
+                });
+            }
+            // These mean "this filesystem has no O_TMPFILE": fall back to a name.
+            Err(e)
+                if e == rustix::io::Errno::OPNOTSUPP
+                    || e == rustix::io::Errno::ISDIR
+                    || e == rustix::io::Errno::INVAL
+                    || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(Error::io("creating a file in", dir, e.into())),
+        }
+        let mut name = OsString::from(TEMP_PREFIX);
+        name.push(final_path.file_name().unwrap_or_default());
+        name.push(format!(".{}", std::process::id()));
+        let temp = dir.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&temp)
+            .at("creating", &temp)?;
+        Ok(NewFile {
+            file: Some(file),
+            pending: Pending::Named(temp),
+            final_path: final_path.to_path_buf(),
+        })
+    }
+
+    /// The open file, for writing.
+    pub fn file(&self) -> &File {
+        self.file.as_ref().expect("file is present until commit")
+    }
+
+    /// The name the file will have once committed.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Flushes the data, gives the file its final name (never replacing an
+    /// existing file) and flushes the directory.
+    ///
+    /// # Errors
+    ///
+    /// Fails on any I/O error; the file is then removed.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        let file = self.file.take().expect("file is present until commit");
+        file.sync_all().at("flushing", &self.final_path)?;
+        let dir = parent_dir(&self.final_path);
+        match &self.pending {
+            Pending::Anonymous => link_anonymous(&file, &self.final_path)?,
+            Pending::Named(temp) => {
+                rustix::fs::renameat_with(CWD, temp, CWD, &self.final_path, RenameFlags::NOREPLACE)
+                    .map_err(|e| Error::io("renaming into place", &self.final_path, e.into()))?;
+                // The temporary name is gone: nothing to clean up on drop.
+                self.pending = Pending::Anonymous;
+            }
+        }
+        drop(file);
+        fsync_dir(&dir)?;
+        Ok(self.final_path.clone())
+    }
+}
+
+/// Gives an `O_TMPFILE` inode a name. `AT_EMPTY_PATH` needs a capability that
+/// unprivileged users lack, so the `/proc/self/fd` route is the fallback.
+fn link_anonymous(file: &File, target: &Path) -> Result<()> {
+    let direct = rustix::fs::linkat(file, "", CWD, target, AtFlags::EMPTY_PATH);
+    match direct {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::EXIST => Err(Error::io(
+            "naming",
+            target,
+            io::Error::from(io::ErrorKind::AlreadyExists),
+        )),
+        Err(_) => {
+            let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            rustix::fs::linkat(CWD, proc_path.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW)
+                .map_err(|e| Error::io("naming", target, e.into()))
+        }
+    }
+}
+
+impl Drop for NewFile {
+    fn drop(&mut self) {
+        if let Pending::Named(temp) = &self.pending {
+            let _ = fs::remove_file(temp);
+        }
+    }
+}
+
+/// Starts write-back of a file's dirty pages while it is still being written,
+/// so the final flush has little left to do, and keeps the amount of dirty
+/// archive data in the page cache bounded.
+#[derive(Debug)]
+pub struct WriteBack {
+    fd: i32,
+    started: u64,
+    waited: u64,
+}
+
+/// Write-back is started every this many bytes.
+const WRITEBACK_STEP: u64 = 8 << 20;
+/// Data older than this (behind the write position) is waited for and dropped
+/// from the page cache.
+const WRITEBACK_LAG: u64 = 64 << 20;
+
+impl WriteBack {
+    /// Tracks write-back for `file`.
+    pub fn new(file: &File) -> WriteBack {
+        WriteBack {
+            fd: file.as_raw_fd(),
+            started: 0,
+            waited: 0,
+        }
+    }
+
+    /// Records that the file now holds `written` bytes. Errors are ignored:
+    /// this is an optimisation, and the final `fsync` reports real failures.
+    pub fn advance(&mut self, written: u64) {
+        if written - self.started >= WRITEBACK_STEP {
+            // SAFETY: sync_file_range only reads its integer arguments.
+            unsafe {
+                libc::sync_file_range(
+                    self.fd,
+                    self.started as i64,
+                    (written - self.started) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = written;
+        }
+        if self.started.saturating_sub(self.waited) > WRITEBACK_LAG {
+            let upto = self.started - WRITEBACK_LAG / 2;
+            // SAFETY: as above; posix_fadvise only reads its arguments too.
+            unsafe {
+                libc::sync_file_range(
+                    self.fd,
+                    self.waited as i64,
+                    (upto - self.waited) as i64,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                libc::posix_fadvise(
+                    self.fd,
+                    self.waited as i64,
+                    (upto - self.waited) as i64,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            self.waited = upto;
+        }
+    }
+}
+
+/// Bytes available to an unprivileged user on the filesystem holding `path`.
+///
+/// # Errors
+///
+/// Fails when the filesystem cannot be queried.
+pub fn available_space(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path).map_err(|e| Error::io("checking free space on", path, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Converts raw bytes from an archive into a path.
+pub fn path_from_bytes(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsString::from_vec(bytes.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn new_file_is_invisible_until_commit_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a.tar");
+        let new = NewFile::create(&target).unwrap();
+        new.file().write_all(b"hello").unwrap();
+        assert!(!target.exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no visible temp file");
+        new.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"hello");
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn dropped_new_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a.tar");
+        let new = NewFile::create(&target).unwrap();
+        new.file().write_all(b"partial").unwrap();
+        drop(new);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn new_file_refuses_to_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a.tar");
+        fs::write(&target, b"old").unwrap();
+        assert!(NewFile::create(&target).is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.sha256");
+        atomic_write(&target, b"one", 0o600).unwrap();
+        atomic_write(&target, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,42 @@
+//! The library behind backstop: archives, the catalog, locks, and the
+//! operations the command line offers.
+//!
+//! This crate never touches the terminal: operations take a [`Context`]
+//! (where state lives, how to report progress, when to stop) and return plain
+//! values that the caller renders. See ARCHITECTURE.md for the map.
+
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod archive;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod failpoint;
+pub mod fsutil;
+pub mod instance;
+pub mod lock;
+pub mod ops;
+pub mod progress;
+pub mod source;
+pub mod time;
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::{Error, ErrorKind, Result};
+
+/// What every operation needs besides its own request.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    /// Where backstop keeps its state.
+    pub layout: &'a config::Layout,
+    /// Where progress goes.
+    pub progress: &'a dyn progress::Progress,
+    /// Set by a signal handler to stop the operation.
+    pub cancel: &'a progress::Cancel,
+}
+
+/// `backstop <version>`, as recorded in manifests and the catalog.
+pub fn created_by() -> String {
+    format!("backstop {}", env!("CARGO_PKG_VERSION"))
+}

@@ -1,0 +1,224 @@
+//! Instance locks: one writer per instance at a time.
+//!
+//! A lock is a kernel file lock (`flock`) on `<home>/locks/<instance>.lock`.
+//! The kernel releases it when the holder exits, however it exits, so there
+//! are never stale locks to clean up. The holder writes its PID, host,
+//! command and start time into the file so that a second invocation can say
+//! who holds the lock. (File locks are not reliable on NFS; keep the home on
+//! a local filesystem.)
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fsutil::create_private_dir_all;
+use crate::progress::Cancel;
+
+/// Who holds a lock, as written in the lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    pub command: String,
+    pub started_at: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PID {} on {} (`{}`, since {})",
+            self.pid, self.host, self.command, self.started_at
+        )
+    }
+}
+
+/// A lock that could not be taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    #[error("instance {instance} is locked by {}", holder.as_ref().map_or_else(|| "another process".to_string(), Holder::to_string))]
+    Held {
+        instance: String,
+        holder: Option<Holder>,
+        /// How long this process waited, if it did.
+        waited: Option<Duration>,
+    },
+}
+
+impl LockError {
+    pub(crate) fn kind(&self) -> ErrorKind {
+        ErrorKind::LockHeld
+    }
+
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            LockError::Held { waited: Some(_), .. } => Some(
+                "the other operation is still running: try again later or wait longer \
+                 (--wait=DURATION)"
+                    .into(),
+            ),
+            LockError::Held { waited: None, .. } => Some(
+                "wait for the other operation to finish, or run again with --wait to queue \
+                 behind it"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// A held instance lock; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl InstanceLock {
+    /// The lock file of `instance`.
+    pub fn path(locks_dir: &Path, instance: &str) -> PathBuf {
+        locks_dir.join(format!("{instance}.lock"))
+    }
+
+    /// Takes the lock of `instance` for `command`. With `wait`, waits up to
+    /// that long (`Duration::MAX`: forever) for the holder to finish.
+    ///
+    /// # Errors
+    ///
+    /// Fails with [`LockError::Held`] when another process holds the lock, on
+    /// I/O errors, and when `cancel` is set while waiting.
+    pub fn acquire(
+        locks_dir: &Path,
+        instance: &str,
+        command: &str,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Result<InstanceLock> {
+        create_private_dir_all(locks_dir)?;
+        let path = InstanceLock::path(locks_dir, instance);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("opening lock file", &path, e))?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let waited = started.elapsed();
+                    if wait.is_none_or(|w| waited >= w) {
+                        return Err(LockError::Held {
+                            instance: instance.to_string(),
+                            holder: read_holder(&mut file),
+                            waited: wait.map(|_| waited),
+                        }
+                        .into());
+                    }
+                    cancel.check()?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io("locking", &path, e)),
+            }
+        }
+        let holder = Holder {
+            pid: std::process::id(),
+            host: hostname(),
+            command: command.to_string(),
+            started_at: crate::time::now_rfc3339(),
+        };
+        let text = serde_json::to_string(&holder).expect("holder serialises");
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .map_err(|e| Error::io("writing lock file", &path, e))?;
+        Ok(InstanceLock { _file: file, path })
+    }
+
+    /// Takes the lock only if it is free right now.
+    ///
+    /// # Errors
+    ///
+    /// Fails on I/O errors; a held lock is `Ok(None)`.
+    pub fn try_acquire(locks_dir: &Path, instance: &str, command: &str) -> Result<Option<InstanceLock>> {
+        match InstanceLock::acquire(locks_dir, instance, command, None, &Cancel::default()) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(Error::Lock(LockError::Held { .. })) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The lock file.
+    pub fn file_path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn read_holder(file: &mut File) -> Option<Holder> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_fails_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = Cancel::default();
+        let first = InstanceLock::acquire(dir.path(), "app", "backup app", None, &cancel).unwrap();
+        let err = InstanceLock::acquire(dir.path(), "app", "restore app", None, &cancel).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LockHeld);
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("PID {}", std::process::id())), "{msg}");
+        assert!(msg.contains("backup app"), "{msg}");
+        // Another instance is independent.
+        InstanceLock::acquire(dir.path(), "other", "backup other", None, &cancel).unwrap();
+        drop(first);
+        InstanceLock::acquire(dir.path(), "app", "restore app", None, &cancel).unwrap();
+    }
+
+    #[test]
+    fn waiting_gets_the_lock_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = Cancel::default();
+        let first = InstanceLock::acquire(dir.path(), "app", "backup", None, &cancel).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(first);
+        });
+        let started = Instant::now();
+        InstanceLock::acquire(dir.path(), "app", "second", Some(Duration::from_secs(10)), &cancel).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+    }
+
+    #[test]
+    fn waiting_gives_up_after_the_duration() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = Cancel::default();
+        let _first = InstanceLock::acquire(dir.path(), "app", "backup", None, &cancel).unwrap();
+        let err = InstanceLock::acquire(dir.path(), "app", "x", Some(Duration::from_millis(200)), &cancel)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LockHeld);
+    }
+}

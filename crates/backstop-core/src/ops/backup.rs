@@ -1,0 +1,596 @@
+//! `backup`: scan an instance and write an archive, with every step of
+//! guarantee 1 in order: temporary file → flush → name → directory flush →
+//! sidecar → catalog row marked available. Any failure on the way leaves no
+//! archive and a `failed` row that says why.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::archive::compress::BlockCompressor;
+use crate::archive::format::{Problem, SourceManifest, Totals, FORMAT};
+use crate::archive::reader::sidecar_path;
+use crate::archive::writer::{write_archive, Target, Written};
+use crate::archive::{BackupKind, Codec, CompressionSpec, Manifest, Trailer};
+use crate::catalog::{BackupRecord, Catalog, Finished, NewBackup};
+use crate::error::{Error, Result};
+use crate::failpoint;
+use crate::fsutil::{self, NewFile, TEMP_PREFIX};
+use crate::instance::Instance;
+use crate::lock::{hostname, InstanceLock};
+use crate::source::exclude::{Excluded, Excludes};
+use crate::source::scan::{EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions};
+use crate::time;
+use crate::Context;
+
+/// Where the archive goes.
+pub enum Output {
+    /// `<store>/<instance>/<id>.<ext>`.
+    Store,
+    /// Into this directory, named `<id>.<ext>`.
+    Dir(PathBuf),
+    /// Exactly this file, which must not exist.
+    File(PathBuf),
+    /// A stream such as stdout: no sidecar, not recorded in the catalog.
+    Stream(Box<dyn Write + Send>),
+}
+
+/// Everything a backup needs to know.
+pub struct BackupRequest {
+    pub instance: Instance,
+    pub kind: BackupKind,
+    pub reason: String,
+    pub message: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub app_version: Option<String>,
+    pub upgraded_to: Option<String>,
+    pub profile: Option<String>,
+    /// Exclude patterns on top of the built-in ones and the instance's own.
+    pub excludes: Vec<String>,
+    pub compression: CompressionSpec,
+    pub output: Output,
+    /// How long to wait for the instance lock; `None` fails at once.
+    pub wait: Option<Duration>,
+}
+
+/// A problem with one file that did not stop the backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// `vanished`, `changed`, `unreadable` or `skipped`.
+    pub kind: &'static str,
+    pub path: String,
+    pub detail: String,
+}
+
+impl Warning {
+    /// Whether this warning means the archive lacks something the source
+    /// had (exit code 3). Skipped sockets and FIFOs are not data.
+    pub fn is_incomplete(&self) -> bool {
+        self.kind != "skipped"
+    }
+}
+
+/// A finished backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The catalog record; for a streamed backup, what it would have said.
+    pub backup: BackupRecord,
+    /// Whether the backup is in the catalog (not for streams).
+    pub cataloged: bool,
+    pub trailer: Trailer,
+    pub excluded: Vec<ExcludedSummary>,
+    pub warnings: Vec<Warning>,
+    pub duration_ms: u64,
+}
+
+/// Excluded paths, grouped by the rule that excluded them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExcludedSummary {
+    pub rule: String,
+    pub count: usize,
+    /// The first few paths, as examples.
+    pub examples: Vec<String>,
+}
+
+/// What a backup would do: the answer to `--dry-run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupPlan {
+    pub instance: String,
+    pub root: String,
+    pub sources: Vec<SourceManifest>,
+    /// Where the archive would be written (`None` for a stream).
+    pub destination: Option<String>,
+    pub compression: crate::archive::Codec,
+    pub level: Option<i32>,
+    pub entries: Vec<PlannedEntry>,
+    pub totals: Totals,
+    pub excluded: Vec<ExcludedSummary>,
+    pub excluded_paths: Vec<String>,
+    pub warnings: Vec<Warning>,
+    /// The archive size expected from compressing samples of the data.
+    pub estimated_size: u64,
+}
+
+/// One entry that would go into the archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedEntry {
+    pub path: String,
+    /// `dir`, `file`, `symlink` or `hardlink`.
+    pub kind: &'static str,
+    pub size: u64,
+}
+
+fn rule_name(rule: &Excluded) -> String {
+    match rule {
+        Excluded::Pattern(p) => p.clone(),
+        Excluded::CacheDirTag => crate::source::exclude::CACHEDIR_TAG_RULE.to_string(),
+        Excluded::OwnState => "backstop's own home and store".to_string(),
+    }
+}
+
+fn summarize_excluded(excluded: &[ExcludedPath]) -> Vec<ExcludedSummary> {
+    let mut groups: BTreeMap<String, ExcludedSummary> = BTreeMap::new();
+    for e in excluded {
+        let rule = rule_name(&e.rule);
+        let g = groups.entry(rule.clone()).or_insert_with(|| ExcludedSummary {
+            rule,
+            count: 0,
+            examples: Vec::new(),
+        });
+        g.count += 1;
+        if g.examples.len() < 3 {
+            g.examples.push(e.path.clone());
+        }
+    }
+    groups.into_values().collect()
+}
+
+fn warnings_of(trailer: &Trailer) -> Vec<Warning> {
+    let w = |kind: &'static str, p: &Problem| Warning {
+        kind,
+        path: p.path.clone(),
+        detail: p.detail.clone(),
+    };
+    let mut out: Vec<Warning> = trailer
+        .vanished
+        .iter()
+        .map(|p| Warning {
+            kind: "vanished",
+            path: p.clone(),
+            detail: "disappeared before it could be read; not in the archive".into(),
+        })
+        .collect();
+    out.extend(trailer.changed.iter().map(|p| w("changed", p)));
+    out.extend(trailer.unreadable.iter().map(|p| w("unreadable", p)));
+    out.extend(trailer.skipped.iter().map(|p| w("skipped", p)));
+    out
+}
+
+/// The `(device, inode)` of backstop's home and store, so a backup of a
+/// directory that contains them does not back up itself.
+fn own_state_dirs(ctx: &Context<'_>) -> Vec<(u64, u64)> {
+    [&ctx.layout.home, &ctx.layout.store]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+fn scan(ctx: &Context<'_>, req: &BackupRequest) -> Result<(Scan, Excludes)> {
+    let mut patterns = req.instance.excludes.clone();
+    patterns.extend(req.excludes.iter().cloned());
+    let excludes = Excludes::new(&req.instance.root, &patterns)?;
+    let opts = ScanOptions {
+        excludes: &excludes,
+        skip_dirs: own_state_dirs(ctx),
+        progress: ctx.progress,
+        cancel: ctx.cancel,
+    };
+    let scan = Scan::run(&req.instance, &opts)?;
+    Ok((scan, excludes))
+}
+
+fn path_str(path: &Path) -> Result<String> {
+    path.to_str().map(str::to_string).ok_or_else(|| {
+        Error::usage(
+            format!("{} is not valid UTF-8", path.display()),
+            Some("backstop records paths in JSON and SQLite: use a UTF-8 path".into()),
+        )
+    })
+}
+
+fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
+    instance
+        .sources
+        .iter()
+        .map(|s| {
+            Ok(SourceManifest {
+                name: s.name.clone(),
+                kind: "path".into(),
+                path: path_str(&s.path)?,
+                origin: if s.path == Path::new(".") {
+                    path_str(&instance.root)?
+                } else {
+                    path_str(&instance.root.join(&s.path))?
+                },
+                restore: "extract".into(),
+            })
+        })
+        .collect()
+}
+
+/// The archive file for backup `id` under `output`, if it is a file.
+fn destination(ctx: &Context<'_>, req: &BackupRequest, id: &str) -> Option<PathBuf> {
+    let name = format!("{id}{}", req.compression.codec.extension());
+    match &req.output {
+        Output::Store => Some(ctx.layout.instance_store(&req.instance.name).join(name)),
+        Output::Dir(d) => Some(d.join(name)),
+        Output::File(f) => Some(f.clone()),
+        Output::Stream(_) => None,
+    }
+}
+
+/// Works out what a backup would contain, without writing anything
+/// anywhere: no directories, no catalog, no lock.
+///
+/// # Errors
+///
+/// Fails when a source cannot be read or a pattern is invalid.
+pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
+    let (scan, _excludes) = scan(ctx, req)?;
+    let base = format!("{}-{}", req.instance.name, time::id_stamp(time::now()));
+    let mut entries = Vec::with_capacity(scan.len());
+    let mut buf = Vec::new();
+    for i in 0..scan.len() as u32 {
+        let e = EntryRef(i);
+        scan.archive_path(e, &mut buf);
+        entries.push(PlannedEntry {
+            path: String::from_utf8_lossy(&buf).into_owned(),
+            kind: match scan.kind(e) {
+                NodeKind::Dir => "dir",
+                NodeKind::File => "file",
+                NodeKind::Symlink => "symlink",
+                NodeKind::HardLink => "hardlink",
+            },
+            size: scan.size(e),
+        });
+    }
+    let trailer = Trailer {
+        unreadable: scan.unreadable.clone(),
+        skipped: scan.skipped.clone(),
+        ..Trailer::default()
+    };
+    Ok(BackupPlan {
+        instance: req.instance.name.clone(),
+        root: req.instance.root.display().to_string(),
+        sources: sources_manifest(&req.instance)?,
+        destination: destination(ctx, req, &base).map(|p| p.display().to_string()),
+        compression: req.compression.codec,
+        level: req.compression.level,
+        estimated_size: estimate_size(&scan, req.compression),
+        totals: scan.totals,
+        excluded: summarize_excluded(&scan.excluded),
+        excluded_paths: scan.excluded.iter().map(|e| e.path.clone()).collect(),
+        warnings: warnings_of(&trailer),
+        entries,
+    })
+}
+
+/// Estimates the archive size by compressing samples of the files: up to 32
+/// samples of 256 KiB, spread evenly over the bytes to back up.
+fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
+    const SAMPLES: u64 = 32;
+    const SAMPLE: usize = 256 << 10;
+    // Headers: a 512-byte header, a PAX header for sub-second times, padding.
+    let overhead = scan.totals.entries * 1536;
+    if spec.codec == Codec::None || scan.totals.bytes == 0 {
+        let ratio = if spec.codec == Codec::None { 1.0 } else { 0.02 };
+        return scan.totals.bytes + (overhead as f64 * ratio) as u64;
+    }
+    let Ok(mut compressor) = BlockCompressor::new(spec) else {
+        return scan.totals.bytes;
+    };
+    let step = (scan.totals.bytes / SAMPLES).max(1);
+    let (mut raw, mut packed) = (0u64, 0u64);
+    let mut next_at = 0u64;
+    let mut seen = 0u64;
+    let mut out = Vec::new();
+    for i in 0..scan.len() as u32 {
+        let e = EntryRef(i);
+        if scan.kind(e) != NodeKind::File {
+            continue;
+        }
+        let size = scan.size(e);
+        seen += size;
+        if seen <= next_at || size == 0 {
+            continue;
+        }
+        next_at = seen + step;
+        let mut data = Vec::with_capacity(SAMPLE.min(size as usize));
+        let read = std::fs::File::open(scan.fs_path(e))
+            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, SAMPLE as u64), &mut data));
+        if read.is_err() || data.is_empty() {
+            continue;
+        }
+        if compressor.compress(&data, &mut out).is_ok() {
+            raw += data.len() as u64;
+            packed += out.len() as u64;
+        }
+    }
+    let ratio = if raw == 0 { 1.0 } else { packed as f64 / raw as f64 };
+    (scan.totals.bytes as f64 * ratio) as u64 + overhead / 50
+}
+
+/// Runs a backup.
+///
+/// # Errors
+///
+/// Fails when the lock is held, the output cannot be written (full disk,
+/// permissions), the catalog is unusable, or on interruption. Every failure
+/// after the attempt was recorded leaves a `failed` row and no archive.
+pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport> {
+    let started = Instant::now();
+    // A stream is taken out of the request: it is consumed by the writer.
+    let stream = match std::mem::replace(&mut req.output, Output::Store) {
+        Output::Stream(s) => Some(s),
+        other => {
+            req.output = other;
+            None
+        }
+    };
+    let streaming = stream.is_some();
+    let created = time::now();
+    let created_at = time::rfc3339(created);
+    let base = format!("{}-{}", req.instance.name, time::id_stamp(created));
+    let origin = path_str(&req.instance.root)?;
+    let host = hostname();
+    let created_by = crate::created_by();
+
+    if let Output::Dir(d) | Output::File(d) = &req.output {
+        path_str(d)?;
+    }
+    fsutil::create_private_dir_all(&ctx.layout.home)?;
+    let _lock = InstanceLock::acquire(
+        &ctx.layout.locks(),
+        &req.instance.name,
+        &format!("backup {}", req.instance.name),
+        req.wait,
+        ctx.cancel,
+    )?;
+    let mut catalog = Catalog::open(&ctx.layout.catalog())?;
+    // We hold the lock: any row still `creating` belongs to a dead process.
+    catalog.fail_interrupted(&req.instance.name, &created_at)?;
+    let store_dir = ctx.layout.instance_store(&req.instance.name);
+    if matches!(req.output, Output::Store) && !streaming {
+        fsutil::create_private_dir_all(&store_dir)?;
+        remove_stale_temps(&store_dir);
+    }
+
+    let new = NewBackup {
+        instance: &req.instance.name,
+        origin: &origin,
+        host: &host,
+        created_at: &created_at,
+        kind: req.kind,
+        reason: &req.reason,
+        message: req.message.as_deref(),
+        labels: &req.labels,
+        app_version: req.app_version.as_deref(),
+        upgraded_to: req.upgraded_to.as_deref(),
+        profile: req.profile.as_deref(),
+        compression: req.compression.codec,
+        level: req.compression.level,
+        created_by: &created_by,
+    };
+    let taken = |id: &str| destination(ctx, &req, id).is_some_and(|p| p.symlink_metadata().is_ok());
+    let id = if streaming {
+        // A stream is not recorded, but its id must not clash with one that is.
+        let mut n = 1;
+        loop {
+            let candidate = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+            if catalog.get(&candidate)?.is_none() {
+                break candidate;
+            }
+            n += 1;
+        }
+    } else {
+        catalog.begin_backup(&base, &new, &taken)?
+    };
+
+    let result = run(ctx, &req, stream, &id, &created_at, &host, &created_by);
+    match result {
+        Ok((written, location, scan_excluded)) => {
+            let finished_at = time::now_rfc3339();
+            let warnings = warnings_of(&written.trailer);
+            let incomplete = warnings.iter().filter(|w| w.is_incomplete()).count() as u64;
+            let finished = Finished {
+                finished_at: &finished_at,
+                location: location.as_deref().unwrap_or("-"),
+                size: written.size,
+                entries: written.trailer.entries,
+                files: written.trailer.files,
+                bytes: written.trailer.bytes,
+                sha256: &written.sha256,
+                warnings: incomplete,
+            };
+            let backup = if streaming {
+                streamed_record(&id, &new, &finished)
+            } else {
+                catalog.finish_backup(&id, &finished).inspect_err(|_| {
+                    // Not recorded as available: the archive must not stay either.
+                    if let Some(loc) = &location {
+                        discard(Path::new(loc));
+                    }
+                })?;
+                catalog.get(&id)?.expect("the row was just written")
+            };
+            Ok(BackupReport {
+                backup,
+                cataloged: !streaming,
+                excluded: summarize_excluded(&scan_excluded),
+                warnings,
+                trailer: written.trailer,
+                duration_ms: started.elapsed().as_millis() as u64,
+            })
+        }
+        Err(err) => {
+            if !streaming {
+                let message = match &err {
+                    Error::Interrupted => "interrupted".to_string(),
+                    other => error_chain(other),
+                };
+                // The original error matters more than a failure to record it.
+                let _ = catalog.fail_backup(&id, &time::now_rfc3339(), &message);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// The part of a backup after its row exists: scan, write, commit.
+fn run(
+    ctx: &Context<'_>,
+    req: &BackupRequest,
+    stream: Option<Box<dyn Write + Send>>,
+    id: &str,
+    created_at: &str,
+    host: &str,
+    created_by: &str,
+) -> Result<(Written, Option<String>, Vec<ExcludedPath>)> {
+    let (scan, excludes) = scan(ctx, req)?;
+    failpoint::hit("backup.after-scan")?;
+    ctx.cancel.check()?;
+    let manifest = Manifest {
+        format: FORMAT,
+        id: id.to_string(),
+        instance: req.instance.name.clone(),
+        created_at: created_at.to_string(),
+        created_by: created_by.to_string(),
+        host: host.to_string(),
+        kind: req.kind,
+        reason: req.reason.clone(),
+        message: req.message.clone(),
+        labels: req.labels.clone(),
+        app_version: req.app_version.clone(),
+        upgraded_to: req.upgraded_to.clone(),
+        profile: req.profile.clone(),
+        compression: req.compression.codec,
+        level: req.compression.level,
+        root: path_str(&req.instance.root)?,
+        sources: sources_manifest(&req.instance)?,
+        excludes: excludes.patterns().to_vec(),
+        never_restore: req.instance.never_restore.clone(),
+        totals: scan.totals,
+    };
+    if let Some(stream) = stream {
+        let written = write_archive(&scan, &manifest, Target::Stream(stream), req.compression, ctx.progress, ctx.cancel)?;
+        return Ok((written, None, scan.excluded));
+    }
+    let path = destination(ctx, req, id).expect("file outputs have a destination");
+    let file = NewFile::create(&path)?;
+    let written = write_archive(&scan, &manifest, Target::File(file.file()), req.compression, ctx.progress, ctx.cancel)
+        .map_err(|e| with_path(e, &path))?;
+    failpoint::hit("backup.before-commit")?;
+    ctx.cancel.check()?;
+    let committed = file.commit()?;
+    // From here on the archive has its name: remove it again on any failure.
+    let finish = (|| {
+        failpoint::hit("backup.after-rename")?;
+        let name = committed.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let line = crate::archive::format::sidecar_line(&written.sha256, &name);
+        fsutil::atomic_write(&sidecar_path(&committed), line.as_bytes(), 0o600)?;
+        failpoint::hit("backup.after-sidecar")?;
+        ctx.cancel.check()
+    })();
+    if let Err(e) = finish {
+        discard(&committed);
+        return Err(e);
+    }
+    Ok((written, Some(path_str(&committed)?), scan.excluded))
+}
+
+/// Names the archive path in a pipeline I/O error, which only knows "archive".
+fn with_path(err: Error, path: &Path) -> Error {
+    match err {
+        Error::Io { action, path: p, source } if p == Path::new("archive") => Error::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// Removes an archive and its sidecar that must not remain.
+fn discard(archive: &Path) {
+    let _ = std::fs::remove_file(sidecar_path(archive));
+    let _ = std::fs::remove_file(archive);
+    let _ = fsutil::fsync_dir(&fsutil::parent_dir(archive));
+}
+
+/// Removes named temporary files left by killed backups. Only called while
+/// holding the instance lock, so no live backup owns them.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The error and its causes on one line, for the catalog.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The record a streamed backup would have had.
+fn streamed_record(id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> BackupRecord {
+    BackupRecord {
+        id: id.to_string(),
+        instance: new.instance.to_string(),
+        origin: new.origin.to_string(),
+        host: new.host.to_string(),
+        created_at: new.created_at.to_string(),
+        finished_at: Some(done.finished_at.to_string()),
+        kind: new.kind,
+        reason: new.reason.to_string(),
+        message: new.message.map(str::to_string),
+        labels: new.labels.clone(),
+        app_version: new.app_version.map(str::to_string),
+        upgraded_to: new.upgraded_to.map(str::to_string),
+        profile: new.profile.map(str::to_string),
+        location: None,
+        size: Some(done.size),
+        entries: Some(done.entries),
+        files: Some(done.files),
+        bytes: Some(done.bytes),
+        compression: new.compression,
+        level: new.level,
+        sha256: Some(done.sha256.to_string()),
+        status: crate::catalog::Status::Available,
+        error: None,
+        warnings: done.warnings,
+        verified_at: None,
+        verify_ok: None,
+        verify_error: None,
+        pinned: false,
+        created_by: new.created_by.to_string(),
+        last_restored_at: None,
+        last_restored_to: None,
+        last_restored_by: None,
+    }
+}

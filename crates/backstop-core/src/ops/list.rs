@@ -1,0 +1,48 @@
+//! `list`: the catalog's backups, newest first.
+
+use crate::catalog::{BackupRecord, Catalog, ListFilter};
+use crate::error::Result;
+use crate::lock::InstanceLock;
+use crate::{time, Context};
+
+/// Opens the catalog if there is one; a fresh machine has none, and reading
+/// must not create it.
+///
+/// # Errors
+///
+/// Fails when the catalog exists but cannot be opened.
+pub fn open_existing(ctx: &Context<'_>) -> Result<Option<Catalog>> {
+    let path = ctx.layout.catalog();
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Catalog::open(&path)?))
+}
+
+/// Marks the `creating` rows of dead processes failed. A row is only stale if
+/// its instance lock is free: a live backup holds it.
+///
+/// # Errors
+///
+/// Fails on catalog or lock-file errors.
+pub fn repair_interrupted(ctx: &Context<'_>, catalog: &Catalog) -> Result<()> {
+    for instance in catalog.instances_creating()? {
+        if let Some(_lock) = InstanceLock::try_acquire(&ctx.layout.locks(), &instance, "repair")? {
+            catalog.fail_interrupted(&instance, &time::now_rfc3339())?;
+        }
+    }
+    Ok(())
+}
+
+/// The backups matching `filter`, newest first.
+///
+/// # Errors
+///
+/// Fails when the catalog cannot be read.
+pub fn list(ctx: &Context<'_>, filter: &ListFilter) -> Result<Vec<BackupRecord>> {
+    let Some(catalog) = open_existing(ctx)? else {
+        return Ok(Vec::new());
+    };
+    repair_interrupted(ctx, &catalog)?;
+    Ok(catalog.list(filter)?)
+}

@@ -1,0 +1,7 @@
+//! The operations the command line offers, one module each. Every operation
+//! takes a [`crate::Context`] and a request, and returns a plain value.
+
+pub mod backup;
+pub mod list;
+pub mod show;
+pub mod verify;

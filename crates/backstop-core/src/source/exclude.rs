@@ -1,0 +1,145 @@
+//! Exclude rules: gitignore-style patterns, the built-in caches, and
+//! directories tagged with `CACHEDIR.TAG`.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use ignore::Match;
+
+use crate::error::{Error, Result};
+
+/// Directories that are caches in every application and are never backed up.
+/// A user pattern such as `!target/` brings one back.
+pub const BUILTIN_EXCLUDES: &[&str] = &[".cache/", "node_modules/", "__pycache__/", "target/"];
+
+/// The description recorded for directories skipped because of their tag.
+pub const CACHEDIR_TAG_RULE: &str = "directories holding CACHEDIR.TAG";
+
+/// The first bytes of a valid `CACHEDIR.TAG` (https://bford.info/cachedir/).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Why a path was left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Excluded {
+    /// A pattern matched (built-in, config or command line).
+    Pattern(String),
+    /// The directory holds a `CACHEDIR.TAG`.
+    CacheDirTag,
+    /// The path is backstop's own home or store.
+    OwnState,
+}
+
+/// The compiled exclude rules of one backup.
+#[derive(Debug)]
+pub struct Excludes {
+    matcher: Gitignore,
+    patterns: Vec<String>,
+}
+
+impl Excludes {
+    /// Compiles the built-in rules followed by `patterns`, all anchored at
+    /// `root`. Later patterns win, as in a `.gitignore`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a pattern that is not valid glob syntax.
+    pub fn new(root: &Path, patterns: &[String]) -> Result<Excludes> {
+        let mut builder = GitignoreBuilder::new(root);
+        let mut all = Vec::new();
+        for p in BUILTIN_EXCLUDES.iter().map(|s| s.to_string()).chain(patterns.iter().cloned()) {
+            builder.add_line(None, &p).map_err(|e| {
+                Error::usage(
+                    format!("invalid exclude pattern `{p}`: {e}"),
+                    Some("patterns use .gitignore syntax, e.g. `*.log`, `cache/`, `/tmp`".into()),
+                )
+            })?;
+            all.push(p);
+        }
+        let matcher = builder
+            .build()
+            .map_err(|e| Error::usage(format!("invalid exclude patterns: {e}"), None))?;
+        Ok(Excludes {
+            matcher,
+            patterns: all,
+        })
+    }
+
+    /// Every pattern in force, built-in ones first; recorded in the manifest.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Whether `path` (under the root) is excluded, and by which rule.
+    /// `dir` is the path of the directory itself when `is_dir`, used to look for
+    /// a `CACHEDIR.TAG`.
+    pub fn check(&self, path: &Path, is_dir: bool) -> Option<Excluded> {
+        if let Match::Ignore(glob) = self.matcher.matched(path, is_dir) {
+            return Some(Excluded::Pattern(glob.original().to_string()));
+        }
+        if is_dir && has_cachedir_tag(path) {
+            return Some(Excluded::CacheDirTag);
+        }
+        None
+    }
+}
+
+/// Whether `dir` holds a `CACHEDIR.TAG` that starts with the standard signature.
+fn has_cachedir_tag(dir: &Path) -> bool {
+    let Ok(mut file) = File::open(dir.join("CACHEDIR.TAG")) else {
+        return false;
+    };
+    let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
+    file.read_exact(&mut head).is_ok() && head == CACHEDIR_SIGNATURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn excludes(root: &Path, patterns: &[&str]) -> Excludes {
+        let patterns: Vec<String> = patterns.iter().map(|s| s.to_string()).collect();
+        Excludes::new(root, &patterns).unwrap()
+    }
+
+    #[test]
+    fn builtin_caches_are_excluded_anywhere() {
+        let root = Path::new("/srv/app");
+        let ex = excludes(root, &[]);
+        assert!(ex.check(&root.join("web/node_modules"), true).is_some());
+        assert!(ex.check(&root.join(".cache"), true).is_some());
+        assert!(ex.check(&root.join("src/__pycache__"), true).is_some());
+        // A file named like a cache directory is not a directory rule match.
+        assert!(ex.check(&root.join("target"), false).is_none());
+        assert!(ex.check(&root.join("data"), true).is_none());
+    }
+
+    #[test]
+    fn user_patterns_follow_gitignore_rules() {
+        let root = Path::new("/srv/app");
+        let ex = excludes(root, &["*.log", "/tmp", "!target/"]);
+        assert!(ex.check(&root.join("logs/a.log"), false).is_some());
+        assert!(ex.check(&root.join("tmp"), true).is_some());
+        assert!(ex.check(&root.join("data/tmp"), true).is_none(), "anchored pattern");
+        assert!(ex.check(&root.join("target"), true).is_none(), "negation re-includes");
+    }
+
+    #[test]
+    fn cachedir_tag_needs_the_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let tagged = dir.path().join("tagged");
+        let fake = dir.path().join("fake");
+        std::fs::create_dir_all(&tagged).unwrap();
+        std::fs::create_dir_all(&fake).unwrap();
+        std::fs::write(
+            tagged.join("CACHEDIR.TAG"),
+            b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n",
+        )
+        .unwrap();
+        std::fs::write(fake.join("CACHEDIR.TAG"), b"hello").unwrap();
+        let ex = excludes(dir.path(), &[]);
+        assert_eq!(ex.check(&tagged, true), Some(Excluded::CacheDirTag));
+        assert_eq!(ex.check(&fake, true), None);
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources: what goes into a backup, found by a scan with exclude rules.
+
+pub mod exclude;
+pub mod scan;

@@ -1,0 +1,205 @@
+//! The archive as other tools see it: GNU tar extracts exactly the source,
+//! `sha256sum -c` accepts both checksum files, members are where the format
+//! says, and the file is private from its first byte.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use backstop_core::archive::Codec;
+use backstop_core::archive::reader::{read_manifest, verify_archive};
+use backstop_core::progress::{Cancel, NoProgress};
+use backstop_test_support::{assert_same_tree, awkward_tree, have, supports_user_xattrs, Compare};
+
+use crate::support::{tar_extract, tar_list, Env};
+
+fn round_trip_through_system_tar(codec: Codec, tool: &str) {
+    if !have("tar") || !have(tool) {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("app");
+    awkward_tree(&src);
+    let report = env.backup(&src, codec);
+    let archive = Path::new(report.backup.location.as_deref().unwrap());
+    assert!(archive.to_string_lossy().ends_with(codec.extension()));
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    let out = env.path("out");
+    tar_extract(archive, &out);
+    let opts = Compare {
+        dir_mtimes: true,
+        xattrs: supports_user_xattrs(env.dir.path()),
+        sparse: true,
+    };
+    assert_same_tree(&src, &out.join("app"), opts);
+}
+
+#[test]
+fn gnu_tar_extracts_the_exact_tree_zstd() {
+    round_trip_through_system_tar(Codec::Zstd, "zstd");
+}
+
+#[test]
+fn gnu_tar_extracts_the_exact_tree_gzip() {
+    round_trip_through_system_tar(Codec::Gzip, "gzip");
+}
+
+#[test]
+fn gnu_tar_extracts_the_exact_tree_uncompressed() {
+    round_trip_through_system_tar(Codec::None, "tar");
+}
+
+#[test]
+fn sha256sum_accepts_sidecar_and_inner_checksums() {
+    if !have("tar") || !have("zstd") || !have("sha256sum") {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("app");
+    awkward_tree(&src);
+    let report = env.backup(&src, Codec::Zstd);
+    let archive = Path::new(report.backup.location.as_deref().unwrap());
+    let dir = archive.parent().unwrap();
+    let sidecar = format!("{}.sha256", archive.file_name().unwrap().to_string_lossy());
+    let out = Command::new("sha256sum").arg("-c").arg(&sidecar).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let extracted = env.path("x");
+    tar_extract(archive, &extracted);
+    let out = Command::new("sha256sum")
+        .args(["-c", "--strict", "backstop-checksums.sha256"])
+        .current_dir(&extracted)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // One line per regular file, the awkward names included.
+    assert_eq!(text.lines().count() as u64, report.backup.files.unwrap());
+    assert!(text.contains("new\\nline: OK") || text.contains("new\nline: OK"), "{text}");
+}
+
+#[test]
+fn manifest_is_first_and_trailer_last() {
+    if !have("tar") || !have("zstd") {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("app");
+    awkward_tree(&src);
+    let report = env.backup(&src, Codec::Zstd);
+    let archive = Path::new(report.backup.location.as_deref().unwrap());
+    let names = tar_list(archive);
+    assert_eq!(names.first().map(String::as_str), Some("backstop-manifest.json"));
+    assert_eq!(names.last().map(String::as_str), Some("backstop-trailer.json"));
+    assert_eq!(names[names.len() - 2], "backstop-checksums.sha256");
+    // The payload is in sorted depth-first order: a parent before its children.
+    let payload = &names[1..names.len() - 2];
+    assert_eq!(payload[0], "app/");
+    for pair in payload.windows(2) {
+        let (a, b) = (pair[0].trim_end_matches('/'), pair[1].trim_end_matches('/'));
+        let (pa, pb) = (Path::new(a), Path::new(b));
+        if pb.parent() == pa.parent() {
+            assert!(a < b, "siblings out of order: {a} then {b}");
+        }
+    }
+    let manifest = read_manifest(archive).unwrap();
+    assert_eq!(manifest.format, 1);
+    assert_eq!(manifest.id, report.backup.id);
+    assert_eq!(manifest.totals.files, report.backup.files.unwrap());
+    assert!(manifest.excludes.contains(&"node_modules/".to_string()));
+}
+
+#[test]
+fn archive_and_sidecar_are_private() {
+    let env = Env::new();
+    let src = env.path("app");
+    awkward_tree(&src);
+    let report = env.backup(&src, Codec::Zstd);
+    let archive = Path::new(report.backup.location.as_deref().unwrap());
+    for p in [archive.to_path_buf(), archive.with_extension("zst.sha256")] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+    let store_mode = std::fs::metadata(archive.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(store_mode, 0o700);
+}
+
+#[test]
+fn two_backups_of_an_unchanged_tree_differ_only_in_the_manifest_and_trailer() {
+    if !have("tar") || !have("zstd") {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("app");
+    awkward_tree(&src);
+    let a = env.backup(&src, Codec::None);
+    let b = env.backup(&src, Codec::None);
+    assert_ne!(a.backup.id, b.backup.id);
+    let (xa, xb) = (env.path("a"), env.path("b"));
+    tar_extract(Path::new(a.backup.location.as_deref().unwrap()), &xa);
+    tar_extract(Path::new(b.backup.location.as_deref().unwrap()), &xb);
+    assert_eq!(tar_list(Path::new(a.backup.location.as_deref().unwrap()))[1..],
+        tar_list(Path::new(b.backup.location.as_deref().unwrap()))[1..]);
+    assert_eq!(
+        std::fs::read(xa.join("backstop-checksums.sha256")).unwrap(),
+        std::fs::read(xb.join("backstop-checksums.sha256")).unwrap()
+    );
+}
+
+#[test]
+fn excluded_paths_are_absent_and_recorded() {
+    let env = Env::new();
+    let src = env.path("app");
+    awkward_tree(&src);
+    std::fs::create_dir_all(src.join("web/node_modules/pkg")).unwrap();
+    std::fs::write(src.join("web/node_modules/pkg/index.js"), b"x").unwrap();
+    std::fs::create_dir_all(src.join("tmpcache")).unwrap();
+    std::fs::write(
+        src.join("tmpcache/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("data/skip.log"), b"log").unwrap();
+    let report = env.backup_with(
+        &src,
+        Codec::Zstd,
+        backstop_core::ops::backup::Output::Store,
+        &["*.log"],
+    );
+    let archive = Path::new(report.backup.location.as_deref().unwrap());
+    let run = verify_archive(archive, &NoProgress, &Cancel::default());
+    run.result.unwrap();
+    if have("tar") && have("zstd") {
+        let names = tar_list(archive);
+        assert!(!names.iter().any(|n| n.contains("node_modules")));
+        assert!(!names.iter().any(|n| n.contains("tmpcache")));
+        assert!(!names.iter().any(|n| n.ends_with("skip.log")));
+        assert!(names.iter().any(|n| n == "app/web/"), "the parent stays");
+    }
+    let rules: Vec<&str> = report.excluded.iter().map(|e| e.rule.as_str()).collect();
+    assert!(rules.contains(&"node_modules/"), "{rules:?}");
+    assert!(rules.contains(&"*.log"), "{rules:?}");
+    assert!(rules.iter().any(|r| r.contains("CACHEDIR.TAG")), "{rules:?}");
+}
+
+#[test]
+fn backup_of_a_tree_holding_the_store_leaves_the_store_out() {
+    let env = Env::new();
+    // The home (and so the store) lives inside the directory backed up.
+    let src = env.path("app");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"a").unwrap();
+    let env2 = Env {
+        layout: backstop_core::config::Layout {
+            home: src.join("state"),
+            store: src.join("state/backups"),
+        },
+        ..Env::new()
+    };
+    let first = env2.backup(&src, Codec::Zstd);
+    let second = env2.backup(&src, Codec::Zstd);
+    assert_eq!(first.backup.files, Some(1));
+    assert_eq!(second.backup.files, Some(1), "the first archive is not in the second");
+    drop(env);
+}

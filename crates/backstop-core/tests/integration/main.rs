@@ -1,0 +1,6 @@
+//! Integration tests of the core: whole operations against real
+//! filesystems, checked with real `tar`, `zstd`, `gzip` and `sha256sum`.
+
+mod archive;
+mod roundtrip;
+mod support;

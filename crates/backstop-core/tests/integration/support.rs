@@ -1,0 +1,94 @@
+//! Shared fixtures for the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use backstop_core::archive::{BackupKind, Codec, CompressionSpec};
+use backstop_core::config::Layout;
+use backstop_core::instance::Instance;
+use backstop_core::ops::backup::{backup, BackupReport, BackupRequest, Output};
+use backstop_core::progress::{Cancel, NoProgress};
+use backstop_core::Context;
+
+/// A home directory for backstop and a place for test data.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub layout: Layout,
+    pub cancel: Cancel,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path().join("home");
+        let layout = Layout {
+            store: home.join("backups"),
+            home,
+        };
+        Env {
+            dir,
+            layout,
+            cancel: Cancel::default(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn ctx(&self) -> Context<'_> {
+        Context {
+            layout: &self.layout,
+            progress: &NoProgress,
+            cancel: &self.cancel,
+        }
+    }
+
+    /// Backs up `dir` into the store with `codec`.
+    pub fn backup(&self, dir: &Path, codec: Codec) -> BackupReport {
+        self.backup_with(dir, codec, Output::Store, &[])
+    }
+
+    pub fn backup_with(&self, dir: &Path, codec: Codec, output: Output, excludes: &[&str]) -> BackupReport {
+        let request = BackupRequest {
+            instance: Instance::ad_hoc(&[dir.to_path_buf()]).expect("instance"),
+            kind: BackupKind::Manual,
+            reason: "manual".into(),
+            message: None,
+            labels: Default::default(),
+            app_version: None,
+            upgraded_to: None,
+            profile: None,
+            excludes: excludes.iter().map(|s| s.to_string()).collect(),
+            compression: CompressionSpec::new(codec, None).expect("spec"),
+            output,
+            wait: None,
+        };
+        backup(&self.ctx(), request).expect("backup")
+    }
+}
+
+/// Extracts `archive` with GNU tar into a new directory `dest`, keeping
+/// permissions, xattrs and holes.
+pub fn tar_extract(archive: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).expect("mkdir");
+    let out = Command::new("tar")
+        .args(["--xattrs", "--xattrs-include=user.*", "-xpf"])
+        .arg(archive)
+        .arg("-C")
+        .arg(dest)
+        .output()
+        .expect("run tar");
+    assert!(
+        out.status.success(),
+        "tar -x failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The member names of `archive` in order, as `tar -t` lists them.
+pub fn tar_list(archive: &Path) -> Vec<String> {
+    let out = Command::new("tar").arg("-tf").arg(archive).output().expect("run tar");
+    assert!(out.status.success(), "tar -t failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}

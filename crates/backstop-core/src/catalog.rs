@@ -16,7 +16,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
 use crate::archive::{BackupKind, Codec};
@@ -296,7 +296,11 @@ impl Catalog {
         if !path.exists() {
             // Created by hand so that the mode is 0600 from the start; SQLite
             // gives its WAL and shared-memory files the same mode.
-            let _ = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+            let _ = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path);
         }
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
@@ -387,7 +391,12 @@ impl Catalog {
     /// # Errors
     ///
     /// Fails on a database error.
-    pub fn begin_backup(&mut self, base: &str, new: &NewBackup<'_>, taken: &dyn Fn(&str) -> bool) -> CResult<String> {
+    pub fn begin_backup(
+        &mut self,
+        base: &str,
+        new: &NewBackup<'_>,
+        taken: &dyn Fn(&str) -> bool,
+    ) -> CResult<String> {
         let path = self.path.clone();
         let sql = |source| CatalogError::Sqlite {
             path: path.clone(),
@@ -399,9 +408,17 @@ impl Catalog {
             .map_err(sql)?;
         let mut n = 1;
         let id = loop {
-            let candidate = if n == 1 { base.to_string() } else { format!("{base}-{n}") };
+            let candidate = if n == 1 {
+                base.to_string()
+            } else {
+                format!("{base}-{n}")
+            };
             let exists: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM backups WHERE id = ?1)", [&candidate], |r| r.get(0))
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM backups WHERE id = ?1)",
+                    [&candidate],
+                    |r| r.get(0),
+                )
                 .map_err(sql)?;
             if !exists && !taken(&candidate) {
                 break candidate;
@@ -506,9 +523,8 @@ impl Catalog {
             .conn
             .prepare("SELECT DISTINCT instance FROM backups WHERE status = 'creating'")
             .map_err(|e| self.err(e))?;
-        
-        stmt
-            .query_map([], |r| r.get(0))
+
+        stmt.query_map([], |r| r.get(0))
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e))
     }
@@ -557,7 +573,11 @@ impl Catalog {
     /// Fails on a database error.
     pub fn get(&self, id: &str) -> CResult<Option<BackupRecord>> {
         self.conn
-            .query_row(&format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"), [id], record)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM backups WHERE id = ?1"),
+                [id],
+                record,
+            )
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -610,9 +630,8 @@ impl Catalog {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        
-        stmt
-            .query_map(rusqlite::params_from_iter(args.iter()), record)
+
+        stmt.query_map(rusqlite::params_from_iter(args.iter()), record)
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e))
     }
@@ -630,25 +649,24 @@ impl Catalog {
                  safety_backup, error FROM restores WHERE backup_id = ?1 ORDER BY started_at, id",
             )
             .map_err(|e| self.err(e))?;
-        
-        stmt
-            .query_map([backup_id], |r| {
-                Ok(RestoreRecord {
-                    id: r.get(0)?,
-                    backup_id: r.get(1)?,
-                    started_at: r.get(2)?,
-                    finished_at: r.get(3)?,
-                    destination: r.get(4)?,
-                    mode: r.get(5)?,
-                    user: r.get(6)?,
-                    host: r.get(7)?,
-                    outcome: r.get(8)?,
-                    safety_backup: r.get(9)?,
-                    error: r.get(10)?,
-                })
+
+        stmt.query_map([backup_id], |r| {
+            Ok(RestoreRecord {
+                id: r.get(0)?,
+                backup_id: r.get(1)?,
+                started_at: r.get(2)?,
+                finished_at: r.get(3)?,
+                destination: r.get(4)?,
+                mode: r.get(5)?,
+                user: r.get(6)?,
+                host: r.get(7)?,
+                outcome: r.get(8)?,
+                safety_backup: r.get(9)?,
+                error: r.get(10)?,
             })
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e))
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.err(e))
     }
 }
 
@@ -741,10 +759,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
         let labels = BTreeMap::new();
-        let a = cat.begin_backup("app-x", &new_backup(&labels), &|_| false).unwrap();
-        let b = cat.begin_backup("app-x", &new_backup(&labels), &|_| false).unwrap();
-        let c = cat.begin_backup("app-x", &new_backup(&labels), &|id| id == "app-x-3").unwrap();
-        assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("app-x", "app-x-2", "app-x-4"));
+        let a = cat
+            .begin_backup("app-x", &new_backup(&labels), &|_| false)
+            .unwrap();
+        let b = cat
+            .begin_backup("app-x", &new_backup(&labels), &|_| false)
+            .unwrap();
+        let c = cat
+            .begin_backup("app-x", &new_backup(&labels), &|id| id == "app-x-3")
+            .unwrap();
+        assert_eq!(
+            (a.as_str(), b.as_str(), c.as_str()),
+            ("app-x", "app-x-2", "app-x-4")
+        );
     }
 
     #[test]
@@ -752,7 +779,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
         let labels = BTreeMap::from([("k".to_string(), "v".to_string())]);
-        let id = cat.begin_backup("app-1", &new_backup(&labels), &|_| false).unwrap();
+        let id = cat
+            .begin_backup("app-1", &new_backup(&labels), &|_| false)
+            .unwrap();
         assert_eq!(cat.get(&id).unwrap().unwrap().status, Status::Creating);
         cat.finish_backup(
             &id,
@@ -771,7 +800,9 @@ mod tests {
         let rec = cat.get(&id).unwrap().unwrap();
         assert_eq!(rec.status, Status::Available);
         assert_eq!(rec.labels, labels);
-        let failed = cat.begin_backup("app-2", &new_backup(&labels), &|_| false).unwrap();
+        let failed = cat
+            .begin_backup("app-2", &new_backup(&labels), &|_| false)
+            .unwrap();
         cat.fail_backup(&failed, "t", "disk full").unwrap();
         let only_failed = cat
             .list(&ListFilter {
@@ -785,7 +816,13 @@ mod tests {
         assert_eq!(cat.get(&id).unwrap().unwrap().status, Status::Corrupt);
         cat.record_verification(&id, "t3", None).unwrap();
         assert_eq!(cat.get(&id).unwrap().unwrap().status, Status::Available);
-        assert_eq!(cat.find_by_location("/s/app-1.tar.zst").unwrap().unwrap().id, id);
+        assert_eq!(
+            cat.find_by_location("/s/app-1.tar.zst")
+                .unwrap()
+                .unwrap()
+                .id,
+            id
+        );
     }
 
     #[test]
@@ -793,7 +830,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
         let labels = BTreeMap::new();
-        let id = cat.begin_backup("app-1", &new_backup(&labels), &|_| false).unwrap();
+        let id = cat
+            .begin_backup("app-1", &new_backup(&labels), &|_| false)
+            .unwrap();
         assert_eq!(cat.instances_creating().unwrap(), ["app"]);
         assert_eq!(cat.fail_interrupted("app", "t").unwrap(), 1);
         let rec = cat.get(&id).unwrap().unwrap();
@@ -806,7 +845,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         std::fs::write(&path, vec![b'x'; 4096]).unwrap();
-        assert!(matches!(Catalog::open(&path), Err(CatalogError::Corrupt { .. })));
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(CatalogError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -814,8 +856,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         drop(Catalog::open(&path).unwrap());
-        Connection::open(&path).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
-        assert!(matches!(Catalog::open(&path), Err(CatalogError::TooNew { found: 99, .. })));
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99")
+            .unwrap();
+        assert!(matches!(
+            Catalog::open(&path),
+            Err(CatalogError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]

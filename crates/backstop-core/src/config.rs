@@ -226,7 +226,9 @@ impl Layout {
             }
             (None, None) => xdg_dir("XDG_DATA_HOME", ".local/share")
                 .map(|d| d.join("backstop"))
-                .ok_or_else(|| ConfigError::NoHome("neither $XDG_DATA_HOME nor $HOME is set".into()))?,
+                .ok_or_else(|| {
+                    ConfigError::NoHome("neither $XDG_DATA_HOME nor $HOME is set".into())
+                })?,
         };
         let store = match &config.store {
             Some(s) => absolute(s),
@@ -287,7 +289,8 @@ mod tests {
 
     #[test]
     fn relative_paths_follow_the_file() {
-        let text = "home = \"state\"\nstore = \"/srv/backups\"\n[defaults]\nexclude = [\"*.tmp\"]\n";
+        let text =
+            "home = \"state\"\nstore = \"/srv/backups\"\n[defaults]\nexclude = [\"*.tmp\"]\n";
         let config = Config::parse(text, Path::new("/etc/backstop/backstop.toml")).unwrap();
         assert_eq!(config.home.unwrap(), Path::new("/etc/backstop/state"));
         assert_eq!(config.store.unwrap(), Path::new("/srv/backups"));

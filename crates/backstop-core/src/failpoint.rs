@@ -6,7 +6,8 @@
 //! - `error`: the operation fails there with an injected I/O error;
 //! - `abort`: the process dies on the spot, as with `kill -9`;
 //! - `sleep:MS`: a pause of MS milliseconds;
-//! - `wait:PATH`: a pause until PATH exists, so a test can act at that moment.
+//! - `wait:PATH`: a pause until PATH exists, so a test can act at that
+//!   moment; `PATH.reached` is created first to tell the test it may.
 //!
 //! Without the feature, [`hit`] is an empty inline function.
 
@@ -42,6 +43,7 @@ pub fn hit(name: &str) -> Result<()> {
             let ms = ms.parse().unwrap_or(0);
             std::thread::sleep(std::time::Duration::from_millis(ms));
         } else if let Some(path) = action.strip_prefix("wait:") {
+            let _ = std::fs::write(format!("{path}.reached"), b"");
             while !std::path::Path::new(path).exists() {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }

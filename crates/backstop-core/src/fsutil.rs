@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, CWD};
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -212,8 +212,14 @@ fn link_anonymous(file: &File, target: &Path) -> Result<()> {
         )),
         Err(_) => {
             let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            rustix::fs::linkat(CWD, proc_path.as_str(), CWD, target, AtFlags::SYMLINK_FOLLOW)
-                .map_err(|e| Error::io("naming", target, e.into()))
+            rustix::fs::linkat(
+                CWD,
+                proc_path.as_str(),
+                CWD,
+                target,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(|e| Error::io("naming", target, e.into()))
         }
     }
 }
@@ -297,7 +303,8 @@ impl WriteBack {
 ///
 /// Fails when the filesystem cannot be queried.
 pub fn available_space(path: &Path) -> Result<u64> {
-    let st = rustix::fs::statvfs(path).map_err(|e| Error::io("checking free space on", path, e.into()))?;
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| Error::io("checking free space on", path, e.into()))?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
@@ -318,7 +325,11 @@ mod tests {
         let new = NewFile::create(&target).unwrap();
         new.file().write_all(b"hello").unwrap();
         assert!(!target.exists());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no visible temp file");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no visible temp file"
+        );
         new.commit().unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"hello");
         let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;

@@ -102,7 +102,9 @@ impl Instance {
                     let (outer, inner) = if a.starts_with(b) { (b, a) } else { (a, b) };
                     return Err(Error::usage(
                         format!("{} is inside {}", inner.display(), outer.display()),
-                        Some("give each path once: the outer one already contains the other".into()),
+                        Some(
+                            "give each path once: the outer one already contains the other".into(),
+                        ),
                     ));
                 }
             }
@@ -121,7 +123,10 @@ impl Instance {
                         root.join(&other.path).display(),
                         p.display()
                     ),
-                    Some(format!("back up their common directory {} instead", root.display())),
+                    Some(format!(
+                        "back up their common directory {} instead",
+                        root.display()
+                    )),
                 ));
             }
             let rel = p.strip_prefix(&root).expect("root is a common ancestor");

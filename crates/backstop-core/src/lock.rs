@@ -58,7 +58,9 @@ impl LockError {
 
     pub(crate) fn hint(&self) -> Option<String> {
         match self {
-            LockError::Held { waited: Some(_), .. } => Some(
+            LockError::Held {
+                waited: Some(_), ..
+            } => Some(
                 "the other operation is still running: try again later or wait longer \
                  (--wait=DURATION)"
                     .into(),
@@ -148,7 +150,11 @@ impl InstanceLock {
     /// # Errors
     ///
     /// Fails on I/O errors; a held lock is `Ok(None)`.
-    pub fn try_acquire(locks_dir: &Path, instance: &str, command: &str) -> Result<Option<InstanceLock>> {
+    pub fn try_acquire(
+        locks_dir: &Path,
+        instance: &str,
+        command: &str,
+    ) -> Result<Option<InstanceLock>> {
         match InstanceLock::acquire(locks_dir, instance, command, None, &Cancel::default()) {
             Ok(lock) => Ok(Some(lock)),
             Err(Error::Lock(LockError::Held { .. })) => Ok(None),
@@ -186,10 +192,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cancel = Cancel::default();
         let first = InstanceLock::acquire(dir.path(), "app", "backup app", None, &cancel).unwrap();
-        let err = InstanceLock::acquire(dir.path(), "app", "restore app", None, &cancel).unwrap_err();
+        let err =
+            InstanceLock::acquire(dir.path(), "app", "restore app", None, &cancel).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::LockHeld);
         let msg = err.to_string();
-        assert!(msg.contains(&format!("PID {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("PID {}", std::process::id())),
+            "{msg}"
+        );
         assert!(msg.contains("backup app"), "{msg}");
         // Another instance is independent.
         InstanceLock::acquire(dir.path(), "other", "backup other", None, &cancel).unwrap();
@@ -207,7 +217,14 @@ mod tests {
             drop(first);
         });
         let started = Instant::now();
-        InstanceLock::acquire(dir.path(), "app", "second", Some(Duration::from_secs(10)), &cancel).unwrap();
+        InstanceLock::acquire(
+            dir.path(),
+            "app",
+            "second",
+            Some(Duration::from_secs(10)),
+            &cancel,
+        )
+        .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(250));
         release.join().unwrap();
     }
@@ -217,8 +234,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cancel = Cancel::default();
         let _first = InstanceLock::acquire(dir.path(), "app", "backup", None, &cancel).unwrap();
-        let err = InstanceLock::acquire(dir.path(), "app", "x", Some(Duration::from_millis(200)), &cancel)
-            .unwrap_err();
+        let err = InstanceLock::acquire(
+            dir.path(),
+            "app",
+            "x",
+            Some(Duration::from_millis(200)),
+            &cancel,
+        )
+        .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::LockHeld);
     }
 }

@@ -4,8 +4,8 @@
 //! CLI draws bars on a terminal, tests pass [`NoProgress`]) and polls a
 //! [`Cancel`] flag that a signal handler may set.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Error, Result};
 

@@ -5,7 +5,9 @@ use jiff::{Timestamp, Unit};
 
 /// Now, to the millisecond.
 pub fn now() -> Timestamp {
-    Timestamp::now().round(Unit::Millisecond).unwrap_or_else(|_| Timestamp::now())
+    Timestamp::now()
+        .round(Unit::Millisecond)
+        .unwrap_or_else(|_| Timestamp::now())
 }
 
 /// `2026-11-21T22:46:00.123Z`

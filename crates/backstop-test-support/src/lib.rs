@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,7 +49,8 @@ pub fn root(why: &str) -> bool {
 pub fn supports_user_xattrs(dir: &Path) -> bool {
     let probe = dir.join(".xattr-probe");
     let _ = fs::write(&probe, b"");
-    let ok = rustix::fs::setxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    let ok =
+        rustix::fs::setxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
     let _ = fs::remove_file(&probe);
     ok
 }
@@ -64,7 +65,13 @@ impl Tmpfs {
     pub fn mount(size: u64) -> Tmpfs {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("run mount");
@@ -102,7 +109,10 @@ fn write(path: &Path, data: &[u8], mode: u32) {
 }
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let ts = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec };
+    let ts = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
     rustix::fs::utimensat(
         rustix::fs::CWD,
         path,
@@ -127,21 +137,48 @@ pub fn awkward_tree(root: &Path) {
     write(&root.join("bin/run.sh"), b"#!/bin/sh\necho hi\n", 0o755);
     write(&root.join("bin/setgid-tool"), b"x", 0o2755);
     write(&root.join("data/empty-file"), b"", 0o644);
-    let big: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     write(&root.join("data/big.bin"), &big, 0o640);
     fs::create_dir_all(root.join("data/empty/nested")).expect("mkdir");
-    let long_dir: PathBuf = (0..6).map(|i| format!("directory-with-a-long-name-{i:02}")).collect();
-    write(&root.join("deep").join(&long_dir).join("file-at-the-end.txt"), b"deep\n", 0o644);
+    let long_dir: PathBuf = (0..6)
+        .map(|i| format!("directory-with-a-long-name-{i:02}"))
+        .collect();
+    write(
+        &root
+            .join("deep")
+            .join(&long_dir)
+            .join("file-at-the-end.txt"),
+        b"deep\n",
+        0o644,
+    );
     write(&root.join("names/with space.txt"), b"space\n", 0o644);
-    write(&root.join("names/caf\u{e9}-\u{65e5}\u{672c}.txt"), b"unicode\n", 0o644);
-    write(&root.join(OsStr::from_bytes(b"names/latin1-\xe9\xff.bin")), b"bytes\n", 0o644);
+    write(
+        &root.join("names/caf\u{e9}-\u{65e5}\u{672c}.txt"),
+        b"unicode\n",
+        0o644,
+    );
+    write(
+        &root.join(OsStr::from_bytes(b"names/latin1-\xe9\xff.bin")),
+        b"bytes\n",
+        0o644,
+    );
     write(&root.join("names/new\nline"), b"nl\n", 0o644);
     write(&root.join("names/back\\slash"), b"bs\n", 0o644);
     symlink("../config/app.toml", root.join("data/link-to-config")).expect("symlink");
     symlink("/etc/hostname", root.join("data/absolute-link")).expect("symlink");
     symlink("nowhere/at/all", root.join("data/dangling-link")).expect("symlink");
-    fs::hard_link(root.join("config/app.toml"), root.join("data/app-hardlink.toml")).expect("link");
-    fs::hard_link(root.join("config/app.toml"), root.join("names/second-hardlink")).expect("link");
+    fs::hard_link(
+        root.join("config/app.toml"),
+        root.join("data/app-hardlink.toml"),
+    )
+    .expect("link");
+    fs::hard_link(
+        root.join("config/app.toml"),
+        root.join("names/second-hardlink"),
+    )
+    .expect("link");
     let sparse = root.join("data/sparse.img");
     {
         let mut f = fs::File::create(&sparse).expect("create");
@@ -158,8 +195,13 @@ pub fn awkward_tree(root: &Path) {
             ("data/big.bin", "user.binary", b"\x00\x01\xff".as_slice()),
             ("data/empty", "user.on-a-dir", b"d".as_slice()),
         ] {
-            rustix::fs::setxattr(&root.join(file), name, value, rustix::fs::XattrFlags::empty())
-                .expect("setxattr");
+            rustix::fs::setxattr(
+                root.join(file),
+                name,
+                value,
+                rustix::fs::XattrFlags::empty(),
+            )
+            .expect("setxattr");
         }
     }
     // Directory mtimes last, after their contents were made.
@@ -230,12 +272,19 @@ pub fn snapshot(root: &Path, opts: Compare) -> (BTreeMap<PathBuf, EntryFacts>, V
                 stack.push(path.clone());
                 ("dir", None, None)
             } else if ft.is_symlink() {
-                ("symlink", None, Some(fs::read_link(&path).expect("readlink")))
+                (
+                    "symlink",
+                    None,
+                    Some(fs::read_link(&path).expect("readlink")),
+                )
             } else {
                 ("file", Some(fs::read(&path).expect("read")), None)
             };
             if ft.is_file() && meta.nlink() > 1 {
-                inodes.entry((meta.dev(), meta.ino())).or_default().push(rel.clone());
+                inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(rel.clone());
             }
             let mtime = if ft.is_dir() && !opts.dir_mtimes {
                 (0, 0)
@@ -246,11 +295,19 @@ pub fn snapshot(root: &Path, opts: Compare) -> (BTreeMap<PathBuf, EntryFacts>, V
                 rel,
                 EntryFacts {
                     kind,
-                    mode: if ft.is_symlink() { 0 } else { meta.mode() & 0o7777 },
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        meta.mode() & 0o7777
+                    },
                     mtime,
                     content,
                     link,
-                    xattrs: if opts.xattrs { xattrs_of(&path) } else { BTreeMap::new() },
+                    xattrs: if opts.xattrs {
+                        xattrs_of(&path)
+                    } else {
+                        BTreeMap::new()
+                    },
                     sparse: opts.sparse && ft.is_file() && meta.blocks() * 512 < meta.size() / 2,
                 },
             );
@@ -313,5 +370,9 @@ pub fn assert_same_tree(want: &Path, got: &Path, opts: Compare) {
     if a_links != b_links {
         problems.push(format!("hard links differ: {a_links:?} != {b_links:?}"));
     }
-    assert!(problems.is_empty(), "trees differ:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "trees differ:\n  {}",
+        problems.join("\n  ")
+    );
 }

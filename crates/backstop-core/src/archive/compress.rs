@@ -79,7 +79,11 @@ impl BlockCompressor {
                 Ok(())
             }
             BlockCompressor::Gzip(c, stored, sampler) => {
-                let c = if sampler.incompressible(input) { stored } else { c };
+                let c = if sampler.incompressible(input) {
+                    stored
+                } else {
+                    c
+                };
                 gzip_member(c, input, out)
             }
             BlockCompressor::None => {
@@ -241,12 +245,18 @@ mod tests {
 
     #[test]
     fn zstd_blocks_concatenate_into_one_stream() {
-        round_trip(Codec::Zstd, &[text(BLOCK_SIZE), noise(BLOCK_SIZE), text(1000), vec![]]);
+        round_trip(
+            Codec::Zstd,
+            &[text(BLOCK_SIZE), noise(BLOCK_SIZE), text(1000), vec![]],
+        );
     }
 
     #[test]
     fn gzip_members_concatenate_into_one_stream() {
-        round_trip(Codec::Gzip, &[text(BLOCK_SIZE), noise(BLOCK_SIZE), text(1000)]);
+        round_trip(
+            Codec::Gzip,
+            &[text(BLOCK_SIZE), noise(BLOCK_SIZE), text(1000)],
+        );
     }
 
     #[test]

@@ -93,7 +93,9 @@ impl CompressionSpec {
     /// Returns a message when the level is out of range, or given for `none`.
     pub fn new(codec: Codec, level: Option<i32>) -> Result<CompressionSpec, String> {
         match (codec.levels(), level) {
-            (None, Some(_)) => Err("a compression level has no effect with compression \"none\"".into()),
+            (None, Some(_)) => {
+                Err("a compression level has no effect with compression \"none\"".into())
+            }
             (None, None) => Ok(CompressionSpec { codec, level: None }),
             (Some(_), None) => Ok(CompressionSpec {
                 codec,

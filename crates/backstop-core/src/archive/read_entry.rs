@@ -75,7 +75,9 @@ impl Names {
     fn user(&mut self, uid: u32) -> Option<String> {
         self.users
             .entry(uid)
-            .or_insert_with(|| uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned()))
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
             .clone()
     }
 
@@ -91,7 +93,12 @@ impl Names {
 
 /// Reads entry `path`, which the scan saw as `expected`, and passes the
 /// messages to `send`. `send` returns false when nobody listens any more.
-pub fn read_entry(path: &Path, expected: NodeKind, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) {
+pub fn read_entry(
+    path: &Path,
+    expected: NodeKind,
+    names: &mut Names,
+    send: &mut dyn FnMut(Msg) -> bool,
+) {
     let meta = match path.symlink_metadata() {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -127,7 +134,9 @@ pub fn read_entry(path: &Path, expected: NodeKind, names: &mut Names, send: &mut
         return;
     } else {
         // Replaced by a FIFO, socket or device since the scan.
-        send(Msg::Unreadable("is no longer a regular file, directory or symlink".into()));
+        send(Msg::Unreadable(
+            "is no longer a regular file, directory or symlink".into(),
+        ));
         return;
     };
     let changed = match (&kind, expected) {
@@ -201,7 +210,11 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Opens a file for reading without updating its access time where the
 /// kernel allows it (only the owner or root may ask).
 fn open_noatime(path: &Path) -> io::Result<File> {
-    match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
         other => other,
     }
@@ -247,6 +260,12 @@ fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) 
             return;
         }
     };
+    // Tests pause here to change the file between its stat and its read, or
+    // inject a read error.
+    if let Err(e) = crate::failpoint::hit("backup.read-file") {
+        send(Msg::Unreadable(e.to_string()));
+        return;
+    }
     let size = before.len();
     let sparse = sparse_map(&file, &before);
     let mut hasher = Sha256::new();
@@ -267,10 +286,12 @@ fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) 
         hasher.update(&data);
         let changed = changed.or_else(|| changed_since(&file, &before));
         let meta = entry_meta(path, &before, MetaKind::File { size, sparse: None }, names);
-        let _ = send(Msg::Meta(meta)) && send(Msg::Data(data)) && send(Msg::End {
-            sha256: hasher.finalize().into(),
-            changed,
-        });
+        let _ = send(Msg::Meta(meta))
+            && send(Msg::Data(data))
+            && send(Msg::End {
+                sha256: hasher.finalize().into(),
+                changed,
+            });
         return;
     }
 
@@ -291,7 +312,9 @@ fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) 
     for &(offset, len) in &segments {
         hash_zeros(&mut hasher, offset - logical);
         if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            changed.get_or_insert(format!("could not be read completely ({e}); the rest is stored as zeros"));
+            changed.get_or_insert(format!(
+                "could not be read completely ({e}); the rest is stored as zeros"
+            ));
         }
         let mut left = len;
         while left > 0 {
@@ -307,7 +330,8 @@ fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) 
                     }
                 }
                 if buf.len() < want && changed.is_none() {
-                    changed = Some("shrank while being read; the missing end is stored as zeros".into());
+                    changed =
+                        Some("shrank while being read; the missing end is stored as zeros".into());
                 }
             }
             buf.resize(want, 0);
@@ -414,7 +438,11 @@ mod tests {
             .unwrap();
         let msgs = collect(&p, NodeKind::File);
         let Msg::Meta(EntryMeta {
-            kind: MetaKind::File { size, sparse: Some(map) },
+            kind:
+                MetaKind::File {
+                    size,
+                    sparse: Some(map),
+                },
             ..
         }) = &msgs[0]
         else {
@@ -455,7 +483,10 @@ mod tests {
         let got = read_xattrs(&p);
         assert_eq!(
             got,
-            vec![(b"user.a".to_vec(), b"1".to_vec()), (b"user.b".to_vec(), b"2".to_vec())]
+            vec![
+                (b"user.a".to_vec(), b"1".to_vec()),
+                (b"user.b".to_vec(), b"2".to_vec())
+            ]
         );
     }
 }

@@ -6,19 +6,19 @@
 //! hashed as a whole (for the sidecar), decompressed, and parsed as tar with
 //! every member hashed. Nothing is written anywhere.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
+use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crossbeam_channel::{bounded, Receiver};
+use crossbeam_channel::{Receiver, bounded};
 use sha2::{Digest, Sha256};
 
 use crate::archive::format::{
-    parse_checksum_lines, ArchiveError, Codec, Manifest, Trailer, CHECKSUMS_NAME, FORMAT,
-    MANIFEST_NAME, TRAILER_NAME,
+    ArchiveError, CHECKSUMS_NAME, Codec, FORMAT, MANIFEST_NAME, Manifest, TRAILER_NAME, Trailer,
+    parse_checksum_lines,
 };
 use crate::archive::tarread::{Entry, Kind, TarReader};
 use crate::error::{Error, Result};
@@ -88,7 +88,12 @@ pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
             }
             .into());
         }
-        _ => return Err(corrupt(path, format!("{MANIFEST_NAME} has no valid format number"))),
+        _ => {
+            return Err(corrupt(
+                path,
+                format!("{MANIFEST_NAME} has no valid format number"),
+            ));
+        }
     }
     serde_json::from_value(value).map_err(|e| corrupt(path, format!("{MANIFEST_NAME}: {e}")))
 }
@@ -101,7 +106,8 @@ pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let codec = sniff(path)?;
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let stream = decoder(codec, io::BufReader::new(file)).map_err(|e| corrupt(path, e.to_string()))?;
+    let stream =
+        decoder(codec, io::BufReader::new(file)).map_err(|e| corrupt(path, e.to_string()))?;
     let mut tar = TarReader::new(stream);
     let first = tar
         .next_entry()
@@ -112,11 +118,19 @@ pub fn read_manifest(path: &Path) -> Result<Manifest> {
 }
 
 /// Reads one of the archive's own JSON members, checking its name.
-fn read_doc<R: Read>(path: &Path, tar: &mut TarReader<R>, entry: &Entry, name: &str) -> Result<Vec<u8>> {
+fn read_doc<R: Read>(
+    path: &Path,
+    tar: &mut TarReader<R>,
+    entry: &Entry,
+    name: &str,
+) -> Result<Vec<u8>> {
     if entry.path != name.as_bytes() {
         return Err(corrupt(
             path,
-            format!("expected {name}, found {}", String::from_utf8_lossy(&entry.path)),
+            format!(
+                "expected {name}, found {}",
+                String::from_utf8_lossy(&entry.path)
+            ),
         ));
     }
     if entry.kind != Kind::File || entry.sparse.is_some() || entry.size > MAX_DOC {
@@ -126,7 +140,12 @@ fn read_doc<R: Read>(path: &Path, tar: &mut TarReader<R>, entry: &Entry, name: &
 }
 
 /// Reads the current member's whole content.
-fn read_content<R: Read>(path: &Path, tar: &mut TarReader<R>, size: u64, name: &str) -> Result<Vec<u8>> {
+fn read_content<R: Read>(
+    path: &Path,
+    tar: &mut TarReader<R>,
+    size: u64,
+    name: &str,
+) -> Result<Vec<u8>> {
     let mut data = vec![0u8; size as usize];
     let mut n = 0;
     while n < data.len() {
@@ -219,7 +238,8 @@ pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> 
             loop {
                 cancel.check()?;
                 let mut buf = vec![0u8; 1 << 20];
-                let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
+                let n =
+                    read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
                 if n == 0 {
                     break;
                 }
@@ -320,7 +340,10 @@ pub fn unsafe_member_path(member: &[u8], sources: &HashSet<&[u8]>) -> Option<Str
     let trimmed = member.strip_suffix(b"/").unwrap_or(member);
     let mut parts = trimmed.split(|&b| b == b'/');
     let top = parts.next().unwrap_or_default();
-    if trimmed.split(|&b| b == b'/').any(|p| p == b".." || p == b"." || p.is_empty()) {
+    if trimmed
+        .split(|&b| b == b'/')
+        .any(|p| p == b".." || p == b"." || p.is_empty())
+    {
         return Some("has an empty, `.` or `..` component".into());
     }
     if !sources.contains(top) {
@@ -333,12 +356,17 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
     let bad = |detail: String| corrupt(path, detail);
     let mut tar = TarReader::new(stream);
     let next = |tar: &mut TarReader<R>| -> Result<Option<Entry>> {
-        tar.next_entry().map_err(|e| corrupt(path, format!("tar structure: {e}")))
+        tar.next_entry()
+            .map_err(|e| corrupt(path, format!("tar structure: {e}")))
     };
 
     let first = next(&mut tar)?.ok_or_else(|| bad("the archive is empty".into()))?;
     let manifest = parse_manifest(path, &read_doc(path, &mut tar, &first, MANIFEST_NAME)?)?;
-    let source_names: Vec<Vec<u8>> = manifest.sources.iter().map(|s| s.name.as_bytes().to_vec()).collect();
+    let source_names: Vec<Vec<u8>> = manifest
+        .sources
+        .iter()
+        .map(|s| s.name.as_bytes().to_vec())
+        .collect();
     let sources: HashSet<&[u8]> = source_names.iter().map(Vec::as_slice).collect();
 
     let mut hashes: Vec<(u64, [u8; 32])> = Vec::new();
@@ -347,8 +375,11 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
     let mut buf = vec![0u8; 256 << 10];
     let checksums = loop {
         cancel.check()?;
-        let entry = next(&mut tar)?
-            .ok_or_else(|| bad(format!("{CHECKSUMS_NAME} is missing: the archive is truncated")))?;
+        let entry = next(&mut tar)?.ok_or_else(|| {
+            bad(format!(
+                "{CHECKSUMS_NAME} is missing: the archive is truncated"
+            ))
+        })?;
         if entry.path == CHECKSUMS_NAME.as_bytes() {
             if entry.kind != Kind::File || entry.sparse.is_some() {
                 return Err(bad(format!("{CHECKSUMS_NAME} is not a regular file")));
@@ -383,7 +414,10 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
                     read += n as u64;
                 }
                 if read != entry.size {
-                    return Err(bad(format!("{shown} holds {read} of its {} bytes", entry.size)));
+                    return Err(bad(format!(
+                        "{shown} holds {read} of its {} bytes",
+                        entry.size
+                    )));
                 }
                 bytes += read;
                 let key = path_key(&entry.path);
@@ -392,7 +426,9 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
             }
             Kind::HardLink => {
                 let target = entry.link.clone().unwrap_or_default();
-                if unsafe_member_path(&target, &sources).is_some() || !files_seen.contains(&path_key(&target)) {
+                if unsafe_member_path(&target, &sources).is_some()
+                    || !files_seen.contains(&path_key(&target))
+                {
                     return Err(hostile(format!(
                         "is a hard link to {}, which is not an earlier file of the archive",
                         String::from_utf8_lossy(&target)
@@ -441,8 +477,11 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
         }
     }
 
-    let last = next(&mut tar)?
-        .ok_or_else(|| bad(format!("{TRAILER_NAME} is missing: the archive is truncated")))?;
+    let last = next(&mut tar)?.ok_or_else(|| {
+        bad(format!(
+            "{TRAILER_NAME} is missing: the archive is truncated"
+        ))
+    })?;
     let trailer_data = read_doc(path, &mut tar, &last, TRAILER_NAME)?;
     let trailer: Trailer = serde_json::from_slice(&trailer_data)
         .map_err(|e| bad(format!("{TRAILER_NAME} is not valid: {e}")))?;
@@ -503,7 +542,10 @@ pub fn read_sidecar(archive: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("reading", &sidecar, e)),
     };
-    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let line = text.lines().next().unwrap_or_default();
     match line.split_once("  ") {
         Some((hex_sum, n)) if hex_sum.len() == 64 && n.trim_start_matches('*') == name => {

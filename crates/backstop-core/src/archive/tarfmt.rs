@@ -114,14 +114,19 @@ pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
         _ => None,
     };
     if let Some(target) = link
-        && !fits_ustar(target, 100) {
-            pax_record(&mut pax, b"linkpath", target);
-            if std::str::from_utf8(target).is_err() && !pax.windows(9).any(|w| w == b"hdrcharset") {
-                pax_record(&mut pax, b"hdrcharset", b"BINARY");
-            }
+        && !fits_ustar(target, 100)
+    {
+        pax_record(&mut pax, b"linkpath", target);
+        if std::str::from_utf8(target).is_err() && !pax.windows(9).any(|w| w == b"hdrcharset") {
+            pax_record(&mut pax, b"hdrcharset", b"BINARY");
         }
+    }
     if entry.mtime_nsec != 0 || entry.mtime < 0 || entry.mtime as u64 > MAX_OCTAL_12 {
-        pax_record(&mut pax, b"mtime", pax_time(entry.mtime, entry.mtime_nsec).as_bytes());
+        pax_record(
+            &mut pax,
+            b"mtime",
+            pax_time(entry.mtime, entry.mtime_nsec).as_bytes(),
+        );
     }
     if entry.uid > MAX_OCTAL_8 {
         pax_record(&mut pax, b"uid", entry.uid.to_string().as_bytes());
@@ -129,11 +134,15 @@ pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
     if entry.gid > MAX_OCTAL_8 {
         pax_record(&mut pax, b"gid", entry.gid.to_string().as_bytes());
     }
-    for (key, value) in [(b"uname".as_slice(), entry.uname), (b"gname".as_slice(), entry.gname)] {
+    for (key, value) in [
+        (b"uname".as_slice(), entry.uname),
+        (b"gname".as_slice(), entry.gname),
+    ] {
         if let Some(v) = value
-            && !fits_ustar(v.as_bytes(), 32) {
-                pax_record(&mut pax, key, v.as_bytes());
-            }
+            && !fits_ustar(v.as_bytes(), 32)
+        {
+            pax_record(&mut pax, key, v.as_bytes());
+        }
     }
     let data_size = match entry.kind {
         HeaderKind::File { size } => size,
@@ -144,9 +153,14 @@ pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
         pax_record(&mut pax, b"size", data_size.to_string().as_bytes());
     }
     if let HeaderKind::Sparse { real_size, .. } = entry.kind
-        && real_size > MAX_OCTAL_12 {
-            pax_record(&mut pax, b"GNU.sparse.realsize", real_size.to_string().as_bytes());
-        }
+        && real_size > MAX_OCTAL_12
+    {
+        pax_record(
+            &mut pax,
+            b"GNU.sparse.realsize",
+            real_size.to_string().as_bytes(),
+        );
+    }
     for (key, value) in entry.xattrs {
         let mut k = b"SCHILY.xattr.".to_vec();
         k.extend_from_slice(key);
@@ -157,7 +171,10 @@ pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
         let mut xh = Header::new_ustar();
         let mut xname = b"PaxHeaders/".to_vec();
         let base = entry.path.rsplit(|&b| b == b'/').next().unwrap_or(b"");
-        xname.extend(base.iter().map(|&b| if (0x20..0x7f).contains(&b) { b } else { b'_' }));
+        xname.extend(
+            base.iter()
+                .map(|&b| if (0x20..0x7f).contains(&b) { b } else { b'_' }),
+        );
         set_field(&mut xh.as_old_mut().name, &xname);
         xh.set_mode(0o644);
         xh.set_uid(0);

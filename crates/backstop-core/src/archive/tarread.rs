@@ -66,7 +66,10 @@ fn number(field: &[u8]) -> io::Result<u64> {
         }
         let mut v: u64 = u64::from(field[0] & 0x3f);
         for &b in &field[1..] {
-            v = v.checked_mul(256).and_then(|v| v.checked_add(u64::from(b))).ok_or_else(|| bad("number too large in tar header"))?;
+            v = v
+                .checked_mul(256)
+                .and_then(|v| v.checked_add(u64::from(b)))
+                .ok_or_else(|| bad("number too large in tar header"))?;
         }
         return Ok(v);
     }
@@ -196,7 +199,10 @@ impl<R: Read> TarReader<R> {
         match n {
             0 => Ok(None),
             BLOCK => Ok(Some(buf)),
-            _ => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar stream ends inside a block")),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the tar stream ends inside a block",
+            )),
         }
     }
 
@@ -265,7 +271,13 @@ impl<R: Read> TarReader<R> {
         }
     }
 
-    fn entry(&mut self, block: &[u8; BLOCK], typeflag: u8, size: u64, pax: Vec<(Vec<u8>, Vec<u8>)>) -> io::Result<Entry> {
+    fn entry(
+        &mut self,
+        block: &[u8; BLOCK],
+        typeflag: u8,
+        size: u64,
+        pax: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> io::Result<Entry> {
         let ustar = &block[257..263] == b"ustar\0";
         let mut path = cstr(&block[0..100]).to_vec();
         if ustar && block[345] != 0 {
@@ -339,7 +351,9 @@ impl<R: Read> TarReader<R> {
                 if i + 1 < map.len() && len % BLOCK as u64 != 0 {
                     return Err(bad("a sparse segment is not a whole number of blocks"));
                 }
-                end = off.checked_add(len).ok_or_else(|| bad("sparse segment overflows"))?;
+                end = off
+                    .checked_add(len)
+                    .ok_or_else(|| bad("sparse segment overflows"))?;
             }
             if end > real {
                 return Err(bad("sparse segments extend past the file's size"));
@@ -376,7 +390,9 @@ impl<R: Read> TarReader<R> {
         }
         let mut extended = block[482] != 0;
         while extended {
-            let ext = self.block()?.ok_or_else(|| bad("the sparse map is truncated"))?;
+            let ext = self
+                .block()?
+                .ok_or_else(|| bad("the sparse map is truncated"))?;
             for i in 0..21 {
                 push(&ext[i * 24..(i + 1) * 24])?;
             }
@@ -403,14 +419,21 @@ impl<R: Read> TarReader<R> {
             }
             let n = self.inner.read(&mut buf[..want])?;
             if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar stream ends inside a file"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the tar stream ends inside a file",
+                ));
             }
             self.remaining -= n as u64;
             self.logical += n as u64;
             return Ok(n);
         }
         // Sparse: zeros up to the next segment, then its data.
-        let (next_off, next_len) = self.segments.first().copied().unwrap_or((self.logical_size, 0));
+        let (next_off, next_len) = self
+            .segments
+            .first()
+            .copied()
+            .unwrap_or((self.logical_size, 0));
         if self.logical < next_off {
             let n = ((next_off - self.logical).min(buf.len() as u64)) as usize;
             buf[..n].fill(0);
@@ -428,7 +451,10 @@ impl<R: Read> TarReader<R> {
         let want = seg_left.min(buf.len() as u64) as usize;
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the tar stream ends inside a file"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the tar stream ends inside a file",
+            ));
         }
         self.remaining -= n as u64;
         self.logical += n as u64;
@@ -445,7 +471,13 @@ fn check_checksum(block: &[u8; BLOCK]) -> io::Result<()> {
     let unsigned: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, &b)| if (148..156).contains(&i) { u64::from(b' ') } else { u64::from(b) })
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u64::from(b' ')
+            } else {
+                u64::from(b)
+            }
+        })
         .sum();
     if stored != unsigned {
         return Err(bad("a tar header's checksum does not match"));
@@ -500,16 +532,30 @@ mod tests {
         stream.extend(header(b"d", HeaderKind::Dir, &[]));
         stream.extend(header(b"l", HeaderKind::Symlink { target: &long }, &[]));
         let map = [(4096u64, 512u64), (10_000, 0)];
-        stream.extend(header(b"s", HeaderKind::Sparse { real_size: 10_000, map: &map, stored: 512 }, &[]));
+        stream.extend(header(
+            b"s",
+            HeaderKind::Sparse {
+                real_size: 10_000,
+                map: &map,
+                stored: 512,
+            },
+            &[],
+        ));
         stream.extend(std::iter::repeat_n(7u8, 512));
         stream.extend_from_slice(&tarfmt::END_OF_ARCHIVE);
 
         let mut r = TarReader::new(&stream[..]);
         let e = r.next_entry().unwrap().unwrap();
         assert_eq!(e.path, long);
-        assert_eq!((e.kind, e.size, e.mode, e.uid, e.gid), (Kind::File, 5, 0o640, 3_000_000, 7));
+        assert_eq!(
+            (e.kind, e.size, e.mode, e.uid, e.gid),
+            (Kind::File, 5, 0o640, 3_000_000, 7)
+        );
         assert_eq!((e.mtime, e.mtime_nsec), (1_700_000_000, 120_000_000));
-        assert_eq!(e.uname.as_deref(), Some(b"someone-with-a-very-long-user-name-x".as_slice()));
+        assert_eq!(
+            e.uname.as_deref(),
+            Some(b"someone-with-a-very-long-user-name-x".as_slice())
+        );
         assert_eq!(e.xattrs, xattrs);
         assert_eq!(read_all(&mut r), b"hello");
         let d = r.next_entry().unwrap().unwrap();
@@ -560,7 +606,10 @@ mod tests {
 
     #[test]
     fn pax_lengths_are_exact() {
-        assert_eq!(parse_pax(b"9 path=x\n").unwrap(), vec![(b"path".to_vec(), b"x".to_vec())]);
+        assert_eq!(
+            parse_pax(b"9 path=x\n").unwrap(),
+            vec![(b"path".to_vec(), b"x".to_vec())]
+        );
         assert!(parse_pax(b"8 path=x\n").is_err());
         assert!(parse_pax(b"11 path=x\n").is_err());
         assert!(parse_pax(b"99999 path=x\n").is_err());
@@ -572,7 +621,10 @@ mod tests {
     fn pax_times_parse_fractions_and_negatives() {
         assert_eq!(pax_time(b"5.5").unwrap(), (5, 500_000_000));
         assert_eq!(pax_time(b"-0.5").unwrap(), (-1, 500_000_000));
-        assert_eq!(pax_time(b"1700000000.123456789").unwrap(), (1_700_000_000, 123_456_789));
+        assert_eq!(
+            pax_time(b"1700000000.123456789").unwrap(),
+            (1_700_000_000, 123_456_789)
+        );
         assert!(pax_time(b"1.2x").is_err());
     }
 }

@@ -22,15 +22,15 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use sha2::{Digest, Sha256};
 
-use crate::archive::compress::{BlockCompressor, BLOCK_SIZE};
+use crate::archive::compress::{BLOCK_SIZE, BlockCompressor};
 use crate::archive::format::{
-    checksum_line, CompressionSpec, Manifest, Problem, Trailer, CHECKSUMS_NAME, FORMAT,
-    MANIFEST_NAME, TRAILER_NAME,
+    CHECKSUMS_NAME, CompressionSpec, FORMAT, MANIFEST_NAME, Manifest, Problem, TRAILER_NAME,
+    Trailer, checksum_line,
 };
-use crate::archive::read_entry::{read_entry, EntryMeta, MetaKind, Msg, Names};
+use crate::archive::read_entry::{EntryMeta, MetaKind, Msg, Names, read_entry};
 use crate::archive::tarfmt::{self, EntryHeader, HeaderKind};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -142,7 +142,9 @@ pub fn write_archive(
         progress.start(Phase::Backup, scan.totals.bytes);
         let result = tar.run(manifest, started);
         // Closing the block channels lets the compressors and the sink finish.
-        let TarWriter { blocks, read_tx, .. } = tar;
+        let TarWriter {
+            blocks, read_tx, ..
+        } = tar;
         drop(read_tx);
         drop(blocks);
         let sink_result = sink.join().expect("sink thread panicked");
@@ -203,11 +205,7 @@ fn reader_loop(jobs: Receiver<ReadJob>, cancel: &Cancel) {
     }
 }
 
-fn compress_loop(
-    spec: CompressionSpec,
-    jobs: Receiver<BlockJob>,
-    spare: Sender<Vec<u8>>,
-) {
+fn compress_loop(spec: CompressionSpec, jobs: Receiver<BlockJob>, spare: Sender<Vec<u8>>) {
     let mut compressor = match BlockCompressor::new(spec) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -246,17 +244,25 @@ fn sink_loop(
         for pending in ordered {
             let block = pending
                 .recv()
-                .map_err(|_| Error::io("compressing", "archive", std::io::Error::other("compressor stopped")))?
+                .map_err(|_| {
+                    Error::io(
+                        "compressing",
+                        "archive",
+                        std::io::Error::other("compressor stopped"),
+                    )
+                })?
                 .map_err(|e| Error::io("compressing", "archive", e))?;
             hasher.update(&block);
-            out.write_all(&block).map_err(|e| Error::io("writing", "archive", e))?;
+            out.write_all(&block)
+                .map_err(|e| Error::io("writing", "archive", e))?;
             written += block.len() as u64;
             if let Some(wb) = writeback.as_mut() {
                 wb.advance(written);
             }
             failpoint::hit("backup.sink-write")?;
         }
-        out.flush().map_err(|e| Error::io("writing", "archive", e))?;
+        out.flush()
+            .map_err(|e| Error::io("writing", "archive", e))?;
         Ok((written, hex::encode(hasher.finalize())))
     })();
     if let Err(e) = result {
@@ -304,9 +310,13 @@ impl BlockOut {
         let block = std::mem::replace(&mut self.buf, next);
         let (done_tx, done_rx) = bounded(1);
         // The sink's slot is taken first, so blocks reach it in order.
-        self.ordered_tx.send(done_rx).map_err(|_| Error::Interrupted)?;
+        self.ordered_tx
+            .send(done_rx)
+            .map_err(|_| Error::Interrupted)?;
         match &self.job_tx {
-            Some(jobs) => jobs.send((block, done_tx)).map_err(|_| Error::Interrupted)?,
+            Some(jobs) => jobs
+                .send((block, done_tx))
+                .map_err(|_| Error::Interrupted)?,
             None => {
                 let _ = done_tx.send(Ok(block));
             }
@@ -333,7 +343,11 @@ struct TarWriter<'a> {
 impl TarWriter<'_> {
     fn run(&mut self, manifest: &Manifest, started: Instant) -> Result<Trailer> {
         let manifest_json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
-        self.member(MANIFEST_NAME.as_bytes(), &manifest_json, manifest_mtime(manifest))?;
+        self.member(
+            MANIFEST_NAME.as_bytes(),
+            &manifest_json,
+            manifest_mtime(manifest),
+        )?;
         failpoint::hit("backup.after-manifest")?;
 
         let n = self.scan.len();
@@ -368,7 +382,11 @@ impl TarWriter<'_> {
         self.checksums_member(manifest)?;
         self.trailer.duration_ms = started.elapsed().as_millis() as u64;
         let trailer_json = serde_json::to_vec_pretty(&self.trailer).expect("trailer serialises");
-        self.member(TRAILER_NAME.as_bytes(), &trailer_json, manifest_mtime(manifest))?;
+        self.member(
+            TRAILER_NAME.as_bytes(),
+            &trailer_json,
+            manifest_mtime(manifest),
+        )?;
         self.blocks.write(&tarfmt::END_OF_ARCHIVE)?;
         self.blocks.flush()?;
         Ok(self.trailer.clone())
@@ -396,7 +414,8 @@ impl TarWriter<'_> {
         );
         self.blocks.write(&self.header)?;
         self.blocks.write(data)?;
-        self.blocks.write(&[0; tarfmt::BLOCK][..tarfmt::padding(data.len() as u64)])
+        self.blocks
+            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(data.len() as u64)])
     }
 
     fn checksums_member(&mut self, manifest: &Manifest) -> Result<()> {
@@ -437,7 +456,8 @@ impl TarWriter<'_> {
             }
         }
         self.blocks.write(&chunk)?;
-        self.blocks.write(&[0; tarfmt::BLOCK][..tarfmt::padding(size)])
+        self.blocks
+            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(size)])
     }
 
     /// Writes one payload entry from its reader's messages.
@@ -453,7 +473,10 @@ impl TarWriter<'_> {
                 return Ok(());
             }
             Msg::Unreadable(detail) => {
-                self.trailer.unreadable.push(Problem { path: display, detail });
+                self.trailer.unreadable.push(Problem {
+                    path: display,
+                    detail,
+                });
                 return Ok(());
             }
             other => unreachable!("reader sent {other:?} first"),
@@ -464,7 +487,12 @@ impl TarWriter<'_> {
                 if self.written_files[target.0 as usize] {
                     let mut target_path = Vec::new();
                     self.scan.archive_path(target, &mut target_path);
-                    self.header_for(&meta, HeaderKind::HardLink { target: &target_path });
+                    self.header_for(
+                        &meta,
+                        HeaderKind::HardLink {
+                            target: &target_path,
+                        },
+                    );
                     self.blocks.write(&self.header)?;
                     self.trailer.entries += 1;
                     let _ = recv(rx)?; // End
@@ -496,8 +524,15 @@ impl TarWriter<'_> {
         }
         self.blocks.write(&self.header)?;
         self.trailer.entries += 1;
-        if let Msg::End { changed: Some(detail), .. } = recv(rx)? {
-            self.trailer.changed.push(Problem { path: display, detail });
+        if let Msg::End {
+            changed: Some(detail),
+            ..
+        } = recv(rx)?
+        {
+            self.trailer.changed.push(Problem {
+                path: display,
+                detail,
+            });
         }
         Ok(())
     }
@@ -511,14 +546,23 @@ impl TarWriter<'_> {
                 Ok(())
             }
             Msg::Unreadable(detail) => {
-                self.trailer.unreadable.push(Problem { path: display, detail });
+                self.trailer.unreadable.push(Problem {
+                    path: display,
+                    detail,
+                });
                 Ok(())
             }
             other => unreachable!("reader sent {other:?} first"),
         }
     }
 
-    fn file(&mut self, e: EntryRef, meta: EntryMeta, rx: &Receiver<Msg>, display: String) -> Result<()> {
+    fn file(
+        &mut self,
+        e: EntryRef,
+        meta: EntryMeta,
+        rx: &Receiver<Msg>,
+        display: String,
+    ) -> Result<()> {
         let MetaKind::File { size, sparse } = &meta.kind else {
             unreachable!("file() is called for files")
         };
@@ -547,14 +591,18 @@ impl TarWriter<'_> {
                 }
                 Msg::End { sha256, changed } => {
                     debug_assert_eq!(got, stored);
-                    self.blocks.write(&[0; tarfmt::BLOCK][..tarfmt::padding(stored)])?;
+                    self.blocks
+                        .write(&[0; tarfmt::BLOCK][..tarfmt::padding(stored)])?;
                     self.hashes.push((e.0, sha256));
                     self.written_files[e.0 as usize] = true;
                     self.trailer.entries += 1;
                     self.trailer.files += 1;
                     self.trailer.bytes += size;
                     if let Some(detail) = changed {
-                        self.trailer.changed.push(Problem { path: display, detail });
+                        self.trailer.changed.push(Problem {
+                            path: display,
+                            detail,
+                        });
                     }
                     // Content that was scanned but is smaller or sparse still
                     // counts as done for the progress bar.
@@ -590,9 +638,8 @@ impl TarWriter<'_> {
 /// The next message of an entry. A reader only stops sending early when the
 /// operation is being cancelled.
 fn next_msg(rx: &Receiver<Msg>, cancel: &Cancel) -> Result<Msg> {
-    rx.recv().map_err(|_| {
-        cancel.check().err().unwrap_or(Error::Interrupted)
-    })
+    rx.recv()
+        .map_err(|_| cancel.check().err().unwrap_or(Error::Interrupted))
 }
 
 /// The mtime given to the archive's own members: the backup's creation time.

@@ -11,21 +11,21 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::Context;
 use crate::archive::compress::BlockCompressor;
-use crate::archive::format::{Problem, SourceManifest, Totals, FORMAT};
+use crate::archive::format::{FORMAT, Problem, SourceManifest, Totals};
 use crate::archive::reader::sidecar_path;
-use crate::archive::writer::{write_archive, Target, Written};
+use crate::archive::writer::{Target, Written, write_archive};
 use crate::archive::{BackupKind, Codec, CompressionSpec, Manifest, Trailer};
 use crate::catalog::{BackupRecord, Catalog, Finished, NewBackup};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, NewFile, TEMP_PREFIX};
 use crate::instance::Instance;
-use crate::lock::{hostname, InstanceLock};
+use crate::lock::{InstanceLock, hostname};
 use crate::source::exclude::{Excluded, Excludes};
 use crate::source::scan::{EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions};
 use crate::time;
-use crate::Context;
 
 /// Where the archive goes.
 pub enum Output {
@@ -136,11 +136,13 @@ fn summarize_excluded(excluded: &[ExcludedPath]) -> Vec<ExcludedSummary> {
     let mut groups: BTreeMap<String, ExcludedSummary> = BTreeMap::new();
     for e in excluded {
         let rule = rule_name(&e.rule);
-        let g = groups.entry(rule.clone()).or_insert_with(|| ExcludedSummary {
-            rule,
-            count: 0,
-            examples: Vec::new(),
-        });
+        let g = groups
+            .entry(rule.clone())
+            .or_insert_with(|| ExcludedSummary {
+                rule,
+                count: 0,
+                examples: Vec::new(),
+            });
         g.count += 1;
         if g.examples.len() < 3 {
             g.examples.push(e.path.clone());
@@ -311,8 +313,9 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
         }
         next_at = seen + step;
         let mut data = Vec::with_capacity(SAMPLE.min(size as usize));
-        let read = std::fs::File::open(scan.fs_path(e))
-            .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, SAMPLE as u64), &mut data));
+        let read = std::fs::File::open(scan.fs_path(e)).and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, SAMPLE as u64), &mut data)
+        });
         if read.is_err() || data.is_empty() {
             continue;
         }
@@ -321,7 +324,11 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
             packed += out.len() as u64;
         }
     }
-    let ratio = if raw == 0 { 1.0 } else { packed as f64 / raw as f64 };
+    let ratio = if raw == 0 {
+        1.0
+    } else {
+        packed as f64 / raw as f64
+    };
     (scan.totals.bytes as f64 * ratio) as u64 + overhead / 50
 }
 
@@ -352,6 +359,15 @@ pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport>
 
     if let Output::Dir(d) | Output::File(d) = &req.output {
         path_str(d)?;
+    }
+    if let Output::File(f) = &req.output {
+        // Checked again when the file is created; refusing here records no attempt.
+        if f.symlink_metadata().is_ok() {
+            return Err(Error::usage(
+                format!("{} already exists", f.display()),
+                Some("backstop never overwrites an archive: choose another name".into()),
+            ));
+        }
     }
     fsutil::create_private_dir_all(&ctx.layout.home)?;
     let _lock = InstanceLock::acquire(
@@ -386,12 +402,21 @@ pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport>
         level: req.compression.level,
         created_by: &created_by,
     };
-    let taken = |id: &str| destination(ctx, &req, id).is_some_and(|p| p.symlink_metadata().is_ok());
+    // An id is taken when an archive of that name exists where this one goes
+    // (only the store and a directory output name the file after the id).
+    let taken = |id: &str| {
+        matches!(req.output, Output::Store | Output::Dir(_))
+            && destination(ctx, &req, id).is_some_and(|p| p.symlink_metadata().is_ok())
+    };
     let id = if streaming {
         // A stream is not recorded, but its id must not clash with one that is.
         let mut n = 1;
         loop {
-            let candidate = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+            let candidate = if n == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
             if catalog.get(&candidate)?.is_none() {
                 break candidate;
             }
@@ -420,12 +445,16 @@ pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport>
             let backup = if streaming {
                 streamed_record(&id, &new, &finished)
             } else {
-                catalog.finish_backup(&id, &finished).inspect_err(|_| {
+                let recorded = failpoint::hit("backup.before-available")
+                    .and_then(|()| Ok(catalog.finish_backup(&id, &finished)?));
+                if let Err(err) = recorded {
                     // Not recorded as available: the archive must not stay either.
                     if let Some(loc) = &location {
                         discard(Path::new(loc));
                     }
-                })?;
+                    let _ = catalog.fail_backup(&id, &time::now_rfc3339(), &error_chain(&err));
+                    return Err(err);
+                }
                 catalog.get(&id)?.expect("the row was just written")
             };
             Ok(BackupReport {
@@ -487,20 +516,37 @@ fn run(
         totals: scan.totals,
     };
     if let Some(stream) = stream {
-        let written = write_archive(&scan, &manifest, Target::Stream(stream), req.compression, ctx.progress, ctx.cancel)?;
+        let written = write_archive(
+            &scan,
+            &manifest,
+            Target::Stream(stream),
+            req.compression,
+            ctx.progress,
+            ctx.cancel,
+        )?;
         return Ok((written, None, scan.excluded));
     }
     let path = destination(ctx, req, id).expect("file outputs have a destination");
     let file = NewFile::create(&path)?;
-    let written = write_archive(&scan, &manifest, Target::File(file.file()), req.compression, ctx.progress, ctx.cancel)
-        .map_err(|e| with_path(e, &path))?;
+    let written = write_archive(
+        &scan,
+        &manifest,
+        Target::File(file.file()),
+        req.compression,
+        ctx.progress,
+        ctx.cancel,
+    )
+    .map_err(|e| with_path(e, &path))?;
     failpoint::hit("backup.before-commit")?;
     ctx.cancel.check()?;
     let committed = file.commit()?;
     // From here on the archive has its name: remove it again on any failure.
     let finish = (|| {
         failpoint::hit("backup.after-rename")?;
-        let name = committed.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = committed
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let line = crate::archive::format::sidecar_line(&written.sha256, &name);
         fsutil::atomic_write(&sidecar_path(&committed), line.as_bytes(), 0o600)?;
         failpoint::hit("backup.after-sidecar")?;
@@ -516,7 +562,11 @@ fn run(
 /// Names the archive path in a pipeline I/O error, which only knows "archive".
 fn with_path(err: Error, path: &Path) -> Error {
     match err {
-        Error::Io { action, path: p, source } if p == Path::new("archive") => Error::Io {
+        Error::Io {
+            action,
+            path: p,
+            source,
+        } if p == Path::new("archive") => Error::Io {
             action,
             path: path.to_path_buf(),
             source,

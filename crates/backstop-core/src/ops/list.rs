@@ -3,7 +3,7 @@
 use crate::catalog::{BackupRecord, Catalog, ListFilter};
 use crate::error::Result;
 use crate::lock::InstanceLock;
-use crate::{time, Context};
+use crate::{Context, time};
 
 /// Opens the catalog if there is one; a fresh machine has none, and reading
 /// must not create it.

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::archive::reader::read_manifest;
+use crate::Context;
 use crate::archive::Manifest;
+use crate::archive::reader::read_manifest;
 use crate::catalog::{BackupRecord, Catalog, RestoreRecord};
 use crate::error::{Error, Result};
 use crate::ops::backup::error_chain;
 use crate::ops::list::{open_existing, repair_interrupted};
-use crate::Context;
 
 /// One backup in full.
 #[derive(Debug, Clone, Serialize)]
@@ -37,9 +37,10 @@ pub(crate) enum Resolved {
 /// Finds `target` as a backup id first, then as a file.
 pub(crate) fn resolve(catalog: Option<&Catalog>, target: &str) -> Result<Resolved> {
     if let Some(catalog) = catalog
-        && let Some(record) = catalog.get(target)? {
-            return Ok(Resolved::Id(record));
-        }
+        && let Some(record) = catalog.get(target)?
+    {
+        return Ok(Resolved::Id(record));
+    }
     let path = Path::new(target);
     if path.is_file() {
         let record = match catalog {
@@ -62,9 +63,10 @@ fn find_file(catalog: &Catalog, path: &Path) -> Result<Option<BackupRecord>> {
     }
     for c in candidates {
         if let Some(s) = c.to_str()
-            && let Some(r) = catalog.find_by_location(s)? {
-                return Ok(Some(r));
-            }
+            && let Some(r) = catalog.find_by_location(s)?
+        {
+            return Ok(Some(r));
+        }
     }
     Ok(None)
 }
@@ -91,7 +93,10 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
             Ok(m) => (Some(m), None),
             Err(e) => (None, Some(error_chain(&e))),
         },
-        Some(p) => (None, Some(format!("the archive {} is missing", p.display()))),
+        Some(p) => (
+            None,
+            Some(format!("the archive {} is missing", p.display())),
+        ),
         None => (None, None),
     };
     let restores = match (&catalog, &record) {

@@ -13,8 +13,8 @@ use crate::catalog::{Catalog, ListFilter, Status};
 use crate::error::Result;
 use crate::ops::backup::error_chain;
 use crate::ops::list::open_existing;
-use crate::ops::show::{resolve, Resolved};
-use crate::{time, Context};
+use crate::ops::show::{Resolved, resolve};
+use crate::{Context, time};
 
 /// What to verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,9 @@ pub fn verify(ctx: &Context<'_>, targets: &VerifyTargets) -> Result<Vec<VerifyRe
             Some(c) => c
                 .list(&ListFilter::default())?
                 .into_iter()
-                .filter(|r| !matches!(r.status, Status::Failed | Status::Creating) && r.location.is_some())
+                .filter(|r| {
+                    !matches!(r.status, Status::Failed | Status::Creating) && r.location.is_some()
+                })
                 .map(Resolved::Id)
                 .collect(),
             None => Vec::new(),
@@ -78,7 +80,11 @@ pub fn verify(ctx: &Context<'_>, targets: &VerifyTargets) -> Result<Vec<VerifyRe
     Ok(reports)
 }
 
-fn verify_one(ctx: &Context<'_>, catalog: Option<&Catalog>, target: Resolved) -> Result<VerifyReport> {
+fn verify_one(
+    ctx: &Context<'_>,
+    catalog: Option<&Catalog>,
+    target: Resolved,
+) -> Result<VerifyReport> {
     let started = Instant::now();
     let (path, record) = match target {
         Resolved::Id(r) => (r.location.clone().map(PathBuf::from), Some(r)),
@@ -86,7 +92,10 @@ fn verify_one(ctx: &Context<'_>, catalog: Option<&Catalog>, target: Resolved) ->
     };
     let mut report = VerifyReport {
         id: record.as_ref().map(|r| r.id.clone()),
-        path: path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        path: path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         ok: false,
         problems: Vec::new(),
         warnings: Vec::new(),
@@ -125,12 +134,13 @@ fn verify_one(ctx: &Context<'_>, catalog: Option<&Catalog>, target: Resolved) ->
                 report.id = Some(v.manifest.id.clone());
             }
             if let Some(r) = &record
-                && r.id != v.manifest.id {
-                    report.problems.push(format!(
-                        "the archive holds backup {}, but the catalog expects {}",
-                        v.manifest.id, r.id
-                    ));
-                }
+                && r.id != v.manifest.id
+            {
+                report.problems.push(format!(
+                    "the archive holds backup {}, but the catalog expects {}",
+                    v.manifest.id, r.id
+                ));
+            }
         }
         Err(crate::Error::Interrupted) => return Err(crate::Error::Interrupted),
         Err(e) => report.problems.push(error_chain(e)),
@@ -142,17 +152,19 @@ fn verify_one(ctx: &Context<'_>, catalog: Option<&Catalog>, target: Resolved) ->
                 path.display()
             )),
             Ok(Some(_)) => {}
-            Ok(None) => report
-                .warnings
-                .push("no .sha256 sidecar next to the archive: its whole-file checksum was not compared".into()),
+            Ok(None) => report.warnings.push(
+                "no .sha256 sidecar next to the archive: its whole-file checksum was not compared"
+                    .into(),
+            ),
             Err(e) => report.problems.push(error_chain(&e)),
         }
         if let Some(expected) = record.as_ref().and_then(|r| r.sha256.as_ref())
-            && expected != actual {
-                report.problems.push(format!(
-                    "the catalog records SHA-256 {expected}, but the archive's is {actual}"
-                ));
-            }
+            && expected != actual
+        {
+            report.problems.push(format!(
+                "the catalog records SHA-256 {expected}, but the archive's is {actual}"
+            ));
+        }
     }
     report.ok = report.problems.is_empty();
     if let (Some(c), Some(r)) = (catalog, &record) {

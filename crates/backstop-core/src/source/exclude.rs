@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use ignore::Match;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use crate::error::{Error, Result};
 
@@ -48,7 +48,11 @@ impl Excludes {
     pub fn new(root: &Path, patterns: &[String]) -> Result<Excludes> {
         let mut builder = GitignoreBuilder::new(root);
         let mut all = Vec::new();
-        for p in BUILTIN_EXCLUDES.iter().map(|s| s.to_string()).chain(patterns.iter().cloned()) {
+        for p in BUILTIN_EXCLUDES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(patterns.iter().cloned())
+        {
             builder.add_line(None, &p).map_err(|e| {
                 Error::usage(
                     format!("invalid exclude pattern `{p}`: {e}"),
@@ -121,8 +125,14 @@ mod tests {
         let ex = excludes(root, &["*.log", "/tmp", "!target/"]);
         assert!(ex.check(&root.join("logs/a.log"), false).is_some());
         assert!(ex.check(&root.join("tmp"), true).is_some());
-        assert!(ex.check(&root.join("data/tmp"), true).is_none(), "anchored pattern");
-        assert!(ex.check(&root.join("target"), true).is_none(), "negation re-includes");
+        assert!(
+            ex.check(&root.join("data/tmp"), true).is_none(),
+            "anchored pattern"
+        );
+        assert!(
+            ex.check(&root.join("target"), true).is_none(),
+            "negation re-includes"
+        );
     }
 
     #[test]

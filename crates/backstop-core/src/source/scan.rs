@@ -122,12 +122,16 @@ impl Scan {
                 let entry = match item {
                     Ok(entry) => entry,
                     Err(err) => {
-                        let path = err.path().map(Path::to_path_buf).unwrap_or_else(|| top.clone());
+                        let path = err
+                            .path()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| top.clone());
                         if err.depth() == 0 {
                             return Err(Error::io(
                                 "reading source",
                                 &path,
-                                err.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed")),
+                                err.into_io_error()
+                                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
                             ));
                         }
                         scan.unreadable.push(Problem {
@@ -142,23 +146,25 @@ impl Scan {
                 };
                 if scan.nodes.len().is_multiple_of(4096) {
                     opts.cancel.check()?;
-                    opts.progress.scanned(scan.totals.entries, scan.totals.bytes);
+                    opts.progress
+                        .scanned(scan.totals.entries, scan.totals.bytes);
                 }
                 let depth = entry.depth();
                 parents.truncate(depth);
                 let file_type = entry.file_type();
                 let path = entry.path();
                 if depth > 0
-                    && let Some(rule) = opts.excludes.check(path, file_type.is_dir()) {
-                        scan.excluded.push(ExcludedPath {
-                            path: scan.display_path(&source.name, &top, path),
-                            rule,
-                        });
-                        if file_type.is_dir() {
-                            walker.skip_current_dir();
-                        }
-                        continue;
+                    && let Some(rule) = opts.excludes.check(path, file_type.is_dir())
+                {
+                    scan.excluded.push(ExcludedPath {
+                        path: scan.display_path(&source.name, &top, path),
+                        rule,
+                    });
+                    if file_type.is_dir() {
+                        walker.skip_current_dir();
                     }
+                    continue;
+                }
                 let meta = match entry.metadata() {
                     Ok(m) => m,
                     Err(err) => {
@@ -218,7 +224,11 @@ impl Scan {
                     NodeKind::Dir => parents.push(index),
                     NodeKind::File => {
                         let key = (meta.dev(), meta.ino());
-                        let first = if meta.nlink() > 1 { inodes.get(&key).copied() } else { None };
+                        let first = if meta.nlink() > 1 {
+                            inodes.get(&key).copied()
+                        } else {
+                            None
+                        };
                         match first {
                             Some(first) => {
                                 scan.nodes[index as usize].kind = NodeKind::HardLink;
@@ -239,7 +249,8 @@ impl Scan {
                 scan.totals.entries += 1;
             }
         }
-        opts.progress.scanned(scan.totals.entries, scan.totals.bytes);
+        opts.progress
+            .scanned(scan.totals.entries, scan.totals.bytes);
         Ok(scan)
     }
 
@@ -386,11 +397,22 @@ mod tests {
         let s = scan(&app, &[]);
         assert_eq!(
             paths(&s),
-            ["app", "app/a", "app/a.txt", "app/b", "app/b/c", "app/b/inner", "app/b/inner/z"]
+            [
+                "app",
+                "app/a",
+                "app/a.txt",
+                "app/b",
+                "app/b/c",
+                "app/b/inner",
+                "app/b/inner/z"
+            ]
         );
         assert_eq!(s.totals.files, 3);
         assert_eq!(s.totals.bytes, 4);
-        assert_eq!(s.fs_path(EntryRef(6)), app.canonicalize().unwrap().join("b/inner/z"));
+        assert_eq!(
+            s.fs_path(EntryRef(6)),
+            app.canonicalize().unwrap().join("b/inner/z")
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::process::Command;
 use backstop_core::archive::Codec;
 use backstop_core::archive::reader::{read_manifest, verify_archive};
 use backstop_core::progress::{Cancel, NoProgress};
-use backstop_test_support::{assert_same_tree, awkward_tree, have, supports_user_xattrs, Compare};
+use backstop_test_support::{Compare, assert_same_tree, awkward_tree, have, supports_user_xattrs};
 
-use crate::support::{tar_extract, tar_list, Env};
+use crate::support::{Env, tar_extract, tar_list};
 
 fn round_trip_through_system_tar(codec: Codec, tool: &str) {
     if !have("tar") || !have(tool) {
@@ -62,8 +62,17 @@ fn sha256sum_accepts_sidecar_and_inner_checksums() {
     let archive = Path::new(report.backup.location.as_deref().unwrap());
     let dir = archive.parent().unwrap();
     let sidecar = format!("{}.sha256", archive.file_name().unwrap().to_string_lossy());
-    let out = Command::new("sha256sum").arg("-c").arg(&sidecar).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("sha256sum")
+        .arg("-c")
+        .arg(&sidecar)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let extracted = env.path("x");
     tar_extract(archive, &extracted);
@@ -73,10 +82,17 @@ fn sha256sum_accepts_sidecar_and_inner_checksums() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One line per regular file, the awkward names included.
     assert_eq!(text.lines().count() as u64, report.backup.files.unwrap());
-    assert!(text.contains("new\\nline: OK") || text.contains("new\nline: OK"), "{text}");
+    assert!(
+        text.contains("new\\nline: OK") || text.contains("new\nline: OK"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -90,8 +106,14 @@ fn manifest_is_first_and_trailer_last() {
     let report = env.backup(&src, Codec::Zstd);
     let archive = Path::new(report.backup.location.as_deref().unwrap());
     let names = tar_list(archive);
-    assert_eq!(names.first().map(String::as_str), Some("backstop-manifest.json"));
-    assert_eq!(names.last().map(String::as_str), Some("backstop-trailer.json"));
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("backstop-manifest.json")
+    );
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("backstop-trailer.json")
+    );
     assert_eq!(names[names.len() - 2], "backstop-checksums.sha256");
     // The payload is in sorted depth-first order: a parent before its children.
     let payload = &names[1..names.len() - 2];
@@ -121,7 +143,11 @@ fn archive_and_sidecar_are_private() {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", p.display());
     }
-    let store_mode = std::fs::metadata(archive.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    let store_mode = std::fs::metadata(archive.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(store_mode, 0o700);
 }
 
@@ -139,8 +165,10 @@ fn two_backups_of_an_unchanged_tree_differ_only_in_the_manifest_and_trailer() {
     let (xa, xb) = (env.path("a"), env.path("b"));
     tar_extract(Path::new(a.backup.location.as_deref().unwrap()), &xa);
     tar_extract(Path::new(b.backup.location.as_deref().unwrap()), &xb);
-    assert_eq!(tar_list(Path::new(a.backup.location.as_deref().unwrap()))[1..],
-        tar_list(Path::new(b.backup.location.as_deref().unwrap()))[1..]);
+    assert_eq!(
+        tar_list(Path::new(a.backup.location.as_deref().unwrap()))[1..],
+        tar_list(Path::new(b.backup.location.as_deref().unwrap()))[1..]
+    );
     assert_eq!(
         std::fs::read(xa.join("backstop-checksums.sha256")).unwrap(),
         std::fs::read(xb.join("backstop-checksums.sha256")).unwrap()
@@ -180,7 +208,10 @@ fn excluded_paths_are_absent_and_recorded() {
     let rules: Vec<&str> = report.excluded.iter().map(|e| e.rule.as_str()).collect();
     assert!(rules.contains(&"node_modules/"), "{rules:?}");
     assert!(rules.contains(&"*.log"), "{rules:?}");
-    assert!(rules.iter().any(|r| r.contains("CACHEDIR.TAG")), "{rules:?}");
+    assert!(
+        rules.iter().any(|r| r.contains("CACHEDIR.TAG")),
+        "{rules:?}"
+    );
 }
 
 #[test]
@@ -200,6 +231,10 @@ fn backup_of_a_tree_holding_the_store_leaves_the_store_out() {
     let first = env2.backup(&src, Codec::Zstd);
     let second = env2.backup(&src, Codec::Zstd);
     assert_eq!(first.backup.files, Some(1));
-    assert_eq!(second.backup.files, Some(1), "the first archive is not in the second");
+    assert_eq!(
+        second.backup.files,
+        Some(1),
+        "the first archive is not in the second"
+    );
     drop(env);
 }

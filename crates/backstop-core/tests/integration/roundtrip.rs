@@ -5,19 +5,29 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use backstop_core::archive::reader::verify_archive;
 use backstop_core::archive::Codec;
+use backstop_core::archive::reader::verify_archive;
 use backstop_core::progress::{Cancel, NoProgress};
-use backstop_test_support::{assert_same_tree, Compare};
+use backstop_test_support::{Compare, assert_same_tree};
 use proptest::prelude::*;
 
-use crate::support::{tar_extract, Env};
+use crate::support::{Env, tar_extract};
 
 #[derive(Debug, Clone)]
 enum Node {
-    File { name: Vec<u8>, data: Vec<u8>, mode: u32 },
-    Dir { name: Vec<u8>, children: Vec<Node> },
-    Link { name: Vec<u8>, target: Vec<u8> },
+    File {
+        name: Vec<u8>,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Dir {
+        name: Vec<u8>,
+        children: Vec<Node>,
+    },
+    Link {
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
 }
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
@@ -28,13 +38,22 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
 
 fn node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
-        (name(), prop::collection::vec(any::<u8>(), 0..5000), prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o400)])
+        (
+            name(),
+            prop::collection::vec(any::<u8>(), 0..5000),
+            prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o400)]
+        )
             .prop_map(|(name, data, mode)| Node::File { name, data, mode }),
-        (name(), prop::collection::vec(1u8..=255, 1..60)).prop_map(|(name, target)| Node::Link { name, target }),
-        name().prop_map(|name| Node::Dir { name, children: vec![] }),
+        (name(), prop::collection::vec(1u8..=255, 1..60))
+            .prop_map(|(name, target)| Node::Link { name, target }),
+        name().prop_map(|name| Node::Dir {
+            name,
+            children: vec![]
+        }),
     ];
     leaf.prop_recursive(3, 40, 6, |inner| {
-        (name(), prop::collection::vec(inner, 0..6)).prop_map(|(name, children)| Node::Dir { name, children })
+        (name(), prop::collection::vec(inner, 0..6))
+            .prop_map(|(name, children)| Node::Dir { name, children })
     })
 }
 

@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use backstop_core::Context;
 use backstop_core::archive::{BackupKind, Codec, CompressionSpec};
 use backstop_core::config::Layout;
 use backstop_core::instance::Instance;
-use backstop_core::ops::backup::{backup, BackupReport, BackupRequest, Output};
+use backstop_core::ops::backup::{BackupReport, BackupRequest, Output, backup};
 use backstop_core::progress::{Cancel, NoProgress};
-use backstop_core::Context;
 
 /// A home directory for backstop and a place for test data.
 pub struct Env {
@@ -49,7 +49,13 @@ impl Env {
         self.backup_with(dir, codec, Output::Store, &[])
     }
 
-    pub fn backup_with(&self, dir: &Path, codec: Codec, output: Output, excludes: &[&str]) -> BackupReport {
+    pub fn backup_with(
+        &self,
+        dir: &Path,
+        codec: Codec,
+        output: Output,
+        excludes: &[&str],
+    ) -> BackupReport {
         let request = BackupRequest {
             instance: Instance::ad_hoc(&[dir.to_path_buf()]).expect("instance"),
             kind: BackupKind::Manual,
@@ -88,7 +94,18 @@ pub fn tar_extract(archive: &Path, dest: &Path) {
 
 /// The member names of `archive` in order, as `tar -t` lists them.
 pub fn tar_list(archive: &Path) -> Vec<String> {
-    let out = Command::new("tar").arg("-tf").arg(archive).output().expect("run tar");
-    assert!(out.status.success(), "tar -t failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let out = Command::new("tar")
+        .arg("-tf")
+        .arg(archive)
+        .output()
+        .expect("run tar");
+    assert!(
+        out.status.success(),
+        "tar -t failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

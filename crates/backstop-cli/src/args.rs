@@ -1,0 +1,231 @@
+//! The command line as clap parses it: raw flags, before config and defaults
+//! are merged in (see `settings.rs`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// backstop: backups, restores and rollbacks for self-hosted applications.
+///
+/// Backs up an application's state into archives that plain `tar` can open,
+/// keeps a catalog of them, and verifies them end to end.
+#[derive(Debug, Parser)]
+#[command(name = "backstop", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 error, 2 usage or config error, 3 done with \
+    warnings, 4 integrity failure, 5 rolled back, 6 lock held, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings; no progress bars
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (every excluded path, every warning)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Use this config file instead of looking one up
+    #[arg(long, global = true, env = "BACKSTOP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Keep the catalog, locks and (by default) archives here
+    #[arg(long, global = true, env = "BACKSTOP_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+}
+
+// Parsed once per run: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Back up a directory or files into an archive
+    ///
+    /// With one directory, the instance is named after it and a later
+    /// restore knows where it came from. The seed spellings `backup create`,
+    /// `backup list`, `backup info` and `backup verify` work too.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Backup(BackupCommand),
+    /// List backups, newest first
+    List(ListArgs),
+    /// Show everything about one backup
+    #[command(visible_alias = "info")]
+    Show(ShowArgs),
+    /// Check archives completely: sidecar, every file's checksum, structure
+    Verify(VerifyArgs),
+    /// Print shell completions
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupCommand {
+    #[command(subcommand)]
+    pub seed: Option<BackupSeed>,
+    #[command(flatten)]
+    pub args: BackupArgs,
+}
+
+/// The `backup <verb>` spellings of the systems backstop replaces.
+#[derive(Debug, Subcommand)]
+pub enum BackupSeed {
+    /// Same as `backstop backup`
+    Create(BackupArgs),
+    /// Same as `backstop list`
+    List(ListArgs),
+    /// Same as `backstop show`
+    Info(ShowArgs),
+    /// Same as `backstop verify`
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CodecArg {
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Directories or files to back up
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Why the backup is made (manual, pre-upgrade, pre-restore, scheduled…)
+    #[arg(long, default_value = "manual")]
+    pub reason: String,
+    /// A note to keep with the backup
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// A label to attach, as KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Leave out paths matching GLOB (.gitignore syntax; repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Compression [default: zstd, or the config's]
+    #[arg(long, value_enum)]
+    pub compression: Option<CodecArg>,
+    /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub level: Option<i32>,
+    /// Write the archive to FILE, into DIR, or to stdout (`-`) instead of the store
+    #[arg(short, long, value_name = "FILE|DIR|-")]
+    pub output: Option<PathBuf>,
+    /// Show what would be backed up and the estimated size; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for another operation on the instance to finish (for up to DURATION, e.g. 10m)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    Creating,
+    Available,
+    Failed,
+    Missing,
+    Corrupt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Manual,
+    Automatic,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this instance's backups
+    pub instance: Option<String>,
+    /// Only backups made for this reason
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only backups in this state
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// Only backups of this application version
+    #[arg(long = "version", value_name = "VERSION")]
+    pub app_version: Option<String>,
+    /// Only manual or only automatic backups
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
+    /// At most N backups
+    #[arg(short = 'n', long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A backup id, or the path of an archive file
+    #[arg(value_name = "ID|FILE")]
+    pub target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup ids or archive files
+    #[arg(value_name = "ID|FILE", required_unless_present = "all")]
+    pub targets: Vec<String>,
+    /// Verify every backup in the catalog that has an archive
+    #[arg(long, conflicts_with = "targets")]
+    pub all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to print completions for
+    pub shell: clap_complete::Shell,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seed_spellings_parse() {
+        let cli = Cli::try_parse_from(["backstop", "backup", "list", "app"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Backup(BackupCommand {
+                seed: Some(BackupSeed::List(_)),
+                ..
+            })
+        ));
+        let cli = Cli::try_parse_from(["backstop", "backup", "/srv/app", "--dry-run"]).unwrap();
+        let Command::Backup(b) = cli.command else {
+            panic!()
+        };
+        assert!(b.seed.is_none());
+        assert_eq!(b.args.paths, [PathBuf::from("/srv/app")]);
+    }
+
+    #[test]
+    fn labels_need_a_key() {
+        assert!(parse_label("=x").is_err());
+        assert_eq!(
+            parse_label("env=prod=1").unwrap(),
+            ("env".into(), "prod=1".into())
+        );
+    }
+}

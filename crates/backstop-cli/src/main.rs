@@ -1,0 +1,289 @@
+//! The `backstop` command: parse, resolve settings, call one core operation,
+//! render its result, exit with the documented code.
+
+mod args;
+mod progress;
+mod render;
+mod settings;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use backstop_core::archive::BackupKind;
+use backstop_core::catalog::{ListFilter, Status};
+use backstop_core::config::Layout;
+use backstop_core::ops::{backup, list, show, verify};
+use backstop_core::progress::{Cancel, NoProgress, Progress};
+use backstop_core::{Context, Error, ErrorKind};
+use clap::{CommandFactory, Parser};
+use console::style;
+
+use args::{
+    BackupArgs, BackupSeed, Cli, Command, Global, KindArg, ListArgs, ShowArgs, StatusArg,
+    VerifyArgs,
+};
+use settings::Settings;
+
+/// Exit codes (DESIGN.md).
+mod code {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const WARNINGS: u8 = 3;
+    pub const INTEGRITY: u8 = 4;
+    pub const LOCKED: u8 = 6;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::Usage => code::USAGE,
+        ErrorKind::Integrity => code::INTEGRITY,
+        ErrorKind::LockHeld => code::LOCKED,
+        ErrorKind::Interrupted => code::INTERRUPTED,
+        _ => code::ERROR,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cancel = Cancel::default();
+    let handler_cancel = cancel.clone();
+    // The first interrupt asks the operation to stop cleanly; a second one
+    // ends the process at once (any partial archive is an unnamed file that
+    // the kernel removes; the catalog row is repaired by the next command).
+    let _ = ctrlc::set_handler(move || {
+        if handler_cancel.is_cancelled() {
+            std::process::exit(i32::from(code::INTERRUPTED));
+        }
+        handler_cancel.cancel();
+    });
+    let json = cli.global.json;
+    match run(cli, &cancel) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            report_error(&err, json);
+            ExitCode::from(exit_code(err.kind()))
+        }
+    }
+}
+
+/// Prints `error: …`, its causes and a hint on stderr; with `--json`, also a
+/// JSON document on stdout.
+fn report_error(err: &Error, json: bool) {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let hint = err.hint();
+    let mut text = format!("{} {err}\n", style("error:").for_stderr().red().bold());
+    for c in &causes {
+        text.push_str(&format!("  caused by: {c}\n"));
+    }
+    if let Some(h) = &hint {
+        text.push_str(&format!(
+            "{} {h}\n",
+            style("hint:").for_stderr().cyan().bold()
+        ));
+    }
+    let _ = std::io::stderr().write_all(text.as_bytes());
+    if json {
+        let doc = render::envelope(
+            "error",
+            serde_json::json!({
+                "error": {
+                    "message": err.to_string(),
+                    "causes": causes,
+                    "hint": hint,
+                    "exit_code": exit_code(err.kind()),
+                }
+            }),
+        );
+        print_json(&doc);
+    }
+}
+
+fn print_json(doc: &serde_json::Value) {
+    let mut text = serde_json::to_string_pretty(doc).expect("JSON serialises");
+    text.push('\n');
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn print_stdout(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+fn print_stderr(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
+    let g = cli.global;
+    match cli.command {
+        Command::Backup(b) => match b.seed {
+            None => cmd_backup(&g, &b.args, cancel),
+            Some(BackupSeed::Create(a)) => cmd_backup(&g, &a, cancel),
+            Some(BackupSeed::List(a)) => cmd_list(&g, &a, cancel),
+            Some(BackupSeed::Info(a)) => cmd_show(&g, &a, cancel),
+            Some(BackupSeed::Verify(a)) => cmd_verify(&g, &a, cancel),
+        },
+        Command::List(a) => cmd_list(&g, &a, cancel),
+        Command::Show(a) => cmd_show(&g, &a, cancel),
+        Command::Verify(a) => cmd_verify(&g, &a, cancel),
+        Command::Completions(a) => {
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "backstop",
+                &mut std::io::stdout(),
+            );
+            Ok(code::OK)
+        }
+    }
+}
+
+/// Runs `f` with a context whose progress is drawn when appropriate.
+fn with_context<T>(
+    g: &Global,
+    layout: &Layout,
+    cancel: &Cancel,
+    f: impl FnOnce(&Context<'_>) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let bars = progress::Bars::new(!g.quiet);
+    let progress: &dyn Progress = match &bars {
+        Some(b) => b,
+        None => &NoProgress,
+    };
+    let ctx = Context {
+        layout,
+        progress,
+        cancel,
+    };
+    f(&ctx)
+}
+
+fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let request = settings::backup_request(a, &settings, g.json)?;
+    if a.dry_run {
+        let plan = with_context(g, &settings.layout, cancel, |ctx| {
+            backup::plan(ctx, &request)
+        })?;
+        if g.json {
+            print_json(&render::envelope(
+                "backup",
+                serde_json::json!({ "dry_run": true, "plan": plan }),
+            ));
+        } else {
+            print_stdout(&render::plan(&plan, g.quiet, g.verbose > 0));
+            let text = render::warnings(&plan.warnings, g.verbose > 0);
+            print_stderr(&text);
+        }
+        return Ok(code::OK);
+    }
+    let to_stdout = settings::is_stdout(a.output.as_ref());
+    let report = with_context(g, &settings.layout, cancel, |ctx| {
+        backup::backup(ctx, request)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "backup",
+            serde_json::json!({ "dry_run": false, "report": report }),
+        ));
+    } else if !g.quiet {
+        let text = render::backup(&report, g.verbose > 0);
+        // With the archive on stdout, the summary must not mix into it.
+        if to_stdout {
+            print_stderr(&text);
+        } else {
+            print_stdout(&text);
+        }
+    }
+    print_stderr(&render::warnings(&report.warnings, g.verbose > 0));
+    Ok(if report.warnings.iter().any(|w| w.is_incomplete()) {
+        code::WARNINGS
+    } else {
+        code::OK
+    })
+}
+
+fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let filter = ListFilter {
+        instance: a.instance.clone(),
+        reason: a.reason.clone(),
+        status: a.status.map(|s| match s {
+            StatusArg::Creating => Status::Creating,
+            StatusArg::Available => Status::Available,
+            StatusArg::Failed => Status::Failed,
+            StatusArg::Missing => Status::Missing,
+            StatusArg::Corrupt => Status::Corrupt,
+        }),
+        version: a.app_version.clone(),
+        kind: a.kind.map(|k| match k {
+            KindArg::Manual => BackupKind::Manual,
+            KindArg::Automatic => BackupKind::Automatic,
+        }),
+        limit: a.limit,
+    };
+    let records = with_context(g, &settings.layout, cancel, |ctx| list::list(ctx, &filter))?;
+    if g.json {
+        print_json(&render::envelope(
+            "list",
+            serde_json::json!({ "backups": records }),
+        ));
+    } else {
+        print_stdout(&render::list(&records));
+    }
+    Ok(code::OK)
+}
+
+fn cmd_show(g: &Global, a: &ShowArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let report = with_context(g, &settings.layout, cancel, |ctx| {
+        show::show(ctx, &a.target)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "show",
+            serde_json::json!({ "show": report }),
+        ));
+    } else {
+        print_stdout(&render::show(&report));
+    }
+    Ok(code::OK)
+}
+
+fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let targets = if a.all {
+        verify::VerifyTargets::All
+    } else {
+        verify::VerifyTargets::Named(a.targets.clone())
+    };
+    let reports = with_context(g, &settings.layout, cancel, |ctx| {
+        verify::verify(ctx, &targets)
+    })?;
+    let failed = reports.iter().any(|r| !r.ok);
+    let warned = reports.iter().any(|r| !r.warnings.is_empty());
+    if g.json {
+        print_json(&render::envelope(
+            "verify",
+            serde_json::json!({ "ok": !failed, "archives": reports }),
+        ));
+    } else {
+        print_stdout(&render::verify(&reports));
+    }
+    if failed {
+        if !g.json {
+            print_stderr(&format!(
+                "{} do not restore from an archive that failed verification; `backstop list` shows the others\n",
+                style("hint:").for_stderr().cyan().bold()
+            ));
+        }
+        return Ok(code::INTEGRITY);
+    }
+    Ok(if warned { code::WARNINGS } else { code::OK })
+}

@@ -1,0 +1,76 @@
+//! Progress bars on stderr, drawn only when stderr is a terminal.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backstop_core::progress::{Phase, Progress};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Draws a spinner while scanning and a bar with throughput and ETA while
+/// reading or writing.
+pub struct Bars {
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    /// Bars if stderr is a terminal and the user did not ask for quiet.
+    pub fn new(enabled: bool) -> Option<Bars> {
+        let enabled = enabled && console::Term::stderr().is_term();
+        enabled.then(|| Bars {
+            bar: Mutex::new(None),
+        })
+    }
+
+    fn replace(&self, bar: Option<ProgressBar>) {
+        let mut slot = self.bar.lock().expect("progress lock");
+        if let Some(old) = slot.take() {
+            old.finish_and_clear();
+        }
+        *slot = bar;
+    }
+}
+
+impl Progress for Bars {
+    fn scanned(&self, entries: u64, bytes: u64) {
+        let mut slot = self.bar.lock().expect("progress lock");
+        let bar = slot.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} scanning: {msg}").expect("template"),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        bar.set_message(format!(
+            "{entries} entries, {}",
+            indicatif::HumanBytes(bytes)
+        ));
+    }
+
+    fn start(&self, phase: Phase, total: u64) {
+        let verb = match phase {
+            Phase::Backup => "backing up",
+            Phase::Verify => "verifying",
+            _ => "working",
+        };
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}}, {{eta}} left"
+            ))
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        self.replace(Some(bar));
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(bar) = self.bar.lock().expect("progress lock").as_ref() {
+            bar.inc(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        self.replace(None);
+    }
+}

@@ -1,0 +1,457 @@
+//! Human-readable rendering of the core's results. JSON rendering is the
+//! results serialised as they are, inside a versioned envelope (see
+//! `docs/json.md`).
+
+use std::fmt::Write as _;
+
+use backstop_core::catalog::{BackupRecord, Status};
+use backstop_core::ops::backup::{BackupPlan, BackupReport, ExcludedSummary, Warning};
+use backstop_core::ops::show::ShowReport;
+use backstop_core::ops::verify::VerifyReport;
+use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
+use console::style;
+
+/// The version of the JSON documents; bumped on incompatible changes.
+pub const JSON_VERSION: u32 = 1;
+
+/// `value` inside `{"version": 1, "command": …}`.
+pub fn envelope(command: &str, value: serde_json::Value) -> serde_json::Value {
+    let mut doc = serde_json::json!({ "version": JSON_VERSION, "command": command });
+    if let (Some(doc), serde_json::Value::Object(fields)) = (doc.as_object_mut(), value) {
+        doc.extend(fields);
+    }
+    doc
+}
+
+/// `1.00 GiB`
+pub fn bytes(n: u64) -> String {
+    indicatif::HumanBytes(n).to_string()
+}
+
+/// `41,713`
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `2026-11-21 23:01:02` from an RFC 3339 UTC timestamp.
+pub fn when(ts: &str) -> String {
+    ts.get(..19).unwrap_or(ts).replacen('T', " ", 1)
+}
+
+/// `zstd level 3`, `gzip level 6` or `uncompressed`.
+fn codec(c: backstop_core::archive::Codec, level: Option<i32>) -> String {
+    match (c, level) {
+        (backstop_core::archive::Codec::None, _) => "uncompressed".into(),
+        (c, Some(l)) => format!("{c} level {l}"),
+        (c, None) => c.to_string(),
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+fn status_cell(status: Status) -> String {
+    match status {
+        Status::Available => style("available").green().to_string(),
+        Status::Failed => style("failed").red().to_string(),
+        Status::Corrupt => style("corrupt").red().bold().to_string(),
+        Status::Missing => style("missing").yellow().to_string(),
+        Status::Creating => style("creating").cyan().to_string(),
+    }
+}
+
+fn excluded_lines(out: &mut String, excluded: &[ExcludedSummary], verbose: bool) {
+    for e in excluded {
+        let noun = if e.count == 1 { "path" } else { "paths" };
+        let _ = write!(
+            out,
+            "  excluded {} {noun} by {}",
+            count(e.count as u64),
+            e.rule
+        );
+        if verbose || e.count <= 3 {
+            let _ = write!(out, ": {}", e.examples.join(", "));
+            if e.count > e.examples.len() {
+                out.push_str(", …");
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// The summary of a finished backup.
+pub fn backup(report: &BackupReport, verbose: bool) -> String {
+    let b = &report.backup;
+    let mut out = String::new();
+    let _ = writeln!(out, "Backed up {} ({})", style(&b.id).bold(), b.origin);
+    let content = b.bytes.unwrap_or(0);
+    let size = b.size.unwrap_or(0);
+    let ratio = if content > 0 {
+        format!(
+            ", {:.0}% of the content",
+            size as f64 * 100.0 / content as f64
+        )
+    } else {
+        String::new()
+    };
+    let secs = report.duration_ms.max(1) as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "  {} entries, {} files, {} read in {} ({}/s)",
+        count(b.entries.unwrap_or(0)),
+        count(b.files.unwrap_or(0)),
+        bytes(content),
+        seconds(report.duration_ms),
+        bytes((content as f64 / secs) as u64),
+    );
+    let _ = writeln!(
+        out,
+        "  archive  {} ({}{ratio})",
+        bytes(size),
+        codec(b.compression, b.level)
+    );
+    match &b.location {
+        Some(loc) => {
+            let _ = writeln!(out, "  file     {loc}");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  file     written to stdout (not recorded in the catalog)"
+            );
+        }
+    }
+    let _ = writeln!(out, "  sha256   {}", b.sha256.as_deref().unwrap_or("-"));
+    excluded_lines(&mut out, &report.excluded, verbose);
+    out
+}
+
+/// Warning lines for stderr.
+pub fn warnings(list: &[Warning], verbose: bool) -> String {
+    let mut out = String::new();
+    let shown = if verbose {
+        list.len()
+    } else {
+        list.len().min(10)
+    };
+    for w in &list[..shown] {
+        let _ = writeln!(
+            out,
+            "{} {} {}: {}",
+            style("warning:").for_stderr().yellow().bold(),
+            w.kind,
+            w.path,
+            w.detail
+        );
+    }
+    if shown < list.len() {
+        let _ = writeln!(
+            out,
+            "{} … and {} more (all of them with -v, or in the archive's trailer)",
+            style("warning:").for_stderr().yellow().bold(),
+            list.len() - shown
+        );
+    }
+    out
+}
+
+/// The answer to `backup --dry-run`.
+pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
+    let mut out = String::new();
+    if !quiet {
+        for e in &plan.entries {
+            out.push_str(&e.path);
+            if e.kind == "dir" {
+                out.push('/');
+            }
+            out.push('\n');
+        }
+    }
+    let dest = plan.destination.as_deref().unwrap_or("stdout");
+    let _ = writeln!(
+        out,
+        "Would back up {} ({}) to {dest}",
+        style(&plan.instance).bold(),
+        plan.root
+    );
+    let _ = writeln!(
+        out,
+        "  {} entries, {} files, {}; estimated archive {} ({})",
+        count(plan.totals.entries),
+        count(plan.totals.files),
+        bytes(plan.totals.bytes),
+        bytes(plan.estimated_size),
+        codec(plan.compression, plan.level),
+    );
+    excluded_lines(&mut out, &plan.excluded, verbose);
+    if verbose {
+        for p in &plan.excluded_paths {
+            let _ = writeln!(out, "  excluded {p}");
+        }
+    }
+    let _ = writeln!(out, "Nothing was written (dry run).");
+    out
+}
+
+/// The table of `list`.
+pub fn list(records: &[BackupRecord]) -> String {
+    if records.is_empty() {
+        return "No backups yet. Make one with `backstop backup DIR`.\n".to_string();
+    }
+    let mut table = Table::new();
+    table
+        .load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header([
+            "ID",
+            "VERSION",
+            "CREATED (UTC)",
+            "KIND",
+            "REASON",
+            "SIZE",
+            "STATUS",
+        ]);
+    for r in records {
+        table.add_row(vec![
+            Cell::new(&r.id),
+            Cell::new(r.app_version.as_deref().unwrap_or("-")),
+            Cell::new(when(&r.created_at)),
+            Cell::new(r.kind),
+            Cell::new(&r.reason),
+            Cell::new(r.size.map_or_else(|| "-".into(), bytes)).set_alignment(CellAlignment::Right),
+            Cell::new(status_cell(r.status)),
+        ]);
+    }
+    // comfy-table pads every cell with a space on each side; trim the edges.
+    let mut out: String = table
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end().strip_prefix(' ').unwrap_or(&l)))
+        .collect();
+    let failed = records
+        .iter()
+        .filter(|r| r.status == Status::Failed)
+        .count();
+    if failed > 0 {
+        let _ = writeln!(
+            out,
+            "\n{failed} failed attempt{}: `backstop show ID` says why.",
+            if failed == 1 { "" } else { "s" }
+        );
+    }
+    out
+}
+
+fn field(out: &mut String, name: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "  {name:<12}{value}");
+}
+
+/// Everything about one backup.
+pub fn show(report: &ShowReport) -> String {
+    let mut out = String::new();
+    let id = report
+        .backup
+        .as_ref()
+        .map(|b| b.id.clone())
+        .or_else(|| report.manifest.as_ref().map(|m| m.id.clone()))
+        .unwrap_or_else(|| "(unknown)".into());
+    let _ = writeln!(out, "Backup {}", style(&id).bold());
+    if let Some(b) = &report.backup {
+        let mut status = status_cell(b.status);
+        if let Some(at) = &b.verified_at {
+            let verdict = match (b.verify_ok, &b.verify_error) {
+                (Some(true), _) => "ok".to_string(),
+                (_, Some(e)) => format!("failed: {e}"),
+                _ => "failed".to_string(),
+            };
+            status.push_str(&format!(" (verified {}: {verdict})", when(at)));
+        }
+        field(&mut out, "status", status);
+        if let Some(e) = &b.error {
+            field(&mut out, "error", e);
+        }
+        field(&mut out, "instance", &b.instance);
+        field(&mut out, "origin", format!("{} on {}", b.origin, b.host));
+        field(
+            &mut out,
+            "created",
+            format!("{} UTC by {}", when(&b.created_at), b.created_by),
+        );
+        field(
+            &mut out,
+            "kind",
+            format!("{} (reason: {})", b.kind, b.reason),
+        );
+        if let Some(m) = &b.message {
+            field(&mut out, "message", m);
+        }
+        if !b.labels.is_empty() {
+            let labels: Vec<String> = b.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            field(&mut out, "labels", labels.join(", "));
+        }
+        field(&mut out, "version", b.app_version.as_deref().unwrap_or("-"));
+        if let Some(to) = &b.upgraded_to {
+            field(&mut out, "upgraded to", to);
+        }
+        if let Some(p) = &b.profile {
+            field(&mut out, "profile", p);
+        }
+        if let Some(size) = b.size {
+            field(
+                &mut out,
+                "size",
+                format!("{} ({})", bytes(size), codec(b.compression, b.level)),
+            );
+        }
+        if let (Some(e), Some(f), Some(by)) = (b.entries, b.files, b.bytes) {
+            field(
+                &mut out,
+                "contents",
+                format!("{} entries, {} files, {}", count(e), count(f), bytes(by)),
+            );
+        }
+        if b.warnings > 0 {
+            field(
+                &mut out,
+                "warnings",
+                format!("{} files vanished, changed or were unreadable", b.warnings),
+            );
+        }
+        if let Some(s) = &b.sha256 {
+            field(&mut out, "sha256", s);
+        }
+        field(&mut out, "pinned", if b.pinned { "yes" } else { "no" });
+    } else {
+        field(&mut out, "catalog", "not in the catalog");
+    }
+    if let Some(p) = &report.path {
+        field(&mut out, "archive", p);
+    }
+    if let Some(m) = &report.manifest {
+        if report.backup.is_none() {
+            field(&mut out, "instance", &m.instance);
+            field(&mut out, "origin", format!("{} on {}", m.root, m.host));
+            field(
+                &mut out,
+                "created",
+                format!("{} UTC by {}", when(&m.created_at), m.created_by),
+            );
+            field(
+                &mut out,
+                "kind",
+                format!("{} (reason: {})", m.kind, m.reason),
+            );
+            field(
+                &mut out,
+                "contents",
+                format!(
+                    "{} entries, {} files, {} (as scanned)",
+                    count(m.totals.entries),
+                    count(m.totals.files),
+                    bytes(m.totals.bytes)
+                ),
+            );
+        }
+        let _ = writeln!(out, "\nSources");
+        for s in &m.sources {
+            let _ = writeln!(out, "  {:<12}{} {} ← {}", s.name, s.kind, s.path, s.origin);
+        }
+        let _ = writeln!(out, "\nExcludes: {}", m.excludes.join(", "));
+        if !m.never_restore.is_empty() {
+            let _ = writeln!(out, "Never restored: {}", m.never_restore.join(", "));
+        }
+    } else if let Some(e) = &report.manifest_error {
+        let _ = writeln!(out, "\nThe archive's manifest could not be read: {e}");
+    }
+    if report.restores.is_empty() {
+        let _ = writeln!(out, "\nRestore history: none");
+    } else {
+        let _ = writeln!(out, "\nRestore history");
+        for r in &report.restores {
+            let _ = writeln!(
+                out,
+                "  {}  {} to {} ({} mode) by {} on {}{}",
+                when(&r.started_at),
+                r.outcome,
+                r.destination,
+                r.mode,
+                r.user,
+                r.host,
+                r.safety_backup
+                    .as_ref()
+                    .map(|s| format!(", safety backup {s}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
+/// One line (or a few) per verified archive.
+pub fn verify(reports: &[VerifyReport]) -> String {
+    if reports.is_empty() {
+        return "Nothing to verify: the catalog has no backups with archives.\n".into();
+    }
+    let mut out = String::new();
+    for r in reports {
+        let name = r.id.clone().unwrap_or_else(|| r.path.clone());
+        if r.ok {
+            let _ = writeln!(
+                out,
+                "{}  {name}: {} entries, {} files, {} checked in {}",
+                style("ok  ").green().bold(),
+                count(r.entries),
+                count(r.files),
+                bytes(r.bytes),
+                seconds(r.duration_ms)
+            );
+        } else {
+            let _ = writeln!(out, "{}  {name}", style("FAIL").red().bold());
+            for p in &r.problems {
+                let _ = writeln!(out, "      {p}");
+            }
+        }
+        for w in &r.warnings {
+            let _ = writeln!(out, "      {} {w}", style("warning:").yellow());
+        }
+    }
+    let bad = reports.iter().filter(|r| !r.ok).count();
+    if reports.len() > 1 {
+        let _ = writeln!(
+            out,
+            "{} of {} archives verified",
+            reports.len() - bad,
+            reports.len()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_have_separators() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(41713), "41,713");
+        assert_eq!(count(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn envelope_adds_version_and_command() {
+        let doc = envelope("list", serde_json::json!({"backups": []}));
+        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["command"], "list");
+        assert!(doc["backups"].is_array());
+    }
+}

@@ -1,0 +1,243 @@
+//! Raw flags and the config file merged into the values the core takes.
+//! Precedence is always: command line, then environment, then config file,
+//! then built-in defaults.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backstop_core::Error;
+use backstop_core::archive::{BackupKind, Codec, CompressionSpec};
+use backstop_core::config::{Config, Layout, absolute};
+use backstop_core::instance::Instance;
+use backstop_core::ops::backup::{BackupRequest, Output};
+
+use crate::args::{BackupArgs, CodecArg, Global};
+
+/// The config and the layout that follows from it and the flags.
+pub struct Settings {
+    pub config: Config,
+    pub layout: Layout,
+}
+
+impl Settings {
+    /// Loads the config and resolves the layout.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a missing or invalid config file.
+    pub fn load(global: &Global) -> Result<Settings, Error> {
+        let config = Config::load(global.config.as_deref())?;
+        let layout = Layout::resolve(global.home.as_deref(), &config)?;
+        Ok(Settings { config, layout })
+    }
+}
+
+impl From<CodecArg> for Codec {
+    fn from(c: CodecArg) -> Codec {
+        match c {
+            CodecArg::Zstd => Codec::Zstd,
+            CodecArg::Gzip => Codec::Gzip,
+            CodecArg::None => Codec::None,
+        }
+    }
+}
+
+/// Parses `--wait`'s value: `forever`, or a duration such as `90s`, `10m`, `1h 30m`.
+///
+/// # Errors
+///
+/// Fails on anything else.
+pub fn parse_wait(text: &str) -> Result<Duration, Error> {
+    if text == "forever" {
+        return Ok(Duration::MAX);
+    }
+    let invalid = || {
+        Error::usage(
+            format!("`{text}` is not a duration"),
+            Some("write it like 30s, 10m or 1h 30m".into()),
+        )
+    };
+    let parsed: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
+    Duration::try_from(parsed).map_err(|_| invalid())
+}
+
+/// The compression for a backup: the flag, else what `--output FILE`'s name
+/// says, else the config's default, else zstd; the level likewise, the
+/// config's level applying only to the config's codec.
+fn compression(args: &BackupArgs, config: &Config) -> Result<CompressionSpec, Error> {
+    let from_name = args
+        .output
+        .as_ref()
+        .filter(|p| !p.is_dir() && p.as_os_str() != "-")
+        .and_then(|p| p.file_name())
+        .and_then(|n| Codec::from_file_name(&n.to_string_lossy()));
+    let flag = args.compression.map(Codec::from);
+    if let (Some(flag), Some(named)) = (flag, from_name)
+        && flag != named
+    {
+        return Err(Error::usage(
+            format!(
+                "--compression {flag} does not match the output name, which ends in {}",
+                named.extension()
+            ),
+            Some(format!(
+                "name the file …{} or drop --compression",
+                flag.extension()
+            )),
+        ));
+    }
+    let codec = flag
+        .or(from_name)
+        .or(config.compression)
+        .unwrap_or(Codec::Zstd);
+    let config_level = match config.compression {
+        Some(c) if c != codec => None,
+        _ => config.level,
+    };
+    CompressionSpec::new(codec, args.level.or(config_level)).map_err(|m| Error::usage(m, None))
+}
+
+/// Where `--output` sends the archive.
+fn output(arg: Option<&Path>, json: bool) -> Result<Output, Error> {
+    let Some(arg) = arg else {
+        return Ok(Output::Store);
+    };
+    if arg.as_os_str() == "-" {
+        if json {
+            return Err(Error::usage(
+                "--json and --output - both want stdout",
+                Some("write the archive to a file, or drop --json".into()),
+            ));
+        }
+        let fd = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicating", "stdout", e))?;
+        let stream: Box<dyn Write + Send> = Box::new(std::fs::File::from(fd));
+        return Ok(Output::Stream(stream));
+    }
+    let path = absolute(arg);
+    if path.is_dir() {
+        return Ok(Output::Dir(path));
+    }
+    if arg.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(Error::usage(
+            format!("directory {} does not exist", arg.display()),
+            Some("create it first, or give a file name".into()),
+        ));
+    }
+    let parent = backstop_core::fsutil::parent_dir(&path);
+    if !parent.is_dir() {
+        return Err(Error::usage(
+            format!("directory {} does not exist", parent.display()),
+            Some("create it first, or choose another --output".into()),
+        ));
+    }
+    Ok(Output::File(path))
+}
+
+/// Builds the backup request from `args`.
+///
+/// # Errors
+///
+/// Fails on contradictory flags, bad values, and paths that do not exist.
+pub fn backup_request(
+    args: &BackupArgs,
+    settings: &Settings,
+    json: bool,
+) -> Result<BackupRequest, Error> {
+    let compression = compression(args, &settings.config)?;
+    let instance = if args.paths.is_empty() {
+        return Err(Error::usage(
+            "nothing to back up",
+            Some("give a directory: `backstop backup /srv/myapp`".into()),
+        ));
+    } else {
+        Instance::ad_hoc(&args.paths)?
+    };
+    let wait = args.wait.as_deref().map(parse_wait).transpose()?;
+    let mut excludes = settings.config.exclude.clone();
+    excludes.extend(args.excludes.iter().cloned());
+    let output = if args.dry_run {
+        // A dry run opens nothing: only the destination's name is shown.
+        match args.output.as_deref() {
+            Some(p) if p.as_os_str() == "-" => Output::Stream(Box::new(std::io::sink())),
+            Some(p) if absolute(p).is_dir() => Output::Dir(absolute(p)),
+            Some(p) => Output::File(absolute(p)),
+            None => Output::Store,
+        }
+    } else {
+        output(args.output.as_deref(), json)?
+    };
+    Ok(BackupRequest {
+        instance,
+        kind: BackupKind::Manual,
+        reason: args.reason.clone(),
+        message: args.message.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        app_version: None,
+        upgraded_to: None,
+        profile: None,
+        excludes,
+        compression,
+        output,
+        wait,
+    })
+}
+
+/// Whether `path` is the stdout marker.
+pub fn is_stdout(path: Option<&PathBuf>) -> bool {
+    path.is_some_and(|p| p.as_os_str() == "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> BackupArgs {
+        let mut argv = vec!["backstop", "backup"];
+        argv.extend_from_slice(extra);
+        let cli = crate::args::Cli::try_parse_from(argv).unwrap();
+        match cli.command {
+            crate::args::Command::Backup(b) => b.args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn wait_durations() {
+        assert_eq!(parse_wait("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_wait("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_wait("forever").unwrap(), Duration::MAX);
+        assert!(parse_wait("soon").is_err());
+    }
+
+    #[test]
+    fn compression_follows_the_output_name() {
+        let config = Config::default();
+        let spec = compression(&args(&["--output", "/tmp/x.tar.gz"]), &config).unwrap();
+        assert_eq!((spec.codec, spec.level), (Codec::Gzip, Some(6)));
+        assert!(
+            compression(
+                &args(&["--output", "/tmp/x.tar.gz", "--compression", "zstd"]),
+                &config
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn config_level_applies_to_its_own_codec_only() {
+        let config = Config {
+            compression: Some(Codec::Gzip),
+            level: Some(9),
+            ..Config::default()
+        };
+        assert_eq!(compression(&args(&[]), &config).unwrap().level, Some(9));
+        let zstd = compression(&args(&["--compression", "zstd"]), &config).unwrap();
+        assert_eq!(zstd.level, Some(3));
+    }
+}

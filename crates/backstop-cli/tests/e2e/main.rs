@@ -1,0 +1,9 @@
+//! End-to-end tests of the `backstop` binary: real processes, real files,
+//! real `tar`, `zstd`, `gzip` and `sha256sum`, failure points, signals and
+//! `kill -9`, full and read-only filesystems.
+
+mod backup;
+mod failures;
+mod output;
+mod support;
+mod verify;

@@ -1,0 +1,170 @@
+//! Helpers for driving the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+
+/// The path of the binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_backstop"))
+}
+
+/// A scratch directory with a backstop home inside, isolated from any config
+/// on the machine.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.path("home")
+    }
+
+    fn isolate(&self, cmd: &mut StdCommand) {
+        cmd.current_dir(self.dir.path())
+            .env_remove("BACKSTOP_CONFIG")
+            .env_remove("BACKSTOP_HOME")
+            .env_remove("BACKSTOP_FAILPOINTS")
+            .env("XDG_CONFIG_HOME", self.path("xdg-config"))
+            .env("NO_COLOR", "1")
+            .arg("--home")
+            .arg(self.home());
+    }
+
+    /// `backstop --home <home> …`
+    pub fn cmd(&self) -> Command {
+        let mut std = StdCommand::new(bin());
+        self.isolate(&mut std);
+        Command::from_std(std)
+    }
+
+    /// The same as a plain `std` command, for processes run in the background.
+    pub fn std_cmd(&self) -> StdCommand {
+        let mut std = StdCommand::new(bin());
+        self.isolate(&mut std);
+        std
+    }
+
+    /// A directory `name` holding a few files.
+    pub fn small_app(&self, name: &str) -> PathBuf {
+        let app = self.path(name);
+        std::fs::create_dir_all(app.join("config")).unwrap();
+        std::fs::create_dir_all(app.join("data")).unwrap();
+        std::fs::write(app.join("config/.env"), b"TOKEN=secret\n").unwrap();
+        std::fs::write(app.join("config/app.toml"), b"port = 8080\n").unwrap();
+        std::fs::write(app.join("data/db.sqlite"), vec![7u8; 100_000]).unwrap();
+        app
+    }
+
+    /// Runs a command expecting JSON on stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd().arg("--json").args(args).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Backs up `dir` and returns the backup record as JSON.
+    pub fn backup(&self, dir: &Path, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["backup", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let doc = self.json(&args);
+        assert_eq!(doc["command"], "backup", "{doc}");
+        doc["report"]["backup"].clone()
+    }
+
+    /// Every row of the catalog, newest first.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        self.json(&["list"])["backups"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The files in `dir` (names), sorted.
+    pub fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        names.sort();
+        names
+    }
+}
+
+/// A failure point that pauses the binary until the test releases it.
+pub struct Pause {
+    gate: PathBuf,
+}
+
+impl Pause {
+    pub fn new(env: &Env, name: &str) -> Pause {
+        Pause {
+            gate: env.path(&format!("gate-{name}")),
+        }
+    }
+
+    /// The `BACKSTOP_FAILPOINTS` value that pauses at `point`.
+    pub fn at(&self, point: &str) -> String {
+        format!("{point}=wait:{}", self.gate.display())
+    }
+
+    /// Waits until the process reached the failure point.
+    pub fn wait_reached(&self, child: &mut Child) {
+        let marker = PathBuf::from(format!("{}.reached", self.gate.display()));
+        let start = Instant::now();
+        while !marker.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("process ended ({status}) before reaching the failure point");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "failure point never reached"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn release(&self) {
+        std::fs::write(&self.gate, b"").unwrap();
+    }
+}
+
+/// Starts `cmd` in the background with its output captured.
+pub fn spawn(mut cmd: StdCommand) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn backstop")
+}
+
+/// Sends `signal` to `child`.
+pub fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, signal).expect("kill");
+}
+
+/// Flips one bit at `offset` of `file`.
+pub fn flip_byte(file: &Path, offset: u64) {
+    let mut data = std::fs::read(file).unwrap();
+    data[offset as usize] ^= 0x01;
+    std::fs::write(file, data).unwrap();
+}

@@ -42,6 +42,15 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// The filesystem path of `source`: the root itself for `.`.
+    pub fn source_path(&self, source: &Source) -> PathBuf {
+        if source.path == Path::new(".") {
+            self.root.clone()
+        } else {
+            self.root.join(&source.path)
+        }
+    }
+
     /// Builds an ad-hoc instance from paths on the command line.
     ///
     /// One directory becomes an instance named after it, rooted there, with

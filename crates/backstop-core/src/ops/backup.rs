@@ -214,11 +214,7 @@ fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
                 name: s.name.clone(),
                 kind: "path".into(),
                 path: path_str(&s.path)?,
-                origin: if s.path == Path::new(".") {
-                    path_str(&instance.root)?
-                } else {
-                    path_str(&instance.root.join(&s.path))?
-                },
+                origin: path_str(&instance.source_path(s))?,
                 restore: "extract".into(),
             })
         })

@@ -58,7 +58,7 @@ pub struct Scan {
     root: PathBuf,
     names: Vec<u8>,
     nodes: Vec<Node>,
-    /// For each top-of-source node: the source's path relative to the root.
+    /// For each top-of-source node: the source's path on the filesystem.
     tops: Vec<(u32, PathBuf)>,
     /// Hard link entry → the entry holding the data.
     links: HashMap<u32, u32>,
@@ -107,11 +107,9 @@ impl Scan {
         };
         let mut inodes: HashMap<(u64, u64), u32> = HashMap::new();
         for source in &instance.sources {
-            let top = instance.root.join(&source.path);
-            let meta = top
-                .symlink_metadata()
+            let top = instance.source_path(source);
+            top.symlink_metadata()
                 .map_err(|e| Error::io("reading source", &top, e))?;
-            let _ = meta;
             // The stack of node indices of the directories above the current entry.
             let mut parents: Vec<u32> = Vec::new();
             let mut walker = walkdir::WalkDir::new(&top)
@@ -218,7 +216,7 @@ impl Scan {
                 let parent = parents.last().copied().unwrap_or(NO_PARENT);
                 let index = scan.push(parent, name, kind, 0);
                 if depth == 0 {
-                    scan.tops.push((index, source.path.clone()));
+                    scan.tops.push((index, top.clone()));
                 }
                 match kind {
                     NodeKind::Dir => parents.push(index),
@@ -342,13 +340,12 @@ impl Scan {
     /// The path of `e` on the filesystem.
     pub fn fs_path(&self, e: EntryRef) -> PathBuf {
         let chain = self.chain(e);
-        let top = self
+        let mut path = self
             .tops
             .iter()
             .find(|(index, _)| *index == chain[0])
-            .map(|(_, p)| p.as_path())
+            .map(|(_, p)| p.clone())
             .expect("every chain starts at a source top");
-        let mut path = self.root.join(top);
         for &index in &chain[1..] {
             path.push(OsStr::from_bytes(self.name(index)));
         }
@@ -426,6 +423,31 @@ mod tests {
         assert_eq!(s.kind(EntryRef(2)), NodeKind::HardLink);
         assert_eq!(s.link_target(EntryRef(2)), Some(EntryRef(1)));
         assert_eq!(s.totals.bytes, 4, "the data is counted once");
+    }
+
+    #[test]
+    fn anchored_patterns_match_from_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("data/media")).unwrap();
+        std::fs::create_dir_all(app.join("other/data/media")).unwrap();
+        std::fs::write(app.join("data/media/a.bin"), b"x").unwrap();
+        let s = scan(&app, &["data/media/"]);
+        assert_eq!(
+            paths(&s),
+            [
+                "app",
+                "app/data",
+                "app/other",
+                "app/other/data",
+                "app/other/data/media"
+            ]
+        );
+        let s = scan(&app, &["/other"]);
+        assert_eq!(
+            paths(&s),
+            ["app", "app/data", "app/data/media", "app/data/media/a.bin"]
+        );
     }
 
     #[test]

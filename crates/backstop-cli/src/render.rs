@@ -55,8 +55,13 @@ fn codec(c: backstop_core::archive::Codec, level: Option<i32>) -> String {
     }
 }
 
+/// `850 ms`, `2.4 s`
 fn seconds(ms: u64) -> String {
-    format!("{:.1} s", ms as f64 / 1000.0)
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
 }
 
 fn status_cell(status: Status) -> String {

@@ -204,8 +204,8 @@ fn human_output_of_the_main_commands() {
         (r"\d{4}-\d{2}-\d{2}-\d{6}", "[STAMP]"),
         (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", "[DATE TIME]"),
         (r"[0-9a-f]{64}", "[SHA256]"),
-        (r"in \d+\.\d s \([^)]*\)", "in [DURATION]"),
-        (r"checked in \d+\.\d s", "checked in [DURATION]"),
+        (r"in \d+(\.\d)? m?s \([^)]*\)", "in [DURATION]"),
+        (r"checked in \d+(\.\d)? m?s", "checked in [DURATION]"),
         (r"backstop \d+\.\d+\.\d+", "backstop [VERSION]"),
     ]}, {
         insta::assert_snapshot!("backup", String::from_utf8_lossy(&backup.stdout));

@@ -172,6 +172,53 @@ fn a_file_vanishing_after_the_scan_gives_exit_3_and_is_listed() {
 }
 
 #[test]
+fn when_the_first_name_of_a_hard_link_vanishes_the_second_carries_the_data() {
+    let env = Env::new();
+    let app = env.path("links");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a-first"), vec![b'z'; 2 << 20]).unwrap();
+    std::fs::hard_link(app.join("a-first"), app.join("b-second")).unwrap();
+    let pause = Pause::new(&env, "scan");
+    let mut cmd = env.std_cmd();
+    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.after-scan"))
+        .args(["--json", "backup"])
+        .arg(&app);
+    let mut child = spawn(cmd);
+    pause.wait_reached(&mut child);
+    std::fs::remove_file(app.join("a-first")).unwrap();
+    pause.release();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["report"]["trailer"]["vanished"][0], "links/a-first");
+    assert_eq!(doc["report"]["backup"]["files"], 1);
+    let id = doc["report"]["backup"]["id"].as_str().unwrap();
+    env.cmd().args(["verify", id]).assert().success();
+    if backstop_test_support::have("tar") && have("zstd") {
+        let x = env.path("x");
+        std::fs::create_dir_all(&x).unwrap();
+        let archive = doc["report"]["backup"]["location"].as_str().unwrap();
+        assert!(
+            std::process::Command::new("tar")
+                .args(["-xf", archive, "-C"])
+                .arg(&x)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(
+            std::fs::read(x.join("links/b-second")).unwrap(),
+            vec![b'z'; 2 << 20]
+        );
+    }
+}
+
+#[test]
 fn a_file_changing_while_read_is_archived_and_listed_as_changed() {
     let env = Env::new();
     let app = env.path("one");

@@ -306,50 +306,42 @@ pub fn checksum_line(out: &mut Vec<u8>, hex: &str, name: &[u8]) {
     out.push(b'\n');
 }
 
-/// Parses the lines written by [`checksum_line`] into `(hex, name)` pairs.
+/// Parses one line written by [`checksum_line`] (without its newline) into
+/// the hex checksum and the name.
 ///
 /// # Errors
 ///
-/// Returns the 1-based number of the first malformed line.
-pub fn parse_checksum_lines(text: &[u8]) -> Result<Vec<(String, Vec<u8>)>, usize> {
-    let mut out = Vec::new();
-    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let (escaped, line) = match line.strip_prefix(b"\\") {
-            Some(rest) => (true, rest),
-            None => (false, line),
-        };
-        if line.len() < 66 || &line[64..66] != b"  " {
-            return Err(i + 1);
-        }
-        let hex = std::str::from_utf8(&line[..64]).map_err(|_| i + 1)?;
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(i + 1);
-        }
-        let raw = &line[66..];
-        let name = if escaped {
-            let mut name = Vec::with_capacity(raw.len());
-            let mut iter = raw.iter();
-            while let Some(&b) = iter.next() {
-                if b == b'\\' {
-                    match iter.next() {
-                        Some(b'\\') => name.push(b'\\'),
-                        Some(b'n') => name.push(b'\n'),
-                        _ => return Err(i + 1),
-                    }
-                } else {
-                    name.push(b);
-                }
-            }
-            name
-        } else {
-            raw.to_vec()
-        };
-        out.push((hex.to_string(), name));
+/// Returns `None` for a malformed line.
+pub fn parse_checksum_line(line: &[u8]) -> Option<(&str, Vec<u8>)> {
+    let (escaped, line) = match line.strip_prefix(b"\\") {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    if line.len() < 66 || &line[64..66] != b"  " {
+        return None;
     }
-    Ok(out)
+    let hex = std::str::from_utf8(&line[..64]).ok()?;
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let raw = &line[66..];
+    if !escaped {
+        return Some((hex, raw.to_vec()));
+    }
+    let mut name = Vec::with_capacity(raw.len());
+    let mut iter = raw.iter();
+    while let Some(&b) = iter.next() {
+        if b == b'\\' {
+            match iter.next() {
+                Some(b'\\') => name.push(b'\\'),
+                Some(b'n') => name.push(b'\n'),
+                _ => return None,
+            }
+        } else {
+            name.push(b);
+        }
+    }
+    Some((hex, name))
 }
 
 /// The sidecar content for an archive named `file_name`.
@@ -375,14 +367,17 @@ mod tests {
         for n in &names {
             checksum_line(&mut text, &hex, n);
         }
-        let parsed = parse_checksum_lines(&text).unwrap();
-        let back: Vec<&[u8]> = parsed.iter().map(|(_, n)| n.as_slice()).collect();
+        let back: Vec<Vec<u8>> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| parse_checksum_line(l).unwrap().1)
+            .collect();
         assert_eq!(back, names);
     }
 
     #[test]
     fn malformed_checksum_line_is_reported() {
-        assert_eq!(parse_checksum_lines(b"nothex  x\n"), Err(1));
+        assert_eq!(parse_checksum_line(b"nothex  x"), None);
     }
 
     #[test]

@@ -1,20 +1,27 @@
 //! Reading one scanned entry from the filesystem: its metadata, extended
 //! attributes, link target and content, hashed as it is read. Runs on the
 //! reader threads of the writer pipeline.
+//!
+//! Files are opened first (without following symlinks) and everything else is
+//! asked of the open descriptor, so a file costs one path lookup however many
+//! questions are asked about it, and the metadata and content belong to the
+//! same file even if the path is replaced meanwhile.
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use crate::source::scan::NodeKind;
 
-/// Files up to this size are read in one piece; larger ones stream in chunks
-/// of this size.
+/// Files up to this size are read in one piece and sent as one message;
+/// larger ones stream in chunks of this size.
 pub const CHUNK: usize = 1 << 20;
 
 /// The metadata of an entry as read, which its tar header records.
@@ -24,8 +31,8 @@ pub struct EntryMeta {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
-    pub uname: Option<String>,
-    pub gname: Option<String>,
+    pub uname: Option<Arc<str>>,
+    pub gname: Option<Arc<str>>,
     pub mtime: i64,
     pub mtime_nsec: u32,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
@@ -35,8 +42,8 @@ pub struct EntryMeta {
 #[derive(Debug, Clone)]
 pub enum MetaKind {
     Dir,
-    /// `size` bytes follow in `Data` messages; for a sparse file only the data
-    /// segments in `sparse` do, `size` being the apparent size.
+    /// `size` bytes of content; for a sparse file only the data segments in
+    /// `sparse` are sent, `size` being the apparent size.
     File {
         size: u64,
         sparse: Option<Vec<(u64, u64)>>,
@@ -48,16 +55,23 @@ pub enum MetaKind {
     HardLink,
 }
 
-/// What a reader sends the tar writer about one entry, in order:
-/// `Meta`, then for files any number of `Data`, then `End`; or a single
-/// `Vanished` or `Unreadable`.
+/// What a reader sends the tar writer about one entry: a single `Whole`,
+/// `Vanished` or `Unreadable`; or, for a large file, `Meta`, any number of
+/// `Data`, then `End`.
 #[derive(Debug)]
 pub enum Msg {
+    /// A directory, link or small file, complete.
+    Whole {
+        meta: EntryMeta,
+        data: Vec<u8>,
+        sha256: [u8; 32],
+        /// Why the content may not match one moment of the file.
+        changed: Option<String>,
+    },
     Meta(EntryMeta),
     Data(Vec<u8>),
     End {
         sha256: [u8; 32],
-        /// Why the content may not match one moment of the file.
         changed: Option<String>,
     },
     Vanished,
@@ -67,27 +81,35 @@ pub enum Msg {
 /// Caches user and group names, which are looked up once per id.
 #[derive(Default)]
 pub struct Names {
-    users: HashMap<u32, Option<String>>,
-    groups: HashMap<u32, Option<String>>,
+    users: HashMap<u32, Option<Arc<str>>>,
+    groups: HashMap<u32, Option<Arc<str>>>,
 }
 
 impl Names {
-    fn user(&mut self, uid: u32) -> Option<String> {
+    fn user(&mut self, uid: u32) -> Option<Arc<str>> {
         self.users
             .entry(uid)
             .or_insert_with(|| {
-                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+                uzers::get_user_by_uid(uid).map(|u| Arc::from(u.name().to_string_lossy()))
             })
             .clone()
     }
 
-    fn group(&mut self, gid: u32) -> Option<String> {
+    fn group(&mut self, gid: u32) -> Option<Arc<str>> {
         self.groups
             .entry(gid)
             .or_insert_with(|| {
-                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
+                uzers::get_group_by_gid(gid).map(|g| Arc::from(g.name().to_string_lossy()))
             })
             .clone()
+    }
+}
+
+fn gone_or_unreadable(e: &io::Error) -> Msg {
+    if e.kind() == io::ErrorKind::NotFound {
+        Msg::Vanished
+    } else {
+        Msg::Unreadable(e.to_string())
     }
 }
 
@@ -99,14 +121,31 @@ pub fn read_entry(
     names: &mut Names,
     send: &mut dyn FnMut(Msg) -> bool,
 ) {
+    if expected == NodeKind::File {
+        // The common case, with one path lookup: open, then ask the descriptor.
+        match open_file(path) {
+            Ok(file) => match file.metadata() {
+                Ok(meta) if meta.is_file() => return read_file(file, meta, names, send),
+                // Now a directory: described below like any other change of type.
+                Ok(_) => {}
+                Err(e) => {
+                    send(Msg::Unreadable(e.to_string()));
+                    return;
+                }
+            },
+            // ELOOP: a symlink now stands there; ENXIO, a socket; both are
+            // described below from lstat.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {}
+            Err(e) => {
+                send(gone_or_unreadable(&e));
+                return;
+            }
+        }
+    }
     let meta = match path.symlink_metadata() {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            send(Msg::Vanished);
-            return;
-        }
         Err(e) => {
-            send(Msg::Unreadable(e.to_string()));
+            send(gone_or_unreadable(&e));
             return;
         }
     };
@@ -118,20 +157,26 @@ pub fn read_entry(
             Ok(t) => MetaKind::Symlink {
                 target: t.as_os_str().as_bytes().to_vec(),
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                send(Msg::Vanished);
-                return;
-            }
             Err(e) => {
-                send(Msg::Unreadable(e.to_string()));
+                send(gone_or_unreadable(&e));
                 return;
             }
         }
     } else if ft.is_file() && expected == NodeKind::HardLink {
         MetaKind::HardLink
     } else if ft.is_file() {
-        read_file(path, names, send);
-        return;
+        // A file where the scan saw something else.
+        match open_file(path).and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok((file, meta)) if meta.is_file() => return read_file(file, meta, names, send),
+            Ok(_) => {
+                send(Msg::Unreadable("changed type while the backup ran".into()));
+                return;
+            }
+            Err(e) => {
+                send(gone_or_unreadable(&e));
+                return;
+            }
+        }
     } else {
         // Replaced by a FIFO, socket or device since the scan.
         send(Msg::Unreadable(
@@ -144,16 +189,21 @@ pub fn read_entry(
         (MetaKind::HardLink, NodeKind::HardLink) => None,
         _ => Some("changed type while the backup ran".to_string()),
     };
-    let meta = entry_meta(path, &meta, kind, names);
-    if send(Msg::Meta(meta)) {
-        send(Msg::End {
-            sha256: [0; 32],
-            changed,
-        });
-    }
+    let xattrs = read_xattrs(Xattrs::Path(path));
+    send(Msg::Whole {
+        meta: entry_meta(&meta, kind, xattrs, names),
+        data: Vec::new(),
+        sha256: [0; 32],
+        changed,
+    });
 }
 
-fn entry_meta(path: &Path, meta: &Metadata, kind: MetaKind, names: &mut Names) -> EntryMeta {
+fn entry_meta(
+    meta: &Metadata,
+    kind: MetaKind,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    names: &mut Names,
+) -> EntryMeta {
     EntryMeta {
         kind,
         mode: meta.mode() & 0o7777,
@@ -163,42 +213,65 @@ fn entry_meta(path: &Path, meta: &Metadata, kind: MetaKind, names: &mut Names) -
         gname: names.group(meta.gid()),
         mtime: meta.mtime(),
         mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-        xattrs: read_xattrs(path),
+        xattrs,
     }
 }
 
-/// Every extended attribute of `path` (not following symlinks). Filesystems
-/// without xattr support simply have none.
-fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    // Ask for the size first, then read; retry if it grew in between.
-    let list = loop {
-        let Ok(size) = rustix::fs::llistxattr_query(path) else {
-            return Vec::new();
-        };
-        if size == 0 {
-            return Vec::new();
+/// Where extended attributes are read from.
+enum Xattrs<'a> {
+    Path(&'a Path),
+    File(&'a File),
+}
+
+impl Xattrs<'_> {
+    fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            Xattrs::Path(p) => rustix::fs::llistxattr(*p, buf),
+            Xattrs::File(f) => rustix::fs::flistxattr(f.as_fd(), buf),
         }
-        let mut list = vec![0u8; size];
-        match rustix::fs::llistxattr(path, &mut list[..]) {
-            Ok(n) => {
-                list.truncate(n);
-                break list;
+    }
+
+    fn get(&self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
+        match self {
+            Xattrs::Path(p) => rustix::fs::lgetxattr(*p, name, buf),
+            Xattrs::File(f) => rustix::fs::fgetxattr(f.as_fd(), name, buf),
+        }
+    }
+}
+
+/// Every extended attribute (not following symlinks). Filesystems without
+/// xattr support simply have none.
+fn read_xattrs(source: Xattrs<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    // Most files have none: one call with a small buffer answers that.
+    let mut list = vec![0u8; 256];
+    let len = loop {
+        match source.list(&mut list) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => {
+                let Ok(size) = source.list(&mut []) else {
+                    return Vec::new();
+                };
+                list.resize(size.max(list.len() * 2), 0);
             }
-            Err(rustix::io::Errno::RANGE) => continue,
             Err(_) => return Vec::new(),
         }
     };
     let mut out = Vec::new();
-    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        while let Ok(size) = rustix::fs::lgetxattr_query(path, name) {
-            let mut value = vec![0u8; size];
-            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+    for name in list[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut value = vec![0u8; 256];
+        loop {
+            match source.get(name, &mut value) {
                 Ok(n) => {
                     value.truncate(n);
                     out.push((name.to_vec(), value));
                     break;
                 }
-                Err(rustix::io::Errno::RANGE) => continue,
+                Err(rustix::io::Errno::RANGE) => {
+                    let Ok(size) = source.get(name, &mut []) else {
+                        break;
+                    };
+                    value.resize(size.max(value.len() * 2), 0);
+                }
                 Err(_) => break,
             }
         }
@@ -207,20 +280,24 @@ fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     out
 }
 
-/// Opens a file for reading without updating its access time where the
-/// kernel allows it (only the owner or root may ask).
-fn open_noatime(path: &Path) -> io::Result<File> {
+/// Opens a file for reading: never through a symlink, never blocking on a
+/// FIFO that took a file's place, and without updating its access time where
+/// the kernel allows it (only the owner or root may ask).
+fn open_file(path: &Path) -> io::Result<File> {
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
     match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOATIME)
+        .custom_flags(flags | libc::O_NOATIME)
         .open(path)
     {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            OpenOptions::new().read(true).custom_flags(flags).open(path)
+        }
         other => other,
     }
 }
 
-/// The (size, mtime, ctime) triple that tells whether a file changed.
+/// The (size, mtime, ctime) that tell whether a file changed.
 fn stamp(meta: &Metadata) -> (u64, i64, i64, i64, i64) {
     (
         meta.len(),
@@ -241,25 +318,12 @@ fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
     }
 }
 
-fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) {
-    let mut file = match open_noatime(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            send(Msg::Vanished);
-            return;
-        }
-        Err(e) => {
-            send(Msg::Unreadable(e.to_string()));
-            return;
-        }
-    };
-    let before = match file.metadata() {
-        Ok(m) => m,
-        Err(e) => {
-            send(Msg::Unreadable(e.to_string()));
-            return;
-        }
-    };
+fn read_file(
+    mut file: File,
+    before: Metadata,
+    names: &mut Names,
+    send: &mut dyn FnMut(Msg) -> bool,
+) {
     // Tests pause here to change the file between its stat and its read, or
     // inject a read error.
     if let Err(e) = crate::failpoint::hit("backup.read-file") {
@@ -268,6 +332,7 @@ fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) 
     }
     let size = before.len();
     let sparse = sparse_map(&file, &before);
+    let xattrs = read_xattrs(Xattrs::File(&file));
     let mut hasher = Sha256::new();
     let mut changed = None;
 
@@ -285,26 +350,22 @@ fn read_file(path: &Path, names: &mut Names, send: &mut dyn FnMut(Msg) -> bool) 
         }
         hasher.update(&data);
         let changed = changed.or_else(|| changed_since(&file, &before));
-        let meta = entry_meta(path, &before, MetaKind::File { size, sparse: None }, names);
-        let _ = send(Msg::Meta(meta))
-            && send(Msg::Data(data))
-            && send(Msg::End {
-                sha256: hasher.finalize().into(),
-                changed,
-            });
+        send(Msg::Whole {
+            meta: entry_meta(
+                &before,
+                MetaKind::File { size, sparse: None },
+                xattrs,
+                names,
+            ),
+            data,
+            sha256: hasher.finalize().into(),
+            changed,
+        });
         return;
     }
 
     let segments: Vec<(u64, u64)> = sparse.clone().unwrap_or_else(|| vec![(0, size)]);
-    let meta = entry_meta(
-        path,
-        &before,
-        MetaKind::File {
-            size,
-            sparse: sparse.clone(),
-        },
-        names,
-    );
+    let meta = entry_meta(&before, MetaKind::File { size, sparse }, xattrs, names);
     if !send(Msg::Meta(meta)) {
         return;
     }
@@ -480,7 +541,7 @@ mod tests {
             return;
         }
         rustix::fs::setxattr(&p, "user.a", b"1", rustix::fs::XattrFlags::empty()).unwrap();
-        let got = read_xattrs(&p);
+        let got = read_xattrs(Xattrs::Path(&p));
         assert_eq!(
             got,
             vec![

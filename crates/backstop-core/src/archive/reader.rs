@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::format::{
     ArchiveError, CHECKSUMS_NAME, Codec, FORMAT, MANIFEST_NAME, Manifest, TRAILER_NAME, Trailer,
-    parse_checksum_lines,
+    parse_checksum_line,
 };
 use crate::archive::tarread::{Entry, Kind, TarReader};
 use crate::error::{Error, Result};
@@ -384,7 +384,7 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
             if entry.kind != Kind::File || entry.sparse.is_some() {
                 return Err(bad(format!("{CHECKSUMS_NAME} is not a regular file")));
             }
-            break read_content(path, &mut tar, entry.size, CHECKSUMS_NAME)?;
+            break entry;
         }
         let shown = String::from_utf8_lossy(&entry.path).into_owned();
         let hostile = |detail: String| -> Error {
@@ -445,37 +445,7 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
         }
     };
 
-    let lines = parse_checksum_lines(&checksums)
-        .map_err(|line| bad(format!("{CHECKSUMS_NAME} line {line} is malformed")))?;
-    if lines.len() != hashes.len() {
-        return Err(ArchiveError::Checksum {
-            path: path.to_path_buf(),
-            detail: format!(
-                "{CHECKSUMS_NAME} lists {} files but the archive holds {}",
-                lines.len(),
-                hashes.len()
-            ),
-        }
-        .into());
-    }
-    for ((hex_sum, name), (key, actual)) in lines.iter().zip(&hashes) {
-        if path_key(name) != *key {
-            return Err(bad(format!(
-                "{CHECKSUMS_NAME} is out of order at {}",
-                String::from_utf8_lossy(name)
-            )));
-        }
-        if !hex_sum.eq_ignore_ascii_case(&hex::encode(actual)) {
-            return Err(ArchiveError::Checksum {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "the content of {} does not match its checksum",
-                    String::from_utf8_lossy(name)
-                ),
-            }
-            .into());
-        }
-    }
+    check_checksums(path, &mut tar, checksums.size, &hashes, &mut buf)?;
 
     let last = next(&mut tar)?.ok_or_else(|| {
         bad(format!(
@@ -527,6 +497,87 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
         files: hashes.len() as u64,
         bytes,
     })
+}
+
+/// Compares the checksums member, read line by line (it holds a line per
+/// file, so it is never loaded whole), with the hashes of the files read.
+fn check_checksums<R: Read>(
+    path: &Path,
+    tar: &mut TarReader<R>,
+    size: u64,
+    hashes: &[(u64, [u8; 32])],
+    buf: &mut [u8],
+) -> Result<()> {
+    let bad = |detail: String| corrupt(path, detail);
+    let mut line: Vec<u8> = Vec::new();
+    let mut n = 0usize;
+    let mut read = 0u64;
+    let check_line = |line: &[u8], n: &mut usize| -> Result<()> {
+        let (hex_sum, name) = parse_checksum_line(line)
+            .ok_or_else(|| bad(format!("{CHECKSUMS_NAME} line {} is malformed", *n + 1)))?;
+        let Some((key, actual)) = hashes.get(*n) else {
+            return Err(ArchiveError::Checksum {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "{CHECKSUMS_NAME} lists more files than the {} the archive holds",
+                    hashes.len()
+                ),
+            }
+            .into());
+        };
+        if path_key(&name) != *key {
+            return Err(bad(format!(
+                "{CHECKSUMS_NAME} is out of order at {}",
+                String::from_utf8_lossy(&name)
+            )));
+        }
+        if !hex_sum.eq_ignore_ascii_case(&hex::encode(actual)) {
+            return Err(ArchiveError::Checksum {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the content of {} does not match its checksum",
+                    String::from_utf8_lossy(&name)
+                ),
+            }
+            .into());
+        }
+        *n += 1;
+        Ok(())
+    };
+    loop {
+        let k = tar
+            .read_data(buf)
+            .map_err(|e| bad(format!("reading {CHECKSUMS_NAME}: {e}")))?;
+        if k == 0 {
+            break;
+        }
+        read += k as u64;
+        let mut chunk = &buf[..k];
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(&chunk[..end]);
+            check_line(&line, &mut n)?;
+            line.clear();
+            chunk = &chunk[end + 1..];
+        }
+        line.extend_from_slice(chunk);
+    }
+    if !line.is_empty() {
+        check_line(&line, &mut n)?;
+    }
+    if read != size {
+        return Err(bad(format!("{CHECKSUMS_NAME} is cut short")));
+    }
+    if n != hashes.len() {
+        return Err(ArchiveError::Checksum {
+            path: path.to_path_buf(),
+            detail: format!(
+                "{CHECKSUMS_NAME} lists {n} files but the archive holds {}",
+                hashes.len()
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Reads a sidecar file and returns the checksum it records for `file_name`.

@@ -18,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -40,10 +39,16 @@ use crate::source::scan::{EntryRef, NodeKind, Scan};
 
 /// How far (in bytes of file content) readers may run ahead of the tar writer.
 const READ_AHEAD_BYTES: u64 = 32 << 20;
-/// How many entries readers may run ahead, for trees of tiny files.
-const READ_AHEAD_ENTRIES: usize = 4096;
-/// Messages buffered per entry; a large file waits for the writer beyond this.
-const PER_ENTRY_QUEUE: usize = 4;
+/// How many batches readers may run ahead, for trees of tiny files.
+const READ_AHEAD_BATCHES: usize = 64;
+/// A batch holds consecutive entries up to this much content…
+const BATCH_BYTES: u64 = 1 << 20;
+/// …and at most this many entries. Batching keeps channel traffic and thread
+/// wake-ups per batch instead of per entry, which matters for trees of
+/// millions of small files.
+const BATCH_ENTRIES: usize = 512;
+/// Messages buffered for a large file; its reader waits for the writer beyond.
+const LARGE_FILE_QUEUE: usize = 4;
 /// Reader threads. Reading is mostly waiting for the disk or copying from the
 /// page cache, so a few more threads than cores keep the disk busy.
 const READERS: usize = 4;
@@ -109,7 +114,7 @@ pub fn write_archive(
         let (read_tx, read_rx) = unbounded::<ReadJob>();
         for _ in 0..READERS {
             let read_rx = read_rx.clone();
-            s.spawn(move || reader_loop(read_rx, cancel));
+            s.spawn(move || reader_loop(scan, read_rx, cancel));
         }
         drop(read_rx);
 
@@ -185,23 +190,66 @@ impl Failure {
     }
 }
 
-/// One entry for a reader to read.
+/// Consecutive entries for one reader to read, in order.
 struct ReadJob {
-    path: PathBuf,
-    kind: NodeKind,
-    tx: Sender<Msg>,
+    start: u32,
+    end: u32,
+    tx: Sender<Vec<Msg>>,
 }
 
-fn reader_loop(jobs: Receiver<ReadJob>, cancel: &Cancel) {
+fn reader_loop(scan: &Scan, jobs: Receiver<ReadJob>, cancel: &Cancel) {
     let mut names = Names::default();
     for job in jobs {
-        if cancel.is_cancelled() {
-            return;
+        // Whole entries are gathered and sent together at the end of the
+        // batch, so the writer wakes once per batch, not once per entry.
+        // The chunks of a streamed file go one by one, with what came before.
+        let mut pending: Vec<Msg> = Vec::new();
+        let tx = &job.tx;
+        let mut open = true;
+        for index in job.start..job.end {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let e = EntryRef(index);
+            read_entry(&scan.fs_path(e), scan.kind(e), &mut names, &mut |m| {
+                let streamed = matches!(m, Msg::Meta(_) | Msg::Data(_) | Msg::End { .. });
+                pending.push(m);
+                if streamed {
+                    open = !cancel.is_cancelled() && tx.send(std::mem::take(&mut pending)).is_ok();
+                }
+                open
+            });
+            if !open {
+                // The writer stopped listening: this batch is not needed.
+                break;
+            }
         }
-        let tx = job.tx;
-        read_entry(&job.path, job.kind, &mut names, &mut |m| {
-            !cancel.is_cancelled() && tx.send(m).is_ok()
-        });
+        if open && !pending.is_empty() {
+            let _ = tx.send(pending);
+        }
+    }
+}
+
+/// The receiving end of a batch: messages in the order they were sent.
+struct BatchRx {
+    rx: Receiver<Vec<Msg>>,
+    buf: VecDeque<Msg>,
+}
+
+impl BatchRx {
+    /// The next message. A reader only stops sending early when the
+    /// operation is being cancelled.
+    fn next(&mut self, cancel: &Cancel) -> Result<Msg> {
+        loop {
+            if let Some(m) = self.buf.pop_front() {
+                return Ok(m);
+            }
+            let more = self
+                .rx
+                .recv()
+                .map_err(|_| cancel.check().err().unwrap_or(Error::Interrupted))?;
+            self.buf.extend(more);
+        }
     }
 }
 
@@ -351,31 +399,46 @@ impl TarWriter<'_> {
         failpoint::hit("backup.after-manifest")?;
 
         let n = self.scan.len();
-        let mut queue: VecDeque<(u32, Receiver<Msg>)> = VecDeque::new();
+        // Batches handed to readers, in order: (first entry, end, content bytes, messages).
+        let mut queue: VecDeque<(u32, u32, u64, BatchRx)> = VecDeque::new();
         let mut next = 0usize;
         let mut ahead_bytes = 0u64;
         while next < n || !queue.is_empty() {
             // Keep the readers supplied up to the read-ahead limits.
             while next < n
                 && (queue.is_empty()
-                    || (ahead_bytes < READ_AHEAD_BYTES && queue.len() < READ_AHEAD_ENTRIES))
+                    || (ahead_bytes < READ_AHEAD_BYTES && queue.len() < READ_AHEAD_BATCHES))
             {
-                let e = EntryRef(next as u32);
-                let (tx, rx) = bounded(PER_ENTRY_QUEUE);
+                let start = next;
+                let mut bytes = 0u64;
+                while next < n && next - start < BATCH_ENTRIES {
+                    let size = self.scan.size(EntryRef(next as u32));
+                    if next > start && (size > BATCH_BYTES || bytes + size > BATCH_BYTES) {
+                        break;
+                    }
+                    bytes += size;
+                    next += 1;
+                }
+                let (tx, rx) = bounded(LARGE_FILE_QUEUE);
+                let rx = BatchRx {
+                    rx,
+                    buf: VecDeque::new(),
+                };
                 let job = ReadJob {
-                    path: self.scan.fs_path(e),
-                    kind: self.scan.kind(e),
+                    start: start as u32,
+                    end: next as u32,
                     tx,
                 };
                 self.read_tx.send(job).map_err(|_| Error::Interrupted)?;
-                ahead_bytes += self.scan.size(e);
-                queue.push_back((next as u32, rx));
-                next += 1;
+                ahead_bytes += bytes;
+                queue.push_back((start as u32, next as u32, bytes, rx));
             }
-            let (index, rx) = queue.pop_front().expect("queue is not empty");
-            ahead_bytes -= self.scan.size(EntryRef(index));
-            self.cancel.check()?;
-            self.entry(EntryRef(index), &rx)?;
+            let (start, end, bytes, mut rx) = queue.pop_front().expect("queue is not empty");
+            for index in start..end {
+                self.cancel.check()?;
+                self.entry(EntryRef(index), &mut rx)?;
+            }
+            ahead_bytes -= bytes;
         }
         failpoint::hit("backup.after-payload")?;
 
@@ -460,118 +523,134 @@ impl TarWriter<'_> {
             .write(&[0; tarfmt::BLOCK][..tarfmt::padding(size)])
     }
 
+    /// The current entry's path, for messages.
+    fn display(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+
     /// Writes one payload entry from its reader's messages.
-    fn entry(&mut self, e: EntryRef, rx: &Receiver<Msg>) -> Result<()> {
-        let cancel = self.cancel;
-        let recv = |rx: &Receiver<Msg>| next_msg(rx, cancel);
+    fn entry(&mut self, e: EntryRef, rx: &mut BatchRx) -> Result<()> {
         self.scan.archive_path(e, &mut self.path);
-        let display = String::from_utf8_lossy(&self.path).into_owned();
-        let meta = match recv(rx)? {
-            Msg::Meta(m) => m,
+        match rx.next(self.cancel)? {
+            Msg::Whole {
+                meta,
+                data,
+                sha256,
+                changed,
+            } => self.whole(e, &meta, &data, sha256, changed),
+            Msg::Meta(meta) => self.streamed_file(e, &meta, rx),
             Msg::Vanished => {
-                self.trailer.vanished.push(display);
-                return Ok(());
+                self.trailer.vanished.push(self.display());
+                self.progress.advance(self.scan.size(e));
+                Ok(())
             }
             Msg::Unreadable(detail) => {
-                self.trailer.unreadable.push(Problem {
-                    path: display,
-                    detail,
-                });
-                return Ok(());
+                let path = self.display();
+                self.trailer.unreadable.push(Problem { path, detail });
+                self.progress.advance(self.scan.size(e));
+                Ok(())
             }
             other => unreachable!("reader sent {other:?} first"),
-        };
+        }
+    }
+
+    /// Writes an entry that arrived in one message.
+    fn whole(
+        &mut self,
+        e: EntryRef,
+        meta: &EntryMeta,
+        data: &[u8],
+        sha256: [u8; 32],
+        changed: Option<String>,
+    ) -> Result<()> {
         match &meta.kind {
             MetaKind::HardLink => {
                 let target = self.scan.link_target(e).expect("hard links have targets");
-                if self.written_files[target.0 as usize] {
-                    let mut target_path = Vec::new();
-                    self.scan.archive_path(target, &mut target_path);
-                    self.header_for(
-                        &meta,
-                        HeaderKind::HardLink {
-                            target: &target_path,
-                        },
-                    );
-                    self.blocks.write(&self.header)?;
-                    self.trailer.entries += 1;
-                    let _ = recv(rx)?; // End
-                    return Ok(());
+                if !self.written_files[target.0 as usize] {
+                    // The first name vanished: this one carries the data instead.
+                    return self.reread_as_file(e);
                 }
-                // The first name vanished: this one carries the data instead.
-                let _ = recv(rx)?;
-                let (tx, rx2) = bounded(PER_ENTRY_QUEUE);
-                let path = self.scan.fs_path(e);
-                let cancel = self.cancel.clone();
-                let reader = std::thread::spawn(move || {
-                    read_entry(&path, NodeKind::File, &mut Names::default(), &mut |m| {
-                        !cancel.is_cancelled() && tx.send(m).is_ok()
-                    })
-                });
-                let result = self.entry_file_from(e, &rx2, display);
-                drop(rx2);
-                let _ = reader.join();
-                return result;
+                let mut target_path = Vec::new();
+                self.scan.archive_path(target, &mut target_path);
+                self.header_for(
+                    meta,
+                    HeaderKind::HardLink {
+                        target: &target_path,
+                    },
+                );
+                self.blocks.write(&self.header)?;
             }
-            MetaKind::File { .. } => return self.file(e, meta, rx, display),
+            MetaKind::File { size, sparse: None } => {
+                self.header_for(meta, HeaderKind::File { size: *size });
+                self.blocks.write(&self.header)?;
+                self.blocks.write(data)?;
+                self.blocks
+                    .write(&[0; tarfmt::BLOCK][..tarfmt::padding(*size)])?;
+                self.file_done(e, *size, sha256);
+            }
+            MetaKind::File {
+                sparse: Some(_), ..
+            } => {
+                unreachable!("sparse files are always streamed")
+            }
             MetaKind::Dir => {
-                self.header_for(&meta, HeaderKind::Dir);
+                self.header_for(meta, HeaderKind::Dir);
+                self.blocks.write(&self.header)?;
             }
             MetaKind::Symlink { target } => {
-                let target = target.clone();
-                self.header_for(&meta, HeaderKind::Symlink { target: &target });
+                self.header_for(meta, HeaderKind::Symlink { target });
+                self.blocks.write(&self.header)?;
             }
         }
-        self.blocks.write(&self.header)?;
         self.trailer.entries += 1;
-        if let Msg::End {
-            changed: Some(detail),
-            ..
-        } = recv(rx)?
-        {
-            self.trailer.changed.push(Problem {
-                path: display,
-                detail,
-            });
+        self.progress.advance(self.scan.size(e));
+        if let Some(detail) = changed {
+            let path = self.display();
+            self.trailer.changed.push(Problem { path, detail });
         }
         Ok(())
     }
 
-    /// Like [`TarWriter::entry`] for a file read outside the normal queue.
-    fn entry_file_from(&mut self, e: EntryRef, rx: &Receiver<Msg>, display: String) -> Result<()> {
-        match next_msg(rx, self.cancel)? {
-            Msg::Meta(meta) => self.file(e, meta, rx, display),
-            Msg::Vanished => {
-                self.trailer.vanished.push(display);
-                Ok(())
-            }
-            Msg::Unreadable(detail) => {
-                self.trailer.unreadable.push(Problem {
-                    path: display,
-                    detail,
-                });
-                Ok(())
-            }
-            other => unreachable!("reader sent {other:?} first"),
-        }
+    /// Reads entry `e` as a file, outside the readers' queue: a hard link
+    /// whose first name could not be archived.
+    fn reread_as_file(&mut self, e: EntryRef) -> Result<()> {
+        let (tx, rx) = bounded(LARGE_FILE_QUEUE);
+        let path = self.scan.fs_path(e);
+        let cancel = self.cancel.clone();
+        let reader = std::thread::spawn(move || {
+            read_entry(&path, NodeKind::File, &mut Names::default(), &mut |m| {
+                !cancel.is_cancelled() && tx.send(vec![m]).is_ok()
+            })
+        });
+        let mut rx = BatchRx {
+            rx,
+            buf: VecDeque::new(),
+        };
+        let result = self.entry(e, &mut rx);
+        drop(rx);
+        let _ = reader.join();
+        result
     }
 
-    fn file(
-        &mut self,
-        e: EntryRef,
-        meta: EntryMeta,
-        rx: &Receiver<Msg>,
-        display: String,
-    ) -> Result<()> {
+    /// Records a regular file as written.
+    fn file_done(&mut self, e: EntryRef, size: u64, sha256: [u8; 32]) {
+        self.hashes.push((e.0, sha256));
+        self.written_files[e.0 as usize] = true;
+        self.trailer.files += 1;
+        self.trailer.bytes += size;
+    }
+
+    /// Writes a large or sparse file that arrives in chunks.
+    fn streamed_file(&mut self, e: EntryRef, meta: &EntryMeta, rx: &mut BatchRx) -> Result<()> {
         let MetaKind::File { size, sparse } = &meta.kind else {
-            unreachable!("file() is called for files")
+            unreachable!("only files are streamed")
         };
-        let (size, sparse) = (*size, sparse.clone());
-        let stored = match &sparse {
+        let size = *size;
+        let stored = match sparse {
             Some(map) => map.iter().map(|&(_, l)| l).sum(),
             None => size,
         };
-        let kind = match &sparse {
+        let kind = match sparse {
             Some(map) => HeaderKind::Sparse {
                 real_size: size,
                 map,
@@ -579,11 +658,11 @@ impl TarWriter<'_> {
             },
             None => HeaderKind::File { size },
         };
-        self.header_for(&meta, kind);
+        self.header_for(meta, kind);
         self.blocks.write(&self.header)?;
         let mut got = 0u64;
         loop {
-            match next_msg(rx, self.cancel)? {
+            match rx.next(self.cancel)? {
                 Msg::Data(d) => {
                     got += d.len() as u64;
                     self.blocks.write(&d)?;
@@ -593,19 +672,13 @@ impl TarWriter<'_> {
                     debug_assert_eq!(got, stored);
                     self.blocks
                         .write(&[0; tarfmt::BLOCK][..tarfmt::padding(stored)])?;
-                    self.hashes.push((e.0, sha256));
-                    self.written_files[e.0 as usize] = true;
+                    self.file_done(e, size, sha256);
                     self.trailer.entries += 1;
-                    self.trailer.files += 1;
-                    self.trailer.bytes += size;
                     if let Some(detail) = changed {
-                        self.trailer.changed.push(Problem {
-                            path: display,
-                            detail,
-                        });
+                        let path = self.display();
+                        self.trailer.changed.push(Problem { path, detail });
                     }
-                    // Content that was scanned but is smaller or sparse still
-                    // counts as done for the progress bar.
+                    // Holes and shrinkage still count as done for the progress bar.
                     self.progress.advance(self.scan.size(e).saturating_sub(got));
                     return Ok(());
                 }
@@ -633,13 +706,6 @@ impl TarWriter<'_> {
             },
         );
     }
-}
-
-/// The next message of an entry. A reader only stops sending early when the
-/// operation is being cancelled.
-fn next_msg(rx: &Receiver<Msg>, cancel: &Cancel) -> Result<Msg> {
-    rx.recv()
-        .map_err(|_| cancel.check().err().unwrap_or(Error::Interrupted))
 }
 
 /// The mtime given to the archive's own members: the backup's creation time.

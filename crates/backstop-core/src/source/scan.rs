@@ -112,9 +112,11 @@ impl Scan {
                 .map_err(|e| Error::io("reading source", &top, e))?;
             // The stack of node indices of the directories above the current entry.
             let mut parents: Vec<u32> = Vec::new();
+            // Siblings share their parent's path, so comparing whole paths
+            // orders them by name bytes, without parsing path components.
             let mut walker = walkdir::WalkDir::new(&top)
                 .follow_links(false)
-                .sort_by_file_name()
+                .sort_by(|a, b| a.path().as_os_str().cmp(b.path().as_os_str()))
                 .into_iter();
             while let Some(item) = walker.next() {
                 let entry = match item {

@@ -137,13 +137,15 @@ impl Sampler {
 }
 
 /// Writes `input` as a zstd frame of raw (stored) blocks: a single-segment
-/// frame with its content size and no checksum (the archive's own SHA-256
-/// checksums cover the content).
+/// frame with its content size and the standard content checksum (the low
+/// 32 bits of XXH64), so a damaged stored frame is caught by any zstd
+/// decoder, as a damaged compressed one is.
 fn raw_zstd_frame(input: &[u8], out: &mut Vec<u8>) {
-    out.reserve(input.len() + 16 + input.len() / ZSTD_MAX_BLOCK * 3);
+    out.reserve(input.len() + 20 + input.len() / ZSTD_MAX_BLOCK * 3);
     out.extend_from_slice(&ZSTD_MAGIC.to_le_bytes());
-    // Frame header descriptor: 8-byte content size (flag 3), single segment.
-    out.push(0b1110_0000);
+    // Frame header descriptor: 8-byte content size (flag 3), single segment,
+    // content checksum present.
+    out.push(0b1110_0100);
     out.extend_from_slice(&(input.len() as u64).to_le_bytes());
     let mut chunks = input.chunks(ZSTD_MAX_BLOCK).peekable();
     if chunks.peek().is_none() {
@@ -157,6 +159,8 @@ fn raw_zstd_frame(input: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&header.to_le_bytes()[..3]);
         out.extend_from_slice(chunk);
     }
+    let checksum = xxhash_rust::xxh64::xxh64(input, 0) as u32;
+    out.extend_from_slice(&checksum.to_le_bytes());
 }
 
 /// Writes `input` as one gzip member. The header carries an extra field
@@ -257,6 +261,21 @@ mod tests {
             Codec::Gzip,
             &[text(BLOCK_SIZE), noise(BLOCK_SIZE), text(1000)],
         );
+    }
+
+    #[test]
+    fn a_damaged_stored_frame_is_refused_by_the_decoder() {
+        let spec = CompressionSpec::new(Codec::Zstd, None).unwrap();
+        let mut c = BlockCompressor::new(spec).unwrap();
+        let mut out = Vec::new();
+        c.compress(&noise(BLOCK_SIZE), &mut out).unwrap();
+        assert!(out.len() > BLOCK_SIZE, "noise is stored, not compressed");
+        out[BLOCK_SIZE / 2] ^= 1;
+        let mut decoded = Vec::new();
+        let result = zstd::stream::read::Decoder::new(&out[..])
+            .unwrap()
+            .read_to_end(&mut decoded);
+        assert!(result.is_err(), "the content checksum catches the flip");
     }
 
     #[test]

@@ -313,6 +313,29 @@ pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> 
     }
 }
 
+/// Checks an archive held in memory, on this thread: the same checks as
+/// [`verify_archive`] but the whole-file checksum. For fuzzing and tests.
+///
+/// # Errors
+///
+/// Fails exactly when [`verify_archive`] would report the content broken.
+pub fn verify_bytes(data: &[u8]) -> Result<Verified> {
+    let path = Path::new("<memory>");
+    let codec = detect_codec(data)
+        .ok_or_else(|| corrupt(path, "not a backstop archive (neither zstd, gzip nor tar)"))?;
+    let mut stream = decoder(codec, data).map_err(|e| corrupt(path, e.to_string()))?;
+    // Decode fully first, as verify_archive's separate stage does, so a codec
+    // error is reported as such.
+    let mut plain = Vec::new();
+    stream
+        .read_to_end(&mut plain)
+        .map_err(|e| corrupt(path, format!("{codec} stream: {e}")))?;
+    let mut verified = check_tar(path, &plain[..], &Cancel::default())?;
+    verified.codec = codec;
+    verified.size = data.len() as u64;
+    Ok(verified)
+}
+
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {

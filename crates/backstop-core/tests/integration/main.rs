@@ -2,5 +2,6 @@
 //! filesystems, checked with real `tar`, `zstd`, `gzip` and `sha256sum`.
 
 mod archive;
+mod damage;
 mod roundtrip;
 mod support;

@@ -132,6 +132,66 @@ fn a_read_only_destination_is_a_clear_error() {
 }
 
 #[test]
+fn an_output_directory_without_write_permission_is_a_clear_error() {
+    if !root("run backstop as another user") || !have("setpriv") {
+        return;
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let app = env.small_app("svc");
+    for dir in [&app, &app.join("config"), &app.join("data")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for file in ["config/.env", "config/app.toml", "data/db.sqlite"] {
+        std::fs::set_permissions(app.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let home = env.home();
+    std::fs::create_dir_all(&home).unwrap();
+    let nobody = (
+        rustix::process::Uid::from_raw(65534),
+        rustix::process::Gid::from_raw(65534),
+    );
+    rustix::fs::chown(&home, Some(nobody.0), Some(nobody.1)).unwrap();
+    // Owned by root, mode 0755: nobody may not create files in it.
+    let locked = env.path("root-only");
+    std::fs::create_dir_all(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::support::bin())
+            .arg("--home")
+            .arg(&home)
+            .env("NO_COLOR", "1")
+            .env("XDG_CONFIG_HOME", env.path("xdg"))
+            .args(args)
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&[
+        "backup".as_ref(),
+        app.as_os_str(),
+        "--output".as_ref(),
+        locked.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(stderr.contains("hint: check the permissions"), "{stderr}");
+    assert!(Env::files_in(&locked).is_empty());
+    let list = as_nobody(&["--json".as_ref(), "list".as_ref()]);
+    let doc: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(doc["backups"][0]["status"], "failed");
+    assert!(
+        doc["backups"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied")
+    );
+}
+
+#[test]
 fn a_file_vanishing_after_the_scan_gives_exit_3_and_is_listed() {
     let env = Env::new();
     let app = env.small_app("svc");

@@ -228,10 +228,10 @@ pub fn list(records: &[BackupRecord]) -> String {
     for r in records {
         table.add_row(vec![
             Cell::new(&r.id),
-            Cell::new(r.app_version.as_deref().unwrap_or("-")),
+            Cell::new(r.about.app_version.as_deref().unwrap_or("-")),
             Cell::new(when(&r.created_at)),
-            Cell::new(r.kind),
-            Cell::new(&r.reason),
+            Cell::new(r.about.kind),
+            Cell::new(&r.about.reason),
             Cell::new(r.size.map_or_else(|| "-".into(), bytes)).set_alignment(CellAlignment::Right),
             Cell::new(status_cell(r.status)),
         ]);
@@ -293,20 +293,29 @@ pub fn show(report: &ShowReport) -> String {
         field(
             &mut out,
             "kind",
-            format!("{} (reason: {})", b.kind, b.reason),
+            format!("{} (reason: {})", b.about.kind, b.about.reason),
         );
-        if let Some(m) = &b.message {
+        if let Some(m) = &b.about.message {
             field(&mut out, "message", m);
         }
-        if !b.labels.is_empty() {
-            let labels: Vec<String> = b.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !b.about.labels.is_empty() {
+            let labels: Vec<String> = b
+                .about
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             field(&mut out, "labels", labels.join(", "));
         }
-        field(&mut out, "version", b.app_version.as_deref().unwrap_or("-"));
-        if let Some(to) = &b.upgraded_to {
+        field(
+            &mut out,
+            "version",
+            b.about.app_version.as_deref().unwrap_or("-"),
+        );
+        if let Some(to) = &b.about.upgraded_to {
             field(&mut out, "upgraded to", to);
         }
-        if let Some(p) = &b.profile {
+        if let Some(p) = &b.about.profile {
             field(&mut out, "profile", p);
         }
         if let Some(size) = b.size {
@@ -352,7 +361,7 @@ pub fn show(report: &ShowReport) -> String {
             field(
                 &mut out,
                 "kind",
-                format!("{} (reason: {})", m.kind, m.reason),
+                format!("{} (reason: {})", m.about.kind, m.about.reason),
             );
             field(
                 &mut out,

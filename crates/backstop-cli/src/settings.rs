@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backstop_core::Error;
-use backstop_core::archive::{BackupKind, Codec, CompressionSpec};
+use backstop_core::archive::{BackupKind, Codec, CompressionSpec, Description};
 use backstop_core::config::{Config, Layout, absolute};
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupRequest, Output};
@@ -173,13 +173,15 @@ pub fn backup_request(
     };
     Ok(BackupRequest {
         instance,
-        kind: BackupKind::Manual,
-        reason: args.reason.clone(),
-        message: args.message.clone(),
-        labels: args.labels.iter().cloned().collect(),
-        app_version: None,
-        upgraded_to: None,
-        profile: None,
+        about: Description {
+            kind: BackupKind::Manual,
+            reason: args.reason.clone(),
+            message: args.message.clone(),
+            labels: args.labels.iter().cloned().collect(),
+            app_version: None,
+            upgraded_to: None,
+            profile: None,
+        },
         excludes,
         compression,
         output,

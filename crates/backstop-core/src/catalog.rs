@@ -10,7 +10,6 @@
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] holds
 //! one step per version and is only ever appended to.
 
-use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +18,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use crate::archive::{BackupKind, Codec};
+use crate::archive::{BackupKind, Codec, Description};
 use crate::error::ErrorKind;
 
 /// A problem with the catalog database.
@@ -177,13 +176,8 @@ pub struct BackupRecord {
     pub host: String,
     pub created_at: String,
     pub finished_at: Option<String>,
-    pub kind: BackupKind,
-    pub reason: String,
-    pub message: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub app_version: Option<String>,
-    pub upgraded_to: Option<String>,
-    pub profile: Option<String>,
+    #[serde(flatten)]
+    pub about: Description,
     /// The archive file.
     pub location: Option<String>,
     /// Bytes of the archive file.
@@ -232,13 +226,7 @@ pub struct NewBackup<'a> {
     pub origin: &'a str,
     pub host: &'a str,
     pub created_at: &'a str,
-    pub kind: BackupKind,
-    pub reason: &'a str,
-    pub message: Option<&'a str>,
-    pub labels: &'a BTreeMap<String, String>,
-    pub app_version: Option<&'a str>,
-    pub upgraded_to: Option<&'a str>,
-    pub profile: Option<&'a str>,
+    pub about: &'a Description,
     pub compression: Codec,
     pub level: Option<i32>,
     pub created_by: &'a str,
@@ -425,7 +413,8 @@ impl Catalog {
             }
             n += 1;
         };
-        let labels = serde_json::to_string(new.labels).expect("labels serialise");
+        let about = new.about;
+        let labels = serde_json::to_string(&about.labels).expect("labels serialise");
         tx.execute(
             "INSERT INTO backups (id, instance, origin, host, created_at, kind, reason, message, labels, \
              app_version, upgraded_to, profile, compression, level, status, created_by) \
@@ -436,13 +425,13 @@ impl Catalog {
                 new.origin,
                 new.host,
                 new.created_at,
-                new.kind.as_str(),
-                new.reason,
-                new.message,
+                about.kind.as_str(),
+                about.reason,
+                about.message,
                 labels,
-                new.app_version,
-                new.upgraded_to,
-                new.profile,
+                about.app_version,
+                about.upgraded_to,
+                about.profile,
                 new.compression.to_string(),
                 new.level,
                 new.created_by,
@@ -694,17 +683,19 @@ fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
         host: r.get(3)?,
         created_at: r.get(4)?,
         finished_at: r.get(5)?,
-        kind: if kind == "automatic" {
-            BackupKind::Automatic
-        } else {
-            BackupKind::Manual
+        about: Description {
+            kind: if kind == "automatic" {
+                BackupKind::Automatic
+            } else {
+                BackupKind::Manual
+            },
+            reason: r.get(7)?,
+            message: r.get(8)?,
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+            app_version: r.get(10)?,
+            upgraded_to: r.get(11)?,
+            profile: r.get(12)?,
         },
-        reason: r.get(7)?,
-        message: r.get(8)?,
-        labels: serde_json::from_str(&labels).unwrap_or_default(),
-        app_version: r.get(10)?,
-        upgraded_to: r.get(11)?,
-        profile: r.get(12)?,
         location: r.get(13)?,
         size: opt_u64(r, 14)?,
         entries: opt_u64(r, 15)?,
@@ -734,20 +725,27 @@ fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
-    fn new_backup<'a>(labels: &'a BTreeMap<String, String>) -> NewBackup<'a> {
+    fn about(labels: BTreeMap<String, String>) -> Description {
+        Description {
+            kind: BackupKind::Manual,
+            reason: "manual".into(),
+            message: Some("m".into()),
+            labels,
+            app_version: Some("1.0".into()),
+            upgraded_to: None,
+            profile: None,
+        }
+    }
+
+    fn new_backup(about: &Description) -> NewBackup<'_> {
         NewBackup {
             instance: "app",
             origin: "/srv/app",
             host: "h",
             created_at: "2026-01-01T00:00:00.000Z",
-            kind: BackupKind::Manual,
-            reason: "manual",
-            message: Some("m"),
-            labels,
-            app_version: Some("1.0"),
-            upgraded_to: None,
-            profile: None,
+            about,
             compression: Codec::Zstd,
             level: Some(3),
             created_by: "backstop test",
@@ -758,7 +756,7 @@ mod tests {
     fn ids_get_suffixes_on_collision() {
         let dir = tempfile::tempdir().unwrap();
         let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
-        let labels = BTreeMap::new();
+        let labels = about(BTreeMap::new());
         let a = cat
             .begin_backup("app-x", &new_backup(&labels), &|_| false)
             .unwrap();
@@ -778,7 +776,7 @@ mod tests {
     fn lifecycle_and_filters() {
         let dir = tempfile::tempdir().unwrap();
         let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
-        let labels = BTreeMap::from([("k".to_string(), "v".to_string())]);
+        let labels = about(BTreeMap::from([("k".to_string(), "v".to_string())]));
         let id = cat
             .begin_backup("app-1", &new_backup(&labels), &|_| false)
             .unwrap();
@@ -799,7 +797,7 @@ mod tests {
         .unwrap();
         let rec = cat.get(&id).unwrap().unwrap();
         assert_eq!(rec.status, Status::Available);
-        assert_eq!(rec.labels, labels);
+        assert_eq!(rec.about, labels);
         let failed = cat
             .begin_backup("app-2", &new_backup(&labels), &|_| false)
             .unwrap();
@@ -829,7 +827,7 @@ mod tests {
     fn stale_creating_rows_become_failed() {
         let dir = tempfile::tempdir().unwrap();
         let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
-        let labels = BTreeMap::new();
+        let labels = about(BTreeMap::new());
         let id = cat
             .begin_backup("app-1", &new_backup(&labels), &|_| false)
             .unwrap();
@@ -876,7 +874,7 @@ mod tests {
                 let path = path.clone();
                 std::thread::spawn(move || {
                     let mut cat = Catalog::open(&path).unwrap();
-                    let labels = BTreeMap::new();
+                    let labels = about(BTreeMap::new());
                     for _ in 0..10 {
                         cat.begin_backup(&format!("app-{i}"), &new_backup(&labels), &|_| false)
                             .unwrap();

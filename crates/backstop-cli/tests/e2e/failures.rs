@@ -9,7 +9,7 @@ use backstop_test_support::{Tmpfs, have, root};
 use predicates::prelude::*;
 use rustix::process::Signal;
 
-use crate::support::{Env, Pause, signal, spawn};
+use crate::support::{Env, Pause, run_paused, signal, spawn};
 
 /// Incompressible data, so small filesystems fill up.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -196,16 +196,14 @@ fn a_file_vanishing_after_the_scan_gives_exit_3_and_is_listed() {
     let env = Env::new();
     let app = env.small_app("svc");
     std::fs::write(app.join("data/ephemeral.tmp"), b"here now").unwrap();
-    let pause = Pause::new(&env, "scan");
-    let mut cmd = env.std_cmd();
-    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.after-scan"))
-        .args(["--json", "backup"])
-        .arg(&app);
-    let mut child = spawn(cmd);
-    pause.wait_reached(&mut child);
-    std::fs::remove_file(app.join("data/ephemeral.tmp")).unwrap();
-    pause.release();
-    let out = child.wait_with_output().unwrap();
+    let out = run_paused(
+        &env,
+        "backup.after-scan",
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+        |_| {
+            std::fs::remove_file(app.join("data/ephemeral.tmp")).unwrap();
+        },
+    );
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -238,16 +236,14 @@ fn when_the_first_name_of_a_hard_link_vanishes_the_second_carries_the_data() {
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("a-first"), vec![b'z'; 2 << 20]).unwrap();
     std::fs::hard_link(app.join("a-first"), app.join("b-second")).unwrap();
-    let pause = Pause::new(&env, "scan");
-    let mut cmd = env.std_cmd();
-    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.after-scan"))
-        .args(["--json", "backup"])
-        .arg(&app);
-    let mut child = spawn(cmd);
-    pause.wait_reached(&mut child);
-    std::fs::remove_file(app.join("a-first")).unwrap();
-    pause.release();
-    let out = child.wait_with_output().unwrap();
+    let out = run_paused(
+        &env,
+        "backup.after-scan",
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+        |_| {
+            std::fs::remove_file(app.join("a-first")).unwrap();
+        },
+    );
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -284,21 +280,18 @@ fn a_file_changing_while_read_is_archived_and_listed_as_changed() {
     let app = env.path("one");
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("growing.log"), vec![b'a'; 3 << 20]).unwrap();
-    let pause = Pause::new(&env, "read");
-    let mut cmd = env.std_cmd();
-    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.read-file"))
-        .args(["--json", "backup"])
-        .arg(&app);
-    let mut child = spawn(cmd);
-    pause.wait_reached(&mut child);
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(app.join("growing.log"))
-        .unwrap();
-    std::io::Write::write_all(&mut f, b"appended while reading\n").unwrap();
-    drop(f);
-    pause.release();
-    let out = child.wait_with_output().unwrap();
+    let out = run_paused(
+        &env,
+        "backup.read-file",
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+        |_| {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(app.join("growing.log"))
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"appended while reading\n").unwrap();
+        },
+    );
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -399,17 +392,15 @@ fn sockets_and_fifos_are_skipped_with_a_note_but_no_failure() {
 fn an_interrupt_leaves_no_archive_and_a_failed_row() {
     let env = Env::new();
     let app = big_app(&env, "svc", 8, 1 << 20);
-    let pause = Pause::new(&env, "sink");
-    let mut cmd = env.std_cmd();
-    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.sink-write"))
-        .arg("backup")
-        .arg(&app);
-    let mut child = spawn(cmd);
-    pause.wait_reached(&mut child);
-    signal(&child, Signal::INT);
-    std::thread::sleep(Duration::from_millis(100));
-    pause.release();
-    let out = child.wait_with_output().unwrap();
+    let out = run_paused(
+        &env,
+        "backup.sink-write",
+        &["backup".as_ref(), app.as_os_str()],
+        |child| {
+            signal(child, Signal::INT);
+            std::thread::sleep(Duration::from_millis(100));
+        },
+    );
     assert_eq!(
         out.status.code(),
         Some(130),

@@ -148,6 +148,24 @@ impl Pause {
     }
 }
 
+/// Runs backstop with `args`, pausing it at failure point `point`; `during`
+/// runs while it waits there, then it is let go and its output returned.
+pub fn run_paused(
+    env: &Env,
+    point: &str,
+    args: &[&std::ffi::OsStr],
+    during: impl FnOnce(&Child),
+) -> std::process::Output {
+    let pause = Pause::new(env, point);
+    let mut cmd = env.std_cmd();
+    cmd.env("BACKSTOP_FAILPOINTS", pause.at(point)).args(args);
+    let mut child = spawn(cmd);
+    pause.wait_reached(&mut child);
+    during(&child);
+    pause.release();
+    child.wait_with_output().unwrap()
+}
+
 /// Starts `cmd` in the background with its output captured.
 pub fn spawn(mut cmd: StdCommand) -> Child {
     cmd.stdout(Stdio::piped())

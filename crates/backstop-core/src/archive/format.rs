@@ -170,6 +170,23 @@ pub struct Totals {
     pub bytes: u64,
 }
 
+/// What a backup is, as its maker described it. The same fields appear in
+/// a backup request, in the manifest and in the catalog (flattened into
+/// both: the JSON shapes list them beside the other fields).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    pub kind: BackupKind,
+    /// Why: `manual`, `pre-upgrade`, `pre-restore`, `scheduled`…
+    pub reason: String,
+    pub message: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The application's version when the backup was made.
+    pub app_version: Option<String>,
+    /// For a pre-upgrade backup, the version being upgraded to.
+    pub upgraded_to: Option<String>,
+    pub profile: Option<String>,
+}
+
 /// The first member: everything needed to understand the archive without
 /// reading the rest of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,13 +199,8 @@ pub struct Manifest {
     /// `backstop <version>`.
     pub created_by: String,
     pub host: String,
-    pub kind: BackupKind,
-    pub reason: String,
-    pub message: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub app_version: Option<String>,
-    pub upgraded_to: Option<String>,
-    pub profile: Option<String>,
+    #[serde(flatten)]
+    pub about: Description,
     pub compression: Codec,
     pub level: Option<i32>,
     /// The instance root the sources are relative to; an ad-hoc restore with

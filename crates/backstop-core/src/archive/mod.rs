@@ -8,4 +8,6 @@ pub mod tarfmt;
 pub mod tarread;
 pub mod writer;
 
-pub use format::{ArchiveError, BackupKind, Codec, CompressionSpec, Manifest, Trailer};
+pub use format::{
+    ArchiveError, BackupKind, Codec, CompressionSpec, Description, Manifest, Trailer,
+};

@@ -16,7 +16,7 @@ use crate::archive::compress::BlockCompressor;
 use crate::archive::format::{FORMAT, Problem, SourceManifest, Totals};
 use crate::archive::reader::sidecar_path;
 use crate::archive::writer::{Target, Written, write_archive};
-use crate::archive::{BackupKind, Codec, CompressionSpec, Manifest, Trailer};
+use crate::archive::{Codec, CompressionSpec, Description, Manifest, Trailer};
 use crate::catalog::{BackupRecord, Catalog, Finished, NewBackup};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -42,13 +42,7 @@ pub enum Output {
 /// Everything a backup needs to know.
 pub struct BackupRequest {
     pub instance: Instance,
-    pub kind: BackupKind,
-    pub reason: String,
-    pub message: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub app_version: Option<String>,
-    pub upgraded_to: Option<String>,
-    pub profile: Option<String>,
+    pub about: Description,
     /// Exclude patterns on top of the built-in ones and the instance's own.
     pub excludes: Vec<String>,
     pub compression: CompressionSpec,
@@ -387,13 +381,7 @@ pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport>
         origin: &origin,
         host: &host,
         created_at: &created_at,
-        kind: req.kind,
-        reason: &req.reason,
-        message: req.message.as_deref(),
-        labels: &req.labels,
-        app_version: req.app_version.as_deref(),
-        upgraded_to: req.upgraded_to.as_deref(),
-        profile: req.profile.as_deref(),
+        about: &req.about,
         compression: req.compression.codec,
         level: req.compression.level,
         created_by: &created_by,
@@ -496,13 +484,7 @@ fn run(
         created_at: created_at.to_string(),
         created_by: created_by.to_string(),
         host: host.to_string(),
-        kind: req.kind,
-        reason: req.reason.clone(),
-        message: req.message.clone(),
-        labels: req.labels.clone(),
-        app_version: req.app_version.clone(),
-        upgraded_to: req.upgraded_to.clone(),
-        profile: req.profile.clone(),
+        about: req.about.clone(),
         compression: req.compression.codec,
         level: req.compression.level,
         root: path_str(&req.instance.root)?,
@@ -612,13 +594,7 @@ fn streamed_record(id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> Backup
         host: new.host.to_string(),
         created_at: new.created_at.to_string(),
         finished_at: Some(done.finished_at.to_string()),
-        kind: new.kind,
-        reason: new.reason.to_string(),
-        message: new.message.map(str::to_string),
-        labels: new.labels.clone(),
-        app_version: new.app_version.map(str::to_string),
-        upgraded_to: new.upgraded_to.map(str::to_string),
-        profile: new.profile.map(str::to_string),
+        about: new.about.clone(),
         location: None,
         size: Some(done.size),
         entries: Some(done.entries),

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use backstop_core::Context;
-use backstop_core::archive::{BackupKind, Codec, CompressionSpec};
+use backstop_core::archive::{BackupKind, Codec, CompressionSpec, Description};
 use backstop_core::config::Layout;
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupReport, BackupRequest, Output, backup};
@@ -58,13 +58,15 @@ impl Env {
     ) -> BackupReport {
         let request = BackupRequest {
             instance: Instance::ad_hoc(&[dir.to_path_buf()]).expect("instance"),
-            kind: BackupKind::Manual,
-            reason: "manual".into(),
-            message: None,
-            labels: Default::default(),
-            app_version: None,
-            upgraded_to: None,
-            profile: None,
+            about: Description {
+                kind: BackupKind::Manual,
+                reason: "manual".into(),
+                message: None,
+                labels: Default::default(),
+                app_version: None,
+                upgraded_to: None,
+                profile: None,
+            },
             excludes: excludes.iter().map(|s| s.to_string()).collect(),
             compression: CompressionSpec::new(codec, None).expect("spec"),
             output,

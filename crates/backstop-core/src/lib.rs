@@ -17,6 +17,7 @@ pub mod instance;
 pub mod lock;
 pub mod ops;
 pub mod progress;
+pub mod restore;
 pub mod source;
 pub mod time;
 

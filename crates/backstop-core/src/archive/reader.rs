@@ -278,7 +278,7 @@ pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> 
             chunk: Vec::new(),
             pos: 0,
         };
-        let checked = check_tar(path, plain, cancel);
+        let checked = walk(path, plain, cancel, &mut CheckOnly);
         let decoded = decoder_thread.join().expect("decoder thread panicked");
         let read = reader.join().expect("reader thread panicked");
         (checked, decoded, read)
@@ -330,7 +330,7 @@ pub fn verify_bytes(data: &[u8]) -> Result<Verified> {
     stream
         .read_to_end(&mut plain)
         .map_err(|e| corrupt(path, format!("{codec} stream: {e}")))?;
-    let mut verified = check_tar(path, &plain[..], &Cancel::default())?;
+    let mut verified = walk(path, &plain[..], &Cancel::default(), &mut CheckOnly)?;
     verified.codec = codec;
     verified.size = data.len() as u64;
     Ok(verified)
@@ -375,7 +375,95 @@ pub fn unsafe_member_path(member: &[u8], sources: &HashSet<&[u8]>) -> Option<Str
     None
 }
 
-fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verified> {
+/// What a walk over an archive does with each payload entry, besides
+/// checking it. Verification does nothing more; a restore writes it out.
+pub trait Visitor {
+    /// Called with the manifest, before any payload entry.
+    ///
+    /// # Errors
+    ///
+    /// An error stops the walk.
+    fn manifest(&mut self, manifest: &Manifest) -> Result<()> {
+        let _ = manifest;
+        Ok(())
+    }
+
+    /// Called for each payload entry whose path and type passed the checks.
+    /// For a file, `content` yields its bytes (a sparse file's holes as
+    /// zeros); what the visitor leaves unread is read and hashed after it
+    /// returns. Checksums are only known to match once the walk has finished
+    /// without error.
+    ///
+    /// # Errors
+    ///
+    /// An error stops the walk.
+    fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> Result<()>;
+}
+
+/// A visitor that only lets the walk check.
+pub struct CheckOnly;
+
+impl Visitor for CheckOnly {
+    fn entry(&mut self, _: &Entry, _: &mut Content<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The data of the current file entry, hashed as it is read.
+pub struct Content<'a> {
+    source: &'a mut dyn DataSource,
+    archive: &'a Path,
+    member: &'a str,
+    hasher: Sha256,
+    read: u64,
+}
+
+/// Anything that yields an entry's data: the tar reader.
+pub trait DataSource {
+    /// Reads the current entry's data; 0 at its end.
+    ///
+    /// # Errors
+    ///
+    /// Fails on I/O errors and truncated data.
+    fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl<R: Read> DataSource for TarReader<R> {
+    fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        TarReader::read_data(self, buf)
+    }
+}
+
+impl Content<'_> {
+    /// Reads into `buf`; 0 at the end of the entry.
+    ///
+    /// # Errors
+    ///
+    /// Fails (as corruption) when the archive's data cannot be read.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = self
+            .source
+            .read_data(buf)
+            .map_err(|e| corrupt(self.archive, format!("reading {}: {e}", self.member)))?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads `stream` as a backstop archive and checks everything the format
+/// promises (see [`verify_archive`]), passing each payload entry to
+/// `visitor` on the way.
+///
+/// # Errors
+///
+/// Fails on the first problem found, or on the visitor's first error.
+pub fn walk<R: Read>(
+    path: &Path,
+    stream: R,
+    cancel: &Cancel,
+    visitor: &mut dyn Visitor,
+) -> Result<Verified> {
     let bad = |detail: String| corrupt(path, detail);
     let mut tar = TarReader::new(stream);
     let next = |tar: &mut TarReader<R>| -> Result<Option<Entry>> {
@@ -385,6 +473,7 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
 
     let first = next(&mut tar)?.ok_or_else(|| bad("the archive is empty".into()))?;
     let manifest = parse_manifest(path, &read_doc(path, &mut tar, &first, MANIFEST_NAME)?)?;
+    visitor.manifest(&manifest)?;
     let source_names: Vec<Vec<u8>> = manifest
         .sources
         .iter()
@@ -394,6 +483,8 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
 
     let mut hashes: Vec<(u64, [u8; 32])> = Vec::new();
     let mut files_seen: HashSet<u64> = HashSet::new();
+    // Every payload path, to refuse a second entry for the same path.
+    let mut seen: HashSet<u64> = HashSet::new();
     let (mut entries_n, mut bytes) = (0u64, 0u64);
     let mut buf = vec![0u8; 256 << 10];
     let checksums = loop {
@@ -422,30 +513,18 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
             return Err(hostile(why));
         }
         entries_n += 1;
+        let path_key_now = path_key(&entry.path);
+        if !seen.insert(path_key_now) {
+            return Err(hostile(
+                "appears twice in the archive; a second entry could replace the first".into(),
+            ));
+        }
         match entry.kind {
-            Kind::File => {
-                let mut hasher = Sha256::new();
-                let mut read = 0u64;
-                loop {
-                    let n = tar
-                        .read_data(&mut buf)
-                        .map_err(|e| bad(format!("reading {shown}: {e}")))?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    read += n as u64;
-                }
-                if read != entry.size {
-                    return Err(bad(format!(
-                        "{shown} holds {read} of its {} bytes",
-                        entry.size
-                    )));
-                }
-                bytes += read;
-                let key = path_key(&entry.path);
-                files_seen.insert(key);
-                hashes.push((key, hasher.finalize().into()));
+            Kind::Other(flag) => {
+                return Err(hostile(format!(
+                    "has a type backstop never writes (tar type `{}`)",
+                    char::from(flag).escape_default()
+                )));
             }
             Kind::HardLink => {
                 let target = entry.link.clone().unwrap_or_default();
@@ -458,13 +537,28 @@ fn check_tar<R: Read>(path: &Path, stream: R, cancel: &Cancel) -> Result<Verifie
                     )));
                 }
             }
-            Kind::Dir | Kind::Symlink => {}
-            Kind::Other(flag) => {
-                return Err(hostile(format!(
-                    "has a type backstop never writes (tar type `{}`)",
-                    char::from(flag).escape_default()
+            Kind::File | Kind::Dir | Kind::Symlink => {}
+        }
+        let mut content = Content {
+            source: &mut tar,
+            archive: path,
+            member: &shown,
+            hasher: Sha256::new(),
+            read: 0,
+        };
+        visitor.entry(&entry, &mut content)?;
+        if entry.kind == Kind::File {
+            while content.read(&mut buf)? > 0 {}
+            let (read, hash) = (content.read, content.hasher.finalize());
+            if read != entry.size {
+                return Err(bad(format!(
+                    "{shown} holds {read} of its {} bytes",
+                    entry.size
                 )));
             }
+            bytes += read;
+            files_seen.insert(path_key_now);
+            hashes.push((path_key_now, hash.into()));
         }
     };
 

@@ -245,6 +245,18 @@ pub struct Finished<'a> {
     pub warnings: u64,
 }
 
+/// What is known when a restore starts.
+#[derive(Debug, Clone)]
+pub struct NewRestore<'a> {
+    pub backup_id: &'a str,
+    pub started_at: &'a str,
+    pub destination: &'a str,
+    pub mode: &'a str,
+    pub user: &'a str,
+    pub host: &'a str,
+    pub safety_backup: Option<&'a str>,
+}
+
 /// Which rows [`Catalog::list`] returns.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -625,6 +637,69 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Records the start of a restore; returns its id.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn begin_restore(&self, new: &NewRestore<'_>) -> CResult<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO restores (backup_id, started_at, destination, mode, user, host, outcome, safety_backup) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running', ?7)",
+                params![new.backup_id, new.started_at, new.destination, new.mode, new.user, new.host, new.safety_backup],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the safety backup taken for a restore.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn set_restore_safety_backup(&self, id: i64, safety_backup: &str) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE restores SET safety_backup = ?2 WHERE id = ?1",
+                params![id, safety_backup],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records how a restore ended: `restored`, `rolled-back`, `refused` or
+    /// `failed`; a successful one also updates its backup's last-restored fields.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn finish_restore(
+        &self,
+        id: i64,
+        at: &str,
+        outcome: &str,
+        error: Option<&str>,
+    ) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE restores SET finished_at = ?2, outcome = ?3, error = ?4 WHERE id = ?1",
+                params![id, at, outcome, error],
+            )
+            .map_err(|e| self.err(e))?;
+        if outcome == "restored" {
+            self.conn
+                .execute(
+                    "UPDATE backups SET last_restored_at = r.finished_at, last_restored_to = r.destination, \
+                     last_restored_by = r.user FROM (SELECT * FROM restores WHERE id = ?1) AS r \
+                     WHERE backups.id = r.backup_id",
+                    params![id],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     /// The restores of one backup, oldest first.
     ///
     /// # Errors
@@ -821,6 +896,35 @@ mod tests {
                 .id,
             id
         );
+    }
+
+    #[test]
+    fn restores_are_recorded_with_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let about = about(BTreeMap::new());
+        let id = cat
+            .begin_backup("app-1", &new_backup(&about), &|_| false)
+            .unwrap();
+        let r = cat
+            .begin_restore(&NewRestore {
+                backup_id: &id,
+                started_at: "t1",
+                destination: "/srv/app",
+                mode: "exact",
+                user: "root",
+                host: "h",
+                safety_backup: None,
+            })
+            .unwrap();
+        cat.set_restore_safety_backup(r, "app-0").unwrap();
+        cat.finish_restore(r, "t2", "restored", None).unwrap();
+        let rec = cat.get(&id).unwrap().unwrap();
+        assert_eq!(rec.last_restored_at.as_deref(), Some("t2"));
+        assert_eq!(rec.last_restored_to.as_deref(), Some("/srv/app"));
+        let history = cat.restores_of(&id).unwrap();
+        assert_eq!(history[0].outcome, "restored");
+        assert_eq!(history[0].safety_backup.as_deref(), Some("app-0"));
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum ErrorKind {
     LockHeld,
     /// The user interrupted the operation (exit code 130).
     Interrupted,
+    /// A restore failed and the previous state was put back (exit code 5).
+    RolledBack,
     /// Anything else: I/O errors, full disks, missing permissions (exit code 1).
     Failed,
 }
@@ -62,9 +64,23 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// The operation was refused before it changed anything: not enough
+    /// space, no permission to write the destination.
+    #[error("{message}")]
+    Refused {
+        message: String,
+        hint: Option<String>,
+    },
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
+    /// A restore failed after it began changing things; everything it had
+    /// changed was put back.
+    #[error("the restore failed and was rolled back: the previous state is back")]
+    RolledBack {
+        #[source]
+        cause: Box<Error>,
+    },
 }
 
 impl Error {
@@ -96,8 +112,9 @@ impl Error {
                 ErrorKind::Interrupted
             }
             Error::Io { .. } => ErrorKind::Failed,
-            Error::NotFound { .. } => ErrorKind::Failed,
+            Error::NotFound { .. } | Error::Refused { .. } => ErrorKind::Failed,
             Error::Interrupted => ErrorKind::Interrupted,
+            Error::RolledBack { .. } => ErrorKind::RolledBack,
         }
     }
 
@@ -109,8 +126,11 @@ impl Error {
             Error::Lock(e) => e.hint(),
             Error::Archive(e) => e.hint(),
             Error::Io { source, path, .. } => io_hint(source, path),
-            Error::Usage { hint, .. } | Error::NotFound { hint, .. } => hint.clone(),
+            Error::Usage { hint, .. }
+            | Error::NotFound { hint, .. }
+            | Error::Refused { hint, .. } => hint.clone(),
             Error::Interrupted => None,
+            Error::RolledBack { cause } => cause.hint(),
         }
     }
 }

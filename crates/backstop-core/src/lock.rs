@@ -79,6 +79,7 @@ impl LockError {
 pub struct InstanceLock {
     _file: File,
     path: PathBuf,
+    instance: String,
 }
 
 impl InstanceLock {
@@ -142,7 +143,11 @@ impl InstanceLock {
             .and_then(|()| file.rewind())
             .and_then(|()| file.write_all(text.as_bytes()))
             .map_err(|e| Error::io("writing lock file", &path, e))?;
-        Ok(InstanceLock { _file: file, path })
+        Ok(InstanceLock {
+            _file: file,
+            path,
+            instance: instance.to_string(),
+        })
     }
 
     /// Takes the lock only if it is free right now.
@@ -160,6 +165,11 @@ impl InstanceLock {
             Err(Error::Lock(LockError::Held { .. })) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The instance this lock is for.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The lock file.

@@ -215,6 +215,18 @@ impl Read for ChannelReader {
 /// its line in the checksums member, which lists exactly those files in
 /// order; the trailer is last and agrees with what was read.
 pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> VerifyRun {
+    walk_archive(path, progress, cancel, &mut CheckOnly)
+}
+
+/// Reads `path` completely as [`verify_archive`] does, passing each payload
+/// entry to `visitor` (a restore writes them out). The whole-file checksum
+/// is computed on the way.
+pub fn walk_archive(
+    path: &Path,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+    visitor: &mut dyn Visitor,
+) -> VerifyRun {
     let codec = match sniff(path) {
         Ok(c) => c,
         Err(e) => {
@@ -278,7 +290,7 @@ pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> 
             chunk: Vec::new(),
             pos: 0,
         };
-        let checked = walk(path, plain, cancel, &mut CheckOnly);
+        let checked = walk(path, plain, cancel, visitor);
         let decoded = decoder_thread.join().expect("decoder thread panicked");
         let read = reader.join().expect("reader thread panicked");
         (checked, decoded, read)
@@ -347,6 +359,16 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The proper ancestors of a member path: `a/b/c` gives `a/b`, then `a`.
+fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut end = path.len();
+    std::iter::from_fn(move || {
+        let i = path[..end].iter().rposition(|&b| b == b'/')?;
+        end = i;
+        Some(&path[..i])
+    })
 }
 
 fn path_key(bytes: &[u8]) -> u64 {
@@ -485,6 +507,7 @@ pub fn walk<R: Read>(
     let mut files_seen: HashSet<u64> = HashSet::new();
     // Every payload path, to refuse a second entry for the same path.
     let mut seen: HashSet<u64> = HashSet::new();
+    let mut symlinks: HashSet<u64> = HashSet::new();
     let (mut entries_n, mut bytes) = (0u64, 0u64);
     let mut buf = vec![0u8; 256 << 10];
     let checksums = loop {
@@ -511,6 +534,17 @@ pub fn walk<R: Read>(
         };
         if let Some(why) = unsafe_member_path(&entry.path, &sources) {
             return Err(hostile(why));
+        }
+        // Nothing may sit below a symlink of the archive: extracting it
+        // would write wherever the link points.
+        if let Some(link) = ancestors(&entry.path).find(|a| symlinks.contains(&path_key(a))) {
+            return Err(hostile(format!(
+                "lies below {}, which the archive makes a symlink",
+                String::from_utf8_lossy(link)
+            )));
+        }
+        if entry.kind == Kind::Symlink {
+            symlinks.insert(path_key(&entry.path));
         }
         entries_n += 1;
         let path_key_now = path_key(&entry.path);

@@ -329,7 +329,56 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
 /// Fails when the lock is held, the output cannot be written (full disk,
 /// permissions), the catalog is unusable, or on interruption. Every failure
 /// after the attempt was recorded leaves a `failed` row and no archive.
-pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport> {
+pub fn backup(ctx: &Context<'_>, req: BackupRequest) -> Result<BackupReport> {
+    check_output(&req.output)?;
+    fsutil::create_private_dir_all(&ctx.layout.home)?;
+    let lock = InstanceLock::acquire(
+        &ctx.layout.locks(),
+        &req.instance.name,
+        &format!("backup {}", req.instance.name),
+        req.wait,
+        ctx.cancel,
+    )?;
+    // We hold the lock: an interrupted restore of this instance is repaired
+    // before anything else reads or writes it.
+    crate::ops::recover::recover_locked(ctx, &lock)?;
+    backup_locked(ctx, req, &lock)
+}
+
+/// Refuses outputs that cannot work before anything is recorded.
+fn check_output(output: &Output) -> Result<()> {
+    if let Output::Dir(d) | Output::File(d) = output {
+        path_str(d)?;
+    }
+    if let Output::File(f) = output {
+        // Checked again when the file is created; refusing here records no attempt.
+        if f.symlink_metadata().is_ok() {
+            return Err(Error::usage(
+                format!("{} already exists", f.display()),
+                Some("backstop never overwrites an archive: choose another name".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a backup while the caller holds the instance's lock (a restore's
+/// safety backup runs under the restore's lock).
+///
+/// # Errors
+///
+/// As [`backup`], but for the lock.
+pub fn backup_locked(
+    ctx: &Context<'_>,
+    mut req: BackupRequest,
+    lock: &InstanceLock,
+) -> Result<BackupReport> {
+    assert_eq!(
+        lock.instance(),
+        req.instance.name,
+        "the lock must be the instance's"
+    );
+    check_output(&req.output)?;
     let started = Instant::now();
     // A stream is taken out of the request: it is consumed by the writer.
     let stream = match std::mem::replace(&mut req.output, Output::Store) {
@@ -347,26 +396,6 @@ pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport>
     let host = hostname();
     let created_by = crate::created_by();
 
-    if let Output::Dir(d) | Output::File(d) = &req.output {
-        path_str(d)?;
-    }
-    if let Output::File(f) = &req.output {
-        // Checked again when the file is created; refusing here records no attempt.
-        if f.symlink_metadata().is_ok() {
-            return Err(Error::usage(
-                format!("{} already exists", f.display()),
-                Some("backstop never overwrites an archive: choose another name".into()),
-            ));
-        }
-    }
-    fsutil::create_private_dir_all(&ctx.layout.home)?;
-    let _lock = InstanceLock::acquire(
-        &ctx.layout.locks(),
-        &req.instance.name,
-        &format!("backup {}", req.instance.name),
-        req.wait,
-        ctx.cancel,
-    )?;
     let mut catalog = Catalog::open(&ctx.layout.catalog())?;
     // We hold the lock: any row still `creating` belongs to a dead process.
     catalog.fail_interrupted(&req.instance.name, &created_at)?;

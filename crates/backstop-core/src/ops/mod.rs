@@ -3,5 +3,7 @@
 
 pub mod backup;
 pub mod list;
+pub mod recover;
+pub mod restore;
 pub mod show;
 pub mod verify;

@@ -1,4 +1,8 @@
-//! Restores: staging an archive beneath a confined directory, verifying it
-//! as it is written, and swapping it into place all or nothing.
+//! Restores: staging an archive beneath confined directories, verifying it
+//! as it is written, and swapping it into place all or nothing, with a
+//! journal that lets any later command finish or undo an interrupted one.
 
 pub mod confine;
+pub mod diff;
+pub mod journal;
+pub mod stage;

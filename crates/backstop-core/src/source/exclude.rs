@@ -89,6 +89,58 @@ impl Excludes {
     }
 }
 
+/// Plain gitignore-style patterns relative to a root, without the built-in
+/// rules: what a restore keeps (never-restore paths, `--exclude`) or forces
+/// private (secret paths). A path matches when it or any parent does.
+#[derive(Debug)]
+pub struct Patterns {
+    matcher: Gitignore,
+    root: std::path::PathBuf,
+    empty: bool,
+}
+
+impl Patterns {
+    /// Compiles `patterns`, anchored at `root`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a pattern that is not valid glob syntax.
+    pub fn new(root: &Path, patterns: &[String]) -> Result<Patterns> {
+        let mut builder = GitignoreBuilder::new(root);
+        for p in patterns {
+            builder.add_line(None, p).map_err(|e| {
+                Error::usage(
+                    format!("invalid pattern `{p}`: {e}"),
+                    Some("patterns use .gitignore syntax, e.g. `*.log`, `cache/`, `/tmp`".into()),
+                )
+            })?;
+        }
+        let matcher = builder
+            .build()
+            .map_err(|e| Error::usage(format!("invalid patterns: {e}"), None))?;
+        Ok(Patterns {
+            matcher,
+            root: root.to_path_buf(),
+            empty: patterns.is_empty(),
+        })
+    }
+
+    /// The pattern that matches `rel` (relative to the root) or one of its
+    /// parents, if any.
+    pub fn matches(&self, rel: &Path, is_dir: bool) -> Option<String> {
+        if self.empty {
+            return None;
+        }
+        match self
+            .matcher
+            .matched_path_or_any_parents(self.root.join(rel), is_dir)
+        {
+            Match::Ignore(glob) => Some(glob.original().to_string()),
+            _ => None,
+        }
+    }
+}
+
 /// Whether `dir` holds a `CACHEDIR.TAG` that starts with the standard signature.
 fn has_cachedir_tag(dir: &Path) -> bool {
     let Ok(mut file) = File::open(dir.join("CACHEDIR.TAG")) else {
@@ -132,6 +184,27 @@ mod tests {
         assert!(
             ex.check(&root.join("target"), true).is_none(),
             "negation re-includes"
+        );
+    }
+
+    #[test]
+    fn patterns_match_paths_under_a_matching_parent() {
+        let root = Path::new("/srv/app");
+        let p = Patterns::new(root, &[".initialized".into(), "workspace/.system/".into()]).unwrap();
+        assert!(p.matches(Path::new(".initialized"), false).is_some());
+        assert!(
+            p.matches(Path::new("workspace/.system/installed/x"), false)
+                .is_some()
+        );
+        assert!(
+            p.matches(Path::new("workspace/projects/a"), false)
+                .is_none()
+        );
+        assert!(
+            Patterns::new(root, &[])
+                .unwrap()
+                .matches(Path::new("x"), false)
+                .is_none()
         );
     }
 

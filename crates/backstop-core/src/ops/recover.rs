@@ -1,0 +1,101 @@
+//! `recover`: finish or undo a restore that was interrupted (a crash, a
+//! power cut, `kill -9`). Every command that takes an instance's lock does
+//! this first, so an interrupted restore never stays half done.
+
+use serde::Serialize;
+
+use crate::catalog::Catalog;
+use crate::error::Result;
+use crate::lock::InstanceLock;
+use crate::restore::journal::{Journal, Recovered};
+use crate::{Context, time};
+
+/// What recovery found for one instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverReport {
+    pub instance: String,
+    /// `None` when there was nothing to recover.
+    pub recovered: Option<Recovered>,
+    pub backup: Option<String>,
+    pub destination: Option<String>,
+}
+
+/// Repairs an interrupted restore of the locked instance, if there is one.
+///
+/// # Errors
+///
+/// Fails when the journal is damaged or a step cannot be undone; the journal
+/// is then kept for another attempt.
+pub fn recover_locked(ctx: &Context<'_>, lock: &InstanceLock) -> Result<RecoverReport> {
+    let instance = lock.instance();
+    let Some(journal) = Journal::load(&ctx.layout.home, instance)? else {
+        return Ok(RecoverReport {
+            instance: instance.to_string(),
+            recovered: None,
+            backup: None,
+            destination: None,
+        });
+    };
+    let outcome = journal.recover(&ctx.layout.home)?;
+    if let Some(id) = journal.restore_id
+        && ctx.layout.catalog().exists()
+    {
+        let catalog = Catalog::open(&ctx.layout.catalog())?;
+        let (what, error) = match outcome {
+            Recovered::RolledBack => (
+                "rolled-back",
+                Some("interrupted; the previous state was put back by recovery"),
+            ),
+            Recovered::Completed => ("restored", None),
+        };
+        catalog.finish_restore(id, &time::now_rfc3339(), what, error)?;
+    }
+    Ok(RecoverReport {
+        instance: instance.to_string(),
+        recovered: Some(outcome),
+        backup: Some(journal.backup),
+        destination: Some(journal.destination.display().to_string()),
+    })
+}
+
+/// Takes `instance`'s lock and repairs an interrupted restore of it.
+///
+/// # Errors
+///
+/// Fails when the lock is held or recovery fails.
+pub fn recover(
+    ctx: &Context<'_>,
+    instance: &str,
+    wait: Option<std::time::Duration>,
+) -> Result<RecoverReport> {
+    crate::fsutil::create_private_dir_all(&ctx.layout.home)?;
+    let lock = InstanceLock::acquire(
+        &ctx.layout.locks(),
+        instance,
+        &format!("recover {instance}"),
+        wait,
+        ctx.cancel,
+    )?;
+    recover_locked(ctx, &lock)
+}
+
+/// The instances that have a restore journal.
+///
+/// # Errors
+///
+/// Fails when the journal directory cannot be read.
+pub fn pending(ctx: &Context<'_>) -> Result<Vec<String>> {
+    let dir = ctx.layout.home.join("journal");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(instance) = name.strip_suffix(".json") {
+            out.push(instance.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,1070 @@
+//! `restore`: put a backup back, all or nothing (guarantees 2 to 8).
+//!
+//! The pipeline: resolve the backup → check it and the destination (format,
+//! whole-file checksum, `--instance`, free space, permissions) → plan → take
+//! the instance lock → repair an interrupted restore → confirm → safety
+//! backup of the current state → stage: unpack beside each target, verifying
+//! every checksum as it goes → apply the renames of the chosen mode through
+//! the journal → commit → clean up. A failure before the commit point undoes
+//! every rename and leaves the previous state; a crash at any instant is
+//! repaired from the journal by the next command that takes the lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::archive::format::SourceManifest;
+use crate::archive::reader::{Content, Visitor, read_manifest, read_sidecar, walk_archive};
+use crate::archive::tarread::{Entry, Kind};
+use crate::archive::{ArchiveError, BackupKind, CompressionSpec, Description, Manifest};
+use crate::catalog::{BackupRecord, Catalog, ListFilter, NewRestore, Status};
+use crate::error::{Error, ErrorKind, Result};
+use crate::failpoint;
+use crate::fsutil;
+use crate::instance::{Instance, InstanceOrigin, Source};
+use crate::lock::{InstanceLock, hostname};
+use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
+use crate::ops::list::open_existing;
+use crate::ops::recover::recover_locked;
+use crate::ops::show::{Resolved, resolve as resolve_name};
+use crate::restore::confine::Confined;
+use crate::restore::diff::{self, Action, Changes, Node, live_tree, same};
+use crate::restore::journal::{self, Journal, Phase, Step};
+use crate::restore::stage::{Selection, Stager, remove_tree, root_relative, staging_dir};
+use crate::source::exclude::{Excludes, Patterns};
+use crate::{Context, time};
+
+/// How a restore treats what is already at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The destination becomes the backup: added files go, missing ones come
+    /// back, by a staged swap.
+    Exact,
+    /// The backup's files are written over the destination; replaced files
+    /// are kept as `<name>.bak-<time>`; other files stay.
+    Merge,
+    /// Only missing files are written; conflicts are listed and left alone.
+    Safe,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Exact => "exact",
+            Mode::Merge => "merge",
+            Mode::Safe => "safe",
+        })
+    }
+}
+
+/// Everything a restore needs to know.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// A backup id, an archive file, or an application version.
+    pub target: String,
+    /// Where to restore; the backup's own root when `None`.
+    pub dest: Option<PathBuf>,
+    /// Exact for the backup's own root, safe elsewhere, when `None`.
+    pub mode: Option<Mode>,
+    /// Only these sources (all when empty).
+    pub only: Vec<String>,
+    /// Paths (gitignore syntax, relative to the destination) left as they are.
+    pub excludes: Vec<String>,
+    pub dry_run: bool,
+    /// Take a safety backup of the current state first.
+    pub pre_backup: bool,
+    pub backup_message: Option<String>,
+    /// Refuse unless the backup belongs to this instance.
+    pub instance: Option<String>,
+    /// Allow an exact restore over a directory that is not the backup's own.
+    pub force: bool,
+    pub wait: Option<Duration>,
+}
+
+/// One check made before anything is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Where one source goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedSource {
+    pub name: String,
+    pub target: String,
+    /// Whether something is at the target now.
+    pub exists: bool,
+}
+
+/// The plan: what the restore will do, before it does anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    pub backup: String,
+    pub archive: String,
+    pub instance: String,
+    pub created_at: String,
+    pub destination: String,
+    pub mode: Mode,
+    pub sources: Vec<PlannedSource>,
+    pub checks: Vec<Check>,
+    /// Whether a safety backup of the current state will be taken, and if
+    /// not, why.
+    pub safety_backup: bool,
+    pub safety_backup_note: String,
+    /// Every path and its action (from the archive for a dry run, from the
+    /// staged copy for a real restore), and the totals.
+    #[serde(flatten)]
+    pub changes: Changes,
+}
+
+/// A finished restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub plan: RestorePlan,
+    pub restore_id: i64,
+    pub safety_backup: Option<String>,
+    pub warnings: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// How `restore` ended without an error.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum RestoreOutcome {
+    /// `--dry-run`: the plan, and nothing changed.
+    DryRun {
+        plan: RestorePlan,
+    },
+    /// The confirmation was declined: nothing changed.
+    Declined {
+        plan: RestorePlan,
+    },
+    Restored(RestoreReport),
+}
+
+/// The backup a restore reads.
+struct Found {
+    archive: PathBuf,
+    record: Option<BackupRecord>,
+    manifest: Manifest,
+}
+
+fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
+    let catalog = open_existing(ctx)?;
+    let (archive, record) = match resolve_name(catalog.as_ref(), target) {
+        Ok(Resolved::Id(r)) => {
+            if matches!(r.status, Status::Failed | Status::Creating) {
+                return Err(Error::usage(
+                    format!(
+                        "backup {} is {}: it has no archive to restore",
+                        r.id, r.status
+                    ),
+                    Some("`backstop list --status available` shows what can be restored".into()),
+                ));
+            }
+            let loc = r.location.clone().ok_or_else(|| Error::NotFound {
+                message: format!("backup {} has no archive file", r.id),
+                hint: None,
+            })?;
+            (PathBuf::from(loc), Some(r))
+        }
+        Ok(Resolved::File(p, r)) => (p, r),
+        Err(not_found) => {
+            // An application version: its newest available backup.
+            let by_version = match &catalog {
+                Some(c) => c
+                    .list(&ListFilter {
+                        version: Some(target.to_string()),
+                        status: Some(Status::Available),
+                        limit: Some(1),
+                        ..ListFilter::default()
+                    })?
+                    .into_iter()
+                    .next(),
+                None => None,
+            };
+            let Some(r) = by_version else {
+                return Err(not_found);
+            };
+            (
+                PathBuf::from(r.location.clone().unwrap_or_default()),
+                Some(r),
+            )
+        }
+    };
+    if !archive.is_file() {
+        return Err(Error::NotFound {
+            message: format!("the archive {} is missing", archive.display()),
+            hint: Some(
+                "run `backstop verify --all` to mark missing archives; restore another backup"
+                    .into(),
+            ),
+        });
+    }
+    let manifest = read_manifest(&archive)?;
+    if let Some(r) = &record
+        && r.id != manifest.id
+    {
+        return Err(ArchiveError::Corrupt {
+            path: archive.clone(),
+            detail: format!("it holds backup {}, not {}", manifest.id, r.id),
+        }
+        .into());
+    }
+    Ok(Found {
+        archive,
+        record,
+        manifest,
+    })
+}
+
+/// The whole-file checksum against the sidecar and the catalog: refuses a
+/// damaged archive before anything is written.
+fn check_checksum(src: &Found) -> Result<(Check, String)> {
+    let actual = diff::hash_file(&src.archive)
+        .map(hex::encode)
+        .ok_or_else(|| {
+            Error::io(
+                "reading",
+                &src.archive,
+                std::io::Error::other("cannot read"),
+            )
+        })?;
+    let sidecar = read_sidecar(&src.archive)?;
+    let expected: Vec<(&str, String)> = [
+        sidecar.map(|s| ("sidecar", s)),
+        src.record
+            .as_ref()
+            .and_then(|r| r.sha256.clone())
+            .map(|s| ("catalog", s)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (what, sum) in &expected {
+        if *sum != actual {
+            return Err(ArchiveError::Checksum {
+                path: src.archive.clone(),
+                detail: format!("the {what} records SHA-256 {sum}, the archive's is {actual}"),
+            }
+            .into());
+        }
+    }
+    let detail = if expected.is_empty() {
+        "no sidecar or catalog checksum to compare; every file is checked while staging".to_string()
+    } else {
+        let names: Vec<&str> = expected.iter().map(|(w, _)| *w).collect();
+        format!("SHA-256 matches the {}", names.join(" and the "))
+    };
+    Ok((
+        Check {
+            name: "checksum",
+            ok: true,
+            detail,
+        },
+        actual,
+    ))
+}
+
+/// The nearest existing directory at or above `path`.
+fn existing_ancestor(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    while !p.exists() {
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent.to_path_buf(),
+            _ => return PathBuf::from("/"),
+        }
+    }
+    p
+}
+
+/// `dest` made absolute, with symlinks resolved in the part that exists.
+fn resolve_dest(dest: &Path) -> PathBuf {
+    let abs = crate::config::absolute(dest);
+    let base = existing_ancestor(&abs);
+    let canonical = base.canonicalize().unwrap_or_else(|_| base.clone());
+    match abs.strip_prefix(&base) {
+        Ok(rest) if !rest.as_os_str().is_empty() => canonical.join(rest),
+        _ => canonical,
+    }
+}
+
+fn source_target(dest: &Path, source: &SourceManifest) -> PathBuf {
+    if source.path == "." {
+        dest.to_path_buf()
+    } else {
+        dest.join(&source.path)
+    }
+}
+
+/// Lists a backup's entries by reading the archive (for a dry run).
+struct Lister<'a> {
+    sources: HashMap<String, SourceManifest>,
+    selection: &'a Selection,
+    /// Per source: root-relative path (below the source's target) → node.
+    entries: HashMap<String, BTreeMap<PathBuf, Node>>,
+    buf: Vec<u8>,
+}
+
+impl Visitor for Lister<'_> {
+    fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> crate::Result<()> {
+        use sha2::Digest;
+        let top_len = entry
+            .path
+            .iter()
+            .position(|&b| b == b'/')
+            .unwrap_or(entry.path.len());
+        let name = String::from_utf8_lossy(&entry.path[..top_len]).into_owned();
+        let Some(source) = self.sources.get(&name) else {
+            return Ok(());
+        };
+        let is_dir = entry.kind == Kind::Dir;
+        let rel_root = root_relative(source, &entry.path);
+        if !self.selection.source_selected(&name)
+            || self.selection.keep.matches(&rel_root, is_dir).is_some()
+        {
+            return Ok(());
+        }
+        let below = entry.path[top_len..]
+            .strip_prefix(b"/")
+            .unwrap_or(&entry.path[top_len..]);
+        let mut sha = None;
+        if entry.kind == Kind::File {
+            let mut hasher = sha2::Sha256::new();
+            loop {
+                let n = content.read(&mut self.buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&self.buf[..n]);
+            }
+            sha = Some(hasher.finalize().into());
+        }
+        let kind = match entry.kind {
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            _ => "file",
+        };
+        self.entries.entry(name).or_default().insert(
+            PathBuf::from(OsStr::from_bytes(below)),
+            Node {
+                kind,
+                size: entry.size,
+                mode: entry.mode,
+                mtime: (entry.mtime, entry.mtime_nsec),
+                link: entry.link.clone().filter(|_| entry.kind == Kind::Symlink),
+                sha256: sha,
+            },
+        );
+        Ok(())
+    }
+}
+
+/// What the live tree's paths become, given the backup's entries below one
+/// target.
+fn compare(
+    mode: Mode,
+    target: &Path,
+    backup: &BTreeMap<PathBuf, Node>,
+    live: &BTreeMap<PathBuf, Node>,
+    kept: &dyn Fn(&Path, bool) -> bool,
+    staged: Option<&Path>,
+    changes: &mut Changes,
+) {
+    let prefix = |rel: &Path| -> String {
+        let t = target.display().to_string();
+        if rel.as_os_str().is_empty() {
+            t
+        } else {
+            format!("{t}/{}", rel.display())
+        }
+    };
+    let mut push = |rel: &Path, action: Action, kind: &'static str, bytes: u64| {
+        changes.push(prefix(rel), action, kind, bytes);
+    };
+    // In safe and merge modes, nothing below a conflicting or replaced
+    // directory-level entry is looked at separately.
+    let mut blocked: Vec<PathBuf> = Vec::new();
+    for (rel, want) in backup {
+        if blocked.iter().any(|b| rel.starts_with(b) && rel != b) {
+            continue;
+        }
+        let action = match live.get(rel) {
+            None => Action::Create,
+            Some(have) => {
+                let staged_path = staged.map(|s| s.join(rel));
+                if same(want, have, &target.join(rel), staged_path.as_deref()) {
+                    Action::Unchanged
+                } else if mode == Mode::Safe {
+                    blocked.push(rel.clone());
+                    Action::Conflict
+                } else {
+                    if want.kind != have.kind {
+                        blocked.push(rel.clone());
+                    }
+                    Action::Replace
+                }
+            }
+        };
+        push(rel, action, want.kind, want.size);
+    }
+    for (rel, have) in live {
+        if backup.contains_key(rel) {
+            continue;
+        }
+        let action = if kept(rel, have.kind == "dir") {
+            Action::Keep
+        } else if mode == Mode::Exact {
+            Action::Delete
+        } else {
+            Action::Skip
+        };
+        push(rel, action, have.kind, 0);
+    }
+}
+
+/// Plans, and (unless it is a dry run or the confirmation is declined)
+/// carries out, a restore.
+///
+/// `confirm` is asked once, with the plan, after every check has passed and
+/// before anything is written.
+///
+/// # Errors
+///
+/// Integrity failures (exit 4) and bad requests are refused before anything
+/// is written; a failure after the restore began is rolled back and
+/// reported as [`Error::RolledBack`] (exit 5); a held lock is exit 6.
+pub fn restore(
+    ctx: &Context<'_>,
+    req: &RestoreRequest,
+    confirm: &mut dyn FnMut(&RestorePlan) -> bool,
+) -> Result<RestoreOutcome> {
+    let started = Instant::now();
+    let src = find(ctx, &req.target)?;
+    let m = &src.manifest;
+    if let Some(name) = &req.instance
+        && *name != m.instance
+    {
+        return Err(Error::usage(
+            format!(
+                "backup {} belongs to instance {}, not {name}",
+                m.id, m.instance
+            ),
+            Some("check the backup id, or drop --instance".into()),
+        ));
+    }
+    for name in &req.only {
+        if !m.sources.iter().any(|s| &s.name == name) {
+            let names: Vec<&str> = m.sources.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::usage(
+                format!("backup {} has no source named {name}", m.id),
+                Some(format!("its sources are: {}", names.join(", "))),
+            ));
+        }
+    }
+    let own_root = PathBuf::from(&m.root);
+    let dest = resolve_dest(req.dest.as_deref().unwrap_or(&own_root));
+    let is_own_root = resolve_dest(&own_root) == dest;
+    let mode = req
+        .mode
+        .unwrap_or(if is_own_root { Mode::Exact } else { Mode::Safe });
+
+    let mut keep_patterns = m.never_restore.clone();
+    keep_patterns.extend(req.excludes.iter().cloned());
+    let selection = Selection {
+        only: req.only.clone(),
+        keep: Patterns::new(&dest, &keep_patterns)?,
+        secrets: Patterns::new(&dest, &[])?,
+    };
+    // What the backup never covered stays too: paths its excludes matched.
+    let backup_excludes = Excludes::new(&dest, &m.excludes)?;
+    let kept = |abs: &Path, rel_root: &Path, is_dir: bool| {
+        selection.keep.matches(rel_root, is_dir).is_some()
+            || backup_excludes.check(abs, is_dir).is_some()
+    };
+
+    let sources: Vec<&SourceManifest> = m
+        .sources
+        .iter()
+        .filter(|s| selection.source_selected(&s.name))
+        .collect();
+    let planned_sources: Vec<PlannedSource> = sources
+        .iter()
+        .map(|s| {
+            let target = source_target(&dest, s);
+            PlannedSource {
+                name: s.name.clone(),
+                exists: target.symlink_metadata().is_ok(),
+                target: target.display().to_string(),
+            }
+        })
+        .collect();
+
+    // Checks, all before anything is written.
+    let mut checks = vec![Check {
+        name: "format",
+        ok: true,
+        detail: format!("archive format {} written by {}", m.format, m.created_by),
+    }];
+    let (checksum, sha256) = check_checksum(&src)?;
+    checks.push(checksum);
+    if let Some(name) = &req.instance {
+        checks.push(Check {
+            name: "instance",
+            ok: true,
+            detail: format!("the backup belongs to {name}"),
+        });
+    }
+    let base = existing_ancestor(&dest);
+    let need = m.totals.bytes + m.totals.bytes / 20 + m.totals.entries * 4096 + (16 << 20);
+    let have = fsutil::available_space(&base)?;
+    if have < need {
+        return Err(Error::Refused {
+            message: format!(
+                "not enough free space on the filesystem of {}: the restore needs about {} MiB, {} MiB are free",
+                base.display(),
+                need >> 20,
+                have >> 20
+            ),
+            hint: Some("free some space, or restore elsewhere with --dest DIR".into()),
+        });
+    }
+    checks.push(Check {
+        name: "free space",
+        ok: true,
+        detail: format!(
+            "{} MiB free on {}, about {} MiB needed",
+            have >> 20,
+            base.display(),
+            need >> 20
+        ),
+    });
+    if rustix::fs::access(&base, rustix::fs::Access::WRITE_OK).is_err() {
+        return Err(Error::Refused {
+            message: format!("{} is not writable", base.display()),
+            hint: Some(
+                "run as a user who may write there, or restore elsewhere with --dest DIR".into(),
+            ),
+        });
+    }
+    checks.push(Check {
+        name: "permissions",
+        ok: true,
+        detail: format!("{} is writable", base.display()),
+    });
+    if mode == Mode::Exact && !is_own_root && !req.force {
+        let non_empty = std::fs::read_dir(&dest)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if non_empty {
+            return Err(Error::usage(
+                format!(
+                    "{} is not where backup {} was taken from ({}), and an exact restore would delete everything in it that the backup does not hold",
+                    dest.display(),
+                    m.id,
+                    m.root
+                ),
+                Some(
+                    "use --mode safe or --mode merge, or pass --force if that is what you want"
+                        .into(),
+                ),
+            ));
+        }
+    }
+
+    let existing: Vec<&&SourceManifest> = sources
+        .iter()
+        .filter(|s| {
+            let t = source_target(&dest, s);
+            t.symlink_metadata().is_ok()
+                && std::fs::read_dir(&t)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+        })
+        .collect();
+    let safety = req.pre_backup && !existing.is_empty();
+    let safety_note = if !req.pre_backup {
+        "skipped: --no-pre-backup".to_string()
+    } else if existing.is_empty() {
+        "not needed: nothing is at the destination".to_string()
+    } else {
+        format!(
+            "of {} as instance {}, reason pre-restore",
+            dest.display(),
+            m.instance
+        )
+    };
+    let mut plan = RestorePlan {
+        backup: m.id.clone(),
+        archive: src.archive.display().to_string(),
+        instance: m.instance.clone(),
+        created_at: m.created_at.clone(),
+        destination: dest.display().to_string(),
+        mode,
+        sources: planned_sources,
+        checks,
+        safety_backup: safety,
+        safety_backup_note: safety_note,
+        changes: Changes::default(),
+    };
+
+    if req.dry_run {
+        // The archive is read to list what it holds; nothing is written.
+        let mut lister = Lister {
+            sources: m
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.clone()))
+                .collect(),
+            selection: &selection,
+            entries: HashMap::new(),
+            buf: vec![0u8; 1 << 20],
+        };
+        let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut lister);
+        run.result?;
+        for s in &sources {
+            let target = source_target(&dest, s);
+            let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
+            let kept_here =
+                |rel: &Path, is_dir: bool| kept(&target.join(rel), &rel_base.join(rel), is_dir);
+            let live = live_tree(&target, &kept_here);
+            let empty = BTreeMap::new();
+            let backup = lister.entries.get(&s.name).unwrap_or(&empty);
+            compare(
+                mode,
+                &target,
+                backup,
+                &live,
+                &kept_here,
+                None,
+                &mut plan.changes,
+            );
+        }
+        return Ok(RestoreOutcome::DryRun { plan });
+    }
+
+    fsutil::create_private_dir_all(&ctx.layout.home)?;
+    let lock = InstanceLock::acquire(
+        &ctx.layout.locks(),
+        &m.instance,
+        &format!("restore {}", m.id),
+        req.wait,
+        ctx.cancel,
+    )?;
+    recover_locked(ctx, &lock)?;
+    if !confirm(&plan) {
+        return Ok(RestoreOutcome::Declined { plan });
+    }
+
+    let catalog = Catalog::open(&ctx.layout.catalog())?;
+    let user = uzers::get_current_username()
+        .map(|u| u.to_string_lossy().into_owned())
+        .unwrap_or_else(|| rustix::process::getuid().as_raw().to_string());
+    let restore_id = catalog.begin_restore(&NewRestore {
+        backup_id: &m.id,
+        started_at: &time::now_rfc3339(),
+        destination: &plan.destination,
+        mode: &mode.to_string(),
+        user: &user,
+        host: &hostname(),
+        safety_backup: None,
+    })?;
+    let finish = |outcome: &str, error: Option<&Error>| {
+        let text = error.map(|e| error_chain(e));
+        let _ = catalog.finish_restore(restore_id, &time::now_rfc3339(), outcome, text.as_deref());
+    };
+
+    // The safety backup, under this restore's lock.
+    let mut warnings = Vec::new();
+    let mut safety_id = None;
+    if safety {
+        let instance = Instance {
+            name: m.instance.clone(),
+            root: dest.clone(),
+            origin: InstanceOrigin::AdHoc,
+            sources: existing
+                .iter()
+                .map(|s| Source {
+                    name: s.name.clone(),
+                    path: PathBuf::from(&s.path),
+                })
+                .collect(),
+            excludes: Vec::new(),
+            never_restore: m.never_restore.clone(),
+        };
+        let request = BackupRequest {
+            instance,
+            about: Description {
+                kind: BackupKind::Automatic,
+                reason: "pre-restore".into(),
+                message: Some(
+                    req.backup_message
+                        .clone()
+                        .unwrap_or_else(|| format!("before restoring {}", m.id)),
+                ),
+                labels: BTreeMap::from([("restoring".to_string(), m.id.clone())]),
+                app_version: None,
+                upgraded_to: None,
+                profile: None,
+            },
+            excludes: Vec::new(),
+            compression: CompressionSpec::default(),
+            output: Output::Store,
+            wait: None,
+        };
+        match backup_locked(ctx, request, &lock) {
+            Ok(report) => {
+                for w in report.warnings.iter().filter(|w| w.is_incomplete()) {
+                    warnings.push(format!(
+                        "safety backup: {} {}: {}",
+                        w.kind, w.path, w.detail
+                    ));
+                }
+                catalog.set_restore_safety_backup(restore_id, &report.backup.id)?;
+                safety_id = Some(report.backup.id);
+            }
+            Err(e) => {
+                finish("failed", Some(&e));
+                return Err(e);
+            }
+        }
+    }
+
+    let applied = stage_and_apply(
+        ctx,
+        &src,
+        &sha256,
+        &dest,
+        mode,
+        &sources,
+        &selection,
+        &kept,
+        restore_id,
+        &mut plan,
+        &mut warnings,
+    );
+    match applied {
+        Ok(()) => {
+            finish("restored", None);
+            Ok(RestoreOutcome::Restored(RestoreReport {
+                plan,
+                restore_id,
+                safety_backup: safety_id,
+                warnings,
+                duration_ms: started.elapsed().as_millis() as u64,
+            }))
+        }
+        Err(e) => {
+            let outcome = if e.kind() == ErrorKind::Integrity {
+                "refused"
+            } else {
+                "rolled-back"
+            };
+            finish(outcome, Some(&e));
+            Err(match e.kind() {
+                ErrorKind::Integrity | ErrorKind::Interrupted | ErrorKind::RolledBack => e,
+                _ => Error::RolledBack { cause: Box::new(e) },
+            })
+        }
+    }
+}
+
+/// A name beside `path` for keeping a replaced entry: `<name>.bak-<time>`.
+fn bak_name(path: &Path, stamp: &str) -> PathBuf {
+    let mut n = 1;
+    loop {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".bak-{stamp}"));
+        if n > 1 {
+            name.push(format!("-{n}"));
+        }
+        let candidate = path.with_file_name(name);
+        if candidate.symlink_metadata().is_err() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+fn inode(path: &Path) -> Result<u64> {
+    std::fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| Error::io("reading", path, e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stage_and_apply(
+    ctx: &Context<'_>,
+    src: &Found,
+    sha256: &str,
+    dest: &Path,
+    mode: Mode,
+    sources: &[&SourceManifest],
+    selection: &Selection,
+    kept: &dyn Fn(&Path, &Path, bool) -> bool,
+    restore_id: i64,
+    plan: &mut RestorePlan,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let m = &src.manifest;
+    let home = &ctx.layout.home;
+    let mut journal = Journal {
+        version: 1,
+        restore_id: Some(restore_id),
+        backup: m.id.clone(),
+        instance: m.instance.clone(),
+        destination: dest.to_path_buf(),
+        phase: Phase::Staging,
+        staging: Vec::new(),
+        steps: Vec::new(),
+    };
+    // Missing directories above the targets are created, and removed again
+    // if the restore does not complete.
+    let mut make_dirs: Vec<PathBuf> = Vec::new();
+    for s in sources {
+        let target = source_target(dest, s);
+        let mut missing = Vec::new();
+        let mut p = fsutil::parent_dir(&target);
+        while p.symlink_metadata().is_err() {
+            missing.push(p.clone());
+            p = fsutil::parent_dir(&p);
+        }
+        for dir in missing.into_iter().rev() {
+            if !make_dirs.contains(&dir) {
+                make_dirs.push(dir);
+            }
+        }
+        let staging = staging_dir(&target, &m.id);
+        journal.staging.push(staging);
+    }
+    journal.steps = make_dirs
+        .iter()
+        .map(|p| Step::MakeDir { path: p.clone() })
+        .collect();
+    journal.save(home)?;
+    // Hard links whose shared file was excluded: kept as they are.
+    let mut unrestorable: Vec<PathBuf> = Vec::new();
+    let result = (|| -> Result<()> {
+        for step in &journal.steps {
+            journal::apply(step)?;
+        }
+        let mut targets = HashMap::new();
+        for (s, staging) in sources.iter().zip(&journal.staging) {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(staging)
+                .map_err(|e| Error::io("creating", staging, e))?;
+            let confined = Confined::open(staging).map_err(|e| Error::io("opening", staging, e))?;
+            targets.insert(s.name.clone(), confined);
+        }
+        failpoint::hit("restore.before-stage")?;
+        let mut stager = Stager::new(m, targets, selection, ctx.progress, ctx.cancel);
+        let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut stager);
+        run.result?;
+        if run.sha256.as_deref() != Some(sha256) {
+            return Err(ArchiveError::Checksum {
+                path: src.archive.clone(),
+                detail: "the archive changed while it was being restored".into(),
+            }
+            .into());
+        }
+        stager.finish()?;
+        warnings.extend(stager.warnings.iter().cloned());
+        unrestorable.extend(stager.unrestorable.iter().cloned());
+        failpoint::hit("restore.after-stage")?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        journal.recover(home)?;
+        return Err(e);
+    }
+
+    // The renames, all decided and journaled before the first is taken.
+    let stamp = time::now().strftime("%Y%m%dT%H%M%S").to_string();
+    let mut steps = journal.steps.clone();
+    let mut changes = Changes::default();
+    for (s, staging) in sources.iter().zip(&journal.staging) {
+        let target = source_target(dest, s);
+        let staged_top = staging.join(&s.name);
+        let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
+        let kept_here = |rel: &Path, is_dir: bool| {
+            kept(&target.join(rel), &rel_base.join(rel), is_dir)
+                || unrestorable.contains(&rel_base.join(rel))
+        };
+        let live = live_tree(&target, &kept_here);
+        let staged = live_tree(&staged_top, &|_, _| false);
+        compare(
+            mode,
+            &target,
+            &staged,
+            &live,
+            &kept_here,
+            Some(&staged_top),
+            &mut changes,
+        );
+        if staged.is_empty() {
+            // Everything of this source was excluded.
+            continue;
+        }
+        match mode {
+            Mode::Exact => {
+                // Kept paths move from the live tree into the staged one, so
+                // the swap carries them over unchanged.
+                for (rel, node) in &live {
+                    let is_kept = !rel.as_os_str().is_empty()
+                        && kept_here(rel, node.kind == "dir")
+                        && !rel.ancestors().skip(1).any(|a| {
+                            !a.as_os_str().is_empty()
+                                && live.get(a).is_some_and(|n| kept_here(a, n.kind == "dir"))
+                        });
+                    if !is_kept {
+                        continue;
+                    }
+                    let to = staged_top.join(rel);
+                    if let Some(parent) = to.parent() {
+                        make_staged_parents(&staged_top, parent, &target)?;
+                    }
+                    steps.push(Step::Move {
+                        from: target.join(rel),
+                        to,
+                        ino: inode(&target.join(rel))?,
+                    });
+                }
+                steps.push(Step::Swap {
+                    existed: target.symlink_metadata().is_ok(),
+                    staged_ino: inode(&staged_top)?,
+                    target: target.clone(),
+                    staged: staged_top.clone(),
+                });
+            }
+            Mode::Merge | Mode::Safe => {
+                merge_steps(
+                    mode,
+                    &target,
+                    &staged_top,
+                    &staged,
+                    &live,
+                    &stamp,
+                    &mut steps,
+                )?;
+            }
+        }
+    }
+    plan.changes = changes;
+    journal.steps = steps;
+    journal.phase = Phase::Applying;
+    journal.save(home)?;
+
+    let applied = (|| -> Result<()> {
+        for (i, step) in journal.steps.iter().enumerate() {
+            ctx.cancel.check()?;
+            if i >= make_dirs.len() {
+                failpoint::hit("restore.apply-step")?;
+                journal::apply(step)?;
+            }
+        }
+        for dir in journal.touched_dirs() {
+            fsutil::fsync_dir(&dir)?;
+        }
+        failpoint::hit("restore.before-commit")
+    })();
+    if let Err(e) = applied {
+        journal.recover(home)?;
+        return Err(Error::RolledBack { cause: Box::new(e) });
+    }
+
+    // The commit point.
+    journal.phase = Phase::Committed;
+    journal.save(home)?;
+    failpoint::hit("restore.after-commit")?;
+    for staging in &journal.staging {
+        remove_tree(staging)?;
+    }
+    Journal::remove(home, &m.instance)?;
+    Ok(())
+}
+
+/// Creates, inside the staged tree, the directories above a carried-over
+/// path, with the modes of their live counterparts.
+fn make_staged_parents(staged_top: &Path, parent: &Path, target: &Path) -> Result<()> {
+    let rel = parent.strip_prefix(staged_top).unwrap_or(Path::new(""));
+    let mut cur = staged_top.to_path_buf();
+    let mut live = target.to_path_buf();
+    for part in rel.components() {
+        cur.push(part);
+        live.push(part);
+        if cur.symlink_metadata().is_err() {
+            let mode = std::fs::symlink_metadata(&live).map_or(0o755, |m| m.mode() & 0o7777);
+            std::fs::create_dir(&cur).map_err(|e| Error::io("creating", &cur, e))?;
+            std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("setting the mode of", &cur, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The renames of a merge or safe restore: whole new subtrees move in;
+/// replaced entries (merge) are kept as `.bak` first; conflicts (safe) stay.
+fn merge_steps(
+    mode: Mode,
+    target: &Path,
+    staged_top: &Path,
+    staged: &BTreeMap<PathBuf, Node>,
+    live: &BTreeMap<PathBuf, Node>,
+    stamp: &str,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    let mut done: Vec<PathBuf> = Vec::new();
+    for (rel, want) in staged {
+        if done.iter().any(|d| rel.starts_with(d)) {
+            continue;
+        }
+        let from = staged_top.join(rel);
+        let to = if rel.as_os_str().is_empty() {
+            target.to_path_buf()
+        } else {
+            target.join(rel)
+        };
+        match live.get(rel) {
+            None => {
+                steps.push(Step::Move {
+                    ino: inode(&from)?,
+                    from,
+                    to,
+                });
+                done.push(rel.clone());
+            }
+            // A real directory on both sides: merge what is inside.
+            Some(have) if have.kind == "dir" && want.kind == "dir" => {}
+            Some(have) => {
+                if same(want, have, &to, Some(&from)) {
+                    continue;
+                }
+                done.push(rel.clone());
+                if mode == Mode::Safe {
+                    continue;
+                }
+                let bak = bak_name(&to, stamp);
+                steps.push(Step::Move {
+                    ino: inode(&to)?,
+                    from: to.clone(),
+                    to: bak,
+                });
+                steps.push(Step::Move {
+                    ino: inode(&from)?,
+                    from,
+                    to,
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! The restore journal: what a restore is about to do to the live tree,
+//! written and flushed before it does it, so that a crash at any instant can
+//! be repaired by the next command that takes the instance lock.
+//!
+//! Steps are renames. Each records the inode of what it moves, so whether a
+//! step happened is decided by looking at the filesystem, never guessed:
+//! before the commit point every step that happened is undone in reverse;
+//! after it, what is left is cleanup (the old trees parked in the staging
+//! directories).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{CWD, RenameFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::restore::stage::remove_tree;
+
+/// How far a restore got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Unpacking into staging: the live tree is untouched.
+    Staging,
+    /// Renaming into place: to be undone if interrupted.
+    Applying,
+    /// Past the commit point: only cleanup is left.
+    Committed,
+}
+
+/// One rename, undoable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Step {
+    /// The staged tree takes `target`'s place. With `existed`, the two were
+    /// exchanged atomically (the old tree is now at `staged`); without, the
+    /// staged tree was renamed to `target`.
+    Swap {
+        target: PathBuf,
+        staged: PathBuf,
+        staged_ino: u64,
+        existed: bool,
+    },
+    /// A file or directory moved from `from` to `to` (a never-restore path
+    /// carried into the staged tree, a file merged into place, a replaced
+    /// file kept as `.bak`).
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        ino: u64,
+    },
+    /// A directory created in the live tree to hold what is restored.
+    MakeDir { path: PathBuf },
+}
+
+/// The journal of one restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub version: u32,
+    /// The catalog's restore record, to complete after a crash.
+    pub restore_id: Option<i64>,
+    pub backup: String,
+    pub instance: String,
+    pub destination: PathBuf,
+    pub phase: Phase,
+    /// Staging directories to remove at the end, whatever happens.
+    pub staging: Vec<PathBuf>,
+    pub steps: Vec<Step>,
+}
+
+/// What recovery did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Recovered {
+    /// The restore had not reached its commit point: the previous state is back.
+    RolledBack,
+    /// The restore had committed: its cleanup was finished.
+    Completed,
+}
+
+impl Journal {
+    /// The journal file of `instance`.
+    pub fn path(home: &Path, instance: &str) -> PathBuf {
+        home.join("journal").join(format!("{instance}.json"))
+    }
+
+    /// Writes the journal durably (atomic replace, flushed).
+    ///
+    /// # Errors
+    ///
+    /// Fails when it cannot be written: then the step it announces must not
+    /// be taken.
+    pub fn save(&self, home: &Path) -> Result<()> {
+        let path = Journal::path(home, &self.instance);
+        fsutil::create_private_dir_all(&fsutil::parent_dir(&path))?;
+        let text = serde_json::to_vec_pretty(self).expect("journal serialises");
+        fsutil::atomic_write(&path, &text, 0o600)
+    }
+
+    /// Reads the journal of `instance`, if there is one.
+    ///
+    /// # Errors
+    ///
+    /// Fails when it exists but cannot be read or parsed.
+    pub fn load(home: &Path, instance: &str) -> Result<Option<Journal>> {
+        let path = Journal::path(home, instance);
+        match std::fs::read(&path) {
+            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+                Error::usage(
+                    format!("the restore journal {} is damaged: {e}", path.display()),
+                    Some(
+                        "inspect it by hand; it lists the renames of an interrupted restore".into(),
+                    ),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("reading", &path, e)),
+        }
+    }
+
+    /// Removes the journal file.
+    ///
+    /// # Errors
+    ///
+    /// Fails when it exists and cannot be removed.
+    pub fn remove(home: &Path, instance: &str) -> Result<()> {
+        let path = Journal::path(home, instance);
+        match std::fs::remove_file(&path) {
+            Ok(()) => fsutil::fsync_dir(&fsutil::parent_dir(&path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("removing", &path, e)),
+        }
+    }
+
+    /// Finishes or undoes whatever this journal describes, and removes it.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a step cannot be undone; the journal is then kept, so a
+    /// later attempt can continue.
+    pub fn recover(&self, home: &Path) -> Result<Recovered> {
+        let outcome = match self.phase {
+            Phase::Committed => Recovered::Completed,
+            Phase::Staging | Phase::Applying => {
+                for step in self.steps.iter().rev() {
+                    undo(step)?;
+                }
+                for dir in self.touched_dirs() {
+                    let _ = fsutil::fsync_dir(&dir);
+                }
+                Recovered::RolledBack
+            }
+        };
+        for dir in &self.staging {
+            remove_tree(dir)?;
+        }
+        Journal::remove(home, &self.instance)?;
+        Ok(outcome)
+    }
+
+    /// The directories whose entries the steps changed, to flush.
+    pub fn touched_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for step in &self.steps {
+            let paths: Vec<&Path> = match step {
+                Step::Swap { target, staged, .. } => vec![target, staged],
+                Step::Move { from, to, .. } => vec![from, to],
+                Step::MakeDir { path } => vec![path],
+            };
+            for p in paths {
+                let d = fsutil::parent_dir(p);
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        dirs
+    }
+}
+
+fn ino(path: &Path) -> Option<u64> {
+    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+}
+
+fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Result<()> {
+    rustix::fs::renameat_with(CWD, from, CWD, to, flags)
+        .map_err(|e| Error::io("moving back", from, e.into()))
+}
+
+/// Undoes `step` if it happened; does nothing if it did not.
+fn undo(step: &Step) -> Result<()> {
+    match step {
+        Step::Swap {
+            target,
+            staged,
+            staged_ino,
+            existed,
+        } => {
+            if ino(target) != Some(*staged_ino) {
+                return Ok(());
+            }
+            if *existed {
+                rename(target, staged, RenameFlags::EXCHANGE)
+            } else {
+                rename(target, staged, RenameFlags::NOREPLACE)
+            }
+        }
+        Step::Move {
+            from,
+            to,
+            ino: moved,
+        } => {
+            if ino(to) != Some(*moved) || ino(from).is_some() {
+                return Ok(());
+            }
+            rename(to, from, RenameFlags::NOREPLACE)
+        }
+        Step::MakeDir { path } => match std::fs::remove_dir(path) {
+            // Not created after all, or something the user put there since.
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+            Err(e) => Err(Error::io("removing", path, e)),
+        },
+    }
+}
+
+/// Takes `step` (the journal announcing it must already be saved).
+///
+/// # Errors
+///
+/// Fails when the rename fails; nothing has then changed.
+pub fn apply(step: &Step) -> Result<()> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: rustix::io::Errno| Error::io("moving into place", p, e.into())
+    };
+    match step {
+        Step::Swap {
+            target,
+            staged,
+            existed,
+            ..
+        } => {
+            let flags = if *existed {
+                RenameFlags::EXCHANGE
+            } else {
+                RenameFlags::NOREPLACE
+            };
+            rustix::fs::renameat_with(CWD, staged, CWD, target, flags).map_err(io(target))
+        }
+        Step::Move { from, to, .. } => {
+            rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(io(to))
+        }
+        Step::MakeDir { path } => {
+            std::fs::create_dir(path).map_err(|e| Error::io("creating", path, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(dir: &Path, steps: Vec<Step>, phase: Phase) -> Journal {
+        Journal {
+            version: 1,
+            restore_id: None,
+            backup: "b".into(),
+            instance: "app".into(),
+            destination: dir.join("live"),
+            phase,
+            staging: vec![dir.join("staging")],
+            steps,
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, Step) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("live")).unwrap();
+        std::fs::write(dir.path().join("live/old"), b"old").unwrap();
+        std::fs::create_dir_all(dir.path().join("staging/app")).unwrap();
+        std::fs::write(dir.path().join("staging/app/new"), b"new").unwrap();
+        let step = Step::Swap {
+            target: dir.path().join("live"),
+            staged: dir.path().join("staging/app"),
+            staged_ino: ino(&dir.path().join("staging/app")).unwrap(),
+            existed: true,
+        };
+        (dir, step)
+    }
+
+    #[test]
+    fn an_interrupted_swap_is_undone_whether_or_not_it_happened() {
+        for happened in [false, true] {
+            let (dir, step) = setup();
+            let home = dir.path().join("home");
+            let j = journal(dir.path(), vec![step.clone()], Phase::Applying);
+            j.save(&home).unwrap();
+            if happened {
+                apply(&step).unwrap();
+                assert!(dir.path().join("live/new").exists());
+            }
+            let loaded = Journal::load(&home, "app").unwrap().unwrap();
+            assert_eq!(loaded.recover(&home).unwrap(), Recovered::RolledBack);
+            assert_eq!(std::fs::read(dir.path().join("live/old")).unwrap(), b"old");
+            assert!(!dir.path().join("live/new").exists());
+            assert!(!dir.path().join("staging").exists());
+            assert!(Journal::load(&home, "app").unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn a_committed_restore_is_completed() {
+        let (dir, step) = setup();
+        let home = dir.path().join("home");
+        apply(&step).unwrap();
+        let j = journal(dir.path(), vec![step], Phase::Committed);
+        j.save(&home).unwrap();
+        assert_eq!(j.recover(&home).unwrap(), Recovered::Completed);
+        assert_eq!(std::fs::read(dir.path().join("live/new")).unwrap(), b"new");
+        assert!(!dir.path().join("live/old").exists());
+        assert!(!dir.path().join("staging").exists());
+    }
+
+    #[test]
+    fn moves_are_undone_only_if_they_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        std::fs::write(dir.path().join("a"), b"a").unwrap();
+        std::fs::write(dir.path().join("c"), b"c").unwrap();
+        let m1 = Step::Move {
+            from: dir.path().join("a"),
+            to: dir.path().join("b"),
+            ino: ino(&dir.path().join("a")).unwrap(),
+        };
+        let m2 = Step::Move {
+            from: dir.path().join("c"),
+            to: dir.path().join("d"),
+            ino: ino(&dir.path().join("c")).unwrap(),
+        };
+        apply(&m1).unwrap();
+        let j = Journal {
+            staging: vec![],
+            ..journal(dir.path(), vec![m1, m2], Phase::Applying)
+        };
+        j.save(&home).unwrap();
+        j.recover(&home).unwrap();
+        assert!(dir.path().join("a").exists() && !dir.path().join("b").exists());
+        assert!(dir.path().join("c").exists() && !dir.path().join("d").exists());
+    }
+}

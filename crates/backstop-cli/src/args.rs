@@ -60,6 +60,15 @@ pub enum Command {
     Show(ShowArgs),
     /// Check archives completely: sidecar, every file's checksum, structure
     Verify(VerifyArgs),
+    /// Put a backup back, all or nothing
+    ///
+    /// Verifies the archive, takes a safety backup of the current state,
+    /// unpacks into a staging directory beside the destination checking every
+    /// checksum, then swaps it into place. Any failure leaves the previous
+    /// state; an interrupted restore is repaired by the next command.
+    Restore(RestoreArgs),
+    /// Finish or undo an interrupted restore
+    Recover(RecoverArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
 }
@@ -83,6 +92,8 @@ pub enum BackupSeed {
     Info(ShowArgs),
     /// Same as `backstop verify`
     Verify(VerifyArgs),
+    /// Same as `backstop restore`
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,6 +188,65 @@ pub struct VerifyArgs {
     /// Verify every backup in the catalog that has an archive
     #[arg(long, conflicts_with = "targets")]
     pub all: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// The destination becomes the backup
+    Exact,
+    /// Write over the destination, keeping replaced files as .bak
+    Merge,
+    /// Write only missing files; list conflicts
+    Safe,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A backup id, an archive file, or an application version
+    #[arg(value_name = "ID|FILE|VERSION")]
+    pub backup: String,
+    /// Restore into DIR instead of where the backup was taken from
+    #[arg(long, visible_alias = "path", alias = "target", value_name = "DIR")]
+    pub dest: Option<PathBuf>,
+    /// exact (default into the backup's own root), merge, or safe (default elsewhere)
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Restore only this source (repeatable)
+    #[arg(long, value_name = "SOURCE")]
+    pub only: Vec<String>,
+    /// Leave paths matching GLOB as they are (.gitignore syntax; repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Show what would change; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not take a safety backup of the current state first
+    #[arg(long)]
+    pub no_pre_backup: bool,
+    /// A note for the safety backup
+    #[arg(short = 'm', long, value_name = "TEXT")]
+    pub backup_message: Option<String>,
+    /// Refuse unless the backup belongs to instance NAME
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Allow an exact restore over a directory the backup was not taken from
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The instance to recover; every instance with an interrupted restore when omitted
+    pub instance: Option<String>,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Args)]

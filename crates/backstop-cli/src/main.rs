@@ -12,15 +12,15 @@ use std::process::ExitCode;
 use backstop_core::archive::BackupKind;
 use backstop_core::catalog::{ListFilter, Status};
 use backstop_core::config::Layout;
-use backstop_core::ops::{backup, list, show, verify};
+use backstop_core::ops::{backup, list, recover, restore, show, verify};
 use backstop_core::progress::{Cancel, NoProgress, Progress};
 use backstop_core::{Context, Error, ErrorKind};
 use clap::{CommandFactory, Parser};
 use console::style;
 
 use args::{
-    BackupArgs, BackupSeed, Cli, Command, Global, KindArg, ListArgs, ShowArgs, StatusArg,
-    VerifyArgs,
+    BackupArgs, BackupSeed, Cli, Command, Global, KindArg, ListArgs, ModeArg, RecoverArgs,
+    RestoreArgs, ShowArgs, StatusArg, VerifyArgs,
 };
 use settings::Settings;
 
@@ -31,6 +31,7 @@ mod code {
     pub const USAGE: u8 = 2;
     pub const WARNINGS: u8 = 3;
     pub const INTEGRITY: u8 = 4;
+    pub const ROLLED_BACK: u8 = 5;
     pub const LOCKED: u8 = 6;
     pub const INTERRUPTED: u8 = 130;
 }
@@ -41,6 +42,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::Integrity => code::INTEGRITY,
         ErrorKind::LockHeld => code::LOCKED,
         ErrorKind::Interrupted => code::INTERRUPTED,
+        ErrorKind::RolledBack => code::ROLLED_BACK,
         _ => code::ERROR,
     }
 }
@@ -128,10 +130,13 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
             Some(BackupSeed::List(a)) => cmd_list(&g, &a, cancel),
             Some(BackupSeed::Info(a)) => cmd_show(&g, &a, cancel),
             Some(BackupSeed::Verify(a)) => cmd_verify(&g, &a, cancel),
+            Some(BackupSeed::Restore(a)) => cmd_restore(&g, &a, cancel),
         },
         Command::List(a) => cmd_list(&g, &a, cancel),
         Command::Show(a) => cmd_show(&g, &a, cancel),
         Command::Verify(a) => cmd_verify(&g, &a, cancel),
+        Command::Restore(a) => cmd_restore(&g, &a, cancel),
+        Command::Recover(a) => cmd_recover(&g, &a, cancel),
         Command::Completions(a) => {
             clap_complete::generate(
                 a.shell,
@@ -286,4 +291,85 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
         return Ok(code::INTEGRITY);
     }
     Ok(if warned { code::WARNINGS } else { code::OK })
+}
+
+fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let request = restore::RestoreRequest {
+        target: a.backup.clone(),
+        dest: a.dest.clone(),
+        mode: a.mode.map(|m| match m {
+            ModeArg::Exact => restore::Mode::Exact,
+            ModeArg::Merge => restore::Mode::Merge,
+            ModeArg::Safe => restore::Mode::Safe,
+        }),
+        only: a.only.clone(),
+        excludes: a.excludes.clone(),
+        dry_run: a.dry_run,
+        pre_backup: !a.no_pre_backup,
+        backup_message: a.backup_message.clone(),
+        instance: a.instance.clone(),
+        force: a.force,
+        wait: a.wait.as_deref().map(settings::parse_wait).transpose()?,
+    };
+    // A prompt only where a person can answer it: stdin and stderr are
+    // terminals and --yes was not given.
+    let interactive = !a.yes
+        && console::Term::stderr().is_term()
+        && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let mut confirm = |plan: &restore::RestorePlan| {
+        if !interactive {
+            return true;
+        }
+        print_stderr(&render::restore_question(plan));
+        let answer = console::Term::stderr().read_line().unwrap_or_default();
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    };
+    let outcome = with_context(g, &settings.layout, cancel, |ctx| {
+        restore::restore(ctx, &request, &mut confirm)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "restore",
+            serde_json::json!({ "restore": outcome }),
+        ));
+    } else {
+        print_stdout(&render::restore(&outcome, g.verbose > 0));
+    }
+    if let restore::RestoreOutcome::Restored(report) = &outcome
+        && !report.warnings.is_empty()
+    {
+        for w in &report.warnings {
+            print_stderr(&format!(
+                "{} {w}\n",
+                style("warning:").for_stderr().yellow().bold()
+            ));
+        }
+        return Ok(code::WARNINGS);
+    }
+    Ok(code::OK)
+}
+
+fn cmd_recover(g: &Global, a: &RecoverArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let reports = with_context(g, &settings.layout, cancel, |ctx| {
+        let instances = match &a.instance {
+            Some(i) => vec![i.clone()],
+            None => recover::pending(ctx)?,
+        };
+        instances
+            .iter()
+            .map(|i| recover::recover(ctx, i, wait))
+            .collect::<Result<Vec<_>, Error>>()
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "recover",
+            serde_json::json!({ "recovered": reports }),
+        ));
+    } else {
+        print_stdout(&render::recover(&reports));
+    }
+    Ok(code::OK)
 }

@@ -6,8 +6,12 @@ use std::fmt::Write as _;
 
 use backstop_core::catalog::{BackupRecord, Status};
 use backstop_core::ops::backup::{BackupPlan, BackupReport, ExcludedSummary, Warning};
+use backstop_core::ops::recover::RecoverReport;
+use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
 use backstop_core::ops::verify::VerifyReport;
+use backstop_core::restore::diff::{PlannedAction, Totals};
+use backstop_core::restore::journal::Recovered;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use console::style;
 
@@ -445,6 +449,171 @@ pub fn verify(reports: &[VerifyReport]) -> String {
             reports.len() - bad,
             reports.len()
         );
+    }
+    out
+}
+
+/// The question asked before a restore writes anything.
+pub fn restore_question(plan: &RestorePlan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Restore {} (taken {} UTC) into {} in {} mode?",
+        style(&plan.backup).for_stderr().bold(),
+        when(&plan.created_at),
+        plan.destination,
+        plan.mode
+    );
+    for s in &plan.sources {
+        let _ = writeln!(
+            out,
+            "  {} → {}{}",
+            s.name,
+            s.target,
+            if s.exists { " (replaced)" } else { " (new)" }
+        );
+    }
+    let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
+    out.push_str("Continue? [y/N] ");
+    out
+}
+
+fn totals_line(t: &Totals) -> String {
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (t.create, "created"),
+        (t.replace, "replaced"),
+        (t.delete, "deleted"),
+        (t.unchanged, "unchanged"),
+        (t.keep, "kept"),
+        (t.skip, "left alone"),
+        (t.conflict, "conflicts"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{} {what}", count(n)));
+        }
+    }
+    if parts.is_empty() {
+        "nothing to do".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn action_lines(out: &mut String, actions: &[PlannedAction], verbose: bool, dry_run: bool) {
+    use backstop_core::restore::diff::Action;
+    for (action, label) in [
+        (Action::Create, if dry_run { "create" } else { "created" }),
+        (
+            Action::Replace,
+            if dry_run { "replace" } else { "replaced" },
+        ),
+        (Action::Delete, if dry_run { "delete" } else { "deleted" }),
+        (Action::Keep, "keep"),
+        (Action::Conflict, "conflict"),
+    ] {
+        let paths: Vec<&PlannedAction> = actions.iter().filter(|a| a.action == action).collect();
+        let shown = if verbose {
+            paths.len()
+        } else {
+            paths.len().min(10)
+        };
+        for a in &paths[..shown] {
+            let _ = writeln!(
+                out,
+                "  {label:<9}{}{}",
+                a.path,
+                if a.kind == "dir" { "/" } else { "" }
+            );
+        }
+        if shown < paths.len() {
+            let _ = writeln!(
+                out,
+                "  {label:<9}… and {} more (-v lists them all)",
+                paths.len() - shown
+            );
+        }
+    }
+}
+
+/// The result of `restore`: a plan, a refusal to go on, or what was done.
+pub fn restore(outcome: &RestoreOutcome, verbose: bool) -> String {
+    let mut out = String::new();
+    match outcome {
+        RestoreOutcome::DryRun { plan } => {
+            let _ = writeln!(
+                out,
+                "Would restore {} into {} ({} mode)",
+                style(&plan.backup).bold(),
+                plan.destination,
+                plan.mode
+            );
+            for c in &plan.checks {
+                let _ = writeln!(out, "  check    {}: {}", c.name, c.detail);
+            }
+            let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
+            action_lines(&mut out, &plan.changes.actions, verbose, true);
+            let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+            let _ = writeln!(out, "Nothing was changed (dry run).");
+        }
+        RestoreOutcome::Declined { plan } => {
+            let _ = writeln!(out, "Not restored: {} was left as it is.", plan.destination);
+        }
+        RestoreOutcome::Restored(report) => {
+            let plan = &report.plan;
+            let _ = writeln!(
+                out,
+                "Restored {} into {} ({} mode) in {}",
+                style(&plan.backup).bold(),
+                plan.destination,
+                plan.mode,
+                seconds(report.duration_ms)
+            );
+            let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+            if verbose {
+                action_lines(&mut out, &plan.changes.actions, true, false);
+            }
+            match &report.safety_backup {
+                Some(id) => {
+                    let _ = writeln!(
+                        out,
+                        "  safety backup {id} (`backstop restore {id}` undoes this restore)"
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What `recover` did.
+pub fn recover(reports: &[RecoverReport]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        match &r.recovered {
+            None => {
+                let _ = writeln!(out, "{}: nothing to recover", r.instance);
+            }
+            Some(how) => {
+                let what = match how {
+                    Recovered::RolledBack => "was rolled back: the previous state is back",
+                    Recovered::Completed => "was completed",
+                };
+                let _ = writeln!(
+                    out,
+                    "{}: the interrupted restore of {} into {} {what}",
+                    r.instance,
+                    r.backup.as_deref().unwrap_or("?"),
+                    r.destination.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    if reports.is_empty() {
+        out.push_str("Nothing to recover: no restore was interrupted.\n");
     }
     out
 }

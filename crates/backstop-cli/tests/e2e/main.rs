@@ -3,7 +3,9 @@
 //! `kill -9`, full and read-only filesystems.
 
 mod backup;
+mod craft;
 mod failures;
 mod output;
+mod restore;
 mod support;
 mod verify;

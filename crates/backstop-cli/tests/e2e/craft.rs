@@ -1,0 +1,154 @@
+//! Hand-made archives: every checksum valid (sidecar, inner list, trailer
+//! counts), so that only the reader's own rules can refuse what is inside.
+
+use std::path::{Path, PathBuf};
+
+use backstop_core::archive::format::{
+    CHECKSUMS_NAME, MANIFEST_NAME, SourceManifest, TRAILER_NAME, Totals, Trailer, checksum_line,
+    sidecar_line,
+};
+use backstop_core::archive::tarfmt::{self, EntryHeader, HeaderKind};
+use backstop_core::archive::{BackupKind, Codec, Description, Manifest};
+use sha2::{Digest, Sha256};
+
+/// One entry exactly as it goes into the tar stream.
+pub enum Raw {
+    Dir(&'static [u8]),
+    File(&'static [u8], &'static [u8]),
+    Symlink(&'static [u8], &'static [u8]),
+    HardLink(&'static [u8], &'static [u8]),
+    /// A character device (type `3`), which backstop never writes.
+    Device(&'static [u8]),
+}
+
+fn header(out: &mut Vec<u8>, path: &[u8], kind: HeaderKind<'_>, mode: u32) {
+    tarfmt::write_header(
+        out,
+        &EntryHeader {
+            path,
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            uname: None,
+            gname: None,
+            mtime: 1_700_000_000,
+            mtime_nsec: 0,
+            xattrs: &[],
+        },
+    );
+}
+
+fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    header(
+        out,
+        name.as_bytes(),
+        HeaderKind::File {
+            size: data.len() as u64,
+        },
+        0o600,
+    );
+    out.extend_from_slice(data);
+    tarfmt::pad(out, data.len() as u64);
+}
+
+/// Writes `<dir>/<id>.tar` and its sidecar, for an instance rooted at `root`
+/// with one source `app` covering the root.
+pub fn craft(dir: &Path, id: &str, root: &Path, entries: &[Raw]) -> PathBuf {
+    let manifest = Manifest {
+        format: 1,
+        id: id.into(),
+        instance: "app".into(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        created_by: "backstop test".into(),
+        host: "test".into(),
+        about: Description {
+            kind: BackupKind::Manual,
+            reason: "manual".into(),
+            message: None,
+            labels: Default::default(),
+            app_version: None,
+            upgraded_to: None,
+            profile: None,
+        },
+        compression: Codec::None,
+        level: None,
+        root: root.display().to_string(),
+        sources: vec![SourceManifest {
+            name: "app".into(),
+            kind: "path".into(),
+            path: ".".into(),
+            origin: root.display().to_string(),
+            restore: "extract".into(),
+        }],
+        excludes: vec![],
+        never_restore: vec![],
+        totals: Totals::default(),
+    };
+    let mut out = Vec::new();
+    member(
+        &mut out,
+        MANIFEST_NAME,
+        &serde_json::to_vec(&manifest).unwrap(),
+    );
+    let mut sums = Vec::new();
+    let (mut n, mut files, mut bytes) = (0u64, 0u64, 0u64);
+    for e in entries {
+        n += 1;
+        match e {
+            Raw::Dir(p) => header(&mut out, p, HeaderKind::Dir, 0o755),
+            Raw::File(p, data) => {
+                header(
+                    &mut out,
+                    p,
+                    HeaderKind::File {
+                        size: data.len() as u64,
+                    },
+                    0o644,
+                );
+                out.extend_from_slice(data);
+                tarfmt::pad(&mut out, data.len() as u64);
+                checksum_line(&mut sums, &hex::encode(Sha256::digest(data)), p);
+                files += 1;
+                bytes += data.len() as u64;
+            }
+            Raw::Symlink(p, target) => header(&mut out, p, HeaderKind::Symlink { target }, 0o777),
+            Raw::HardLink(p, target) => header(&mut out, p, HeaderKind::HardLink { target }, 0o644),
+            Raw::Device(p) => {
+                let mut h = tar::Header::new_ustar();
+                h.as_old_mut().name[..p.len()].copy_from_slice(p);
+                h.set_mode(0o600);
+                h.set_size(0);
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+                h.set_cksum();
+                out.extend_from_slice(h.as_bytes());
+            }
+        }
+    }
+    member(&mut out, CHECKSUMS_NAME, &sums);
+    let trailer = Trailer {
+        format: 1,
+        id: id.into(),
+        entries: n,
+        files,
+        bytes,
+        ..Trailer::default()
+    };
+    member(
+        &mut out,
+        TRAILER_NAME,
+        &serde_json::to_vec(&trailer).unwrap(),
+    );
+    out.extend_from_slice(&tarfmt::END_OF_ARCHIVE);
+    let path = dir.join(format!("{id}.tar"));
+    std::fs::write(&path, &out).unwrap();
+    let name = format!("{id}.tar");
+    std::fs::write(
+        dir.join(format!("{name}.sha256")),
+        sidecar_line(&hex::encode(Sha256::digest(&out)), &name),
+    )
+    .unwrap();
+    path
+}

@@ -1,0 +1,601 @@
+//! `restore`: exact round trips, modes, refusals, hostile archives, and the
+//! all-or-nothing guarantee under injected failures and `kill -9`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backstop_test_support::{
+    Compare, Tmpfs, assert_same_tree, awkward_tree, root, snapshot, supports_user_xattrs,
+};
+use predicates::prelude::*;
+use rustix::process::Signal;
+
+use crate::craft::{Raw, craft};
+use crate::support::{Env, run_paused, signal, spawn};
+
+/// Copies a tree exactly (as a reference to compare with later), with GNU cp.
+fn copy_tree(from: &Path, to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a failed");
+}
+
+fn compare_all(env: &Env) -> Compare {
+    Compare {
+        dir_mtimes: true,
+        xattrs: supports_user_xattrs(env.dir.path()),
+        sparse: true,
+    }
+}
+
+/// An awkward tree, backed up, with a reference copy of it as it was.
+fn backed_up(env: &Env) -> (PathBuf, PathBuf, String) {
+    let app = env.path("app");
+    awkward_tree(&app);
+    let reference = env.path("reference");
+    copy_tree(&app, &reference);
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    (app, reference, id)
+}
+
+/// Changes of every kind the exact restore must undo.
+fn disturb(app: &Path) {
+    std::fs::write(app.join("config/app.toml"), b"changed = true\n").unwrap();
+    std::fs::remove_file(app.join("config/.env")).unwrap();
+    std::fs::write(app.join("added.txt"), b"new").unwrap();
+    std::fs::create_dir_all(app.join("added-dir/inner")).unwrap();
+    std::fs::set_permissions(
+        app.join("bin/run.sh"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::remove_file(app.join("data/link-to-config")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", app.join("data/link-to-config")).unwrap();
+    std::fs::remove_dir_all(app.join("data/empty")).unwrap();
+}
+
+fn no_staging_left(dir: &Path) {
+    for entry in walk(dir) {
+        let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".backstop-staging-"),
+            "staging left behind: {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn exact_restore_gives_back_the_tree_as_it_was() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    disturb(&app);
+    let out = env.cmd().args(["restore", &id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("exact mode"), "{text}");
+    assert!(text.contains("deleted"), "{text}");
+    assert_same_tree(&reference, &app, compare_all(&env));
+    no_staging_left(env.dir.path());
+    // Restoring again gives the same state.
+    env.cmd().args(["restore", &id]).assert().success();
+    assert_same_tree(&reference, &app, compare_all(&env));
+    // The history: two restores, each with a safety backup.
+    let show = env.json(&["show", &id]);
+    let restores = show["show"]["restores"].as_array().unwrap();
+    assert_eq!(restores.len(), 2);
+    assert!(
+        restores
+            .iter()
+            .all(|r| r["outcome"] == "restored" && r["safety_backup"].is_string())
+    );
+    assert_eq!(
+        show["show"]["backup"]["last_restored_to"],
+        app.canonicalize().unwrap().to_str().unwrap()
+    );
+    env.cmd()
+        .args(["show", &id])
+        .assert()
+        .stdout(predicate::str::contains("Restore history\n"));
+}
+
+#[test]
+fn the_safety_backup_undoes_a_restore() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    disturb(&app);
+    let disturbed = env.path("disturbed");
+    copy_tree(&app, &disturbed);
+    let doc = env.json(&["restore", &id]);
+    let safety = doc["restore"]["safety_backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let safety_row = env.json(&["show", &safety]);
+    assert_eq!(safety_row["show"]["backup"]["reason"], "pre-restore");
+    assert_eq!(safety_row["show"]["backup"]["kind"], "automatic");
+    env.cmd().args(["restore", &safety]).assert().success();
+    assert_same_tree(&disturbed, &app, compare_all(&env));
+}
+
+#[test]
+fn dry_run_changes_nothing_then_apply_does_what_it_said() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    disturb(&app);
+    let before = snapshot(&app, compare_all(&env));
+    let rows = env.list().len();
+    let doc = env.json(&["restore", &id, "--dry-run", "--yes"]);
+    let plan = &doc["restore"]["plan"];
+    assert_eq!(doc["restore"]["outcome"], "dry-run");
+    assert_eq!(plan["mode"], "exact");
+    assert!(plan["totals"]["delete"].as_u64().unwrap() >= 2, "{plan}");
+    let deleted: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "delete")
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        deleted.iter().any(|p| p.ends_with("/added.txt")),
+        "{deleted:?}"
+    );
+    assert_eq!(
+        snapshot(&app, compare_all(&env)),
+        before,
+        "the dry run changed the tree"
+    );
+    assert_eq!(env.list().len(), rows, "the dry run made a safety backup");
+    assert!(!env.home().join("journal").exists());
+    env.cmd().args(["restore", &id, "--yes"]).assert().success();
+    assert_same_tree(&reference, &app, compare_all(&env));
+}
+
+#[test]
+fn symlinks_and_empty_directories_survive_a_restore_into_a_fresh_directory() {
+    let env = Env::new();
+    let (_app, reference, id) = backed_up(&env);
+    let fresh = env.path("elsewhere/new-root");
+    env.cmd()
+        .args(["restore", &id, "--dest"])
+        .arg(&fresh)
+        .assert()
+        .success();
+    assert_same_tree(&reference, &fresh, compare_all(&env));
+    // Disaster recovery from the file alone, with the seed's --path spelling.
+    let archive = env.list().iter().find(|r| r["id"] == id.as_str()).unwrap()["location"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = env.path("dr");
+    env.cmd()
+        .args(["backup", "restore", &archive, "--path"])
+        .arg(&other)
+        .assert()
+        .success();
+    assert_same_tree(&reference, &other, compare_all(&env));
+}
+
+#[test]
+fn safe_mode_writes_only_missing_files_and_reports_conflicts() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    let other = env.path("other");
+    std::fs::create_dir_all(other.join("config")).unwrap();
+    std::fs::write(other.join("config/app.toml"), b"mine\n").unwrap();
+    std::fs::write(other.join("local.txt"), b"keep me").unwrap();
+    let doc = env.json(&["restore", &id, "--dest", other.to_str().unwrap()]);
+    let plan = &doc["restore"]["plan"];
+    assert_eq!(
+        plan["mode"], "safe",
+        "safe is the default into another directory"
+    );
+    assert!(plan["totals"]["conflict"].as_u64().unwrap() >= 1, "{plan}");
+    assert_eq!(
+        std::fs::read(other.join("config/app.toml")).unwrap(),
+        b"mine\n"
+    );
+    assert_eq!(std::fs::read(other.join("local.txt")).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(other.join("config/.env")).unwrap(),
+        std::fs::read(app.join("config/.env")).unwrap()
+    );
+    assert!(other.join("data/empty/nested").is_dir());
+    let conflicts: Vec<&str> = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "conflict")
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        conflicts.iter().any(|p| p.ends_with("config/app.toml")),
+        "{conflicts:?}"
+    );
+}
+
+#[test]
+fn merge_mode_keeps_bak_copies_of_what_it_replaces() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    let original = std::fs::read(app.join("config/app.toml")).unwrap();
+    std::fs::write(app.join("config/app.toml"), b"edited\n").unwrap();
+    std::fs::write(app.join("local.txt"), b"stays").unwrap();
+    env.cmd()
+        .args(["restore", &id, "--mode", "merge"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        original
+    );
+    let baks: Vec<PathBuf> = std::fs::read_dir(app.join("config"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("app.toml.bak-")
+        })
+        .collect();
+    assert_eq!(baks.len(), 1, "{baks:?}");
+    assert_eq!(std::fs::read(&baks[0]).unwrap(), b"edited\n");
+    assert_eq!(std::fs::read(app.join("local.txt")).unwrap(), b"stays");
+}
+
+#[test]
+fn excluded_paths_are_left_as_they_are() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    std::fs::write(app.join("config/app.toml"), b"live config\n").unwrap();
+    std::fs::write(app.join("data/big.bin"), b"live data").unwrap();
+    // config/app.toml has two more names outside config/: they cannot be
+    // restored without it, so they are left as they are, with a warning.
+    env.cmd()
+        .args(["restore", &id, "--exclude", "config/"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("app-hardlink.toml: left as it is"));
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        b"live config\n",
+        "kept"
+    );
+    assert_eq!(
+        std::fs::read(app.join("data/app-hardlink.toml")).unwrap(),
+        b"live config\n",
+        "kept, not deleted"
+    );
+    assert_ne!(
+        std::fs::read(app.join("data/big.bin")).unwrap(),
+        b"live data",
+        "restored"
+    );
+}
+
+#[test]
+fn a_tampered_archive_or_sidecar_is_refused_with_the_tree_untouched() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    disturb(&app);
+    let before = snapshot(&app, compare_all(&env));
+    let archive = PathBuf::from(
+        env.list().iter().find(|r| r["id"] == id.as_str()).unwrap()["location"]
+            .as_str()
+            .unwrap(),
+    );
+    // A wrong sidecar.
+    let sidecar = PathBuf::from(format!("{}.sha256", archive.display()));
+    let good_sidecar = std::fs::read(&sidecar).unwrap();
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::write(&sidecar, format!("{}  {name}\n", "0".repeat(64))).unwrap();
+    env.cmd()
+        .args(["restore", &id])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("sidecar"));
+    std::fs::write(&sidecar, good_sidecar).unwrap();
+    // A tampered member, with the sidecar and catalog made to match: only the
+    // inner checksums see it.
+    let copy = env.path("copy.tar.zst");
+    std::fs::copy(&archive, &copy).unwrap();
+    let mut data = std::fs::read(&copy).unwrap();
+    let len = data.len();
+    data[len / 2] ^= 0x01;
+    std::fs::write(&copy, &data).unwrap();
+    env.cmd()
+        .args(["restore"])
+        .arg(&copy)
+        .args(["--dest"])
+        .arg(&app)
+        .assert()
+        .code(4);
+    assert_eq!(snapshot(&app, compare_all(&env)), before);
+    no_staging_left(env.dir.path());
+    assert!(!env.home().join("journal/app.json").exists());
+}
+
+#[test]
+fn hostile_archives_are_refused_and_nothing_is_written_outside() {
+    let env = Env::new();
+    let dest = env.path("dest");
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let cases: Vec<(&str, Vec<Raw>)> = vec![
+        (
+            "absolute",
+            vec![Raw::Dir(b"app"), Raw::File(b"/tmp/backstop-pwned", b"x")],
+        ),
+        (
+            "dotdot",
+            vec![
+                Raw::Dir(b"app"),
+                Raw::File(b"app/../../outside/pwned", b"x"),
+            ],
+        ),
+        (
+            "outside-sources",
+            vec![Raw::Dir(b"app"), Raw::File(b"other/pwned", b"x")],
+        ),
+        (
+            "symlink-then-write-through",
+            vec![
+                Raw::Dir(b"app"),
+                Raw::Symlink(b"app/esc", b"../../outside"),
+                Raw::File(b"app/esc/pwned", b"x"),
+            ],
+        ),
+        (
+            "hardlink-outside",
+            vec![
+                Raw::Dir(b"app"),
+                Raw::HardLink(b"app/h", b"../outside/secret"),
+            ],
+        ),
+        (
+            "hardlink-through-symlink",
+            vec![
+                Raw::Dir(b"app"),
+                Raw::Symlink(b"app/esc", b"/etc"),
+                Raw::HardLink(b"app/h", b"app/esc/passwd"),
+            ],
+        ),
+        ("device", vec![Raw::Dir(b"app"), Raw::Device(b"app/null")]),
+        (
+            "duplicate",
+            vec![
+                Raw::Dir(b"app"),
+                Raw::File(b"app/a", b"1"),
+                Raw::Symlink(b"app/a", b"/etc/passwd"),
+            ],
+        ),
+    ];
+    for (name, entries) in cases {
+        let archive = craft(
+            env.dir.path(),
+            &format!("app-hostile-{name}"),
+            &dest,
+            &entries,
+        );
+        env.cmd().arg("verify").arg(&archive).assert().code(4);
+        env.cmd()
+            .args(["restore"])
+            .arg(&archive)
+            .args(["--yes", "--no-pre-backup"])
+            .assert()
+            .code(4)
+            .stderr(predicate::str::contains("unsafe").or(predicate::str::contains("hostile")));
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "{name}: wrote outside"
+        );
+        assert!(!Path::new("/tmp/backstop-pwned").exists(), "{name}");
+        assert!(
+            std::fs::read_dir(&dest).unwrap().next().is_none(),
+            "{name}: wrote into the destination"
+        );
+        no_staging_left(env.dir.path());
+    }
+    // A well-formed crafted archive restores, so the cases above fail for
+    // their content alone.
+    let good = craft(
+        env.dir.path(),
+        "app-good",
+        &dest,
+        &[Raw::Dir(b"app"), Raw::File(b"app/ok", b"fine")],
+    );
+    env.cmd().arg("restore").arg(&good).assert().success();
+    assert_eq!(std::fs::read(dest.join("ok")).unwrap(), b"fine");
+}
+
+#[test]
+fn a_failure_at_any_step_puts_the_previous_state_back_with_no_residue() {
+    for point in [
+        "restore.before-stage",
+        "restore.after-stage",
+        "restore.apply-step",
+        "restore.before-commit",
+    ] {
+        let env = Env::new();
+        let (app, _reference, id) = backed_up(&env);
+        disturb(&app);
+        let before = snapshot(&app, compare_all(&env));
+        env.cmd()
+            .env("BACKSTOP_FAILPOINTS", format!("{point}=error"))
+            .args(["restore", &id])
+            .assert()
+            .code(5)
+            .stderr(predicate::str::contains("rolled back"));
+        assert_eq!(snapshot(&app, compare_all(&env)), before, "{point}");
+        no_staging_left(env.dir.path());
+        assert!(!env.home().join("journal/app.json").exists(), "{point}");
+        let restores = env.json(&["show", &id])["show"]["restores"].clone();
+        assert_eq!(restores[0]["outcome"], "rolled-back", "{point}");
+    }
+}
+
+#[test]
+fn after_the_commit_point_a_failure_still_completes() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    disturb(&app);
+    // Dies right after the commit point: the next command finishes the job.
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "restore.after-commit=abort")
+        .args(["restore", &id])
+        .assert()
+        .failure();
+    assert!(env.home().join("journal/app.json").exists());
+    env.cmd()
+        .arg("recover")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("was completed"));
+    assert_same_tree(&reference, &app, compare_all(&env));
+    no_staging_left(env.dir.path());
+}
+
+#[test]
+fn kill_9_at_random_moments_then_recover_gives_old_or_new_exactly() {
+    let env = Env::new();
+    let app = env.path("app");
+    awkward_tree(&app);
+    for i in 0..40 {
+        std::fs::write(
+            app.join(format!("data/f{i:02}.bin")),
+            vec![i as u8; 256 << 10],
+        )
+        .unwrap();
+    }
+    let reference = env.path("reference");
+    copy_tree(&app, &reference);
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    disturb(&app);
+    let disturbed = env.path("disturbed");
+    copy_tree(&app, &disturbed);
+    let opts = Compare {
+        dir_mtimes: false,
+        ..compare_all(&env)
+    };
+    for ms in [0u64, 20, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400] {
+        let mut cmd = env.std_cmd();
+        cmd.args(["-q", "restore", &id, "--no-pre-backup"]);
+        let mut child = spawn(cmd);
+        std::thread::sleep(Duration::from_millis(ms));
+        signal(&child, Signal::KILL);
+        child.wait().unwrap();
+        env.cmd().arg("-q").arg("recover").assert().success();
+        let (now, _) = snapshot(&app, opts);
+        let (old, _) = snapshot(&disturbed, opts);
+        let (new, _) = snapshot(&reference, opts);
+        assert!(
+            now == old || now == new,
+            "after kill at {ms} ms the tree is neither the old nor the new state"
+        );
+        no_staging_left(env.dir.path());
+        if now == new {
+            // Put the disturbed state back for the next round.
+            std::fs::remove_dir_all(&app).unwrap();
+            copy_tree(&disturbed, &app);
+        }
+    }
+}
+
+#[test]
+fn a_held_lock_fails_with_exit_6() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    let out = run_paused(
+        &env,
+        "backup.after-scan",
+        &["backup".as_ref(), app.as_os_str()],
+        |_| {
+            env.cmd()
+                .args(["restore", &id])
+                .assert()
+                .code(6)
+                .stderr(predicate::str::contains("locked by PID"));
+        },
+    );
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_destination_too_small_is_refused_before_anything_is_written() {
+    if !root("mount a small tmpfs") {
+        return;
+    }
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("big.bin"), vec![1u8; 24 << 20]).unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let small = Tmpfs::mount(8 << 20);
+    env.cmd()
+        .args(["restore", &id, "--dest"])
+        .arg(small.path().join("restored"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not enough free space"))
+        .stderr(predicate::str::contains("hint:"));
+    assert!(std::fs::read_dir(small.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn requests_that_cannot_be_right_are_refused() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    env.cmd()
+        .args(["restore", &id, "--instance", "other"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("belongs to instance app"));
+    env.cmd()
+        .args(["restore", &id, "--only", "nope"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("its sources are: app"));
+    let foreign = env.path("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious"), b"x").unwrap();
+    env.cmd()
+        .args(["restore", &id, "--mode", "exact", "--dest"])
+        .arg(&foreign)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--force"));
+    assert!(foreign.join("precious").exists());
+    env.cmd()
+        .args(["restore", "no-such-backup"])
+        .assert()
+        .code(1);
+    let _ = app;
+}

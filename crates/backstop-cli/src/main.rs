@@ -333,7 +333,8 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
             "restore",
             serde_json::json!({ "restore": outcome }),
         ));
-    } else {
+    } else if !g.quiet || matches!(outcome, restore::RestoreOutcome::DryRun { .. }) {
+        // A dry run's plan is its result; -q only silences reports.
         print_stdout(&render::restore(&outcome, g.verbose > 0));
     }
     if let restore::RestoreOutcome::Restored(report) = &outcome

@@ -599,3 +599,134 @@ fn requests_that_cannot_be_right_are_refused() {
         .code(1);
     let _ = app;
 }
+
+#[test]
+fn owners_come_back_by_number() {
+    if !root("change owners") {
+        return;
+    }
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("d")).unwrap();
+    std::fs::write(app.join("d/f"), b"x").unwrap();
+    let (u, g) = (
+        rustix::process::Uid::from_raw(4321),
+        rustix::process::Gid::from_raw(8765),
+    );
+    rustix::fs::chown(app.join("d/f"), Some(u), Some(g)).unwrap();
+    rustix::fs::chown(app.join("d"), Some(u), Some(g)).unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    rustix::fs::chown(
+        app.join("d/f"),
+        Some(rustix::process::Uid::ROOT),
+        Some(rustix::process::Gid::ROOT),
+    )
+    .unwrap();
+    env.cmd()
+        .args(["-q", "restore", &id])
+        .assert()
+        .success()
+        .stdout("");
+    use std::os::unix::fs::MetadataExt;
+    for p in ["d", "d/f"] {
+        let m = std::fs::symlink_metadata(app.join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4321, 8765), "{p}");
+    }
+}
+
+#[test]
+fn set_uid_and_set_gid_bits_are_dropped_unless_root() {
+    if !root("run backstop as another user") || !backstop_test_support::have("setpriv") {
+        return;
+    }
+    let env = Env::new();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let app = env.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(app.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let archive = env.path("out.tar.zst");
+    env.cmd()
+        .arg("-q")
+        .arg("backup")
+        .arg(&app)
+        .arg("--output")
+        .arg(&archive)
+        .assert()
+        .success();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        env.path("out.tar.zst.sha256"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let home = env.path("nobody-home");
+    let dest = env.path("dest");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(crate::support::bin())
+        .arg("--home")
+        .arg(&home)
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", env.path("xdg"))
+        .args(["-q", "restore"])
+        .arg(&archive)
+        .arg("--dest")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(dest.join("tool"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+}
+
+#[test]
+fn a_symlink_in_the_destination_is_never_written_through() {
+    for mode in ["merge", "safe"] {
+        let env = Env::new();
+        let app = env.path("app");
+        std::fs::create_dir_all(app.join("data")).unwrap();
+        std::fs::write(app.join("data/db"), b"backed up").unwrap();
+        let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+        // The destination's `data` is now a symlink to a directory elsewhere.
+        let elsewhere = env.path("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::remove_dir_all(app.join("data")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, app.join("data")).unwrap();
+        env.cmd()
+            .args(["-q", "restore", &id, "--mode", mode])
+            .assert()
+            .success();
+        assert!(
+            std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+            "{mode}: wrote through the symlink"
+        );
+        if mode == "merge" {
+            assert_eq!(std::fs::read(app.join("data/db")).unwrap(), b"backed up");
+            assert!(
+                !app.join("data")
+                    .symlink_metadata()
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+        } else {
+            assert!(
+                app.join("data")
+                    .symlink_metadata()
+                    .unwrap()
+                    .file_type()
+                    .is_symlink(),
+                "safe leaves it"
+            );
+        }
+    }
+}

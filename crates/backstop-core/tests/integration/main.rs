@@ -3,5 +3,6 @@
 
 mod archive;
 mod damage;
+mod restore;
 mod roundtrip;
 mod support;

@@ -730,3 +730,53 @@ fn a_symlink_in_the_destination_is_never_written_through() {
         }
     }
 }
+
+#[test]
+fn a_restore_checks_every_file_against_the_inner_checksums() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    let original = env.path("original.tar");
+    env.cmd()
+        .arg("-q")
+        .arg("backup")
+        .arg(&app)
+        .arg("--output")
+        .arg(&original)
+        .assert()
+        .success();
+    // A copy the catalog does not know, with one byte of a file's content
+    // changed and a matching sidecar: neither the codec (there is none), the
+    // sidecar nor the catalog can tell.
+    let archive = env.path("plain.tar");
+    std::fs::copy(&original, &archive).unwrap();
+    // Change one byte of a file's content and write a matching sidecar:
+    // neither the codec (there is none) nor the sidecar can tell.
+    let mut data = std::fs::read(&archive).unwrap();
+    let at = data.windows(12).position(|w| w == b"TOKEN=secret").unwrap();
+    data[at] = b'X';
+    std::fs::write(&archive, &data).unwrap();
+    let sum = std::process::Command::new("sha256sum")
+        .arg("plain.tar")
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    std::fs::write(env.path("plain.tar.sha256"), &sum.stdout).unwrap();
+    let dest = env.path("dest");
+    for extra in [
+        &[][..],
+        &["--only", "svc"][..],
+        &["--exclude", "config/"][..],
+    ] {
+        let mut cmd = env.cmd();
+        cmd.arg("restore")
+            .arg(&archive)
+            .arg("--dest")
+            .arg(&dest)
+            .args(extra);
+        cmd.assert().code(4).stderr(predicate::str::contains(
+            "svc/config/.env does not match its checksum",
+        ));
+        assert!(!dest.exists(), "nothing was written");
+        no_staging_left(env.dir.path());
+    }
+}

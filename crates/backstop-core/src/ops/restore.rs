@@ -226,52 +226,37 @@ fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
     })
 }
 
-/// The whole-file checksum against the sidecar and the catalog: refuses a
-/// damaged archive before anything is written.
-fn check_checksum(src: &Found) -> Result<(Check, String)> {
-    let actual = diff::hash_file(&src.archive)
-        .map(hex::encode)
-        .ok_or_else(|| {
-            Error::io(
-                "reading",
-                &src.archive,
-                std::io::Error::other("cannot read"),
-            )
-        })?;
-    let sidecar = read_sidecar(&src.archive)?;
-    let expected: Vec<(&str, String)> = [
-        sidecar.map(|s| ("sidecar", s)),
-        src.record
-            .as_ref()
-            .and_then(|r| r.sha256.clone())
-            .map(|s| ("catalog", s)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for (what, sum) in &expected {
-        if *sum != actual {
-            return Err(ArchiveError::Checksum {
-                path: src.archive.clone(),
-                detail: format!("the {what} records SHA-256 {sum}, the archive's is {actual}"),
-            }
-            .into());
+/// The whole-file checksums the archive must have: its sidecar's and the
+/// catalog's (which must agree with each other).
+fn expected_checksum(src: &Found) -> Result<Option<(String, String)>> {
+    let sidecar = read_sidecar(&src.archive)?.map(|s| ("the sidecar", s));
+    let catalog = src
+        .record
+        .as_ref()
+        .and_then(|r| r.sha256.clone())
+        .map(|s| ("the catalog", s));
+    match (sidecar, catalog) {
+        (Some((_, a)), Some((_, b))) if a != b => Err(ArchiveError::Checksum {
+            path: src.archive.clone(),
+            detail: format!("the sidecar records SHA-256 {a}, the catalog {b}"),
         }
+        .into()),
+        (Some((_, a)), Some(_)) => Ok(Some(("the sidecar and the catalog".into(), a))),
+        (Some((w, a)), None) | (None, Some((w, a))) => Ok(Some((w.into(), a))),
+        (None, None) => Ok(None),
     }
-    let detail = if expected.is_empty() {
-        "no sidecar or catalog checksum to compare; every file is checked while staging".to_string()
-    } else {
-        let names: Vec<&str> = expected.iter().map(|(w, _)| *w).collect();
-        format!("SHA-256 matches the {}", names.join(" and the "))
-    };
-    Ok((
-        Check {
-            name: "checksum",
-            ok: true,
-            detail,
-        },
-        actual,
-    ))
+}
+
+/// Compares the archive's SHA-256 with what it must be.
+fn check_sum(src: &Found, expected: &Option<(String, String)>, actual: &str) -> Result<()> {
+    match expected {
+        Some((what, sum)) if sum != actual => Err(ArchiveError::Checksum {
+            path: src.archive.clone(),
+            detail: format!("{what} records SHA-256 {sum}, the archive's is {actual}"),
+        }
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// The nearest existing directory at or above `path`.
@@ -514,8 +499,7 @@ pub fn restore(
         ok: true,
         detail: format!("archive format {} written by {}", m.format, m.created_by),
     }];
-    let (checksum, sha256) = check_checksum(&src)?;
-    checks.push(checksum);
+    let expected = expected_checksum(&src)?;
     if let Some(name) = &req.instance {
         checks.push(Check {
             name: "instance",
@@ -602,6 +586,38 @@ pub fn restore(
             m.instance
         )
     };
+    // With a safety backup to take, the archive is checked first, so that a
+    // damaged one costs nothing; otherwise while staging, in the same read.
+    let checked_first = safety || req.dry_run;
+    if checked_first {
+        let actual = diff::hash_file(&src.archive)
+            .map(hex::encode)
+            .ok_or_else(|| {
+                Error::io(
+                    "reading",
+                    &src.archive,
+                    std::io::Error::other("cannot read"),
+                )
+            })?;
+        check_sum(&src, &expected, &actual)?;
+    }
+    checks.insert(
+        1,
+        Check {
+            name: "checksum",
+            ok: true,
+            detail: match (&expected, checked_first) {
+                (None, _) => {
+                    "no sidecar or catalog checksum to compare; every file is checked while staging"
+                        .into()
+                }
+                (Some((what, _)), true) => format!("SHA-256 matches {what}"),
+                (Some((what, _)), false) => format!(
+                    "SHA-256 compared with {what} while staging, before anything is swapped in"
+                ),
+            },
+        },
+    );
     let mut plan = RestorePlan {
         backup: m.id.clone(),
         archive: src.archive.display().to_string(),
@@ -741,7 +757,7 @@ pub fn restore(
     let applied = stage_and_apply(
         ctx,
         &src,
-        &sha256,
+        &expected,
         &dest,
         mode,
         &sources,
@@ -804,7 +820,7 @@ fn inode(path: &Path) -> Result<u64> {
 fn stage_and_apply(
     ctx: &Context<'_>,
     src: &Found,
-    sha256: &str,
+    expected: &Option<(String, String)>,
     dest: &Path,
     mode: Mode,
     sources: &[&SourceManifest],
@@ -869,13 +885,7 @@ fn stage_and_apply(
         let mut stager = Stager::new(m, targets, selection, ctx.progress, ctx.cancel);
         let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut stager);
         run.result?;
-        if run.sha256.as_deref() != Some(sha256) {
-            return Err(ArchiveError::Checksum {
-                path: src.archive.clone(),
-                detail: "the archive changed while it was being restored".into(),
-            }
-            .into());
-        }
+        check_sum(src, expected, run.sha256.as_deref().unwrap_or_default())?;
         stager.finish()?;
         warnings.extend(stager.warnings.iter().cloned());
         unrestorable.extend(stager.unrestorable.iter().cloned());

@@ -3,6 +3,12 @@
 //! rename on one filesystem). The archive is verified by the same walk as
 //! `verify`; staged content only counts once that walk has finished without
 //! error.
+//!
+//! Two threads share the work. The walk's thread parses the archive and
+//! hashes every file (the walk's own checks); a writer thread makes every
+//! change to the filesystem — directories, files, links, metadata — in
+//! archive order, through the confined handles. Creating inodes is most of a
+//! restore's system time, and this keeps it off the parser's path.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -12,6 +18,9 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::archive::Manifest;
 use crate::archive::format::SourceManifest;
@@ -59,16 +68,6 @@ pub fn root_relative(source: &SourceManifest, member: &[u8]) -> PathBuf {
     }
 }
 
-/// A directory's metadata, applied once everything inside it exists.
-struct DirMeta {
-    source: String,
-    path: Vec<u8>,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: (i64, u32),
-}
-
 /// What was staged.
 #[derive(Debug, Default, Clone)]
 pub struct StageCounts {
@@ -79,16 +78,69 @@ pub struct StageCounts {
     pub skipped: u64,
 }
 
+/// Metadata set on an entry once it exists (for directories: once
+/// everything inside exists).
+struct Meta {
+    mode: u32,
+    /// Owner and group, only when restoring as root.
+    owner: Option<(u32, u32)>,
+    mtime: (i64, u32),
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// One change for the writer thread, in archive order.
+enum Op {
+    Dir {
+        source: String,
+        path: Vec<u8>,
+        meta: Meta,
+    },
+    Symlink {
+        source: String,
+        path: Vec<u8>,
+        target: Vec<u8>,
+        meta: Meta,
+    },
+    HardLink {
+        source: String,
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    /// A small file, complete.
+    File {
+        source: String,
+        path: Vec<u8>,
+        data: Vec<u8>,
+        meta: Meta,
+    },
+    /// A large file starts; `Data` follows, then `Close`.
+    Open {
+        source: String,
+        path: Vec<u8>,
+        sparse: Option<Vec<(u64, u64)>>,
+    },
+    Data(Vec<u8>),
+    Close {
+        size: u64,
+        meta: Meta,
+    },
+}
+
+/// Files up to this size travel to the writer in one message.
+const SMALL: u64 = 1 << 20;
+/// The chunks of larger files.
+const CHUNK: usize = 1 << 20;
+/// Messages in flight to the writer (bounding memory to about this many MiB).
+const WRITER_QUEUE: usize = 16;
+
 /// Writes the selected entries of an archive beneath the staging
 /// directories, one [`Confined`] per selected source.
 pub struct Stager<'a> {
     sources: HashMap<String, SourceManifest>,
-    targets: HashMap<String, Confined>,
     selection: &'a Selection,
     /// Whether to restore owners (only root may).
     as_root: bool,
-    dirs: Vec<DirMeta>,
-    /// Members written as files, by path, for hard links to point at.
+    /// Members restored as files, by path, for hard links to point at.
     files: HashSet<Vec<u8>>,
     /// Things that could not be restored exactly (xattrs the filesystem
     /// refuses, hard links whose first name was not restored).
@@ -99,7 +151,8 @@ pub struct Stager<'a> {
     pub counts: StageCounts,
     progress: &'a dyn Progress,
     cancel: &'a Cancel,
-    buf: Vec<u8>,
+    tx: Option<Sender<Op>>,
+    writer: Option<JoinHandle<std::result::Result<Vec<String>, Error>>>,
 }
 
 impl<'a> Stager<'a> {
@@ -111,168 +164,142 @@ impl<'a> Stager<'a> {
         progress: &'a dyn Progress,
         cancel: &'a Cancel,
     ) -> Stager<'a> {
+        let (tx, rx) = bounded(WRITER_QUEUE);
+        let writer = std::thread::spawn(move || Writer::new(targets).run(rx));
         Stager {
             sources: manifest
                 .sources
                 .iter()
                 .map(|s| (s.name.clone(), s.clone()))
                 .collect(),
-            targets,
             selection,
             as_root: rustix::process::geteuid().is_root(),
-            dirs: Vec::new(),
             files: HashSet::new(),
             warnings: Vec::new(),
             unrestorable: Vec::new(),
             counts: StageCounts::default(),
             progress,
             cancel,
-            buf: vec![0u8; 1 << 20],
+            tx: Some(tx),
+            writer: Some(writer),
         }
     }
 
     /// The mode a restored entry gets: set-uid and set-gid only for root,
     /// 0600 for secrets.
-    fn mode(&self, entry: &Entry, secret: bool) -> u32 {
-        if secret && entry.kind == Kind::File {
-            return 0o600;
+    fn meta(&self, entry: &Entry, secret: bool) -> Meta {
+        let mut mode = entry.mode & 0o7777;
+        if !self.as_root {
+            mode &= !0o6000;
         }
-        let mode = entry.mode & 0o7777;
-        if self.as_root { mode } else { mode & !0o6000 }
+        if secret && entry.kind == Kind::File {
+            mode = 0o600;
+        }
+        Meta {
+            mode,
+            owner: self.as_root.then_some((entry.uid as u32, entry.gid as u32)),
+            mtime: (entry.mtime, entry.mtime_nsec),
+            xattrs: entry.xattrs.clone(),
+        }
     }
 
-    fn write_file(
+    fn send(&mut self, op: Op) -> Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(op).is_ok());
+        if !sent {
+            // The writer stopped: it failed, and says why.
+            return Err(self.stop_writer().err().unwrap_or(Error::Interrupted));
+        }
+        Ok(())
+    }
+
+    /// Lets the writer finish what it was given (directories' metadata
+    /// last) and returns its first error.
+    fn stop_writer(&mut self) -> Result<()> {
+        self.tx = None;
+        match self.writer.take().map(JoinHandle::join) {
+            Some(Ok(Ok(warnings))) => {
+                self.warnings.extend(warnings);
+                Ok(())
+            }
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(Error::io(
+                "restoring",
+                "staging",
+                std::io::Error::other("the writer thread panicked"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every change to be made, then flushes every staging
+    /// filesystem once.
+    ///
+    /// # Errors
+    ///
+    /// Fails with the writer's first error, or when the flush fails.
+    pub fn finish(&mut self) -> Result<()> {
+        self.stop_writer()
+    }
+
+    fn file(
         &mut self,
-        source: &str,
+        source: String,
         entry: &Entry,
         content: &mut Content<'_>,
-        mode: u32,
+        meta: Meta,
     ) -> Result<()> {
-        let target = self
-            .targets
-            .get_mut(source)
-            .expect("selected sources have targets");
-        let shown = target.display(&entry.path);
-        let io = |action: &'static str| {
-            let shown = shown.clone();
-            move |e: std::io::Error| Error::io(action, shown, e)
-        };
-        let mut file: File = target
-            .create_file(&entry.path, 0o600)
-            .map_err(io("creating"))?;
-        let mut pos = 0u64;
-        loop {
-            let n = content.read(&mut self.buf)?;
-            if n == 0 {
-                break;
-            }
-            match &entry.sparse {
-                None => file.write_all(&self.buf[..n]).map_err(io("writing"))?,
-                Some(map) => {
-                    // Write only what falls inside data segments; holes
-                    // stay holes.
-                    let (start, end) = (pos, pos + n as u64);
-                    for &(off, len) in map {
-                        let (a, b) = (off.max(start), (off + len).min(end));
-                        if a < b {
-                            let slice = &self.buf[(a - start) as usize..(b - start) as usize];
-                            file.write_all_at(slice, a).map_err(io("writing"))?;
-                        }
-                    }
+        if entry.sparse.is_none() && entry.size <= SMALL {
+            let mut data = vec![0u8; entry.size as usize];
+            let mut n = 0;
+            while n < data.len() {
+                let k = content.read(&mut data[n..])?;
+                if k == 0 {
+                    break;
                 }
+                n += k;
             }
-            pos += n as u64;
+            data.truncate(n);
             self.progress.advance(n as u64);
-            self.cancel.check()?;
-        }
-        if entry.sparse.is_some() {
-            file.set_len(entry.size).map_err(io("sizing"))?;
-        }
-        if self.as_root {
-            rustix::fs::fchown(
-                file.as_fd(),
-                Some(rustix::process::Uid::from_raw(entry.uid as u32)),
-                Some(rustix::process::Gid::from_raw(entry.gid as u32)),
-            )
-            .map_err(|e| io("setting the owner of")(e.into()))?;
-        }
-        // After chown, which clears set-uid and set-gid bits.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io("setting the mode of"))?;
-        for (name, value) in &entry.xattrs {
-            if let Err(e) = rustix::fs::fsetxattr(
-                file.as_fd(),
-                OsStr::from_bytes(name),
-                value,
-                rustix::fs::XattrFlags::empty(),
-            ) {
-                self.warnings.push(format!(
-                    "{}: extended attribute {} not restored: {e}",
-                    String::from_utf8_lossy(&entry.path),
-                    String::from_utf8_lossy(name)
-                ));
+            self.send(Op::File {
+                source,
+                path: entry.path.clone(),
+                data,
+                meta,
+            })?;
+        } else {
+            self.send(Op::Open {
+                source,
+                path: entry.path.clone(),
+                sparse: entry.sparse.clone(),
+            })?;
+            loop {
+                let mut chunk = vec![0u8; CHUNK];
+                let n = content.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                chunk.truncate(n);
+                self.progress.advance(n as u64);
+                self.send(Op::Data(chunk))?;
+                self.cancel.check()?;
             }
+            self.send(Op::Close {
+                size: entry.size,
+                meta,
+            })?;
         }
-        let ts = rustix::fs::Timespec {
-            tv_sec: entry.mtime,
-            tv_nsec: i64::from(entry.mtime_nsec),
-        };
-        rustix::fs::futimens(
-            file.as_fd(),
-            &rustix::fs::Timestamps {
-                last_access: ts,
-                last_modification: ts,
-            },
-        )
-        .map_err(|e| io("setting the time of")(e.into()))?;
         self.files.insert(entry.path.clone());
         self.counts.files += 1;
         self.counts.bytes += entry.size;
         Ok(())
     }
+}
 
-    /// Applies the directories' modes, owners and times, deepest first, once
-    /// all their contents exist; then flushes every staging filesystem.
-    ///
-    /// # Errors
-    ///
-    /// Fails when a directory's metadata cannot be set or the flush fails.
-    pub fn finish(&mut self) -> Result<()> {
-        while let Some(d) = self.dirs.pop() {
-            let target = self
-                .targets
-                .get_mut(&d.source)
-                .expect("source has a target");
-            let shown = target.display(&d.path);
-            if self.as_root {
-                target
-                    .chown(&d.path, d.uid as u32, d.gid as u32)
-                    .map_err(|e| Error::io("setting the owner of", &shown, e))?;
-            }
-            target
-                .chmod(&d.path, d.mode)
-                .map_err(|e| Error::io("setting the mode of", &shown, e))?;
-            target
-                .set_mtime(&d.path, d.mtime.0, d.mtime.1)
-                .map_err(|e| Error::io("setting the time of", &shown, e))?;
-        }
-        let mut synced: HashSet<u64> = HashSet::new();
-        for target in self.targets.values() {
-            let dev = rustix::fs::fstat(target.root_fd())
-                .map(|st| st.st_dev)
-                .unwrap_or(0);
-            if synced.insert(dev) {
-                target
-                    .sync_filesystem()
-                    .map_err(|e| Error::io("flushing", target.root_path(), e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The staging directories, by source name.
-    pub fn into_targets(self) -> HashMap<String, Confined> {
-        self.targets
+impl Drop for Stager<'_> {
+    fn drop(&mut self) {
+        // Never leave the writer writing into a staging directory that is
+        // about to be removed.
+        let _ = self.stop_writer();
     }
 }
 
@@ -296,69 +323,42 @@ impl Visitor for Stager<'_> {
         if !self.selection.source_selected(&source_name)
             || self.selection.keep.matches(&rel, is_dir).is_some()
         {
+            // Not restored; the walk still reads and checks it.
             self.counts.skipped += 1;
             return Ok(());
         }
         let secret = self.selection.secrets.matches(&rel, is_dir).is_some();
-        let mode = self.mode(entry, secret);
+        let meta = self.meta(entry, secret);
         self.counts.entries += 1;
-        let target = self
-            .targets
-            .get_mut(&source_name)
-            .expect("selected sources have targets");
-        let shown = target.display(&entry.path);
+        let path = entry.path.clone();
         match entry.kind {
-            Kind::File => self.write_file(&source_name, entry, content, mode)?,
-            Kind::Dir => {
-                // Private until finished, so nothing can be put inside meanwhile.
-                target
-                    .create_dir(&entry.path, 0o700)
-                    .map_err(|e| Error::io("creating", &shown, e))?;
-                for (name, value) in &entry.xattrs {
-                    if let Err(e) = target.set_xattr(&entry.path, name, value) {
-                        self.warnings.push(format!(
-                            "{}: extended attribute {} not restored: {e}",
-                            String::from_utf8_lossy(&entry.path),
-                            String::from_utf8_lossy(name)
-                        ));
-                    }
-                }
-                self.dirs.push(DirMeta {
-                    source: source_name,
-                    path: entry.path.clone(),
-                    mode,
-                    uid: entry.uid,
-                    gid: entry.gid,
-                    mtime: (entry.mtime, entry.mtime_nsec),
-                });
-            }
-            Kind::Symlink => {
-                let link = entry.link.as_deref().unwrap_or_default();
-                target
-                    .symlink(&entry.path, link)
-                    .map_err(|e| Error::io("creating", &shown, e))?;
-                if self.as_root {
-                    target
-                        .chown(&entry.path, entry.uid as u32, entry.gid as u32)
-                        .map_err(|e| Error::io("setting the owner of", &shown, e))?;
-                }
-                target
-                    .set_mtime(&entry.path, entry.mtime, entry.mtime_nsec)
-                    .map_err(|e| Error::io("setting the time of", &shown, e))?;
-            }
+            Kind::File => self.file(source_name, entry, content, meta)?,
+            Kind::Dir => self.send(Op::Dir {
+                source: source_name,
+                path,
+                meta,
+            })?,
+            Kind::Symlink => self.send(Op::Symlink {
+                source: source_name,
+                path,
+                target: entry.link.clone().unwrap_or_default(),
+                meta,
+            })?,
             Kind::HardLink => {
-                let link = entry.link.as_deref().unwrap_or_default();
-                if self.files.contains(link) {
-                    target
-                        .hard_link(link, &entry.path)
-                        .map_err(|e| Error::io("linking", &shown, e))?;
+                let link = entry.link.clone().unwrap_or_default();
+                if self.files.contains(&link) {
+                    self.send(Op::HardLink {
+                        source: source_name,
+                        path,
+                        target: link,
+                    })?;
                 } else {
                     self.counts.entries -= 1;
                     self.unrestorable.push(rel);
                     self.warnings.push(format!(
                         "{}: left as it is, because the file it is a hard link to ({}) was not restored",
                         String::from_utf8_lossy(&entry.path),
-                        String::from_utf8_lossy(link)
+                        String::from_utf8_lossy(&link)
                     ));
                 }
             }
@@ -366,6 +366,248 @@ impl Visitor for Stager<'_> {
         }
         Ok(())
     }
+}
+
+/// A large file between `Open` and `Close`.
+struct OpenFile {
+    file: File,
+    shown: PathBuf,
+    sparse: Option<Vec<(u64, u64)>>,
+    pos: u64,
+}
+
+/// The writer thread's state.
+struct Writer {
+    targets: HashMap<String, Confined>,
+    /// Directories whose metadata is set at the end, deepest last in.
+    dirs: Vec<(String, Vec<u8>, Meta)>,
+    /// The large file being written.
+    open: Option<OpenFile>,
+    warnings: Vec<String>,
+}
+
+impl Writer {
+    fn new(targets: HashMap<String, Confined>) -> Writer {
+        Writer {
+            targets,
+            dirs: Vec::new(),
+            open: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Makes every change, then the directories' metadata (deepest first,
+    /// once their contents exist), then flushes each staging filesystem.
+    fn run(mut self, rx: Receiver<Op>) -> Result<Vec<String>> {
+        for op in rx {
+            self.apply(op)?;
+        }
+        while let Some((source, path, meta)) = self.dirs.pop() {
+            let target = self.targets.get_mut(&source).expect("source has a target");
+            let shown = target.display(&path);
+            if let Some((uid, gid)) = meta.owner {
+                target
+                    .chown(&path, uid, gid)
+                    .map_err(|e| Error::io("setting the owner of", &shown, e))?;
+            }
+            target
+                .chmod(&path, meta.mode)
+                .map_err(|e| Error::io("setting the mode of", &shown, e))?;
+            target
+                .set_mtime(&path, meta.mtime.0, meta.mtime.1)
+                .map_err(|e| Error::io("setting the time of", &shown, e))?;
+        }
+        let mut synced: HashSet<u64> = HashSet::new();
+        for target in self.targets.values() {
+            let dev = rustix::fs::fstat(target.root_fd())
+                .map(|st| st.st_dev)
+                .unwrap_or(0);
+            if synced.insert(dev) {
+                target
+                    .sync_filesystem()
+                    .map_err(|e| Error::io("flushing", target.root_path(), e))?;
+            }
+        }
+        Ok(self.warnings)
+    }
+
+    fn target(&mut self, source: &str) -> &mut Confined {
+        self.targets
+            .get_mut(source)
+            .expect("selected sources have targets")
+    }
+
+    fn apply(&mut self, op: Op) -> Result<()> {
+        match op {
+            Op::Dir { source, path, meta } => {
+                let target = self
+                    .targets
+                    .get_mut(&source)
+                    .expect("selected sources have targets");
+                let shown = target.display(&path);
+                // Private until finished, so nothing can be put inside meanwhile.
+                target
+                    .create_dir(&path, 0o700)
+                    .map_err(|e| Error::io("creating", &shown, e))?;
+                for (name, value) in &meta.xattrs {
+                    if let Err(e) = target.set_xattr(&path, name, value) {
+                        self.warnings.push(xattr_warning(&shown, name, &e));
+                    }
+                }
+                self.dirs.push((source, path, meta));
+            }
+            Op::Symlink {
+                source,
+                path,
+                target: link,
+                meta,
+            } => {
+                let target = self.target(&source);
+                let shown = target.display(&path);
+                target
+                    .symlink(&path, &link)
+                    .map_err(|e| Error::io("creating", &shown, e))?;
+                if let Some((uid, gid)) = meta.owner {
+                    target
+                        .chown(&path, uid, gid)
+                        .map_err(|e| Error::io("setting the owner of", &shown, e))?;
+                }
+                target
+                    .set_mtime(&path, meta.mtime.0, meta.mtime.1)
+                    .map_err(|e| Error::io("setting the time of", &shown, e))?;
+            }
+            Op::HardLink {
+                source,
+                path,
+                target: link,
+            } => {
+                let target = self.target(&source);
+                let shown = target.display(&path);
+                target
+                    .hard_link(&link, &path)
+                    .map_err(|e| Error::io("linking", &shown, e))?;
+            }
+            Op::File {
+                source,
+                path,
+                data,
+                meta,
+            } => {
+                let target = self.target(&source);
+                let shown = target.display(&path);
+                let mut file = target
+                    .create_file(&path, 0o600)
+                    .map_err(|e| Error::io("creating", &shown, e))?;
+                file.write_all(&data)
+                    .map_err(|e| Error::io("writing", &shown, e))?;
+                self.close(&file, &shown, None, &meta)?;
+            }
+            Op::Open {
+                source,
+                path,
+                sparse,
+            } => {
+                let target = self.target(&source);
+                let shown = target.display(&path);
+                let file = target
+                    .create_file(&path, 0o600)
+                    .map_err(|e| Error::io("creating", &shown, e))?;
+                self.open = Some(OpenFile {
+                    file,
+                    shown,
+                    sparse,
+                    pos: 0,
+                });
+            }
+            Op::Data(chunk) => {
+                let o = self.open.as_mut().expect("Open comes first");
+                write_chunk(&mut o.file, o.sparse.as_deref(), o.pos, &chunk)
+                    .map_err(|e| Error::io("writing", &o.shown, e))?;
+                o.pos += chunk.len() as u64;
+            }
+            Op::Close { size, meta } => {
+                let o = self.open.take().expect("Open comes first");
+                self.close(&o.file, &o.shown, o.sparse.is_some().then_some(size), &meta)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Size (of a sparse file), owner, mode, extended attributes and time.
+    fn close(
+        &mut self,
+        file: &File,
+        shown: &Path,
+        sparse_size: Option<u64>,
+        meta: &Meta,
+    ) -> Result<()> {
+        let io = |action: &'static str| move |e: std::io::Error| Error::io(action, shown, e);
+        if let Some(size) = sparse_size {
+            file.set_len(size).map_err(io("sizing"))?;
+        }
+        if let Some((uid, gid)) = meta.owner {
+            rustix::fs::fchown(
+                file.as_fd(),
+                Some(rustix::process::Uid::from_raw(uid)),
+                Some(rustix::process::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io("setting the owner of")(e.into()))?;
+        }
+        // After chown, which clears set-uid and set-gid bits.
+        file.set_permissions(std::fs::Permissions::from_mode(meta.mode))
+            .map_err(io("setting the mode of"))?;
+        for (name, value) in &meta.xattrs {
+            if let Err(e) = rustix::fs::fsetxattr(
+                file.as_fd(),
+                OsStr::from_bytes(name),
+                value,
+                rustix::fs::XattrFlags::empty(),
+            ) {
+                self.warnings.push(xattr_warning(shown, name, &e.into()));
+            }
+        }
+        let ts = rustix::fs::Timespec {
+            tv_sec: meta.mtime.0,
+            tv_nsec: i64::from(meta.mtime.1),
+        };
+        rustix::fs::futimens(
+            file.as_fd(),
+            &rustix::fs::Timestamps {
+                last_access: ts,
+                last_modification: ts,
+            },
+        )
+        .map_err(|e| io("setting the time of")(e.into()))
+    }
+}
+
+fn xattr_warning(shown: &Path, name: &[u8], e: &std::io::Error) -> String {
+    format!(
+        "{}: extended attribute {} not restored: {e}",
+        shown.display(),
+        String::from_utf8_lossy(name)
+    )
+}
+
+/// Writes a chunk at logical position `pos`; of a sparse file only what
+/// falls inside its data segments, so holes stay holes.
+fn write_chunk(
+    file: &mut File,
+    sparse: Option<&[(u64, u64)]>,
+    pos: u64,
+    chunk: &[u8],
+) -> std::io::Result<()> {
+    let Some(map) = sparse else {
+        return file.write_all(chunk);
+    };
+    let end = pos + chunk.len() as u64;
+    for &(off, len) in map {
+        let (a, b) = (off.max(pos), (off + len).min(end));
+        if a < b {
+            file.write_all_at(&chunk[(a - pos) as usize..(b - pos) as usize], a)?;
+        }
+    }
+    Ok(())
 }
 
 /// Where the staging directory for a source going to `target` lives: a

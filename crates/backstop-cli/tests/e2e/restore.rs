@@ -173,8 +173,24 @@ fn dry_run_changes_nothing_then_apply_does_what_it_said() {
     );
     assert_eq!(env.list().len(), rows, "the dry run made a safety backup");
     assert!(!env.home().join("journal").exists());
-    env.cmd().args(["restore", &id, "--yes"]).assert().success();
+    let done = env.json(&["restore", &id, "--yes"]);
     assert_same_tree(&reference, &app, compare_all(&env));
+    // The plan said what the restore did, hard links included: the second
+    // names of a file that did not change are not "replaced".
+    let paths = |doc: &serde_json::Value, action: &str| -> Vec<String> {
+        doc["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["action"] == action)
+            .map(|a| a["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let did = &done["restore"]["plan"];
+    for action in ["create", "replace", "delete", "keep"] {
+        assert_eq!(paths(plan, action), paths(did, action), "{action}");
+    }
+    assert_eq!(plan["totals"], did["totals"]);
 }
 
 #[test]

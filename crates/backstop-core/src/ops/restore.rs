@@ -296,6 +296,8 @@ struct Lister<'a> {
     selection: &'a Selection,
     /// Per source: root-relative path (below the source's target) → node.
     entries: HashMap<String, BTreeMap<PathBuf, Node>>,
+    /// Files listed so far, by member path, for hard links to refer to.
+    files: HashMap<Vec<u8>, Node>,
     buf: Vec<u8>,
 }
 
@@ -333,22 +335,35 @@ impl Visitor for Lister<'_> {
             }
             sha = Some(hasher.finalize().into());
         }
-        let kind = match entry.kind {
-            Kind::Dir => "dir",
-            Kind::Symlink => "symlink",
-            _ => "file",
-        };
-        self.entries.entry(name).or_default().insert(
-            PathBuf::from(OsStr::from_bytes(below)),
+        let node = if entry.kind == Kind::HardLink {
+            // A further name of an earlier file: the same content.
+            let target = entry.link.as_deref().unwrap_or_default();
+            match self.files.get(target) {
+                Some(node) => node.clone(),
+                // Its file was not restored: the restore leaves this one too.
+                None => return Ok(()),
+            }
+        } else {
             Node {
-                kind,
+                kind: match entry.kind {
+                    Kind::Dir => "dir",
+                    Kind::Symlink => "symlink",
+                    _ => "file",
+                },
                 size: entry.size,
                 mode: entry.mode,
                 mtime: (entry.mtime, entry.mtime_nsec),
                 link: entry.link.clone().filter(|_| entry.kind == Kind::Symlink),
                 sha256: sha,
-            },
-        );
+            }
+        };
+        if entry.kind == Kind::File {
+            self.files.insert(entry.path.clone(), node.clone());
+        }
+        self.entries
+            .entry(name)
+            .or_default()
+            .insert(PathBuf::from(OsStr::from_bytes(below)), node);
         Ok(())
     }
 }
@@ -642,6 +657,7 @@ pub fn restore(
                 .collect(),
             selection: &selection,
             entries: HashMap::new(),
+            files: HashMap::new(),
             buf: vec![0u8; 1 << 20],
         };
         let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut lister);

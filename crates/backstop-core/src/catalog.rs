@@ -497,6 +497,22 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Records where the archive of a `creating` backup will be, so that if
+    /// its process dies, whatever it left there can be removed.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn set_planned_location(&self, id: &str, location: &str) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET location = ?2 WHERE id = ?1 AND status = 'creating'",
+                params![id, location],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Marks every `creating` row of `instance` failed. Only call this while
     /// holding the instance lock: then no live process is writing them.
     ///
@@ -804,13 +820,10 @@ mod tests {
 
     fn about(labels: BTreeMap<String, String>) -> Description {
         Description {
-            kind: BackupKind::Manual,
-            reason: "manual".into(),
             message: Some("m".into()),
             labels,
             app_version: Some("1.0".into()),
-            upgraded_to: None,
-            profile: None,
+            ..Description::new(BackupKind::Manual, "manual")
         }
     }
 

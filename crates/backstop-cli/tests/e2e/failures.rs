@@ -463,6 +463,32 @@ fn kill_9_while_writing_leaves_no_archive_and_the_row_is_repaired() {
 }
 
 #[test]
+fn dying_after_the_archive_is_named_leaves_no_archive_once_repaired() {
+    for point in [
+        "backup.after-rename",
+        "backup.after-sidecar",
+        "backup.before-available",
+    ] {
+        let env = Env::new();
+        let app = env.small_app("svc");
+        env.cmd()
+            .env("BACKSTOP_FAILPOINTS", format!("{point}=abort"))
+            .arg("backup")
+            .arg(&app)
+            .assert()
+            .failure();
+        // The process died with its archive named: a later command repairs.
+        let rows = env.list();
+        assert_eq!(rows[0]["status"], "failed", "{point}");
+        assert!(
+            Env::files_in(&env.home().join("backups/svc")).is_empty(),
+            "{point}: {:?}",
+            Env::files_in(&env.home().join("backups/svc"))
+        );
+    }
+}
+
+#[test]
 fn kill_9_at_random_moments_never_leaves_a_half_backup() {
     let env = Env::new();
     let app = big_app(&env, "svc", 24, 1 << 20);

@@ -187,6 +187,21 @@ pub struct Description {
     pub profile: Option<String>,
 }
 
+impl Description {
+    /// A description with only a kind and a reason.
+    pub fn new(kind: BackupKind, reason: impl Into<String>) -> Description {
+        Description {
+            kind,
+            reason: reason.into(),
+            message: None,
+            labels: BTreeMap::new(),
+            app_version: None,
+            upgraded_to: None,
+            profile: None,
+        }
+    }
+}
+
 /// The first member: everything needed to understand the archive without
 /// reading the rest of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

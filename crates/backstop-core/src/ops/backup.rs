@@ -397,8 +397,7 @@ pub fn backup_locked(
     let created_by = crate::created_by();
 
     let mut catalog = Catalog::open(&ctx.layout.catalog())?;
-    // We hold the lock: any row still `creating` belongs to a dead process.
-    catalog.fail_interrupted(&req.instance.name, &created_at)?;
+    repair_interrupted(&catalog, &req.instance.name)?;
     let store_dir = ctx.layout.instance_store(&req.instance.name);
     if matches!(req.output, Output::Store) && !streaming {
         fsutil::create_private_dir_all(&store_dir)?;
@@ -439,6 +438,9 @@ pub fn backup_locked(
         catalog.begin_backup(&base, &new, &taken)?
     };
 
+    if let Some(planned) = destination(ctx, &req, &id).filter(|_| !streaming) {
+        catalog.set_planned_location(&id, &path_str(&planned)?)?;
+    }
     let result = run(ctx, &req, stream, &id, &created_at, &host, &created_by);
     match result {
         Ok((written, location, scan_excluded)) => {
@@ -580,6 +582,29 @@ fn with_path(err: Error, path: &Path) -> Error {
         },
         other => other,
     }
+}
+
+/// Repairs the backups of `instance` whose process died while writing them:
+/// whatever they left at their archive's place (a complete archive that was
+/// never recorded as available, a sidecar) is removed, and the rows are
+/// marked failed. Only call this while holding the instance's lock: then no
+/// live process is writing them.
+///
+/// # Errors
+///
+/// Fails on a database error.
+pub fn repair_interrupted(catalog: &Catalog, instance: &str) -> Result<usize> {
+    let stale = catalog.list(&crate::catalog::ListFilter {
+        instance: Some(instance.to_string()),
+        status: Some(crate::catalog::Status::Creating),
+        ..Default::default()
+    })?;
+    for row in &stale {
+        if let Some(location) = &row.location {
+            discard(Path::new(location));
+        }
+    }
+    Ok(catalog.fail_interrupted(instance, &time::now_rfc3339())?)
 }
 
 /// Removes an archive and its sidecar that must not remain.

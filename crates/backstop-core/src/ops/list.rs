@@ -1,9 +1,9 @@
 //! `list`: the catalog's backups, newest first.
 
+use crate::Context;
 use crate::catalog::{BackupRecord, Catalog, ListFilter};
 use crate::error::Result;
 use crate::lock::InstanceLock;
-use crate::{Context, time};
 
 /// Opens the catalog if there is one; a fresh machine has none, and reading
 /// must not create it.
@@ -28,7 +28,7 @@ pub fn open_existing(ctx: &Context<'_>) -> Result<Option<Catalog>> {
 pub fn repair_interrupted(ctx: &Context<'_>, catalog: &Catalog) -> Result<()> {
     for instance in catalog.instances_creating()? {
         if let Some(_lock) = InstanceLock::try_acquire(&ctx.layout.locks(), &instance, "repair")? {
-            catalog.fail_interrupted(&instance, &time::now_rfc3339())?;
+            crate::ops::backup::repair_interrupted(catalog, &instance)?;
         }
     }
     Ok(())

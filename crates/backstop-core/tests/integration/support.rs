@@ -58,15 +58,7 @@ impl Env {
     ) -> BackupReport {
         let request = BackupRequest {
             instance: Instance::ad_hoc(&[dir.to_path_buf()]).expect("instance"),
-            about: Description {
-                kind: BackupKind::Manual,
-                reason: "manual".into(),
-                message: None,
-                labels: Default::default(),
-                app_version: None,
-                upgraded_to: None,
-                profile: None,
-            },
+            about: Description::new(BackupKind::Manual, "manual"),
             excludes: excludes.iter().map(|s| s.to_string()).collect(),
             compression: CompressionSpec::new(codec, None).expect("spec"),
             output,

@@ -716,6 +716,25 @@ impl Catalog {
         Ok(())
     }
 
+    /// Marks restores of `instance` still recorded as running as
+    /// interrupted. Only call this while holding the instance's lock and
+    /// after its journal was dealt with: a restore without a journal had not
+    /// changed anything yet.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn fail_running_restores(&self, instance: &str, at: &str) -> CResult<usize> {
+        self.conn
+            .execute(
+                "UPDATE restores SET outcome = 'interrupted', finished_at = ?2, \
+                 error = 'the process ended before the restore changed anything' \
+                 WHERE outcome = 'running' AND backup_id IN (SELECT id FROM backups WHERE instance = ?1)",
+                params![instance, at],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// The restores of one backup, oldest first.
     ///
     /// # Errors

@@ -546,6 +546,26 @@ fn kill_9_at_random_moments_then_recover_gives_old_or_new_exactly() {
 }
 
 #[test]
+fn an_interrupted_restore_is_recorded_as_such() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    disturb(&app);
+    let before = snapshot(&app, compare_all(&env));
+    // Dies during the safety backup, before the restore changed anything.
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "backup.after-scan=abort")
+        .args(["restore", &id])
+        .assert()
+        .failure();
+    env.cmd().arg("-q").arg("recover").assert().success();
+    assert_eq!(snapshot(&app, compare_all(&env)), before);
+    // Any command taking the lock repairs the record; `show` then says so.
+    env.cmd().args(["-q", "recover", "app"]).assert().success();
+    let restores = env.json(&["show", &id])["show"]["restores"].clone();
+    assert_eq!(restores[0]["outcome"], "interrupted", "{restores}");
+}
+
+#[test]
 fn a_held_lock_fails_with_exit_6() {
     let env = Env::new();
     let (app, _reference, id) = backed_up(&env);

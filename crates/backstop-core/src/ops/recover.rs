@@ -29,6 +29,10 @@ pub struct RecoverReport {
 pub fn recover_locked(ctx: &Context<'_>, lock: &InstanceLock) -> Result<RecoverReport> {
     let instance = lock.instance();
     let Some(journal) = Journal::load(&ctx.layout.home, instance)? else {
+        if ctx.layout.catalog().exists() {
+            Catalog::open(&ctx.layout.catalog())?
+                .fail_running_restores(instance, &time::now_rfc3339())?;
+        }
         return Ok(RecoverReport {
             instance: instance.to_string(),
             recovered: None,

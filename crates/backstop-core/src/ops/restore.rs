@@ -786,6 +786,7 @@ pub fn restore(
     match applied {
         Ok(()) => {
             finish("restored", None);
+            Journal::remove(&ctx.layout.home, &m.instance)?;
             Ok(RestoreOutcome::Restored(RestoreReport {
                 plan,
                 restore_id,
@@ -1014,7 +1015,8 @@ fn stage_and_apply(
     for staging in &journal.staging {
         remove_tree(staging)?;
     }
-    Journal::remove(home, &m.instance)?;
+    // The journal goes last, after the caller has recorded the outcome: a
+    // crash in between is completed (and recorded again) by recovery.
     Ok(())
 }
 

@@ -71,6 +71,16 @@ pub enum Error {
         message: String,
         hint: Option<String>,
     },
+    /// An external command (a dump, a service control, a health check,
+    /// podman) failed.
+    #[error("{what} failed: {detail}")]
+    Command {
+        /// What was being done, e.g. "the stop command of service gitea".
+        what: String,
+        /// The exit status and the end of its error output.
+        detail: String,
+        hint: Option<String>,
+    },
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
@@ -112,7 +122,9 @@ impl Error {
                 ErrorKind::Interrupted
             }
             Error::Io { .. } => ErrorKind::Failed,
-            Error::NotFound { .. } | Error::Refused { .. } => ErrorKind::Failed,
+            Error::NotFound { .. } | Error::Refused { .. } | Error::Command { .. } => {
+                ErrorKind::Failed
+            }
             Error::Interrupted => ErrorKind::Interrupted,
             Error::RolledBack { .. } => ErrorKind::RolledBack,
         }
@@ -128,7 +140,8 @@ impl Error {
             Error::Io { source, path, .. } => io_hint(source, path),
             Error::Usage { hint, .. }
             | Error::NotFound { hint, .. }
-            | Error::Refused { hint, .. } => hint.clone(),
+            | Error::Refused { hint, .. }
+            | Error::Command { hint, .. } => hint.clone(),
             Error::Interrupted => None,
             Error::RolledBack { cause } => cause.hint(),
         }

@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod failpoint;

@@ -25,6 +25,30 @@ pub fn id_stamp(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%d-%H%M%S").to_string()
 }
 
+/// A duration as people write it: `1.5s`, `90s`, `2m 5s`, `1h 3m`.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 10 && d.subsec_millis() != 0 {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+/// Parses a duration such as `90s`, `10m` or `1h 30m`.
+///
+/// # Errors
+///
+/// Returns a message for anything else, negative durations included.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("`{text}` is not a duration: write it like 30s, 10m or 1h 30m");
+    let parsed: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
+    std::time::Duration::try_from(parsed).map_err(|_| invalid())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod podman;
+
 /// Reports that a test cannot run here and returns. When
 /// `BACKSTOP_TEST_REQUIRE_ALL` is set (as CI sets it), a skip fails the test
 /// instead: CI installs every tool the tests need.

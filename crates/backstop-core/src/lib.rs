@@ -17,8 +17,11 @@ pub mod fsutil;
 pub mod instance;
 pub mod lock;
 pub mod ops;
+pub mod podman;
 pub mod progress;
+pub mod quadlet;
 pub mod restore;
+pub mod service;
 pub mod source;
 pub mod time;
 

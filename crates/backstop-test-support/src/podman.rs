@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The image tests run containers from, built from Debian's busybox-static.
-pub const IMAGE: &str = "localhost/backstop-test-busybox:latest";
+pub const IMAGE: &str = "localhost/backstop-test-busybox:2";
 
 /// Whether podman is installed and answers; if not, reports a skip.
 pub fn available() -> bool {
@@ -142,7 +142,12 @@ pub fn containers_available() -> bool {
         std::fs::create_dir_all(rootfs.join("bin")).expect("rootfs");
         std::fs::create_dir_all(rootfs.join("data")).expect("rootfs");
         std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).expect("symlink");
+        for applet in [
+            "sh", "true", "false", "sleep", "cat", "echo", "ls", "touch", "rm", "mkdir", "test",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))
+                .expect("symlink");
+        }
         let tar = dir.path().join("rootfs.tar");
         let ok = Command::new("tar")
             .arg("-C")

@@ -3,6 +3,7 @@
 
 mod archive;
 mod damage;
+mod podman;
 mod restore;
 mod roundtrip;
 mod support;

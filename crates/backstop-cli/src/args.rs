@@ -67,8 +67,26 @@ pub enum Command {
     /// checksum, then swaps it into place. Any failure leaves the previous
     /// state; an interrupted restore is repaired by the next command.
     Restore(RestoreArgs),
+    /// Put an instance back as it was before an upgrade
+    ///
+    /// Restores, exactly, the newest pre-upgrade backup of VERSION (or the
+    /// newest pre-upgrade backup), after a safety backup; then runs the
+    /// instance's activate command with that version and its health check.
+    /// Any failure puts the state from before the rollback back (exit 5).
+    Rollback(RollbackArgs),
+    /// Back up, run a risky command, and roll back if it fails
+    ///
+    /// Takes an automatic backup (reason pre-upgrade), runs CMD with the
+    /// terminal and the BACKSTOP_* environment, then the health check. On a
+    /// failure it rolls back (--rollback-on-failure, exit 5) or prints the
+    /// command that would.
+    Guard(GuardArgs),
     /// Finish or undo an interrupted restore
     Recover(RecoverArgs),
+    /// Write a starter config for an instance
+    Init(InitArgs),
+    /// Check the config, the store and the catalog, and say what is wrong
+    Doctor(DoctorArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
 }
@@ -105,9 +123,12 @@ pub enum CodecArg {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
-    /// Directories or files to back up
-    #[arg(value_name = "PATH")]
+    /// A configured instance, or directories or files to back up
+    #[arg(value_name = "INSTANCE|PATH")]
     pub paths: Vec<PathBuf>,
+    /// Back up the instance's profile NAME (a selection of its sources)
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
     /// Why the backup is made (manual, pre-upgrade, pre-restore, scheduled…)
     #[arg(long, default_value = "manual")]
     pub reason: String,
@@ -238,6 +259,75 @@ pub struct RestoreArgs {
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The version to go back to [default: that of the newest pre-upgrade backup]
+    pub version: Option<String>,
+    /// The instance [default: the config's only instance]
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Show what would change; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not take a safety backup of the current state first
+    #[arg(long)]
+    pub no_pre_backup: bool,
+    /// A note for the safety backup
+    #[arg(short = 'm', long, value_name = "TEXT")]
+    pub backup_message: Option<String>,
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// A configured instance, or a directory
+    pub instance: String,
+    /// Why the backup is made
+    #[arg(long, default_value = "pre-upgrade")]
+    pub reason: String,
+    /// The version the command upgrades to (recorded on the backup)
+    #[arg(long = "to", value_name = "VERSION")]
+    pub to_version: Option<String>,
+    /// Restore the backup if the command or the health check fails
+    #[arg(long)]
+    pub rollback_on_failure: bool,
+    /// Run the command without a backup first (recorded)
+    #[arg(long, conflicts_with = "rollback_on_failure")]
+    pub no_backup: bool,
+    /// A note for the backup
+    #[arg(short, long)]
+    pub message: Option<String>,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+    /// The command to run, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The instance's name [default: the root directory's name]
+    pub name: Option<String>,
+    /// The application's directory
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Print the config instead of writing it
+    #[arg(long)]
+    pub print: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Check only this instance
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Args)]

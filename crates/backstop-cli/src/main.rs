@@ -11,16 +11,17 @@ use std::process::ExitCode;
 
 use backstop_core::archive::BackupKind;
 use backstop_core::catalog::{ListFilter, Status};
-use backstop_core::config::Layout;
-use backstop_core::ops::{backup, list, recover, restore, show, verify};
+use backstop_core::ops::{
+    backup, doctor, guard, init, list, recover, restore, rollback, show, verify,
+};
 use backstop_core::progress::{Cancel, NoProgress, Progress};
 use backstop_core::{Context, Error, ErrorKind};
 use clap::{CommandFactory, Parser};
 use console::style;
 
 use args::{
-    BackupArgs, BackupSeed, Cli, Command, Global, KindArg, ListArgs, ModeArg, RecoverArgs,
-    RestoreArgs, ShowArgs, StatusArg, VerifyArgs,
+    BackupArgs, BackupSeed, Cli, Command, DoctorArgs, Global, GuardArgs, InitArgs, KindArg,
+    ListArgs, ModeArg, RecoverArgs, RestoreArgs, RollbackArgs, ShowArgs, StatusArg, VerifyArgs,
 };
 use settings::Settings;
 
@@ -137,6 +138,10 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
         Command::Verify(a) => cmd_verify(&g, &a, cancel),
         Command::Restore(a) => cmd_restore(&g, &a, cancel),
         Command::Recover(a) => cmd_recover(&g, &a, cancel),
+        Command::Rollback(a) => cmd_rollback(&g, &a, cancel),
+        Command::Guard(a) => cmd_guard(&g, &a, cancel),
+        Command::Init(a) => cmd_init(&g, &a),
+        Command::Doctor(a) => cmd_doctor(&g, &a, cancel),
         Command::Completions(a) => {
             clap_complete::generate(
                 a.shell,
@@ -152,7 +157,7 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
 /// Runs `f` with a context whose progress is drawn when appropriate.
 fn with_context<T>(
     g: &Global,
-    layout: &Layout,
+    settings: &Settings,
     cancel: &Cancel,
     f: impl FnOnce(&Context<'_>) -> Result<T, Error>,
 ) -> Result<T, Error> {
@@ -162,7 +167,8 @@ fn with_context<T>(
         None => &NoProgress,
     };
     let ctx = Context {
-        layout,
+        layout: &settings.layout,
+        config: &settings.config,
         progress,
         cancel,
     };
@@ -173,9 +179,7 @@ fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> 
     let settings = Settings::load(g)?;
     let request = settings::backup_request(a, &settings, g.json)?;
     if a.dry_run {
-        let plan = with_context(g, &settings.layout, cancel, |ctx| {
-            backup::plan(ctx, &request)
-        })?;
+        let plan = with_context(g, &settings, cancel, |ctx| backup::plan(ctx, &request))?;
         if g.json {
             print_json(&render::envelope(
                 "backup",
@@ -189,9 +193,7 @@ fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> 
         return Ok(code::OK);
     }
     let to_stdout = settings::is_stdout(a.output.as_ref());
-    let report = with_context(g, &settings.layout, cancel, |ctx| {
-        backup::backup(ctx, request)
-    })?;
+    let report = with_context(g, &settings, cancel, |ctx| backup::backup(ctx, request))?;
     if g.json {
         print_json(&render::envelope(
             "backup",
@@ -233,7 +235,7 @@ fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
         }),
         limit: a.limit,
     };
-    let records = with_context(g, &settings.layout, cancel, |ctx| list::list(ctx, &filter))?;
+    let records = with_context(g, &settings, cancel, |ctx| list::list(ctx, &filter))?;
     if g.json {
         print_json(&render::envelope(
             "list",
@@ -247,9 +249,7 @@ fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
 
 fn cmd_show(g: &Global, a: &ShowArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
-    let report = with_context(g, &settings.layout, cancel, |ctx| {
-        show::show(ctx, &a.target)
-    })?;
+    let report = with_context(g, &settings, cancel, |ctx| show::show(ctx, &a.target))?;
     if g.json {
         print_json(&render::envelope(
             "show",
@@ -268,9 +268,7 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
     } else {
         verify::VerifyTargets::Named(a.targets.clone())
     };
-    let reports = with_context(g, &settings.layout, cancel, |ctx| {
-        verify::verify(ctx, &targets)
-    })?;
+    let reports = with_context(g, &settings, cancel, |ctx| verify::verify(ctx, &targets))?;
     let failed = reports.iter().any(|r| !r.ok);
     let warned = reports.iter().any(|r| !r.warnings.is_empty());
     if g.json {
@@ -295,23 +293,21 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
 
 fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
-    let request = restore::RestoreRequest {
-        target: a.backup.clone(),
-        dest: a.dest.clone(),
-        mode: a.mode.map(|m| match m {
-            ModeArg::Exact => restore::Mode::Exact,
-            ModeArg::Merge => restore::Mode::Merge,
-            ModeArg::Safe => restore::Mode::Safe,
-        }),
-        only: a.only.clone(),
-        excludes: a.excludes.clone(),
-        dry_run: a.dry_run,
-        pre_backup: !a.no_pre_backup,
-        backup_message: a.backup_message.clone(),
-        instance: a.instance.clone(),
-        force: a.force,
-        wait: a.wait.as_deref().map(settings::parse_wait).transpose()?,
-    };
+    let mut request = restore::RestoreRequest::new(a.backup.clone());
+    request.dest = a.dest.clone();
+    request.mode = a.mode.map(|m| match m {
+        ModeArg::Exact => restore::Mode::Exact,
+        ModeArg::Merge => restore::Mode::Merge,
+        ModeArg::Safe => restore::Mode::Safe,
+    });
+    request.only = a.only.clone();
+    request.excludes = a.excludes.clone();
+    request.dry_run = a.dry_run;
+    request.pre_backup = !a.no_pre_backup;
+    request.backup_message = a.backup_message.clone();
+    request.instance = a.instance.clone();
+    request.force = a.force;
+    request.wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
     // A prompt only where a person can answer it: stdin and stderr are
     // terminals and --yes was not given.
     let interactive = !a.yes
@@ -325,7 +321,7 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
         let answer = console::Term::stderr().read_line().unwrap_or_default();
         matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
     };
-    let outcome = with_context(g, &settings.layout, cancel, |ctx| {
+    let outcome = with_context(g, &settings, cancel, |ctx| {
         restore::restore(ctx, &request, &mut confirm)
     })?;
     if g.json {
@@ -354,7 +350,7 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
 fn cmd_recover(g: &Global, a: &RecoverArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
-    let reports = with_context(g, &settings.layout, cancel, |ctx| {
+    let reports = with_context(g, &settings, cancel, |ctx| {
         let instances = match &a.instance {
             Some(i) => vec![i.clone()],
             None => recover::pending(ctx)?,
@@ -373,4 +369,129 @@ fn cmd_recover(g: &Global, a: &RecoverArgs, cancel: &Cancel) -> Result<u8, Error
         print_stdout(&render::recover(&reports));
     }
     Ok(code::OK)
+}
+
+/// Asks the restore question on a terminal (unless `yes`); elsewhere the
+/// answer is yes.
+fn confirmer(yes: bool) -> impl FnMut(&restore::RestorePlan) -> bool {
+    let interactive = !yes
+        && console::Term::stderr().is_term()
+        && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    move |plan: &restore::RestorePlan| {
+        if !interactive {
+            return true;
+        }
+        print_stderr(&render::restore_question(plan));
+        let answer = console::Term::stderr().read_line().unwrap_or_default();
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    }
+}
+
+fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        print_stderr(&format!(
+            "{} {w}\n",
+            style("warning:").for_stderr().yellow().bold()
+        ));
+    }
+}
+
+fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let request = rollback::RollbackRequest {
+        instance: a.instance.clone(),
+        version: a.version.clone(),
+        dry_run: a.dry_run,
+        pre_backup: !a.no_pre_backup,
+        backup_message: a.backup_message.clone(),
+        wait: a.wait.as_deref().map(settings::parse_wait).transpose()?,
+    };
+    let mut confirm = confirmer(a.yes);
+    let (backup, outcome) = with_context(g, &settings, cancel, |ctx| {
+        rollback::rollback(ctx, &request, &mut confirm)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "rollback",
+            serde_json::json!({ "backup": backup, "restore": outcome }),
+        ));
+    } else if !g.quiet || matches!(outcome, restore::RestoreOutcome::DryRun { .. }) {
+        print_stdout(&render::rollback(&backup, &outcome, g.verbose > 0));
+    }
+    if let restore::RestoreOutcome::Restored(report) = &outcome
+        && !report.warnings.is_empty()
+    {
+        print_warnings(&report.warnings);
+        return Ok(code::WARNINGS);
+    }
+    Ok(code::OK)
+}
+
+fn cmd_guard(g: &Global, a: &GuardArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let instance = settings::resolve_instance(&settings.config, std::path::Path::new(&a.instance))?;
+    let request = guard::GuardRequest {
+        instance,
+        reason: a.reason.clone(),
+        to_version: a.to_version.clone(),
+        rollback_on_failure: a.rollback_on_failure,
+        no_backup: a.no_backup,
+        message: a.message.clone(),
+        command: a.command.clone(),
+        wait: a.wait.as_deref().map(settings::parse_wait).transpose()?,
+    };
+    let report = with_context(g, &settings, cancel, |ctx| guard::guard(ctx, &request))?;
+    if g.json {
+        print_json(&render::envelope(
+            "guard",
+            serde_json::json!({ "guard": report }),
+        ));
+    } else {
+        // The command owned the terminal; the verdict goes to stderr.
+        print_stderr(&render::guard(&report));
+    }
+    Ok(match report.outcome {
+        guard::GuardOutcome::Succeeded => code::OK,
+        guard::GuardOutcome::RolledBack => code::ROLLED_BACK,
+        guard::GuardOutcome::Failed => code::ERROR,
+    })
+}
+
+fn cmd_init(g: &Global, a: &InitArgs) -> Result<u8, Error> {
+    let path = match &g.config {
+        Some(p) => p.clone(),
+        None => init::default_path(),
+    };
+    let report = init::init(a.name.as_deref(), &a.root, &path, a.print)?;
+    if g.json {
+        print_json(&render::envelope(
+            "init",
+            serde_json::json!({ "init": report }),
+        ));
+    } else if a.print {
+        print_stdout(&report.text);
+    } else if !g.quiet {
+        print_stdout(&render::init(&report));
+    }
+    Ok(code::OK)
+}
+
+fn cmd_doctor(g: &Global, a: &DoctorArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let report = with_context(g, &settings, cancel, |ctx| {
+        doctor::doctor(ctx, a.instance.as_deref())
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "doctor",
+            serde_json::json!({ "doctor": report }),
+        ));
+    } else {
+        print_stdout(&render::doctor(&report, g.verbose > 0));
+    }
+    Ok(match report.worst {
+        doctor::Level::Ok => code::OK,
+        doctor::Level::Warning => code::WARNINGS,
+        doctor::Level::Error => code::ERROR,
+    })
 }

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 
 use backstop_core::catalog::{BackupRecord, Status};
 use backstop_core::ops::backup::{BackupPlan, BackupReport, ExcludedSummary, Warning};
+use backstop_core::ops::doctor::{DoctorReport, Level};
+use backstop_core::ops::guard::{GuardOutcome, GuardReport};
+use backstop_core::ops::init::InitReport;
 use backstop_core::ops::recover::RecoverReport;
 use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
@@ -389,6 +392,22 @@ pub fn show(report: &ShowReport) -> String {
     } else if let Some(e) = &report.manifest_error {
         let _ = writeln!(out, "\nThe archive's manifest could not be read: {e}");
     }
+    for g in &report.guards {
+        let _ = writeln!(
+            out,
+            "\nTaken before `{}` at {}: {}{}{}",
+            g.command,
+            when(&g.started_at),
+            g.outcome,
+            g.exit_code
+                .map(|c| format!(" (exit status {c})"))
+                .unwrap_or_default(),
+            g.detail
+                .as_ref()
+                .map(|d| format!("\n  {d}"))
+                .unwrap_or_default()
+        );
+    }
     if report.restores.is_empty() {
         let _ = writeln!(out, "\nRestore history: none");
     } else {
@@ -615,6 +634,143 @@ pub fn recover(reports: &[RecoverReport]) -> String {
     if reports.is_empty() {
         out.push_str("Nothing to recover: no restore was interrupted.\n");
     }
+    out
+}
+
+/// The result of `rollback`: which backup, then the restore's result.
+pub fn rollback(backup: &BackupRecord, outcome: &RestoreOutcome, verbose: bool) -> String {
+    let mut out = String::new();
+    let version = backup
+        .about
+        .app_version
+        .as_deref()
+        .unwrap_or("(no version recorded)");
+    let verb = match outcome {
+        RestoreOutcome::DryRun { .. } => "Would roll",
+        RestoreOutcome::Declined { .. } => "Did not roll",
+        RestoreOutcome::Restored(_) => "Rolled",
+    };
+    let _ = writeln!(
+        out,
+        "{verb} {} back to version {} (pre-upgrade backup {}, taken {} UTC)",
+        backup.instance,
+        style(version).bold(),
+        backup.id,
+        when(&backup.created_at)
+    );
+    out.push_str(&restore(outcome, verbose));
+    out
+}
+
+/// The verdict of `guard`, printed after the command's own output.
+pub fn guard(report: &GuardReport) -> String {
+    let mut out = String::new();
+    let backup = match &report.backup {
+        Some(id) => format!("backup {id}"),
+        None => "no backup (--no-backup)".into(),
+    };
+    match report.outcome {
+        GuardOutcome::Succeeded => {
+            let _ = writeln!(
+                out,
+                "{} `{}` succeeded; {backup} was taken before it",
+                style("guard:").for_stderr().green().bold(),
+                report.command
+            );
+        }
+        GuardOutcome::Failed => {
+            let _ = writeln!(
+                out,
+                "{} {}; nothing was undone",
+                style("guard:").for_stderr().red().bold(),
+                report.failure.as_deref().unwrap_or("the command failed")
+            );
+            match &report.undo {
+                Some(cmd) => {
+                    let _ = writeln!(
+                        out,
+                        "{} to go back to the state before it, run: {cmd}",
+                        style("hint:").for_stderr().cyan().bold()
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "  there is no backup to go back to (--no-backup)");
+                }
+            }
+        }
+        GuardOutcome::RolledBack => {
+            let _ = writeln!(
+                out,
+                "{} {}; rolled back to {}",
+                style("guard:").for_stderr().yellow().bold(),
+                report.failure.as_deref().unwrap_or("the command failed"),
+                report.backup.as_deref().unwrap_or("?")
+            );
+            if let Some(id) = &report.rollback_safety_backup {
+                let _ = writeln!(out, "  the failed state is kept as backup {id}");
+            }
+        }
+    }
+    out
+}
+
+/// What `init` wrote.
+pub fn init(report: &InitReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} instance {} (root {}) to {}",
+        if report.appended { "Added" } else { "Wrote" },
+        style(&report.instance).bold(),
+        report.root,
+        report.path.as_deref().unwrap_or("-")
+    );
+    for f in &report.found {
+        let _ = writeln!(out, "  found {f}");
+    }
+    let _ = writeln!(
+        out,
+        "Check it with `backstop doctor {}`, then `backstop backup {}`.",
+        report.instance, report.instance
+    );
+    out
+}
+
+/// What `doctor` found, every check with its level, hints for problems
+/// (for passing checks too with `verbose`), and a summary line.
+pub fn doctor(report: &DoctorReport, verbose: bool) -> String {
+    let mut out = String::new();
+    for f in &report.findings {
+        let mark = match f.level {
+            Level::Ok => style("ok     ").green(),
+            Level::Warning => style("warning").yellow().bold(),
+            Level::Error => style("error  ").red().bold(),
+        };
+        let _ = writeln!(out, "{mark} {}: {}", f.subject, f.detail);
+        if let Some(h) = &f.hint
+            && (f.level != Level::Ok || verbose)
+        {
+            let _ = writeln!(out, "        {} {h}", style("hint:").cyan());
+        }
+    }
+    let errors = report
+        .findings
+        .iter()
+        .filter(|f| f.level == Level::Error)
+        .count();
+    let warnings = report
+        .findings
+        .iter()
+        .filter(|f| f.level == Level::Warning)
+        .count();
+    let _ = writeln!(
+        out,
+        "{}",
+        match (errors, warnings) {
+            (0, 0) => "All checks passed.".to_string(),
+            (e, w) => format!("{e} error(s), {w} warning(s)."),
+        }
+    );
     out
 }
 

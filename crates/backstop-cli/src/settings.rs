@@ -149,14 +149,33 @@ pub fn backup_request(
     json: bool,
 ) -> Result<BackupRequest, Error> {
     let compression = compression(args, &settings.config)?;
-    let instance = if args.paths.is_empty() {
-        return Err(Error::usage(
-            "nothing to back up",
-            Some("give a directory: `backstop backup /srv/myapp`".into()),
-        ));
-    } else {
-        Instance::ad_hoc(&args.paths)?
+    let mut instance = match args.paths.as_slice() {
+        [] => {
+            let names: Vec<&str> = settings
+                .config
+                .instances
+                .keys()
+                .map(String::as_str)
+                .collect();
+            return Err(Error::usage(
+                "nothing to back up",
+                Some(if names.is_empty() {
+                    "give a directory: `backstop backup /srv/myapp`".into()
+                } else {
+                    format!("give an instance ({}) or a directory", names.join(", "))
+                }),
+            ));
+        }
+        [one] => resolve_instance(&settings.config, one)?,
+        many => Instance::ad_hoc(many)?,
     };
+    let profile = args
+        .profile
+        .clone()
+        .or_else(|| instance.default_profile.clone());
+    if let Some(name) = &profile {
+        instance = instance.with_profile(name)?;
+    }
     let wait = args.wait.as_deref().map(parse_wait).transpose()?;
     let mut excludes = settings.config.exclude.clone();
     excludes.extend(args.excludes.iter().cloned());
@@ -178,14 +197,44 @@ pub fn backup_request(
             reason: args.reason.clone(),
             message: args.message.clone(),
             labels: args.labels.iter().cloned().collect(),
+            profile: profile.clone(),
             app_version: None,
             upgraded_to: None,
-            profile: None,
         },
         excludes,
         compression,
         output,
         wait,
+    })
+}
+
+/// An instance named on the command line: a configured instance when the
+/// argument is one's name (and not a path: no `/`), else an ad-hoc one.
+///
+/// # Errors
+///
+/// Fails when it is neither.
+pub fn resolve_instance(config: &Config, arg: &Path) -> Result<Instance, Error> {
+    let text = arg.to_string_lossy();
+    if !text.contains('/')
+        && let Some(inst) = config.instances.get(text.as_ref())
+    {
+        return Ok(inst.clone());
+    }
+    Instance::ad_hoc(&[arg.to_path_buf()]).map_err(|e| {
+        if !text.contains('/') && !arg.exists() {
+            let names: Vec<&str> = config.instances.keys().map(String::as_str).collect();
+            Error::usage(
+                format!("`{text}` is neither a configured instance nor a path"),
+                Some(if names.is_empty() {
+                    "no instances are configured: `backstop init NAME --root DIR` adds one".into()
+                } else {
+                    format!("the configured instances are: {}", names.join(", "))
+                }),
+            )
+        } else {
+            e
+        }
     })
 }
 

@@ -119,6 +119,22 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX restores_by_backup ON restores (backup_id, started_at);
     "#,
+    // 2: guarded commands.
+    r#"
+    CREATE TABLE guards (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance        TEXT NOT NULL,
+        started_at      TEXT NOT NULL,
+        finished_at     TEXT,
+        command         TEXT NOT NULL,
+        backup_id       TEXT,
+        no_backup       INTEGER NOT NULL,
+        exit_code       INTEGER,
+        outcome         TEXT NOT NULL,
+        detail          TEXT
+    );
+    CREATE INDEX guards_by_backup ON guards (backup_id);
+    "#,
 ];
 
 /// The state of a backup attempt.
@@ -201,6 +217,26 @@ pub struct BackupRecord {
     pub last_restored_at: Option<String>,
     pub last_restored_to: Option<String>,
     pub last_restored_by: Option<String>,
+}
+
+/// One guarded command as the catalog records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardRecord {
+    pub id: i64,
+    pub instance: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// The command as it would be typed.
+    pub command: String,
+    /// The backup taken before it (none with `--no-backup`, or when the
+    /// backup failed and the command was refused).
+    pub backup_id: Option<String>,
+    pub no_backup: bool,
+    pub exit_code: Option<i32>,
+    /// `running`, `succeeded`, `failed`, `rolled-back`, `rollback-failed`,
+    /// `refused` (the backup failed, the command did not run).
+    pub outcome: String,
+    pub detail: Option<String>,
 }
 
 /// One restore as the catalog records it.
@@ -733,6 +769,109 @@ impl Catalog {
                 params![instance, at],
             )
             .map_err(|e| self.err(e))
+    }
+
+    /// SQLite's own consistency check: `None` when the file is sound, else
+    /// the first problem it reports.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn quick_check(&self) -> CResult<Option<String>> {
+        let result: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok((result != "ok").then_some(result))
+    }
+
+    /// Records a guarded command about to run.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn begin_guard(
+        &self,
+        instance: &str,
+        started_at: &str,
+        command: &str,
+        backup_id: Option<&str>,
+        no_backup: bool,
+    ) -> CResult<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO guards (instance, started_at, command, backup_id, no_backup, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
+                params![instance, started_at, command, backup_id, no_backup],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records how a guarded command ended.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn finish_guard(
+        &self,
+        id: i64,
+        at: &str,
+        exit_code: Option<i32>,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE guards SET finished_at = ?2, exit_code = ?3, outcome = ?4, detail = ?5 WHERE id = ?1",
+                params![id, at, exit_code, outcome, detail],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The guarded commands a backup was taken for.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn guards_of(&self, backup_id: &str) -> CResult<Vec<GuardRecord>> {
+        self.guards_where("backup_id = ?1", backup_id)
+    }
+
+    /// The guarded commands of an instance, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn guards_of_instance(&self, instance: &str) -> CResult<Vec<GuardRecord>> {
+        self.guards_where("instance = ?1", instance)
+    }
+
+    fn guards_where(&self, cond: &str, value: &str) -> CResult<Vec<GuardRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT id, instance, started_at, finished_at, command, backup_id, no_backup, \
+                 exit_code, outcome, detail FROM guards WHERE {cond} ORDER BY started_at, id"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([value], |r| {
+            Ok(GuardRecord {
+                id: r.get(0)?,
+                instance: r.get(1)?,
+                started_at: r.get(2)?,
+                finished_at: r.get(3)?,
+                command: r.get(4)?,
+                backup_id: r.get(5)?,
+                no_backup: r.get(6)?,
+                exit_code: r.get(7)?,
+                outcome: r.get(8)?,
+                detail: r.get(9)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.err(e))
     }
 
     /// The restores of one backup, oldest first.

@@ -3,16 +3,18 @@
 //!
 //! The file is TOML. Unknown keys and bad values are errors that name the
 //! file, the line and the column: a typo must never be silently ignored in a
-//! tool that decides what gets backed up. Instance definitions will join the
-//! top level as `[instances.NAME]` tables; [`Config`] keeps the file's path so
-//! relative paths in them can be resolved against it.
+//! tool that decides what gets backed up. Instances are `[instances.NAME]`
+//! tables, turned into [`Instance`] values here (see `instance.rs` for what
+//! they may say); relative paths resolve against the file's directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::archive::{Codec, CompressionSpec};
 use crate::error::ErrorKind;
+use crate::instance::Instance;
 
 /// A problem with the config file.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,8 @@ struct RawConfig {
     store: Option<PathBuf>,
     #[serde(default)]
     defaults: RawDefaults,
+    #[serde(default)]
+    instances: BTreeMap<String, toml::Spanned<crate::instance::RawInstance>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +93,8 @@ pub struct Config {
     pub level: Option<i32>,
     /// `[defaults] exclude`: gitignore-style patterns for every backup.
     pub exclude: Vec<String>,
+    /// `[instances.NAME]`, by name.
+    pub instances: BTreeMap<String, Instance>,
 }
 
 /// Where the config came from when it was looked up.
@@ -164,6 +170,19 @@ impl Config {
                 }
             })?;
         }
+        let mut instances = BTreeMap::new();
+        for (name, spanned) in raw.instances {
+            let span = spanned.span();
+            let instance = Instance::from_config(&name, spanned.into_inner(), &base, path)
+                .map_err(|message| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!("[instances.{name}] (line {line}): {message}"),
+                    }
+                })?;
+            instances.insert(name, instance);
+        }
         Ok(Config {
             path: Some(path.to_path_buf()),
             home: raw.home.map(resolve),
@@ -171,6 +190,32 @@ impl Config {
             compression: raw.defaults.compression,
             level: raw.defaults.level,
             exclude: raw.defaults.exclude,
+            instances,
+        })
+    }
+
+    /// The instance called `name` in the config.
+    ///
+    /// # Errors
+    ///
+    /// Fails with a usage error listing the instances that exist.
+    pub fn instance(&self, name: &str) -> Result<&Instance, crate::Error> {
+        self.instances.get(name).ok_or_else(|| {
+            let hint = if self.instances.is_empty() {
+                match &self.path {
+                    Some(p) => format!(
+                        "{} defines no instances: add one with `backstop init {name} --root DIR`",
+                        p.display()
+                    ),
+                    None => format!(
+                        "no config file was found: `backstop init {name} --root DIR` writes one"
+                    ),
+                }
+            } else {
+                let names: Vec<&str> = self.instances.keys().map(String::as_str).collect();
+                format!("the config defines: {}", names.join(", "))
+            };
+            crate::Error::usage(format!("there is no instance named `{name}`"), Some(hint))
         })
     }
 }

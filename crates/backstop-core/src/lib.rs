@@ -35,6 +35,8 @@ pub use error::{Error, ErrorKind, Result};
 pub struct Context<'a> {
     /// Where backstop keeps its state.
     pub layout: &'a config::Layout,
+    /// The config file's contents (instances, defaults).
+    pub config: &'a config::Config,
     /// Where progress goes.
     pub progress: &'a dyn progress::Progress,
     /// Set by a signal handler to stop the operation.

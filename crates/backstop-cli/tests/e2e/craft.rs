@@ -72,6 +72,7 @@ pub fn craft(dir: &Path, id: &str, root: &Path, entries: &[Raw]) -> PathBuf {
             path: ".".into(),
             origin: root.display().to_string(),
             restore: "extract".into(),
+            file: None,
         }],
         excludes: vec![],
         never_restore: vec![],

@@ -149,14 +149,23 @@ impl fmt::Display for BackupKind {
 pub struct SourceManifest {
     /// The top-level directory (or file) of the source in the archive.
     pub name: String,
-    /// `path` for files and directories.
+    /// `path` for files and directories, `sqlite` for a database captured
+    /// with SQLite's online backup, `volume` for a podman volume, `command`
+    /// for a command's output.
     pub kind: String,
-    /// The path relative to the instance root (`.` for the root itself).
+    /// For `path` and `sqlite`: the path relative to the instance root (`.`
+    /// for the root itself), or absolute for a path outside it. Empty for
+    /// the others.
     pub path: String,
-    /// Where the data came from: the absolute path on the host.
+    /// Where the data came from: the absolute path on the host, the volume,
+    /// the command.
     pub origin: String,
-    /// How a restore puts it back: `extract` for path sources.
+    /// How a restore puts it back, in words: `extract` for path sources.
     pub restore: String,
+    /// For captured sources (all but `path`): the one file under the
+    /// source's name that holds the data (`<name>/<file>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// What the scan measured before anything was written.

@@ -21,10 +21,11 @@ use crate::catalog::{BackupRecord, Catalog, Finished, NewBackup};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, NewFile, TEMP_PREFIX};
-use crate::instance::Instance;
+use crate::instance::{Instance, SourceSpec};
 use crate::lock::{InstanceLock, hostname};
+use crate::source::capture::{self, Spool};
 use crate::source::exclude::{Excluded, Excludes};
-use crate::source::scan::{EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions};
+use crate::source::scan::{EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
 use crate::time;
 
 /// Where the archive goes.
@@ -176,9 +177,20 @@ fn own_state_dirs(ctx: &Context<'_>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn scan(ctx: &Context<'_>, req: &BackupRequest) -> Result<(Scan, Excludes)> {
+fn scan(ctx: &Context<'_>, req: &BackupRequest, tops: &[ScanTop]) -> Result<(Scan, Excludes)> {
     let mut patterns = req.instance.excludes.clone();
     patterns.extend(req.excludes.iter().cloned());
+    // A database captured consistently is not also copied file by file.
+    for s in &req.instance.sources {
+        if let SourceSpec::Sqlite(p) = &s.spec
+            && let Ok(rel) = req.instance.resolve(p).strip_prefix(&req.instance.root)
+        {
+            let rel = rel.display().to_string();
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                patterns.push(format!("/{}{suffix}", glob_escape(&rel)));
+            }
+        }
+    }
     let excludes = Excludes::new(&req.instance.root, &patterns)?;
     let opts = ScanOptions {
         excludes: &excludes,
@@ -186,8 +198,20 @@ fn scan(ctx: &Context<'_>, req: &BackupRequest) -> Result<(Scan, Excludes)> {
         progress: ctx.progress,
         cancel: ctx.cancel,
     };
-    let scan = Scan::run(&req.instance, &opts)?;
+    let scan = Scan::run(&req.instance.root, tops, &opts)?;
     Ok((scan, excludes))
+}
+
+/// `text` with glob characters escaped, for a literal gitignore pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '!' | '#') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn path_str(path: &Path) -> Result<String> {
@@ -204,12 +228,38 @@ fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
         .sources
         .iter()
         .map(|s| {
+            let (path, origin, restore) = match &s.spec {
+                SourceSpec::Path(p) => (
+                    path_str(p)?,
+                    path_str(&instance.resolve(p))?,
+                    "extract".to_string(),
+                ),
+                SourceSpec::Sqlite(p) => (
+                    path_str(p)?,
+                    path_str(&instance.resolve(p))?,
+                    "replace the database file".to_string(),
+                ),
+                SourceSpec::Volume(v) => (
+                    String::new(),
+                    format!("podman volume {v}"),
+                    format!("podman volume import {v}"),
+                ),
+                SourceSpec::Command { dump, restore, .. } => (
+                    String::new(),
+                    format!("the output of `{dump}`"),
+                    match restore {
+                        Some(r) => format!("fed to `{r}`"),
+                        None => "none configured: restored as a file with --dest".into(),
+                    },
+                ),
+            };
             Ok(SourceManifest {
                 name: s.name.clone(),
-                kind: "path".into(),
-                path: path_str(&s.path)?,
-                origin: path_str(&instance.source_path(s))?,
-                restore: "extract".into(),
+                kind: s.spec.kind().into(),
+                path,
+                origin,
+                restore,
+                file: capture::captured_file(s, &instance.root),
             })
         })
         .collect()
@@ -233,7 +283,22 @@ fn destination(ctx: &Context<'_>, req: &BackupRequest, id: &str) -> Option<PathB
 ///
 /// Fails when a source cannot be read or a pattern is invalid.
 pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
-    let (scan, _excludes) = scan(ctx, req)?;
+    let mut req_sources = req.instance.clone();
+    let (sources, notes) = req_sources.expanded_sources()?;
+    req_sources.sources = sources;
+    let env = req_sources.env();
+    // Nothing is captured for a plan: volumes and dumps are listed, not run.
+    let tops = capture::capture(ctx, &req_sources, None, &env)?;
+    let expanded = BackupRequest {
+        instance: req_sources,
+        about: req.about.clone(),
+        excludes: req.excludes.clone(),
+        compression: req.compression,
+        output: Output::Store,
+        wait: None,
+    };
+    let (scan, _excludes) = scan(ctx, &expanded, &tops)?;
+    let req_instance = &expanded.instance;
     let base = format!("{}-{}", req.instance.name, time::id_stamp(time::now()));
     let mut entries = Vec::with_capacity(scan.len());
     let mut buf = Vec::new();
@@ -256,10 +321,16 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         skipped: scan.skipped.clone(),
         ..Trailer::default()
     };
+    let mut warnings = warnings_of(&trailer);
+    warnings.extend(notes.into_iter().map(|n| Warning {
+        kind: "quadlet",
+        path: String::new(),
+        detail: n,
+    }));
     Ok(BackupPlan {
         instance: req.instance.name.clone(),
         root: req.instance.root.display().to_string(),
-        sources: sources_manifest(&req.instance)?,
+        sources: sources_manifest(req_instance)?,
         destination: destination(ctx, req, &base).map(|p| p.display().to_string()),
         compression: req.compression.codec,
         level: req.compression.level,
@@ -267,7 +338,7 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         totals: scan.totals,
         excluded: summarize_excluded(&scan.excluded),
         excluded_paths: scan.excluded.iter().map(|e| e.path.clone()).collect(),
-        warnings: warnings_of(&trailer),
+        warnings,
         entries,
     })
 }
@@ -380,6 +451,24 @@ pub fn backup_locked(
     );
     check_output(&req.output)?;
     let started = Instant::now();
+    let mut notes = Vec::new();
+    let (sources, quadlet_notes) = req.instance.expanded_sources()?;
+    req.instance.sources = sources;
+    notes.extend(quadlet_notes.into_iter().map(|n| Warning {
+        kind: "quadlet",
+        path: String::new(),
+        detail: n,
+    }));
+    if req.about.app_version.is_none() {
+        match req.instance.detect_version() {
+            Ok(v) => req.about.app_version = v,
+            Err(e) => notes.push(Warning {
+                kind: "version",
+                path: String::new(),
+                detail: format!("the version could not be read: {}", error_chain(&e)),
+            }),
+        }
+    }
     // A stream is taken out of the request: it is consumed by the writer.
     let stream = match std::mem::replace(&mut req.output, Output::Store) {
         Output::Stream(s) => Some(s),
@@ -441,11 +530,14 @@ pub fn backup_locked(
     if let Some(planned) = destination(ctx, &req, &id).filter(|_| !streaming) {
         catalog.set_planned_location(&id, &path_str(&planned)?)?;
     }
-    let result = run(ctx, &req, stream, &id, &created_at, &host, &created_by);
+    let result = cold(ctx, &req, || {
+        run(ctx, &req, stream, &id, &created_at, &host, &created_by)
+    });
     match result {
         Ok((written, location, scan_excluded)) => {
             let finished_at = time::now_rfc3339();
-            let warnings = warnings_of(&written.trailer);
+            let mut warnings = warnings_of(&written.trailer);
+            warnings.extend(notes);
             let incomplete = warnings.iter().filter(|w| w.is_incomplete()).count() as u64;
             let finished = Finished {
                 finished_at: &finished_at,
@@ -505,7 +597,15 @@ fn run(
     host: &str,
     created_by: &str,
 ) -> Result<(Written, Option<String>, Vec<ExcludedPath>)> {
-    let (scan, excludes) = scan(ctx, req)?;
+    let spool = Spool::new(&ctx.layout.home, &req.instance.name)?;
+    let mut env = req.instance.env();
+    env.set("BACKSTOP_BACKUP_ID", id)
+        .set("BACKSTOP_REASON", &req.about.reason)
+        .set_opt("BACKSTOP_VERSION", req.about.app_version.as_deref())
+        .set("BACKSTOP_HOME", ctx.layout.home.to_string_lossy())
+        .set("BACKSTOP_STORE", ctx.layout.store.to_string_lossy());
+    let tops = capture::capture(ctx, &req.instance, Some(&spool), &env)?;
+    let (scan, excludes) = scan(ctx, req, &tops)?;
     failpoint::hit("backup.after-scan")?;
     ctx.cancel.check()?;
     let manifest = Manifest {
@@ -566,6 +666,34 @@ fn run(
         return Err(e);
     }
     Ok((written, Some(path_str(&committed)?), scan.excluded))
+}
+
+/// Runs `f`, with the instance's services stopped around it when it asks
+/// for cold backups; those that ran are started again whatever happens.
+fn cold<T>(ctx: &Context<'_>, req: &BackupRequest, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let services = match &req.instance.services {
+        Some(s) if req.instance.cold_backup => s,
+        _ => return f(),
+    };
+    let env = req.instance.env();
+    let sctx = crate::service::Ctx {
+        env: &env,
+        cwd: req
+            .instance
+            .root
+            .is_dir()
+            .then_some(req.instance.root.as_path()),
+        cancel: Some(ctx.cancel),
+        instance: &req.instance.name,
+    };
+    let stopped = services.stop_running(&sctx)?;
+    let result = f();
+    let started = stopped.start();
+    match (result, started) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+    }
 }
 
 /// Names the archive path in a pipeline I/O error, which only knows "archive".

@@ -2,8 +2,12 @@
 //! takes a [`crate::Context`] and a request, and returns a plain value.
 
 pub mod backup;
+pub mod doctor;
+pub mod guard;
+pub mod init;
 pub mod list;
 pub mod recover;
 pub mod restore;
+pub mod rollback;
 pub mod show;
 pub mod verify;

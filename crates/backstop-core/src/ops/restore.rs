@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use crate::catalog::{BackupRecord, Catalog, ListFilter, NewRestore, Status};
 use crate::error::{Error, ErrorKind, Result};
 use crate::failpoint;
 use crate::fsutil;
-use crate::instance::{Instance, InstanceOrigin, Source};
+use crate::instance::{Instance, Source, SourceSpec};
 use crate::lock::{InstanceLock, hostname};
 use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::ops::list::open_existing;
@@ -34,7 +34,7 @@ use crate::ops::recover::recover_locked;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::restore::confine::Confined;
 use crate::restore::diff::{self, Action, Changes, Node, live_tree, same};
-use crate::restore::journal::{self, Journal, Phase, Step};
+use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
 use crate::restore::stage::{Selection, Stager, remove_tree, root_relative, staging_dir};
 use crate::source::exclude::{Excludes, Patterns};
 use crate::{Context, time};
@@ -85,6 +85,33 @@ pub struct RestoreRequest {
     /// Allow an exact restore over a directory that is not the backup's own.
     pub force: bool,
     pub wait: Option<Duration>,
+    /// For a rollback: run the instance's activate command with this
+    /// version once the files are in place, before the services start.
+    pub activate: Option<String>,
+    /// The reason recorded on the safety backup (`pre-restore`, `pre-rollback`).
+    pub safety_reason: String,
+}
+
+impl RestoreRequest {
+    /// A request for `target` with the defaults of the command line: safety
+    /// backup on, mode chosen by destination, everything restored.
+    pub fn new(target: impl Into<String>) -> RestoreRequest {
+        RestoreRequest {
+            target: target.into(),
+            dest: None,
+            mode: None,
+            only: Vec::new(),
+            excludes: Vec::new(),
+            dry_run: false,
+            pre_backup: true,
+            backup_message: None,
+            instance: None,
+            force: false,
+            wait: None,
+            activate: None,
+            safety_reason: "pre-restore".into(),
+        }
+    }
 }
 
 /// One check made before anything is written.
@@ -282,11 +309,142 @@ fn resolve_dest(dest: &Path) -> PathBuf {
     }
 }
 
-fn source_target(dest: &Path, source: &SourceManifest) -> PathBuf {
-    if source.path == "." {
-        dest.to_path_buf()
-    } else {
-        dest.join(&source.path)
+/// Where one source of the backup goes.
+#[derive(Debug, Clone)]
+enum Place {
+    /// A tree (or a single file) at this path.
+    Tree(PathBuf),
+    /// A captured database: the one file under the source's name replaces
+    /// this file.
+    File { target: PathBuf, file: String },
+    /// A volume or dump, put back by a program; staged under backstop's home.
+    Import { into: ImportTarget, file: String },
+}
+
+impl Place {
+    /// The path the plan shows, and the one whose filesystem holds the
+    /// staging.
+    fn target(&self, scratch: &Path, name: &str) -> PathBuf {
+        match self {
+            Place::Tree(t) | Place::File { target: t, .. } => t.clone(),
+            Place::Import { .. } => scratch.join(name),
+        }
+    }
+
+    fn shown(&self, scratch: &Path, name: &str) -> String {
+        match self {
+            Place::Import {
+                into: ImportTarget::Volume { name },
+                ..
+            } => format!("podman volume {name}"),
+            Place::Import {
+                into: ImportTarget::Command { command, .. },
+                ..
+            } => format!("`{command}`"),
+            other => other.target(scratch, name).display().to_string(),
+        }
+    }
+}
+
+/// Decides where `source` goes. Captured sources (volumes, dumps) are put
+/// back by their program only when restoring the instance in place;
+/// elsewhere they are written as files under `<dest>/<name>/`. A dump's
+/// restore command always comes from the config, never from the archive.
+fn place(
+    dest: &Path,
+    in_place: bool,
+    source: &SourceManifest,
+    instance: Option<&Instance>,
+) -> Result<Place> {
+    let at = |p: &str| {
+        if p == "." {
+            dest.to_path_buf()
+        } else if Path::new(p).is_absolute() {
+            if in_place {
+                PathBuf::from(p)
+            } else {
+                dest.join(&source.name)
+            }
+        } else {
+            dest.join(p)
+        }
+    };
+    let file = || {
+        source.file.clone().ok_or_else(|| {
+            Error::from(ArchiveError::Corrupt {
+                path: PathBuf::new(),
+                detail: format!("source {} names no file in its manifest", source.name),
+            })
+        })
+    };
+    let configured = instance.and_then(|i| i.sources.iter().find(|s| s.name == source.name));
+    match source.kind.as_str() {
+        "path" => Ok(Place::Tree(at(&source.path))),
+        "sqlite" => Ok(Place::File {
+            target: at(&source.path),
+            file: file()?,
+        }),
+        "volume" | "command" if !in_place => Ok(Place::Tree(dest.join(&source.name))),
+        "volume" => {
+            let name = match configured.map(|c| &c.spec) {
+                Some(SourceSpec::Volume(v)) => v.clone(),
+                _ => source
+                    .origin
+                    .strip_prefix("podman volume ")
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            crate::podman::check_name("volume", &name).map_err(|e| ArchiveError::Corrupt {
+                path: PathBuf::new(),
+                detail: format!("source {}: {e}", source.name),
+            })?;
+            Ok(Place::Import {
+                into: ImportTarget::Volume { name },
+                file: file()?,
+            })
+        }
+        "command" => {
+            let (
+                Some(inst),
+                Some(SourceSpec::Command {
+                    restore: Some(command),
+                    ..
+                }),
+            ) = (instance, configured.map(|c| &c.spec))
+            else {
+                return Err(Error::usage(
+                    format!(
+                        "source {} is a command's output, and the config gives it no restore command",
+                        source.name
+                    ),
+                    Some(format!(
+                        "add `restore = \"...\"` to [instances.{}.sources.{}], leave it out with --only, or write it as a file with --dest DIR",
+                        instance.map_or("NAME", |i| i.name.as_str()),
+                        source.name
+                    )),
+                ));
+            };
+            let env = inst.env();
+            Ok(Place::Import {
+                into: ImportTarget::Command {
+                    source: source.name.clone(),
+                    command: command.clone(),
+                    cwd: Some(inst.root.clone()),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                },
+                file: file()?,
+            })
+        }
+        other => Err(Error::usage(
+            format!(
+                "source {} is of kind `{other}`, which this backstop does not know",
+                source.name
+            ),
+            Some("upgrade backstop, or leave the source out with --only".into()),
+        )),
     }
 }
 
@@ -470,19 +628,29 @@ pub fn restore(
             ));
         }
     }
-    let own_root = PathBuf::from(&m.root);
+    // The config's definition of the instance, when it has one: its root,
+    // secrets, services and restore commands.
+    let inst = ctx.config.instances.get(&m.instance);
+    let own_root = inst.map_or_else(|| PathBuf::from(&m.root), |i| i.root.clone());
     let dest = resolve_dest(req.dest.as_deref().unwrap_or(&own_root));
     let is_own_root = resolve_dest(&own_root) == dest;
     let mode = req
         .mode
         .unwrap_or(if is_own_root { Mode::Exact } else { Mode::Safe });
+    if req.activate.is_some() && !is_own_root {
+        return Err(Error::usage(
+            "a rollback puts the instance back in place; it takes no destination",
+            Some("use `backstop restore ID --dest DIR` to restore elsewhere".into()),
+        ));
+    }
 
     let mut keep_patterns = m.never_restore.clone();
     keep_patterns.extend(req.excludes.iter().cloned());
+    let secrets = inst.map(|i| i.secrets.clone()).unwrap_or_default();
     let selection = Selection {
         only: req.only.clone(),
         keep: Patterns::new(&dest, &keep_patterns)?,
-        secrets: Patterns::new(&dest, &[])?,
+        secrets: Patterns::new(&dest, &secrets)?,
     };
     // What the backup never covered stays too: paths its excludes matched.
     let backup_excludes = Excludes::new(&dest, &m.excludes)?;
@@ -496,14 +664,23 @@ pub fn restore(
         .iter()
         .filter(|s| selection.source_selected(&s.name))
         .collect();
+    let scratch = ctx.layout.home.join("restore").join(&m.instance);
+    let mut places = HashMap::new();
+    for s in &sources {
+        places.insert(s.name.clone(), place(&dest, is_own_root, s, inst)?);
+    }
     let planned_sources: Vec<PlannedSource> = sources
         .iter()
         .map(|s| {
-            let target = source_target(&dest, s);
+            let place = &places[&s.name];
+            let target = place.target(&scratch, &s.name);
             PlannedSource {
                 name: s.name.clone(),
-                exists: target.symlink_metadata().is_ok(),
-                target: target.display().to_string(),
+                exists: match place {
+                    Place::Import { .. } => true,
+                    _ => target.symlink_metadata().is_ok(),
+                },
+                target: place.shown(&scratch, &s.name),
             }
         })
         .collect();
@@ -569,7 +746,7 @@ pub fn restore(
                     "{} is not where backup {} was taken from ({}), and an exact restore would delete everything in it that the backup does not hold",
                     dest.display(),
                     m.id,
-                    m.root
+                    own_root.display()
                 ),
                 Some(
                     "use --mode safe or --mode merge, or pass --force if that is what you want"
@@ -578,15 +755,67 @@ pub fn restore(
             ));
         }
     }
+    let services = inst
+        .and_then(|i| i.services.as_ref())
+        .filter(|_| is_own_root);
+    if let Some(s) = services {
+        checks.push(Check {
+            name: "services",
+            ok: true,
+            detail: describe_services(s),
+        });
+    }
 
-    let existing: Vec<&&SourceManifest> = sources
+    // What the safety backup holds: what is there now of the sources restored.
+    let existing: Vec<Source> = sources
         .iter()
-        .filter(|s| {
-            let t = source_target(&dest, s);
-            t.symlink_metadata().is_ok()
-                && std::fs::read_dir(&t)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(true)
+        .filter_map(|s| {
+            let place = &places[&s.name];
+            let present = |t: &Path| {
+                t.symlink_metadata().is_ok()
+                    && std::fs::read_dir(t)
+                        .map(|mut d| d.next().is_some())
+                        .unwrap_or(true)
+            };
+            let spec = match place {
+                Place::Tree(t) if present(t) => SourceSpec::Path(
+                    t.strip_prefix(&dest)
+                        .ok()
+                        .filter(|r| !r.as_os_str().is_empty())
+                        .map_or_else(|| t.clone(), Path::to_path_buf)
+                        .components()
+                        .collect::<PathBuf>(),
+                ),
+                Place::File { target, .. } if target.is_file() => {
+                    SourceSpec::Sqlite(target.clone())
+                }
+                Place::Import {
+                    into: ImportTarget::Volume { name },
+                    ..
+                } => {
+                    if !crate::podman::Podman::default()
+                        .volume_exists(name)
+                        .unwrap_or(false)
+                    {
+                        return None;
+                    }
+                    SourceSpec::Volume(name.clone())
+                }
+                Place::Import {
+                    into: ImportTarget::Command { .. },
+                    ..
+                } => inst
+                    .and_then(|i| i.sources.iter().find(|c| c.name == s.name))
+                    .map(|c| c.spec.clone())?,
+                _ => return None,
+            };
+            Some(Source {
+                name: s.name.clone(),
+                spec: match spec {
+                    SourceSpec::Path(p) if p.as_os_str().is_empty() => SourceSpec::Path(".".into()),
+                    other => other,
+                },
+            })
         })
         .collect();
     let safety = req.pre_backup && !existing.is_empty();
@@ -596,9 +825,10 @@ pub fn restore(
         "not needed: nothing is at the destination".to_string()
     } else {
         format!(
-            "of {} as instance {}, reason pre-restore",
+            "of {} as instance {}, reason {}",
             dest.display(),
-            m.instance
+            m.instance,
+            req.safety_reason
         )
     };
     // With a safety backup to take, the archive is checked first, so that a
@@ -648,7 +878,8 @@ pub fn restore(
     };
 
     if req.dry_run {
-        // The archive is read to list what it holds; nothing is written.
+        // The archive is read to list what it holds; nothing is written,
+        // nothing is run.
         let mut lister = Lister {
             sources: m
                 .sources
@@ -662,18 +893,38 @@ pub fn restore(
         };
         let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut lister);
         run.result?;
+        let empty = BTreeMap::new();
         for s in &sources {
-            let target = source_target(&dest, s);
+            let backup = lister.entries.get(&s.name).unwrap_or(&empty);
+            let (target, backup) = match &places[&s.name] {
+                Place::Import { file, .. } => {
+                    let size = backup.get(Path::new(file)).map_or(0, |n| n.size);
+                    plan.changes.push(
+                        places[&s.name].shown(&scratch, &s.name),
+                        Action::Replace,
+                        if s.kind == "volume" { "volume" } else { "dump" },
+                        size,
+                    );
+                    continue;
+                }
+                Place::File { target, file } => {
+                    let one: BTreeMap<PathBuf, Node> = backup
+                        .get(Path::new(file))
+                        .map(|n| (PathBuf::new(), n.clone()))
+                        .into_iter()
+                        .collect();
+                    (target.clone(), one)
+                }
+                Place::Tree(t) => (t.clone(), backup.clone()),
+            };
             let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
             let kept_here =
                 |rel: &Path, is_dir: bool| kept(&target.join(rel), &rel_base.join(rel), is_dir);
             let live = live_tree(&target, &kept_here);
-            let empty = BTreeMap::new();
-            let backup = lister.entries.get(&s.name).unwrap_or(&empty);
             compare(
                 mode,
                 &target,
-                backup,
+                &backup,
                 &live,
                 &kept_here,
                 None,
@@ -714,36 +965,54 @@ pub fn restore(
         let _ = catalog.finish_restore(restore_id, &time::now_rfc3339(), outcome, text.as_deref());
     };
 
-    // The safety backup, under this restore's lock.
+    // The services that run are stopped for the whole change, and started
+    // again on every way out (the guard's drop), failures included.
+    let env = {
+        let mut env = inst.map_or_else(
+            || crate::command::CommandEnv::new(&m.instance, &dest),
+            Instance::env,
+        );
+        env.set("BACKSTOP_BACKUP_ID", &m.id)
+            .set_opt(
+                "BACKSTOP_VERSION",
+                req.activate.as_deref().or(m.about.app_version.as_deref()),
+            )
+            .set("BACKSTOP_HOME", ctx.layout.home.to_string_lossy())
+            .set("BACKSTOP_STORE", ctx.layout.store.to_string_lossy());
+        env
+    };
+    let sctx = crate::service::Ctx {
+        env: &env,
+        cwd: dest.is_dir().then_some(dest.as_path()),
+        cancel: Some(ctx.cancel),
+        instance: &m.instance,
+    };
+    let stopped = match services.map(|s| s.stop_running(&sctx)).transpose() {
+        Ok(stopped) => stopped,
+        Err(e) => {
+            finish("failed", Some(&e));
+            return Err(e);
+        }
+    };
+
+    // The safety backup, under this restore's lock, of the quiet state.
     let mut warnings = Vec::new();
     let mut safety_id = None;
     if safety {
-        let instance = Instance {
-            name: m.instance.clone(),
-            root: dest.clone(),
-            origin: InstanceOrigin::AdHoc,
-            sources: existing
-                .iter()
-                .map(|s| Source {
-                    name: s.name.clone(),
-                    path: PathBuf::from(&s.path),
-                })
-                .collect(),
-            excludes: Vec::new(),
-            never_restore: m.never_restore.clone(),
-        };
+        let mut instance = Instance::bare(m.instance.clone(), dest.clone(), existing);
+        instance.never_restore = m.never_restore.clone();
         let request = BackupRequest {
             instance,
             about: Description {
                 kind: BackupKind::Automatic,
-                reason: "pre-restore".into(),
+                reason: req.safety_reason.clone(),
                 message: Some(
                     req.backup_message
                         .clone()
                         .unwrap_or_else(|| format!("before restoring {}", m.id)),
                 ),
                 labels: BTreeMap::from([("restoring".to_string(), m.id.clone())]),
-                app_version: None,
+                app_version: inst.and_then(|i| i.detect_version().ok().flatten()),
                 upgraded_to: None,
                 profile: None,
             },
@@ -777,24 +1046,17 @@ pub fn restore(
         &dest,
         mode,
         &sources,
+        &places,
+        &scratch,
+        inst,
         &selection,
         &kept,
         restore_id,
         &mut plan,
         &mut warnings,
     );
-    match applied {
-        Ok(()) => {
-            finish("restored", None);
-            Journal::remove(&ctx.layout.home, &m.instance)?;
-            Ok(RestoreOutcome::Restored(RestoreReport {
-                plan,
-                restore_id,
-                safety_backup: safety_id,
-                warnings,
-                duration_ms: started.elapsed().as_millis() as u64,
-            }))
-        }
+    let journal = match applied {
+        Ok(journal) => journal,
         Err(e) => {
             let outcome = if e.kind() == ErrorKind::Integrity {
                 "refused"
@@ -802,12 +1064,75 @@ pub fn restore(
                 "rolled-back"
             };
             finish(outcome, Some(&e));
-            Err(match e.kind() {
+            return Err(match e.kind() {
                 ErrorKind::Integrity | ErrorKind::Interrupted | ErrorKind::RolledBack => e,
                 _ => Error::RolledBack { cause: Box::new(e) },
-            })
+            });
         }
+    };
+
+    // Activate (rollback), start what ran, check health: all before the
+    // commit point, so any failure puts the previous state back.
+    let checked = (|| -> Result<()> {
+        if let (Some(version), Some(activate)) =
+            (&req.activate, inst.and_then(|i| i.activate.as_ref()))
+        {
+            let what = format!("the activate command of {} (version {version})", m.instance);
+            let mut run = crate::command::Run::new(&what, &env);
+            run.cwd = dest.is_dir().then_some(dest.as_path());
+            run.cancel = Some(ctx.cancel);
+            run.output(activate)?;
+        }
+        failpoint::hit("restore.before-health")?;
+        let ran = stopped.as_ref().is_some_and(|s| !s.names().is_empty());
+        let any_control = services.is_some_and(|s| s.control.is_some());
+        if let Some(stopped) = stopped {
+            stopped.start()?;
+        }
+        if let Some(s) = services
+            && (ran || !any_control)
+            && let Err(failed) = s.health(&sctx)?
+        {
+            return Err(failed);
+        }
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        // Back to the old state, with the services as they were: stopped
+        // while the files move back, started again if they ran.
+        let undone = (|| -> Result<()> {
+            let again = services.map(|s| s.stop_running(&sctx)).transpose()?;
+            journal.recover(&ctx.layout.home)?;
+            if let Some(again) = again {
+                again.start()?;
+            }
+            Ok(())
+        })();
+        let _ = remove_tree(&scratch);
+        if let Err(undo_err) = undone {
+            finish("failed", Some(&undo_err));
+            return Err(undo_err);
+        }
+        finish("rolled-back", Some(&e));
+        return Err(match e.kind() {
+            ErrorKind::Interrupted => e,
+            _ => Error::RolledBack { cause: Box::new(e) },
+        });
     }
+    if let Err(e) = commit(ctx, journal) {
+        finish("failed", Some(&e));
+        return Err(e);
+    }
+    let _ = remove_tree(&scratch);
+    finish("restored", None);
+    Journal::remove(&ctx.layout.home, &m.instance)?;
+    Ok(RestoreOutcome::Restored(RestoreReport {
+        plan,
+        restore_id,
+        safety_backup: safety_id,
+        warnings,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }))
 }
 
 /// A name beside `path` for keeping a replaced entry: `<name>.bak-<time>`.
@@ -833,6 +1158,42 @@ fn inode(path: &Path) -> Result<u64> {
         .map_err(|e| Error::io("reading", path, e))
 }
 
+/// The plan's words for how the services are handled.
+fn describe_services(s: &crate::service::Services) -> String {
+    use crate::service::Control;
+    let control = match &s.control {
+        None => "no service control".to_string(),
+        Some(Control::Commands { .. }) => {
+            "the service is stopped if it runs, and started again after".into()
+        }
+        Some(Control::Containers { names }) => format!(
+            "containers {} are stopped if they run, and started again after",
+            names.join(", ")
+        ),
+        Some(Control::Units { names, user }) => format!(
+            "{}units {} are stopped if they run, and started again after",
+            if *user { "user " } else { "" },
+            names.join(", ")
+        ),
+    };
+    match &s.health {
+        Some(h) => format!(
+            "{control}; then `{}` must pass within {}, or the restore is undone",
+            h.command,
+            time::human_duration(h.timeout)
+        ),
+        None => control,
+    }
+}
+
+/// An empty tar archive: the "before" of a volume that did not exist.
+const EMPTY_TAR: [u8; 1024] = [0; 1024];
+
+/// Stages every source, verifies the archive, and applies the steps of the
+/// mode through the journal, stopping just before the commit point: the
+/// caller activates, starts services and checks health, then calls
+/// [`commit`] or undoes with [`Journal::recover`]. On failure, everything
+/// done is already undone.
 #[allow(clippy::too_many_arguments)]
 fn stage_and_apply(
     ctx: &Context<'_>,
@@ -841,12 +1202,15 @@ fn stage_and_apply(
     dest: &Path,
     mode: Mode,
     sources: &[&SourceManifest],
+    places: &HashMap<String, Place>,
+    scratch: &Path,
+    inst: Option<&Instance>,
     selection: &Selection,
     kept: &dyn Fn(&Path, &Path, bool) -> bool,
     restore_id: i64,
     plan: &mut RestorePlan,
     warnings: &mut Vec<String>,
-) -> Result<()> {
+) -> Result<Journal> {
     let m = &src.manifest;
     let home = &ctx.layout.home;
     let mut journal = Journal {
@@ -859,11 +1223,14 @@ fn stage_and_apply(
         staging: Vec::new(),
         steps: Vec::new(),
     };
+    if places.values().any(|p| matches!(p, Place::Import { .. })) {
+        fsutil::create_private_dir_all(scratch)?;
+    }
     // Missing directories above the targets are created, and removed again
     // if the restore does not complete.
     let mut make_dirs: Vec<PathBuf> = Vec::new();
     for s in sources {
-        let target = source_target(dest, s);
+        let target = places[&s.name].target(scratch, &s.name);
         let mut missing = Vec::new();
         let mut p = fsutil::parent_dir(&target);
         while p.symlink_metadata().is_err() {
@@ -875,7 +1242,7 @@ fn stage_and_apply(
                 make_dirs.push(dir);
             }
         }
-        let staging = staging_dir(&target, &m.id);
+        let staging = staging_dir(&target, &m.id, &s.name);
         journal.staging.push(staging);
     }
     journal.steps = make_dirs
@@ -914,76 +1281,186 @@ fn stage_and_apply(
         return Err(e);
     }
 
-    // The renames, all decided and journaled before the first is taken.
+    // The steps, all decided and journaled before the first is taken.
     let stamp = time::now().strftime("%Y%m%dT%H%M%S").to_string();
     let mut steps = journal.steps.clone();
     let mut changes = Changes::default();
-    for (s, staging) in sources.iter().zip(&journal.staging) {
-        let target = source_target(dest, s);
-        let staged_top = staging.join(&s.name);
-        let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
-        let kept_here = |rel: &Path, is_dir: bool| {
-            kept(&target.join(rel), &rel_base.join(rel), is_dir)
-                || unrestorable.contains(&rel_base.join(rel))
-        };
-        let live = live_tree(&target, &kept_here);
-        let staged = live_tree(&staged_top, &|_, _| false);
-        compare(
-            mode,
-            &target,
-            &staged,
-            &live,
-            &kept_here,
-            Some(&staged_top),
-            &mut changes,
-        );
-        if staged.is_empty() {
-            // Everything of this source was excluded.
-            continue;
+    // A database inside a tree restored exactly goes into that tree's staged
+    // copy, so the tree's swap brings it in: a swap of its own would happen
+    // in a directory the tree's swap moves away.
+    let mut nested: HashMap<String, Vec<(PathBuf, PathBuf)>> = HashMap::new();
+    let mut nested_dbs: Vec<String> = Vec::new();
+    if mode == Mode::Exact {
+        for (s, staging) in sources.iter().zip(&journal.staging) {
+            let Place::File { target, file } = &places[&s.name] else {
+                continue;
+            };
+            let outer = sources
+                .iter()
+                .filter_map(|o| match &places[&o.name] {
+                    Place::Tree(t) if target.starts_with(t) && t != target => {
+                        Some((o.name.clone(), t.clone()))
+                    }
+                    _ => None,
+                })
+                .max_by_key(|(_, t)| t.components().count());
+            if let Some((outer, outer_target)) = outer {
+                let rel = target
+                    .strip_prefix(&outer_target)
+                    .unwrap_or(target)
+                    .to_path_buf();
+                nested
+                    .entry(outer)
+                    .or_default()
+                    .push((rel, staging.join(&s.name).join(file)));
+                nested_dbs.push(s.name.clone());
+            }
         }
-        match mode {
-            Mode::Exact => {
-                // Kept paths move from the live tree into the staged one, so
-                // the swap carries them over unchanged.
-                for (rel, node) in &live {
-                    let is_kept = !rel.as_os_str().is_empty()
-                        && kept_here(rel, node.kind == "dir")
-                        && !rel.ancestors().skip(1).any(|a| {
-                            !a.as_os_str().is_empty()
-                                && live.get(a).is_some_and(|n| kept_here(a, n.kind == "dir"))
-                        });
-                    if !is_kept {
+    }
+    let decided = (|| -> Result<()> {
+        for (s, staging) in sources.iter().zip(&journal.staging) {
+            let (target, staged_top) = match &places[&s.name] {
+                Place::Import { into, file } => {
+                    let data = staging.join(&s.name).join(file);
+                    if data.symlink_metadata().is_err() {
+                        // Left out by --exclude or never-restore.
                         continue;
                     }
-                    let to = staged_top.join(rel);
-                    if let Some(parent) = to.parent() {
-                        make_staged_parents(&staged_top, parent, &target)?;
+                    // The live state, captured now, is what an undo puts back.
+                    let undo = staging.join(format!("{}.before", s.name));
+                    capture_live(ctx, into, inst, &s.name, &undo)?;
+                    let size = std::fs::metadata(&data).map_or(0, |md| md.len());
+                    changes.push(
+                        places[&s.name].shown(scratch, &s.name),
+                        Action::Replace,
+                        if s.kind == "volume" { "volume" } else { "dump" },
+                        size,
+                    );
+                    steps.push(Step::Import {
+                        into: into.clone(),
+                        data,
+                        undo,
+                    });
+                    continue;
+                }
+                Place::File { target, file } => (target.clone(), staging.join(&s.name).join(file)),
+                Place::Tree(target) => (target.clone(), staging.join(&s.name)),
+            };
+            let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
+            let kept_here = |rel: &Path, is_dir: bool| {
+                kept(&target.join(rel), &rel_base.join(rel), is_dir)
+                    || unrestorable.contains(&rel_base.join(rel))
+            };
+            let live = live_tree(&target, &kept_here);
+            let staged = live_tree(&staged_top, &|_, _| false);
+            compare(
+                mode,
+                &target,
+                &staged,
+                &live,
+                &kept_here,
+                Some(&staged_top),
+                &mut changes,
+            );
+            if staged.is_empty() || nested_dbs.contains(&s.name) {
+                // Everything of this source was excluded, or it goes in
+                // with the tree around it.
+                continue;
+            }
+            let inner = nested.get(&s.name).map(Vec::as_slice).unwrap_or_default();
+            // The databases themselves and their journal files: replaced,
+            // not carried over.
+            let replaced_db = |rel: &Path| {
+                inner.iter().any(|(db, _)| {
+                    ["", "-wal", "-shm", "-journal"].iter().any(|suffix| {
+                        let mut name = db.as_os_str().to_os_string();
+                        name.push(suffix);
+                        rel == Path::new(&name)
+                    })
+                })
+            };
+            if let Place::File { .. } = &places[&s.name]
+                && mode != Mode::Safe
+            {
+                // The old database's journal files must not meet the new
+                // database: they go aside with it.
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    let mut side = target.as_os_str().to_os_string();
+                    side.push(suffix);
+                    let side = PathBuf::from(side);
+                    if side.symlink_metadata().is_ok() {
+                        steps.push(Step::Move {
+                            ino: inode(&side)?,
+                            to: staging.join(format!("{}.before{suffix}", s.name)),
+                            from: side,
+                        });
                     }
-                    steps.push(Step::Move {
-                        from: target.join(rel),
-                        to,
-                        ino: inode(&target.join(rel))?,
+                }
+            }
+            match mode {
+                Mode::Exact => {
+                    // Kept paths move from the live tree into the staged one, so
+                    // the swap carries them over unchanged.
+                    for (rel, node) in &live {
+                        let is_kept = !rel.as_os_str().is_empty()
+                            && !replaced_db(rel)
+                            && kept_here(rel, node.kind == "dir")
+                            && !rel.ancestors().skip(1).any(|a| {
+                                !a.as_os_str().is_empty()
+                                    && live.get(a).is_some_and(|n| kept_here(a, n.kind == "dir"))
+                            });
+                        if !is_kept {
+                            continue;
+                        }
+                        let to = staged_top.join(rel);
+                        if let Some(parent) = to.parent() {
+                            make_staged_parents(&staged_top, parent, &target)?;
+                        }
+                        steps.push(Step::Move {
+                            from: target.join(rel),
+                            to,
+                            ino: inode(&target.join(rel))?,
+                        });
+                    }
+                    for (rel, db) in inner {
+                        if db.symlink_metadata().is_err() {
+                            continue;
+                        }
+                        let to = staged_top.join(rel);
+                        if let Some(parent) = to.parent() {
+                            make_staged_parents(&staged_top, parent, &target)?;
+                        }
+                        steps.push(Step::Move {
+                            ino: inode(db)?,
+                            from: db.clone(),
+                            to,
+                        });
+                    }
+                    steps.push(Step::Swap {
+                        existed: target.symlink_metadata().is_ok(),
+                        staged_ino: inode(&staged_top)?,
+                        target: target.clone(),
+                        staged: staged_top.clone(),
                     });
                 }
-                steps.push(Step::Swap {
-                    existed: target.symlink_metadata().is_ok(),
-                    staged_ino: inode(&staged_top)?,
-                    target: target.clone(),
-                    staged: staged_top.clone(),
-                });
-            }
-            Mode::Merge | Mode::Safe => {
-                merge_steps(
-                    mode,
-                    &target,
-                    &staged_top,
-                    &staged,
-                    &live,
-                    &stamp,
-                    &mut steps,
-                )?;
+                Mode::Merge | Mode::Safe => {
+                    merge_steps(
+                        mode,
+                        &target,
+                        &staged_top,
+                        &staged,
+                        &live,
+                        &stamp,
+                        &mut steps,
+                    )?;
+                }
             }
         }
+        Ok(())
+    })();
+    if let Err(e) = decided {
+        journal.recover(home)?;
+        return Err(e);
     }
     plan.changes = changes;
     journal.steps = steps;
@@ -999,7 +1476,11 @@ fn stage_and_apply(
             }
         }
         for dir in journal.touched_dirs() {
-            fsutil::fsync_dir(&dir)?;
+            // A directory a later swap moved away (inside an old tree) is
+            // not part of the result; only existing ones matter.
+            if dir.symlink_metadata().is_ok() {
+                fsutil::fsync_dir(&dir)?;
+            }
         }
         failpoint::hit("restore.before-commit")
     })();
@@ -1007,10 +1488,14 @@ fn stage_and_apply(
         journal.recover(home)?;
         return Err(Error::RolledBack { cause: Box::new(e) });
     }
+    Ok(journal)
+}
 
-    // The commit point.
+/// The commit point, then cleanup: the old trees parked in the staging
+/// directories go.
+fn commit(ctx: &Context<'_>, mut journal: Journal) -> Result<()> {
     journal.phase = Phase::Committed;
-    journal.save(home)?;
+    journal.save(&ctx.layout.home)?;
     failpoint::hit("restore.after-commit")?;
     for staging in &journal.staging {
         remove_tree(staging)?;
@@ -1018,6 +1503,57 @@ fn stage_and_apply(
     // The journal goes last, after the caller has recorded the outcome: a
     // crash in between is completed (and recorded again) by recovery.
     Ok(())
+}
+
+/// Captures what a volume or dump source holds now into `out`, for an undo.
+fn capture_live(
+    ctx: &Context<'_>,
+    into: &ImportTarget,
+    inst: Option<&Instance>,
+    name: &str,
+    out: &Path,
+) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| Error::io("creating", out, e))?;
+    match into {
+        ImportTarget::Volume { name: volume } => {
+            let podman = crate::podman::Podman::default();
+            if podman.volume_exists(volume)? {
+                podman.volume_export(volume, file)
+            } else {
+                let mut file = file;
+                std::io::Write::write_all(&mut file, &EMPTY_TAR)
+                    .map_err(|e| Error::io("writing", out, e))
+            }
+        }
+        ImportTarget::Command { env, cwd, .. } => {
+            let dump = inst
+                .and_then(|i| i.sources.iter().find(|s| s.name == name))
+                .and_then(|s| match &s.spec {
+                    SourceSpec::Command { dump, .. } => Some(dump.clone()),
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    Error::usage(
+                        format!("source {name} has no dump command in the config"),
+                        None,
+                    )
+                })?;
+            let mut vars = crate::command::CommandEnv::default();
+            for (k, v) in env {
+                vars.set(k, v);
+            }
+            let what = format!("the dump command of source {name} (the state before the restore)");
+            let mut run = crate::command::Run::new(&what, &vars);
+            run.cwd = cwd.as_deref().filter(|c| c.is_dir());
+            run.cancel = Some(ctx.cancel);
+            run.to_file(&dump, file)
+        }
+    }
 }
 
 /// Creates, inside the staged tree, the directories above a carried-over

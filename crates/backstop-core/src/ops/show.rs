@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::Context;
 use crate::archive::Manifest;
 use crate::archive::reader::read_manifest;
-use crate::catalog::{BackupRecord, Catalog, RestoreRecord};
+use crate::catalog::{BackupRecord, Catalog, GuardRecord, RestoreRecord};
 use crate::error::{Error, Result};
 use crate::ops::backup::error_chain;
 use crate::ops::list::{open_existing, repair_interrupted};
@@ -26,6 +26,8 @@ pub struct ShowReport {
     pub manifest_error: Option<String>,
     /// Restores of this backup, oldest first.
     pub restores: Vec<RestoreRecord>,
+    /// The guarded commands this backup was taken before, with their outcome.
+    pub guards: Vec<GuardRecord>,
 }
 
 /// A backup named on the command line: a catalog id or an archive file.
@@ -99,9 +101,9 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
         ),
         None => (None, None),
     };
-    let restores = match (&catalog, &record) {
-        (Some(c), Some(r)) => c.restores_of(&r.id)?,
-        _ => Vec::new(),
+    let (restores, guards) = match (&catalog, &record) {
+        (Some(c), Some(r)) => (c.restores_of(&r.id)?, c.guards_of(&r.id)?),
+        _ => (Vec::new(), Vec::new()),
     };
     Ok(ShowReport {
         backup: record,
@@ -109,5 +111,6 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
         manifest,
         manifest_error,
         restores,
+        guards,
     })
 }

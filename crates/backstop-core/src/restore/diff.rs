@@ -108,13 +108,27 @@ pub fn live_tree(top: &Path, keep: &dyn Fn(&Path, bool) -> bool) -> BTreeMap<Pat
     if std::fs::symlink_metadata(top).is_err() {
         return out;
     }
-    let mut walker = walkdir::WalkDir::new(top).follow_links(false).into_iter();
+    let mut walker = walkdir::WalkDir::new(top)
+        .follow_links(false)
+        .follow_root_links(false)
+        .into_iter();
     while let Some(Ok(entry)) = walker.next() {
         let rel = entry
             .path()
             .strip_prefix(top)
             .unwrap_or(Path::new(""))
             .to_path_buf();
+        // Another source's staging directory, made by this restore.
+        if entry
+            .file_name()
+            .as_bytes()
+            .starts_with(crate::restore::stage::STAGING_PREFIX.as_bytes())
+        {
+            if entry.file_type().is_dir() {
+                walker.skip_current_dir();
+            }
+            continue;
+        }
         let Ok(meta) = entry.metadata() else { continue };
         let ft = meta.file_type();
         let kind = if ft.is_dir() {

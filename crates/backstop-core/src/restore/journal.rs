@@ -2,8 +2,10 @@
 //! written and flushed before it does it, so that a crash at any instant can
 //! be repaired by the next command that takes the instance lock.
 //!
-//! Steps are renames. Each records the inode of what it moves, so whether a
-//! step happened is decided by looking at the filesystem, never guessed:
+//! Steps are renames, and imports of captured sources (volumes, dumps).
+//! Each rename records the inode of what it moves, so whether it happened is
+//! decided by looking at the filesystem, never guessed; an import is undone
+//! by importing the live state captured just before it:
 //! before the commit point every step that happened is undone in reverse;
 //! after it, what is left is cleanup (the old trees parked in the staging
 //! directories).
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{CWD, RenameFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::restore::stage::remove_tree;
@@ -53,6 +56,81 @@ pub enum Step {
     },
     /// A directory created in the live tree to hold what is restored.
     MakeDir { path: PathBuf },
+    /// A captured source put back by a program: a podman volume imported,
+    /// a dump fed to its restore command. Undone by putting back `undo`,
+    /// captured from the live state just before.
+    Import {
+        into: ImportTarget,
+        data: PathBuf,
+        undo: PathBuf,
+    },
+}
+
+/// Where an [`Step::Import`] goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ImportTarget {
+    /// A podman volume: emptied, then `podman volume import`; the
+    /// containers using it are stopped around it.
+    Volume { name: String },
+    /// A command fed the file on its standard input.
+    Command {
+        /// The source's name, for messages.
+        source: String,
+        command: CommandLine,
+        cwd: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    },
+}
+
+impl ImportTarget {
+    /// Puts `data` in place.
+    ///
+    /// # Errors
+    ///
+    /// Fails when podman or the restore command fails.
+    pub fn import(&self, data: &Path) -> Result<()> {
+        match self {
+            ImportTarget::Volume { name } => {
+                let podman = crate::podman::Podman::default();
+                let mut stopped = Vec::new();
+                let result = (|| {
+                    if podman.volume_exists(name)? {
+                        for c in podman.containers_using(name)? {
+                            if podman.container_running(&c)? {
+                                podman.container_stop(&c, std::time::Duration::from_secs(30))?;
+                                stopped.push(c);
+                            }
+                        }
+                    }
+                    podman.volume_restore(name, data).map(|_| ())
+                })();
+                let mut restarted = Ok(());
+                for c in &stopped {
+                    if let Err(e) = podman.container_start(c) {
+                        restarted = Err(e);
+                    }
+                }
+                result.and(restarted)
+            }
+            ImportTarget::Command {
+                source,
+                command,
+                cwd,
+                env,
+            } => {
+                let mut vars = CommandEnv::default();
+                for (k, v) in env {
+                    vars.set(k, v);
+                }
+                let what = format!("the restore command of source {source}");
+                let mut run = Run::new(&what, &vars);
+                run.cwd = cwd.as_deref().filter(|c| c.is_dir());
+                let file = std::fs::File::open(data).map_err(|e| Error::io("reading", data, e))?;
+                run.from_file(command, file)
+            }
+        }
+    }
 }
 
 /// The journal of one restore.
@@ -168,6 +246,7 @@ impl Journal {
                 Step::Swap { target, staged, .. } => vec![target, staged],
                 Step::Move { from, to, .. } => vec![from, to],
                 Step::MakeDir { path } => vec![path],
+                Step::Import { .. } => vec![],
             };
             for p in paths {
                 let d = fsutil::parent_dir(p);
@@ -224,6 +303,10 @@ fn undo(step: &Step) -> Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
             Err(e) => Err(Error::io("removing", path, e)),
         },
+        // Whether it ran cannot be seen from outside: the live state
+        // captured before is put back either way, which is harmless if the
+        // import never started.
+        Step::Import { into, undo, .. } => into.import(undo),
     }
 }
 
@@ -257,6 +340,7 @@ pub fn apply(step: &Step) -> Result<()> {
         Step::MakeDir { path } => {
             std::fs::create_dir(path).map_err(|e| Error::io("creating", path, e))
         }
+        Step::Import { into, data, .. } => into.import(data),
     }
 }
 

@@ -610,12 +610,13 @@ fn write_chunk(
     Ok(())
 }
 
-/// Where the staging directory for a source going to `target` lives: a
-/// hidden directory beside it, so it is on the same filesystem.
-pub fn staging_dir(target: &Path, backup_id: &str) -> PathBuf {
+/// Where the staging directory for source `source` going to `target`
+/// lives: a hidden directory beside it, so it is on the same filesystem
+/// (one per source: several sources may share a parent).
+pub fn staging_dir(target: &Path, backup_id: &str, source: &str) -> PathBuf {
     let parent = crate::fsutil::parent_dir(target);
     parent.join(format!(
-        "{STAGING_PREFIX}{backup_id}-{}",
+        "{STAGING_PREFIX}{backup_id}-{}-{source}",
         std::process::id()
     ))
 }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use crate::archive::format::{Problem, Totals};
 use crate::error::{Error, Result};
-use crate::instance::Instance;
 use crate::progress::{Cancel, Progress};
 use crate::source::exclude::{Excluded, Excludes};
 
@@ -77,6 +76,17 @@ pub struct Scan {
 pub struct EntryRef(pub u32);
 
 /// What the scan needs besides the instance.
+/// One source's top for a scan.
+#[derive(Debug, Clone)]
+pub struct ScanTop {
+    /// The source's name: its top-level name in the archive.
+    pub name: String,
+    /// Where its data is: the path itself, or a spooled dump.
+    pub path: PathBuf,
+    /// Whether exclude patterns apply below it (not to spooled dumps).
+    pub filtered: bool,
+}
+
 pub struct ScanOptions<'a> {
     pub excludes: &'a Excludes,
     /// Directories never to enter (backstop's own home and store), by
@@ -87,15 +97,16 @@ pub struct ScanOptions<'a> {
 }
 
 impl Scan {
-    /// Walks every source of `instance`.
+    /// Walks every top in order; `root` is the instance root the exclude
+    /// patterns are anchored at.
     ///
     /// # Errors
     ///
     /// Fails when a source's top cannot be read at all, or on interruption.
     /// Unreadable directories further down are recorded, not fatal.
-    pub fn run(instance: &Instance, opts: &ScanOptions<'_>) -> Result<Scan> {
+    pub fn run(root: &Path, tops: &[ScanTop], opts: &ScanOptions<'_>) -> Result<Scan> {
         let mut scan = Scan {
-            root: instance.root.clone(),
+            root: root.to_path_buf(),
             names: Vec::new(),
             nodes: Vec::new(),
             tops: Vec::new(),
@@ -106,16 +117,19 @@ impl Scan {
             unreadable: Vec::new(),
         };
         let mut inodes: HashMap<(u64, u64), u32> = HashMap::new();
-        for source in &instance.sources {
-            let top = instance.source_path(source);
+        for source in tops {
+            let top = source.path.clone();
             top.symlink_metadata()
                 .map_err(|e| Error::io("reading source", &top, e))?;
             // The stack of node indices of the directories above the current entry.
             let mut parents: Vec<u32> = Vec::new();
             // Siblings share their parent's path, so comparing whole paths
             // orders them by name bytes, without parsing path components.
+            // A source that is a symlink (`current -> versions/1.2`) is
+            // backed up as the symlink, never followed.
             let mut walker = walkdir::WalkDir::new(&top)
                 .follow_links(false)
+                .follow_root_links(false)
                 .sort_by(|a, b| a.path().as_os_str().cmp(b.path().as_os_str()))
                 .into_iter();
             while let Some(item) = walker.next() {
@@ -154,6 +168,7 @@ impl Scan {
                 let file_type = entry.file_type();
                 let path = entry.path();
                 if depth > 0
+                    && source.filtered
                     && let Some(rule) = opts.excludes.check(path, file_type.is_dir())
                 {
                     scan.excluded.push(ExcludedPath {
@@ -371,7 +386,16 @@ mod tests {
             progress: &NoProgress,
             cancel: &Cancel::default(),
         };
-        Scan::run(&inst, &opts).unwrap()
+        let tops: Vec<ScanTop> = inst
+            .sources
+            .iter()
+            .map(|s| ScanTop {
+                name: s.name.clone(),
+                path: inst.source_path(s).unwrap(),
+                filtered: true,
+            })
+            .collect();
+        Scan::run(&inst.root, &tops, &opts).unwrap()
     }
 
     fn paths(scan: &Scan) -> Vec<String> {

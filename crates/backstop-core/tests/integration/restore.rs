@@ -11,19 +11,7 @@ use backstop_core::ops::restore::{Mode, RestoreOutcome, RestoreRequest, restore}
 use crate::support::Env;
 
 fn request(target: &str) -> RestoreRequest {
-    RestoreRequest {
-        target: target.to_string(),
-        dest: None,
-        mode: None,
-        only: vec![],
-        excludes: vec![],
-        dry_run: false,
-        pre_backup: true,
-        backup_message: None,
-        instance: None,
-        force: false,
-        wait: None,
-    }
+    RestoreRequest::new(target)
 }
 
 fn backup_with(env: &Env, dir: &Path, never_restore: &[&str], version: Option<&str>) -> String {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use backstop_core::Context;
 use backstop_core::archive::{BackupKind, Codec, CompressionSpec, Description};
-use backstop_core::config::Layout;
+use backstop_core::config::{Config, Layout};
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupReport, BackupRequest, Output, backup};
 use backstop_core::progress::{Cancel, NoProgress};
@@ -14,6 +14,7 @@ use backstop_core::progress::{Cancel, NoProgress};
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub layout: Layout,
+    pub config: Config,
     pub cancel: Cancel,
 }
 
@@ -28,6 +29,7 @@ impl Env {
         Env {
             dir,
             layout,
+            config: Config::default(),
             cancel: Cancel::default(),
         }
     }
@@ -39,6 +41,7 @@ impl Env {
     pub fn ctx(&self) -> Context<'_> {
         Context {
             layout: &self.layout,
+            config: &self.config,
             progress: &NoProgress,
             cancel: &self.cancel,
         }

@@ -5,6 +5,7 @@
 mod backup;
 mod craft;
 mod failures;
+mod instances;
 mod output;
 mod restore;
 mod support;

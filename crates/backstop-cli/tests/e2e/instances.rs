@@ -656,3 +656,112 @@ fn doctor_says_what_is_wrong() {
     let doc = env.json(&["doctor", "here"]);
     assert_eq!(doc["doctor"]["worst"], "error");
 }
+
+/// An instance with a tree and a dump whose "database" is a file, and a
+/// service whose state is a file.
+fn dump_instance(env: &Env, extra_services: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let root = env.path("svc");
+    std::fs::create_dir_all(root.join("conf")).unwrap();
+    std::fs::write(root.join("conf/app.conf"), "v1\n").unwrap();
+    let live = env.path("database.txt");
+    std::fs::write(&live, "row 1\n").unwrap();
+    let state = env.path("svc.state");
+    std::fs::write(&state, "running\n").unwrap();
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            r#"[instances.svc]
+root = "{root}"
+[instances.svc.sources]
+conf = "conf"
+db = {{ command = "cat {live}", restore = "cat > {live}" }}
+[instances.svc.services]
+stop = "echo stopped > {state}"
+start = "echo running > {state}"
+status = "grep -q running {state}"
+{extra_services}
+"#,
+            root = root.display(),
+            live = live.display(),
+            state = state.display(),
+        ),
+    )
+    .unwrap();
+    (root, live, state)
+}
+
+#[test]
+fn a_failure_after_an_import_puts_the_dump_back_too() {
+    let env = Env::new();
+    let (root, live, state) = dump_instance(&env, "");
+    let id = backup_id(&env, &["backup", "svc"]);
+    std::fs::write(&live, "row 1\nrow 2\n").unwrap();
+    std::fs::write(root.join("conf/app.conf"), "v2\n").unwrap();
+    // Every step applied, the dump imported; then a failure before the
+    // health check: all of it is undone.
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "restore.before-health=error")
+        .args(["restore", &id, "--yes"])
+        .assert()
+        .code(5);
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), "row 1\nrow 2\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("conf/app.conf")).unwrap(),
+        "v2\n"
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "running\n");
+
+    // The same point with the process killed: recovery undoes it.
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "restore.before-health=abort")
+        .args(["restore", &id, "--yes"])
+        .assert()
+        .failure();
+    assert_eq!(
+        std::fs::read_to_string(&live).unwrap(),
+        "row 1\n",
+        "imported before the kill"
+    );
+    env.cmd()
+        .args(["recover", "svc"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("rolled back"));
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), "row 1\nrow 2\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("conf/app.conf")).unwrap(),
+        "v2\n"
+    );
+    // And a restore that completes gives both back.
+    env.cmd().args(["restore", &id, "--yes"]).assert().success();
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), "row 1\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("conf/app.conf")).unwrap(),
+        "v1\n"
+    );
+}
+
+#[test]
+fn a_cold_backup_stops_the_services_and_starts_them_again() {
+    let env = Env::new();
+    let (_root, live, state) = dump_instance(&env, "cold_backup = true");
+    // The dump only succeeds while the service is stopped.
+    let config = std::fs::read_to_string(env.path("backstop.toml"))
+        .unwrap()
+        .replace(
+            &format!("command = \"cat {}\"", live.display()),
+            &format!(
+                "command = \"grep -q stopped {} && cat {}\"",
+                state.display(),
+                live.display()
+            ),
+        );
+    std::fs::write(env.path("backstop.toml"), config).unwrap();
+    env.cmd().args(["backup", "svc"]).assert().success();
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "running\n");
+    // Started again after a failed backup too.
+    std::fs::write(&live, "").unwrap();
+    std::fs::remove_file(&live).unwrap();
+    env.cmd().args(["backup", "svc"]).assert().code(1);
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "running\n");
+}

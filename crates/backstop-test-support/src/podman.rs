@@ -189,7 +189,8 @@ impl Container {
     pub fn run(what: &str, volume: Option<&str>) -> Container {
         let name = unique(what);
         let conf = containers_conf();
-        let mut args = vec!["run", "-d", "--name", &name];
+        // busybox `sleep` as PID 1 ignores SIGTERM: stop with KILL at once.
+        let mut args = vec!["run", "-d", "--name", &name, "--stop-signal", "KILL"];
         let mount;
         if let Some(v) = volume {
             mount = format!("{v}:/data");

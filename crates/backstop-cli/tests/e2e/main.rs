@@ -10,3 +10,4 @@ mod output;
 mod restore;
 mod support;
 mod verify;
+mod volumes;

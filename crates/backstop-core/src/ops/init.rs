@@ -49,6 +49,18 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// A key as TOML writes it: bare when it can be (a slug with no `.`).
+fn toml_key(key: &str) -> String {
+    if key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        key.to_string()
+    } else {
+        toml_str(key)
+    }
+}
+
 fn is_sqlite(path: &Path) -> bool {
     let mut head = [0u8; 16];
     std::fs::File::open(path)
@@ -77,6 +89,7 @@ pub fn starter(name: Option<&str>, root: &Path) -> Result<(String, String, Vec<S
         Some(n) => n.to_string(),
         None => slug(root.file_name().unwrap_or_default()),
     };
+    let key = toml_key(&name);
     let mut found = Vec::new();
     let mut quadlets = false;
     let mut version = None;
@@ -123,7 +136,7 @@ pub fn starter(name: Option<&str>, root: &Path) -> Result<(String, String, Vec<S
     t.push_str(&format!(
         "\n# Instance {name}, written by `backstop init`. Every key is described in\n\
          # backstop's README (Configuration); unknown keys are errors.\n\
-         [instances.{name}]\nroot = {}\n",
+         [instances.{key}]\nroot = {}\n",
         toml_str(&root.to_string_lossy())
     ));
     if quadlets {
@@ -178,7 +191,7 @@ pub fn starter(name: Option<&str>, root: &Path) -> Result<(String, String, Vec<S
              # db = { sqlite = \"data/app.db\" }\n\
              # pg = { command = \"pg_dump -Fc app\", restore = \"pg_restore --clean -d app\" }\n\
              # files = { volume = \"app-files\" }\n"
-                .replace("NAME", &name)
+                .replace("NAME", &key)
                 .as_str(),
         );
     } else {
@@ -186,8 +199,8 @@ pub fn starter(name: Option<&str>, root: &Path) -> Result<(String, String, Vec<S
         t.push_str(&format!(
             "\n# The root is one source; each live SQLite database is captured with\n\
              # SQLite's online backup (consistent while the application writes).\n\
-             [instances.{name}.sources]\n{} = \".\"\n",
-            toml_str(&name)
+             [instances.{key}.sources]\n{} = \".\"\n",
+            toml_key(&name)
         ));
         for (i, db) in databases.iter().enumerate() {
             let sname = if databases.len() == 1 {
@@ -201,7 +214,7 @@ pub fn starter(name: Option<&str>, root: &Path) -> Result<(String, String, Vec<S
     t.push_str(&format!(
         "\n# How to stop, start and health-check the application around restores:\n\
          # commands, podman containers, or systemd units (one style).\n\
-         # [instances.{name}.services]\n\
+         # [instances.{key}.services]\n\
          # containers = [\"{name}\"]\n\
          # units = [\"{name}.service\"]   # user = true for `systemctl --user`\n\
          # stop = \"...\"  start = \"...\"  status = \"...\"\n\
@@ -210,7 +223,7 @@ pub fn starter(name: Option<&str>, root: &Path) -> Result<(String, String, Vec<S
          # cold_backup = false   # stop the services for every backup\n\
          \n\
          # Named selections of sources, for `backstop backup {name} --profile NAME`:\n\
-         # [instances.{name}.profiles.data]\n\
+         # [instances.{key}.profiles.data]\n\
          # sources = [\"data\"]\n\
          # exclude = [\"*.log\"]\n"
     ));

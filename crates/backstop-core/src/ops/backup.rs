@@ -180,17 +180,20 @@ fn own_state_dirs(ctx: &Context<'_>) -> Vec<(u64, u64)> {
 fn scan(ctx: &Context<'_>, req: &BackupRequest, tops: &[ScanTop]) -> Result<(Scan, Excludes)> {
     let mut patterns = req.instance.excludes.clone();
     patterns.extend(req.excludes.iter().cloned());
-    // A database captured consistently is not also copied file by file.
+    // A database captured consistently is not also copied file by file
+    // (nor reported as excluded: it is in the archive, under its source).
+    let mut captured = Vec::new();
     for s in &req.instance.sources {
         if let SourceSpec::Sqlite(p) = &s.spec
             && let Ok(rel) = req.instance.resolve(p).strip_prefix(&req.instance.root)
         {
             let rel = rel.display().to_string();
             for suffix in ["", "-wal", "-shm", "-journal"] {
-                patterns.push(format!("/{}{suffix}", glob_escape(&rel)));
+                captured.push(format!("/{}{suffix}", glob_escape(&rel)));
             }
         }
     }
+    patterns.extend(captured.iter().cloned());
     let excludes = Excludes::new(&req.instance.root, &patterns)?;
     let opts = ScanOptions {
         excludes: &excludes,
@@ -198,7 +201,9 @@ fn scan(ctx: &Context<'_>, req: &BackupRequest, tops: &[ScanTop]) -> Result<(Sca
         progress: ctx.progress,
         cancel: ctx.cancel,
     };
-    let scan = Scan::run(&req.instance.root, tops, &opts)?;
+    let mut scan = Scan::run(&req.instance.root, tops, &opts)?;
+    scan.excluded
+        .retain(|e| !matches!(&e.rule, Excluded::Pattern(p) if captured.contains(p)));
     Ok((scan, excludes))
 }
 

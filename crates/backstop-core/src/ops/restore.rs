@@ -346,6 +346,22 @@ impl Place {
     }
 }
 
+/// The database files the restore's SQLite sources replace, with their
+/// journal files: not part of the trees around them.
+fn database_paths(places: &HashMap<String, Place>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for place in places.values() {
+        if let Place::File { target, .. } = place {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = target.as_os_str().to_os_string();
+                p.push(suffix);
+                out.push(PathBuf::from(p));
+            }
+        }
+    }
+    out
+}
+
 /// Decides where `source` goes. Captured sources (volumes, dumps) are put
 /// back by their program only when restoring the instance in place;
 /// elsewhere they are written as files under `<dest>/<name>/`. A dump's
@@ -528,6 +544,7 @@ impl Visitor for Lister<'_> {
 
 /// What the live tree's paths become, given the backup's entries below one
 /// target.
+#[allow(clippy::too_many_arguments)]
 fn compare(
     mode: Mode,
     target: &Path,
@@ -536,6 +553,7 @@ fn compare(
     kept: &dyn Fn(&Path, bool) -> bool,
     staged: Option<&Path>,
     changes: &mut Changes,
+    others: &[PathBuf],
 ) {
     let prefix = |rel: &Path| -> String {
         let t = target.display().to_string();
@@ -575,7 +593,8 @@ fn compare(
         push(rel, action, want.kind, want.size);
     }
     for (rel, have) in live {
-        if backup.contains_key(rel) {
+        // Paths another source restores (a database inside this tree).
+        if backup.contains_key(rel) || others.contains(&target.join(rel)) {
             continue;
         }
         let action = if kept(rel, have.kind == "dir") {
@@ -669,6 +688,7 @@ pub fn restore(
     for s in &sources {
         places.insert(s.name.clone(), place(&dest, is_own_root, s, inst)?);
     }
+    let databases = database_paths(&places);
     let planned_sources: Vec<PlannedSource> = sources
         .iter()
         .map(|s| {
@@ -929,6 +949,7 @@ pub fn restore(
                 &kept_here,
                 None,
                 &mut plan.changes,
+                &databases,
             );
         }
         return Ok(RestoreOutcome::DryRun { plan });
@@ -1213,6 +1234,7 @@ fn stage_and_apply(
 ) -> Result<Journal> {
     let m = &src.manifest;
     let home = &ctx.layout.home;
+    let databases = database_paths(places);
     let mut journal = Journal {
         version: 1,
         restore_id: Some(restore_id),
@@ -1361,6 +1383,7 @@ fn stage_and_apply(
                 &kept_here,
                 Some(&staged_top),
                 &mut changes,
+                &databases,
             );
             if staged.is_empty() || nested_dbs.contains(&s.name) {
                 // Everything of this source was excluded, or it goes in

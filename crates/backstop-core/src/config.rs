@@ -357,20 +357,52 @@ mod tests {
     #[test]
     fn an_instance_table_is_checked() {
         let bad = [
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.sources.s]\npath = \"p\"\nvolume = \"v\"\n", "exactly one"),
-            ("[instances.a]\nroot = \"/x\"\nversion = { file = \"V\", symlink = \"c\" }\n", "exactly one"),
-            ("[instances.a]\nroot = \"/x\"\nversion = { file = \"V\", regex = \"(\" }\n", "regex"),
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.services]\nstop = \"s\"\n", "go together"),
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.services]\nstop = \"s\"\nstart = \"t\"\nunits = [\"u\"]\n", "one style"),
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.services]\nhealth = \"h\"\nhealth_timeout = \"soon\"\n", "not a duration"),
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.sources]\na = \"data\"\nb = \"data/sub\"\n", "overlap"),
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.profiles.p]\nsources = [\"nope\"]\n", "not defined"),
-            ("[instances.a]\nroot = \"/x\"\nvolumes = [\"-rf\"]\n", "volume"),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.sources.s]\npath = \"p\"\nvolume = \"v\"\n",
+                "exactly one",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\nversion = { file = \"V\", symlink = \"c\" }\n",
+                "exactly one",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\nversion = { file = \"V\", regex = \"(\" }\n",
+                "regex",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.services]\nstop = \"s\"\n",
+                "go together",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.services]\nstop = \"s\"\nstart = \"t\"\nunits = [\"u\"]\n",
+                "one style",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.services]\nhealth = \"h\"\nhealth_timeout = \"soon\"\n",
+                "not a duration",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.sources]\na = \"data\"\nb = \"data/sub\"\n",
+                "overlap",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.profiles.p]\nsources = [\"nope\"]\n",
+                "not defined",
+            ),
+            (
+                "[instances.a]\nroot = \"/x\"\nvolumes = [\"-rf\"]\n",
+                "volume",
+            ),
             ("[instances.\"a b\"]\nroot = \"/x\"\n", "instance name"),
-            ("[instances.a]\nroot = \"/x\"\n[instances.a.sources]\nbackstop-x = \".\"\n", "backstop-"),
+            (
+                "[instances.a]\nroot = \"/x\"\n[instances.a.sources]\nbackstop-x = \".\"\n",
+                "backstop-",
+            ),
         ];
         for (text, want) in bad {
-            let err = Config::parse(text, Path::new("b.toml")).unwrap_err().to_string();
+            let err = Config::parse(text, Path::new("b.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
     }

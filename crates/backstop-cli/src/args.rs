@@ -238,6 +238,19 @@ pub struct RestoreArgs {
     /// Leave paths matching GLOB as they are (.gitignore syntax; repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
+    /// Refuse unless the backup belongs to instance NAME
+    #[arg(long, value_name = "NAME")]
+    pub instance: Option<String>,
+    /// Allow an exact restore over a directory the backup was not taken from
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub common: ChangeArgs,
+}
+
+/// What restore and rollback share: how carefully they change things.
+#[derive(Debug, Args)]
+pub struct ChangeArgs {
     /// Show what would change; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -247,12 +260,6 @@ pub struct RestoreArgs {
     /// A note for the safety backup
     #[arg(short = 'm', long, value_name = "TEXT")]
     pub backup_message: Option<String>,
-    /// Refuse unless the backup belongs to instance NAME
-    #[arg(long, value_name = "NAME")]
-    pub instance: Option<String>,
-    /// Allow an exact restore over a directory the backup was not taken from
-    #[arg(long)]
-    pub force: bool,
     /// Do not ask for confirmation
     #[arg(short, long)]
     pub yes: bool,
@@ -268,21 +275,8 @@ pub struct RollbackArgs {
     /// The instance [default: the config's only instance]
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
-    /// Show what would change; change nothing
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Do not take a safety backup of the current state first
-    #[arg(long)]
-    pub no_pre_backup: bool,
-    /// A note for the safety backup
-    #[arg(short = 'm', long, value_name = "TEXT")]
-    pub backup_message: Option<String>,
-    /// Do not ask for confirmation
-    #[arg(short, long)]
-    pub yes: bool,
-    /// Wait for another operation on the instance to finish (for up to DURATION)
-    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
-    pub wait: Option<String>,
+    #[command(flatten)]
+    pub common: ChangeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -302,25 +302,18 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
     });
     request.only = a.only.clone();
     request.excludes = a.excludes.clone();
-    request.dry_run = a.dry_run;
-    request.pre_backup = !a.no_pre_backup;
-    request.backup_message = a.backup_message.clone();
+    request.dry_run = a.common.dry_run;
+    request.pre_backup = !a.common.no_pre_backup;
+    request.backup_message = a.common.backup_message.clone();
     request.instance = a.instance.clone();
     request.force = a.force;
-    request.wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
-    // A prompt only where a person can answer it: stdin and stderr are
-    // terminals and --yes was not given.
-    let interactive = !a.yes
-        && console::Term::stderr().is_term()
-        && std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let mut confirm = |plan: &restore::RestorePlan| {
-        if !interactive {
-            return true;
-        }
-        print_stderr(&render::restore_question(plan));
-        let answer = console::Term::stderr().read_line().unwrap_or_default();
-        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
-    };
+    request.wait = a
+        .common
+        .wait
+        .as_deref()
+        .map(settings::parse_wait)
+        .transpose()?;
+    let mut confirm = confirmer(a.common.yes);
     let outcome = with_context(g, &settings, cancel, |ctx| {
         restore::restore(ctx, &request, &mut confirm)
     })?;
@@ -336,12 +329,7 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
     if let restore::RestoreOutcome::Restored(report) = &outcome
         && !report.warnings.is_empty()
     {
-        for w in &report.warnings {
-            print_stderr(&format!(
-                "{} {w}\n",
-                style("warning:").for_stderr().yellow().bold()
-            ));
-        }
+        print_warnings(&report.warnings);
         return Ok(code::WARNINGS);
     }
     Ok(code::OK)
@@ -371,8 +359,9 @@ fn cmd_recover(g: &Global, a: &RecoverArgs, cancel: &Cancel) -> Result<u8, Error
     Ok(code::OK)
 }
 
-/// Asks the restore question on a terminal (unless `yes`); elsewhere the
-/// answer is yes.
+/// Asks the restore question where a person can answer it (stdin and
+/// stderr are terminals, and `--yes` was not given); elsewhere the answer is
+/// yes.
 fn confirmer(yes: bool) -> impl FnMut(&restore::RestorePlan) -> bool {
     let interactive = !yes
         && console::Term::stderr().is_term()
@@ -401,12 +390,17 @@ fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Err
     let request = rollback::RollbackRequest {
         instance: a.instance.clone(),
         version: a.version.clone(),
-        dry_run: a.dry_run,
-        pre_backup: !a.no_pre_backup,
-        backup_message: a.backup_message.clone(),
-        wait: a.wait.as_deref().map(settings::parse_wait).transpose()?,
+        dry_run: a.common.dry_run,
+        pre_backup: !a.common.no_pre_backup,
+        backup_message: a.common.backup_message.clone(),
+        wait: a
+            .common
+            .wait
+            .as_deref()
+            .map(settings::parse_wait)
+            .transpose()?,
     };
-    let mut confirm = confirmer(a.yes);
+    let mut confirm = confirmer(a.common.yes);
     let (backup, outcome) = with_context(g, &settings, cancel, |ctx| {
         rollback::rollback(ctx, &request, &mut confirm)
     })?;

@@ -839,15 +839,6 @@ impl Catalog {
         self.guards_where("backup_id = ?1", backup_id)
     }
 
-    /// The guarded commands of an instance, oldest first.
-    ///
-    /// # Errors
-    ///
-    /// Fails on a database error.
-    pub fn guards_of_instance(&self, instance: &str) -> CResult<Vec<GuardRecord>> {
-        self.guards_where("instance = ?1", instance)
-    }
-
     fn guards_where(&self, cond: &str, value: &str) -> CResult<Vec<GuardRecord>> {
         let mut stmt = self
             .conn

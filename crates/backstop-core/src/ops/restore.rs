@@ -798,14 +798,12 @@ pub fn restore(
                         .unwrap_or(true)
             };
             let spec = match place {
-                Place::Tree(t) if present(t) => SourceSpec::Path(
-                    t.strip_prefix(&dest)
-                        .ok()
-                        .filter(|r| !r.as_os_str().is_empty())
-                        .map_or_else(|| t.clone(), Path::to_path_buf)
-                        .components()
-                        .collect::<PathBuf>(),
-                ),
+                Place::Tree(t) if present(t) => SourceSpec::Path(match t.strip_prefix(&dest) {
+                    Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),
+                    Ok(rel) => rel.to_path_buf(),
+                    // A bind mount outside the root: kept absolute.
+                    Err(_) => t.clone(),
+                }),
                 Place::File { target, .. } if target.is_file() => {
                     SourceSpec::Sqlite(target.clone())
                 }
@@ -831,10 +829,7 @@ pub fn restore(
             };
             Some(Source {
                 name: s.name.clone(),
-                spec: match spec {
-                    SourceSpec::Path(p) if p.as_os_str().is_empty() => SourceSpec::Path(".".into()),
-                    other => other,
-                },
+                spec,
             })
         })
         .collect();

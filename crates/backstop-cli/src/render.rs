@@ -628,6 +628,17 @@ pub fn recover(reports: &[RecoverReport]) -> String {
                     r.backup.as_deref().unwrap_or("?"),
                     r.destination.as_deref().unwrap_or("?")
                 );
+                if !r.restarted.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "{}: started again what it had stopped: {}",
+                        r.instance,
+                        r.restarted.join(", ")
+                    );
+                }
+                if let Some(e) = &r.restart_error {
+                    let _ = writeln!(out, "{}: the services it had stopped: {e}", r.instance);
+                }
             }
         }
     }

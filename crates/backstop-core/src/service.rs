@@ -507,8 +507,13 @@ impl Services {
     }
 
     /// Starts `names` in order, going on after a failure so that as much as
-    /// possible runs.
-    fn start_names(&self, ctx: &Ctx<'_>, names: &[String]) -> Result<()> {
+    /// possible runs. Recovery uses it for the services an interrupted
+    /// restore had stopped.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a service does not start; the error names each.
+    pub fn start_names(&self, ctx: &Ctx<'_>, names: &[String]) -> Result<()> {
         let Some(control) = &self.control else {
             return Ok(());
         };

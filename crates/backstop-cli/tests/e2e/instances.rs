@@ -722,16 +722,32 @@ fn a_failure_after_an_import_puts_the_dump_back_too() {
         "row 1\n",
         "imported before the kill"
     );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "stopped\n");
     env.cmd()
         .args(["recover", "svc"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("rolled back"));
+        .stdout(predicate::str::contains("rolled back"))
+        .stdout(predicate::str::contains(
+            "started again what it had stopped: service",
+        ));
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "running\n");
     assert_eq!(std::fs::read_to_string(&live).unwrap(), "row 1\nrow 2\n");
     assert_eq!(
         std::fs::read_to_string(root.join("conf/app.conf")).unwrap(),
         "v2\n"
     );
+    // Killed during the safety backup, with the service stopped: the next
+    // command that takes the lock starts it again.
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "backup.after-scan=abort")
+        .args(["restore", &id, "--yes"])
+        .assert()
+        .failure();
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "stopped\n");
+    env.cmd().args(["backup", "svc"]).assert().success();
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "running\n");
+    assert_eq!(std::fs::read_to_string(&live).unwrap(), "row 1\nrow 2\n");
     // And a restore that completes gives both back.
     env.cmd().args(["restore", &id, "--yes"]).assert().success();
     assert_eq!(std::fs::read_to_string(&live).unwrap(), "row 1\n");

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::lock::InstanceLock;
-use crate::restore::journal::{Journal, Recovered};
+use crate::restore::journal::{Journal, Phase, Recovered};
 use crate::{Context, time};
 
 /// What recovery found for one instance.
@@ -18,6 +18,10 @@ pub struct RecoverReport {
     pub recovered: Option<Recovered>,
     pub backup: Option<String>,
     pub destination: Option<String>,
+    /// The services the interrupted restore had stopped, started again.
+    pub restarted: Vec<String>,
+    /// Why they could not be started again.
+    pub restart_error: Option<String>,
 }
 
 /// Repairs an interrupted restore of the locked instance, if there is one.
@@ -38,14 +42,53 @@ pub fn recover_locked(ctx: &Context<'_>, lock: &InstanceLock) -> Result<RecoverR
             recovered: None,
             backup: None,
             destination: None,
+            restarted: Vec::new(),
+            restart_error: None,
         });
     };
     let outcome = journal.recover(&ctx.layout.home)?;
+    // The services the interrupted restore had stopped run again, as they
+    // did before it.
+    let mut restarted = Vec::new();
+    let mut restart_error = None;
+    if !journal.services_stopped.is_empty() {
+        match ctx
+            .config
+            .instances
+            .get(instance)
+            .and_then(|i| i.services.as_ref().map(|s| (i, s)))
+        {
+            Some((inst, services)) => {
+                let env = inst.env();
+                let sctx = crate::service::Ctx {
+                    env: &env,
+                    cwd: inst.root.is_dir().then_some(inst.root.as_path()),
+                    cancel: None,
+                    instance,
+                };
+                match services.start_names(&sctx, &journal.services_stopped) {
+                    Ok(()) => restarted = journal.services_stopped.clone(),
+                    Err(e) => restart_error = Some(crate::ops::backup::error_chain(&e)),
+                }
+            }
+            None => {
+                restart_error = Some(format!(
+                    "the config no longer defines the services of {instance}: start {} by hand",
+                    journal.services_stopped.join(", ")
+                ));
+            }
+        }
+    }
     if let Some(id) = journal.restore_id
         && ctx.layout.catalog().exists()
     {
         let catalog = Catalog::open(&ctx.layout.catalog())?;
         let (what, error) = match outcome {
+            // Still staging: the live tree was never touched.
+            Recovered::RolledBack if journal.phase == Phase::Staging => (
+                "interrupted",
+                Some("the process ended before the restore changed anything"),
+            ),
             Recovered::RolledBack => (
                 "rolled-back",
                 Some("interrupted; the previous state was put back by recovery"),
@@ -59,6 +102,8 @@ pub fn recover_locked(ctx: &Context<'_>, lock: &InstanceLock) -> Result<RecoverR
         recovered: Some(outcome),
         backup: Some(journal.backup),
         destination: Some(journal.destination.display().to_string()),
+        restarted,
+        restart_error,
     })
 }
 

@@ -1010,6 +1010,26 @@ pub fn restore(
             return Err(e);
         }
     };
+    // From here a journal exists: if the process dies, recovery starts the
+    // stopped services again and undoes whatever was begun.
+    let journal = Journal {
+        version: 1,
+        restore_id: Some(restore_id),
+        backup: m.id.clone(),
+        instance: m.instance.clone(),
+        destination: dest.clone(),
+        phase: Phase::Staging,
+        staging: Vec::new(),
+        steps: Vec::new(),
+        services_stopped: stopped
+            .as_ref()
+            .map(|s| s.names().to_vec())
+            .unwrap_or_default(),
+    };
+    if let Err(e) = journal.save(&ctx.layout.home) {
+        finish("failed", Some(&e));
+        return Err(e);
+    }
 
     // The safety backup, under this restore's lock, of the quiet state.
     let mut warnings = Vec::new();
@@ -1050,6 +1070,7 @@ pub fn restore(
             }
             Err(e) => {
                 finish("failed", Some(&e));
+                Journal::remove(&ctx.layout.home, &m.instance)?;
                 return Err(e);
             }
         }
@@ -1059,7 +1080,6 @@ pub fn restore(
         ctx,
         &src,
         &expected,
-        &dest,
         mode,
         &sources,
         &places,
@@ -1067,7 +1087,7 @@ pub fn restore(
         inst,
         &selection,
         &kept,
-        restore_id,
+        journal,
         &mut plan,
         &mut warnings,
     );
@@ -1215,7 +1235,6 @@ fn stage_and_apply(
     ctx: &Context<'_>,
     src: &Found,
     expected: &Option<(String, String)>,
-    dest: &Path,
     mode: Mode,
     sources: &[&SourceManifest],
     places: &HashMap<String, Place>,
@@ -1223,23 +1242,13 @@ fn stage_and_apply(
     inst: Option<&Instance>,
     selection: &Selection,
     kept: &dyn Fn(&Path, &Path, bool) -> bool,
-    restore_id: i64,
+    mut journal: Journal,
     plan: &mut RestorePlan,
     warnings: &mut Vec<String>,
 ) -> Result<Journal> {
     let m = &src.manifest;
     let home = &ctx.layout.home;
     let databases = database_paths(places);
-    let mut journal = Journal {
-        version: 1,
-        restore_id: Some(restore_id),
-        backup: m.id.clone(),
-        instance: m.instance.clone(),
-        destination: dest.to_path_buf(),
-        phase: Phase::Staging,
-        staging: Vec::new(),
-        steps: Vec::new(),
-    };
     if places.values().any(|p| matches!(p, Place::Import { .. })) {
         fsutil::create_private_dir_all(scratch)?;
     }

@@ -146,6 +146,10 @@ pub struct Journal {
     /// Staging directories to remove at the end, whatever happens.
     pub staging: Vec<PathBuf>,
     pub steps: Vec<Step>,
+    /// The instance's services the restore stopped: recovery starts them
+    /// again.
+    #[serde(default)]
+    pub services_stopped: Vec<String>,
 }
 
 /// What recovery did.
@@ -358,6 +362,7 @@ mod tests {
             phase,
             staging: vec![dir.join("staging")],
             steps,
+            services_stopped: Vec::new(),
         }
     }
 

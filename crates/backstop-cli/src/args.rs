@@ -81,6 +81,19 @@ pub enum Command {
     /// failure it rolls back (--rollback-on-failure, exit 5) or prints the
     /// command that would.
     Guard(GuardArgs),
+    /// Remove old backups by retention rules
+    ///
+    /// A backup is kept when at least one rule keeps it; pinned backups and
+    /// the newest one always are. Rules given here replace the config's
+    /// [instances.NAME.retention] one by one.
+    #[command(visible_alias = "cleanup")]
+    Prune(PruneArgs),
+    /// Delete backups: archive, sidecar and catalog entry
+    Delete(DeleteArgs),
+    /// Keep a backup whatever the retention rules say
+    Pin(PinArgs),
+    /// Let the retention rules decide about a backup again
+    Unpin(PinArgs),
     /// Finish or undo an interrupted restore
     Recover(RecoverArgs),
     /// Write a starter config for an instance
@@ -112,6 +125,9 @@ pub enum BackupSeed {
     Verify(VerifyArgs),
     /// Same as `backstop restore`
     Restore(RestoreArgs),
+    /// Same as `backstop prune`
+    #[command(visible_alias = "prune")]
+    Cleanup(PruneArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -304,6 +320,59 @@ pub struct GuardArgs {
     /// The command to run, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only this instance [default: every instance with backups]
+    pub instance: Option<String>,
+    /// Keep the N newest backups
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    /// Keep the N newest manual backups
+    #[arg(long, value_name = "N")]
+    pub keep_manual: Option<usize>,
+    /// Keep the N newest automatic backups
+    #[arg(long, value_name = "N")]
+    pub keep_automatic: Option<usize>,
+    /// Keep the newest backup of each of the last N days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// … of each of the last N ISO weeks
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// … of each of the last N months
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// … of each of the last N years
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<usize>,
+    /// Keep every backup made within DURATION (e.g. 14d, 36h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Show every backup with kept or removed and the rule that decided; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Backup ids
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// A backup id
+    #[arg(value_name = "ID")]
+    pub id: String,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use backstop_core::archive::BackupKind;
 use backstop_core::catalog::{ListFilter, Status};
 use backstop_core::ops::{
-    backup, doctor, guard, init, list, recover, restore, rollback, show, verify,
+    backup, doctor, guard, init, list, prune, recover, restore, rollback, show, verify,
 };
 use backstop_core::progress::{Cancel, NoProgress, Progress};
 use backstop_core::{Context, Error, ErrorKind};
@@ -20,8 +20,9 @@ use clap::{CommandFactory, Parser};
 use console::style;
 
 use args::{
-    BackupArgs, BackupSeed, Cli, Command, DoctorArgs, Global, GuardArgs, InitArgs, KindArg,
-    ListArgs, ModeArg, RecoverArgs, RestoreArgs, RollbackArgs, ShowArgs, StatusArg, VerifyArgs,
+    BackupArgs, BackupSeed, Cli, Command, DeleteArgs, DoctorArgs, Global, GuardArgs, InitArgs,
+    KindArg, ListArgs, ModeArg, PinArgs, PruneArgs, RecoverArgs, RestoreArgs, RollbackArgs,
+    ShowArgs, StatusArg, VerifyArgs,
 };
 use settings::Settings;
 
@@ -132,6 +133,7 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
             Some(BackupSeed::Info(a)) => cmd_show(&g, &a, cancel),
             Some(BackupSeed::Verify(a)) => cmd_verify(&g, &a, cancel),
             Some(BackupSeed::Restore(a)) => cmd_restore(&g, &a, cancel),
+            Some(BackupSeed::Cleanup(a)) => cmd_prune(&g, &a, cancel),
         },
         Command::List(a) => cmd_list(&g, &a, cancel),
         Command::Show(a) => cmd_show(&g, &a, cancel),
@@ -139,6 +141,10 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
         Command::Restore(a) => cmd_restore(&g, &a, cancel),
         Command::Recover(a) => cmd_recover(&g, &a, cancel),
         Command::Rollback(a) => cmd_rollback(&g, &a, cancel),
+        Command::Prune(a) => cmd_prune(&g, &a, cancel),
+        Command::Delete(a) => cmd_delete(&g, &a, cancel),
+        Command::Pin(a) => cmd_pin(&g, &a, true, cancel),
+        Command::Unpin(a) => cmd_pin(&g, &a, false, cancel),
         Command::Guard(a) => cmd_guard(&g, &a, cancel),
         Command::Init(a) => cmd_init(&g, &a),
         Command::Doctor(a) => cmd_doctor(&g, &a, cancel),
@@ -488,4 +494,94 @@ fn cmd_doctor(g: &Global, a: &DoctorArgs, cancel: &Cancel) -> Result<u8, Error> 
         doctor::Level::Warning => code::WARNINGS,
         doctor::Level::Error => code::ERROR,
     })
+}
+
+fn cmd_prune(g: &Global, a: &PruneArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let rules = prune::Retention {
+        keep: a.keep,
+        keep_manual: a.keep_manual,
+        keep_automatic: a.keep_automatic,
+        keep_daily: a.keep_daily,
+        keep_weekly: a.keep_weekly,
+        keep_monthly: a.keep_monthly,
+        keep_yearly: a.keep_yearly,
+        keep_within: a
+            .keep_within
+            .as_deref()
+            .map(|t| {
+                backstop_core::time::parse_duration(t)
+                    .map_err(|e| Error::usage(format!("--keep-within: {e}"), None))
+            })
+            .transpose()?,
+    };
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let plans = with_context(g, &settings, cancel, |ctx| {
+        let instances = match &a.instance {
+            Some(i) => vec![i.clone()],
+            None => list::instances(ctx)?,
+        };
+        instances
+            .iter()
+            .map(|i| prune::prune(ctx, i, &rules, a.dry_run, wait))
+            .collect::<Result<Vec<_>, Error>>()
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "prune",
+            serde_json::json!({ "dry_run": a.dry_run, "prune": plans }),
+        ));
+    } else if !g.quiet || a.dry_run {
+        print_stdout(&render::prune(&plans));
+    }
+    Ok(code::OK)
+}
+
+fn cmd_delete(g: &Global, a: &DeleteArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let deleted = with_context(g, &settings, cancel, |ctx| prune::delete(ctx, &a.ids, wait))?;
+    if g.json {
+        print_json(&render::envelope(
+            "delete",
+            serde_json::json!({ "deleted": deleted }),
+        ));
+    } else if !g.quiet {
+        for d in &deleted {
+            print_stdout(&format!(
+                "Deleted {}{}\n",
+                d.id,
+                d.location
+                    .as_ref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    Ok(code::OK)
+}
+
+fn cmd_pin(g: &Global, a: &PinArgs, pinned: bool, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let record = with_context(g, &settings, cancel, |ctx| {
+        prune::set_pinned(ctx, &a.id, pinned)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            if pinned { "pin" } else { "unpin" },
+            serde_json::json!({ "backup": record }),
+        ));
+    } else if !g.quiet {
+        print_stdout(&format!(
+            "{} {}{}\n",
+            if pinned { "Pinned" } else { "Unpinned" },
+            record.id,
+            if pinned {
+                ": no retention rule will remove it"
+            } else {
+                ": the retention rules decide about it again"
+            }
+        ));
+    }
+    Ok(code::OK)
 }

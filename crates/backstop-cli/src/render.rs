@@ -9,6 +9,7 @@ use backstop_core::ops::backup::{BackupPlan, BackupReport, ExcludedSummary, Warn
 use backstop_core::ops::doctor::{DoctorReport, Level};
 use backstop_core::ops::guard::{GuardOutcome, GuardReport};
 use backstop_core::ops::init::InitReport;
+use backstop_core::ops::prune::PrunePlan;
 use backstop_core::ops::recover::RecoverReport;
 use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
@@ -782,6 +783,64 @@ pub fn doctor(report: &DoctorReport, verbose: bool) -> String {
             (e, w) => format!("{e} error(s), {w} warning(s)."),
         }
     );
+    out
+}
+
+/// What `prune` decided (a dry run) or did: every backup, kept or removed,
+/// with the rule that decided.
+pub fn prune(plans: &[PrunePlan]) -> String {
+    let mut out = String::new();
+    if plans.is_empty() {
+        out.push_str("Nothing to prune: the catalog has no backups.\n");
+    }
+    for p in plans {
+        let removed = p.decisions.iter().filter(|d| !d.keep).count();
+        let mut table = Table::new();
+        table
+            .load_style(presets::NOTHING)
+            .set_content_arrangement(ContentArrangement::Disabled)
+            .set_header(["ID", "CREATED (UTC)", "KIND", "SIZE", "", "WHY"]);
+        for d in &p.decisions {
+            table.add_row([
+                Cell::new(&d.id),
+                Cell::new(when(&d.created_at)),
+                Cell::new(d.kind),
+                Cell::new(d.size.map(bytes).unwrap_or_default())
+                    .set_alignment(CellAlignment::Right),
+                Cell::new(match (d.keep, p.applied) {
+                    (true, _) => "keep",
+                    (false, false) => "remove",
+                    (false, true) => "removed",
+                }),
+                Cell::new(d.reasons.join(", ")),
+            ]);
+        }
+        let _ = writeln!(out, "{}:", style(&p.instance).bold());
+        if !p.decisions.is_empty() {
+            // As in `list`: no padding at the edges.
+            for l in table.lines() {
+                let _ = writeln!(out, "{}", l.trim_end().strip_prefix(' ').unwrap_or(&l));
+            }
+        }
+        let verb = if p.applied { "removed" } else { "would remove" };
+        let _ = writeln!(
+            out,
+            "{verb} {removed} of {} backups ({}){}",
+            p.decisions.len(),
+            bytes(p.freed),
+            if p.failed_dropped.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", and {} failed attempt(s) from the catalog",
+                    p.failed_dropped.len()
+                )
+            }
+        );
+        if !p.applied {
+            let _ = writeln!(out, "Nothing was changed (dry run).");
+        }
+    }
     out
 }
 

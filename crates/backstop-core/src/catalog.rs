@@ -771,6 +771,34 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Removes a backup's row (its archive is gone). Restore and guard
+    /// records that name it stay, as history.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn delete_row(&self, id: &str) -> CResult<()> {
+        self.conn
+            .execute("DELETE FROM backups WHERE id = ?1", [id])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Pins or unpins a backup; `false` when there is no such backup.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn set_pinned(&self, id: &str, pinned: bool) -> CResult<bool> {
+        self.conn
+            .execute(
+                "UPDATE backups SET pinned = ?2 WHERE id = ?1",
+                params![id, pinned],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
     /// SQLite's own consistency check: `None` when the file is sound, else
     /// the first problem it reports.
     ///

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::archive::format::RESERVED_PREFIX;
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
+use crate::ops::prune::{DEFAULT_FAILED_MAX_AGE, Retention, RetentionConfig};
 use crate::service::{Control, Health, Services};
 
 /// What a source is and where its data comes from.
@@ -134,6 +135,8 @@ pub struct Instance {
     /// A directory of quadlet files whose volumes and bind mounts are
     /// sources too, found at backup time.
     pub quadlets: Option<PathBuf>,
+    /// `[retention]`: the rules `prune` uses when given none.
+    pub retention: RetentionConfig,
 }
 
 impl Instance {
@@ -155,6 +158,10 @@ impl Instance {
             services: None,
             cold_backup: false,
             quadlets: None,
+            retention: RetentionConfig {
+                failed_max_age: DEFAULT_FAILED_MAX_AGE,
+                ..RetentionConfig::default()
+            },
         }
     }
 
@@ -511,6 +518,23 @@ pub struct RawInstance {
     version: Option<RawVersion>,
     activate: Option<CommandLine>,
     services: Option<RawServices>,
+    retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep: Option<usize>,
+    keep_manual: Option<usize>,
+    keep_automatic: Option<usize>,
+    keep_daily: Option<usize>,
+    keep_weekly: Option<usize>,
+    keep_monthly: Option<usize>,
+    keep_yearly: Option<usize>,
+    keep_within: Option<String>,
+    #[serde(default)]
+    auto_prune: bool,
+    failed_max_age: Option<String>,
 }
 
 /// A source: a path string, or a table naming its kind.
@@ -898,6 +922,40 @@ impl Instance {
                 )
             }
         };
+        let retention = match raw.retention {
+            None => RetentionConfig {
+                failed_max_age: DEFAULT_FAILED_MAX_AGE,
+                ..RetentionConfig::default()
+            },
+            Some(r) => {
+                let parse = |key: &str, v: Option<&str>| {
+                    v.map(crate::time::parse_duration)
+                        .transpose()
+                        .map_err(|e| format!("retention.{key}: {e}"))
+                };
+                let rules = Retention {
+                    keep: r.keep,
+                    keep_manual: r.keep_manual,
+                    keep_automatic: r.keep_automatic,
+                    keep_daily: r.keep_daily,
+                    keep_weekly: r.keep_weekly,
+                    keep_monthly: r.keep_monthly,
+                    keep_yearly: r.keep_yearly,
+                    keep_within: parse("keep_within", r.keep_within.as_deref())?,
+                };
+                if r.auto_prune && rules.is_empty() {
+                    return Err(
+                        "retention.auto_prune needs at least one keep rule to prune by".into(),
+                    );
+                }
+                RetentionConfig {
+                    rules,
+                    auto_prune: r.auto_prune,
+                    failed_max_age: parse("failed_max_age", r.failed_max_age.as_deref())?
+                        .unwrap_or(DEFAULT_FAILED_MAX_AGE),
+                }
+            }
+        };
         Ok(Instance {
             name: name.to_string(),
             root,
@@ -913,6 +971,7 @@ impl Instance {
             services,
             cold_backup,
             quadlets: raw.quadlets,
+            retention,
         })
     }
 }

@@ -25,7 +25,7 @@ pub fn id_stamp(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%d-%H%M%S").to_string()
 }
 
-/// A duration as people write it: `1.5s`, `90s`, `2m 5s`, `1h 3m`.
+/// A duration as people write it: `1.5s`, `90s`, `2m 5s`, `1h 3m`, `30d`.
 pub fn human_duration(d: std::time::Duration) -> String {
     let secs = d.as_secs();
     if secs < 10 && d.subsec_millis() != 0 {
@@ -34,7 +34,9 @@ pub fn human_duration(d: std::time::Duration) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..3600 => format!("{}m {}s", secs / 60, secs % 60),
-        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        3600..86400 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ if secs.is_multiple_of(86400) => format!("{}d", secs / 86400),
+        _ => format!("{}d {}h", secs / 86400, secs % 86400 / 3600),
     }
 }
 

@@ -500,10 +500,12 @@ fn kill_9_at_random_moments_never_leaves_a_half_backup() {
         std::thread::sleep(Duration::from_millis(ms));
         signal(&child, Signal::KILL);
         child.wait().unwrap();
-        let names = only_complete_archives(&env.home().join("backups/svc"));
         // Every archive on disk is a backup the catalog calls available and
-        // that verifies; every available backup has its archive.
+        // that verifies; every available backup has its archive. (`list`
+        // first: it repairs what the killed process left, as any later
+        // command does.)
         let rows = env.list();
+        let names = only_complete_archives(&env.home().join("backups/svc"));
         for row in &rows {
             let status = row["status"].as_str().unwrap();
             assert!(status == "available" || status == "failed", "{row}");

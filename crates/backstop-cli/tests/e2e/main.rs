@@ -7,6 +7,7 @@ mod craft;
 mod failures;
 mod instances;
 mod output;
+mod prune;
 mod restore;
 mod support;
 mod verify;

@@ -69,6 +69,10 @@ pub struct GuardReport {
     pub undo: Option<String>,
     /// The safety backup the rollback took of the failed state.
     pub rollback_safety_backup: Option<String>,
+    /// Backups removed by the instance's automatic pruning after the backup.
+    pub pruned: Vec<String>,
+    /// Why that pruning failed (the command ran all the same).
+    pub prune_error: Option<String>,
 }
 
 /// Runs a guarded command.
@@ -82,6 +86,8 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
     let shown = line.to_string();
     let inst = &req.instance;
     let mut backup_id = None;
+    let mut pruned = Vec::new();
+    let mut prune_error = None;
     let mut version = inst.detect_version().ok().flatten();
     if !req.no_backup {
         let mut labels = BTreeMap::new();
@@ -109,6 +115,20 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
             Ok(report) => {
                 version = report.backup.about.app_version.clone().or(version);
                 backup_id = Some(report.backup.id);
+                if inst.retention.auto_prune {
+                    match crate::ops::prune::prune(
+                        ctx,
+                        &inst.name,
+                        &Default::default(),
+                        false,
+                        req.wait,
+                    ) {
+                        Ok(p) => {
+                            pruned.extend(p.decisions.into_iter().filter(|d| !d.keep).map(|d| d.id))
+                        }
+                        Err(e) => prune_error = Some(error_chain(&e)),
+                    }
+                }
             }
             Err(e) => {
                 // The refusal is recorded too: the command never ran.
@@ -198,6 +218,8 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
         failure: failure.clone(),
         undo: None,
         rollback_safety_backup: None,
+        pruned,
+        prune_error,
     };
     let Some(failure) = failure else {
         catalog.finish_guard(guard_id, &time::now_rfc3339(), exit_code, "succeeded", None)?;

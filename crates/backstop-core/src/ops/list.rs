@@ -46,3 +46,22 @@ pub fn list(ctx: &Context<'_>, filter: &ListFilter) -> Result<Vec<BackupRecord>>
     repair_interrupted(ctx, &catalog)?;
     Ok(catalog.list(filter)?)
 }
+
+/// The instances that have backups in the catalog, sorted.
+///
+/// # Errors
+///
+/// Fails on a database error.
+pub fn instances(ctx: &Context<'_>) -> Result<Vec<String>> {
+    let Some(catalog) = open_existing(ctx)? else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = catalog
+        .list(&ListFilter::default())?
+        .into_iter()
+        .map(|r| r.instance)
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod guard;
 pub mod init;
 pub mod list;
+pub mod prune;
 pub mod recover;
 pub mod restore;
 pub mod rollback;

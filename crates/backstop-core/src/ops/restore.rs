@@ -1162,6 +1162,18 @@ pub fn restore(
     let _ = remove_tree(&scratch);
     finish("restored", None);
     Journal::remove(&ctx.layout.home, &m.instance)?;
+    // The safety backup was an automatic one: prune after it if asked to.
+    if let Some(i) = inst.filter(|i| i.retention.auto_prune && safety_id.is_some()) {
+        match crate::ops::prune::prune_locked(ctx, &lock, &Default::default()) {
+            Ok(p) => warnings.extend(
+                p.decisions
+                    .iter()
+                    .filter(|d| !d.keep)
+                    .map(|d| format!("auto-prune of {}: removed {}", i.name, d.id)),
+            ),
+            Err(e) => warnings.push(format!("auto-prune of {}: {}", i.name, error_chain(&e))),
+        }
+    }
     Ok(RestoreOutcome::Restored(RestoreReport {
         plan,
         restore_id,

@@ -53,14 +53,7 @@ pub fn parse_wait(text: &str) -> Result<Duration, Error> {
     if text == "forever" {
         return Ok(Duration::MAX);
     }
-    let invalid = || {
-        Error::usage(
-            format!("`{text}` is not a duration"),
-            Some("write it like 30s, 10m or 1h 30m".into()),
-        )
-    };
-    let parsed: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
-    Duration::try_from(parsed).map_err(|_| invalid())
+    backstop_core::time::parse_duration(text).map_err(|message| Error::usage(message, None))
 }
 
 /// The compression for a backup: the flag, else what `--output FILE`'s name

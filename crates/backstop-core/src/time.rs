@@ -40,15 +40,54 @@ pub fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
-/// Parses a duration such as `90s`, `10m` or `1h 30m`.
+/// Parses a duration such as `90s`, `10m`, `1h 30m`, `14d` or `2w`
+/// (days and weeks are 24 and 168 hours; anything jiff reads, such as
+/// `PT1H`, works too).
 ///
 /// # Errors
 ///
 /// Returns a message for anything else, negative durations included.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("`{text}` is not a duration: write it like 30s, 10m or 1h 30m");
+    let invalid = || format!("`{text}` is not a duration: write it like 30s, 10m, 1h 30m or 14d");
+    if let Some(d) = parse_units(text) {
+        return Ok(d);
+    }
     let parsed: jiff::SignedDuration = text.parse().map_err(|_| invalid())?;
     std::time::Duration::try_from(parsed).map_err(|_| invalid())
+}
+
+/// `<number><unit>` groups (s, m, h, d, w and their long names), with
+/// optional spaces.
+fn parse_units(text: &str) -> Option<std::time::Duration> {
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86_400,
+            "w" | "week" | "weeks" => 604_800,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(secs)?)?;
+        rest = rest[unit_len..].trim_start_matches([' ', ',']);
+    }
+    Some(std::time::Duration::from_secs(total))
 }
 
 #[cfg(test)]
@@ -60,5 +99,22 @@ mod tests {
         let ts: Timestamp = "2026-11-21T22:46:05.5+01:00".parse().unwrap();
         assert_eq!(rfc3339(ts), "2026-11-21T21:46:05.500Z");
         assert_eq!(id_stamp(ts), "2026-11-21-214605");
+    }
+
+    #[test]
+    fn durations_people_write() {
+        use std::time::Duration;
+        let d = |t| parse_duration(t).unwrap();
+        assert_eq!(d("90s"), Duration::from_secs(90));
+        assert_eq!(d("1h 30m"), Duration::from_secs(5400));
+        assert_eq!(d("14d"), Duration::from_secs(14 * 86_400));
+        assert_eq!(d("2w"), Duration::from_secs(14 * 86_400));
+        assert_eq!(d("0s"), Duration::ZERO);
+        assert_eq!(d("PT2S"), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert_eq!(human_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(human_duration(Duration::from_secs(86_400 + 7200)), "1d 2h");
     }
 }

@@ -482,6 +482,12 @@ fn guard_refuses_to_run_when_its_backup_fails_and_records_no_backup() {
         .assert()
         .success();
     assert!(marker.exists());
+    // Both runs are in the catalog: the refusal, and the run without a backup.
+    let guards = sqlite(
+        &env.home().join("catalog.db"),
+        "SELECT outcome || ':' || no_backup || ':' || coalesce(backup_id, '-') FROM guards ORDER BY id",
+    );
+    assert_eq!(guards, "refused:0:-\nsucceeded:1:-");
 }
 
 #[test]

@@ -88,6 +88,12 @@ pub enum Command {
     /// [instances.NAME.retention] one by one.
     #[command(visible_alias = "cleanup")]
     Prune(PruneArgs),
+    /// Compare the catalog with the store, and with --apply make it true
+    ///
+    /// Finds archives that are missing, archives nobody recorded (adopted
+    /// from their own manifest after a full verification), and archives
+    /// whose size or sidecar disagrees. A damaged catalog is rebuilt.
+    Reconcile(ReconcileArgs),
     /// Delete backups: archive, sidecar and catalog entry
     Delete(DeleteArgs),
     /// Keep a backup whatever the retention rules say
@@ -128,6 +134,8 @@ pub enum BackupSeed {
     /// Same as `backstop prune`
     #[command(visible_alias = "prune")]
     Cleanup(PruneArgs),
+    /// Same as `backstop reconcile`
+    Reconcile(ReconcileArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -353,6 +361,18 @@ pub struct PruneArgs {
     /// Show every backup with kept or removed and the rule that decided; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only this instance [default: every instance in the catalog or the store]
+    pub instance: Option<String>,
+    /// Change the catalog to match the store (otherwise only report)
+    #[arg(long)]
+    pub apply: bool,
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use backstop_core::archive::BackupKind;
 use backstop_core::catalog::{ListFilter, Status};
 use backstop_core::ops::{
-    backup, doctor, guard, init, list, prune, recover, restore, rollback, show, verify,
+    backup, doctor, guard, init, list, prune, reconcile, recover, restore, rollback, show, verify,
 };
 use backstop_core::progress::{Cancel, NoProgress, Progress};
 use backstop_core::{Context, Error, ErrorKind};
@@ -21,8 +21,8 @@ use console::style;
 
 use args::{
     BackupArgs, BackupSeed, Cli, Command, DeleteArgs, DoctorArgs, Global, GuardArgs, InitArgs,
-    KindArg, ListArgs, ModeArg, PinArgs, PruneArgs, RecoverArgs, RestoreArgs, RollbackArgs,
-    ShowArgs, StatusArg, VerifyArgs,
+    KindArg, ListArgs, ModeArg, PinArgs, PruneArgs, ReconcileArgs, RecoverArgs, RestoreArgs,
+    RollbackArgs, ShowArgs, StatusArg, VerifyArgs,
 };
 use settings::Settings;
 
@@ -134,6 +134,7 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
             Some(BackupSeed::Verify(a)) => cmd_verify(&g, &a, cancel),
             Some(BackupSeed::Restore(a)) => cmd_restore(&g, &a, cancel),
             Some(BackupSeed::Cleanup(a)) => cmd_prune(&g, &a, cancel),
+            Some(BackupSeed::Reconcile(a)) => cmd_reconcile(&g, &a, cancel),
         },
         Command::List(a) => cmd_list(&g, &a, cancel),
         Command::Show(a) => cmd_show(&g, &a, cancel),
@@ -142,6 +143,7 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
         Command::Recover(a) => cmd_recover(&g, &a, cancel),
         Command::Rollback(a) => cmd_rollback(&g, &a, cancel),
         Command::Prune(a) => cmd_prune(&g, &a, cancel),
+        Command::Reconcile(a) => cmd_reconcile(&g, &a, cancel),
         Command::Delete(a) => cmd_delete(&g, &a, cancel),
         Command::Pin(a) => cmd_pin(&g, &a, true, cancel),
         Command::Unpin(a) => cmd_pin(&g, &a, false, cancel),
@@ -584,4 +586,26 @@ fn cmd_pin(g: &Global, a: &PinArgs, pinned: bool, cancel: &Cancel) -> Result<u8,
         ));
     }
     Ok(code::OK)
+}
+
+fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let report = with_context(g, &settings, cancel, |ctx| {
+        reconcile::reconcile(ctx, a.instance.as_deref(), a.apply, wait)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "reconcile",
+            serde_json::json!({ "reconcile": report }),
+        ));
+    } else {
+        print_stdout(&render::reconcile(&report));
+    }
+    // Left as it was: drift not applied, or an archive nothing can adopt.
+    let unresolved = report
+        .findings
+        .iter()
+        .any(|f| !report.applied || f.action.is_none());
+    Ok(if unresolved { code::WARNINGS } else { code::OK })
 }

@@ -10,6 +10,7 @@ use backstop_core::ops::doctor::{DoctorReport, Level};
 use backstop_core::ops::guard::{GuardOutcome, GuardReport};
 use backstop_core::ops::init::InitReport;
 use backstop_core::ops::prune::PrunePlan;
+use backstop_core::ops::reconcile::{Problem as ReconcileProblem, ReconcileReport};
 use backstop_core::ops::recover::RecoverReport;
 use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
@@ -841,6 +842,55 @@ pub fn prune(plans: &[PrunePlan]) -> String {
             let _ = writeln!(out, "Nothing was changed (dry run).");
         }
     }
+    out
+}
+
+/// What `reconcile` found, and did with `--apply`.
+pub fn reconcile(report: &ReconcileReport) -> String {
+    let mut out = String::new();
+    if let Some(aside) = &report.catalog_moved_to {
+        let _ = writeln!(
+            out,
+            "The catalog was damaged: moved to {aside} and rebuilt from the archives."
+        );
+    }
+    for f in &report.findings {
+        let what = match f.problem {
+            ReconcileProblem::Missing => "missing",
+            ReconcileProblem::Mismatched => "mismatched",
+            ReconcileProblem::Corrupt => "corrupt",
+            ReconcileProblem::Orphaned => "orphaned",
+        };
+        let _ = writeln!(
+            out,
+            "{what:<11}{}  {}",
+            f.id.as_deref().unwrap_or("-"),
+            f.path
+        );
+        let _ = writeln!(out, "           {}", f.detail);
+        match (&f.action, report.applied) {
+            (Some(a), true) => {
+                let _ = writeln!(out, "           → {a}");
+            }
+            (Some(a), false) => {
+                let _ = writeln!(out, "           --apply: {a}");
+            }
+            (None, _) => {
+                let _ = writeln!(out, "           left as it is: look at it by hand");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{} consistent, {} finding(s){}",
+        report.consistent,
+        report.findings.len(),
+        match (report.findings.is_empty(), report.applied) {
+            (true, _) => String::new(),
+            (false, true) => "; the catalog now matches the store".into(),
+            (false, false) => "; nothing was changed (run with --apply)".into(),
+        }
+    );
     out
 }
 

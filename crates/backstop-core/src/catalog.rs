@@ -771,6 +771,65 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Records an archive found in the store without a row (reconcile),
+    /// from its own manifest and trailer, as available. `false` when a row
+    /// with that id exists.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn adopt(&self, id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> CResult<bool> {
+        let about = new.about;
+        let labels = serde_json::to_string(&about.labels).expect("labels serialise");
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO backups (id, instance, origin, host, created_at, kind, reason, \
+                 message, labels, app_version, upgraded_to, profile, compression, level, status, \
+                 created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                 'creating', ?15)",
+                params![
+                    id,
+                    new.instance,
+                    new.origin,
+                    new.host,
+                    new.created_at,
+                    about.kind.as_str(),
+                    about.reason,
+                    about.message,
+                    labels,
+                    about.app_version,
+                    about.upgraded_to,
+                    about.profile,
+                    new.compression.to_string(),
+                    new.level,
+                    new.created_by,
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.finish_backup(id, done)?;
+        Ok(true)
+    }
+
+    /// Sets a backup's status (reconcile: `available`, `missing`, `corrupt`)
+    /// and, when given, its location.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn set_status(&self, id: &str, status: Status, location: Option<&str>) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET status = ?2, location = coalesce(?3, location) WHERE id = ?1",
+                params![id, status.as_str(), location],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Removes a backup's row (its archive is gone). Restore and guard
     /// records that name it stay, as history.
     ///

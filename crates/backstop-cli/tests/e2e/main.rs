@@ -8,6 +8,7 @@ mod failures;
 mod instances;
 mod output;
 mod prune;
+mod reconcile;
 mod restore;
 mod support;
 mod verify;

@@ -14,6 +14,7 @@ use crate::catalog::{Catalog, ListFilter, Status};
 use crate::command::CommandLine;
 use crate::error::Result;
 use crate::instance::{Instance, SourceSpec, VersionProbe};
+use crate::ops::reconcile::Problem;
 use crate::service::Control;
 
 /// How bad a finding is.
@@ -419,6 +420,37 @@ fn check_catalog(ctx: &Context<'_>, out: &mut Out) {
                 )),
             );
         }
+    }
+    match crate::ops::reconcile::reconcile(ctx, None, false, None) {
+        Ok(r) if r.findings.is_empty() => out.ok(
+            "catalog",
+            format!("matches the store ({} archives)", r.consistent),
+        ),
+        Ok(r) => {
+            for f in &r.findings {
+                out.add(
+                    "catalog",
+                    Level::Warning,
+                    format!(
+                        "{} archive {}: {}",
+                        match f.problem {
+                            Problem::Missing => "missing",
+                            Problem::Mismatched => "mismatched",
+                            Problem::Corrupt => "corrupt",
+                            Problem::Orphaned => "orphaned",
+                        },
+                        f.id.as_deref().unwrap_or(&f.path),
+                        f.detail
+                    ),
+                    Some(if f.action.is_some() {
+                        "`backstop reconcile --apply` makes the catalog match the store"
+                    } else {
+                        "look at this archive by hand; reconcile cannot adopt it"
+                    }),
+                );
+            }
+        }
+        Err(e) => out.add("catalog", Level::Error, e.to_string(), e.hint().as_deref()),
     }
     let creating = catalog
         .list(&ListFilter {

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod init;
 pub mod list;
 pub mod prune;
+pub mod reconcile;
 pub mod recover;
 pub mod restore;
 pub mod rollback;

@@ -1,0 +1,403 @@
+//! `reconcile`: the catalog against the store. The catalog is an index of
+//! the truth; the archives are the truth.
+//!
+//! Found, per instance directory of the store:
+//! - **missing**: a row says available, its archive is gone → marked
+//!   `missing`;
+//! - **mismatched**: a row says missing, its archive is there (put back by
+//!   hand) → `available` again, once its sidecar and size agree;
+//! - **corrupt**: the archive is there but its size or its sidecar
+//!   disagrees with the row → marked `corrupt`;
+//! - **orphaned**: an archive with no row (copied in by hand, or the
+//!   catalog was lost) → verified in full and adopted from its own manifest
+//!   and trailer; one that does not verify is reported, never adopted.
+//!
+//! Without `--apply` nothing changes. With it, each instance is locked while
+//! its rows change. Running it twice changes nothing the second time. A
+//! catalog file that is damaged is moved aside and rebuilt from the
+//! archives by `--apply`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::archive::Codec;
+use crate::archive::reader::{read_sidecar, sidecar_path, verify_archive};
+use crate::catalog::{
+    BackupRecord, Catalog, CatalogError, Finished, ListFilter, NewBackup, Status,
+};
+use crate::error::{Error, Result};
+use crate::fsutil::TEMP_PREFIX;
+use crate::lock::InstanceLock;
+use crate::progress::NoProgress;
+use crate::{Context, fsutil, time};
+
+/// What reconcile found about one backup or archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Problem {
+    Missing,
+    Mismatched,
+    Corrupt,
+    Orphaned,
+}
+
+/// One finding.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub problem: Problem,
+    pub instance: String,
+    /// The backup id (from the row, or the archive's manifest).
+    pub id: Option<String>,
+    /// The archive file.
+    pub path: String,
+    pub detail: String,
+    /// What `--apply` does (or did) about it; `None` when it cannot act.
+    pub action: Option<String>,
+}
+
+/// What reconcile found and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    pub findings: Vec<Finding>,
+    /// Rows and archives that agree.
+    pub consistent: usize,
+    pub applied: bool,
+    /// Where a damaged catalog was moved before it was rebuilt.
+    pub catalog_moved_to: Option<String>,
+}
+
+/// Compares the catalog with the store (for one instance, or all), and
+/// with `apply` makes the catalog true.
+///
+/// # Errors
+///
+/// Fails when the catalog is damaged and `apply` is not given (with a hint
+/// to rebuild it), when a lock is held, or on I/O errors.
+pub fn reconcile(
+    ctx: &Context<'_>,
+    instance: Option<&str>,
+    apply: bool,
+    wait: Option<Duration>,
+) -> Result<ReconcileReport> {
+    let path = ctx.layout.catalog();
+    let mut moved = None;
+    let catalog = if path.exists() || apply {
+        if apply {
+            fsutil::create_private_dir_all(&ctx.layout.home)?;
+        }
+        match Catalog::open(&path) {
+            Ok(c) => Some(c),
+            Err(CatalogError::Corrupt { .. }) if apply => {
+                let aside = path.with_file_name(format!(
+                    "catalog.db.damaged-{}",
+                    time::id_stamp(time::now())
+                ));
+                std::fs::rename(&path, &aside).map_err(|e| Error::io("moving aside", &path, e))?;
+                for suffix in ["-wal", "-shm"] {
+                    let mut side = path.as_os_str().to_os_string();
+                    side.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(side));
+                }
+                moved = Some(aside.display().to_string());
+                Some(Catalog::open(&path)?)
+            }
+            Err(e @ CatalogError::Corrupt { .. }) => {
+                return Err(Error::Refused {
+                    message: e.to_string(),
+                    hint: Some(
+                        "`backstop reconcile --apply` moves it aside and rebuilds it from the archives, which describe themselves"
+                            .into(),
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let rows: Vec<BackupRecord> = match &catalog {
+        Some(c) => c.list(&ListFilter {
+            instance: instance.map(str::to_string),
+            ..ListFilter::default()
+        })?,
+        None => Vec::new(),
+    };
+    let mut instances: Vec<String> = match instance {
+        Some(i) => vec![i.to_string()],
+        None => {
+            let mut names: Vec<String> = rows.iter().map(|r| r.instance.clone()).collect();
+            if let Ok(dirs) = std::fs::read_dir(&ctx.layout.store) {
+                names.extend(
+                    dirs.flatten()
+                        .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|d| d.file_name().to_string_lossy().into_owned()),
+                );
+            }
+            names
+        }
+    };
+    instances.sort();
+    instances.dedup();
+
+    let mut report = ReconcileReport {
+        findings: Vec::new(),
+        consistent: 0,
+        applied: apply,
+        catalog_moved_to: moved,
+    };
+    for name in &instances {
+        // Rows change only under the instance's lock.
+        let _lock = if apply {
+            let lock = InstanceLock::acquire(
+                &ctx.layout.locks(),
+                name,
+                &format!("reconcile {name}"),
+                wait,
+                ctx.cancel,
+            )?;
+            crate::ops::recover::recover_locked(ctx, &lock)?;
+            Some(lock)
+        } else {
+            None
+        };
+        let mine: Vec<&BackupRecord> = rows.iter().filter(|r| &r.instance == name).collect();
+        check_instance(ctx, catalog.as_ref(), name, &mine, apply, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn check_instance(
+    ctx: &Context<'_>,
+    catalog: Option<&Catalog>,
+    instance: &str,
+    rows: &[&BackupRecord],
+    apply: bool,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    let mut known: Vec<PathBuf> = Vec::new();
+    for row in rows {
+        ctx.cancel.check()?;
+        let Some(loc) = &row.location else { continue };
+        if !matches!(row.status, Status::Available | Status::Missing) {
+            // Failed attempts have no archive; corrupt ones stay corrupt
+            // until `verify` says otherwise.
+            known.push(PathBuf::from(loc));
+            continue;
+        }
+        let archive = PathBuf::from(loc);
+        known.push(archive.clone());
+        let finding = |problem, detail: String, action: &str| Finding {
+            problem,
+            instance: instance.to_string(),
+            id: Some(row.id.clone()),
+            path: loc.clone(),
+            detail,
+            action: Some(action.to_string()),
+        };
+        let Ok(meta) = std::fs::metadata(&archive) else {
+            if row.status == Status::Available {
+                report.findings.push(finding(
+                    Problem::Missing,
+                    "the catalog says available; the archive is not there".into(),
+                    "marked missing",
+                ));
+                if apply && let Some(c) = catalog {
+                    c.set_status(&row.id, Status::Missing, None)?;
+                }
+            } else {
+                report.consistent += 1;
+            }
+            continue;
+        };
+        let sidecar = read_sidecar(&archive).ok().flatten();
+        let disagreement = if row.size.is_some_and(|s| s != meta.len()) {
+            Some(format!(
+                "the archive is {} bytes, the catalog records {}",
+                meta.len(),
+                row.size.unwrap_or_default()
+            ))
+        } else if sidecar.is_none() {
+            Some("its sidecar is missing or unreadable".to_string())
+        } else if row.sha256.is_some() && sidecar != row.sha256 {
+            Some("its sidecar's SHA-256 differs from the catalog's".to_string())
+        } else {
+            None
+        };
+        match (disagreement, row.status) {
+            (Some(detail), _) => {
+                report
+                    .findings
+                    .push(finding(Problem::Corrupt, detail, "marked corrupt"));
+                if apply && let Some(c) = catalog {
+                    c.set_status(&row.id, Status::Corrupt, None)?;
+                }
+            }
+            (None, Status::Missing) => {
+                report.findings.push(finding(
+                    Problem::Mismatched,
+                    "the catalog says missing; the archive is there and agrees".into(),
+                    "marked available",
+                ));
+                if apply && let Some(c) = catalog {
+                    c.set_status(&row.id, Status::Available, None)?;
+                }
+            }
+            (None, _) => report.consistent += 1,
+        }
+    }
+    // Archives in the store that no row names.
+    let dir = ctx.layout.instance_store(instance);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            !name.starts_with(TEMP_PREFIX)
+                && !name.starts_with('.')
+                && Codec::from_file_name(&name).is_some()
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+    for file in files {
+        ctx.cancel.check()?;
+        if known.iter().any(|k| same_file(k, &file)) {
+            continue;
+        }
+        adopt(ctx, catalog, instance, &file, apply, report)?;
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// Verifies an orphaned archive in full and, with `apply`, records it.
+fn adopt(
+    ctx: &Context<'_>,
+    catalog: Option<&Catalog>,
+    instance: &str,
+    file: &Path,
+    apply: bool,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    let run = verify_archive(file, &NoProgress, ctx.cancel);
+    let path = file.display().to_string();
+    let verified = match run.result {
+        Ok(v) => v,
+        Err(e) => {
+            report.findings.push(Finding {
+                problem: Problem::Orphaned,
+                instance: instance.to_string(),
+                id: None,
+                path,
+                detail: format!(
+                    "not in the catalog, and it does not verify: {}",
+                    crate::ops::backup::error_chain(&e)
+                ),
+                action: None,
+            });
+            return Ok(());
+        }
+    };
+    let m = &verified.manifest;
+    let sidecar = read_sidecar(file).ok().flatten();
+    if sidecar.as_deref().is_some_and(|s| s != verified.sha256) || m.instance != instance {
+        report.findings.push(Finding {
+            problem: Problem::Orphaned,
+            instance: instance.to_string(),
+            id: Some(m.id.clone()),
+            path,
+            detail: if m.instance != instance {
+                format!(
+                    "not in the catalog; it is a backup of {}, in {instance}'s directory",
+                    m.instance
+                )
+            } else {
+                "not in the catalog, and its sidecar disagrees with its content".into()
+            },
+            action: None,
+        });
+        return Ok(());
+    }
+    report.findings.push(Finding {
+        problem: Problem::Orphaned,
+        instance: instance.to_string(),
+        id: Some(m.id.clone()),
+        path: path.clone(),
+        detail: "not in the catalog; the archive verifies".into(),
+        action: Some(if sidecar.is_some() {
+            "adopted from its manifest and trailer".into()
+        } else {
+            "adopted from its manifest and trailer; sidecar written".into()
+        }),
+    });
+    if !apply {
+        return Ok(());
+    }
+    let Some(catalog) = catalog else {
+        return Ok(());
+    };
+    if sidecar.is_none() {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let line = crate::archive::format::sidecar_line(&verified.sha256, &name);
+        fsutil::atomic_write(&sidecar_path(file), line.as_bytes(), 0o600)?;
+    }
+    let t = &verified.trailer;
+    let finished_at = m
+        .created_at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|c| {
+            c.checked_add(jiff::SignedDuration::from_millis(t.duration_ms as i64))
+                .ok()
+        })
+        .map(time::rfc3339)
+        .unwrap_or_else(|| m.created_at.clone());
+    let warnings = (t.vanished.len() + t.changed.len() + t.unreadable.len()) as u64;
+    let adopted = catalog.adopt(
+        &m.id,
+        &NewBackup {
+            instance: &m.instance,
+            origin: &m.root,
+            host: &m.host,
+            created_at: &m.created_at,
+            about: &m.about,
+            compression: m.compression,
+            level: m.level,
+            created_by: &m.created_by,
+        },
+        &Finished {
+            finished_at: &finished_at,
+            location: &path,
+            size: verified.size,
+            entries: t.entries,
+            files: t.files,
+            bytes: t.bytes,
+            sha256: &verified.sha256,
+            warnings,
+        },
+    )?;
+    if !adopted && let Some(f) = report.findings.last_mut() {
+        // A row with this id exists elsewhere: two copies of one backup.
+        f.action = None;
+        f.detail = format!(
+            "not in the catalog at this path; the catalog has backup {} elsewhere (a copy?)",
+            m.id
+        );
+    }
+    Ok(())
+}

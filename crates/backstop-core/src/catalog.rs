@@ -46,14 +46,19 @@ pub enum CatalogError {
 
 impl CatalogError {
     pub(crate) fn kind(&self) -> ErrorKind {
-        ErrorKind::Failed
+        match self {
+            // Damaged data, like a corrupt archive: exit 4.
+            CatalogError::Corrupt { .. } => ErrorKind::Integrity,
+            _ => ErrorKind::Failed,
+        }
     }
 
     pub(crate) fn hint(&self) -> Option<String> {
         match self {
             CatalogError::Sqlite { .. } => None,
             CatalogError::Corrupt { path } => Some(format!(
-                "move {} aside; the archives in the store are intact and describe themselves",
+                "`backstop reconcile --apply` moves {} aside and rebuilds it from the archives, \
+                 which describe themselves",
                 path.display()
             )),
             CatalogError::TooNew { .. } => Some("upgrade backstop to use this catalog".into()),

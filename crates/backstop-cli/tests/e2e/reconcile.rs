@@ -169,12 +169,13 @@ fn a_damaged_catalog_is_rebuilt_from_the_archives() {
     env.cmd()
         .args(["list"])
         .assert()
-        .failure()
-        .stderr(predicate::str::contains("damaged"));
+        .code(4)
+        .stderr(predicate::str::contains("damaged"))
+        .stderr(predicate::str::contains("reconcile --apply"));
     env.cmd()
         .args(["reconcile"])
         .assert()
-        .code(1)
+        .code(4)
         .stderr(predicate::str::contains("reconcile --apply"));
     env.cmd()
         .args(["reconcile", "--apply"])
@@ -196,4 +197,45 @@ fn a_damaged_catalog_is_rebuilt_from_the_archives() {
         .args(["restore", &ids[0], "--yes"])
         .assert()
         .success();
+}
+
+#[test]
+fn an_interrupted_reconcile_is_finished_by_the_next() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let other = Env::new();
+    let foreign = other.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    // An orphan without its sidecar, and a missing archive.
+    std::fs::copy(
+        other.home().join(format!("backups/app/{foreign}.tar.zst")),
+        archive(&env, &foreign),
+    )
+    .unwrap();
+    std::fs::remove_file(archive(&env, &id)).unwrap();
+    for point in [
+        "reconcile.before-status",
+        "reconcile.before-adopt",
+        "reconcile.before-row",
+    ] {
+        env.cmd()
+            .env("BACKSTOP_FAILPOINTS", format!("{point}=abort"))
+            .args(["reconcile", "--apply"])
+            .assert()
+            .failure();
+    }
+    env.cmd().args(["reconcile", "--apply"]).assert().success();
+    assert_eq!(status(&env, &id), "missing");
+    assert_eq!(status(&env, &foreign), "available");
+    assert!(with_sidecar(&archive(&env, &foreign))[1].exists());
+    let again = env.json(&["reconcile", "--apply"]);
+    assert!(
+        again["reconcile"]["findings"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{again}"
+    );
+    env.cmd().args(["verify", &foreign]).assert().success();
 }

@@ -103,15 +103,6 @@ pub fn reconcile(
                 moved = Some(aside.display().to_string());
                 Some(Catalog::open(&path)?)
             }
-            Err(e @ CatalogError::Corrupt { .. }) => {
-                return Err(Error::Refused {
-                    message: e.to_string(),
-                    hint: Some(
-                        "`backstop reconcile --apply` moves it aside and rebuilds it from the archives, which describe themselves"
-                            .into(),
-                    ),
-                });
-            }
             Err(e) => return Err(e.into()),
         }
     } else {
@@ -204,6 +195,7 @@ fn check_instance(
                     "marked missing",
                 ));
                 if apply && let Some(c) = catalog {
+                    crate::failpoint::hit("reconcile.before-status")?;
                     c.set_status(&row.id, Status::Missing, None)?;
                 }
             } else {
@@ -348,6 +340,7 @@ fn adopt(
     let Some(catalog) = catalog else {
         return Ok(());
     };
+    crate::failpoint::hit("reconcile.before-adopt")?;
     if sidecar.is_none() {
         let name = file
             .file_name()
@@ -356,6 +349,7 @@ fn adopt(
         let line = crate::archive::format::sidecar_line(&verified.sha256, &name);
         fsutil::atomic_write(&sidecar_path(file), line.as_bytes(), 0o600)?;
     }
+    crate::failpoint::hit("reconcile.before-row")?;
     let t = &verified.trailer;
     let finished_at = m
         .created_at

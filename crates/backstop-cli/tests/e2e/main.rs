@@ -10,6 +10,7 @@ mod output;
 mod prune;
 mod reconcile;
 mod restore;
+mod seeds;
 mod support;
 mod verify;
 mod volumes;

@@ -1,0 +1,292 @@
+//! The seed systems' own workflows, replayed with backstop and the example
+//! configs under `examples/` exactly as written (only the root is pointed
+//! at a temporary directory).
+
+use std::path::{Path, PathBuf};
+
+use predicates::prelude::*;
+
+use crate::support::Env;
+
+/// `examples/<name>.toml` with its `root = "…"` replaced by `root`,
+/// written as the test's config.
+fn example(env: &Env, name: &str, root: &Path) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{name}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut replaced = 0;
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("root = ") {
+                replaced += 1;
+                format!("root = \"{}\"\n", root.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    assert_eq!(replaced, 1, "{name}: one root");
+    std::fs::write(env.path("backstop.toml"), text).unwrap();
+}
+
+fn members(archive: &Path) -> Vec<String> {
+    let out = std::process::Command::new("tar")
+        .arg("-I")
+        .arg("zstd")
+        .arg("-tf")
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches('/').to_string())
+        .collect()
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// SyrvisCore's "Simulation Test" and "Disaster Recovery Test".
+#[test]
+fn syrviscore_upgrade_rollback_and_disaster_recovery() {
+    let env = Env::new();
+    let home = env.path("syrviscore");
+    for v in ["0.1.11", "0.1.12"] {
+        write(
+            &home.join(format!("versions/{v}/syrviscore-{v}-py3-none-any.whl")),
+            &format!("wheel {v}"),
+        );
+    }
+    std::os::unix::fs::symlink("versions/0.1.11", home.join("current")).unwrap();
+    write(&home.join("config/.env"), "DOMAIN=nas.local\n");
+    write(&home.join("data/traefik/acme.json"), "{}");
+    example(&env, "syrviscore", &home);
+
+    // 1–2. Upgrade 0.1.11 → 0.1.12 under guard: a backup appears.
+    let install = format!("ln -sfn versions/0.1.12 {}/current", home.display());
+    env.cmd()
+        .args([
+            "guard",
+            "syrviscore",
+            "--to",
+            "0.1.12",
+            "--",
+            "sh",
+            "-c",
+            &install,
+        ])
+        .assert()
+        .success();
+    // 3. The backup exists, with the version it was taken of.
+    let list = env.json(&["list", "syrviscore", "--version", "0.1.11"]);
+    assert_eq!(list["backups"][0]["reason"], "pre-upgrade");
+    assert_eq!(list["backups"][0]["upgraded_to"], "0.1.12");
+    // 4. Modify config.
+    let mut env_file = std::fs::read_to_string(home.join("config/.env")).unwrap();
+    env_file.push_str("TEST=true\n");
+    std::fs::write(home.join("config/.env"), env_file).unwrap();
+    // 5. Roll back (offline: the wheel is in the backup).
+    env.cmd()
+        .args(["rollback", "0.1.11", "--yes"])
+        .assert()
+        .success();
+    // 6. TEST is gone, `current` points at 0.1.11.
+    let env_file = std::fs::read_to_string(home.join("config/.env")).unwrap();
+    assert!(!env_file.contains("TEST"), "{env_file}");
+    assert_eq!(
+        std::fs::read_link(home.join("current")).unwrap(),
+        Path::new("versions/0.1.11")
+    );
+
+    // Disaster recovery: a manual backup to a file, the home removed,
+    // restored from the file alone.
+    let file = env.path("test-backup.tar.zst");
+    env.cmd()
+        .args(["backup", "syrviscore", "--output", file.to_str().unwrap()])
+        .assert()
+        .success();
+    let before = backstop_test_support::snapshot(&home, Default::default());
+    std::fs::remove_dir_all(&home).unwrap();
+    env.cmd()
+        .args([
+            "restore",
+            file.to_str().unwrap(),
+            "--path",
+            home.to_str().unwrap(),
+            "--yes",
+        ])
+        .assert()
+        .success();
+    assert_eq!(
+        backstop_test_support::snapshot(&home, Default::default()),
+        before
+    );
+    env.cmd()
+        .args(["doctor", "syrviscore"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("version 0.1.11"));
+}
+
+/// Sindri's profiles, always-excluded caches, never-restored markers, and
+/// its three restore modes with a dry run.
+#[test]
+fn sindri_profiles_markers_and_restore_modes() {
+    let env = Env::new();
+    let home = env.path("developer");
+    for (p, t) in [
+        ("workspace/projects/app/main.rs", "fn main() {}"),
+        ("workspace/projects/app/node_modules/x.js", "cache"),
+        ("workspace/scripts/deploy.sh", "echo deploy"),
+        ("workspace/.system/bootstrap.yaml", "installed: [a]"),
+        (".claude/settings.json", "{}"),
+        (".ssh/host_keys/ssh_host_ed25519_key", "KEY"),
+        (".ssh/authorized_keys", "injected"),
+        (".gitconfig", "[user]\nname = dev\n"),
+        (".bashrc", "alias ll='ls -l'"),
+        (".config/app/app.toml", "x = 1"),
+        (".config/mise/shims/node", "shim"),
+        (".local/bin/tool", "tool"),
+        (".local/share/mise/installs/node/bin", "node"),
+        (".local/state/mise/state", "s"),
+        (".cache/pip/wheel", "cache"),
+        (".initialized", "1"),
+        ("notes.txt", "full only"),
+    ] {
+        write(&home.join(p), t);
+    }
+    example(&env, "sindri", &home);
+
+    let backup = |profile: &str| -> (String, Vec<String>) {
+        let doc = env.json(&["backup", "sindri", "--profile", profile]);
+        let id = doc["report"]["backup"]["id"].as_str().unwrap().to_string();
+        let archive = PathBuf::from(doc["report"]["backup"]["location"].as_str().unwrap());
+        (id, members(&archive))
+    };
+    let has = |m: &[String], p: &str| m.iter().any(|x| x == &format!("home/{p}"));
+
+    let (_, user) = backup("user-data");
+    for p in [
+        "workspace/projects/app/main.rs",
+        ".claude/settings.json",
+        ".ssh/host_keys/ssh_host_ed25519_key",
+        ".gitconfig",
+    ] {
+        assert!(has(&user, p), "user-data lacks {p}: {user:?}");
+    }
+    for p in [
+        ".bashrc",
+        ".config/app/app.toml",
+        "workspace/.system/bootstrap.yaml",
+        ".ssh/authorized_keys",
+        ".initialized",
+        "notes.txt",
+        "workspace/projects/app/node_modules/x.js",
+    ] {
+        assert!(!has(&user, p), "user-data has {p}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The default profile is standard.
+    let doc = env.json(&["backup", "sindri"]);
+    assert_eq!(doc["report"]["backup"]["profile"], "standard");
+    let standard = members(Path::new(
+        doc["report"]["backup"]["location"].as_str().unwrap(),
+    ));
+    for p in [".bashrc", ".config/app/app.toml", ".local/bin/tool"] {
+        assert!(has(&standard, p), "standard lacks {p}");
+    }
+    for p in [
+        ".config/mise/shims/node",
+        ".local/state/mise/state",
+        "notes.txt",
+    ] {
+        assert!(!has(&standard, p), "standard has {p}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (full_id, full) = backup("full");
+    assert!(has(&full, "notes.txt"));
+    for p in [
+        ".cache/pip/wheel",
+        ".local/share/mise/installs/node/bin",
+        ".local/state/mise/state",
+        "workspace/projects/app/node_modules/x.js",
+    ] {
+        assert!(!has(&full, p), "full has {p}");
+    }
+
+    // The instance changes; markers change too.
+    write(&home.join(".gitconfig"), "[user]\nname = changed\n");
+    write(&home.join("workspace/projects/new.rs"), "new");
+    write(&home.join(".initialized"), "2");
+    write(
+        &home.join("workspace/.system/bootstrap.yaml"),
+        "installed: [a, b]",
+    );
+
+    // Safe: only what is missing, conflicts listed, nothing overwritten.
+    std::fs::remove_file(home.join("workspace/scripts/deploy.sh")).unwrap();
+    env.cmd()
+        .args(["restore", &full_id, "--mode", "safe", "--yes"])
+        .assert()
+        .success();
+    assert!(home.join("workspace/scripts/deploy.sh").exists());
+    assert!(
+        std::fs::read_to_string(home.join(".gitconfig"))
+            .unwrap()
+            .contains("changed")
+    );
+    // Merge: backup files over the live ones, replaced ones kept as .bak.
+    let dry = env.json(&["restore", &full_id, "--mode", "merge", "--dry-run"]);
+    assert!(
+        dry["restore"]["plan"]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |a| a["action"] == "replace" && a["path"].as_str().unwrap().ends_with(".gitconfig")
+            )
+    );
+    assert!(
+        std::fs::read_to_string(home.join(".gitconfig"))
+            .unwrap()
+            .contains("changed")
+    );
+    env.cmd()
+        .args(["restore", &full_id, "--mode", "merge", "--yes"])
+        .assert()
+        .success();
+    assert!(
+        std::fs::read_to_string(home.join(".gitconfig"))
+            .unwrap()
+            .contains("name = dev")
+    );
+    assert!(
+        Env::files_in(&home)
+            .iter()
+            .any(|n| n.starts_with(".gitconfig.bak-"))
+    );
+    assert!(home.join("workspace/projects/new.rs").exists());
+    // Exact: added files go; markers are never touched.
+    env.cmd()
+        .args(["restore", &full_id, "--mode", "exact", "--yes"])
+        .assert()
+        .success();
+    assert!(!home.join("workspace/projects/new.rs").exists());
+    assert_eq!(
+        std::fs::read_to_string(home.join(".initialized")).unwrap(),
+        "2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join("workspace/.system/bootstrap.yaml")).unwrap(),
+        "installed: [a, b]"
+    );
+    assert_eq!(
+        std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap(),
+        "injected"
+    );
+    // Caches were never in the backup, and an exact restore leaves them.
+    assert!(home.join(".cache/pip/wheel").exists());
+}

@@ -8,24 +8,24 @@ use predicates::prelude::*;
 
 use crate::support::Env;
 
-/// `examples/<name>.toml` with its `root = "…"` replaced by `root`,
-/// written as the test's config.
-fn example(env: &Env, name: &str, root: &Path) {
+/// `examples/<name>.toml` with its `root = "…"` lines replaced by `roots`,
+/// in order, written as the test's config.
+fn example(env: &Env, name: &str, roots: &[&Path]) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../examples/{name}.toml"));
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut replaced = 0;
+    let mut next = roots.iter();
     let text: String = text
         .lines()
         .map(|l| {
             if l.starts_with("root = ") {
-                replaced += 1;
+                let root = next.next().expect("a root for each instance");
                 format!("root = \"{}\"\n", root.display())
             } else {
                 format!("{l}\n")
             }
         })
         .collect();
-    assert_eq!(replaced, 1, "{name}: one root");
+    assert!(next.next().is_none(), "{name}: fewer instances than roots");
     std::fs::write(env.path("backstop.toml"), text).unwrap();
 }
 
@@ -63,7 +63,7 @@ fn syrviscore_upgrade_rollback_and_disaster_recovery() {
     std::os::unix::fs::symlink("versions/0.1.11", home.join("current")).unwrap();
     write(&home.join("config/.env"), "DOMAIN=nas.local\n");
     write(&home.join("data/traefik/acme.json"), "{}");
-    example(&env, "syrviscore", &home);
+    example(&env, "syrviscore", &[&home]);
 
     // 1–2. Upgrade 0.1.11 → 0.1.12 under guard: a backup appears.
     let install = format!("ln -sfn versions/0.1.12 {}/current", home.display());
@@ -158,7 +158,7 @@ fn sindri_profiles_markers_and_restore_modes() {
     ] {
         write(&home.join(p), t);
     }
-    example(&env, "sindri", &home);
+    example(&env, "sindri", &[&home]);
 
     let backup = |profile: &str| -> (String, Vec<String>) {
         let doc = env.json(&["backup", "sindri", "--profile", profile]);
@@ -289,4 +289,231 @@ fn sindri_profiles_markers_and_restore_modes() {
     );
     // Caches were never in the backup, and an exact restore leaves them.
     assert!(home.join(".cache/pip/wheel").exists());
+}
+
+/// Leger: a quadlet deployment with a named volume — backup create, list,
+/// info; the unit files and the volume removed; restore; a guarded remove;
+/// a corrupted backup refused with the deployment left as it was.
+#[test]
+fn leger_quadlet_deployment_backup_remove_restore() {
+    use backstop_test_support::podman::{self, Volume};
+    if !podman::available() {
+        return;
+    }
+    let env = Env::new();
+    let dir = env.path("systemd/web");
+    let volume = Volume::create("leger-data");
+    write(
+        &dir.join("web.container"),
+        "[Unit]\nDescription=web\n\n[Container]\nImage=localhost/web:1\nVolume=data.volume:/var/lib/web\n",
+    );
+    write(
+        &dir.join("data.volume"),
+        &format!("[Volume]\nVolumeName={}\n", volume.name),
+    );
+    let mp = volume.mountpoint();
+    write(&mp.join("db/records.json"), "[1, 2, 3]");
+    write(&mp.join("uploads/a.png"), "png");
+    example(&env, "leger", &[&dir]);
+
+    // backup create / list / info
+    let doc = env.json(&["backup", "create", "web"]);
+    let id = doc["report"]["backup"]["id"].as_str().unwrap().to_string();
+    let list = env.json(&["backup", "list", "web"]);
+    assert_eq!(list["backups"][0]["id"], id.as_str());
+    let info = env.json(&["backup", "info", &id]);
+    let kinds: Vec<(String, String)> = info["show"]["manifest"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&("quadlets".into(), "path".into())),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(format!("volume-{}", volume.name), "volume".into())),
+        "{kinds:?}"
+    );
+
+    // Remove the quadlet files and the volume; restore brings both back.
+    std::fs::remove_file(dir.join("web.container")).unwrap();
+    std::fs::remove_file(dir.join("data.volume")).unwrap();
+    podman::podman(None, &["volume", "rm", &volume.name]);
+    env.cmd()
+        .args(["backup", "restore", &id, "--yes"])
+        .assert()
+        .success();
+    assert!(dir.join("web.container").exists() && dir.join("data.volume").exists());
+    let mp = volume.mountpoint();
+    assert_eq!(
+        std::fs::read_to_string(mp.join("db/records.json")).unwrap(),
+        "[1, 2, 3]"
+    );
+    assert!(mp.join("uploads/a.png").exists());
+
+    // A guarded remove makes an automatic backup first.
+    let remove = format!("rm {}/web.container", dir.display());
+    env.cmd()
+        .args([
+            "guard",
+            "web",
+            "--reason",
+            "pre-remove",
+            "--",
+            "sh",
+            "-c",
+            &remove,
+        ])
+        .assert()
+        .success();
+    let newest = &env.json(&["list", "web"])["backups"][0];
+    assert_eq!(newest["reason"], "pre-remove");
+    assert_eq!(newest["kind"], "automatic");
+    env.cmd()
+        .args(["restore", newest["id"].as_str().unwrap(), "--yes"])
+        .assert()
+        .success();
+    assert!(dir.join("web.container").exists());
+
+    // A corrupted backup: refused, the deployment as it was.
+    write(&mp.join("db/records.json"), "[1, 2, 3, 4]");
+    let archive = PathBuf::from(list["backups"][0]["location"].as_str().unwrap());
+    let len = std::fs::metadata(&archive).unwrap().len();
+    crate::support::flip_byte(&archive, len / 2);
+    env.cmd().args(["restore", &id, "--yes"]).assert().code(4);
+    assert_eq!(
+        std::fs::read_to_string(mp.join("db/records.json")).unwrap(),
+        "[1, 2, 3, 4]"
+    );
+    assert!(dir.join("web.container").exists());
+}
+
+/// abssctl: two instances with service assets; restore with `--dry-run
+/// --json`, `--dest`, `--no-pre-backup`, `--backup-message`; reconcile
+/// with a missing, an orphaned and a mismatched archive, applied twice.
+#[test]
+fn abssctl_two_instances_restore_options_and_reconcile() {
+    let env = Env::new();
+    let roots: Vec<PathBuf> = ["alpha", "beta"].iter().map(|n| env.path(n)).collect();
+    for (root, name) in roots.iter().zip(["alpha", "beta"]) {
+        write(&root.join("data/site.db"), &format!("{name} data"));
+        write(&root.join("config/app.toml"), &format!("name = \"{name}\""));
+        write(&root.join("config/secrets.env"), "KEY=1");
+        write(
+            &root.join(format!("service/{name}.service")),
+            "[Service]\nExecStart=/usr/bin/app",
+        );
+        write(
+            &root.join(format!("service/nginx/{name}.conf")),
+            "server {}",
+        );
+    }
+    example(&env, "abssctl", &[&roots[0], &roots[1]]);
+    let alpha = env.json(&["backup", "alpha"])["report"]["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let beta = env.json(&["backup", "beta"])["report"]["backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // --instance asserts; --dry-run --json shows the plan and changes nothing.
+    write(&roots[0].join("data/site.db"), "changed");
+    env.cmd()
+        .args([
+            "backup",
+            "restore",
+            &alpha,
+            "--instance",
+            "beta",
+            "--dry-run",
+        ])
+        .assert()
+        .code(2);
+    let plan = env.json(&["restore", &alpha, "--instance", "alpha", "--dry-run"]);
+    assert_eq!(plan["restore"]["outcome"], "dry-run");
+    assert_eq!(plan["restore"]["plan"]["totals"]["replace"], 1);
+    assert_eq!(
+        std::fs::read_to_string(roots[0].join("data/site.db")).unwrap(),
+        "changed"
+    );
+    // --dest: a test copy elsewhere, the live instance untouched.
+    let test = env.path("restore-test");
+    env.cmd()
+        .args(["restore", &alpha, "--dest", test.to_str().unwrap(), "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(test.join("data/site.db")).unwrap(),
+        "alpha data"
+    );
+    assert!(test.join("service/nginx/alpha.conf").exists());
+    // --backup-message names the safety backup; --no-pre-backup skips it.
+    env.cmd()
+        .args(["restore", &alpha, "-m", "before the fix", "--yes"])
+        .assert()
+        .success();
+    let safety = &env.json(&["list", "alpha"])["backups"][0];
+    assert_eq!(safety["reason"], "pre-restore");
+    assert_eq!(safety["message"], "before the fix");
+    let rows = env.list().len();
+    env.cmd()
+        .args(["restore", &beta, "--no-pre-backup", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(env.list().len(), rows, "no safety backup");
+    let show = env.json(&["show", &beta]);
+    assert_eq!(
+        show["show"]["restores"][0]["safety_backup"],
+        serde_json::Value::Null
+    );
+
+    // Reconcile: one archive missing, one orphaned, one mismatched.
+    let store = env.home().join("backups");
+    let missing = PathBuf::from(env.json(&["show", &beta])["show"]["path"].as_str().unwrap());
+    std::fs::rename(&missing, env.path("aside.tar.zst")).unwrap();
+    // An orphan: made with another home a second later (its own id),
+    // copied in with its sidecar.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let other = Env::new();
+    let orphan = other.backup(&roots[1], &[]);
+    let orphan_file = PathBuf::from(orphan["location"].as_str().unwrap());
+    let orphan_id = orphan["id"].as_str().unwrap().to_string();
+    std::fs::copy(
+        &orphan_file,
+        store.join("beta").join(orphan_file.file_name().unwrap()),
+    )
+    .unwrap();
+    let doc = env.json(&["reconcile", "--apply"]);
+    let problems: Vec<&str> = doc["reconcile"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["problem"].as_str().unwrap())
+        .collect();
+    let mut sorted = problems.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["missing", "orphaned"], "{doc}");
+    // The archive comes back: mismatched.
+    std::fs::rename(env.path("aside.tar.zst"), &missing).unwrap();
+    let doc = env.json(&["reconcile", "--apply"]);
+    assert_eq!(doc["reconcile"]["findings"][0]["problem"], "mismatched");
+    let again = env.json(&["reconcile", "--apply"]);
+    assert!(
+        again["reconcile"]["findings"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{again}"
+    );
+    assert!(env.list().iter().any(|r| r["id"] == orphan_id.as_str()));
+    env.cmd().args(["verify", "--all"]).assert().success();
 }

@@ -94,6 +94,13 @@ pub enum Command {
     /// from their own manifest after a full verification), and archives
     /// whose size or sidecar disagrees. A damaged catalog is rebuilt.
     Reconcile(ReconcileArgs),
+    /// Move the store to another directory, also on another filesystem
+    ///
+    /// Copies every archive (a hard link on the same filesystem), checks
+    /// each copy against its sidecar, points the config's `store` and the
+    /// catalog at the new place, then removes the old files. Interrupted,
+    /// it loses nothing; the same command finishes it.
+    Migrate(MigrateArgs),
     /// Delete backups: archive, sidecar and catalog entry
     Delete(DeleteArgs),
     /// Keep a backup whatever the retention rules say
@@ -374,6 +381,16 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub apply: bool,
     /// Wait for another operation on the instance to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The new store directory (empty or new)
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Wait for other operations to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
 }

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use backstop_core::archive::BackupKind;
 use backstop_core::catalog::{ListFilter, Status};
 use backstop_core::ops::{
-    backup, doctor, guard, init, list, prune, reconcile, recover, restore, rollback, show, verify,
+    backup, doctor, guard, init, list, migrate, prune, reconcile, recover, restore, rollback, show,
+    verify,
 };
 use backstop_core::progress::{Cancel, NoProgress, Progress};
 use backstop_core::{Context, Error, ErrorKind};
@@ -21,8 +22,8 @@ use console::style;
 
 use args::{
     BackupArgs, BackupSeed, Cli, Command, DeleteArgs, DoctorArgs, Global, GuardArgs, InitArgs,
-    KindArg, ListArgs, ModeArg, PinArgs, PruneArgs, ReconcileArgs, RecoverArgs, RestoreArgs,
-    RollbackArgs, ShowArgs, StatusArg, VerifyArgs,
+    KindArg, ListArgs, MigrateArgs, ModeArg, PinArgs, PruneArgs, ReconcileArgs, RecoverArgs,
+    RestoreArgs, RollbackArgs, ShowArgs, StatusArg, VerifyArgs,
 };
 use settings::Settings;
 
@@ -144,6 +145,7 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
         Command::Rollback(a) => cmd_rollback(&g, &a, cancel),
         Command::Prune(a) => cmd_prune(&g, &a, cancel),
         Command::Reconcile(a) => cmd_reconcile(&g, &a, cancel),
+        Command::Migrate(a) => cmd_migrate(&g, &a, cancel),
         Command::Delete(a) => cmd_delete(&g, &a, cancel),
         Command::Pin(a) => cmd_pin(&g, &a, true, cancel),
         Command::Unpin(a) => cmd_pin(&g, &a, false, cancel),
@@ -608,4 +610,39 @@ fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, E
         .iter()
         .any(|f| !report.applied || f.action.is_none());
     Ok(if unresolved { code::WARNINGS } else { code::OK })
+}
+
+fn cmd_migrate(g: &Global, a: &MigrateArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load(g)?;
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let report = with_context(g, &settings, cancel, |ctx| {
+        migrate::migrate(ctx, &a.to, wait)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "migrate",
+            serde_json::json!({ "migrate": report }),
+        ));
+    } else if !g.quiet {
+        print_stdout(&format!(
+            "{} the store from {} to {}: {} archives ({}, {})\n  {} now says `store = \"{}\"`\n",
+            if report.resumed {
+                "Finished moving"
+            } else {
+                "Moved"
+            },
+            report.from,
+            report.to,
+            report.archives,
+            render::bytes(report.bytes),
+            if report.linked {
+                "linked: same filesystem"
+            } else {
+                "copied and checked against their sidecars"
+            },
+            report.config,
+            report.to
+        ));
+    }
+    Ok(code::OK)
 }

@@ -835,6 +835,23 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// Rewrites every location under `from` (a directory path ending in
+    /// `/`) to the same place under `to`, in one transaction; returns how
+    /// many rows changed.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error; then nothing changed.
+    pub fn move_locations(&self, from: &str, to: &str) -> CResult<usize> {
+        self.conn
+            .execute(
+                "UPDATE backups SET location = ?2 || substr(location, length(?1) + 1) \
+                 WHERE substr(location, 1, length(?1)) = ?1",
+                params![from, to],
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Removes a backup's row (its archive is gone). Restore and guard
     /// records that name it stay, as history.
     ///

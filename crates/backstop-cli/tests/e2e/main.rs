@@ -6,6 +6,7 @@ mod backup;
 mod craft;
 mod failures;
 mod instances;
+mod migrate;
 mod output;
 mod prune;
 mod reconcile;

@@ -517,3 +517,127 @@ fn abssctl_two_instances_restore_options_and_reconcile() {
     assert!(env.list().iter().any(|r| r["id"] == orphan_id.as_str()));
     env.cmd().args(["verify", "--all"]).assert().success();
 }
+
+/// Duck: a compose-style app — a pre-upgrade backup via guard, a data-only
+/// restore that keeps the current config, failed attempts on record, and the
+/// store moved to another filesystem.
+#[test]
+fn duck_upgrade_data_only_restore_failed_records_and_a_moved_store() {
+    let env = Env::new();
+    let root = env.path("duck");
+    write(
+        &root.join("docker-compose.yml"),
+        "services:\n  duck:\n    image: duck:0.8.0\n",
+    );
+    write(&root.join(".env"), "TOKEN=abc\n");
+    write(&root.join("VERSION"), "0.8.0\n");
+    write(&root.join("config/duck.toml"), "theme = \"light\"\n");
+    write(&root.join("data/records.db"), "records v1");
+    example(&env, "duck", &[&root]);
+    // `docker compose` is not what this test is about: stand-ins that keep
+    // the service's state in a file.
+    let bin = env.path("bin");
+    write(
+        &bin.join("docker"),
+        &format!(
+            "#!/bin/sh\nstate={}\ncase \"$2\" in\n  stop) echo stopped > $state ;;\n  start) echo running > $state ;;\n  ps) grep -q running $state && echo abc123 ;;\nesac\n",
+            env.path("duck.state").display()
+        ),
+    );
+    std::fs::write(env.path("duck.state"), "running\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join("docker"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    // A pre-upgrade backup via guard; the upgrade changes compose and VERSION.
+    let upgrade = format!(
+        "cd {} && sed -i s/0.8.0/0.9.0/ docker-compose.yml && echo 0.9.0 > VERSION",
+        root.display()
+    );
+    env.cmd()
+        .env("PATH", &path)
+        .args(["guard", "duck", "--to", "0.9.0", "--", "sh", "-c", &upgrade])
+        .assert()
+        .success();
+    let pre = env.json(&["list", "duck", "--reason", "pre-upgrade"])["backups"][0].clone();
+    assert_eq!(pre["app_version"], "0.8.0");
+    let id = pre["id"].as_str().unwrap().to_string();
+
+    // New data and a new config after the upgrade; the data goes bad.
+    write(&root.join("config/duck.toml"), "theme = \"dark\"\n");
+    write(&root.join("data/records.db"), "records corrupted");
+    env.cmd()
+        .env("PATH", &path)
+        .args(["restore", &id, "--only", "data", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/records.db")).unwrap(),
+        "records v1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("config/duck.toml")).unwrap(),
+        "theme = \"dark\"\n",
+        "the current config is kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("VERSION")).unwrap(),
+        "0.9.0\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.path("duck.state")).unwrap(),
+        "running\n"
+    );
+
+    // A failed attempt is recorded, with why.
+    std::fs::remove_dir_all(root.join("config")).unwrap();
+    env.cmd()
+        .env("PATH", &path)
+        .args(["backup", "duck"])
+        .assert()
+        .code(1);
+    let failed = env.json(&["list", "duck", "--status", "failed"]);
+    assert!(
+        failed["backups"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("config"),
+        "{failed}"
+    );
+    write(&root.join("config/duck.toml"), "theme = \"dark\"\n");
+
+    // The store moves to another directory (another filesystem when root).
+    let fs = if rustix::process::geteuid().is_root() {
+        Some(backstop_test_support::Tmpfs::mount(64 << 20))
+    } else {
+        None
+    };
+    let to = match &fs {
+        Some(fs) => fs.path().join("backstop"),
+        None => env.path("external/backstop"),
+    };
+    env.cmd()
+        .args(["migrate", "--to", to.to_str().unwrap()])
+        .assert()
+        .success();
+    env.cmd().args(["verify", "--all"]).assert().success();
+    env.cmd()
+        .env("PATH", &path)
+        .args(["restore", &id, "--only", "data", "--yes"])
+        .assert()
+        .success();
+    let newest = &env.json(&["list", "duck"])["backups"][0];
+    assert!(
+        newest["location"]
+            .as_str()
+            .unwrap()
+            .starts_with(to.to_str().unwrap())
+    );
+}

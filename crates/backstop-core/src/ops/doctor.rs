@@ -409,6 +409,21 @@ fn check_catalog(ctx: &Context<'_>, out: &mut Out) {
         ),
         Err(e) => out.add("catalog", Level::Error, e.to_string(), None),
     }
+    if let Some((from, to)) = crate::ops::migrate::pending(&ctx.layout.home) {
+        out.add(
+            "store",
+            Level::Error,
+            format!(
+                "moving the store from {} to {} was interrupted",
+                from.display(),
+                to.display()
+            ),
+            Some(&format!(
+                "finish it: `backstop migrate --to {}`",
+                to.display()
+            )),
+        );
+    }
     if let Ok(pending) = crate::ops::recover::pending(ctx) {
         for instance in pending {
             out.add(

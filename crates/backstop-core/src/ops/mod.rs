@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod guard;
 pub mod init;
 pub mod list;
+pub mod migrate;
 pub mod prune;
 pub mod reconcile;
 pub mod recover;

@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// backstop: backups, restores and rollbacks for self-hosted applications.
 ///
 /// Backs up an application's state into archives that plain `tar` can open,
-/// keeps a catalog of them, and verifies them end to end.
+/// keeps a catalog of them, verifies them end to end, and restores or rolls
+/// back all or nothing, with a safety backup before anything destructive.
 #[derive(Debug, Parser)]
 #[command(name = "backstop", version, about, long_about = None, max_term_width = 100)]
 #[command(

@@ -466,31 +466,7 @@ impl Catalog {
             }
             n += 1;
         };
-        let about = new.about;
-        let labels = serde_json::to_string(&about.labels).expect("labels serialise");
-        tx.execute(
-            "INSERT INTO backups (id, instance, origin, host, created_at, kind, reason, message, labels, \
-             app_version, upgraded_to, profile, compression, level, status, created_by) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'creating', ?15)",
-            params![
-                id,
-                new.instance,
-                new.origin,
-                new.host,
-                new.created_at,
-                about.kind.as_str(),
-                about.reason,
-                about.message,
-                labels,
-                about.app_version,
-                about.upgraded_to,
-                about.profile,
-                new.compression.to_string(),
-                new.level,
-                new.created_by,
-            ],
-        )
-        .map_err(sql)?;
+        insert_creating(&tx, "INSERT", &id, new).map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(id)
     }
@@ -784,34 +760,8 @@ impl Catalog {
     ///
     /// Fails on a database error.
     pub fn adopt(&self, id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> CResult<bool> {
-        let about = new.about;
-        let labels = serde_json::to_string(&about.labels).expect("labels serialise");
-        let inserted = self
-            .conn
-            .execute(
-                "INSERT OR IGNORE INTO backups (id, instance, origin, host, created_at, kind, reason, \
-                 message, labels, app_version, upgraded_to, profile, compression, level, status, \
-                 created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                 'creating', ?15)",
-                params![
-                    id,
-                    new.instance,
-                    new.origin,
-                    new.host,
-                    new.created_at,
-                    about.kind.as_str(),
-                    about.reason,
-                    about.message,
-                    labels,
-                    about.app_version,
-                    about.upgraded_to,
-                    about.profile,
-                    new.compression.to_string(),
-                    new.level,
-                    new.created_by,
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+        let inserted =
+            insert_creating(&self.conn, "INSERT OR IGNORE", id, new).map_err(|e| self.err(e))?;
         if inserted == 0 {
             return Ok(false);
         }
@@ -1006,6 +956,42 @@ impl Catalog {
         .and_then(Iterator::collect)
         .map_err(|e| self.err(e))
     }
+}
+
+/// Inserts a `creating` row for backup `id` (`verb` is `INSERT` or
+/// `INSERT OR IGNORE`); returns the number of rows inserted.
+fn insert_creating(
+    conn: &Connection,
+    verb: &str,
+    id: &str,
+    new: &NewBackup<'_>,
+) -> rusqlite::Result<usize> {
+    let about = new.about;
+    let labels = serde_json::to_string(&about.labels).expect("labels serialise");
+    conn.execute(
+        &format!(
+            "{verb} INTO backups (id, instance, origin, host, created_at, kind, reason, message, \
+             labels, app_version, upgraded_to, profile, compression, level, status, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'creating', ?15)"
+        ),
+        params![
+            id,
+            new.instance,
+            new.origin,
+            new.host,
+            new.created_at,
+            about.kind.as_str(),
+            about.reason,
+            about.message,
+            labels,
+            about.app_version,
+            about.upgraded_to,
+            about.profile,
+            new.compression.to_string(),
+            new.level,
+            new.created_by,
+        ],
+    )
 }
 
 fn is_not_a_database(e: &rusqlite::Error) -> bool {

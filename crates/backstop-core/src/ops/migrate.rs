@@ -172,7 +172,7 @@ pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<M
     {
         Some(j) => j.phase,
         None => {
-            let base = existing_ancestor(&to);
+            let base = fsutil::existing_ancestor(&to);
             let free = fsutil::available_space(&base)?;
             let same_fs = same_filesystem(&from, &base);
             if !same_fs && free < bytes + bytes / 50 + (16 << 20) {
@@ -190,7 +190,7 @@ pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<M
             Phase::Copying
         }
     };
-    let linked = same_filesystem(&from, &existing_ancestor(&to));
+    let linked = same_filesystem(&from, &fsutil::existing_ancestor(&to));
     if phase == Phase::Copying {
         fsutil::create_private_dir_all(&to)?;
         for (instance, name, _) in &files {
@@ -249,7 +249,7 @@ fn path_prefix(p: &Path) -> Result<String> {
 
 fn check_target(from: &Path, to: &Path) -> Result<()> {
     let canon = |p: &Path| {
-        let base = existing_ancestor(p);
+        let base = fsutil::existing_ancestor(p);
         let rest = p.strip_prefix(&base).unwrap_or(Path::new("")).to_path_buf();
         std::fs::canonicalize(&base).unwrap_or(base).join(rest)
     };
@@ -277,17 +277,6 @@ fn check_target(from: &Path, to: &Path) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn existing_ancestor(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf();
-    while !p.exists() {
-        match p.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => p = parent.to_path_buf(),
-            _ => return PathBuf::from("/"),
-        }
-    }
-    p
 }
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {

@@ -286,22 +286,10 @@ fn check_sum(src: &Found, expected: &Option<(String, String)>, actual: &str) -> 
     }
 }
 
-/// The nearest existing directory at or above `path`.
-fn existing_ancestor(path: &Path) -> PathBuf {
-    let mut p = path.to_path_buf();
-    while !p.exists() {
-        match p.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => p = parent.to_path_buf(),
-            _ => return PathBuf::from("/"),
-        }
-    }
-    p
-}
-
 /// `dest` made absolute, with symlinks resolved in the part that exists.
 fn resolve_dest(dest: &Path) -> PathBuf {
     let abs = crate::config::absolute(dest);
-    let base = existing_ancestor(&abs);
+    let base = fsutil::existing_ancestor(&abs);
     let canonical = base.canonicalize().unwrap_or_else(|_| base.clone());
     match abs.strip_prefix(&base) {
         Ok(rest) if !rest.as_os_str().is_empty() => canonical.join(rest),
@@ -719,7 +707,7 @@ pub fn restore(
             detail: format!("the backup belongs to {name}"),
         });
     }
-    let base = existing_ancestor(&dest);
+    let base = fsutil::existing_ancestor(&dest);
     let need = m.totals.bytes + m.totals.bytes / 20 + m.totals.entries * 4096 + (16 << 20);
     let have = fsutil::available_space(&base)?;
     if have < need {

@@ -165,7 +165,16 @@ pub fn containers_available() -> bool {
     let probe = unique("probe");
     let out = Command::new("podman")
         .env("CONTAINERS_CONF", &conf)
-        .args(["run", "--rm", "--name", &probe, IMAGE, "true"])
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--name",
+            &probe,
+            IMAGE,
+            "true",
+        ])
         .output();
     let ok = out.as_ref().is_ok_and(|o| o.status.success());
     if !ok {
@@ -190,7 +199,18 @@ impl Container {
         let name = unique(what);
         let conf = containers_conf();
         // busybox `sleep` as PID 1 ignores SIGTERM: stop with KILL at once.
-        let mut args = vec!["run", "-d", "--name", &name, "--stop-signal", "KILL"];
+        // No network: the tests need none, and a fresh machine's network
+        // stack must not decide whether they run.
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--stop-signal",
+            "KILL",
+            "--network",
+            "none",
+        ];
         let mount;
         if let Some(v) = volume {
             mount = format!("{v}:/data");

@@ -895,18 +895,15 @@ impl Catalog {
     ///
     /// Fails on a database error.
     pub fn guards_of(&self, backup_id: &str) -> CResult<Vec<GuardRecord>> {
-        self.guards_where("backup_id = ?1", backup_id)
-    }
-
-    fn guards_where(&self, cond: &str, value: &str) -> CResult<Vec<GuardRecord>> {
         let mut stmt = self
             .conn
-            .prepare(&format!(
+            .prepare(
                 "SELECT id, instance, started_at, finished_at, command, backup_id, no_backup, \
-                 exit_code, outcome, detail FROM guards WHERE {cond} ORDER BY started_at, id"
-            ))
+                 exit_code, outcome, detail FROM guards WHERE backup_id = ?1 \
+                 ORDER BY started_at, id",
+            )
             .map_err(|e| self.err(e))?;
-        stmt.query_map([value], |r| {
+        stmt.query_map([backup_id], |r| {
             Ok(GuardRecord {
                 id: r.get(0)?,
                 instance: r.get(1)?,

@@ -70,6 +70,21 @@ pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
+/// Creates `path`, which must not exist, for writing with mode 0600 from
+/// the start (spooled dumps, undo captures, copies of archives).
+///
+/// # Errors
+///
+/// Fails when it exists or cannot be created.
+pub fn create_private(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .at("creating", path)
+}
+
 /// The nearest existing path at or above `path` (`/` at worst).
 pub fn existing_ancestor(path: &Path) -> PathBuf {
     let mut p = path.to_path_buf();

@@ -239,6 +239,33 @@ impl Ctx<'_> {
 }
 
 impl Services {
+    /// How a restore treats the services, in words, for its plan.
+    pub fn describe(&self) -> String {
+        let control = match &self.control {
+            None => "no service control".to_string(),
+            Some(Control::Commands { .. }) => {
+                "the service is stopped if it runs, and started again after".into()
+            }
+            Some(Control::Containers { names }) => format!(
+                "containers {} are stopped if they run, and started again after",
+                names.join(", ")
+            ),
+            Some(Control::Units { names, user }) => format!(
+                "{}units {} are stopped if they run, and started again after",
+                if *user { "user " } else { "" },
+                names.join(", ")
+            ),
+        };
+        match &self.health {
+            Some(h) => format!(
+                "{control}; then `{}` must pass within {}, or the restore is undone",
+                h.command,
+                crate::time::human_duration(h.timeout)
+            ),
+            None => control,
+        }
+    }
+
     /// Which of the services run now, by name, in start order (for
     /// [`Control::Commands`]: the single name [`COMMANDS_SERVICE`]).
     ///

@@ -65,3 +65,17 @@ pub fn instances(ctx: &Context<'_>) -> Result<Vec<String>> {
     names.dedup();
     Ok(names)
 }
+
+/// The instances that have a directory in the store at `store`, sorted.
+pub fn store_instances(store: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store)
+        .map(|dirs| {
+            dirs.flatten()
+                .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|d| d.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

@@ -16,7 +16,7 @@
 //! verified. Running the same command again finishes the job.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,9 +69,21 @@ fn journal_path(home: &Path) -> PathBuf {
 
 /// The unfinished migration, if there is one: (from, to).
 pub fn pending(home: &Path) -> Option<(PathBuf, PathBuf)> {
-    let data = std::fs::read(journal_path(home)).ok()?;
-    let j: MigrateJournal = serde_json::from_slice(&data).ok()?;
-    Some((j.from, j.to))
+    load(home).ok().flatten().map(|j| (j.from, j.to))
+}
+
+fn load(home: &Path) -> Result<Option<MigrateJournal>> {
+    let path = journal_path(home);
+    match std::fs::read(&path) {
+        Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
+            Error::usage(
+                format!("the migration journal {} is damaged: {e}", path.display()),
+                Some("it names the old and the new store: finish or undo the move by hand".into()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", &path, e)),
+    }
 }
 
 fn save(home: &Path, j: &MigrateJournal) -> Result<()> {
@@ -98,35 +110,23 @@ fn config_file(ctx: &Context<'_>) -> PathBuf {
 pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<MigrateReport> {
     let home = &ctx.layout.home;
     let requested = absolute(to);
-    let (from, to, resumed) = match std::fs::read(journal_path(home)) {
-        Ok(data) => {
-            let j: MigrateJournal = serde_json::from_slice(&data).map_err(|e| {
-                Error::usage(
-                    format!(
-                        "the migration journal {} is damaged: {e}",
-                        journal_path(home).display()
-                    ),
-                    None,
-                )
-            })?;
-            if j.to != requested {
-                return Err(Error::usage(
-                    format!(
-                        "a migration of the store to {} is unfinished",
-                        j.to.display()
-                    ),
-                    Some(format!(
-                        "finish it first: `backstop migrate --to {}`",
-                        j.to.display()
-                    )),
-                ));
-            }
-            (j.from, j.to, true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            (ctx.layout.store.clone(), requested, false)
-        }
-        Err(e) => return Err(Error::io("reading", journal_path(home), e)),
+    let previous = load(home)?;
+    if let Some(j) = previous.as_ref().filter(|j| j.to != requested) {
+        return Err(Error::usage(
+            format!(
+                "a migration of the store to {} is unfinished",
+                j.to.display()
+            ),
+            Some(format!(
+                "finish it first: `backstop migrate --to {}`",
+                j.to.display()
+            )),
+        ));
+    }
+    let resumed = previous.is_some();
+    let (from, to) = match &previous {
+        Some(j) => (j.from.clone(), j.to.clone()),
+        None => (ctx.layout.store.clone(), requested),
     };
     if !resumed {
         check_target(&from, &to)?;
@@ -136,13 +136,7 @@ pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<M
     // Every instance with archives or rows, locked for the whole move.
     let catalog = Catalog::open(&ctx.layout.catalog())?;
     let mut instances = crate::ops::list::instances(ctx)?;
-    if let Ok(dirs) = std::fs::read_dir(&from) {
-        instances.extend(
-            dirs.flatten()
-                .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|d| d.file_name().to_string_lossy().into_owned()),
-        );
-    }
+    instances.extend(crate::ops::list::store_instances(&from));
     instances.sort();
     instances.dedup();
     let mut locks = Vec::new();
@@ -166,10 +160,7 @@ pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<M
         phase: Phase::Copying,
         started_at: time::now_rfc3339(),
     };
-    let phase = match std::fs::read(journal_path(home))
-        .ok()
-        .and_then(|d| serde_json::from_slice::<MigrateJournal>(&d).ok())
-    {
+    let phase = match &previous {
         Some(j) => j.phase,
         None => {
             let base = fsutil::existing_ancestor(&to);
@@ -353,12 +344,7 @@ fn copy_one(from: &Path, to: &Path, instance: &str, name: &str, link: bool) -> R
     let _ = std::fs::remove_file(&tmp);
     {
         let mut input = std::fs::File::open(&src).map_err(|e| Error::io("reading", &src, e))?;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("creating", &tmp, e))?;
+        let mut out = fsutil::create_private(&tmp)?;
         std::io::copy(&mut input, &mut out).map_err(|e| Error::io("copying to", &tmp, e))?;
         out.flush().map_err(|e| Error::io("writing", &tmp, e))?;
         out.sync_all().map_err(|e| Error::io("flushing", &tmp, e))?;

@@ -119,13 +119,7 @@ pub fn reconcile(
         Some(i) => vec![i.to_string()],
         None => {
             let mut names: Vec<String> = rows.iter().map(|r| r.instance.clone()).collect();
-            if let Ok(dirs) = std::fs::read_dir(&ctx.layout.store) {
-                names.extend(
-                    dirs.flatten()
-                        .filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|d| d.file_name().to_string_lossy().into_owned()),
-                );
-            }
+            names.extend(crate::ops::list::store_instances(&ctx.layout.store));
             names
         }
     };

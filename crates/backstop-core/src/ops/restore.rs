@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -770,7 +770,7 @@ pub fn restore(
         checks.push(Check {
             name: "services",
             ok: true,
-            detail: describe_services(s),
+            detail: s.describe(),
         });
     }
 
@@ -1194,34 +1194,6 @@ fn inode(path: &Path) -> Result<u64> {
         .map_err(|e| Error::io("reading", path, e))
 }
 
-/// The plan's words for how the services are handled.
-fn describe_services(s: &crate::service::Services) -> String {
-    use crate::service::Control;
-    let control = match &s.control {
-        None => "no service control".to_string(),
-        Some(Control::Commands { .. }) => {
-            "the service is stopped if it runs, and started again after".into()
-        }
-        Some(Control::Containers { names }) => format!(
-            "containers {} are stopped if they run, and started again after",
-            names.join(", ")
-        ),
-        Some(Control::Units { names, user }) => format!(
-            "{}units {} are stopped if they run, and started again after",
-            if *user { "user " } else { "" },
-            names.join(", ")
-        ),
-    };
-    match &s.health {
-        Some(h) => format!(
-            "{control}; then `{}` must pass within {}, or the restore is undone",
-            h.command,
-            time::human_duration(h.timeout)
-        ),
-        None => control,
-    }
-}
-
 /// An empty tar archive: the "before" of a volume that did not exist.
 const EMPTY_TAR: [u8; 1024] = [0; 1024];
 
@@ -1540,12 +1512,7 @@ fn capture_live(
     name: &str,
     out: &Path,
 ) -> Result<()> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .map_err(|e| Error::io("creating", out, e))?;
+    let file = fsutil::create_private(out)?;
     match into {
         ImportTarget::Volume { name: volume } => {
             let podman = crate::podman::Podman::default();

@@ -121,7 +121,7 @@ pub fn capture(
                         ),
                     });
                 }
-                let out = new_file(&file)?;
+                let out = crate::fsutil::create_private(&file)?;
                 podman.volume_export(volume, out)?;
             }
             SourceSpec::Command { dump, .. } => {
@@ -129,7 +129,7 @@ pub fn capture(
                 let mut run = Run::new(&what, env);
                 run.cwd = instance.root.is_dir().then_some(instance.root.as_path());
                 run.cancel = Some(ctx.cancel);
-                run.to_file(dump, new_file(&file)?)?;
+                run.to_file(dump, crate::fsutil::create_private(&file)?)?;
             }
             SourceSpec::Sqlite(p) => {
                 let db = instance.resolve(p);
@@ -143,26 +143,6 @@ pub fn capture(
         });
     }
     Ok(tops)
-}
-
-fn new_file(path: &Path) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode_private()
-        .open(path)
-        .map_err(|e| Error::io("creating", path, e))
-}
-
-trait PrivateMode {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateMode for std::fs::OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }
 
 /// Copies the live database `db` into `out` with SQLite's online backup:
@@ -187,7 +167,7 @@ fn sqlite_backup(db: &Path, out: &Path, ctx: &Context<'_>) -> Result<()> {
     .map_err(fail)?;
     src.busy_timeout(Duration::from_secs(30)).map_err(fail)?;
     // Created private first, so the copy is never readable by others.
-    drop(new_file(out)?);
+    drop(crate::fsutil::create_private(out)?);
     let mut dst = Connection::open(out).map_err(fail)?;
     {
         let backup = rusqlite::backup::Backup::new(&src, &mut dst).map_err(fail)?;

@@ -204,10 +204,9 @@ impl Instance {
         };
         if let Some(list) = &profile.sources {
             self.sources.retain(|s| list.contains(&s.name));
-            // A profile that picks sources does not pick up quadlet ones.
-            if !list.iter().any(|n| n == "quadlets") {
-                self.quadlets = None;
-            }
+            // A profile that picks sources picks configured ones only: the
+            // quadlet ones are found later and cannot be named.
+            self.quadlets = None;
         }
         self.excludes.extend(profile.exclude);
         Ok(self)

@@ -14,6 +14,9 @@
 //! it takes the instance lock, removes each archive and sidecar, then the
 //! catalog row. Failed attempts older than `failed_max_age` leave the
 //! catalog too.
+//!
+//! `delete` (explicit removal, by the same steps) and `pin`/`unpin` live
+//! here as well.
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -785,15 +785,17 @@ pub fn restore(
                         .map(|mut d| d.next().is_some())
                         .unwrap_or(true)
             };
+            // Relative to the destination, as the backup's own sources are;
+            // a bind mount outside it stays absolute.
+            let below_dest = |t: &Path| match t.strip_prefix(&dest) {
+                Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),
+                Ok(rel) => rel.to_path_buf(),
+                Err(_) => t.to_path_buf(),
+            };
             let spec = match place {
-                Place::Tree(t) if present(t) => SourceSpec::Path(match t.strip_prefix(&dest) {
-                    Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),
-                    Ok(rel) => rel.to_path_buf(),
-                    // A bind mount outside the root: kept absolute.
-                    Err(_) => t.clone(),
-                }),
+                Place::Tree(t) if present(t) => SourceSpec::Path(below_dest(t)),
                 Place::File { target, .. } if target.is_file() => {
-                    SourceSpec::Sqlite(target.clone())
+                    SourceSpec::Sqlite(below_dest(target))
                 }
                 Place::Import {
                     into: ImportTarget::Volume { name },

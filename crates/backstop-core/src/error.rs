@@ -161,6 +161,11 @@ pub(crate) fn io_hint(err: &io::Error, path: &Path) -> Option<String> {
              another destination)",
             path.display()
         )),
+        Some(libc::ELOOP) => Some(format!(
+            "a component of {} is a symlink, and backstop never writes, moves or removes through \
+             a symlink inside a destination: move it aside, or restore elsewhere with --dest DIR",
+            path.display()
+        )),
         Some(libc::EROFS) => Some(format!(
             "{} is on a read-only filesystem: choose another destination",
             path.display()

@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -105,12 +105,32 @@ pub fn parent_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// A hidden name next to `path` that no other process uses: `.<name>.<tag>-<pid>`.
+/// A hidden name next to `path` that no other process uses:
+/// `.backstop-tmp-<name>.<tag>-<pid>`, so that what a killed process left
+/// is recognised as such ([`temp_siblings`]).
 fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
-    let mut name = OsString::from(".");
+    let mut name = OsString::from(TEMP_PREFIX);
     name.push(path.file_name().unwrap_or_default());
     name.push(format!(".{tag}-{}", std::process::id()));
     parent_dir(path).join(name)
+}
+
+/// Removes the temporary files that writers of `path` killed before they
+/// finished left beside it. Only for a caller that knows no live writer
+/// of `path` exists (it holds the lock, or the path's row is dead).
+pub fn remove_temp_siblings(path: &Path) {
+    let Some(name) = path.file_name() else { return };
+    let mut prefix = OsString::from(TEMP_PREFIX);
+    prefix.push(name);
+    prefix.push(".");
+    let Ok(entries) = fs::read_dir(parent_dir(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().as_bytes().starts_with(prefix.as_bytes()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// How a [`NewFile`] exists before it is committed.

@@ -3,6 +3,7 @@
 //! `kill -9`, full and read-only filesystems.
 
 mod backup;
+mod confinement;
 mod craft;
 mod failures;
 mod instances;

@@ -239,6 +239,80 @@ pub struct Manifest {
     pub totals: Totals,
 }
 
+impl Manifest {
+    /// Checks the names and paths a manifest gives, which come from the
+    /// archive and are untrusted: the id, the instance and each source's
+    /// name become file names and archive members, so each is one plain
+    /// path component; a source's path is `.`, relative without `..`, or
+    /// absolute without `..`; a captured source's file is a relative path
+    /// without `..`.
+    ///
+    /// # Errors
+    ///
+    /// Returns what is wrong, for an [`ArchiveError::Corrupt`].
+    pub fn check_names(&self) -> Result<(), String> {
+        check_component("id", &self.id)?;
+        check_component("instance", &self.instance)?;
+        if !self.root.is_empty() {
+            check_path("root", &self.root, true)?;
+            if !self.root.starts_with('/') {
+                return Err(format!("root `{}` is not an absolute path", self.root));
+            }
+        }
+        for s in &self.sources {
+            check_component("source name", &s.name)?;
+            if s.name.starts_with(RESERVED_PREFIX) {
+                return Err(format!("source name `{}` is one of backstop's own members", s.name));
+            }
+            if !s.path.is_empty() && s.path != "." {
+                check_path(&format!("the path of source {}", s.name), &s.path, true)?;
+            }
+            if let Some(file) = &s.file {
+                check_path(&format!("the file of source {}", s.name), file, false)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One path component: not empty, `.` or `..`, no `/`, NUL or control
+/// character.
+fn check_component(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 255
+        || name.chars().any(|c| c == '/' || c.is_control())
+    {
+        return Err(format!(
+            "its {what} `{}` is not a plain name",
+            name.escape_debug()
+        ));
+    }
+    Ok(())
+}
+
+/// A path of plain components (absolute only when `absolute_ok`).
+fn check_path(what: &str, path: &str, absolute_ok: bool) -> Result<(), String> {
+    let rel = match path.strip_prefix('/') {
+        Some(rest) if absolute_ok => rest,
+        Some(_) => return Err(format!("{what} `{}` is absolute", path.escape_debug())),
+        None => path,
+    };
+    if rel.is_empty() && absolute_ok && path == "/" {
+        return Ok(());
+    }
+    for part in rel.split('/') {
+        check_component(what, part).map_err(|_| {
+            format!(
+                "{what} `{}` has an empty, `.`, `..` or unprintable component",
+                path.escape_debug()
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// A path that could not be backed up as scanned, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {

@@ -95,7 +95,12 @@ pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
             ));
         }
     }
-    serde_json::from_value(value).map_err(|e| corrupt(path, format!("{MANIFEST_NAME}: {e}")))
+    let manifest: Manifest = serde_json::from_value(value)
+        .map_err(|e| corrupt(path, format!("{MANIFEST_NAME}: {e}")))?;
+    manifest
+        .check_names()
+        .map_err(|e| corrupt(path, format!("{MANIFEST_NAME}: {e}")))?;
+    Ok(manifest)
 }
 
 /// Reads only the manifest, the archive's first member.

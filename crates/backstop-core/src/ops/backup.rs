@@ -742,7 +742,9 @@ pub fn repair_interrupted(catalog: &Catalog, instance: &str) -> Result<usize> {
 
 /// Removes an archive and its sidecar that must not remain.
 fn discard(archive: &Path) {
-    let _ = std::fs::remove_file(sidecar_path(archive));
+    let sidecar = sidecar_path(archive);
+    fsutil::remove_temp_siblings(&sidecar);
+    let _ = std::fs::remove_file(sidecar);
     let _ = std::fs::remove_file(archive);
     let _ = fsutil::fsync_dir(&fsutil::parent_dir(archive));
 }

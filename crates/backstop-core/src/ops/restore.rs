@@ -9,10 +9,10 @@
 //! every rename and leaves the previous state; a crash at any instant is
 //! repaired from the journal by the next command that takes the lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,8 @@ use crate::ops::list::open_existing;
 use crate::ops::recover::recover_locked;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::restore::confine::Confined;
-use crate::restore::diff::{self, Action, Changes, Node, live_tree, same};
+use crate::restore::handle;
+use crate::restore::diff::{self, Action, Changes, Node, live_tree, same, staged_tree};
 use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
 use crate::restore::stage::{Selection, Stager, remove_tree, root_relative, staging_dir};
 use crate::source::exclude::{Excludes, Patterns};
@@ -297,6 +298,59 @@ fn resolve_dest(dest: &Path) -> PathBuf {
     }
 }
 
+/// The root-relative paths the backup could not hold as they were: its
+/// trailer's vanished, unreadable and skipped paths.
+fn incomplete_paths(m: &Manifest, trailer: &crate::archive::format::Trailer) -> BTreeSet<PathBuf> {
+    let listed = trailer
+        .vanished
+        .iter()
+        .chain(trailer.unreadable.iter().map(|p| &p.path))
+        .chain(trailer.skipped.iter().map(|p| &p.path));
+    listed
+        .filter_map(|member| {
+            let top = member.split('/').next().unwrap_or_default();
+            let source = m.sources.iter().find(|s| s.name == top)?;
+            Some(root_relative(source, member.as_bytes()))
+        })
+        .collect()
+}
+
+/// Refuses a target below `dest` whose way there passes through a symlink
+/// or a file: a restore never writes through a symlink inside its
+/// destination (the same is enforced again, by handle, at every step).
+fn check_way_to(dest: &Path, target: &Path) -> Result<()> {
+    let Ok(below) = target.strip_prefix(dest) else {
+        return Ok(());
+    };
+    let mut cur = dest.to_path_buf();
+    let parts: Vec<_> = below.components().collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        cur.push(part);
+        let Ok(md) = cur.symlink_metadata() else {
+            return Ok(());
+        };
+        let what = if md.file_type().is_symlink() {
+            "a symlink"
+        } else if !md.is_dir() {
+            "not a directory"
+        } else {
+            continue;
+        };
+        return Err(Error::Refused {
+            message: format!(
+                "{} is {what}, and the backup restores {} below it: backstop never restores through a symlink or a file inside the destination",
+                cur.display(),
+                target.display()
+            ),
+            hint: Some(format!(
+                "move {} aside (or replace it with the directory it stands for), or restore elsewhere with --dest DIR",
+                cur.display()
+            )),
+        });
+    }
+    Ok(())
+}
+
 /// Where one source of the backup goes.
 #[derive(Debug, Clone)]
 enum Place {
@@ -360,12 +414,22 @@ fn place(
     source: &SourceManifest,
     instance: Option<&Instance>,
 ) -> Result<Place> {
+    let configured = instance.and_then(|i| i.sources.iter().find(|s| s.name == source.name));
+    // An absolute path (a bind mount outside the root) is only written in
+    // place when the config says the same: a manifest alone never sends a
+    // restore outside its destination.
+    let configured_as = |p: &str| {
+        configured.is_some_and(|c| match &c.spec {
+            SourceSpec::Path(cp) | SourceSpec::Sqlite(cp) => cp == Path::new(p),
+            _ => false,
+        })
+    };
     let at = |p: &str| {
         if p == "." {
             dest.to_path_buf()
         } else if Path::new(p).is_absolute() {
-            if in_place {
-                PathBuf::from(p)
+            if in_place && configured_as(p) {
+                resolve_dest(Path::new(p))
             } else {
                 dest.join(&source.name)
             }
@@ -381,7 +445,6 @@ fn place(
             })
         })
     };
-    let configured = instance.and_then(|i| i.sources.iter().find(|s| s.name == source.name));
     match source.kind.as_str() {
         "path" => Ok(Place::Tree(at(&source.path))),
         "sqlite" => Ok(Place::File {
@@ -556,23 +619,30 @@ fn compare(
     };
     // In safe and merge modes, nothing below a conflicting or replaced
     // directory-level entry is looked at separately.
-    let mut blocked: Vec<PathBuf> = Vec::new();
+    // Entries come depth-first, so the last blocked entry is the only one
+    // whose subtree can follow.
+    let mut blocked: Option<PathBuf> = None;
     for (rel, want) in backup {
-        if blocked.iter().any(|b| rel.starts_with(b) && rel != b) {
+        if blocked.as_ref().is_some_and(|b| rel.starts_with(b) && rel != b) {
             continue;
         }
         let action = match live.get(rel) {
             None => Action::Create,
+            // A path the backup could not hold whole: the live one stays.
+            Some(_) if kept(rel, want.kind == "dir") => {
+                blocked = Some(rel.clone());
+                Action::Keep
+            }
             Some(have) => {
                 let staged_path = staged.map(|s| s.join(rel));
                 if same(want, have, &target.join(rel), staged_path.as_deref()) {
                     Action::Unchanged
                 } else if mode == Mode::Safe {
-                    blocked.push(rel.clone());
+                    blocked = Some(rel.clone());
                     Action::Conflict
                 } else {
                     if want.kind != have.kind {
-                        blocked.push(rel.clone());
+                        blocked = Some(rel.clone());
                     }
                     Action::Replace
                 }
@@ -635,6 +705,24 @@ pub fn restore(
             ));
         }
     }
+    // The plan is made under the lock it is carried out under, after any
+    // interrupted restore of the instance is finished or undone, so what
+    // the user is shown is what happens. A dry run takes no lock (it
+    // creates nothing) and says when a recovery is pending.
+    let lock = if req.dry_run {
+        None
+    } else {
+        fsutil::create_private_dir_all(&ctx.layout.home)?;
+        let lock = InstanceLock::acquire(
+            &ctx.layout.locks(),
+            &m.instance,
+            &format!("restore {}", m.id),
+            req.wait,
+            ctx.cancel,
+        )?;
+        recover_locked(ctx, &lock)?;
+        Some(lock)
+    };
     // The config's definition of the instance, when it has one: its root,
     // secrets, services and restore commands.
     let inst = ctx.config.instances.get(&m.instance);
@@ -676,6 +764,11 @@ pub fn restore(
     for s in &sources {
         places.insert(s.name.clone(), place(&dest, is_own_root, s, inst)?);
     }
+    for place in places.values() {
+        if let Place::Tree(t) | Place::File { target: t, .. } = place {
+            check_way_to(&dest, t)?;
+        }
+    }
     let databases = database_paths(&places);
     let planned_sources: Vec<PlannedSource> = sources
         .iter()
@@ -705,6 +798,20 @@ pub fn restore(
             name: "instance",
             ok: true,
             detail: format!("the backup belongs to {name}"),
+        });
+    }
+    if req.dry_run
+        && let Some(pending) = Journal::load(&ctx.layout.home, &m.instance)?
+    {
+        checks.push(Check {
+            name: "interrupted restore",
+            ok: true,
+            detail: format!(
+                "the restore of {} into {} was interrupted; the restore finishes or undoes it first (or run `backstop recover {}`)",
+                pending.backup,
+                pending.destination.display(),
+                m.instance
+            ),
         });
     }
     let base = fsutil::existing_ancestor(&dest);
@@ -761,6 +868,21 @@ pub fn restore(
                         .into(),
                 ),
             ));
+        }
+    }
+    // The destination must be readable wherever no rule keeps it. When the
+    // catalog says the backup had no warnings, its trailer keeps nothing
+    // else, so an unreadable directory is refused now, before any service
+    // stops; otherwise once the archive (and its trailer) has been read.
+    if !req.dry_run && src.record.as_ref().is_some_and(|r| r.warnings == 0) {
+        for s in &sources {
+            let (Place::Tree(target) | Place::File { target, .. }) = &places[&s.name] else {
+                continue;
+            };
+            let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
+            live_tree(target, &|rel: &Path, is_dir: bool| {
+                kept(&target.join(rel), &rel_base.join(rel), is_dir)
+            })?;
         }
     }
     let services = inst
@@ -897,7 +1019,7 @@ pub fn restore(
             buf: vec![0u8; 1 << 20],
         };
         let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut lister);
-        run.result?;
+        let incomplete = incomplete_paths(m, &run.result?.trailer);
         let empty = BTreeMap::new();
         for s in &sources {
             let backup = lister.entries.get(&s.name).unwrap_or(&empty);
@@ -923,9 +1045,11 @@ pub fn restore(
                 Place::Tree(t) => (t.clone(), backup.clone()),
             };
             let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
-            let kept_here =
-                |rel: &Path, is_dir: bool| kept(&target.join(rel), &rel_base.join(rel), is_dir);
-            let live = live_tree(&target, &kept_here);
+            let kept_here = |rel: &Path, is_dir: bool| {
+                kept(&target.join(rel), &rel_base.join(rel), is_dir)
+                    || incomplete.contains(&rel_base.join(rel))
+            };
+            let live = live_tree(&target, &kept_here)?;
             compare(
                 mode,
                 &target,
@@ -940,15 +1064,8 @@ pub fn restore(
         return Ok(RestoreOutcome::DryRun { plan });
     }
 
-    fsutil::create_private_dir_all(&ctx.layout.home)?;
-    let lock = InstanceLock::acquire(
-        &ctx.layout.locks(),
-        &m.instance,
-        &format!("restore {}", m.id),
-        req.wait,
-        ctx.cancel,
-    )?;
-    recover_locked(ctx, &lock)?;
+    let lock = lock.expect("a restore that is not a dry run holds the lock");
+    failpoint::hit("restore.planned")?;
     if !confirm(&plan) {
         return Ok(RestoreOutcome::Declined { plan });
     }
@@ -1084,14 +1201,15 @@ pub fn restore(
     let journal = match applied {
         Ok(journal) => journal,
         Err(e) => {
-            let outcome = if e.kind() == ErrorKind::Integrity {
-                "refused"
-            } else {
-                "rolled-back"
-            };
-            finish(outcome, Some(&e));
+            // A refusal (an unreadable part of the destination) comes
+            // before the first step: nothing was changed to roll back.
+            let refused = e.kind() == ErrorKind::Integrity || matches!(e, Error::Refused { .. });
+            finish(if refused { "refused" } else { "rolled-back" }, Some(&e));
+            if refused {
+                return Err(e);
+            }
             return Err(match e.kind() {
-                ErrorKind::Integrity | ErrorKind::Interrupted | ErrorKind::RolledBack => e,
+                ErrorKind::Interrupted | ErrorKind::RolledBack => e,
                 _ => Error::RolledBack { cause: Box::new(e) },
             });
         }
@@ -1191,9 +1309,29 @@ fn bak_name(path: &Path, stamp: &str) -> PathBuf {
 }
 
 fn inode(path: &Path) -> Result<u64> {
-    std::fs::symlink_metadata(path)
-        .map(|m| m.ino())
+    handle::lstat(path)
+        .map(|st| st.st_ino)
         .map_err(|e| Error::io("reading", path, e))
+}
+
+/// The journal step that moves `from` to `to`. A directory this user may
+/// not write, but owns, is opened up around a move to another directory
+/// (which rewrites its `..`) and given its mode back.
+fn move_step(from: PathBuf, to: PathBuf) -> Result<Step> {
+    let st = handle::lstat(&from).map_err(|e| Error::io("reading", &from, e))?;
+    let euid = rustix::process::geteuid();
+    let reopen = (handle::is_dir(&st)
+        && !euid.is_root()
+        && st.st_uid == euid.as_raw()
+        && st.st_mode & 0o200 == 0
+        && from.parent() != to.parent())
+    .then_some(st.st_mode & 0o7777);
+    Ok(Step::Move {
+        from,
+        to,
+        ino: st.st_ino,
+        reopen,
+    })
 }
 
 /// An empty tar archive: the "before" of a volume that did not exist.
@@ -1251,28 +1389,28 @@ fn stage_and_apply(
         .collect();
     journal.save(home)?;
     // Hard links whose shared file was excluded: kept as they are.
-    let mut unrestorable: Vec<PathBuf> = Vec::new();
+    // And what the backup could not hold (its trailer's vanished,
+    // unreadable and skipped paths): kept too, never deleted.
+    let mut unrestorable: BTreeSet<PathBuf> = BTreeSet::new();
     let result = (|| -> Result<()> {
         for step in &journal.steps {
             journal::apply(step)?;
         }
         let mut targets = HashMap::new();
         for (s, staging) in sources.iter().zip(&journal.staging) {
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(staging)
-                .map_err(|e| Error::io("creating", staging, e))?;
+            handle::mkdir(staging, 0o700).map_err(|e| Error::io("creating", staging, e))?;
             let confined = Confined::open(staging).map_err(|e| Error::io("opening", staging, e))?;
             targets.insert(s.name.clone(), confined);
         }
         failpoint::hit("restore.before-stage")?;
         let mut stager = Stager::new(m, targets, selection, ctx.progress, ctx.cancel);
         let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut stager);
-        run.result?;
+        let verified = run.result?;
         check_sum(src, expected, run.sha256.as_deref().unwrap_or_default())?;
         stager.finish()?;
         warnings.extend(stager.warnings.iter().cloned());
         unrestorable.extend(stager.unrestorable.iter().cloned());
+        unrestorable.extend(incomplete_paths(m, &verified.trailer));
         failpoint::hit("restore.after-stage")?;
         Ok(())
     })();
@@ -1351,8 +1489,8 @@ fn stage_and_apply(
                 kept(&target.join(rel), &rel_base.join(rel), is_dir)
                     || unrestorable.contains(&rel_base.join(rel))
             };
-            let live = live_tree(&target, &kept_here);
-            let staged = live_tree(&staged_top, &|_, _| false);
+            let live = live_tree(&target, &kept_here)?;
+            let staged = staged_tree(&staged_top)?;
             compare(
                 mode,
                 &target,
@@ -1390,11 +1528,10 @@ fn stage_and_apply(
                     side.push(suffix);
                     let side = PathBuf::from(side);
                     if side.symlink_metadata().is_ok() {
-                        steps.push(Step::Move {
-                            ino: inode(&side)?,
-                            to: staging.join(format!("{}.before{suffix}", s.name)),
-                            from: side,
-                        });
+                        steps.push(move_step(
+                            side,
+                            staging.join(format!("{}.before{suffix}", s.name)),
+                        )?);
                     }
                 }
             }
@@ -1417,11 +1554,11 @@ fn stage_and_apply(
                         if let Some(parent) = to.parent() {
                             make_staged_parents(&staged_top, parent, &target)?;
                         }
-                        steps.push(Step::Move {
-                            from: target.join(rel),
-                            to,
-                            ino: inode(&target.join(rel))?,
-                        });
+                        // What the backup holds of a path it could not read
+                        // whole (an unreadable directory, empty) gives way to
+                        // the live one.
+                        remove_tree(&to)?;
+                        steps.push(move_step(target.join(rel), to)?);
                     }
                     for (rel, db) in inner {
                         if db.symlink_metadata().is_err() {
@@ -1431,11 +1568,7 @@ fn stage_and_apply(
                         if let Some(parent) = to.parent() {
                             make_staged_parents(&staged_top, parent, &target)?;
                         }
-                        steps.push(Step::Move {
-                            ino: inode(db)?,
-                            from: db.clone(),
-                            to,
-                        });
+                        steps.push(move_step(db.clone(), to)?);
                     }
                     steps.push(Step::Swap {
                         existed: target.symlink_metadata().is_ok(),
@@ -1582,9 +1715,11 @@ fn merge_steps(
     stamp: &str,
     steps: &mut Vec<Step>,
 ) -> Result<()> {
-    let mut done: Vec<PathBuf> = Vec::new();
+    // Entries come depth-first, a directory's whole subtree right after it:
+    // the last subtree taken or left whole is the only one to skip.
+    let mut done: Option<PathBuf> = None;
     for (rel, want) in staged {
-        if done.iter().any(|d| rel.starts_with(d)) {
+        if done.as_ref().is_some_and(|d| rel.starts_with(d)) {
             continue;
         }
         let from = staged_top.join(rel);
@@ -1595,12 +1730,8 @@ fn merge_steps(
         };
         match live.get(rel) {
             None => {
-                steps.push(Step::Move {
-                    ino: inode(&from)?,
-                    from,
-                    to,
-                });
-                done.push(rel.clone());
+                steps.push(move_step(from, to)?);
+                done = Some(rel.clone());
             }
             // A real directory on both sides: merge what is inside.
             Some(have) if have.kind == "dir" && want.kind == "dir" => {}
@@ -1608,21 +1739,13 @@ fn merge_steps(
                 if same(want, have, &to, Some(&from)) {
                     continue;
                 }
-                done.push(rel.clone());
+                done = Some(rel.clone());
                 if mode == Mode::Safe {
                     continue;
                 }
                 let bak = bak_name(&to, stamp);
-                steps.push(Step::Move {
-                    ino: inode(&to)?,
-                    from: to.clone(),
-                    to: bak,
-                });
-                steps.push(Step::Move {
-                    ino: inode(&from)?,
-                    from,
-                    to,
-                });
+                steps.push(move_step(to.clone(), bak)?);
+                steps.push(move_step(from, to)?);
             }
         }
     }

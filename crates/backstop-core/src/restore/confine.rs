@@ -55,17 +55,14 @@ pub struct Confined {
 }
 
 impl Confined {
-    /// Opens `root`, which must be a directory and not a symlink.
+    /// Opens `root`, an absolute path with no symlink in any component.
     ///
     /// # Errors
     ///
-    /// Fails when `root` is missing, not a directory, or a symlink.
+    /// Fails when `root` is missing, not a directory, or passes through a
+    /// symlink.
     pub fn open(root: &Path) -> io::Result<Confined> {
-        let fd = rustix::fs::open(
-            root,
-            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let fd = crate::restore::handle::open_dir(root)?;
         Ok(Confined {
             root: fd,
             root_path: root.to_path_buf(),

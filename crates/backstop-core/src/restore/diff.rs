@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::restore::handle;
 
 /// What happens to one path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,68 +104,159 @@ impl Totals {
     }
 }
 
-/// Reads the live tree under `top` (relative paths, `""` for `top` itself),
-/// not following symlinks and not descending into a directory that a
-/// `keep(rel)` rule matches (it is reported as one kept path).
-pub fn live_tree(top: &Path, keep: &dyn Fn(&Path, bool) -> bool) -> BTreeMap<PathBuf, Node> {
+/// Reads the live tree under `top` (relative paths, `""` for `top` itself)
+/// through directory handles, never following a symlink and not descending
+/// into a directory that a `keep(rel)` rule matches (it is listed as one
+/// kept path). The listing never stops early or skips silently: a directory
+/// it cannot read, and no rule keeps, is an error naming it, since what a
+/// restore cannot see it cannot keep.
+///
+/// # Errors
+///
+/// Fails on an unreadable directory that no rule keeps, a symlink on the
+/// way to `top`, or any other error reading the tree.
+pub fn live_tree(top: &Path, keep: &dyn Fn(&Path, bool) -> bool) -> Result<BTreeMap<PathBuf, Node>> {
+    list_tree(top, keep, false)
+}
+
+/// Reads a staged tree, this restore's own, like [`live_tree`]; a
+/// directory whose restored mode shuts out this user is opened up while it
+/// is read and given its mode back.
+///
+/// # Errors
+///
+/// Fails on any error reading the tree.
+pub fn staged_tree(top: &Path) -> Result<BTreeMap<PathBuf, Node>> {
+    list_tree(top, &|_, _| false, true)
+}
+
+fn list_tree(
+    top: &Path,
+    keep: &dyn Fn(&Path, bool) -> bool,
+    open_up: bool,
+) -> Result<BTreeMap<PathBuf, Node>> {
     let mut out = BTreeMap::new();
-    if std::fs::symlink_metadata(top).is_err() {
-        return out;
+    let mut reopened: Vec<(PathBuf, u32)> = Vec::new();
+    let listed = walk_into(top, keep, open_up, &mut out, &mut reopened);
+    for (rel, mode) in reopened.iter().rev() {
+        let path = top.join(rel);
+        handle::chmod(&path, *mode).map_err(|e| Error::io("restoring the mode of", &path, e))?;
     }
-    let mut walker = walkdir::WalkDir::new(top)
-        .follow_links(false)
-        .follow_root_links(false)
-        .into_iter();
-    while let Some(Ok(entry)) = walker.next() {
-        let rel = entry
-            .path()
-            .strip_prefix(top)
-            .unwrap_or(Path::new(""))
-            .to_path_buf();
+    listed.map(|()| out)
+}
+
+fn walk_into(
+    top: &Path,
+    keep: &dyn Fn(&Path, bool) -> bool,
+    open_up: bool,
+    out: &mut BTreeMap<PathBuf, Node>,
+    reopened: &mut Vec<(PathBuf, u32)>,
+) -> Result<()> {
+    let st = match handle::lstat(top) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(Error::io("reading", top, e)),
+    };
+    let link = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        let (dir, name) = handle::open_parent(top).map_err(|e| Error::io("reading", top, e))?;
+        Some(read_link(&dir, name, top)?)
+    } else {
+        None
+    };
+    out.insert(PathBuf::new(), node(&st, link));
+    if !handle::is_dir(&st) {
+        return Ok(());
+    }
+    let fd = handle::open_dir(top).map_err(|e| unreadable(top, e))?;
+    let names = handle::list(&fd).map_err(|e| unreadable(top, e))?;
+    let mut stack = vec![(fd, PathBuf::new(), names)];
+    while let Some((dir, rel_dir, names)) = stack.last_mut() {
+        let Some(name) = names.pop() else {
+            stack.pop();
+            continue;
+        };
         // Another source's staging directory, made by this restore.
-        if entry
-            .file_name()
-            .as_bytes()
+        if name
+            .to_bytes()
             .starts_with(crate::restore::stage::STAGING_PREFIX.as_bytes())
         {
-            if entry.file_type().is_dir() {
-                walker.skip_current_dir();
-            }
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            "dir"
-        } else if ft.is_symlink() {
-            "symlink"
-        } else if ft.is_file() {
-            "file"
-        } else {
-            "other"
+        let rel = rel_dir.join(OsStr::from_bytes(name.to_bytes()));
+        let shown = top.join(&rel);
+        let st = match rustix::fs::statat(&*dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Gone since the directory was listed.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(unreadable(&shown, e.into())),
         };
-        if !rel.as_os_str().is_empty() && ft.is_dir() && keep(&rel, true) {
-            walker.skip_current_dir();
+        let kind = FileType::from_raw_mode(st.st_mode);
+        let link = if kind == FileType::Symlink {
+            Some(read_link(dir, OsStr::from_bytes(name.to_bytes()), &shown)?)
+        } else {
+            None
+        };
+        out.insert(rel.clone(), node(&st, link));
+        if kind != FileType::Directory || keep(&rel, true) {
+            continue;
         }
-        out.insert(
-            rel,
-            Node {
-                kind,
-                size: if ft.is_file() { meta.len() } else { 0 },
-                mode: meta.mode() & 0o7777,
-                mtime: (meta.mtime(), meta.mtime_nsec().clamp(0, 999_999_999) as u32),
-                link: if ft.is_symlink() {
-                    std::fs::read_link(entry.path())
-                        .ok()
-                        .map(|l| l.as_os_str().as_bytes().to_vec())
-                } else {
-                    None
-                },
-                sha256: None,
-            },
-        );
+        let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+        let child = match rustix::fs::openat(&*dir, name.as_c_str(), flags, Mode::empty()) {
+            Err(rustix::io::Errno::ACCESS) if open_up => {
+                let mode = st.st_mode & 0o7777;
+                handle::chmod_at(dir, OsStr::from_bytes(name.to_bytes()), mode | 0o700)
+                    .map_err(|e| unreadable(&shown, e))?;
+                reopened.push((rel.clone(), mode));
+                rustix::fs::openat(&*dir, name.as_c_str(), flags, Mode::empty())
+            }
+            other => other,
+        }
+        .map_err(|e| unreadable(&shown, e.into()))?;
+        let names = handle::list(&child).map_err(|e| unreadable(&shown, e))?;
+        stack.push((child, rel, names));
     }
-    out
+    Ok(())
+}
+
+/// The error for a part of the destination that cannot be read.
+fn unreadable(path: &Path, e: std::io::Error) -> Error {
+    Error::Refused {
+        message: format!(
+            "cannot read {} in the destination ({e}): a restore must see everything there to know what to keep",
+            path.display()
+        ),
+        hint: Some(
+            "give this user read access to it, restore as a user who can read it, or leave it alone with --exclude PATH"
+                .into(),
+        ),
+    }
+}
+
+fn read_link(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Vec<u8>> {
+    rustix::fs::readlinkat(dir, name, Vec::new())
+        .map(|l| l.into_bytes())
+        .map_err(|e| Error::io("reading the symlink", shown, e.into()))
+}
+
+fn node(st: &Stat, link: Option<Vec<u8>>) -> Node {
+    let ft = FileType::from_raw_mode(st.st_mode);
+    Node {
+        kind: match ft {
+            FileType::Directory => "dir",
+            FileType::Symlink => "symlink",
+            FileType::RegularFile => "file",
+            _ => "other",
+        },
+        size: if ft == FileType::RegularFile {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mode: st.st_mode & 0o7777,
+        mtime: (st.st_mtime, st.st_mtime_nsec.clamp(0, 999_999_999) as u32),
+        link,
+        sha256: None,
+    }
 }
 
 /// SHA-256 of a file's content.

@@ -10,16 +10,15 @@
 //! after it, what is left is cleanup (the old trees parked in the staging
 //! directories).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, RenameFlags};
+use rustix::fs::RenameFlags;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::restore::stage::remove_tree;
+use crate::restore::handle::{self, remove_tree};
 
 /// How far a restore got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +52,11 @@ pub enum Step {
         from: PathBuf,
         to: PathBuf,
         ino: u64,
+        /// A directory that this user may not write, which moving to
+        /// another directory needs: it is made writable for the rename and
+        /// given this mode back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reopen: Option<u32>,
     },
     /// A directory created in the live tree to hold what is restored.
     MakeDir { path: PathBuf },
@@ -230,7 +234,7 @@ impl Journal {
                     undo(step)?;
                 }
                 for dir in self.touched_dirs() {
-                    let _ = fsutil::fsync_dir(&dir);
+                    let _ = handle::fsync_dir(&dir);
                 }
                 Recovered::RolledBack
             }
@@ -253,7 +257,7 @@ impl Journal {
                 Step::Import { .. } => vec![],
             };
             for p in paths {
-                let d = fsutil::parent_dir(p);
+                let d = crate::fsutil::parent_dir(p);
                 if !dirs.contains(&d) {
                     dirs.push(d);
                 }
@@ -264,12 +268,28 @@ impl Journal {
 }
 
 fn ino(path: &Path) -> Option<u64> {
-    std::fs::symlink_metadata(path).ok().map(|m| m.ino())
+    handle::ino(path)
 }
 
 fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Result<()> {
-    rustix::fs::renameat_with(CWD, from, CWD, to, flags)
-        .map_err(|e| Error::io("moving back", from, e.into()))
+    handle::rename(from, to, flags).map_err(|e| Error::io("moving back", from, e))
+}
+
+/// Moves `from` to `to`; with `reopen`, a directory we may not write is
+/// made writable around the rename (a move to another directory rewrites
+/// its `..`) and given its mode back at its new place.
+fn move_entry(from: &Path, to: &Path, reopen: Option<u32>) -> std::io::Result<()> {
+    let Some(mode) = reopen else {
+        return handle::rename(from, to, RenameFlags::NOREPLACE);
+    };
+    handle::chmod(from, mode | 0o700)?;
+    match handle::rename(from, to, RenameFlags::NOREPLACE) {
+        Ok(()) => handle::chmod(to, mode),
+        Err(e) => {
+            let _ = handle::chmod(from, mode);
+            Err(e)
+        }
+    }
 }
 
 /// Undoes `step` if it happened; does nothing if it did not.
@@ -294,13 +314,21 @@ fn undo(step: &Step) -> Result<()> {
             from,
             to,
             ino: moved,
+            reopen,
         } => {
             if ino(to) != Some(*moved) || ino(from).is_some() {
+                // Not moved, or moved back: only a mode opened up for the
+                // move and not yet given back can be left.
+                if let Some(mode) = reopen
+                    && ino(from) == Some(*moved)
+                {
+                    handle::chmod(from, *mode).map_err(|e| Error::io("restoring the mode of", from, e))?;
+                }
                 return Ok(());
             }
-            rename(to, from, RenameFlags::NOREPLACE)
+            move_entry(to, from, *reopen).map_err(|e| Error::io("moving back", to, e))
         }
-        Step::MakeDir { path } => match std::fs::remove_dir(path) {
+        Step::MakeDir { path } => match handle::rmdir(path) {
             // Not created after all, or something the user put there since.
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -322,7 +350,7 @@ fn undo(step: &Step) -> Result<()> {
 pub fn apply(step: &Step) -> Result<()> {
     let io = |p: &Path| {
         let p = p.to_path_buf();
-        move |e: rustix::io::Errno| Error::io("moving into place", p, e.into())
+        move |e: std::io::Error| Error::io("moving into place", p, e)
     };
     match step {
         Step::Swap {
@@ -336,13 +364,13 @@ pub fn apply(step: &Step) -> Result<()> {
             } else {
                 RenameFlags::NOREPLACE
             };
-            rustix::fs::renameat_with(CWD, staged, CWD, target, flags).map_err(io(target))
+            handle::rename(staged, target, flags).map_err(io(target))
         }
-        Step::Move { from, to, .. } => {
-            rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(io(to))
-        }
+        Step::Move {
+            from, to, reopen, ..
+        } => move_entry(from, to, *reopen).map_err(io(to)),
         Step::MakeDir { path } => {
-            std::fs::create_dir(path).map_err(|e| Error::io("creating", path, e))
+            handle::mkdir(path, 0o777).map_err(|e| Error::io("creating", path, e))
         }
         Step::Import { into, data, .. } => into.import(data),
     }
@@ -424,11 +452,13 @@ mod tests {
             from: dir.path().join("a"),
             to: dir.path().join("b"),
             ino: ino(&dir.path().join("a")).unwrap(),
+            reopen: None,
         };
         let m2 = Step::Move {
             from: dir.path().join("c"),
             to: dir.path().join("d"),
             ino: ino(&dir.path().join("c")).unwrap(),
+            reopen: None,
         };
         apply(&m1).unwrap();
         let j = Journal {

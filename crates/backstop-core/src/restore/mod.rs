@@ -4,5 +4,6 @@
 
 pub mod confine;
 pub mod diff;
+pub mod handle;
 pub mod journal;
 pub mod stage;

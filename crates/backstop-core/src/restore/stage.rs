@@ -29,6 +29,7 @@ use crate::archive::tarread::{Entry, Kind};
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Progress};
 use crate::restore::confine::Confined;
+use crate::restore::handle;
 use crate::source::exclude::Patterns;
 
 /// Which parts of a backup a restore writes.
@@ -624,26 +625,12 @@ pub fn staging_dir(target: &Path, backup_id: &str, source: &str) -> PathBuf {
 /// The name prefix of staging directories, so stale ones can be found.
 pub const STAGING_PREFIX: &str = ".backstop-staging-";
 
-/// Removes a staging directory and everything in it, never following
-/// symlinks out of it.
+/// Removes a staging directory and everything in it, through directory
+/// handles that never follow a symlink (see [`handle::remove_tree`]).
 ///
 /// # Errors
 ///
 /// Fails when something cannot be removed.
 pub fn remove_tree(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("removing", path, e)),
-        Ok(m) if !m.is_dir() => {
-            return std::fs::remove_file(path).map_err(|e| Error::io("removing", path, e));
-        }
-        Ok(_) => {}
-    }
-    // Read-only directories (restored modes) must be opened up to empty them.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-    for entry in std::fs::read_dir(path).map_err(|e| Error::io("reading", path, e))? {
-        let entry = entry.map_err(|e| Error::io("reading", path, e))?;
-        remove_tree(&entry.path())?;
-    }
-    std::fs::remove_dir(path).map_err(|e| Error::io("removing", path, e))
+    handle::remove_tree(path)
 }

@@ -1,0 +1,956 @@
+//! A restore stays inside its destination and leaves alone what it does not
+//! know: what the backup could not read, what another user put there, a
+//! symlink swapped in while it runs, a manifest that points out of the root
+//! or the home. Each test guards one way this went wrong.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use backstop_core::archive::format::{
+    CHECKSUMS_NAME, MANIFEST_NAME, SourceManifest, TRAILER_NAME, Totals, Trailer, checksum_line,
+    sidecar_line,
+};
+use backstop_core::archive::tarfmt::{self, EntryHeader, HeaderKind};
+use backstop_core::archive::{BackupKind, Codec, Description, Manifest};
+use backstop_test_support::{have, root};
+use sha2::{Digest, Sha256};
+
+use crate::support::{Env, bin, run_paused};
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// Collects every expectation that does not hold, so that one run reports
+/// all of them rather than the first.
+#[derive(Default)]
+struct Expect {
+    wrong: Vec<String>,
+}
+
+impl Expect {
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            self.wrong.push(what.into());
+        }
+    }
+
+    fn finish(self, context: &str) {
+        assert!(
+            self.wrong.is_empty(),
+            "{} expectation(s) failed:\n  - {}\n{context}",
+            self.wrong.len(),
+            self.wrong.join("\n  - ")
+        );
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn context(out: &Output) -> String {
+    format!(
+        "exit: {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    )
+}
+
+fn mode(path: &Path) -> Option<u32> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o7777)
+}
+
+fn read(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The third field of `getent DATABASE NAME`.
+fn getent_id(database: &str, name: &str) -> u32 {
+    let out = Command::new("getent")
+        .args([database, name])
+        .output()
+        .expect("getent runs");
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    line.split(':')
+        .nth(2)
+        .and_then(|f| f.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {database} entry for {name}: {line:?}"))
+}
+
+/// The numbers of user `nobody` and group `nogroup`, as `setpriv` below
+/// takes them by name.
+fn nobody() -> (rustix::process::Uid, rustix::process::Gid) {
+    (
+        rustix::process::Uid::from_raw(getent_id("passwd", "nobody")),
+        rustix::process::Gid::from_raw(getent_id("group", "nogroup")),
+    )
+}
+
+/// `setpriv` arguments that run the rest as nobody.
+const AS_NOBODY: [&str; 3] = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"];
+
+/// Whether the test can run things as nobody; reports a skip if not.
+fn can_be_nobody() -> bool {
+    root("run backstop as another user") && have("setpriv") && have("getent")
+}
+
+/// Gives `path` and everything below it to nobody.
+fn chown_tree_to_nobody(path: &Path) {
+    let (u, g) = nobody();
+    rustix::fs::chown(path, Some(u), Some(g)).unwrap();
+    for p in walk(path) {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            &p,
+            Some(u),
+            Some(g),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+}
+
+/// The scratch directory opened for others to pass through (a tempdir is
+/// 0700), and a backstop home nobody owns inside it.
+fn nobody_home(env: &Env) -> PathBuf {
+    set_mode(env.dir.path(), 0o755);
+    let parent = env.path("nobody-owned");
+    std::fs::create_dir_all(&parent).unwrap();
+    chown_tree_to_nobody(&parent);
+    parent.join("home")
+}
+
+/// Runs backstop as nobody with `home` as its home.
+fn backstop_as_nobody(env: &Env, home: &Path, args: &[&OsStr]) -> Output {
+    Command::new("setpriv")
+        .args(AS_NOBODY)
+        .arg(bin())
+        .arg("--home")
+        .arg(home)
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_HOME")
+        .env_remove("BACKSTOP_FAILPOINTS")
+        .env("NO_COLOR", "1")
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .args(args)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap()
+}
+
+/// Runs `sh -c script` as nobody.
+fn sh_as_nobody(env: &Env, script: &str) -> Output {
+    Command::new("setpriv")
+        .args(AS_NOBODY)
+        .args(["sh", "-c", script])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap()
+}
+
+/// `backstop --home <home> …` in `env`, for a home other than `env.home()`.
+fn cmd_with_home(env: &Env, home: &Path) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(env.dir.path())
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_HOME")
+        .env_remove("BACKSTOP_FAILPOINTS")
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("NO_COLOR", "1")
+        .arg("--home")
+        .arg(home);
+    cmd
+}
+
+/// Every path below `dir` (not following symlinks).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// What is below `dir`: each relative path with its kind and content (a
+/// file's bytes, a symlink's target). Read as root, unreadable places too.
+fn listing(dir: &Path) -> BTreeMap<String, String> {
+    walk(dir)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let what = if meta.file_type().is_symlink() {
+                format!("symlink {}", std::fs::read_link(&p).unwrap().display())
+            } else if meta.is_dir() {
+                "dir".to_string()
+            } else {
+                format!(
+                    "file {}",
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default())
+                )
+            };
+            (rel, what)
+        })
+        .collect()
+}
+
+/// Staging directories left anywhere below `dir`.
+fn staging_left(dir: &Path) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".backstop-staging-")
+        })
+        .collect()
+}
+
+/// Paths below `dir` whose name starts with `prefix`.
+fn named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect()
+}
+
+fn backup_id(doc: &serde_json::Value) -> String {
+    doc["report"]["backup"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no backup in {doc}"))
+        .to_string()
+}
+
+/// Writes a config file for `instance` rooted at `root` with `sources` (the
+/// lines of its `[instances.NAME.sources]` table); returns its path.
+fn write_config(env: &Env, instance: &str, root: &Path, sources: &str) -> PathBuf {
+    let config = env.path("backstop.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instances.{instance}]\nroot = \"{}\"\n\n[instances.{instance}.sources]\n{sources}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+// Hand-made archives with a manifest of the test's choosing (the pattern of
+// craft.rs, whose `craft` fixes the manifest): every checksum valid.
+
+fn tar_header(out: &mut Vec<u8>, path: &[u8], kind: HeaderKind<'_>, mode: u32) {
+    tarfmt::write_header(
+        out,
+        &EntryHeader {
+            path,
+            kind,
+            mode,
+            uid: 0,
+            gid: 0,
+            uname: None,
+            gname: None,
+            mtime: 1_700_000_000,
+            mtime_nsec: 0,
+            xattrs: &[],
+        },
+    );
+}
+
+fn tar_member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    tar_header(
+        out,
+        name.as_bytes(),
+        HeaderKind::File {
+            size: data.len() as u64,
+        },
+        0o600,
+    );
+    out.extend_from_slice(data);
+    tarfmt::pad(out, data.len() as u64);
+}
+
+/// One payload entry of a crafted archive.
+enum Item {
+    Dir(&'static str),
+    File(&'static str, &'static [u8]),
+}
+
+fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManifest>) -> Manifest {
+    Manifest {
+        format: 1,
+        id: id.into(),
+        instance: instance.into(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        created_by: "backstop test".into(),
+        host: "test".into(),
+        about: Description::new(BackupKind::Manual, "manual"),
+        compression: Codec::None,
+        level: None,
+        root: root.display().to_string(),
+        sources,
+        excludes: vec![],
+        never_restore: vec![],
+        totals: Totals::default(),
+    }
+}
+
+/// Writes `<dir>/<id>.tar` with `manifest` and `items`, and its sidecar.
+fn craft_with(dir: &Path, manifest: &Manifest, items: &[Item]) -> PathBuf {
+    let mut out = Vec::new();
+    tar_member(
+        &mut out,
+        MANIFEST_NAME,
+        &serde_json::to_vec(manifest).unwrap(),
+    );
+    let mut sums = Vec::new();
+    let (mut n, mut files, mut bytes) = (0u64, 0u64, 0u64);
+    for item in items {
+        n += 1;
+        match item {
+            Item::Dir(p) => tar_header(&mut out, p.as_bytes(), HeaderKind::Dir, 0o755),
+            Item::File(p, data) => {
+                tar_header(
+                    &mut out,
+                    p.as_bytes(),
+                    HeaderKind::File {
+                        size: data.len() as u64,
+                    },
+                    0o644,
+                );
+                out.extend_from_slice(data);
+                tarfmt::pad(&mut out, data.len() as u64);
+                checksum_line(&mut sums, &hex::encode(Sha256::digest(data)), p.as_bytes());
+                files += 1;
+                bytes += data.len() as u64;
+            }
+        }
+    }
+    tar_member(&mut out, CHECKSUMS_NAME, &sums);
+    let trailer = Trailer {
+        format: 1,
+        id: manifest.id.clone(),
+        entries: n,
+        files,
+        bytes,
+        ..Trailer::default()
+    };
+    tar_member(
+        &mut out,
+        TRAILER_NAME,
+        &serde_json::to_vec(&trailer).unwrap(),
+    );
+    out.extend_from_slice(&tarfmt::END_OF_ARCHIVE);
+    let name = format!("{}.tar", manifest.id);
+    let path = dir.join(&name);
+    std::fs::write(&path, &out).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.sha256")),
+        sidecar_line(&hex::encode(Sha256::digest(&out)), &name),
+    )
+    .unwrap();
+    path
+}
+
+fn path_source(name: &str, path: &str, origin: &Path) -> SourceManifest {
+    SourceManifest {
+        name: name.into(),
+        kind: "path".into(),
+        path: path.into(),
+        origin: origin.display().to_string(),
+        restore: "extract".into(),
+        file: None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn exact_restore_keeps_what_the_backup_could_not_read_or_excluded() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("r");
+    let app = parent.join("app");
+    let dirs: Vec<PathBuf> = (1..=6).map(|i| app.join(format!("d{i}"))).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d.join("node_modules/p")).unwrap();
+        std::fs::write(d.join("node_modules/p/i.js"), b"module.exports = 1;\n").unwrap();
+        std::fs::create_dir_all(d.join("locked")).unwrap();
+        std::fs::write(d.join("locked/s"), b"secret").unwrap();
+        std::fs::write(d.join("main.txt"), b"src").unwrap();
+    }
+    chown_tree_to_nobody(&parent);
+    for d in &dirs {
+        set_mode(&d.join("locked"), 0o000);
+    }
+    // The backup cannot read the locked directories: done with warnings.
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", context(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = backup_id(&doc);
+    for d in &dirs {
+        std::fs::write(d.join("main.txt"), b"changed").unwrap();
+    }
+
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+    );
+    let mut expect = Expect::default();
+    expect.check(
+        matches!(out.status.code(), Some(0 | 3)),
+        format!("the restore failed with {:?}", out.status.code()),
+    );
+    for d in &dirs {
+        let name = d.file_name().unwrap().to_string_lossy();
+        expect.check(
+            read(&d.join("main.txt")).as_deref() == Some(b"src"),
+            format!("{name}/main.txt was not restored"),
+        );
+        expect.check(
+            d.join("node_modules/p/i.js").is_file(),
+            format!("{name}/node_modules/p/i.js (excluded from the backup) is gone"),
+        );
+        // Checked as root: nobody cannot look inside.
+        expect.check(
+            read(&d.join("locked/s")).as_deref() == Some(b"secret"),
+            format!("{name}/locked/s (unreadable to the backup) is gone or changed"),
+        );
+        expect.check(
+            mode(&d.join("locked")) == Some(0o000),
+            format!(
+                "{name}/locked has mode {:?}, not 000",
+                mode(&d.join("locked")).map(|m| format!("{m:o}"))
+            ),
+        );
+    }
+    expect.finish(&context(&out));
+}
+
+#[test]
+fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("n");
+    let app = parent.join("app");
+    std::fs::create_dir_all(app.join("sub")).unwrap();
+    std::fs::write(app.join("a.txt"), b"original").unwrap();
+    std::fs::write(app.join("sub/b.txt"), b"b").unwrap();
+    chown_tree_to_nobody(&parent);
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = backup_id(&doc);
+    // After the backup: a change the restore would undo, and a directory of
+    // root's that nobody can neither read nor remove.
+    std::fs::write(app.join("a.txt"), b"modified").unwrap();
+    let foreign = app.join("rootonly");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("secret"), b"root's").unwrap();
+    set_mode(&foreign, 0o700);
+    let before = listing(&app);
+
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+    );
+    let err = stderr(&out);
+    let mut expect = Expect::default();
+    expect.check(
+        out.status.code() == Some(1),
+        format!("exit {:?}, not 1 (refused)", out.status.code()),
+    );
+    expect.check(
+        err.contains("rootonly"),
+        "stderr does not name the unreadable directory",
+    );
+    expect.check(
+        read(&app.join("a.txt")).as_deref() == Some(b"modified"),
+        "a.txt was changed: the restore went ahead",
+    );
+    expect.check(
+        read(&foreign.join("secret")).as_deref() == Some(b"root's"),
+        "rootonly/secret is no longer where it was",
+    );
+    let after = listing(&app);
+    expect.check(
+        after == before,
+        format!("the tree changed:\n    before {before:?}\n    after  {after:?}"),
+    );
+    let left = staging_left(env.dir.path());
+    expect.check(left.is_empty(), format!("staging left behind: {left:?}"));
+    expect.finish(&context(&out));
+}
+
+#[test]
+fn restore_refuses_a_symlink_in_the_destination_path() {
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("data/sub")).unwrap();
+    std::fs::create_dir_all(app.join("conf")).unwrap();
+    std::fs::write(app.join("data/sub/state"), b"backed up").unwrap();
+    std::fs::write(app.join("conf/app.toml"), b"port = 1\n").unwrap();
+    let config = write_config(&env, "app", &app, "sub = \"data/sub\"\nconf = \"conf\"");
+    let cfg = config.to_str().unwrap();
+    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
+    // `data` is now a symlink to a directory outside the root.
+    let outside = env.path("outside");
+    std::fs::create_dir_all(outside.join("sub")).unwrap();
+    std::fs::write(outside.join("sub/precious"), b"precious").unwrap();
+    std::fs::rename(app.join("data"), env.path("data-moved-away")).unwrap();
+    std::os::unix::fs::symlink(&outside, app.join("data")).unwrap();
+    let before = listing(&outside);
+
+    let out = env
+        .cmd()
+        .args(["--config", cfg, "restore", &id, "--yes", "--no-pre-backup"])
+        .output()
+        .unwrap();
+    let mut expect = Expect::default();
+    expect.check(
+        read(&outside.join("sub/precious")).as_deref() == Some(b"precious"),
+        "outside/sub/precious was removed or changed through the symlink",
+    );
+    let after = listing(&outside);
+    expect.check(
+        after == before,
+        format!("outside/ changed:\n    before {before:?}\n    after  {after:?}"),
+    );
+    expect.check(
+        out.status.code() == Some(1),
+        format!("exit {:?}, not 1 (refused)", out.status.code()),
+    );
+    expect.check(
+        stderr(&out).contains("symlink"),
+        "stderr does not mention the symlink",
+    );
+    expect.finish(&context(&out));
+}
+
+#[test]
+fn merge_restore_never_writes_through_a_directory_swapped_for_a_symlink() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    set_mode(env.dir.path(), 0o755);
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("sub")).unwrap();
+    for f in ["a", "b", "c"] {
+        std::fs::write(app.join("sub").join(f), f.as_bytes()).unwrap();
+    }
+    std::fs::write(app.join("top.txt"), b"v1").unwrap();
+    chown_tree_to_nobody(&app);
+    let id = backup_id(&env.json(&["backup", app.to_str().unwrap()]));
+    // The merge will move the three files back in, and replace top.txt.
+    for f in ["a", "b", "c"] {
+        std::fs::remove_file(app.join("sub").join(f)).unwrap();
+    }
+    std::fs::write(app.join("top.txt"), b"v2").unwrap();
+    // Root's, and empty.
+    let victim = env.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    set_mode(&victim, 0o755);
+    let before = listing(&app);
+
+    let swap = format!(
+        "mv '{app}/sub' '{app}/sub.gone' && ln -s '{victim}' '{app}/sub'",
+        app = app.display(),
+        victim = victim.display()
+    );
+    let out = run_paused(
+        &env,
+        "restore.apply-step",
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--mode".as_ref(),
+            "merge".as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+        |_| {
+            // The owner of the tree swaps a directory for a symlink to one
+            // it may not write to.
+            let done = sh_as_nobody(&env, &swap);
+            assert!(done.status.success(), "the swap failed: {}", stderr(&done));
+        },
+    );
+    let mut expect = Expect::default();
+    let in_victim = Env::files_in(&victim);
+    expect.check(
+        in_victim.is_empty(),
+        format!("wrote into victim/ through the symlink: {in_victim:?}"),
+    );
+    expect.check(
+        matches!(out.status.code(), Some(1 | 5)),
+        format!("exit {:?}, not 5 (rolled back) or 1", out.status.code()),
+    );
+    // As before the restore, with only the swap made meanwhile.
+    let mut expected: BTreeMap<String, String> = before
+        .into_iter()
+        .map(|(rel, what)| match rel.strip_prefix("sub") {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                (format!("sub.gone{rest}"), what)
+            }
+            _ => (rel, what),
+        })
+        .collect();
+    expected.insert("sub".into(), format!("symlink {}", victim.display()));
+    let after = listing(&app);
+    expect.check(
+        after == expected,
+        format!("app/ is not as before:\n    expected {expected:?}\n    found    {after:?}"),
+    );
+    expect.finish(&context(&out));
+}
+
+#[test]
+fn exact_restore_cleanup_never_follows_a_swapped_symlink() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    set_mode(env.dir.path(), 0o755);
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("d/inner")).unwrap();
+    std::fs::write(app.join("d/inner/f"), b"inner file").unwrap();
+    std::fs::write(app.join("top.txt"), b"v1").unwrap();
+    chown_tree_to_nobody(&app);
+    let victim = env.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    set_mode(&victim, 0o755);
+    std::fs::write(victim.join("keep"), b"keep").unwrap();
+    let id = backup_id(&env.json(&["backup", app.to_str().unwrap()]));
+    std::fs::write(app.join("top.txt"), b"v2").unwrap();
+
+    let parent = env.dir.path().to_path_buf();
+    let out = run_paused(
+        &env,
+        "restore.cleanup-descend",
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+        |_| {
+            // The old tree is parked in a staging directory beside app:
+            // its d/inner becomes a symlink to victim/.
+            let staging: Vec<PathBuf> = Env::files_in(&parent)
+                .into_iter()
+                .filter(|n| n.starts_with(".backstop-staging-"))
+                .map(|n| parent.join(n))
+                .collect();
+            assert!(!staging.is_empty(), "no staging directory beside app");
+            let inner = staging
+                .iter()
+                .flat_map(|s| walk(s))
+                .find(|p| {
+                    p.ends_with("d/inner") && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+                })
+                .unwrap_or_else(|| panic!("no d/inner in the old tree under {staging:?}"));
+            std::fs::rename(&inner, inner.with_file_name("inner.moved")).unwrap();
+            std::os::unix::fs::symlink(&victim, &inner).unwrap();
+        },
+    );
+    let mut expect = Expect::default();
+    expect.check(
+        victim.join("keep").is_file(),
+        "victim/keep was removed through the symlink",
+    );
+    expect.check(
+        out.status.code() == Some(0),
+        format!("exit {:?}, not 0", out.status.code()),
+    );
+    expect.check(
+        read(&app.join("top.txt")).as_deref() == Some(b"v1"),
+        "app/top.txt was not restored",
+    );
+    expect.check(
+        read(&app.join("d/inner/f")).as_deref() == Some(b"inner file"),
+        "app/d/inner/f is not there",
+    );
+    expect.finish(&context(&out));
+}
+
+/// A scratch directory with a crafted archive whose manifest points out, a
+/// root and a destination each with a `victim2/` beside it.
+struct Escape {
+    env: Env,
+    home: PathBuf,
+    root: PathBuf,
+    dest: PathBuf,
+    victims: [PathBuf; 2],
+    archive: PathBuf,
+}
+
+impl Escape {
+    fn new(case: &str) -> Escape {
+        let env = Env::new();
+        // Deep enough that anything climbing out of them stays inside the
+        // scratch directory, where the walks look.
+        let home = env.path("h1/h2/h3/home");
+        let root = env.path("x1/x2/app");
+        let dest = env.path("y1/y2/dest");
+        let archives = env.path("archives");
+        for d in [&root, &dest, &archives] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(root.join("live"), b"live").unwrap();
+        let victims = [env.path("x1/x2/victim2"), env.path("y1/y2/victim2")];
+        for v in &victims {
+            std::fs::create_dir_all(v).unwrap();
+            std::fs::write(v.join("file"), b"victim's").unwrap();
+        }
+        let (instance, sources, items): (&str, Vec<SourceManifest>, Vec<Item>) = match case {
+            "path" => (
+                "app",
+                vec![path_source("app", "../victim2", &root)],
+                vec![Item::Dir("app"), Item::File("app/pwned", b"x")],
+            ),
+            "sqlite" => (
+                "app",
+                vec![SourceManifest {
+                    name: "db".into(),
+                    kind: "sqlite".into(),
+                    path: "../../escaped.db".into(),
+                    origin: root.join("../../escaped.db").display().to_string(),
+                    restore: "replace the database file".into(),
+                    file: Some("app.db".into()),
+                }],
+                vec![
+                    Item::Dir("db"),
+                    Item::File("db/app.db", b"SQLite format 3\0not really"),
+                ],
+            ),
+            "instance" => (
+                "../../../pwninst",
+                vec![path_source("app", ".", &root)],
+                vec![Item::Dir("app"), Item::File("app/pwned", b"x")],
+            ),
+            other => panic!("no case {other}"),
+        };
+        let m = manifest(&format!("app-escape-{case}"), instance, &root, sources);
+        let archive = craft_with(&archives, &m, &items);
+        Escape {
+            env,
+            home,
+            root,
+            dest,
+            victims,
+            archive,
+        }
+    }
+
+    fn run(&self, args: &[&OsStr]) -> Output {
+        cmd_with_home(&self.env, &self.home)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Everything that must hold after a refused restore.
+    fn nothing_escaped(
+        &self,
+        what: &str,
+        root_before: &BTreeMap<String, String>,
+        expect: &mut Expect,
+    ) {
+        let all = self.env.dir.path();
+        for v in &self.victims {
+            let found = listing(v);
+            expect.check(
+                found == BTreeMap::from([("file".into(), "file victim's".into())]),
+                format!("{what}: {} changed: {found:?}", v.display()),
+            );
+        }
+        let escaped = named(all, "escaped.db");
+        expect.check(escaped.is_empty(), format!("{what}: wrote {escaped:?}"));
+        let pwned = named(all, "pwninst");
+        expect.check(pwned.is_empty(), format!("{what}: created {pwned:?}"));
+        expect.check(
+            listing(&self.root) == *root_before,
+            format!("{what}: the root changed: {:?}", listing(&self.root)),
+        );
+        let in_dest = Env::files_in(&self.dest);
+        expect.check(
+            in_dest.is_empty(),
+            format!("{what}: wrote into the destination: {in_dest:?}"),
+        );
+        let left = staging_left(all);
+        expect.check(
+            left.is_empty(),
+            format!("{what}: staging left behind: {left:?}"),
+        );
+    }
+}
+
+#[test]
+fn a_crafted_manifest_cannot_escape_the_root_or_the_home() {
+    let mut expect = Expect::default();
+    let cases = [
+        ("path", "a path source ../victim2"),
+        ("sqlite", "a sqlite source ../../escaped.db"),
+        ("instance", "instance ../../../pwninst"),
+    ];
+    for (case, about) in cases {
+        let x = Escape::new(case);
+        let root_before = listing(&x.root);
+        let out = x.run(&["verify".as_ref(), x.archive.as_os_str()]);
+        expect.check(
+            out.status.code() == Some(4),
+            format!(
+                "{about}: verify exits {:?}, not 4: {}",
+                out.status.code(),
+                stderr(&out).trim()
+            ),
+        );
+        x.nothing_escaped(&format!("{about}: verify"), &root_before, &mut expect);
+        for with_dest in [false, true] {
+            // A fresh copy of everything for each restore.
+            let x = Escape::new(case);
+            let mut args: Vec<&OsStr> = vec![
+                "restore".as_ref(),
+                x.archive.as_os_str(),
+                "--yes".as_ref(),
+                "--no-pre-backup".as_ref(),
+            ];
+            if with_dest {
+                args.extend(["--dest".as_ref(), x.dest.as_os_str()]);
+            }
+            let how = if with_dest {
+                "restore --dest"
+            } else {
+                "restore"
+            };
+            let out = x.run(&args);
+            expect.check(
+                out.status.code() == Some(4),
+                format!(
+                    "{about}: {how} exits {:?}, not 4: {}",
+                    out.status.code(),
+                    stderr(&out).trim()
+                ),
+            );
+            x.nothing_escaped(&format!("{about}: {how}"), &root_before, &mut expect);
+        }
+    }
+    expect.finish("");
+}
+
+#[test]
+fn restore_into_dest_puts_a_database_below_dest() {
+    if !have("sqlite3") {
+        return;
+    }
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("data")).unwrap();
+    sqlite(
+        &app.join("data/app.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES ('hello'), ('world');",
+    );
+    let config = write_config(&env, "app", &app, "db = { sqlite = \"data/app.db\" }");
+    let cfg = config.to_str().unwrap();
+    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
+    let fresh = env.path("fresh");
+    let out = env
+        .cmd()
+        .args(["--config", cfg, "restore", &id, "--dest"])
+        .arg(&fresh)
+        .arg("--yes")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+    let db = fresh.join("data/app.db");
+    assert!(db.is_file(), "no {}: {:?}", db.display(), listing(&fresh));
+    assert_eq!(sqlite(&db, "PRAGMA integrity_check"), "ok");
+    assert_eq!(sqlite(&db, "SELECT x FROM t ORDER BY x"), "hello\nworld");
+}
+
+#[test]
+fn a_backup_between_plan_and_apply_is_refused_with_exit_6() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    let id = backup_id(&env.json(&["backup", app.to_str().unwrap()]));
+    let out = run_paused(
+        &env,
+        "restore.planned",
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+        |_| {
+            let backup = env.cmd().arg("backup").arg(&app).output().unwrap();
+            assert_eq!(
+                backup.status.code(),
+                Some(6),
+                "a backup while the restore holds the instance: {}",
+                context(&backup)
+            );
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+}

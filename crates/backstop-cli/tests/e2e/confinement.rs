@@ -9,15 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use backstop_core::archive::format::{
-    CHECKSUMS_NAME, MANIFEST_NAME, SourceManifest, TRAILER_NAME, Totals, Trailer, checksum_line,
-    sidecar_line,
-};
-use backstop_core::archive::tarfmt::{self, EntryHeader, HeaderKind};
-use backstop_core::archive::{BackupKind, Codec, Description, Manifest};
+use backstop_core::archive::format::SourceManifest;
 use backstop_test_support::{have, root};
-use sha2::{Digest, Sha256};
 
+use crate::craft::{Raw, craft_with, manifest, path_source};
 use crate::support::{Env, bin, run_paused};
 
 // ---------------------------------------------------------------------------
@@ -266,133 +261,6 @@ fn sqlite(db: &Path, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-// Hand-made archives with a manifest of the test's choosing (the pattern of
-// craft.rs, whose `craft` fixes the manifest): every checksum valid.
-
-fn tar_header(out: &mut Vec<u8>, path: &[u8], kind: HeaderKind<'_>, mode: u32) {
-    tarfmt::write_header(
-        out,
-        &EntryHeader {
-            path,
-            kind,
-            mode,
-            uid: 0,
-            gid: 0,
-            uname: None,
-            gname: None,
-            mtime: 1_700_000_000,
-            mtime_nsec: 0,
-            xattrs: &[],
-        },
-    );
-}
-
-fn tar_member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
-    tar_header(
-        out,
-        name.as_bytes(),
-        HeaderKind::File {
-            size: data.len() as u64,
-        },
-        0o600,
-    );
-    out.extend_from_slice(data);
-    tarfmt::pad(out, data.len() as u64);
-}
-
-/// One payload entry of a crafted archive.
-enum Item {
-    Dir(&'static str),
-    File(&'static str, &'static [u8]),
-}
-
-fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManifest>) -> Manifest {
-    Manifest {
-        format: 1,
-        id: id.into(),
-        instance: instance.into(),
-        created_at: "2026-01-01T00:00:00.000Z".into(),
-        created_by: "backstop test".into(),
-        host: "test".into(),
-        about: Description::new(BackupKind::Manual, "manual"),
-        compression: Codec::None,
-        level: None,
-        root: root.display().to_string(),
-        sources,
-        excludes: vec![],
-        never_restore: vec![],
-        totals: Totals::default(),
-    }
-}
-
-/// Writes `<dir>/<id>.tar` with `manifest` and `items`, and its sidecar.
-fn craft_with(dir: &Path, manifest: &Manifest, items: &[Item]) -> PathBuf {
-    let mut out = Vec::new();
-    tar_member(
-        &mut out,
-        MANIFEST_NAME,
-        &serde_json::to_vec(manifest).unwrap(),
-    );
-    let mut sums = Vec::new();
-    let (mut n, mut files, mut bytes) = (0u64, 0u64, 0u64);
-    for item in items {
-        n += 1;
-        match item {
-            Item::Dir(p) => tar_header(&mut out, p.as_bytes(), HeaderKind::Dir, 0o755),
-            Item::File(p, data) => {
-                tar_header(
-                    &mut out,
-                    p.as_bytes(),
-                    HeaderKind::File {
-                        size: data.len() as u64,
-                    },
-                    0o644,
-                );
-                out.extend_from_slice(data);
-                tarfmt::pad(&mut out, data.len() as u64);
-                checksum_line(&mut sums, &hex::encode(Sha256::digest(data)), p.as_bytes());
-                files += 1;
-                bytes += data.len() as u64;
-            }
-        }
-    }
-    tar_member(&mut out, CHECKSUMS_NAME, &sums);
-    let trailer = Trailer {
-        format: 1,
-        id: manifest.id.clone(),
-        entries: n,
-        files,
-        bytes,
-        ..Trailer::default()
-    };
-    tar_member(
-        &mut out,
-        TRAILER_NAME,
-        &serde_json::to_vec(&trailer).unwrap(),
-    );
-    out.extend_from_slice(&tarfmt::END_OF_ARCHIVE);
-    let name = format!("{}.tar", manifest.id);
-    let path = dir.join(&name);
-    std::fs::write(&path, &out).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.sha256")),
-        sidecar_line(&hex::encode(Sha256::digest(&out)), &name),
-    )
-    .unwrap();
-    path
-}
-
-fn path_source(name: &str, path: &str, origin: &Path) -> SourceManifest {
-    SourceManifest {
-        name: name.into(),
-        kind: "path".into(),
-        path: path.into(),
-        origin: origin.display().to_string(),
-        restore: "extract".into(),
-        file: None,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -762,11 +630,11 @@ impl Escape {
             std::fs::create_dir_all(v).unwrap();
             std::fs::write(v.join("file"), b"victim's").unwrap();
         }
-        let (instance, sources, items): (&str, Vec<SourceManifest>, Vec<Item>) = match case {
+        let (instance, sources, items): (&str, Vec<SourceManifest>, Vec<Raw>) = match case {
             "path" => (
                 "app",
                 vec![path_source("app", "../victim2", &root)],
-                vec![Item::Dir("app"), Item::File("app/pwned", b"x")],
+                vec![Raw::Dir(b"app"), Raw::File(b"app/pwned", b"x")],
             ),
             "sqlite" => (
                 "app",
@@ -779,14 +647,14 @@ impl Escape {
                     file: Some("app.db".into()),
                 }],
                 vec![
-                    Item::Dir("db"),
-                    Item::File("db/app.db", b"SQLite format 3\0not really"),
+                    Raw::Dir(b"db"),
+                    Raw::File(b"db/app.db", b"SQLite format 3\0not really"),
                 ],
             ),
             "instance" => (
                 "../../../pwninst",
                 vec![path_source("app", ".", &root)],
-                vec![Item::Dir("app"), Item::File("app/pwned", b"x")],
+                vec![Raw::Dir(b"app"), Raw::File(b"app/pwned", b"x")],
             ),
             other => panic!("no case {other}"),
         };

@@ -52,13 +52,12 @@ fn member(out: &mut Vec<u8>, name: &str, data: &[u8]) {
     tarfmt::pad(out, data.len() as u64);
 }
 
-/// Writes `<dir>/<id>.tar` and its sidecar, for an instance rooted at `root`
-/// with one source `app` covering the root.
-pub fn craft(dir: &Path, id: &str, root: &Path, entries: &[Raw]) -> PathBuf {
-    let manifest = Manifest {
+/// A manifest for instance `instance` rooted at `root` with `sources`.
+pub fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManifest>) -> Manifest {
+    Manifest {
         format: 1,
         id: id.into(),
-        instance: "app".into(),
+        instance: instance.into(),
         created_at: "2026-01-01T00:00:00.000Z".into(),
         created_by: "backstop test".into(),
         host: "test".into(),
@@ -66,23 +65,40 @@ pub fn craft(dir: &Path, id: &str, root: &Path, entries: &[Raw]) -> PathBuf {
         compression: Codec::None,
         level: None,
         root: root.display().to_string(),
-        sources: vec![SourceManifest {
-            name: "app".into(),
-            kind: "path".into(),
-            path: ".".into(),
-            origin: root.display().to_string(),
-            restore: "extract".into(),
-            file: None,
-        }],
+        sources,
         excludes: vec![],
         never_restore: vec![],
         totals: Totals::default(),
-    };
+    }
+}
+
+/// A path source `name` at `path` below the root.
+pub fn path_source(name: &str, path: &str, origin: &Path) -> SourceManifest {
+    SourceManifest {
+        name: name.into(),
+        kind: "path".into(),
+        path: path.into(),
+        origin: origin.display().to_string(),
+        restore: "extract".into(),
+        file: None,
+    }
+}
+
+/// Writes `<dir>/<id>.tar` and its sidecar, for an instance rooted at `root`
+/// with one source `app` covering the root.
+pub fn craft(dir: &Path, id: &str, root: &Path, entries: &[Raw]) -> PathBuf {
+    let sources = vec![path_source("app", ".", root)];
+    craft_with(dir, &manifest(id, "app", root, sources), entries)
+}
+
+/// Writes `<dir>/<id>.tar` with `manifest` and `entries`, and its sidecar.
+pub fn craft_with(dir: &Path, manifest: &Manifest, entries: &[Raw]) -> PathBuf {
+    let id = manifest.id.as_str();
     let mut out = Vec::new();
     member(
         &mut out,
         MANIFEST_NAME,
-        &serde_json::to_vec(&manifest).unwrap(),
+        &serde_json::to_vec(manifest).unwrap(),
     );
     let mut sums = Vec::new();
     let (mut n, mut files, mut bytes) = (0u64, 0u64, 0u64);

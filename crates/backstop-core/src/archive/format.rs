@@ -262,7 +262,10 @@ impl Manifest {
         for s in &self.sources {
             check_component("source name", &s.name)?;
             if s.name.starts_with(RESERVED_PREFIX) {
-                return Err(format!("source name `{}` is one of backstop's own members", s.name));
+                return Err(format!(
+                    "source name `{}` is one of backstop's own members",
+                    s.name
+                ));
             }
             if !s.path.is_empty() && s.path != "." {
                 check_path(&format!("the path of source {}", s.name), &s.path, true)?;

@@ -33,8 +33,8 @@ use crate::ops::list::open_existing;
 use crate::ops::recover::recover_locked;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::restore::confine::Confined;
-use crate::restore::handle;
 use crate::restore::diff::{self, Action, Changes, Node, live_tree, same, staged_tree};
+use crate::restore::handle;
 use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
 use crate::restore::stage::{Selection, Stager, remove_tree, root_relative, staging_dir};
 use crate::source::exclude::{Excludes, Patterns};
@@ -623,7 +623,10 @@ fn compare(
     // whose subtree can follow.
     let mut blocked: Option<PathBuf> = None;
     for (rel, want) in backup {
-        if blocked.as_ref().is_some_and(|b| rel.starts_with(b) && rel != b) {
+        if blocked
+            .as_ref()
+            .is_some_and(|b| rel.starts_with(b) && rel != b)
+        {
             continue;
         }
         let action = match live.get(rel) {

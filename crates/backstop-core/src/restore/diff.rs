@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
@@ -115,7 +115,10 @@ impl Totals {
 ///
 /// Fails on an unreadable directory that no rule keeps, a symlink on the
 /// way to `top`, or any other error reading the tree.
-pub fn live_tree(top: &Path, keep: &dyn Fn(&Path, bool) -> bool) -> Result<BTreeMap<PathBuf, Node>> {
+pub fn live_tree(
+    top: &Path,
+    keep: &dyn Fn(&Path, bool) -> bool,
+) -> Result<BTreeMap<PathBuf, Node>> {
     list_tree(top, keep, false)
 }
 

@@ -176,7 +176,12 @@ pub fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     // An O_PATH descriptor cannot be fchmod'ed; its /proc entry names
     // exactly the pinned inode.
     let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
-    rustix::fs::chmodat(CWD, magic.as_str(), Mode::from_raw_mode(mode), AtFlags::empty())?;
+    rustix::fs::chmodat(
+        CWD,
+        magic.as_str(),
+        Mode::from_raw_mode(mode),
+        AtFlags::empty(),
+    )?;
     Ok(())
 }
 
@@ -344,8 +349,7 @@ mod tests {
         std::fs::create_dir_all(tree.join("a/b")).unwrap();
         std::fs::write(tree.join("a/b/f"), b"f").unwrap();
         std::os::unix::fs::symlink(&victim, tree.join("a/to-victim")).unwrap();
-        std::fs::set_permissions(tree.join("a/b"), std::fs::Permissions::from_mode(0o500))
-            .unwrap();
+        std::fs::set_permissions(tree.join("a/b"), std::fs::Permissions::from_mode(0o500)).unwrap();
         remove_tree(&tree).unwrap();
         assert!(!tree.exists());
         assert!(victim.join("keep").exists());

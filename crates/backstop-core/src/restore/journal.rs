@@ -322,7 +322,8 @@ fn undo(step: &Step) -> Result<()> {
                 if let Some(mode) = reopen
                     && ino(from) == Some(*moved)
                 {
-                    handle::chmod(from, *mode).map_err(|e| Error::io("restoring the mode of", from, e))?;
+                    handle::chmod(from, *mode)
+                        .map_err(|e| Error::io("restoring the mode of", from, e))?;
                 }
                 return Ok(());
             }

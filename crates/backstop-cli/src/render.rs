@@ -591,6 +591,14 @@ pub fn restore(outcome: &RestoreOutcome, verbose: bool) -> String {
                 seconds(report.duration_ms)
             );
             let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+            if report.linked_files > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} files ({}) were already in place and were kept, not rewritten",
+                    count(report.linked_files),
+                    bytes(report.linked_bytes)
+                );
+            }
             if verbose {
                 action_lines(&mut out, &plan.changes.actions, true, false);
             }

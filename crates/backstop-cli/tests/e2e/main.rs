@@ -9,6 +9,7 @@ mod failures;
 mod instances;
 mod migrate;
 mod output;
+mod proportional;
 mod prune;
 mod reconcile;
 mod restore;

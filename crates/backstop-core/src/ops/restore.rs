@@ -158,6 +158,10 @@ pub struct RestorePlan {
 pub struct RestoreReport {
     pub plan: RestorePlan,
     pub restore_id: i64,
+    /// Files that were already in place as the backup has them, and their
+    /// bytes: linked into the staged tree rather than written again.
+    pub linked_files: u64,
+    pub linked_bytes: u64,
     pub safety_backup: Option<String>,
     pub warnings: Vec<String>,
     pub duration_ms: u64,
@@ -580,6 +584,8 @@ impl Visitor for Lister<'_> {
                 mtime: (entry.mtime, entry.mtime_nsec),
                 link: entry.link.clone().filter(|_| entry.kind == Kind::Symlink),
                 sha256: sha,
+                ino: 0,
+                ctime: (0, 0),
             }
         };
         if entry.kind == Kind::File {
@@ -1186,6 +1192,7 @@ pub fn restore(
         }
     }
 
+    let mut reused = (0, 0);
     let applied = stage_and_apply(
         ctx,
         &src,
@@ -1200,6 +1207,7 @@ pub fn restore(
         journal,
         &mut plan,
         &mut warnings,
+        &mut reused,
     );
     let journal = match applied {
         Ok(journal) => journal,
@@ -1288,6 +1296,8 @@ pub fn restore(
     Ok(RestoreOutcome::Restored(RestoreReport {
         plan,
         restore_id,
+        linked_files: reused.0,
+        linked_bytes: reused.1,
         safety_backup: safety_id,
         warnings,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -1360,6 +1370,7 @@ fn stage_and_apply(
     mut journal: Journal,
     plan: &mut RestorePlan,
     warnings: &mut Vec<String>,
+    reused: &mut (u64, u64),
 ) -> Result<Journal> {
     let m = &src.manifest;
     let home = &ctx.layout.home;
@@ -1395,6 +1406,8 @@ fn stage_and_apply(
     // And what the backup could not hold (its trailer's vanished,
     // unreadable and skipped paths): kept too, never deleted.
     let mut unrestorable: BTreeSet<PathBuf> = BTreeSet::new();
+    // Inodes linked from the live tree, with their change time once linked.
+    let mut linked = HashMap::new();
     let result = (|| -> Result<()> {
         for step in &journal.steps {
             journal::apply(step)?;
@@ -1406,7 +1419,18 @@ fn stage_and_apply(
             targets.insert(s.name.clone(), confined);
         }
         failpoint::hit("restore.before-stage")?;
-        let mut stager = Stager::new(m, targets, selection, ctx.progress, ctx.cancel);
+        // The live trees, where files the backup holds unchanged are found
+        // and linked instead of written again.
+        let mut live = HashMap::new();
+        for s in sources {
+            if let Place::Tree(target) = &places[&s.name]
+                && handle::lstat(target).is_ok_and(|st| handle::is_dir(&st))
+            {
+                let tree = Confined::open(target).map_err(|e| Error::io("opening", target, e))?;
+                live.insert(s.name.clone(), tree);
+            }
+        }
+        let mut stager = Stager::new(m, targets, live, selection, ctx.progress, ctx.cancel);
         let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut stager);
         let verified = run.result?;
         check_sum(src, expected, run.sha256.as_deref().unwrap_or_default())?;
@@ -1414,6 +1438,8 @@ fn stage_and_apply(
         warnings.extend(stager.warnings.iter().cloned());
         unrestorable.extend(stager.unrestorable.iter().cloned());
         unrestorable.extend(incomplete_paths(m, &verified.trailer));
+        linked = std::mem::take(&mut stager.linked);
+        *reused = (stager.counts.linked, stager.counts.linked_bytes);
         failpoint::hit("restore.after-stage")?;
         Ok(())
     })();
@@ -1494,6 +1520,13 @@ fn stage_and_apply(
             };
             let live = live_tree(&target, &kept_here)?;
             let staged = staged_tree(&staged_top)?;
+            // A linked file is the live one: written to since it was found
+            // equal, it is no longer the backup's.
+            for (rel, n) in &staged {
+                if linked.get(&n.ino).is_some_and(|c| *c != n.ctime) {
+                    return Err(crate::restore::stage::changed_meanwhile(&target.join(rel)));
+                }
+            }
             compare(
                 mode,
                 &target,

@@ -33,6 +33,15 @@ pub fn check_relative(rel: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `e` means there is no such file to read: nothing there, or a
+/// file or symlink where a directory should be on the way.
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
+    )
+}
+
 fn refused(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, format!("refused {what}"))
 }
@@ -197,6 +206,69 @@ impl Confined {
             AtFlags::empty(),
         )?;
         Ok(())
+    }
+
+    /// Opens the existing regular file `rel` for reading, never following a
+    /// symlink and never blocking on a FIFO swapped in; `None` when nothing
+    /// or something other than a regular file is there.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a refused path or an error other than "not there".
+    pub fn open_existing(&mut self, rel: &[u8]) -> io::Result<Option<(File, rustix::fs::Stat)>> {
+        let (parent, name) = match self.parent(rel) {
+            Ok(found) => found,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(parent, OsStr::from_bytes(name), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) if is_absent(&e.into()) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some((File::from(fd), st)))
+    }
+
+    /// Gives the open file `file` (pinned when it was compared) the new
+    /// name `rel`: a hard link made through its `/proc` entry, so the
+    /// inode linked is exactly the one compared, whatever is at its old
+    /// name now.
+    ///
+    /// # Errors
+    ///
+    /// Fails when anything exists at `rel`, across filesystems, or where
+    /// the kernel refuses the link.
+    pub fn link_open_file(&mut self, file: &File, rel: &[u8]) -> io::Result<()> {
+        let magic = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
+        let (parent, name) = self.parent(rel)?;
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            magic.as_str(),
+            parent,
+            OsStr::from_bytes(name),
+            AtFlags::SYMLINK_FOLLOW,
+        )?;
+        Ok(())
+    }
+
+    /// `lstat` of `rel` beneath the root.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a refused path or a missing entry.
+    pub fn stat(&mut self, rel: &[u8]) -> io::Result<rustix::fs::Stat> {
+        let (parent, name) = self.parent(rel)?;
+        Ok(rustix::fs::statat(
+            parent,
+            OsStr::from_bytes(name),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
     }
 
     /// Sets the mode of `rel`, which must not be a symlink. Only used on

@@ -45,6 +45,9 @@ pub struct Node {
     pub link: Option<Vec<u8>>,
     /// SHA-256 of a file's content, when known.
     pub sha256: Option<[u8; 32]>,
+    /// Inode and change time, on disk (0 for an archive's entry).
+    pub ino: u64,
+    pub ctime: (i64, u64),
 }
 
 /// One path and what happens to it.
@@ -259,13 +262,34 @@ fn node(st: &Stat, link: Option<Vec<u8>>) -> Node {
         mtime: (st.st_mtime, st.st_mtime_nsec.clamp(0, 999_999_999) as u32),
         link,
         sha256: None,
+        ino: st.st_ino,
+        ctime: crate::restore::stage::change_time(st),
     }
 }
 
-/// SHA-256 of a file's content.
+/// SHA-256 of a file's content (a file of backstop's own: an archive, a
+/// copy in the store).
 pub fn hash_file(path: &Path) -> Option<[u8; 32]> {
+    hash_reader(std::fs::File::open(path).ok()?)
+}
+
+/// SHA-256 of a live file's content, opened through its parent's handle:
+/// never through a symlink, never blocking on a FIFO swapped in. `None`
+/// for anything but a regular file.
+pub fn hash_live(path: &Path) -> Option<[u8; 32]> {
+    let (dir, name) = handle::open_parent(path).ok()?;
+    let flags =
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty()).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return None;
+    }
+    hash_reader(std::fs::File::from(fd))
+}
+
+fn hash_reader(mut file: std::fs::File) -> Option<[u8; 32]> {
     use sha2::Digest;
-    let mut file = std::fs::File::open(path).ok()?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -278,8 +302,9 @@ pub fn hash_file(path: &Path) -> Option<[u8; 32]> {
 }
 
 /// Whether the backup's `want` and the live `have` are the same entry.
-/// Files compare by content when hashes or contents can be had, else by
-/// size, mode and mtime.
+/// Files compare by content: the same inode (a live file the restore
+/// linked into its staged tree, found equal byte for byte), else their
+/// hashes.
 pub fn same(want: &Node, have: &Node, live_path: &Path, staged_path: Option<&Path>) -> bool {
     if want.kind != have.kind {
         return false;
@@ -291,12 +316,12 @@ pub fn same(want: &Node, have: &Node, live_path: &Path, staged_path: Option<&Pat
             if want.size != have.size {
                 return false;
             }
-            if want.mtime == have.mtime && want.mode == have.mode {
+            if want.ino != 0 && want.ino == have.ino {
                 return true;
             }
             match (want.sha256, staged_path) {
-                (Some(h), _) => hash_file(live_path) == Some(h),
-                (None, Some(staged)) => hash_file(staged) == hash_file(live_path),
+                (Some(h), _) => hash_live(live_path) == Some(h),
+                (None, Some(staged)) => hash_live(staged) == hash_live(live_path),
                 (None, None) => false,
             }
         }

@@ -77,6 +77,10 @@ pub struct StageCounts {
     pub bytes: u64,
     /// Entries passed over: other sources, kept paths.
     pub skipped: u64,
+    /// Files already in place as the backup has them, linked into the
+    /// staged tree instead of written, and their bytes.
+    pub linked: u64,
+    pub linked_bytes: u64,
 }
 
 /// Metadata set on an entry once it exists (for directories: once
@@ -114,11 +118,21 @@ enum Op {
         data: Vec<u8>,
         meta: Meta,
     },
-    /// A large file starts; `Data` follows, then `Close`.
+    /// A large file starts; `Data` follows, then `Close`. With `prefix`,
+    /// its first bytes are those of a live file, found equal.
     Open {
         source: String,
         path: Vec<u8>,
         sparse: Option<Vec<(u64, u64)>>,
+        prefix: Option<(File, u64)>,
+    },
+    /// A live file whose content, mode, owner and time are the backup's:
+    /// linked into the staged tree.
+    Link {
+        source: String,
+        path: Vec<u8>,
+        live: File,
+        meta: Meta,
     },
     Data(Vec<u8>),
     Close {
@@ -143,6 +157,9 @@ pub struct Stager<'a> {
     as_root: bool,
     /// Members restored as files, by path, for hard links to point at.
     files: HashSet<Vec<u8>>,
+    /// The live trees, by source, where files already as the backup has
+    /// them are looked for.
+    live: HashMap<String, Confined>,
     /// Things that could not be restored exactly (xattrs the filesystem
     /// refuses, hard links whose first name was not restored).
     pub warnings: Vec<String>,
@@ -153,7 +170,16 @@ pub struct Stager<'a> {
     progress: &'a dyn Progress,
     cancel: &'a Cancel,
     tx: Option<Sender<Op>>,
-    writer: Option<JoinHandle<std::result::Result<Vec<String>, Error>>>,
+    writer: Option<JoinHandle<std::result::Result<Written, Error>>>,
+    /// The inodes linked from the live tree, with their change time once
+    /// linked: a later change means something wrote them meanwhile.
+    pub linked: HashMap<u64, (i64, u64)>,
+}
+
+/// What the writer thread hands back.
+struct Written {
+    warnings: Vec<String>,
+    linked: HashMap<u64, (i64, u64)>,
 }
 
 impl<'a> Stager<'a> {
@@ -161,6 +187,7 @@ impl<'a> Stager<'a> {
     pub fn new(
         manifest: &Manifest,
         targets: HashMap<String, Confined>,
+        live: HashMap<String, Confined>,
         selection: &'a Selection,
         progress: &'a dyn Progress,
         cancel: &'a Cancel,
@@ -176,6 +203,7 @@ impl<'a> Stager<'a> {
             selection,
             as_root: rustix::process::geteuid().is_root(),
             files: HashSet::new(),
+            live,
             warnings: Vec::new(),
             unrestorable: Vec::new(),
             counts: StageCounts::default(),
@@ -183,6 +211,7 @@ impl<'a> Stager<'a> {
             cancel,
             tx: Some(tx),
             writer: Some(writer),
+            linked: HashMap::new(),
         }
     }
 
@@ -218,8 +247,9 @@ impl<'a> Stager<'a> {
     fn stop_writer(&mut self) -> Result<()> {
         self.tx = None;
         match self.writer.take().map(JoinHandle::join) {
-            Some(Ok(Ok(warnings))) => {
-                self.warnings.extend(warnings);
+            Some(Ok(Ok(written))) => {
+                self.warnings.extend(written.warnings);
+                self.linked.extend(written.linked);
                 Ok(())
             }
             Some(Ok(Err(e))) => Err(e),
@@ -249,7 +279,9 @@ impl<'a> Stager<'a> {
         content: &mut Content<'_>,
         meta: Meta,
     ) -> Result<()> {
-        if entry.sparse.is_none() && entry.size <= SMALL {
+        if let Some(live) = self.live_twin(&source, entry, &meta)? {
+            self.against_live(source, entry, content, meta, live)?;
+        } else if entry.sparse.is_none() && entry.size <= SMALL {
             let mut data = vec![0u8; entry.size as usize];
             let mut n = 0;
             while n < data.len() {
@@ -272,27 +304,177 @@ impl<'a> Stager<'a> {
                 source,
                 path: entry.path.clone(),
                 sparse: entry.sparse.clone(),
+                prefix: None,
             })?;
-            loop {
-                let mut chunk = vec![0u8; CHUNK];
-                let n = content.read(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                chunk.truncate(n);
-                self.progress.advance(n as u64);
-                self.send(Op::Data(chunk))?;
-                self.cancel.check()?;
-            }
-            self.send(Op::Close {
-                size: entry.size,
-                meta,
-            })?;
+            self.rest(entry, content, meta)?;
         }
         self.files.insert(entry.path.clone());
         self.counts.files += 1;
         self.counts.bytes += entry.size;
         Ok(())
+    }
+}
+
+impl Stager<'_> {
+    /// Sends the rest of an open file's content, then closes it.
+    fn rest(&mut self, entry: &Entry, content: &mut Content<'_>, meta: Meta) -> Result<()> {
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let n = content.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            self.progress.advance(n as u64);
+            self.send(Op::Data(chunk))?;
+            self.cancel.check()?;
+        }
+        self.send(Op::Close {
+            size: entry.size,
+            meta,
+        })
+    }
+
+    /// The live file at this entry's place when its type, size, mode,
+    /// owner, time and link count say it may be the backup's own: then
+    /// only its content is left to compare. Sparse files and files with
+    /// extended attributes are always written.
+    fn live_twin(
+        &mut self,
+        source: &str,
+        entry: &Entry,
+        meta: &Meta,
+    ) -> Result<Option<(File, rustix::fs::Stat)>> {
+        let below = below(source, &entry.path);
+        if below.is_empty() || entry.sparse.is_some() || !entry.xattrs.is_empty() || entry.size == 0
+        {
+            return Ok(None);
+        }
+        let Some(live) = self.live.get_mut(source) else {
+            return Ok(None);
+        };
+        let shown = live.display(below);
+        let Some((file, st)) = live
+            .open_existing(below)
+            .map_err(|e| Error::io("reading", &shown, e))?
+        else {
+            return Ok(None);
+        };
+        let euid = rustix::process::geteuid().as_raw();
+        let owner_ok = match meta.owner {
+            Some((uid, gid)) => st.st_uid == uid && st.st_gid == gid,
+            None => st.st_uid == euid,
+        };
+        let same = st.st_size as u64 == entry.size
+            && st.st_mode & 0o7777 == meta.mode
+            && st.st_nlink == 1
+            && owner_ok
+            && (st.st_mtime, st.st_mtime_nsec as u32) == meta.mtime;
+        Ok(same.then_some((file, st)))
+    }
+
+    /// Reads the entry's content and the live file's side by side. Equal to
+    /// the end: the live file is linked into the staged tree. Different
+    /// from some chunk on: the staged file is written, its equal first
+    /// part copied from the live file.
+    fn against_live(
+        &mut self,
+        source: String,
+        entry: &Entry,
+        content: &mut Content<'_>,
+        meta: Meta,
+        (live, before): (File, rustix::fs::Stat),
+    ) -> Result<()> {
+        let shown = self.live[&source].display(below(&source, &entry.path));
+        let mut ours = vec![0u8; CHUNK];
+        let mut theirs = vec![0u8; CHUNK];
+        let mut pos = 0u64;
+        loop {
+            let n = fill(&mut ours, |b| content.read(b))?;
+            if n == 0 {
+                break;
+            }
+            self.progress.advance(n as u64);
+            let m = read_full_at(&live, &mut theirs[..n], pos)
+                .map_err(|e| Error::io("reading", &shown, e))?;
+            if m != n || ours[..n] != theirs[..n] {
+                self.send(Op::Open {
+                    source,
+                    path: entry.path.clone(),
+                    sparse: None,
+                    prefix: Some((live, pos)),
+                })?;
+                self.send(Op::Data(ours[..n].to_vec()))?;
+                return self.rest(entry, content, meta);
+            }
+            pos += n as u64;
+            self.cancel.check()?;
+        }
+        let after = rustix::fs::fstat(&live).map_err(|e| Error::io("reading", &shown, e.into()))?;
+        if change_time(&after) != change_time(&before) {
+            return Err(changed_meanwhile(&shown));
+        }
+        self.counts.linked += 1;
+        self.counts.linked_bytes += entry.size;
+        self.send(Op::Link {
+            source,
+            path: entry.path.clone(),
+            live,
+            meta,
+        })
+    }
+}
+
+/// The part of a member's path below its source's name.
+fn below<'p>(source: &str, member: &'p [u8]) -> &'p [u8] {
+    member
+        .strip_prefix(source.as_bytes())
+        .and_then(|r| r.strip_prefix(b"/"))
+        .unwrap_or_default()
+}
+
+/// Reads into `buf` until it is full or `read` says the end (0).
+fn fill(buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = read(&mut buf[n..])?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+/// An inode's change time, which every write, chmod, chown or link moves.
+pub fn change_time(st: &rustix::fs::Stat) -> (i64, u64) {
+    (st.st_ctime, st.st_ctime_nsec)
+}
+
+/// Reads `buf.len()` bytes of `file` from `pos`, fewer only at its end.
+fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], pos + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// A live file that changed while the restore used it.
+pub fn changed_meanwhile(shown: &Path) -> Error {
+    Error::Refused {
+        message: format!(
+            "{} changed while the restore was reading it: something is writing in the destination",
+            shown.display()
+        ),
+        hint: Some(
+            "stop what writes there (the instance's services, a sync job) and restore again".into(),
+        ),
     }
 }
 
@@ -385,6 +567,8 @@ struct Writer {
     /// The large file being written.
     open: Option<OpenFile>,
     warnings: Vec<String>,
+    /// Inodes linked from the live tree, and their change time once linked.
+    linked: HashMap<u64, (i64, u64)>,
 }
 
 impl Writer {
@@ -394,12 +578,13 @@ impl Writer {
             dirs: Vec::new(),
             open: None,
             warnings: Vec::new(),
+            linked: HashMap::new(),
         }
     }
 
     /// Makes every change, then the directories' metadata (deepest first,
     /// once their contents exist), then flushes each staging filesystem.
-    fn run(mut self, rx: Receiver<Op>) -> Result<Vec<String>> {
+    fn run(mut self, rx: Receiver<Op>) -> Result<Written> {
         for op in rx {
             self.apply(op)?;
         }
@@ -429,7 +614,10 @@ impl Writer {
                     .map_err(|e| Error::io("flushing", target.root_path(), e))?;
             }
         }
-        Ok(self.warnings)
+        Ok(Written {
+            warnings: self.warnings,
+            linked: self.linked,
+        })
     }
 
     fn target(&mut self, source: &str) -> &mut Confined {
@@ -487,7 +675,20 @@ impl Writer {
                 target
                     .hard_link(&link, &path)
                     .map_err(|e| Error::io("linking", &shown, e))?;
+                // A further name changes the inode's change time.
+                let st = target
+                    .stat(&path)
+                    .map_err(|e| Error::io("reading", &shown, e))?;
+                if let Some(ctime) = self.linked.get_mut(&st.st_ino) {
+                    *ctime = change_time(&st);
+                }
             }
+            Op::Link {
+                source,
+                path,
+                live,
+                meta,
+            } => self.link(&source, &path, live, &meta)?,
             Op::File {
                 source,
                 path,
@@ -507,17 +708,24 @@ impl Writer {
                 source,
                 path,
                 sparse,
+                prefix,
             } => {
                 let target = self.target(&source);
                 let shown = target.display(&path);
-                let file = target
+                let mut file = target
                     .create_file(&path, 0o600)
                     .map_err(|e| Error::io("creating", &shown, e))?;
+                let mut pos = 0;
+                if let Some((live, len)) = prefix {
+                    copy_prefix(&live, &mut file, len)
+                        .map_err(|e| Error::io("writing", &shown, e))?;
+                    pos = len;
+                }
                 self.open = Some(OpenFile {
                     file,
                     shown,
                     sparse,
-                    pos: 0,
+                    pos,
                 });
             }
             Op::Data(chunk) => {
@@ -532,6 +740,39 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Links the live file `live` at `path` in the staged tree; where the
+    /// kernel refuses (another filesystem below the target, protected hard
+    /// links), copies it instead.
+    fn link(&mut self, source: &str, path: &[u8], live: File, meta: &Meta) -> Result<()> {
+        let target = self.target(source);
+        let shown = target.display(path);
+        match target.link_open_file(&live, path) {
+            Ok(()) => {
+                let st =
+                    rustix::fs::fstat(&live).map_err(|e| Error::io("reading", &shown, e.into()))?;
+                self.linked.insert(st.st_ino, change_time(&st));
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EPERM | libc::EMLINK)
+                ) =>
+            {
+                let mut file = target
+                    .create_file(path, 0o600)
+                    .map_err(|e| Error::io("creating", &shown, e))?;
+                let len = live
+                    .metadata()
+                    .map_err(|e| Error::io("reading", &shown, e))?
+                    .len();
+                copy_prefix(&live, &mut file, len).map_err(|e| Error::io("writing", &shown, e))?;
+                self.close(&file, &shown, None, meta)
+            }
+            Err(e) => Err(Error::io("linking", &shown, e)),
+        }
     }
 
     /// Size (of a sparse file), owner, mode, extended attributes and time.
@@ -580,6 +821,19 @@ impl Writer {
         )
         .map_err(|e| io("setting the time of")(e.into()))
     }
+}
+
+/// Copies the first `len` bytes of `live` to the start of `out` (the
+/// kernel's copy where it can).
+fn copy_prefix(live: &File, out: &mut File, len: u64) -> std::io::Result<()> {
+    let mut input = std::io::Read::take(live, len);
+    let copied = std::io::copy(&mut input, out)?;
+    if copied != len {
+        return Err(std::io::Error::other(format!(
+            "the live file ended after {copied} of {len} bytes"
+        )));
+    }
+    Ok(())
 }
 
 fn xattr_warning(shown: &Path, name: &[u8], e: &std::io::Error) -> String {

@@ -1,0 +1,183 @@
+//! A restore costs what changed: files already in place as the backup has
+//! them are linked into the staged tree, not written again, and the
+//! restore stays all or nothing.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use backstop_test_support::{Compare, assert_same_tree, snapshot};
+
+use crate::support::{Env, run_paused};
+
+const FILES: usize = 100;
+
+/// A tree of `FILES` files of 20 KiB in ten directories, backed up, with a
+/// reference copy; returns (app, reference, backup id).
+fn backed_up(env: &Env) -> (PathBuf, PathBuf, String) {
+    let app = env.path("app");
+    for i in 0..FILES {
+        let dir = app.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body: Vec<u8> = (0..20_000u32).map(|k| (k * 7 + i as u32) as u8).collect();
+        std::fs::write(dir.join(format!("f{i:03}")), body).unwrap();
+    }
+    let reference = env.path("reference");
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&app)
+        .arg(&reference)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a failed");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    (app, reference, id)
+}
+
+fn file(app: &Path, i: usize) -> PathBuf {
+    app.join(format!("d{}/f{i:03}", i % 10))
+}
+
+fn inode(path: &Path) -> u64 {
+    std::fs::symlink_metadata(path).unwrap().ino()
+}
+
+/// Changes two files: one grows, one keeps its size and time but not its
+/// content (as a careless tool or a bit flip would leave it).
+fn change_two(app: &Path) {
+    let grown = file(app, 3);
+    let mut body = std::fs::read(&grown).unwrap();
+    body.extend_from_slice(b"upgrade");
+    std::fs::write(&grown, body).unwrap();
+    let sneaky = file(app, 42);
+    let mtime = std::fs::metadata(&sneaky).unwrap().modified().unwrap();
+    let mut body = std::fs::read(&sneaky).unwrap();
+    body[15_000] ^= 0xff;
+    std::fs::write(&sneaky, body).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&sneaky)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+fn compare() -> Compare {
+    Compare {
+        dir_mtimes: true,
+        xattrs: false,
+        sparse: false,
+    }
+}
+
+#[test]
+fn an_exact_restore_after_a_small_change_rewrites_only_what_changed() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    change_two(&app);
+    let before: Vec<u64> = (0..FILES).map(|i| inode(&file(&app, i))).collect();
+    let doc = env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    let report = &doc["restore"];
+    assert_eq!(report["outcome"], "restored", "{doc}");
+    assert_same_tree(&reference, &app, compare());
+    assert_eq!(report["linked_files"], (FILES - 2) as u64, "{report}");
+    for (i, ino) in before.iter().enumerate() {
+        let same_inode = inode(&file(&app, i)) == *ino;
+        assert_eq!(same_inode, i != 3 && i != 42, "file {i}");
+    }
+    // The file changed behind its time's back is reported as replaced.
+    let replaced: Vec<&str> = report["plan"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "replace")
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        replaced.iter().any(|p| p.ends_with("/f042")),
+        "{replaced:?}"
+    );
+    // Nothing of the live tree is shared with anything else afterwards.
+    for i in 0..FILES {
+        assert_eq!(std::fs::metadata(file(&app, i)).unwrap().nlink(), 1);
+    }
+}
+
+#[test]
+fn a_restore_killed_after_linking_leaves_the_live_tree_as_it_was() {
+    for point in ["restore.after-stage", "restore.before-commit"] {
+        let env = Env::new();
+        let (app, _reference, id) = backed_up(&env);
+        change_two(&app);
+        let changed = env.path("changed");
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&app)
+            .arg(&changed)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let before = snapshot(&app, compare());
+        let out = env
+            .cmd()
+            .env("BACKSTOP_FAILPOINTS", format!("{point}=abort"))
+            .args(["restore", &id, "--yes", "--no-pre-backup"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{point}: the restore was not killed");
+        // The next command that takes the lock undoes the restore: the
+        // live tree is the changed one, its files no longer shared with a
+        // staged copy.
+        env.cmd().args(["recover"]).assert().success();
+        assert_eq!(snapshot(&app, compare()), before, "{point}");
+        assert_same_tree(&changed, &app, compare());
+        for i in 0..FILES {
+            assert_eq!(
+                std::fs::metadata(file(&app, i)).unwrap().nlink(),
+                1,
+                "{point}: file {i} still shared"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_file_written_while_the_restore_runs_is_noticed() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    change_two(&app);
+    // Written after it was found equal and linked: the staged copy is the
+    // live inode, so the write would slip into the restored tree.
+    let victim = file(&app, 7);
+    let out = run_paused(
+        &env,
+        "restore.after-stage",
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+        |_| {
+            let mut body = std::fs::read(&victim).unwrap();
+            body[0] ^= 1;
+            std::fs::write(&victim, body).unwrap();
+        },
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while the restore"), "{stderr}");
+    // Refused before any step: the grown file is still grown.
+    assert!(std::fs::read(file(&app, 3)).unwrap().ends_with(b"upgrade"));
+}
+
+#[test]
+fn a_restore_into_an_empty_directory_links_nothing() {
+    let env = Env::new();
+    let (_app, reference, id) = backed_up(&env);
+    let fresh = env.path("fresh");
+    let doc = env.json(&["restore", &id, "--dest", fresh.to_str().unwrap(), "--yes"]);
+    assert_eq!(doc["restore"]["linked_files"], 0, "{doc}");
+    assert_same_tree(&reference, &fresh, compare());
+}

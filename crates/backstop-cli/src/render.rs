@@ -15,7 +15,7 @@ use backstop_core::ops::recover::RecoverReport;
 use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
 use backstop_core::ops::verify::VerifyReport;
-use backstop_core::restore::diff::{PlannedAction, Totals};
+use backstop_core::restore::diff::{Actions, PlannedAction, Totals};
 use backstop_core::restore::journal::Recovered;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use console::style;
@@ -521,7 +521,7 @@ fn totals_line(t: &Totals) -> String {
     }
 }
 
-fn action_lines(out: &mut String, actions: &[PlannedAction], verbose: bool, dry_run: bool) {
+fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: bool) {
     use backstop_core::restore::diff::Action;
     for (action, label) in [
         (Action::Create, if dry_run { "create" } else { "created" }),
@@ -533,7 +533,7 @@ fn action_lines(out: &mut String, actions: &[PlannedAction], verbose: bool, dry_
         (Action::Keep, "keep"),
         (Action::Conflict, "conflict"),
     ] {
-        let paths: Vec<&PlannedAction> = actions.iter().filter(|a| a.action == action).collect();
+        let paths: Vec<PlannedAction> = actions.iter().filter(|a| a.action == action).collect();
         let shown = if verbose {
             paths.len()
         } else {

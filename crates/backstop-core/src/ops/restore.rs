@@ -10,8 +10,6 @@
 //! repaired from the journal by the next command that takes the lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,8 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::archive::format::SourceManifest;
-use crate::archive::reader::{Content, Visitor, read_manifest, read_sidecar, walk_archive};
-use crate::archive::tarread::{Entry, Kind};
+use crate::archive::reader::{read_manifest, read_sidecar, walk_archive};
 use crate::archive::{ArchiveError, BackupKind, CompressionSpec, Description, Manifest};
 use crate::catalog::{BackupRecord, Catalog, ListFilter, NewRestore, Status};
 use crate::error::{Error, ErrorKind, Result};
@@ -33,36 +30,17 @@ use crate::ops::list::open_existing;
 use crate::ops::recover::recover_locked;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::restore::confine::Confined;
-use crate::restore::diff::{self, Action, Changes, Node, live_tree, same, staged_tree};
+use crate::restore::diff::{self, Action, Changes};
 use crate::restore::handle;
 use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
+use crate::restore::listing::Walk;
+use crate::restore::preview::{self, Preview, Skim};
 use crate::restore::stage::{Selection, Stager, remove_tree, root_relative, staging_dir};
+use crate::restore::steps::{Merger, Moves};
 use crate::source::exclude::{Excludes, Patterns};
 use crate::{Context, time};
 
-/// How a restore treats what is already at the destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// The destination becomes the backup: added files go, missing ones come
-    /// back, by a staged swap.
-    Exact,
-    /// The backup's files are written over the destination; replaced files
-    /// are kept as `<name>.bak-<time>`; other files stay.
-    Merge,
-    /// Only missing files are written; conflicts are listed and left alone.
-    Safe,
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Mode::Exact => "exact",
-            Mode::Merge => "merge",
-            Mode::Safe => "safe",
-        })
-    }
-}
+pub use crate::restore::steps::Mode;
 
 /// Everything a restore needs to know.
 #[derive(Debug, Clone)]
@@ -302,6 +280,128 @@ fn resolve_dest(dest: &Path) -> PathBuf {
     }
 }
 
+/// Whether a keep rule covers a path relative to a target.
+type KeepRule<'a> = Box<dyn Fn(&Path, bool) -> bool + 'a>;
+
+/// What a dry run plans: the archive read once (twice when the catalog
+/// cannot rule out paths the backup could not hold, whose list comes last),
+/// each entry merged with the live tree as it comes.
+#[allow(clippy::too_many_arguments)]
+fn preview(
+    ctx: &Context<'_>,
+    src: &Found,
+    mode: Mode,
+    sources: &[&SourceManifest],
+    places: &HashMap<String, Place>,
+    scratch: &Path,
+    selection: &Selection,
+    kept: &dyn Fn(&Path, &Path, bool) -> bool,
+) -> Result<Changes> {
+    let m = &src.manifest;
+    let incomplete = if src.record.as_ref().is_some_and(|r| r.warnings == 0) {
+        BTreeSet::new()
+    } else {
+        let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut Skim);
+        incomplete_paths(m, &run.result?.trailer)
+    };
+    let databases = database_paths(places);
+    let other = |abs: &Path| databases.iter().any(|d| d == abs);
+    let keeps: Vec<(String, KeepRule<'_>)> = sources
+        .iter()
+        .filter_map(|s| {
+            let (Place::Tree(target) | Place::File { target, .. }) = &places[&s.name] else {
+                return None;
+            };
+            let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
+            let incomplete = &incomplete;
+            let keep = move |rel: &Path, is_dir: bool| {
+                kept(&target.join(rel), &rel_base.join(rel), is_dir)
+                    || incomplete.contains(&rel_base.join(rel))
+            };
+            Some((
+                s.name.clone(),
+                Box::new(keep) as Box<dyn Fn(&Path, bool) -> bool>,
+            ))
+        })
+        .collect();
+    let mut targets = Vec::new();
+    for s in sources {
+        let keep = keeps
+            .iter()
+            .find(|(n, _)| *n == s.name)
+            .map(|(_, k)| k.as_ref());
+        let target = match (&places[&s.name], keep) {
+            (Place::Import { file, .. }, _) => preview::Target::Import {
+                file: file.clone(),
+                size: 0,
+            },
+            (Place::Tree(t), Some(keep)) => {
+                preview::Target::Tree(Merger::new(mode, t, None, keep, &other, None)?)
+            }
+            (Place::File { target, file }, Some(keep)) => preview::Target::File {
+                file: file.clone(),
+                merger: Merger::new(mode, target, None, keep, &other, None)?,
+            },
+            _ => continue,
+        };
+        targets.push((s.name.clone(), target));
+    }
+    let mut visitor = Preview::new(&m.sources, targets, selection);
+    walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut visitor).result?;
+    // In the order of the sources, as a real restore reports them.
+    let mut by_name = visitor.into_targets();
+    let mut changes = Changes::default();
+    for s in sources {
+        match by_name.remove(&s.name) {
+            Some(preview::Target::Import { size, .. }) => changes.push(
+                &places[&s.name].shown(scratch, &s.name),
+                Action::Replace,
+                if s.kind == "volume" { "volume" } else { "dump" },
+                size,
+            ),
+            Some(preview::Target::Tree(merger) | preview::Target::File { merger, .. }) => {
+                changes.extend(&merger.finish()?.0);
+            }
+            None => {}
+        }
+    }
+    Ok(changes)
+}
+
+/// Merges a staged tree with the live one: the plan of every path, the
+/// moves the mode asks for, and how many entries were staged.
+fn merge_staged(
+    mode: Mode,
+    target: &Path,
+    staged_top: &Path,
+    kept: &dyn Fn(&Path, bool) -> bool,
+    other: &dyn Fn(&Path) -> bool,
+    linked: &HashMap<u64, (i64, u64)>,
+) -> Result<(Changes, Moves, u64)> {
+    let mut merger = Merger::new(mode, target, Some(staged_top), kept, other, Some(linked))?;
+    let mut staged = Walk::new(staged_top, true)?;
+    let mut entries = 0;
+    while let Some((rel, node)) = staged.peek()?.cloned() {
+        staged.take(true);
+        merger.backup_entry(rel, &node)?;
+        entries += 1;
+    }
+    staged.finish()?;
+    let (changes, moves) = merger.finish()?;
+    Ok((changes, moves, entries))
+}
+
+/// Walks the live tree at `target` to the end, without descending where a
+/// rule keeps: fails on the first directory it cannot read.
+fn check_readable(target: &Path, kept: &dyn Fn(&Path, bool) -> bool) -> Result<()> {
+    let mut walk = Walk::new(target, false)?;
+    while let Some((rel, node)) = walk.peek()? {
+        let descend = rel.as_os_str().is_empty() || !kept(rel, node.kind == "dir");
+        walk.take(descend);
+    }
+    walk.finish()
+}
+
 /// The root-relative paths the backup could not hold as they were: its
 /// trailer's vanished, unreadable and skipped paths.
 fn incomplete_paths(m: &Manifest, trailer: &crate::archive::format::Trailer) -> BTreeSet<PathBuf> {
@@ -415,13 +515,15 @@ fn database_paths(places: &HashMap<String, Place>) -> Vec<PathBuf> {
 fn place(
     dest: &Path,
     in_place: bool,
+    trusted: bool,
     source: &SourceManifest,
     instance: Option<&Instance>,
 ) -> Result<Place> {
     let configured = instance.and_then(|i| i.sources.iter().find(|s| s.name == source.name));
     // An absolute path (a bind mount outside the root) is only written in
-    // place when the config says the same: a manifest alone never sends a
-    // restore outside its destination.
+    // place when the config says the same or the backup is one of this
+    // catalog's: a manifest alone never sends a restore outside its
+    // destination.
     let configured_as = |p: &str| {
         configured.is_some_and(|c| match &c.spec {
             SourceSpec::Path(cp) | SourceSpec::Sqlite(cp) => cp == Path::new(p),
@@ -432,7 +534,7 @@ fn place(
         if p == "." {
             dest.to_path_buf()
         } else if Path::new(p).is_absolute() {
-            if in_place && configured_as(p) {
+            if in_place && (trusted || configured_as(p)) {
                 resolve_dest(Path::new(p))
             } else {
                 dest.join(&source.name)
@@ -516,162 +618,6 @@ fn place(
             ),
             Some("upgrade backstop, or leave the source out with --only".into()),
         )),
-    }
-}
-
-/// Lists a backup's entries by reading the archive (for a dry run).
-struct Lister<'a> {
-    sources: HashMap<String, SourceManifest>,
-    selection: &'a Selection,
-    /// Per source: root-relative path (below the source's target) → node.
-    entries: HashMap<String, BTreeMap<PathBuf, Node>>,
-    /// Files listed so far, by member path, for hard links to refer to.
-    files: HashMap<Vec<u8>, Node>,
-    buf: Vec<u8>,
-}
-
-impl Visitor for Lister<'_> {
-    fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> crate::Result<()> {
-        use sha2::Digest;
-        let top_len = entry
-            .path
-            .iter()
-            .position(|&b| b == b'/')
-            .unwrap_or(entry.path.len());
-        let name = String::from_utf8_lossy(&entry.path[..top_len]).into_owned();
-        let Some(source) = self.sources.get(&name) else {
-            return Ok(());
-        };
-        let is_dir = entry.kind == Kind::Dir;
-        let rel_root = root_relative(source, &entry.path);
-        if !self.selection.source_selected(&name)
-            || self.selection.keep.matches(&rel_root, is_dir).is_some()
-        {
-            return Ok(());
-        }
-        let below = entry.path[top_len..]
-            .strip_prefix(b"/")
-            .unwrap_or(&entry.path[top_len..]);
-        let mut sha = None;
-        if entry.kind == Kind::File {
-            let mut hasher = sha2::Sha256::new();
-            loop {
-                let n = content.read(&mut self.buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&self.buf[..n]);
-            }
-            sha = Some(hasher.finalize().into());
-        }
-        let node = if entry.kind == Kind::HardLink {
-            // A further name of an earlier file: the same content.
-            let target = entry.link.as_deref().unwrap_or_default();
-            match self.files.get(target) {
-                Some(node) => node.clone(),
-                // Its file was not restored: the restore leaves this one too.
-                None => return Ok(()),
-            }
-        } else {
-            Node {
-                kind: match entry.kind {
-                    Kind::Dir => "dir",
-                    Kind::Symlink => "symlink",
-                    _ => "file",
-                },
-                size: entry.size,
-                mode: entry.mode,
-                mtime: (entry.mtime, entry.mtime_nsec),
-                link: entry.link.clone().filter(|_| entry.kind == Kind::Symlink),
-                sha256: sha,
-                ino: 0,
-                ctime: (0, 0),
-            }
-        };
-        if entry.kind == Kind::File {
-            self.files.insert(entry.path.clone(), node.clone());
-        }
-        self.entries
-            .entry(name)
-            .or_default()
-            .insert(PathBuf::from(OsStr::from_bytes(below)), node);
-        Ok(())
-    }
-}
-
-/// What the live tree's paths become, given the backup's entries below one
-/// target.
-#[allow(clippy::too_many_arguments)]
-fn compare(
-    mode: Mode,
-    target: &Path,
-    backup: &BTreeMap<PathBuf, Node>,
-    live: &BTreeMap<PathBuf, Node>,
-    kept: &dyn Fn(&Path, bool) -> bool,
-    staged: Option<&Path>,
-    changes: &mut Changes,
-    others: &[PathBuf],
-) {
-    let prefix = |rel: &Path| -> String {
-        let t = target.display().to_string();
-        if rel.as_os_str().is_empty() {
-            t
-        } else {
-            format!("{t}/{}", rel.display())
-        }
-    };
-    let mut push = |rel: &Path, action: Action, kind: &'static str, bytes: u64| {
-        changes.push(prefix(rel), action, kind, bytes);
-    };
-    // In safe and merge modes, nothing below a conflicting or replaced
-    // directory-level entry is looked at separately.
-    // Entries come depth-first, so the last blocked entry is the only one
-    // whose subtree can follow.
-    let mut blocked: Option<PathBuf> = None;
-    for (rel, want) in backup {
-        if blocked
-            .as_ref()
-            .is_some_and(|b| rel.starts_with(b) && rel != b)
-        {
-            continue;
-        }
-        let action = match live.get(rel) {
-            None => Action::Create,
-            // A path the backup could not hold whole: the live one stays.
-            Some(_) if kept(rel, want.kind == "dir") => {
-                blocked = Some(rel.clone());
-                Action::Keep
-            }
-            Some(have) => {
-                let staged_path = staged.map(|s| s.join(rel));
-                if same(want, have, &target.join(rel), staged_path.as_deref()) {
-                    Action::Unchanged
-                } else if mode == Mode::Safe {
-                    blocked = Some(rel.clone());
-                    Action::Conflict
-                } else {
-                    if want.kind != have.kind {
-                        blocked = Some(rel.clone());
-                    }
-                    Action::Replace
-                }
-            }
-        };
-        push(rel, action, want.kind, want.size);
-    }
-    for (rel, have) in live {
-        // Paths another source restores (a database inside this tree).
-        if backup.contains_key(rel) || others.contains(&target.join(rel)) {
-            continue;
-        }
-        let action = if kept(rel, have.kind == "dir") {
-            Action::Keep
-        } else if mode == Mode::Exact {
-            Action::Delete
-        } else {
-            Action::Skip
-        };
-        push(rel, action, have.kind, 0);
     }
 }
 
@@ -769,16 +715,21 @@ pub fn restore(
         .filter(|s| selection.source_selected(&s.name))
         .collect();
     let scratch = ctx.layout.home.join("restore").join(&m.instance);
+    // A backup this home's catalog holds with its checksum is one backstop
+    // wrote (the archive is checked against that checksum before anything
+    // is changed): its absolute paths (bind mounts, found from quadlet
+    // units that may be gone now) are its own. A bare archive file's are
+    // not.
+    let trusted = src.record.as_ref().is_some_and(|r| r.sha256.is_some());
     let mut places = HashMap::new();
     for s in &sources {
-        places.insert(s.name.clone(), place(&dest, is_own_root, s, inst)?);
+        places.insert(s.name.clone(), place(&dest, is_own_root, trusted, s, inst)?);
     }
     for place in places.values() {
         if let Place::Tree(t) | Place::File { target: t, .. } = place {
             check_way_to(&dest, t)?;
         }
     }
-    let databases = database_paths(&places);
     let planned_sources: Vec<PlannedSource> = sources
         .iter()
         .map(|s| {
@@ -889,7 +840,7 @@ pub fn restore(
                 continue;
             };
             let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
-            live_tree(target, &|rel: &Path, is_dir: bool| {
+            check_readable(target, &|rel: &Path, is_dir: bool| {
                 kept(&target.join(rel), &rel_base.join(rel), is_dir)
             })?;
         }
@@ -1016,60 +967,9 @@ pub fn restore(
     if req.dry_run {
         // The archive is read to list what it holds; nothing is written,
         // nothing is run.
-        let mut lister = Lister {
-            sources: m
-                .sources
-                .iter()
-                .map(|s| (s.name.clone(), s.clone()))
-                .collect(),
-            selection: &selection,
-            entries: HashMap::new(),
-            files: HashMap::new(),
-            buf: vec![0u8; 1 << 20],
-        };
-        let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut lister);
-        let incomplete = incomplete_paths(m, &run.result?.trailer);
-        let empty = BTreeMap::new();
-        for s in &sources {
-            let backup = lister.entries.get(&s.name).unwrap_or(&empty);
-            let (target, backup) = match &places[&s.name] {
-                Place::Import { file, .. } => {
-                    let size = backup.get(Path::new(file)).map_or(0, |n| n.size);
-                    plan.changes.push(
-                        places[&s.name].shown(&scratch, &s.name),
-                        Action::Replace,
-                        if s.kind == "volume" { "volume" } else { "dump" },
-                        size,
-                    );
-                    continue;
-                }
-                Place::File { target, file } => {
-                    let one: BTreeMap<PathBuf, Node> = backup
-                        .get(Path::new(file))
-                        .map(|n| (PathBuf::new(), n.clone()))
-                        .into_iter()
-                        .collect();
-                    (target.clone(), one)
-                }
-                Place::Tree(t) => (t.clone(), backup.clone()),
-            };
-            let rel_base = PathBuf::from(if s.path == "." { "" } else { &s.path });
-            let kept_here = |rel: &Path, is_dir: bool| {
-                kept(&target.join(rel), &rel_base.join(rel), is_dir)
-                    || incomplete.contains(&rel_base.join(rel))
-            };
-            let live = live_tree(&target, &kept_here)?;
-            compare(
-                mode,
-                &target,
-                &backup,
-                &live,
-                &kept_here,
-                None,
-                &mut plan.changes,
-                &databases,
-            );
-        }
+        plan.changes = preview(
+            ctx, &src, mode, &sources, &places, &scratch, &selection, &kept,
+        )?;
         return Ok(RestoreOutcome::DryRun { plan });
     }
 
@@ -1498,7 +1398,7 @@ fn stage_and_apply(
                     capture_live(ctx, into, inst, &s.name, &undo)?;
                     let size = std::fs::metadata(&data).map_or(0, |md| md.len());
                     changes.push(
-                        places[&s.name].shown(scratch, &s.name),
+                        &places[&s.name].shown(scratch, &s.name),
                         Action::Replace,
                         if s.kind == "volume" { "volume" } else { "dump" },
                         size,
@@ -1518,26 +1418,11 @@ fn stage_and_apply(
                 kept(&target.join(rel), &rel_base.join(rel), is_dir)
                     || unrestorable.contains(&rel_base.join(rel))
             };
-            let live = live_tree(&target, &kept_here)?;
-            let staged = staged_tree(&staged_top)?;
-            // A linked file is the live one: written to since it was found
-            // equal, it is no longer the backup's.
-            for (rel, n) in &staged {
-                if linked.get(&n.ino).is_some_and(|c| *c != n.ctime) {
-                    return Err(crate::restore::stage::changed_meanwhile(&target.join(rel)));
-                }
-            }
-            compare(
-                mode,
-                &target,
-                &staged,
-                &live,
-                &kept_here,
-                Some(&staged_top),
-                &mut changes,
-                &databases,
-            );
-            if staged.is_empty() || nested_dbs.contains(&s.name) {
+            let other = |abs: &Path| databases.iter().any(|d| d == abs);
+            let (planned, moves, entries) =
+                merge_staged(mode, &target, &staged_top, &kept_here, &other, &linked)?;
+            changes.extend(&planned);
+            if entries == 0 || nested_dbs.contains(&s.name) {
                 // Everything of this source was excluded, or it goes in
                 // with the tree around it.
                 continue;
@@ -1575,17 +1460,7 @@ fn stage_and_apply(
                 Mode::Exact => {
                     // Kept paths move from the live tree into the staged one, so
                     // the swap carries them over unchanged.
-                    for (rel, node) in &live {
-                        let is_kept = !rel.as_os_str().is_empty()
-                            && !replaced_db(rel)
-                            && kept_here(rel, node.kind == "dir")
-                            && !rel.ancestors().skip(1).any(|a| {
-                                !a.as_os_str().is_empty()
-                                    && live.get(a).is_some_and(|n| kept_here(a, n.kind == "dir"))
-                            });
-                        if !is_kept {
-                            continue;
-                        }
+                    for rel in moves.carry.iter().filter(|r| !replaced_db(r)) {
                         let to = staged_top.join(rel);
                         if let Some(parent) = to.parent() {
                             make_staged_parents(&staged_top, parent, &target)?;
@@ -1614,15 +1489,20 @@ fn stage_and_apply(
                     });
                 }
                 Mode::Merge | Mode::Safe => {
-                    merge_steps(
-                        mode,
-                        &target,
-                        &staged_top,
-                        &staged,
-                        &live,
-                        &stamp,
-                        &mut steps,
-                    )?;
+                    // Whole new subtrees move in; replaced entries (merge)
+                    // are kept as `.bak` first.
+                    for (rel, bak) in &moves.move_in {
+                        let from = staged_top.join(rel);
+                        let to = if rel.as_os_str().is_empty() {
+                            target.clone()
+                        } else {
+                            target.join(rel)
+                        };
+                        if *bak {
+                            steps.push(move_step(to.clone(), bak_name(&to, &stamp))?);
+                        }
+                        steps.push(move_step(from, to)?);
+                    }
                 }
             }
         }
@@ -1735,54 +1615,6 @@ fn make_staged_parents(staged_top: &Path, parent: &Path, target: &Path) -> Resul
             std::fs::create_dir(&cur).map_err(|e| Error::io("creating", &cur, e))?;
             std::fs::set_permissions(&cur, std::fs::Permissions::from_mode(mode))
                 .map_err(|e| Error::io("setting the mode of", &cur, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// The renames of a merge or safe restore: whole new subtrees move in;
-/// replaced entries (merge) are kept as `.bak` first; conflicts (safe) stay.
-fn merge_steps(
-    mode: Mode,
-    target: &Path,
-    staged_top: &Path,
-    staged: &BTreeMap<PathBuf, Node>,
-    live: &BTreeMap<PathBuf, Node>,
-    stamp: &str,
-    steps: &mut Vec<Step>,
-) -> Result<()> {
-    // Entries come depth-first, a directory's whole subtree right after it:
-    // the last subtree taken or left whole is the only one to skip.
-    let mut done: Option<PathBuf> = None;
-    for (rel, want) in staged {
-        if done.as_ref().is_some_and(|d| rel.starts_with(d)) {
-            continue;
-        }
-        let from = staged_top.join(rel);
-        let to = if rel.as_os_str().is_empty() {
-            target.to_path_buf()
-        } else {
-            target.join(rel)
-        };
-        match live.get(rel) {
-            None => {
-                steps.push(move_step(from, to)?);
-                done = Some(rel.clone());
-            }
-            // A real directory on both sides: merge what is inside.
-            Some(have) if have.kind == "dir" && want.kind == "dir" => {}
-            Some(have) => {
-                if same(want, have, &to, Some(&from)) {
-                    continue;
-                }
-                done = Some(rel.clone());
-                if mode == Mode::Safe {
-                    continue;
-                }
-                let bak = bak_name(&to, stamp);
-                steps.push(move_step(to.clone(), bak)?);
-                steps.push(move_step(from, to)?);
-            }
         }
     }
     Ok(())

@@ -1,17 +1,14 @@
 //! What a restore would change: the backup's entries against the live tree,
 //! path by path.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{FileType, Mode, OFlags};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::restore::handle;
 
 /// What happens to one path.
@@ -60,19 +57,95 @@ pub struct PlannedAction {
     pub kind: &'static str,
 }
 
-/// Every path a restore touches, and the totals.
+/// Every path a restore changes or keeps, and the totals (unchanged
+/// paths included).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Changes {
     pub totals: Totals,
-    /// Every path and its action.
-    pub actions: Vec<PlannedAction>,
+    /// Every path it creates, replaces, deletes, keeps, leaves alone or
+    /// finds in conflict, and what.
+    pub actions: Actions,
 }
 
 impl Changes {
-    /// Records what happens to one path.
-    pub fn push(&mut self, path: String, action: Action, kind: &'static str, bytes: u64) {
+    /// Records what happens to one path. Unchanged paths are only
+    /// counted: a plan lists what changes, so that it stays the size of
+    /// the change, not of the tree.
+    pub fn push(&mut self, path: &str, action: Action, kind: &'static str, bytes: u64) {
         self.totals.add(action, bytes);
-        self.actions.push(PlannedAction { path, action, kind });
+        if action != Action::Unchanged {
+            self.actions.push(path, action, kind);
+        }
+    }
+
+    /// Appends `other`'s paths and totals.
+    pub fn extend(&mut self, other: &Changes) {
+        let base = u32::try_from(self.actions.paths.len()).unwrap_or(u32::MAX);
+        self.actions.paths.push_str(&other.actions.paths);
+        self.actions.items.extend(
+            other
+                .actions
+                .items
+                .iter()
+                .map(|&(end, action, kind)| (end.saturating_add(base), action, kind)),
+        );
+        self.totals.merge(&other.totals);
+    }
+}
+
+/// The kinds a planned action names.
+const KINDS: [&str; 6] = ["dir", "file", "symlink", "other", "volume", "dump"];
+
+/// The actions of a plan, held compactly (a restore of a million files
+/// plans a million actions): the paths in one arena, a few bytes each
+/// besides. Serialised as a list of [`PlannedAction`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actions {
+    paths: String,
+    /// (end of the path in `paths`, action, index in `KINDS`).
+    items: Vec<(u32, Action, u8)>,
+}
+
+impl Actions {
+    fn push(&mut self, path: &str, action: Action, kind: &'static str) {
+        self.paths.push_str(path);
+        let kind = KINDS.iter().position(|k| *k == kind).unwrap_or(3) as u8;
+        self.items.push((
+            u32::try_from(self.paths.len()).unwrap_or(u32::MAX),
+            action,
+            kind,
+        ));
+    }
+
+    /// How many paths are planned.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is planned.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Every planned path, in order.
+    pub fn iter(&self) -> impl Iterator<Item = PlannedAction> + '_ {
+        let mut start = 0usize;
+        self.items.iter().map(move |&(end, action, kind)| {
+            let end = (end as usize).min(self.paths.len());
+            let path = self.paths.get(start..end).unwrap_or_default().to_string();
+            start = end;
+            PlannedAction {
+                path,
+                action,
+                kind: KINDS[kind as usize],
+            }
+        })
+    }
+}
+
+impl Serialize for Actions {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
     }
 }
 
@@ -91,6 +164,18 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds another plan's totals.
+    pub fn merge(&mut self, other: &Totals) {
+        self.create += other.create;
+        self.replace += other.replace;
+        self.unchanged += other.unchanged;
+        self.delete += other.delete;
+        self.keep += other.keep;
+        self.skip += other.skip;
+        self.conflict += other.conflict;
+        self.bytes += other.bytes;
+    }
+
     pub fn add(&mut self, action: Action, bytes: u64) {
         match action {
             Action::Create => self.create += 1,
@@ -104,166 +189,6 @@ impl Totals {
         if matches!(action, Action::Create | Action::Replace) {
             self.bytes += bytes;
         }
-    }
-}
-
-/// Reads the live tree under `top` (relative paths, `""` for `top` itself)
-/// through directory handles, never following a symlink and not descending
-/// into a directory that a `keep(rel)` rule matches (it is listed as one
-/// kept path). The listing never stops early or skips silently: a directory
-/// it cannot read, and no rule keeps, is an error naming it, since what a
-/// restore cannot see it cannot keep.
-///
-/// # Errors
-///
-/// Fails on an unreadable directory that no rule keeps, a symlink on the
-/// way to `top`, or any other error reading the tree.
-pub fn live_tree(
-    top: &Path,
-    keep: &dyn Fn(&Path, bool) -> bool,
-) -> Result<BTreeMap<PathBuf, Node>> {
-    list_tree(top, keep, false)
-}
-
-/// Reads a staged tree, this restore's own, like [`live_tree`]; a
-/// directory whose restored mode shuts out this user is opened up while it
-/// is read and given its mode back.
-///
-/// # Errors
-///
-/// Fails on any error reading the tree.
-pub fn staged_tree(top: &Path) -> Result<BTreeMap<PathBuf, Node>> {
-    list_tree(top, &|_, _| false, true)
-}
-
-fn list_tree(
-    top: &Path,
-    keep: &dyn Fn(&Path, bool) -> bool,
-    open_up: bool,
-) -> Result<BTreeMap<PathBuf, Node>> {
-    let mut out = BTreeMap::new();
-    let mut reopened: Vec<(PathBuf, u32)> = Vec::new();
-    let listed = walk_into(top, keep, open_up, &mut out, &mut reopened);
-    for (rel, mode) in reopened.iter().rev() {
-        let path = top.join(rel);
-        handle::chmod(&path, *mode).map_err(|e| Error::io("restoring the mode of", &path, e))?;
-    }
-    listed.map(|()| out)
-}
-
-fn walk_into(
-    top: &Path,
-    keep: &dyn Fn(&Path, bool) -> bool,
-    open_up: bool,
-    out: &mut BTreeMap<PathBuf, Node>,
-    reopened: &mut Vec<(PathBuf, u32)>,
-) -> Result<()> {
-    let st = match handle::lstat(top) {
-        Ok(st) => st,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(Error::io("reading", top, e)),
-    };
-    let link = if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-        let (dir, name) = handle::open_parent(top).map_err(|e| Error::io("reading", top, e))?;
-        Some(read_link(&dir, name, top)?)
-    } else {
-        None
-    };
-    out.insert(PathBuf::new(), node(&st, link));
-    if !handle::is_dir(&st) {
-        return Ok(());
-    }
-    let fd = handle::open_dir(top).map_err(|e| unreadable(top, e))?;
-    let names = handle::list(&fd).map_err(|e| unreadable(top, e))?;
-    let mut stack = vec![(fd, PathBuf::new(), names)];
-    while let Some((dir, rel_dir, names)) = stack.last_mut() {
-        let Some(name) = names.pop() else {
-            stack.pop();
-            continue;
-        };
-        // Another source's staging directory, made by this restore.
-        if name
-            .to_bytes()
-            .starts_with(crate::restore::stage::STAGING_PREFIX.as_bytes())
-        {
-            continue;
-        }
-        let rel = rel_dir.join(OsStr::from_bytes(name.to_bytes()));
-        let shown = top.join(&rel);
-        let st = match rustix::fs::statat(&*dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            // Gone since the directory was listed.
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(unreadable(&shown, e.into())),
-        };
-        let kind = FileType::from_raw_mode(st.st_mode);
-        let link = if kind == FileType::Symlink {
-            Some(read_link(dir, OsStr::from_bytes(name.to_bytes()), &shown)?)
-        } else {
-            None
-        };
-        out.insert(rel.clone(), node(&st, link));
-        if kind != FileType::Directory || keep(&rel, true) {
-            continue;
-        }
-        let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
-        let child = match rustix::fs::openat(&*dir, name.as_c_str(), flags, Mode::empty()) {
-            Err(rustix::io::Errno::ACCESS) if open_up => {
-                let mode = st.st_mode & 0o7777;
-                handle::chmod_at(dir, OsStr::from_bytes(name.to_bytes()), mode | 0o700)
-                    .map_err(|e| unreadable(&shown, e))?;
-                reopened.push((rel.clone(), mode));
-                rustix::fs::openat(&*dir, name.as_c_str(), flags, Mode::empty())
-            }
-            other => other,
-        }
-        .map_err(|e| unreadable(&shown, e.into()))?;
-        let names = handle::list(&child).map_err(|e| unreadable(&shown, e))?;
-        stack.push((child, rel, names));
-    }
-    Ok(())
-}
-
-/// The error for a part of the destination that cannot be read.
-fn unreadable(path: &Path, e: std::io::Error) -> Error {
-    Error::Refused {
-        message: format!(
-            "cannot read {} in the destination ({e}): a restore must see everything there to know what to keep",
-            path.display()
-        ),
-        hint: Some(
-            "give this user read access to it, restore as a user who can read it, or leave it alone with --exclude PATH"
-                .into(),
-        ),
-    }
-}
-
-fn read_link(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Vec<u8>> {
-    rustix::fs::readlinkat(dir, name, Vec::new())
-        .map(|l| l.into_bytes())
-        .map_err(|e| Error::io("reading the symlink", shown, e.into()))
-}
-
-fn node(st: &Stat, link: Option<Vec<u8>>) -> Node {
-    let ft = FileType::from_raw_mode(st.st_mode);
-    Node {
-        kind: match ft {
-            FileType::Directory => "dir",
-            FileType::Symlink => "symlink",
-            FileType::RegularFile => "file",
-            _ => "other",
-        },
-        size: if ft == FileType::RegularFile {
-            st.st_size as u64
-        } else {
-            0
-        },
-        mode: st.st_mode & 0o7777,
-        mtime: (st.st_mtime, st.st_mtime_nsec.clamp(0, 999_999_999) as u32),
-        link,
-        sha256: None,
-        ino: st.st_ino,
-        ctime: crate::restore::stage::change_time(st),
     }
 }
 
@@ -344,5 +269,39 @@ pub fn join(base: &Path, rel: &[u8]) -> PathBuf {
         base.to_path_buf()
     } else {
         base.join(OsStr::from_bytes(rel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_keep_their_paths_through_extend_and_skip_unchanged() {
+        let mut a = Changes::default();
+        a.push("x/one", Action::Create, "file", 3);
+        a.push("x/same", Action::Unchanged, "file", 0);
+        let mut b = Changes::default();
+        b.push("y/two", Action::Delete, "dir", 0);
+        b.push("y/ü", Action::Keep, "symlink", 0);
+        a.extend(&b);
+        let got: Vec<(String, Action, &str)> = a
+            .actions
+            .iter()
+            .map(|p| (p.path, p.action, p.kind))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("x/one".to_string(), Action::Create, "file"),
+                ("y/two".to_string(), Action::Delete, "dir"),
+                ("y/ü".to_string(), Action::Keep, "symlink"),
+            ]
+        );
+        assert_eq!(a.totals.unchanged, 1);
+        assert_eq!(a.totals.create, 1);
+        assert_eq!(a.totals.bytes, 3);
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["actions"][2]["path"], "y/ü");
     }
 }

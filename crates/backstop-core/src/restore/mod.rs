@@ -6,4 +6,7 @@ pub mod confine;
 pub mod diff;
 pub mod handle;
 pub mod journal;
+pub mod listing;
+pub mod preview;
 pub mod stage;
+pub mod steps;

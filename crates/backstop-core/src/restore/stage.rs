@@ -155,8 +155,11 @@ pub struct Stager<'a> {
     selection: &'a Selection,
     /// Whether to restore owners (only root may).
     as_root: bool,
-    /// Members restored as files, by path, for hard links to point at.
-    files: HashSet<Vec<u8>>,
+    /// Members restored as files, by a 64-bit hash of their path, for hard
+    /// links to point at: a few bytes a file rather than its path. (A
+    /// collision could only make a link to a file that was left out be
+    /// attempted, which fails on the missing file: never a wrong link.)
+    files: HashSet<u64>,
     /// The live trees, by source, where files already as the backup has
     /// them are looked for.
     live: HashMap<String, Confined>,
@@ -308,7 +311,7 @@ impl<'a> Stager<'a> {
             })?;
             self.rest(entry, content, meta)?;
         }
-        self.files.insert(entry.path.clone());
+        self.files.insert(path_key(&entry.path));
         self.counts.files += 1;
         self.counts.bytes += entry.size;
         Ok(())
@@ -425,6 +428,14 @@ impl Stager<'_> {
     }
 }
 
+/// A 64-bit hash of a member's path.
+pub fn path_key(member: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    member.hash(&mut h);
+    h.finish()
+}
+
 /// The part of a member's path below its source's name.
 fn below<'p>(source: &str, member: &'p [u8]) -> &'p [u8] {
     member
@@ -529,7 +540,7 @@ impl Visitor for Stager<'_> {
             })?,
             Kind::HardLink => {
                 let link = entry.link.clone().unwrap_or_default();
-                if self.files.contains(&link) {
+                if self.files.contains(&path_key(&link)) {
                     self.send(Op::HardLink {
                         source: source_name,
                         path,

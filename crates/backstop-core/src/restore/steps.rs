@@ -1,0 +1,581 @@
+//! What a restore does to each path: a pure decision per path
+//! ([`decide`]), and the merge of the backup's entries with the live tree,
+//! both in archive order ([`Merger`]), which applies it to whole trees in
+//! one pass with memory for neither.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::restore::diff::{Action, Changes, Node, same};
+use crate::restore::listing::Walk;
+
+/// How a restore treats what is already at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The destination becomes the backup: added files go, missing ones come
+    /// back, by a staged swap.
+    Exact,
+    /// The backup's files are written over the destination; replaced files
+    /// are kept as `<name>.bak-<time>`; other files stay.
+    Merge,
+    /// Only missing files are written; conflicts are listed and left alone.
+    Safe,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Exact => "exact",
+            Mode::Merge => "merge",
+            Mode::Safe => "safe",
+        })
+    }
+}
+
+/// What the apply phase does for one path, beyond what the mode's swap
+/// does anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    /// Nothing.
+    None,
+    /// Exact: the live entry is carried into the staged tree unchanged, so
+    /// the swap keeps it.
+    CarryOver,
+    /// Merge and safe: the staged entry (and all below it) moves in where
+    /// nothing is.
+    MoveIn,
+    /// Merge: the live entry is kept as `.bak`, the staged one moves in.
+    BackUpThenMoveIn,
+}
+
+/// The decision for one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Action,
+    /// The backup's entries below this one are not looked at separately
+    /// (they go, or stay out, with it).
+    pub block: bool,
+    /// The live tree below this entry is listed (false: kept whole).
+    pub descend_live: bool,
+    pub step: Move,
+}
+
+/// Decides one path from what the backup has (`want`), what is there
+/// (`have`), whether a keep rule covers it, and (when both exist and no
+/// rule keeps it) whether the two are the same.
+pub fn decide(
+    mode: Mode,
+    want: Option<&Node>,
+    have: Option<&Node>,
+    kept: bool,
+    same: bool,
+) -> Decision {
+    let d = |action, block, descend_live, step| Decision {
+        action,
+        block,
+        descend_live,
+        step,
+    };
+    let carry = if mode == Mode::Exact {
+        Move::CarryOver
+    } else {
+        Move::None
+    };
+    match (want, have) {
+        (Some(_), None) => {
+            let step = if mode == Mode::Exact {
+                Move::None
+            } else {
+                Move::MoveIn
+            };
+            d(Action::Create, false, false, step)
+        }
+        (_, Some(_)) if kept => d(Action::Keep, true, false, carry),
+        (Some(_), Some(_)) if same => d(Action::Unchanged, false, true, Move::None),
+        (Some(_), Some(_)) if mode == Mode::Safe => d(Action::Conflict, true, true, Move::None),
+        (Some(w), Some(h)) => {
+            let step = if mode == Mode::Merge {
+                Move::BackUpThenMoveIn
+            } else {
+                Move::None
+            };
+            d(Action::Replace, w.kind != h.kind, true, step)
+        }
+        (None, Some(_)) if mode == Mode::Exact => d(Action::Delete, false, true, Move::None),
+        (None, Some(_)) => d(Action::Skip, false, true, Move::None),
+        (None, None) => d(Action::Skip, false, false, Move::None),
+    }
+}
+
+/// The paths an apply must move, found by the merge.
+#[derive(Debug, Default)]
+pub struct Moves {
+    /// Exact: live paths (relative) carried into the staged tree.
+    pub carry: Vec<PathBuf>,
+    /// Merge and safe: relative paths moved in, and whether the live
+    /// entry is kept as `.bak` first.
+    pub move_in: Vec<(PathBuf, bool)>,
+}
+
+/// The merge of one target's backup entries with its live tree. Feed it
+/// the backup's entries in archive order ([`Merger::backup_entry`]); the
+/// live tree is walked alongside.
+pub struct Merger<'a> {
+    mode: Mode,
+    /// The live target, for messages and content comparisons.
+    target: &'a Path,
+    /// The staged tree (a real restore), whose files compare by content.
+    staged_top: Option<&'a Path>,
+    live: Walk,
+    /// Whether a keep rule covers a relative path.
+    kept: &'a dyn Fn(&Path, bool) -> bool,
+    /// Whether a live path is another source's (a database in the tree).
+    other: &'a dyn Fn(&Path) -> bool,
+    /// Inodes linked from the live tree, with their change time once
+    /// linked.
+    linked: Option<&'a HashMap<u64, (i64, u64)>>,
+    blocked: Option<PathBuf>,
+    moved: Option<PathBuf>,
+    last: Option<PathBuf>,
+    pub changes: Changes,
+    pub moves: Moves,
+}
+
+impl<'a> Merger<'a> {
+    /// A merge of backup entries with the live tree at `target`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the live tree cannot be walked.
+    pub fn new(
+        mode: Mode,
+        target: &'a Path,
+        staged_top: Option<&'a Path>,
+        kept: &'a dyn Fn(&Path, bool) -> bool,
+        other: &'a dyn Fn(&Path) -> bool,
+        linked: Option<&'a HashMap<u64, (i64, u64)>>,
+    ) -> Result<Merger<'a>> {
+        Ok(Merger {
+            mode,
+            target,
+            staged_top,
+            live: Walk::new(target, false)?,
+            kept,
+            other,
+            linked,
+            blocked: None,
+            moved: None,
+            last: None,
+            changes: Changes::default(),
+            moves: Moves::default(),
+        })
+    }
+
+    fn shown(&self, rel: &Path) -> String {
+        if rel.as_os_str().is_empty() {
+            self.target.display().to_string()
+        } else {
+            self.target.join(rel).display().to_string()
+        }
+    }
+
+    /// One entry of the backup (relative to the target), in archive order.
+    ///
+    /// # Errors
+    ///
+    /// Fails on entries out of order, a linked file written meanwhile, or
+    /// a live tree that cannot be read.
+    pub fn backup_entry(&mut self, rel: PathBuf, want: &Node) -> Result<()> {
+        if self.last.as_ref().is_some_and(|last| rel <= *last) {
+            return Err(Error::Archive(crate::archive::ArchiveError::Corrupt {
+                path: self.target.to_path_buf(),
+                detail: format!("entry {} is out of order", rel.display()),
+            }));
+        }
+        self.last = Some(rel.clone());
+        self.live_before(Some(&rel))?;
+        let have = match self.live.peek()? {
+            Some((r, n)) if *r == rel => Some(n.clone()),
+            _ => None,
+        };
+        if strictly_below(&rel, &self.blocked) {
+            // Goes, or stays out, with the entry above it.
+            if have.is_some() {
+                self.live.take(true);
+            }
+            return Ok(());
+        }
+        if let Some(linked) = self.linked
+            && want.kind == "file"
+            && linked.get(&want.ino).is_some_and(|c| *c != want.ctime)
+        {
+            return Err(crate::restore::stage::changed_meanwhile(
+                &self.target.join(&rel),
+            ));
+        }
+        let is_kept = have.is_some() && (self.kept)(&rel, want.kind == "dir");
+        let is_same = match (&have, is_kept) {
+            (Some(h), false) => {
+                let staged = self.staged_top.map(|s| s.join(&rel));
+                same(want, h, &self.target.join(&rel), staged.as_deref())
+            }
+            _ => false,
+        };
+        let d = decide(self.mode, Some(want), have.as_ref(), is_kept, is_same);
+        if have.is_some() {
+            self.live.take(d.descend_live);
+        }
+        if d.block {
+            self.blocked = Some(rel.clone());
+        }
+        let shown = self.shown(&rel);
+        self.changes.push(&shown, d.action, want.kind, want.size);
+        self.record(rel, d.step);
+        Ok(())
+    }
+
+    /// Records the move a decision asks for; nothing below a subtree that
+    /// moves in whole.
+    fn record(&mut self, rel: PathBuf, step: Move) {
+        if self.staged_top.is_none() {
+            return;
+        }
+        match step {
+            Move::None => {}
+            Move::CarryOver => {
+                if !rel.as_os_str().is_empty() {
+                    self.moves.carry.push(rel);
+                }
+            }
+            Move::MoveIn | Move::BackUpThenMoveIn => {
+                if !strictly_below(&rel, &self.moved) {
+                    self.moved = Some(rel.clone());
+                    self.moves
+                        .move_in
+                        .push((rel, step == Move::BackUpThenMoveIn));
+                }
+            }
+        }
+    }
+
+    /// Takes the live entries before `until` (all, with `None`): only in
+    /// the live tree.
+    fn live_before(&mut self, until: Option<&PathBuf>) -> Result<()> {
+        loop {
+            let Some((rel, have)) = self.live.peek()? else {
+                return Ok(());
+            };
+            if until.is_some_and(|u| rel >= u) {
+                return Ok(());
+            }
+            let (rel, have) = (rel.clone(), have.clone());
+            if (self.other)(&self.target.join(&rel)) {
+                self.live.take(true);
+                continue;
+            }
+            let is_kept = (self.kept)(&rel, have.kind == "dir");
+            let d = decide(self.mode, None, Some(&have), is_kept, false);
+            self.live.take(d.descend_live);
+            let shown = self.shown(&rel);
+            self.changes.push(&shown, d.action, have.kind, 0);
+            if d.step == Move::CarryOver && !rel.as_os_str().is_empty() && self.staged_top.is_some()
+            {
+                self.moves.carry.push(rel);
+            }
+        }
+    }
+
+    /// Takes what is left of the live tree; the plan and the moves.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the live tree cannot be read.
+    pub fn finish(mut self) -> Result<(Changes, Moves)> {
+        self.live_before(None)?;
+        let Merger {
+            live,
+            changes,
+            moves,
+            ..
+        } = self;
+        live.finish()?;
+        Ok((changes, moves))
+    }
+}
+
+/// Whether `rel` lies below (not at) `top`.
+fn strictly_below(rel: &Path, top: &Option<PathBuf>) -> bool {
+    top.as_ref()
+        .is_some_and(|t| rel.starts_with(t) && rel != t.as_path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(kind: &'static str) -> Node {
+        Node {
+            kind,
+            size: 1,
+            mode: 0o644,
+            mtime: (0, 0),
+            link: None,
+            sha256: None,
+            ino: 0,
+            ctime: (0, 0),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn every_case_of_every_mode() {
+        let (f, d) = (node("file"), node("dir"));
+        use Action::*;
+        use Mode::*;
+        // (mode, want, have, kept, same) → (action, block, descend, step)
+        let cases: &[(
+            Mode,
+            Option<&Node>,
+            Option<&Node>,
+            bool,
+            bool,
+            Action,
+            bool,
+            bool,
+            Move,
+        )] = &[
+            (
+                Exact,
+                Some(&f),
+                None,
+                false,
+                false,
+                Create,
+                false,
+                false,
+                Move::None,
+            ),
+            (
+                Merge,
+                Some(&f),
+                None,
+                false,
+                false,
+                Create,
+                false,
+                false,
+                Move::MoveIn,
+            ),
+            (
+                Safe,
+                Some(&d),
+                None,
+                false,
+                false,
+                Create,
+                false,
+                false,
+                Move::MoveIn,
+            ),
+            (
+                Exact,
+                Some(&f),
+                Some(&f),
+                false,
+                true,
+                Unchanged,
+                false,
+                true,
+                Move::None,
+            ),
+            (
+                Exact,
+                Some(&f),
+                Some(&f),
+                false,
+                false,
+                Replace,
+                false,
+                true,
+                Move::None,
+            ),
+            (
+                Exact,
+                Some(&d),
+                Some(&f),
+                false,
+                false,
+                Replace,
+                true,
+                true,
+                Move::None,
+            ),
+            (
+                Merge,
+                Some(&f),
+                Some(&f),
+                false,
+                false,
+                Replace,
+                false,
+                true,
+                Move::BackUpThenMoveIn,
+            ),
+            (
+                Safe,
+                Some(&f),
+                Some(&f),
+                false,
+                false,
+                Conflict,
+                true,
+                true,
+                Move::None,
+            ),
+            (
+                Exact,
+                Some(&d),
+                Some(&d),
+                true,
+                false,
+                Keep,
+                true,
+                false,
+                Move::CarryOver,
+            ),
+            (
+                Merge,
+                Some(&d),
+                Some(&d),
+                true,
+                false,
+                Keep,
+                true,
+                false,
+                Move::None,
+            ),
+            (
+                Exact,
+                None,
+                Some(&f),
+                false,
+                false,
+                Delete,
+                false,
+                true,
+                Move::None,
+            ),
+            (
+                Merge,
+                None,
+                Some(&f),
+                false,
+                false,
+                Skip,
+                false,
+                true,
+                Move::None,
+            ),
+            (
+                Exact,
+                None,
+                Some(&d),
+                true,
+                false,
+                Keep,
+                true,
+                false,
+                Move::CarryOver,
+            ),
+            (
+                Safe,
+                None,
+                Some(&d),
+                true,
+                false,
+                Keep,
+                true,
+                false,
+                Move::None,
+            ),
+        ];
+        for &(mode, want, have, kept, same, action, block, descend, step) in cases {
+            let got = decide(mode, want, have, kept, same);
+            assert_eq!(
+                got,
+                Decision {
+                    action,
+                    block,
+                    descend_live: descend,
+                    step
+                },
+                "{mode} want {:?} have {:?} kept {kept} same {same}",
+                want.map(|n| n.kind),
+                have.map(|n| n.kind)
+            );
+        }
+    }
+
+    #[test]
+    fn a_merge_in_one_pass_matches_the_backup_with_the_live_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        for p in ["a", "keep/deep", "gone"] {
+            std::fs::create_dir_all(live.join(p)).unwrap();
+        }
+        std::fs::write(live.join("a/same"), b"1").unwrap();
+        std::fs::write(live.join("gone/x"), b"x").unwrap();
+        let kept = |rel: &Path, _: bool| rel == Path::new("keep");
+        let other = |_: &Path| false;
+        let mut m = Merger::new(Mode::Exact, &live, None, &kept, &other, None).unwrap();
+        let mut file = node("file");
+        use sha2::Digest;
+        file.sha256 = Some(sha2::Sha256::digest(b"1").into());
+        for (rel, n) in [
+            ("", node("dir")),
+            ("a", node("dir")),
+            ("a/new", node("file")),
+            ("a/same", file),
+        ] {
+            m.backup_entry(PathBuf::from(rel), &n).unwrap();
+        }
+        let (changes, _) = m.finish().unwrap();
+        let got: Vec<(String, Action)> = changes
+            .actions
+            .iter()
+            .map(|a| {
+                let rel = a
+                    .path
+                    .strip_prefix(&live.display().to_string())
+                    .unwrap_or("");
+                (rel.trim_start_matches('/').to_string(), a.action)
+            })
+            .collect();
+        // Unchanged paths are counted, not listed.
+        assert_eq!(changes.totals.unchanged, 3);
+        let want: Vec<(String, Action)> = [
+            ("a/new", Action::Create),
+            ("gone", Action::Delete),
+            ("gone/x", Action::Delete),
+            ("keep", Action::Keep),
+        ]
+        .iter()
+        .map(|(p, a)| (p.to_string(), *a))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn entries_out_of_order_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = |_: &Path, _: bool| false;
+        let other = |_: &Path| false;
+        let mut m = Merger::new(Mode::Exact, dir.path(), None, &kept, &other, None).unwrap();
+        m.backup_entry(PathBuf::from("b"), &node("file")).unwrap();
+        assert!(m.backup_entry(PathBuf::from("a"), &node("file")).is_err());
+    }
+}

@@ -27,7 +27,7 @@ struct Frame {
 
 /// A tree on disk as a stream of `(relative path, node)`, the top itself
 /// first as `""`. A directory is descended into when the entry after it is
-/// asked for, unless [`Walk::skip`] said not to: what a keep rule covers
+/// asked for, unless [`Walk::take`] was told not to: what a keep rule covers
 /// is never opened. Nothing is followed through a symlink, and an entry
 /// that cannot be read is an error, never a silent gap.
 pub struct Walk {

@@ -1,0 +1,1147 @@
+//! The plan of a restore, made before anything is written: the backup found
+//! and its checksums known, where each source goes, every check on the
+//! backup and the destination, what the safety backup will hold, and (for a
+//! dry run) every path and its action. [`crate::restore::apply`] carries
+//! the plan out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::Context;
+use crate::archive::format::{SourceManifest, Trailer};
+use crate::archive::reader::{read_manifest, read_sidecar, walk_archive};
+use crate::archive::{ArchiveError, Manifest};
+use crate::catalog::{BackupRecord, ListFilter, Status};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::instance::{Instance, Source, SourceSpec};
+use crate::ops::list::open_existing;
+use crate::ops::show::{Resolved, resolve as resolve_name};
+use crate::restore::diff::{self, Action, Changes};
+use crate::restore::journal::{ImportTarget, Journal};
+use crate::restore::listing::Walk;
+use crate::restore::preview::{self, Preview, Skim};
+use crate::restore::stage::{Selection, root_relative};
+use crate::restore::steps::{Merger, Mode};
+use crate::service::Services;
+use crate::source::exclude::{Excludes, Patterns};
+
+/// Everything a restore needs to know.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// A backup id, an archive file, or an application version.
+    pub target: String,
+    /// Where to restore; the backup's own root when `None`.
+    pub dest: Option<PathBuf>,
+    /// Exact for the backup's own root, safe elsewhere, when `None`.
+    pub mode: Option<Mode>,
+    /// Only these sources (all when empty).
+    pub only: Vec<String>,
+    /// Paths (gitignore syntax, relative to the destination) left as they are.
+    pub excludes: Vec<String>,
+    pub dry_run: bool,
+    /// Take a safety backup of the current state first.
+    pub pre_backup: bool,
+    pub backup_message: Option<String>,
+    /// Refuse unless the backup belongs to this instance.
+    pub instance: Option<String>,
+    /// Allow an exact restore over a directory that is not the backup's own.
+    pub force: bool,
+    pub wait: Option<Duration>,
+    /// For a rollback: run the instance's activate command with this
+    /// version once the files are in place, before the services start.
+    pub activate: Option<String>,
+    /// The reason recorded on the safety backup (`pre-restore`, `pre-rollback`).
+    pub safety_reason: String,
+}
+
+impl RestoreRequest {
+    /// A request for `target` with the defaults of the command line: safety
+    /// backup on, mode chosen by destination, everything restored.
+    pub fn new(target: impl Into<String>) -> RestoreRequest {
+        RestoreRequest {
+            target: target.into(),
+            dest: None,
+            mode: None,
+            only: Vec::new(),
+            excludes: Vec::new(),
+            dry_run: false,
+            pre_backup: true,
+            backup_message: None,
+            instance: None,
+            force: false,
+            wait: None,
+            activate: None,
+            safety_reason: "pre-restore".into(),
+        }
+    }
+}
+
+/// One check made before anything is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Where one source goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedSource {
+    pub name: String,
+    pub target: String,
+    /// Whether something is at the target now.
+    pub exists: bool,
+}
+
+/// The plan: what the restore will do, before it does anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestorePlan {
+    pub backup: String,
+    pub archive: String,
+    pub instance: String,
+    pub created_at: String,
+    pub destination: String,
+    pub mode: Mode,
+    pub sources: Vec<PlannedSource>,
+    pub checks: Vec<Check>,
+    /// Whether a safety backup of the current state will be taken, and if
+    /// not, why.
+    pub safety_backup: bool,
+    pub safety_backup_note: String,
+    /// Every path and its action (from the archive for a dry run, from the
+    /// staged copy for a real restore), and the totals.
+    #[serde(flatten)]
+    pub changes: Changes,
+}
+
+/// A finished restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub plan: RestorePlan,
+    pub restore_id: i64,
+    /// Files that were already in place as the backup has them, and their
+    /// bytes: linked into the staged tree rather than written again.
+    pub linked_files: u64,
+    pub linked_bytes: u64,
+    pub safety_backup: Option<String>,
+    pub warnings: Vec<String>,
+    pub duration_ms: u64,
+}
+
+/// How `restore` ended without an error.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum RestoreOutcome {
+    /// `--dry-run`: the plan, and nothing changed.
+    DryRun {
+        plan: RestorePlan,
+    },
+    /// The confirmation was declined: nothing changed.
+    Declined {
+        plan: RestorePlan,
+    },
+    Restored(RestoreReport),
+}
+
+/// The backup a restore reads.
+pub(crate) struct Found {
+    pub(crate) archive: PathBuf,
+    pub(crate) record: Option<BackupRecord>,
+    pub(crate) manifest: Manifest,
+}
+
+/// Resolves `target` (a backup id, an archive file, or an application
+/// version) to the archive a restore reads, and reads its manifest.
+///
+/// # Errors
+///
+/// Fails when nothing matches, when the backup has no archive (failed,
+/// still being created, missing), or when the archive holds another backup
+/// than the catalog says.
+pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
+    let catalog = open_existing(ctx)?;
+    let (archive, record) = match resolve_name(catalog.as_ref(), target) {
+        Ok(Resolved::Id(r)) => {
+            if matches!(r.status, Status::Failed | Status::Creating) {
+                return Err(Error::usage(
+                    format!(
+                        "backup {} is {}: it has no archive to restore",
+                        r.id, r.status
+                    ),
+                    Some("`backstop list --status available` shows what can be restored".into()),
+                ));
+            }
+            let loc = r.location.clone().ok_or_else(|| Error::NotFound {
+                message: format!("backup {} has no archive file", r.id),
+                hint: None,
+            })?;
+            (PathBuf::from(loc), Some(r))
+        }
+        Ok(Resolved::File(p, r)) => (p, r),
+        Err(not_found) => {
+            // An application version: its newest available backup.
+            let by_version = match &catalog {
+                Some(c) => c
+                    .list(&ListFilter {
+                        version: Some(target.to_string()),
+                        status: Some(Status::Available),
+                        limit: Some(1),
+                        ..ListFilter::default()
+                    })?
+                    .into_iter()
+                    .next(),
+                None => None,
+            };
+            let Some(r) = by_version else {
+                return Err(not_found);
+            };
+            (
+                PathBuf::from(r.location.clone().unwrap_or_default()),
+                Some(r),
+            )
+        }
+    };
+    if !archive.is_file() {
+        return Err(Error::NotFound {
+            message: format!("the archive {} is missing", archive.display()),
+            hint: Some(
+                "run `backstop verify --all` to mark missing archives; restore another backup"
+                    .into(),
+            ),
+        });
+    }
+    let manifest = read_manifest(&archive)?;
+    if let Some(r) = &record
+        && r.id != manifest.id
+    {
+        return Err(ArchiveError::Corrupt {
+            path: archive.clone(),
+            detail: format!("it holds backup {}, not {}", manifest.id, r.id),
+        }
+        .into());
+    }
+    Ok(Found {
+        archive,
+        record,
+        manifest,
+    })
+}
+
+/// Refuses a request that does not fit the backup found: `--instance`
+/// naming another instance, `--only` naming a source it does not have.
+///
+/// # Errors
+///
+/// A usage error naming what does not fit.
+pub(crate) fn check_request(req: &RestoreRequest, m: &Manifest) -> Result<()> {
+    if let Some(name) = &req.instance
+        && *name != m.instance
+    {
+        return Err(Error::usage(
+            format!(
+                "backup {} belongs to instance {}, not {name}",
+                m.id, m.instance
+            ),
+            Some("check the backup id, or drop --instance".into()),
+        ));
+    }
+    for name in &req.only {
+        if !m.sources.iter().any(|s| &s.name == name) {
+            let names: Vec<&str> = m.sources.iter().map(|s| s.name.as_str()).collect();
+            return Err(Error::usage(
+                format!("backup {} has no source named {name}", m.id),
+                Some(format!("its sources are: {}", names.join(", "))),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The whole-file checksums the archive must have: its sidecar's and the
+/// catalog's (which must agree with each other).
+fn expected_checksum(src: &Found) -> Result<Option<(String, String)>> {
+    let sidecar = read_sidecar(&src.archive)?.map(|s| ("the sidecar", s));
+    let catalog = src
+        .record
+        .as_ref()
+        .and_then(|r| r.sha256.clone())
+        .map(|s| ("the catalog", s));
+    match (sidecar, catalog) {
+        (Some((_, a)), Some((_, b))) if a != b => Err(ArchiveError::Checksum {
+            path: src.archive.clone(),
+            detail: format!("the sidecar records SHA-256 {a}, the catalog {b}"),
+        }
+        .into()),
+        (Some((_, a)), Some(_)) => Ok(Some(("the sidecar and the catalog".into(), a))),
+        (Some((w, a)), None) | (None, Some((w, a))) => Ok(Some((w.into(), a))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Compares the archive's SHA-256 with what it must be.
+///
+/// # Errors
+///
+/// A checksum error (integrity, exit 4) when they differ.
+pub(crate) fn check_sum(
+    src: &Found,
+    expected: &Option<(String, String)>,
+    actual: &str,
+) -> Result<()> {
+    match expected {
+        Some((what, sum)) if sum != actual => Err(ArchiveError::Checksum {
+            path: src.archive.clone(),
+            detail: format!("{what} records SHA-256 {sum}, the archive's is {actual}"),
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// `dest` made absolute, with symlinks resolved in the part that exists.
+fn resolve_dest(dest: &Path) -> PathBuf {
+    let abs = crate::config::absolute(dest);
+    let base = fsutil::existing_ancestor(&abs);
+    let canonical = base.canonicalize().unwrap_or_else(|_| base.clone());
+    match abs.strip_prefix(&base) {
+        Ok(rest) if !rest.as_os_str().is_empty() => canonical.join(rest),
+        _ => canonical,
+    }
+}
+
+/// The kinds of source a manifest knows (its `kind` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    /// `path`: files and directories.
+    Path,
+    /// `sqlite`: a database captured with SQLite's online backup.
+    Sqlite,
+    /// `volume`: a podman volume.
+    Volume,
+    /// `command`: a command's output.
+    Command,
+}
+
+impl SourceKind {
+    /// The kind of `source`; `None` for a kind this backstop does not know.
+    fn of(source: &SourceManifest) -> Option<SourceKind> {
+        match source.kind.as_str() {
+            "path" => Some(SourceKind::Path),
+            "sqlite" => Some(SourceKind::Sqlite),
+            "volume" => Some(SourceKind::Volume),
+            "command" => Some(SourceKind::Command),
+            _ => None,
+        }
+    }
+}
+
+/// What the plan calls a source put back by a program: a `volume` or a
+/// `dump`.
+pub(crate) fn import_kind(source: &SourceManifest) -> &'static str {
+    if SourceKind::of(source) == Some(SourceKind::Volume) {
+        "volume"
+    } else {
+        "dump"
+    }
+}
+
+/// Where a source's paths sit below the restored root: its path, empty for
+/// the root itself.
+pub(crate) fn rel_base(source: &SourceManifest) -> PathBuf {
+    PathBuf::from(if source.path == "." { "" } else { &source.path })
+}
+
+/// Where one source of the backup goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Place {
+    /// A tree (or a single file) at this path.
+    Tree(PathBuf),
+    /// A captured database: the one file under the source's name replaces
+    /// this file.
+    File { target: PathBuf, file: String },
+    /// A volume or dump, put back by a program; staged under backstop's home.
+    Import { into: ImportTarget, file: String },
+}
+
+impl Place {
+    /// The path the plan shows, and the one whose filesystem holds the
+    /// staging.
+    pub(crate) fn target(&self, scratch: &Path, name: &str) -> PathBuf {
+        match self {
+            Place::Tree(t) | Place::File { target: t, .. } => t.clone(),
+            Place::Import { .. } => scratch.join(name),
+        }
+    }
+
+    /// How the plan names the place: a path, a volume, a command.
+    pub(crate) fn shown(&self, scratch: &Path, name: &str) -> String {
+        match self {
+            Place::Import {
+                into: ImportTarget::Volume { name },
+                ..
+            } => format!("podman volume {name}"),
+            Place::Import {
+                into: ImportTarget::Command { command, .. },
+                ..
+            } => format!("`{command}`"),
+            other => other.target(scratch, name).display().to_string(),
+        }
+    }
+}
+
+/// The database files the restore's SQLite sources replace, with their
+/// journal files: not part of the trees around them.
+pub(crate) fn database_paths(places: &HashMap<String, Place>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for place in places.values() {
+        if let Place::File { target, .. } = place {
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let mut p = target.as_os_str().to_os_string();
+                p.push(suffix);
+                out.push(PathBuf::from(p));
+            }
+        }
+    }
+    out
+}
+
+/// Decides where `source` goes. Captured sources (volumes, dumps) are put
+/// back by their program only when restoring the instance in place;
+/// elsewhere they are written as files under `<dest>/<name>/`. A dump's
+/// restore command always comes from the config, never from the archive.
+fn place(
+    dest: &Path,
+    in_place: bool,
+    trusted: bool,
+    source: &SourceManifest,
+    instance: Option<&Instance>,
+) -> Result<Place> {
+    let configured = instance.and_then(|i| i.sources.iter().find(|s| s.name == source.name));
+    // An absolute path (a bind mount outside the root) is only written in
+    // place when the config says the same or the backup is one of this
+    // catalog's: a manifest alone never sends a restore outside its
+    // destination.
+    let configured_as = |p: &str| {
+        configured.is_some_and(|c| match &c.spec {
+            SourceSpec::Path(cp) | SourceSpec::Sqlite(cp) => cp == Path::new(p),
+            _ => false,
+        })
+    };
+    let at = |p: &str| {
+        if p == "." {
+            dest.to_path_buf()
+        } else if Path::new(p).is_absolute() {
+            if in_place && (trusted || configured_as(p)) {
+                resolve_dest(Path::new(p))
+            } else {
+                dest.join(&source.name)
+            }
+        } else {
+            dest.join(p)
+        }
+    };
+    let Some(kind) = SourceKind::of(source) else {
+        return Err(Error::usage(
+            format!(
+                "source {} is of kind `{}`, which this backstop does not know",
+                source.name, source.kind
+            ),
+            Some("upgrade backstop, or leave the source out with --only".into()),
+        ));
+    };
+    match kind {
+        SourceKind::Path => Ok(Place::Tree(at(&source.path))),
+        SourceKind::Sqlite => Ok(Place::File {
+            target: at(&source.path),
+            file: manifest_file(source)?,
+        }),
+        SourceKind::Volume | SourceKind::Command if !in_place => {
+            Ok(Place::Tree(dest.join(&source.name)))
+        }
+        SourceKind::Volume => volume_place(source, configured.map(|c| &c.spec)),
+        SourceKind::Command => command_place(source, instance, configured.map(|c| &c.spec)),
+    }
+}
+
+/// The one file under a captured source's name that holds its data.
+fn manifest_file(source: &SourceManifest) -> Result<String> {
+    source.file.clone().ok_or_else(|| {
+        Error::from(ArchiveError::Corrupt {
+            path: PathBuf::new(),
+            detail: format!("source {} names no file in its manifest", source.name),
+        })
+    })
+}
+
+/// A volume restored in place: the config's volume, or the manifest's.
+fn volume_place(source: &SourceManifest, configured: Option<&SourceSpec>) -> Result<Place> {
+    let name = match configured {
+        Some(SourceSpec::Volume(v)) => v.clone(),
+        _ => source
+            .origin
+            .strip_prefix("podman volume ")
+            .unwrap_or_default()
+            .to_string(),
+    };
+    crate::podman::check_name("volume", &name).map_err(|e| ArchiveError::Corrupt {
+        path: PathBuf::new(),
+        detail: format!("source {}: {e}", source.name),
+    })?;
+    Ok(Place::Import {
+        into: ImportTarget::Volume { name },
+        file: manifest_file(source)?,
+    })
+}
+
+/// A dump restored in place: by the restore command of the config.
+fn command_place(
+    source: &SourceManifest,
+    instance: Option<&Instance>,
+    configured: Option<&SourceSpec>,
+) -> Result<Place> {
+    let (
+        Some(inst),
+        Some(SourceSpec::Command {
+            restore: Some(command),
+            ..
+        }),
+    ) = (instance, configured)
+    else {
+        return Err(Error::usage(
+            format!(
+                "source {} is a command's output, and the config gives it no restore command",
+                source.name
+            ),
+            Some(format!(
+                "add `restore = \"...\"` to [instances.{}.sources.{}], leave it out with --only, or write it as a file with --dest DIR",
+                instance.map_or("NAME", |i| i.name.as_str()),
+                source.name
+            )),
+        ));
+    };
+    let env = inst.env();
+    Ok(Place::Import {
+        into: ImportTarget::Command {
+            source: source.name.clone(),
+            command: command.clone(),
+            cwd: Some(inst.root.clone()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        file: manifest_file(source)?,
+    })
+}
+
+/// Refuses a target below `dest` whose way there passes through a symlink
+/// or a file: a restore never writes through a symlink inside its
+/// destination (the same is enforced again, by handle, at every step).
+fn check_way_to(dest: &Path, target: &Path) -> Result<()> {
+    let Ok(below) = target.strip_prefix(dest) else {
+        return Ok(());
+    };
+    let mut cur = dest.to_path_buf();
+    let parts: Vec<_> = below.components().collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        cur.push(part);
+        let Ok(md) = cur.symlink_metadata() else {
+            return Ok(());
+        };
+        let what = if md.file_type().is_symlink() {
+            "a symlink"
+        } else if !md.is_dir() {
+            "not a directory"
+        } else {
+            continue;
+        };
+        return Err(Error::Refused {
+            message: format!(
+                "{} is {what}, and the backup restores {} below it: backstop never restores through a symlink or a file inside the destination",
+                cur.display(),
+                target.display()
+            ),
+            hint: Some(format!(
+                "move {} aside (or replace it with the directory it stands for), or restore elsewhere with --dest DIR",
+                cur.display()
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// Walks the live tree at `target` to the end, without descending where a
+/// rule keeps: fails on the first directory it cannot read.
+fn check_readable(target: &Path, kept: &dyn Fn(&Path, bool) -> bool) -> Result<()> {
+    let mut walk = Walk::new(target, false)?;
+    while let Some((rel, node)) = walk.peek()? {
+        let descend = rel.as_os_str().is_empty() || !kept(rel, node.kind == "dir");
+        walk.take(descend);
+    }
+    walk.finish()
+}
+
+/// The root-relative paths the backup could not hold as they were: its
+/// trailer's vanished, unreadable and skipped paths.
+pub(crate) fn incomplete_paths(m: &Manifest, trailer: &Trailer) -> BTreeSet<PathBuf> {
+    let listed = trailer
+        .vanished
+        .iter()
+        .chain(trailer.unreadable.iter().map(|p| &p.path))
+        .chain(trailer.skipped.iter().map(|p| &p.path));
+    listed
+        .filter_map(|member| {
+            let top = member.split('/').next().unwrap_or_default();
+            let source = m.sources.iter().find(|s| s.name == top)?;
+            Some(root_relative(source, member.as_bytes()))
+        })
+        .collect()
+}
+
+/// A restore planned and checked: the plan, and everything carrying it out
+/// needs.
+pub(crate) struct Prepared<'a> {
+    /// The backup read.
+    pub(crate) src: &'a Found,
+    /// The config's definition of the instance, when it has one: its root,
+    /// secrets, services and restore commands.
+    pub(crate) inst: Option<&'a Instance>,
+    /// Where the backup goes, absolute, symlinks resolved.
+    pub(crate) dest: PathBuf,
+    pub(crate) mode: Mode,
+    /// The sources written and the paths kept as they are.
+    pub(crate) selection: Selection,
+    /// What the backup never covered: paths its excludes matched, which
+    /// stay as they are too.
+    pub(crate) backup_excludes: Excludes,
+    /// The sources restored, in the backup's order.
+    pub(crate) sources: Vec<&'a SourceManifest>,
+    /// Where each of them goes, by name.
+    pub(crate) places: HashMap<String, Place>,
+    /// Where volumes and dumps are staged, under backstop's home.
+    pub(crate) scratch: PathBuf,
+    /// The services stopped around the change (only for the instance's
+    /// own root).
+    pub(crate) services: Option<&'a Services>,
+    /// What the safety backup holds: what is there now of the sources
+    /// restored.
+    pub(crate) existing: Vec<Source>,
+    /// Whether a safety backup is taken.
+    pub(crate) safety: bool,
+    /// The whole-file checksum the archive must have, and who says so.
+    pub(crate) expected: Option<(String, String)>,
+    pub(crate) plan: RestorePlan,
+}
+
+impl Prepared<'_> {
+    /// Whether a keep rule covers a path, given absolute and relative to
+    /// the restored root: a never-restore path, an `--exclude`, or one the
+    /// backup's own excludes left out.
+    pub(crate) fn kept(&self, abs: &Path, rel_root: &Path, is_dir: bool) -> bool {
+        self.selection.keep.matches(rel_root, is_dir).is_some()
+            || self.backup_excludes.check(abs, is_dir).is_some()
+    }
+}
+
+/// Plans a restore of `src` (found, and checked against the request by
+/// [`check_request`]): where each source goes, every check made before
+/// anything is written, what the safety backup holds, and, for a dry run,
+/// every path and its action, read from the archive.
+///
+/// # Errors
+///
+/// Integrity failures (the checksum, the manifest) and refusals (free
+/// space, permissions, an exact restore over another directory, a symlink
+/// on the way to a target, an unreadable destination) before anything is
+/// written.
+pub(crate) fn prepare<'a>(
+    ctx: &Context<'a>,
+    req: &RestoreRequest,
+    src: &'a Found,
+) -> Result<Prepared<'a>> {
+    let m = &src.manifest;
+    let inst = ctx.config.instances.get(&m.instance);
+    let own_root = inst.map_or_else(|| PathBuf::from(&m.root), |i| i.root.clone());
+    let dest = resolve_dest(req.dest.as_deref().unwrap_or(&own_root));
+    let is_own_root = resolve_dest(&own_root) == dest;
+    let mode = req
+        .mode
+        .unwrap_or(if is_own_root { Mode::Exact } else { Mode::Safe });
+    if req.activate.is_some() && !is_own_root {
+        return Err(Error::usage(
+            "a rollback puts the instance back in place; it takes no destination",
+            Some("use `backstop restore ID --dest DIR` to restore elsewhere".into()),
+        ));
+    }
+    let (selection, backup_excludes) = selection(req, m, inst, &dest)?;
+    let sources: Vec<&SourceManifest> = m
+        .sources
+        .iter()
+        .filter(|s| selection.source_selected(&s.name))
+        .collect();
+    let scratch = ctx.layout.home.join("restore").join(&m.instance);
+    let places = places(src, &sources, &dest, is_own_root, inst)?;
+    let planned_sources = planned_sources(&sources, &places, &scratch);
+    let expected = expected_checksum(src)?;
+    let plan = RestorePlan {
+        backup: m.id.clone(),
+        archive: src.archive.display().to_string(),
+        instance: m.instance.clone(),
+        created_at: m.created_at.clone(),
+        destination: dest.display().to_string(),
+        mode,
+        sources: planned_sources,
+        // Filled in below, once made.
+        checks: Vec::new(),
+        safety_backup: false,
+        safety_backup_note: String::new(),
+        changes: Changes::default(),
+    };
+    let mut prep = Prepared {
+        src,
+        inst,
+        dest,
+        mode,
+        selection,
+        backup_excludes,
+        sources,
+        places,
+        scratch,
+        services: inst
+            .and_then(|i| i.services.as_ref())
+            .filter(|_| is_own_root),
+        existing: Vec::new(),
+        safety: false,
+        expected,
+        plan,
+    };
+
+    // Checks, all before anything is written.
+    let mut checks = prep.checks(ctx, req, &own_root, is_own_root)?;
+    prep.existing = prep.safety_sources();
+    prep.safety = req.pre_backup && !prep.existing.is_empty();
+    prep.plan.safety_backup = prep.safety;
+    prep.plan.safety_backup_note = prep.safety_note(req);
+    checks.insert(1, prep.check_checksum(req)?);
+    prep.plan.checks = checks;
+
+    if req.dry_run {
+        // The archive is read to list what it holds; nothing is written,
+        // nothing is run.
+        prep.plan.changes = preview(ctx, &prep)?;
+    }
+    Ok(prep)
+}
+
+/// What the restore writes and what it keeps: the `--only` sources, the
+/// never-restore paths and `--exclude` patterns, the secrets, and the
+/// backup's own excludes.
+fn selection(
+    req: &RestoreRequest,
+    m: &Manifest,
+    inst: Option<&Instance>,
+    dest: &Path,
+) -> Result<(Selection, Excludes)> {
+    let mut keep_patterns = m.never_restore.clone();
+    keep_patterns.extend(req.excludes.iter().cloned());
+    let secrets = inst.map(|i| i.secrets.clone()).unwrap_or_default();
+    let selection = Selection {
+        only: req.only.clone(),
+        keep: Patterns::new(dest, &keep_patterns)?,
+        secrets: Patterns::new(dest, &secrets)?,
+    };
+    // What the backup never covered stays too: paths its excludes matched.
+    let backup_excludes = Excludes::new(dest, &m.excludes)?;
+    Ok((selection, backup_excludes))
+}
+
+/// Where each selected source goes, with no symlink or file on the way to
+/// any of them inside `dest`.
+fn places(
+    src: &Found,
+    sources: &[&SourceManifest],
+    dest: &Path,
+    in_place: bool,
+    inst: Option<&Instance>,
+) -> Result<HashMap<String, Place>> {
+    // A backup this home's catalog holds with its checksum is one backstop
+    // wrote (the archive is checked against that checksum before anything
+    // is changed): its absolute paths (bind mounts, found from quadlet
+    // units that may be gone now) are its own. A bare archive file's are
+    // not.
+    let trusted = src.record.as_ref().is_some_and(|r| r.sha256.is_some());
+    let mut places = HashMap::new();
+    for s in sources {
+        places.insert(s.name.clone(), place(dest, in_place, trusted, s, inst)?);
+    }
+    for place in places.values() {
+        if let Place::Tree(t) | Place::File { target: t, .. } = place {
+            check_way_to(dest, t)?;
+        }
+    }
+    Ok(places)
+}
+
+/// The sources as the plan shows them.
+fn planned_sources(
+    sources: &[&SourceManifest],
+    places: &HashMap<String, Place>,
+    scratch: &Path,
+) -> Vec<PlannedSource> {
+    sources
+        .iter()
+        .map(|s| {
+            let place = &places[&s.name];
+            let target = place.target(scratch, &s.name);
+            PlannedSource {
+                name: s.name.clone(),
+                exists: match place {
+                    Place::Import { .. } => true,
+                    _ => target.symlink_metadata().is_ok(),
+                },
+                target: place.shown(scratch, &s.name),
+            }
+        })
+        .collect()
+}
+
+impl Prepared<'_> {
+    /// The checks on the backup and the destination, in the order the plan
+    /// shows them (the checksum's comes later, once the safety backup is
+    /// decided).
+    fn checks(
+        &self,
+        ctx: &Context<'_>,
+        req: &RestoreRequest,
+        own_root: &Path,
+        is_own_root: bool,
+    ) -> Result<Vec<Check>> {
+        let m = &self.src.manifest;
+        let mut checks = vec![Check {
+            name: "format",
+            ok: true,
+            detail: format!("archive format {} written by {}", m.format, m.created_by),
+        }];
+        if let Some(name) = &req.instance {
+            checks.push(Check {
+                name: "instance",
+                ok: true,
+                detail: format!("the backup belongs to {name}"),
+            });
+        }
+        if req.dry_run
+            && let Some(pending) = Journal::load(&ctx.layout.home, &m.instance)?
+        {
+            checks.push(Check {
+                name: "interrupted restore",
+                ok: true,
+                detail: format!(
+                    "the restore of {} into {} was interrupted; the restore finishes or undoes it first (or run `backstop recover {}`)",
+                    pending.backup,
+                    pending.destination.display(),
+                    m.instance
+                ),
+            });
+        }
+        let base = fsutil::existing_ancestor(&self.dest);
+        checks.push(self.check_free_space(&base)?);
+        checks.push(check_writable(&base)?);
+        if self.mode == Mode::Exact && !is_own_root && !req.force {
+            self.refuse_exact_elsewhere(own_root)?;
+        }
+        // The destination must be readable wherever no rule keeps it. When
+        // the catalog says the backup had no warnings, its trailer keeps
+        // nothing else, so an unreadable directory is refused now, before
+        // any service stops; otherwise once the archive (and its trailer)
+        // has been read.
+        if !req.dry_run && self.src.record.as_ref().is_some_and(|r| r.warnings == 0) {
+            self.check_readable()?;
+        }
+        if let Some(s) = self.services {
+            checks.push(Check {
+                name: "services",
+                ok: true,
+                detail: s.describe(),
+            });
+        }
+        Ok(checks)
+    }
+
+    /// Refuses a restore the filesystem of `base` (the destination's
+    /// nearest existing ancestor) has no room for.
+    fn check_free_space(&self, base: &Path) -> Result<Check> {
+        let totals = &self.src.manifest.totals;
+        let need = totals.bytes + totals.bytes / 20 + totals.entries * 4096 + (16 << 20);
+        let have = fsutil::available_space(base)?;
+        if have < need {
+            return Err(Error::Refused {
+                message: format!(
+                    "not enough free space on the filesystem of {}: the restore needs about {} MiB, {} MiB are free",
+                    base.display(),
+                    need >> 20,
+                    have >> 20
+                ),
+                hint: Some("free some space, or restore elsewhere with --dest DIR".into()),
+            });
+        }
+        Ok(Check {
+            name: "free space",
+            ok: true,
+            detail: format!(
+                "{} MiB free on {}, about {} MiB needed",
+                have >> 20,
+                base.display(),
+                need >> 20
+            ),
+        })
+    }
+
+    /// Refuses an exact restore over a non-empty directory that is not the
+    /// backup's own root: it would delete everything the backup lacks.
+    fn refuse_exact_elsewhere(&self, own_root: &Path) -> Result<()> {
+        let non_empty = std::fs::read_dir(&self.dest)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if non_empty {
+            return Err(Error::usage(
+                format!(
+                    "{} is not where backup {} was taken from ({}), and an exact restore would delete everything in it that the backup does not hold",
+                    self.dest.display(),
+                    self.src.manifest.id,
+                    own_root.display()
+                ),
+                Some(
+                    "use --mode safe or --mode merge, or pass --force if that is what you want"
+                        .into(),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Walks every tree and database target, failing on the first
+    /// directory no rule keeps that cannot be read.
+    fn check_readable(&self) -> Result<()> {
+        for s in &self.sources {
+            let (Place::Tree(target) | Place::File { target, .. }) = &self.places[&s.name] else {
+                continue;
+            };
+            let rel_base = rel_base(s);
+            check_readable(target, &|rel: &Path, is_dir: bool| {
+                self.kept(&target.join(rel), &rel_base.join(rel), is_dir)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What the safety backup holds: what is there now of the sources
+    /// restored, as sources of a backup.
+    fn safety_sources(&self) -> Vec<Source> {
+        self.sources
+            .iter()
+            .filter_map(|s| {
+                Some(Source {
+                    name: s.name.clone(),
+                    spec: self.safety_spec(s)?,
+                })
+            })
+            .collect()
+    }
+
+    /// What the safety backup takes of `s`, if anything is there now.
+    fn safety_spec(&self, s: &SourceManifest) -> Option<SourceSpec> {
+        let present = |t: &Path| {
+            t.symlink_metadata().is_ok()
+                && std::fs::read_dir(t)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(true)
+        };
+        // Relative to the destination, as the backup's own sources are; a
+        // bind mount outside it stays absolute.
+        let below_dest = |t: &Path| match t.strip_prefix(&self.dest) {
+            Ok(rel) if rel.as_os_str().is_empty() => PathBuf::from("."),
+            Ok(rel) => rel.to_path_buf(),
+            Err(_) => t.to_path_buf(),
+        };
+        let spec = match &self.places[&s.name] {
+            Place::Tree(t) if present(t) => SourceSpec::Path(below_dest(t)),
+            Place::File { target, .. } if target.is_file() => {
+                SourceSpec::Sqlite(below_dest(target))
+            }
+            Place::Import {
+                into: ImportTarget::Volume { name },
+                ..
+            } => {
+                if !crate::podman::Podman::default()
+                    .volume_exists(name)
+                    .unwrap_or(false)
+                {
+                    return None;
+                }
+                SourceSpec::Volume(name.clone())
+            }
+            Place::Import {
+                into: ImportTarget::Command { .. },
+                ..
+            } => self
+                .inst
+                .and_then(|i| i.sources.iter().find(|c| c.name == s.name))
+                .map(|c| c.spec.clone())?,
+            _ => return None,
+        };
+        Some(spec)
+    }
+
+    /// Why a safety backup is taken or not, as the plan says it.
+    fn safety_note(&self, req: &RestoreRequest) -> String {
+        if !req.pre_backup {
+            "skipped: --no-pre-backup".to_string()
+        } else if self.existing.is_empty() {
+            "not needed: nothing is at the destination".to_string()
+        } else {
+            format!(
+                "of {} as instance {}, reason {}",
+                self.dest.display(),
+                self.src.manifest.instance,
+                req.safety_reason
+            )
+        }
+    }
+
+    /// The checksum check: made now when a safety backup is to be taken
+    /// (so that a damaged archive costs nothing) or for a dry run;
+    /// otherwise while staging, in the same read.
+    fn check_checksum(&self, req: &RestoreRequest) -> Result<Check> {
+        let src = self.src;
+        let checked_first = self.safety || req.dry_run;
+        if checked_first {
+            let actual = diff::hash_file(&src.archive)
+                .map(hex::encode)
+                .ok_or_else(|| {
+                    Error::io(
+                        "reading",
+                        &src.archive,
+                        std::io::Error::other("cannot read"),
+                    )
+                })?;
+            check_sum(src, &self.expected, &actual)?;
+        }
+        Ok(Check {
+            name: "checksum",
+            ok: true,
+            detail: match (&self.expected, checked_first) {
+                (None, _) => {
+                    "no sidecar or catalog checksum to compare; every file is checked while staging"
+                        .into()
+                }
+                (Some((what, _)), true) => format!("SHA-256 matches {what}"),
+                (Some((what, _)), false) => format!(
+                    "SHA-256 compared with {what} while staging, before anything is swapped in"
+                ),
+            },
+        })
+    }
+}
+
+/// Refuses a restore into `base` (the destination's nearest existing
+/// ancestor) when this user may not write there.
+fn check_writable(base: &Path) -> Result<Check> {
+    if rustix::fs::access(base, rustix::fs::Access::WRITE_OK).is_err() {
+        return Err(Error::Refused {
+            message: format!("{} is not writable", base.display()),
+            hint: Some(
+                "run as a user who may write there, or restore elsewhere with --dest DIR".into(),
+            ),
+        });
+    }
+    Ok(Check {
+        name: "permissions",
+        ok: true,
+        detail: format!("{} is writable", base.display()),
+    })
+}
+
+/// Whether a keep rule covers a path relative to a target.
+type KeepRule<'a> = Box<dyn Fn(&Path, bool) -> bool + 'a>;
+
+/// What a dry run plans: the archive read once (twice when the catalog
+/// cannot rule out paths the backup could not hold, whose list comes last),
+/// each entry merged with the live tree as it comes.
+fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
+    let src = prep.src;
+    let m = &src.manifest;
+    let places = &prep.places;
+    let incomplete = if src.record.as_ref().is_some_and(|r| r.warnings == 0) {
+        BTreeSet::new()
+    } else {
+        let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut Skim);
+        incomplete_paths(m, &run.result?.trailer)
+    };
+    let databases = database_paths(places);
+    let other = |abs: &Path| databases.iter().any(|d| d == abs);
+    let keeps: Vec<(String, KeepRule<'_>)> = prep
+        .sources
+        .iter()
+        .filter_map(|s| {
+            let (Place::Tree(target) | Place::File { target, .. }) = &places[&s.name] else {
+                return None;
+            };
+            let rel_base = rel_base(s);
+            let incomplete = &incomplete;
+            let keep = move |rel: &Path, is_dir: bool| {
+                prep.kept(&target.join(rel), &rel_base.join(rel), is_dir)
+                    || incomplete.contains(&rel_base.join(rel))
+            };
+            Some((
+                s.name.clone(),
+                Box::new(keep) as Box<dyn Fn(&Path, bool) -> bool>,
+            ))
+        })
+        .collect();
+    let mut targets = Vec::new();
+    for s in &prep.sources {
+        let keep = keeps
+            .iter()
+            .find(|(n, _)| *n == s.name)
+            .map(|(_, k)| k.as_ref());
+        let target = match (&places[&s.name], keep) {
+            (Place::Import { file, .. }, _) => preview::Target::Import {
+                file: file.clone(),
+                size: 0,
+            },
+            (Place::Tree(t), Some(keep)) => {
+                preview::Target::Tree(Merger::new(prep.mode, t, None, keep, &other, None)?)
+            }
+            (Place::File { target, file }, Some(keep)) => preview::Target::File {
+                file: file.clone(),
+                merger: Merger::new(prep.mode, target, None, keep, &other, None)?,
+            },
+            _ => continue,
+        };
+        targets.push((s.name.clone(), target));
+    }
+    let mut visitor = Preview::new(&m.sources, targets, &prep.selection);
+    walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut visitor).result?;
+    // In the order of the sources, as a real restore reports them.
+    let mut by_name = visitor.into_targets();
+    let mut changes = Changes::default();
+    for s in &prep.sources {
+        match by_name.remove(&s.name) {
+            Some(preview::Target::Import { size, .. }) => changes.push(
+                &places[&s.name].shown(&prep.scratch, &s.name),
+                Action::Replace,
+                import_kind(s),
+                size,
+            ),
+            Some(preview::Target::Tree(merger) | preview::Target::File { merger, .. }) => {
+                changes.extend(&merger.finish()?.0);
+            }
+            None => {}
+        }
+    }
+    Ok(changes)
+}

@@ -407,6 +407,41 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
     let left = staging_left(env.dir.path());
     expect.check(left.is_empty(), format!("staging left behind: {left:?}"));
     expect.finish(&context(&out));
+
+    // Kept by --exclude, it must still be carried into the restored tree,
+    // which this user cannot do with root's directory: refused up front.
+    let restore_as_nobody = |extra: &[&str]| {
+        let mut args: Vec<&OsStr> = vec!["restore".as_ref(), id.as_ref(), "--yes".as_ref()];
+        args.push("--no-pre-backup".as_ref());
+        args.extend(extra.iter().map(|a| OsStr::new(*a)));
+        backstop_as_nobody(&env, &home, &args)
+    };
+    let out = restore_as_nobody(&["--exclude", "rootonly/"]);
+    let mut expect = Expect::default();
+    expect.check(
+        out.status.code() == Some(1),
+        "an exact restore keeping root's directory was not refused",
+    );
+    expect.check(
+        stderr(&out).contains("belongs to another user"),
+        "the refusal does not say why",
+    );
+    expect.check(listing(&app) == before, "the tree changed");
+    // A merge leaves it where it is.
+    let merged = restore_as_nobody(&["--exclude", "rootonly/", "--mode", "merge"]);
+    expect.check(
+        merged.status.success(),
+        format!("the merge restore failed: {}", stderr(&merged)),
+    );
+    expect.check(
+        read(&app.join("a.txt")).as_deref() == Some(b"original"),
+        "the merge did not restore a.txt",
+    );
+    expect.check(
+        read(&foreign.join("secret")).as_deref() == Some(b"root's"),
+        "the merge touched rootonly",
+    );
+    expect.finish(&context(&out));
 }
 
 #[test]

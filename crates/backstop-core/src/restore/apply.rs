@@ -961,12 +961,21 @@ fn inode(path: &Path) -> Result<u64> {
 fn move_step(from: PathBuf, to: PathBuf) -> Result<Step> {
     let st = handle::lstat(&from).map_err(|e| Error::io("reading", &from, e))?;
     let euid = rustix::process::geteuid();
-    let reopen = (handle::is_dir(&st)
-        && !euid.is_root()
-        && st.st_uid == euid.as_raw()
-        && st.st_mode & 0o200 == 0
-        && from.parent() != to.parent())
-    .then_some(st.st_mode & 0o7777);
+    let needs_write = handle::is_dir(&st) && !euid.is_root() && from.parent() != to.parent();
+    let ours = st.st_uid == euid.as_raw();
+    if needs_write && !ours && !handle::writable(&from) {
+        // Known now, before any step, rather than as a failed rename.
+        return Err(Error::Refused {
+            message: format!(
+                "{} belongs to another user and this one may not write it, which moving it into the restored tree needs",
+                from.display()
+            ),
+            hint: Some(
+                "restore as root or as its owner, or leave it where it is with --mode merge".into(),
+            ),
+        });
+    }
+    let reopen = (needs_write && ours && st.st_mode & 0o200 == 0).then_some(st.st_mode & 0o7777);
     Ok(Step::Move {
         from,
         to,

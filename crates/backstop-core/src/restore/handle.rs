@@ -107,6 +107,21 @@ pub fn ino(path: &Path) -> Option<u64> {
     lstat(path).ok().map(|st| st.st_ino)
 }
 
+/// Whether this user may write `path` itself (not following a symlink
+/// there).
+pub fn writable(path: &Path) -> bool {
+    let Ok((dir, name)) = open_parent(path) else {
+        return false;
+    };
+    rustix::fs::accessat(
+        &dir,
+        name,
+        rustix::fs::Access::WRITE_OK,
+        AtFlags::SYMLINK_NOFOLLOW | AtFlags::EACCESS,
+    )
+    .is_ok()
+}
+
 /// Whether `st` is a directory.
 pub fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory

@@ -13,7 +13,7 @@ use backstop_core::archive::format::SourceManifest;
 use backstop_test_support::{have, root};
 
 use crate::craft::{Raw, craft_with, manifest, path_source};
-use crate::support::{Env, bin, run_paused};
+use crate::support::{Env, bin, run_paused, walk};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -165,22 +165,6 @@ fn cmd_with_home(env: &Env, home: &Path) -> Command {
         .arg("--home")
         .arg(home);
     cmd
-}
-
-/// Every path below `dir` (not following symlinks).
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// What is below `dir`: each relative path with its kind and content (a

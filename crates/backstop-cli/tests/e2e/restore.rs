@@ -12,7 +12,7 @@ use predicates::prelude::*;
 use rustix::process::Signal;
 
 use crate::craft::{Raw, craft};
-use crate::support::{Env, run_paused, signal, spawn};
+use crate::support::{Env, run_paused, signal, spawn, walk};
 
 /// Copies a tree exactly (as a reference to compare with later), with GNU cp.
 fn copy_tree(from: &Path, to: &Path) {
@@ -69,21 +69,6 @@ fn no_staging_left(dir: &Path) {
             entry.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -186,3 +186,19 @@ pub fn flip_byte(file: &Path, offset: u64) {
     data[offset as usize] ^= 0x01;
     std::fs::write(file, data).unwrap();
 }
+
+/// Every path below `dir` (not following symlinks).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,7 +1,7 @@
 //! The archive's side of a dry run: each entry, as it is read, goes to its
 //! source's [`Merger`] against the live tree. Nothing is written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -12,8 +12,9 @@ use crate::archive::format::SourceManifest;
 use crate::archive::reader::{Content, Visitor};
 use crate::archive::tarread::{Entry, Kind};
 use crate::error::Result;
-use crate::restore::diff::Node;
-use crate::restore::stage::{Selection, path_key, root_relative};
+use crate::restore::diff::{Action, Node};
+use crate::restore::handle;
+use crate::restore::stage::{Selection, path_key, root_relative, split_member};
 use crate::restore::steps::Merger;
 
 /// Where a source's entries go in a dry run.
@@ -30,10 +31,14 @@ pub enum Target<'a> {
 pub struct Preview<'a> {
     sources: HashMap<String, (SourceManifest, Target<'a>)>,
     selection: &'a Selection,
-    /// The files read so far, by a hash of their member path: size and
-    /// content hash, which a later hard link to them shares. (A hash, not
-    /// the path, so a million files cost a few dozen bytes each.)
-    files: HashMap<u64, (u64, [u8; 32])>,
+    /// The files found unchanged so far, by a hash of their member path:
+    /// a later hard link to one is unchanged too when the live tree still
+    /// links the two. (A hash, not the path, so a million files cost a few
+    /// bytes each.)
+    unchanged: HashSet<u64>,
+    /// Every file restored so far, the same way, with its size: a hard
+    /// link to a file left out is left out too.
+    restored: HashMap<u64, u64>,
     buf: Vec<u8>,
 }
 
@@ -53,7 +58,8 @@ impl<'a> Preview<'a> {
         Preview {
             sources: by_name,
             selection,
-            files: HashMap::new(),
+            unchanged: HashSet::new(),
+            restored: HashMap::new(),
             buf: vec![0u8; 1 << 20],
         }
     }
@@ -80,12 +86,7 @@ impl<'a> Preview<'a> {
 
 impl Visitor for Preview<'_> {
     fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> Result<()> {
-        let top_len = entry
-            .path
-            .iter()
-            .position(|&b| b == b'/')
-            .unwrap_or(entry.path.len());
-        let name = String::from_utf8_lossy(&entry.path[..top_len]).into_owned();
+        let (name, below) = split_member(&entry.path);
         let Some((source, _)) = self.sources.get(&name) else {
             return Ok(());
         };
@@ -98,24 +99,21 @@ impl Visitor for Preview<'_> {
         {
             return Ok(());
         }
-        let below = entry.path[top_len..]
-            .strip_prefix(b"/")
-            .unwrap_or(&entry.path[top_len..])
-            .to_vec();
+        let below = PathBuf::from(OsStr::from_bytes(below));
         let node = match entry.kind {
             Kind::File => {
                 let sha = self.content_hash(content)?;
-                self.files.insert(path_key(&entry.path), (entry.size, sha));
-                file_node(entry, entry.size, sha)
+                file_node(entry, entry.size, Some(sha), 0)
             }
-            // A further name of an earlier file: the same content; none if
-            // that file was not restored (the restore leaves this one too).
+            // A further name of an earlier file, which was not restored (the
+            // restore leaves this one too), or was: then the same as the
+            // live file there when that one was unchanged.
             Kind::HardLink => {
                 let target = entry.link.as_deref().unwrap_or_default();
-                match self.files.get(&path_key(target)) {
-                    Some(&(size, sha)) => file_node(entry, size, sha),
-                    None => return Ok(()),
-                }
+                let Some(link) = self.hard_link(&name, target) else {
+                    return Ok(());
+                };
+                link
             }
             _ => Node {
                 kind: if entry.kind == Kind::Dir {
@@ -135,31 +133,66 @@ impl Visitor for Preview<'_> {
         let Some((_, target)) = self.sources.get_mut(&name) else {
             return Ok(());
         };
-        match target {
-            Target::Tree(merger) => {
-                merger.backup_entry(PathBuf::from(OsStr::from_bytes(&below)), &node)
+        let action = match target {
+            Target::Tree(merger) => merger.backup_entry(below, &node)?,
+            Target::File { file, merger } if below.as_os_str().as_bytes() == file.as_bytes() => {
+                merger.backup_entry(PathBuf::new(), &node)?
             }
-            Target::File { file, merger } if below == file.as_bytes() => {
-                merger.backup_entry(PathBuf::new(), &node)
-            }
-            Target::Import { file, size } if below == file.as_bytes() => {
+            Target::Import { file, size } if below.as_os_str().as_bytes() == file.as_bytes() => {
                 *size = node.size;
-                Ok(())
+                None
             }
-            _ => Ok(()),
+            _ => None,
+        };
+        if entry.kind == Kind::File {
+            self.restored.insert(path_key(&entry.path), entry.size);
+            if action == Some(Action::Unchanged) {
+                self.unchanged.insert(path_key(&entry.path));
+            }
         }
+        Ok(())
     }
 }
 
-fn file_node(entry: &Entry, size: u64, sha: [u8; 32]) -> Node {
+impl Preview<'_> {
+    /// The node of a hard link to the member `target`: `None` when that
+    /// file is not restored; the live file at the target (its inode, which
+    /// the live link must share) when it was found unchanged; otherwise a
+    /// file that matches nothing (replaced).
+    fn hard_link(&self, source: &str, target: &[u8]) -> Option<Node> {
+        let key = path_key(target);
+        let size = *self.restored.get(&key)?;
+        let mut node = Node {
+            kind: "file",
+            size,
+            mode: 0,
+            mtime: (0, 0),
+            link: None,
+            sha256: None,
+            ino: 0,
+            ctime: (0, 0),
+        };
+        if self.unchanged.contains(&key)
+            && let Some((_, Target::Tree(merger))) = self.sources.get(source)
+        {
+            let (_, below) = split_member(target);
+            if let Ok(st) = handle::lstat(&merger.target().join(OsStr::from_bytes(below))) {
+                node.ino = st.st_ino;
+            }
+        }
+        Some(node)
+    }
+}
+
+fn file_node(entry: &Entry, size: u64, sha: Option<[u8; 32]>, ino: u64) -> Node {
     Node {
         kind: "file",
         size,
         mode: entry.mode,
         mtime: (entry.mtime, entry.mtime_nsec),
         link: None,
-        sha256: Some(sha),
-        ino: 0,
+        sha256: sha,
+        ino,
         ctime: (0, 0),
     }
 }

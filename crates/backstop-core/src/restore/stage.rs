@@ -177,6 +177,8 @@ pub struct Stager<'a> {
     /// The inodes linked from the live tree, with their change time once
     /// linked: a later change means something wrote them meanwhile.
     pub linked: HashMap<u64, (i64, u64)>,
+    /// The archive's and the live file's bytes, compared.
+    compare_buffers: (Vec<u8>, Vec<u8>),
 }
 
 /// What the writer thread hands back.
@@ -215,6 +217,7 @@ impl<'a> Stager<'a> {
             tx: Some(tx),
             writer: Some(writer),
             linked: HashMap::new(),
+            compare_buffers: (Vec::new(), Vec::new()),
         }
     }
 
@@ -389,29 +392,22 @@ impl Stager<'_> {
         (live, before): (File, rustix::fs::Stat),
     ) -> Result<()> {
         let shown = self.live[&source].display(below(&source, &entry.path));
-        let mut ours = vec![0u8; CHUNK];
-        let mut theirs = vec![0u8; CHUNK];
-        let mut pos = 0u64;
-        loop {
-            let n = fill(&mut ours, |b| content.read(b))?;
-            if n == 0 {
-                break;
-            }
-            self.progress.advance(n as u64);
-            let m = read_full_at(&live, &mut theirs[..n], pos)
-                .map_err(|e| Error::io("reading", &shown, e))?;
-            if m != n || ours[..n] != theirs[..n] {
-                self.send(Op::Open {
-                    source,
-                    path: entry.path.clone(),
-                    sparse: None,
-                    prefix: Some((live, pos)),
-                })?;
-                self.send(Op::Data(ours[..n].to_vec()))?;
-                return self.rest(entry, content, meta);
-            }
-            pos += n as u64;
-            self.cancel.check()?;
+        // Two buffers for the whole restore, not two a file: a fresh
+        // megabyte zeroed for each of many files was most of the time.
+        let (mut ours, mut theirs) = std::mem::take(&mut self.compare_buffers);
+        ours.resize(CHUNK, 0);
+        theirs.resize(CHUNK, 0);
+        let compared = self.compare(&mut ours, &mut theirs, content, &live, &shown);
+        self.compare_buffers = (ours, theirs);
+        if let Some((pos, differs_from)) = compared? {
+            self.send(Op::Open {
+                source,
+                path: entry.path.clone(),
+                sparse: None,
+                prefix: Some((live, pos)),
+            })?;
+            self.send(Op::Data(differs_from))?;
+            return self.rest(entry, content, meta);
         }
         let after = rustix::fs::fstat(&live).map_err(|e| Error::io("reading", &shown, e.into()))?;
         if change_time(&after) != change_time(&before) {
@@ -426,6 +422,45 @@ impl Stager<'_> {
             meta,
         })
     }
+
+    /// Compares the entry's content with the live file, chunk by chunk:
+    /// `None` when equal to the end, else the offset of the first chunk
+    /// that differs and that chunk (the entry's bytes).
+    fn compare(
+        &mut self,
+        ours: &mut [u8],
+        theirs: &mut [u8],
+        content: &mut Content<'_>,
+        live: &File,
+        shown: &Path,
+    ) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut pos = 0u64;
+        loop {
+            let n = fill(ours, |b| content.read(b))?;
+            if n == 0 {
+                break;
+            }
+            self.progress.advance(n as u64);
+            let m = read_full_at(live, &mut theirs[..n], pos)
+                .map_err(|e| Error::io("reading", shown, e))?;
+            if m != n || ours[..n] != theirs[..n] {
+                return Ok(Some((pos, ours[..n].to_vec())));
+            }
+            pos += n as u64;
+            self.cancel.check()?;
+        }
+        Ok(None)
+    }
+}
+
+/// A member's source name (its first component) and the rest of its path.
+pub fn split_member(member: &[u8]) -> (String, &[u8]) {
+    let top = member
+        .iter()
+        .position(|&b| b == b'/')
+        .unwrap_or(member.len());
+    let rest = member[top..].strip_prefix(b"/").unwrap_or(&member[top..]);
+    (String::from_utf8_lossy(&member[..top]).into_owned(), rest)
 }
 
 /// A 64-bit hash of a member's path.
@@ -499,12 +534,7 @@ impl Drop for Stager<'_> {
 
 impl Visitor for Stager<'_> {
     fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> Result<()> {
-        let top_len = entry
-            .path
-            .iter()
-            .position(|&b| b == b'/')
-            .unwrap_or(entry.path.len());
-        let source_name = String::from_utf8_lossy(&entry.path[..top_len]).into_owned();
+        let (source_name, _) = split_member(&entry.path);
         let Some(source) = self.sources.get(&source_name) else {
             // The walk refuses members outside the sources before this.
             return Err(Error::usage(

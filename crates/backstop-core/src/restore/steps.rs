@@ -175,6 +175,11 @@ impl<'a> Merger<'a> {
         })
     }
 
+    /// The live target.
+    pub fn target(&self) -> &Path {
+        self.target
+    }
+
     fn shown(&self, rel: &Path) -> String {
         if rel.as_os_str().is_empty() {
             self.target.display().to_string()
@@ -189,7 +194,7 @@ impl<'a> Merger<'a> {
     ///
     /// Fails on entries out of order, a linked file written meanwhile, or
     /// a live tree that cannot be read.
-    pub fn backup_entry(&mut self, rel: PathBuf, want: &Node) -> Result<()> {
+    pub fn backup_entry(&mut self, rel: PathBuf, want: &Node) -> Result<Option<Action>> {
         if self.last.as_ref().is_some_and(|last| rel <= *last) {
             return Err(Error::Archive(crate::archive::ArchiveError::Corrupt {
                 path: self.target.to_path_buf(),
@@ -207,7 +212,7 @@ impl<'a> Merger<'a> {
             if have.is_some() {
                 self.live.take(true);
             }
-            return Ok(());
+            return Ok(None);
         }
         if let Some(linked) = self.linked
             && want.kind == "file"
@@ -235,7 +240,7 @@ impl<'a> Merger<'a> {
         let shown = self.shown(&rel);
         self.changes.push(&shown, d.action, want.kind, want.size);
         self.record(rel, d.step);
-        Ok(())
+        Ok(Some(d.action))
     }
 
     /// Records the move a decision asks for; nothing below a subtree that

@@ -508,10 +508,14 @@ pub fn walk<R: Read>(
         .collect();
     let sources: HashSet<&[u8]> = source_names.iter().map(Vec::as_slice).collect();
 
-    let mut hashes: Vec<(u64, [u8; 32])> = Vec::new();
-    let mut files_seen: HashSet<u64> = HashSet::new();
+    // Sized from the scan's totals (capped: they are the archive's word),
+    // so a million files do not cost a doubling's worth of spare room.
+    let files = manifest.totals.files.min(1 << 24) as usize;
+    let entries = manifest.totals.entries.min(1 << 24) as usize;
+    let mut hashes: Vec<(u64, [u8; 32])> = Vec::with_capacity(files);
+    let mut files_seen: HashSet<u64> = HashSet::with_capacity(files);
     // Every payload path, to refuse a second entry for the same path.
-    let mut seen: HashSet<u64> = HashSet::new();
+    let mut seen: HashSet<u64> = HashSet::with_capacity(entries);
     let mut symlinks: HashSet<u64> = HashSet::new();
     let (mut entries_n, mut bytes) = (0u64, 0u64);
     let mut buf = vec![0u8; 256 << 10];

@@ -469,7 +469,7 @@ struct Staged {
     unrestorable: BTreeSet<PathBuf>,
     /// Inodes linked from the live tree, with their change time once
     /// linked.
-    linked: HashMap<u64, (i64, u64)>,
+    linked: HashMap<u64, u64>,
 }
 
 /// Creates the directories of the journal's first steps and the staging
@@ -806,7 +806,7 @@ fn merge_staged(
     staged_top: &Path,
     kept: &dyn Fn(&Path, bool) -> bool,
     other: &dyn Fn(&Path) -> bool,
-    linked: &HashMap<u64, (i64, u64)>,
+    linked: &HashMap<u64, u64>,
 ) -> Result<(Changes, Moves, u64)> {
     let mut merger = Merger::new(mode, target, Some(staged_top), kept, other, Some(linked))?;
     let mut staged = Walk::new(staged_top, true)?;

@@ -44,7 +44,7 @@ pub struct Node {
     pub sha256: Option<[u8; 32]>,
     /// Inode and change time, on disk (0 for an archive's entry).
     pub ino: u64,
-    pub ctime: (i64, u64),
+    pub ctime: u64,
 }
 
 /// One path and what happens to it.
@@ -72,23 +72,39 @@ impl Changes {
     /// counted: a plan lists what changes, so that it stays the size of
     /// the change, not of the tree.
     pub fn push(&mut self, path: &str, action: Action, kind: &'static str, bytes: u64) {
+        self.push_below(path, "", action, kind, bytes);
+    }
+
+    /// Records what happens to `below` (relative, `""` for `top` itself)
+    /// under `top`.
+    pub fn push_below(
+        &mut self,
+        top: &str,
+        below: &str,
+        action: Action,
+        kind: &'static str,
+        bytes: u64,
+    ) {
         self.totals.add(action, bytes);
         if action != Action::Unchanged {
-            self.actions.push(path, action, kind);
+            self.actions.push(top, below, action, kind);
         }
     }
 
     /// Appends `other`'s paths and totals.
     pub fn extend(&mut self, other: &Changes) {
-        let base = u32::try_from(self.actions.paths.len()).unwrap_or(u32::MAX);
-        self.actions.paths.push_str(&other.actions.paths);
-        self.actions.items.extend(
-            other
+        let mut start = 0usize;
+        for &(top, end, action, kind) in &other.actions.items {
+            let end = (end as usize).min(other.actions.paths.len());
+            let below = other.actions.paths.get(start..end).unwrap_or_default();
+            start = end;
+            let top = other
                 .actions
-                .items
-                .iter()
-                .map(|&(end, action, kind)| (end.saturating_add(base), action, kind)),
-        );
+                .tops
+                .get(top as usize)
+                .map_or("", String::as_str);
+            self.actions.push(top, below, action, KINDS[kind as usize]);
+        }
         self.totals.merge(&other.totals);
     }
 }
@@ -97,24 +113,29 @@ impl Changes {
 const KINDS: [&str; 6] = ["dir", "file", "symlink", "other", "volume", "dump"];
 
 /// The actions of a plan, held compactly (a restore of a million files
-/// plans a million actions): the paths in one arena, a few bytes each
-/// besides. Serialised as a list of [`PlannedAction`].
+/// plans a million actions): each path as the part below its target, in
+/// one arena, and the targets once. Serialised as a list of
+/// [`PlannedAction`] with whole paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actions {
+    /// The targets the paths are below.
+    tops: Vec<String>,
+    /// The parts below them, end to end.
     paths: String,
-    /// (end of the path in `paths`, action, index in `KINDS`).
-    items: Vec<(u32, Action, u8)>,
+    /// (target index, end of the part in `paths`, action, index in `KINDS`).
+    items: Vec<(u32, u32, Action, u8)>,
 }
 
 impl Actions {
-    fn push(&mut self, path: &str, action: Action, kind: &'static str) {
-        self.paths.push_str(path);
+    fn push(&mut self, top: &str, below: &str, action: Action, kind: &'static str) {
+        if self.tops.last().is_none_or(|t| t != top) {
+            self.tops.push(top.to_string());
+        }
+        let top = u32::try_from(self.tops.len() - 1).unwrap_or(u32::MAX);
+        self.paths.push_str(below);
         let kind = KINDS.iter().position(|k| *k == kind).unwrap_or(3) as u8;
-        self.items.push((
-            u32::try_from(self.paths.len()).unwrap_or(u32::MAX),
-            action,
-            kind,
-        ));
+        let end = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
+        self.items.push((top, end, action, kind));
     }
 
     /// How many paths are planned.
@@ -130,10 +151,16 @@ impl Actions {
     /// Every planned path, in order.
     pub fn iter(&self) -> impl Iterator<Item = PlannedAction> + '_ {
         let mut start = 0usize;
-        self.items.iter().map(move |&(end, action, kind)| {
+        self.items.iter().map(move |&(top, end, action, kind)| {
             let end = (end as usize).min(self.paths.len());
-            let path = self.paths.get(start..end).unwrap_or_default().to_string();
+            let below = self.paths.get(start..end).unwrap_or_default();
             start = end;
+            let top = self.tops.get(top as usize).map_or("", String::as_str);
+            let path = if below.is_empty() {
+                top.to_string()
+            } else {
+                format!("{top}/{below}")
+            };
             PlannedAction {
                 path,
                 action,

@@ -127,7 +127,7 @@ impl Visitor for Preview<'_> {
                 link: entry.link.clone().filter(|_| entry.kind == Kind::Symlink),
                 sha256: None,
                 ino: 0,
-                ctime: (0, 0),
+                ctime: 0,
             },
         };
         let Some((_, target)) = self.sources.get_mut(&name) else {
@@ -170,7 +170,7 @@ impl Preview<'_> {
             link: None,
             sha256: None,
             ino: 0,
-            ctime: (0, 0),
+            ctime: 0,
         };
         if self.unchanged.contains(&key)
             && let Some((_, Target::Tree(merger))) = self.sources.get(source)
@@ -193,7 +193,7 @@ fn file_node(entry: &Entry, size: u64, sha: Option<[u8; 32]>, ino: u64) -> Node 
         link: None,
         sha256: sha,
         ino,
-        ctime: (0, 0),
+        ctime: 0,
     }
 }
 

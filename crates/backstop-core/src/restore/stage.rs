@@ -176,7 +176,7 @@ pub struct Stager<'a> {
     writer: Option<JoinHandle<std::result::Result<Written, Error>>>,
     /// The inodes linked from the live tree, with their change time once
     /// linked: a later change means something wrote them meanwhile.
-    pub linked: HashMap<u64, (i64, u64)>,
+    pub linked: HashMap<u64, u64>,
     /// The archive's and the live file's bytes, compared.
     compare_buffers: (Vec<u8>, Vec<u8>),
 }
@@ -184,7 +184,7 @@ pub struct Stager<'a> {
 /// What the writer thread hands back.
 struct Written {
     warnings: Vec<String>,
-    linked: HashMap<u64, (i64, u64)>,
+    linked: HashMap<u64, u64>,
 }
 
 impl<'a> Stager<'a> {
@@ -492,9 +492,12 @@ fn fill(buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> Result<usize>) -> Res
     Ok(n)
 }
 
-/// An inode's change time, which every write, chmod, chown or link moves.
-pub fn change_time(st: &rustix::fs::Stat) -> (i64, u64) {
-    (st.st_ctime, st.st_ctime_nsec)
+/// An inode's change time, which every write, chmod, chown or link moves,
+/// in nanoseconds (one word a linked file).
+pub fn change_time(st: &rustix::fs::Stat) -> u64 {
+    (st.st_ctime as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(st.st_ctime_nsec)
 }
 
 /// Reads `buf.len()` bytes of `file` from `pos`, fewer only at its end.
@@ -609,7 +612,7 @@ struct Writer {
     open: Option<OpenFile>,
     warnings: Vec<String>,
     /// Inodes linked from the live tree, and their change time once linked.
-    linked: HashMap<u64, (i64, u64)>,
+    linked: HashMap<u64, u64>,
 }
 
 impl Writer {

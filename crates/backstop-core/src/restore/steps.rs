@@ -128,6 +128,8 @@ pub struct Merger<'a> {
     mode: Mode,
     /// The live target, for messages and content comparisons.
     target: &'a Path,
+    /// The target as plans show it.
+    shown_top: String,
     /// The staged tree (a real restore), whose files compare by content.
     staged_top: Option<&'a Path>,
     live: Walk,
@@ -137,7 +139,7 @@ pub struct Merger<'a> {
     other: &'a dyn Fn(&Path) -> bool,
     /// Inodes linked from the live tree, with their change time once
     /// linked.
-    linked: Option<&'a HashMap<u64, (i64, u64)>>,
+    linked: Option<&'a HashMap<u64, u64>>,
     blocked: Option<PathBuf>,
     moved: Option<PathBuf>,
     last: Option<PathBuf>,
@@ -157,11 +159,12 @@ impl<'a> Merger<'a> {
         staged_top: Option<&'a Path>,
         kept: &'a dyn Fn(&Path, bool) -> bool,
         other: &'a dyn Fn(&Path) -> bool,
-        linked: Option<&'a HashMap<u64, (i64, u64)>>,
+        linked: Option<&'a HashMap<u64, u64>>,
     ) -> Result<Merger<'a>> {
         Ok(Merger {
             mode,
             target,
+            shown_top: target.display().to_string(),
             staged_top,
             live: Walk::new(target, false)?,
             kept,
@@ -180,12 +183,11 @@ impl<'a> Merger<'a> {
         self.target
     }
 
-    fn shown(&self, rel: &Path) -> String {
-        if rel.as_os_str().is_empty() {
-            self.target.display().to_string()
-        } else {
-            self.target.join(rel).display().to_string()
-        }
+    /// Records the action on `rel`, the target's path kept once.
+    fn plan(&mut self, rel: &Path, action: Action, kind: &'static str, bytes: u64) {
+        let below = rel.display().to_string();
+        self.changes
+            .push_below(&self.shown_top, &below, action, kind, bytes);
     }
 
     /// One entry of the backup (relative to the target), in archive order.
@@ -237,8 +239,7 @@ impl<'a> Merger<'a> {
         if d.block {
             self.blocked = Some(rel.clone());
         }
-        let shown = self.shown(&rel);
-        self.changes.push(&shown, d.action, want.kind, want.size);
+        self.plan(&rel, d.action, want.kind, want.size);
         self.record(rel, d.step);
         Ok(Some(d.action))
     }
@@ -285,8 +286,7 @@ impl<'a> Merger<'a> {
             let is_kept = (self.kept)(&rel, have.kind == "dir");
             let d = decide(self.mode, None, Some(&have), is_kept, false);
             self.live.take(d.descend_live);
-            let shown = self.shown(&rel);
-            self.changes.push(&shown, d.action, have.kind, 0);
+            self.plan(&rel, d.action, have.kind, 0);
             if d.step == Move::CarryOver && !rel.as_os_str().is_empty() && self.staged_top.is_some()
             {
                 self.moves.carry.push(rel);
@@ -331,7 +331,7 @@ mod tests {
             link: None,
             sha256: None,
             ino: 0,
-            ctime: (0, 0),
+            ctime: 0,
         }
     }
 

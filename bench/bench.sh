@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2016  # the timed snippets are single-quoted on purpose: bash -c expands them
 # bench/bench.sh: compare `backstop backup` with tar+zstd, tar+pigz, tar czf,
-# restic and borg on one generated corpus, and time the restore baselines.
+# restic and borg on one generated corpus, and time restores: into an empty
+# directory (against the baselines), exact in place over a live copy of the
+# corpus after changing 1 % of its files, and (--million) over a tree of one
+# million small files.
 #
-#   bench/bench.sh [--size 1G] [--work DIR] [--runs N] [--cold]
+#   bench/bench.sh [--size 1G] [--work DIR] [--runs N] [--cold] [--million]
 #
 #   --size SIZE   corpus size for make-corpus.py (default 1G; e.g. 200M)
 #   --work DIR    where the corpus and every output go
@@ -13,11 +16,18 @@
 #                 Without it runs are warm-cache: the corpus is read once,
 #                 untimed, and as root each run's input is also re-read after
 #                 a page-cache drop (see settle for why)
+#   --million     also time a tree of 1,000 dirs x 1,000 files of 30-230
+#                 bytes (made once, kept in the work dir like the corpus):
+#                 backstop backup, restore into an empty dir, and after
+#                 changing 10 files restore --dry-run and an exact restore in
+#                 place. Off by default: it takes minutes per run
 #
 # Environment:
 #   BACKSTOP_BIN  use this backstop binary instead of target/release/backstop
 #                 (and do not build it)
 #   BORG_ENCRYPTION  borg init -e mode (default: none; see borg_init below)
+#   BENCH_MILLION_DIRS, BENCH_MILLION_FILES  the --million tree's shape
+#                 (default 1000 and 1000; e.g. 100 and 100 for a quick try)
 #
 # Progress goes to stderr; stdout is only the Markdown report, so
 #   bench/bench.sh --size 1G > report.md
@@ -38,6 +48,9 @@ SIZE=1G
 WORK=${TMPDIR:-/tmp}/backstop-bench
 RUNS=3
 COLD=0
+MILLION=0
+MILLION_DIRS=${BENCH_MILLION_DIRS:-1000}
+MILLION_FILES=${BENCH_MILLION_FILES:-1000}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
@@ -57,6 +70,7 @@ parse_args() {
             --runs) [ $# -ge 2 ] || die "--runs needs a value"; RUNS=$2; shift 2 ;;
             --runs=*) RUNS=${1#*=}; shift ;;
             --cold) COLD=1; shift ;;
+            --million) MILLION=1; shift ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument: $1 (see --help)" ;;
         esac
@@ -64,6 +78,8 @@ parse_args() {
     [[ $SIZE =~ ^[0-9]+(\.[0-9]+)?[KkMmGg]?[Bb]?$ ]] || die "bad --size: $SIZE"
     SIZE=$(printf '%s' "$SIZE" | tr '[:lower:]' '[:upper:]')
     [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs: $RUNS"
+    [[ $MILLION_DIRS =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_DIRS: $MILLION_DIRS"
+    [[ $MILLION_FILES =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_FILES: $MILLION_FILES"
     if [ "$COLD" -eq 1 ] && ! is_root; then
         die "--cold needs root (it writes /proc/sys/vm/drop_caches)"
     fi
@@ -83,15 +99,18 @@ setup_work() {
     OUTS=$WORK/out          # one sub-dir per tool, emptied before each run
     RESTORE=$WORK/restore   # restore target, emptied before each run
     TIMES=$WORK/times       # GNU time output and per-run records
-    rm -rf "$OUTS" "$RESTORE" "$TIMES"
+    EXACT=$WORK/exact       # live copy of the corpus and its home (exact restore)
+    MILLION_DIR=$WORK/million  # the --million tree and its home
+    rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "$MILLION_DIR/home"
     mkdir -p "$OUTS" "$TIMES"
-    export WORK CORPUS OUTS RESTORE
+    export WORK CORPUS OUTS RESTORE EXACT MILLION_DIR
 }
 
-# Per-run outputs go; the corpus stays for the next invocation.
+# Per-run outputs go; the corpus and the --million tree stay for the next
+# invocation.
 cleanup() {
     if [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
-        rm -rf "${OUTS:?}" "${RESTORE:?}" "${TIMES:?}"
+        rm -rf "${OUTS:?}" "${RESTORE:?}" "${TIMES:?}" "${EXACT:?}" "${MILLION_DIR:?}/home"
     fi
 }
 
@@ -417,6 +436,230 @@ run_restores() {
     else skip restore-borg "no borg repo"; fi
 }
 
+# --- restores over a live tree -----------------------------------------------
+
+# What an exact restore must bring back, one line per entry in byte order:
+# path, type, mode, owner, link count, symlink target and mtime, and the size
+# of everything but directories (a directory's size is the filesystem's
+# business: ext4 never shrinks one).
+tree_state() {
+    (cd "$1" && find . \
+        \( -type d -printf '%P\t%y\t%m\t%U:%G\t%n\t\t-\t%T@\n' \) -o \
+        -printf '%P\t%y\t%m\t%U:%G\t%n\t%l\t%s\t%T@\n' | LC_ALL=C sort)
+}
+
+# check_state WHAT DIR WANT: die unless DIR's tree_state is the one in WANT.
+check_state() {
+    local what=$1 dir=$2 want=$3 got=$TIMES/$1.state
+    tree_state "$dir" > "$got"
+    if ! cmp -s "$want" "$got"; then
+        log "$what: $dir is not what was backed up (< expected, > found; first lines):"
+        diff "$want" "$got" | head -n 20 >&2 || true
+        die "$what: the tree after the restore differs from the backup"
+    fi
+}
+
+# every_nth DIR N: the regular files under DIR (relative paths, byte order),
+# every Nth one (the Nth, the 2Nth, ...), NUL-separated: a deterministic,
+# evenly spread sample.
+every_nth() {
+    find "$1" -type f -printf '%P\0' | LC_ALL=C sort -z | sed -zn "$2~$2p"
+}
+
+# change_files LIST ROOT: append a line to each file of LIST (NUL-separated,
+# relative to ROOT): new content, new size and new mtime, so a restore must
+# rewrite them.
+change_files() {
+    local f
+    while IFS= read -r -d '' f; do
+        printf 'changed by bench.sh\n' >> "$2/$f"
+    done < "$1"
+}
+
+# count0 FILE: the number of NUL-separated items in FILE.
+count0() { tr -cd '\0' < "$1" | wc -c; }
+
+# backup_untimed HOME DIR: back DIR up as an ad-hoc instance into HOME, and
+# print the new backup's id. Exit 3 (warnings) is fine, as in the timed rows.
+backup_untimed() {
+    local rc=0
+    "$BACKSTOP" --home "$1" -q backup "$2" >&2 || rc=$?
+    [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || die "backstop backup $2 failed with exit $rc"
+    backup_id "$1"
+}
+
+# backup_id HOME: the id of the newest backup in HOME's catalog.
+backup_id() {
+    "$BACKSTOP" --home "$1" --json list |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["backups"][0]["id"])'
+}
+
+# Exact restore in place. A copy of the corpus (cp -a, untimed) is the live
+# tree of an ad-hoc instance, backed up once (untimed) into its own home.
+# Before every run, untimed, the tree is checked against the corpus (the
+# previous run must have restored it; the first check is of the copy) and
+# every 100th regular file gets a line appended; then
+# `backstop restore ID --yes --no-pre-backup` is timed: the default for the
+# backup's own root is an exact restore into it. The live tree and the home
+# sit together under $EXACT, so that warm_inputs (SRC=$EXACT) reads both back
+# in: the restore reads the archive and compares every file of the tree.
+EXACT_FILES=0
+EXACT_CHANGED=0
+prep_restore_exact() {
+    export SRC=$EXACT
+    check_exact
+    change_files "$TIMES/exact.changes" "$EXACT/live"
+}
+
+# The tree must be the corpus: every entry's metadata, and every file's
+# content (diff -r reads both trees).
+check_exact() {
+    check_state exact "$EXACT/live" "$TIMES/exact.want"
+    diff -r --no-dereference -q "$CORPUS" "$EXACT/live" >&2 ||
+        die "exact: $EXACT/live differs in content from the corpus"
+}
+
+run_exact() {
+    log "exact: copying the corpus to $EXACT/live and backing it up (untimed)"
+    mkdir -p "$EXACT"
+    cp -a "$CORPUS" "$EXACT/live"
+    tree_state "$CORPUS" > "$TIMES/exact.want"
+    EXACT_ID=$(backup_untimed "$EXACT/home" "$EXACT/live")
+    export EXACT_ID
+    every_nth "$EXACT/live" 100 > "$TIMES/exact.changes"
+    EXACT_FILES=$(find "$EXACT/live" -type f | wc -l)
+    EXACT_CHANGED=$(count0 "$TIMES/exact.changes")
+    log "exact: backup $EXACT_ID; $EXACT_CHANGED of $EXACT_FILES files change before every run"
+    bench restore-exact "0" prep_restore_exact \
+        '"$BACKSTOP" -q --home "$EXACT/home" restore "$EXACT_ID" --yes --no-pre-backup' \
+        'sync' "$EXACT/live"
+    if [[ ${RESULT[restore-exact]} != FAIL* ]]; then
+        check_exact
+        log "exact: the live tree matches the corpus"
+    fi
+    rm -rf "${EXACT:?}"
+}
+
+# --million: a tree of MILLION_DIRS x MILLION_FILES small files, made by the
+# generator docs/benchmarks.md shows. Made once and kept, like the corpus,
+# under a marker naming its shape; million.dirty says that it was being
+# changed and may not have been restored, so it is made again.
+MILLION_NFILES=0
+MILLION_BYTES=0
+MILLION_CHANGED=0
+ensure_million() {
+    local marker=$WORK/million.marker dirty=$WORK/million.dirty
+    local want="dirs=$MILLION_DIRS files=$MILLION_FILES"
+    MILLION_TREE=$MILLION_DIR/tree
+    if [ -f "$marker" ] && [ "$(cat "$marker")" = "$want" ] && [ ! -e "$dirty" ] && [ -d "$MILLION_TREE" ]; then
+        log "million: reusing $MILLION_TREE ($want)"
+    else
+        if [ -e "$MILLION_DIR" ] && [ -n "$(ls -A "$MILLION_DIR" 2>/dev/null)" ]; then
+            if [ -f "$marker" ] || [ -f "$dirty" ]; then
+                log "million: removing the old tree ($(cat "$marker" 2>/dev/null || echo unfinished))"
+                rm -rf "$MILLION_DIR"
+            else
+                die "$MILLION_DIR exists without $marker; not deleting it (remove it or use another --work)"
+            fi
+        fi
+        rm -f "$marker"
+        : > "$dirty"
+        log "million: making $MILLION_TREE ($want)"
+        mkdir -p "$MILLION_TREE"
+        python3 - "$MILLION_TREE" "$MILLION_DIRS" "$MILLION_FILES" <<'EOF'
+import os, sys
+root, dirs, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for d in range(dirs):
+    p = f"{root}/dir-{d:04d}/sub"
+    os.makedirs(p, exist_ok=True)
+    for f in range(files):
+        with open(f"{p}/file-with-a-typical-name-{f:05d}.json", "w") as fh:
+            fh.write('{"id": %d, "value": "%s"}\n' % (f, "x" * (f % 200)))
+EOF
+        sync
+        printf '%s\n' "$want" > "$marker"
+        rm -f "$dirty"
+    fi
+    MILLION_NFILES=$(find "$MILLION_TREE" -type f | wc -l)
+    MILLION_BYTES=$(tree_bytes "$MILLION_TREE")
+    export MILLION_TREE
+}
+
+# The tree as made, and the changed files as they were before the change,
+# saved before anything is changed.
+check_million() {
+    check_state million "$MILLION_TREE" "$TIMES/million.want"
+    local f
+    while IFS= read -r -d '' f; do
+        cmp -s "$TIMES/million.orig/$f" "$MILLION_TREE/$f" ||
+            die "million: $MILLION_TREE/$f differs in content from the backup"
+    done < "$TIMES/million.changes"
+}
+
+prep_million_backup() { rm -rf "${MILLION_DIR:?}/home"; export SRC=$MILLION_TREE; }
+prep_million_restore() { export SRC=$MILLION_DIR/home; }
+prep_million_dry_run() { export SRC=$MILLION_DIR; }
+# The first exact run finds the tree as the dry runs left it, already
+# changed; every later one finds what the previous run restored, checks it
+# and changes it again.
+MILLION_PENDING=0
+prep_million_exact() {
+    export SRC=$MILLION_DIR
+    if [ "$MILLION_PENDING" -eq 1 ]; then MILLION_PENDING=0; return 0; fi
+    check_million
+    change_files "$TIMES/million.changes" "$MILLION_TREE"
+}
+
+# The backup is timed too (its home is $MILLION_DIR/home, beside the tree, so
+# that warm_inputs reads both for the restores; the last run's stays); then a
+# restore into an empty directory (the ratio base), and with 10 files changed
+# `restore --dry-run` (its plan printed in full, to /dev/null) and an exact
+# restore in place.
+run_million() {
+    ensure_million
+    log "million: $MILLION_NFILES files, $MILLION_BYTES bytes"
+    tree_state "$MILLION_TREE" > "$TIMES/million.want"
+    local step=$(( MILLION_NFILES / 10 ))
+    [ "$step" -ge 1 ] || step=1
+    every_nth "$MILLION_TREE" "$step" > "$TIMES/million.changes"
+    MILLION_CHANGED=$(count0 "$TIMES/million.changes")
+    mkdir -p "$TIMES/million.orig"
+    (cd "$MILLION_TREE" && xargs -0 cp --parents -t "$TIMES/million.orig") < "$TIMES/million.changes"
+
+    bench million-backup "0 3" prep_million_backup \
+        '"$BACKSTOP" --home "$MILLION_DIR/home" -q backup "$MILLION_TREE"' \
+        'find "$MILLION_DIR/home" -type f -exec sync {} +' "$MILLION_DIR/home/backups"
+    if [[ ${RESULT[million-backup]} == FAIL* ]]; then
+        skip million-restore-empty "the backup failed"
+        skip million-dry-run "the backup failed"
+        skip million-exact "the backup failed"
+        return 0
+    fi
+    MILLION_ID=$(backup_id "$MILLION_DIR/home")
+    export MILLION_ID
+    bench million-restore-empty "0" prep_million_restore \
+        '"$BACKSTOP" -q --home "$MILLION_DIR/home" restore "$MILLION_ID" --dest "$RESTORE/tree" --yes --no-pre-backup' \
+        'sync' "$RESTORE"
+    rm -rf "${RESTORE:?}"
+
+    # From here until it is checked the tree is not as made.
+    check_million
+    : > "$WORK/million.dirty"
+    change_files "$TIMES/million.changes" "$MILLION_TREE"
+    MILLION_PENDING=1
+    bench million-dry-run "0" prep_million_dry_run \
+        '"$BACKSTOP" --home "$MILLION_DIR/home" restore "$MILLION_ID" --dry-run > /dev/null' \
+        'sync' "$MILLION_TREE"
+    bench million-exact "0" prep_million_exact \
+        '"$BACKSTOP" -q --home "$MILLION_DIR/home" restore "$MILLION_ID" --yes --no-pre-backup' \
+        'sync' "$MILLION_TREE"
+    if [[ ${RESULT[million-exact]} != FAIL* ]]; then
+        check_million
+        rm -f "$WORK/million.dirty"
+        log "million: the tree matches what was backed up"
+    fi
+}
+
 # --- report ------------------------------------------------------------------
 
 # One Markdown list item with the first line a tool prints about its version,
@@ -457,10 +700,11 @@ $(version borg --version)
 EOF
 }
 
-# row ID LABEL BASE_ID [restore]
-# Prints one table row; ratios are against BASE_ID's median run.
+# row ID LABEL BASE_ID [restore [BYTES]]
+# Prints one table row; ratios are against BASE_ID's median run. Throughput
+# is BYTES (default: the corpus's) / wall.
 row() {
-    local id=$1 label=$2 base=$3 kind=${4:-backup}
+    local id=$1 label=$2 base=$3 kind=${4:-backup} bytes=${5:-$CORPUS_BYTES}
     local r=${RESULT[$id]:-SKIP not run} b=${RESULT[$base]:-SKIP}
     case "$r" in
         SKIP*|FAIL*)
@@ -473,7 +717,7 @@ row() {
             return 0 ;;
     esac
     case "$b" in SKIP*|FAIL*) b="" ;; esac
-    awk -v r="$r" -v b="$b" -v label="$label" -v corpus="$CORPUS_BYTES" -v kind="$kind" '
+    awk -v r="$r" -v b="$b" -v label="$label" -v corpus="$bytes" -v kind="$kind" '
         BEGIN {
             split(r, x, " "); nb = split(b, y, " ")
             wall = x[1]; cpu = x[2]; rss = x[3] / 1024; size = x[4]; note = x[5]
@@ -553,6 +797,26 @@ EOF
     row restore-tar-zstd 'tar -I zstd -xf (tar+zstd archive) + sync' restore-tar-zstd restore
     row restore-restic 'restic restore latest + sync' restore-tar-zstd restore
     row restore-borg 'borg extract + sync' restore-tar-zstd restore
+    cat <<EOF
+
+### Exact restore in place (ratio against restoring into an empty directory)
+
+A copy of the corpus (\`cp -a\`) is backed up once as an ad-hoc instance.
+Before every run, untimed, every 100th of its $EXACT_FILES regular files in
+byte order ($EXACT_CHANGED files) gets a line appended; then
+\`backstop restore ID --yes --no-pre-backup\` makes the tree the backup
+again in place (exact mode, the default into the backup's own root),
+checking the archive and comparing every file. After every run the tree is
+checked against the corpus, untimed: \`diff -r\` of the contents and the
+type, mode, owner, link count, size and mtime of every entry. "restored
+MiB" is the size of the tree afterwards.
+
+| restore | wall s | CPU s | peak RSS MiB | restored MiB | throughput MiB/s | wall / into empty dir |
+|---|---:|---:|---:|---:|---:|---:|
+EOF
+    row restore-backstop 'backstop restore into an empty directory + sync' restore-backstop restore
+    row restore-exact "backstop restore, exact, in place, $EXACT_CHANGED files changed + sync" restore-backstop restore
+    if [ "$MILLION" -eq 1 ]; then print_million; fi
     local id
     cat <<EOF
 
@@ -573,10 +837,40 @@ EOF
 - All wall times (s), in run order:
 EOF
     for id in backstop-zstd backstop-gzip tar-zstd tar-pigz tar-gzip restic borg \
-              restore-backstop restore-backstop-tar restore-tar-zstd restore-restic restore-borg; do
+              restore-backstop restore-backstop-tar restore-tar-zstd restore-restic restore-borg \
+              restore-exact million-backup million-restore-empty million-dry-run million-exact; do
         [ -n "${ALL_RUNS[$id]:-}" ] && printf '  - %s: %s\n' "$id" "${ALL_RUNS[$id]}"
     done
     return 0
+}
+
+print_million() {
+    local mib
+    mib=$(awk -v b="$MILLION_BYTES" 'BEGIN { printf "%.1f", b / 1048576 }')
+    cat <<EOF
+
+### Many small files (ratios against restoring into an empty directory)
+
+A tree of $MILLION_DIRS directories x $MILLION_FILES files of 30-230 bytes
+($MILLION_NFILES files, $MILLION_BYTES bytes = $mib MiB; the generator in
+docs/benchmarks.md, *One million small files*), backed up by backstop
+(the last run's backup is the one restored), restored by id into an empty
+directory, then with $MILLION_CHANGED files changed (a line appended,
+untimed) planned with \`restore --dry-run\` (the plan printed in full, to
+/dev/null) and restored exactly in place (\`restore ID --yes
+--no-pre-backup\`; before every run after the first the tree is checked,
+untimed, and changed again). Afterwards the tree is checked against its
+state as made: every entry's metadata and the changed files' contents.
+"size MiB" is the archive for the backup and the tree afterwards for the
+restores; throughput = the tree's bytes / wall.
+
+| step | wall s | CPU s | peak RSS MiB | size MiB | throughput MiB/s | wall / into empty dir |
+|---|---:|---:|---:|---:|---:|---:|
+EOF
+    row million-backup 'backstop backup + sync' million-restore-empty restore "$MILLION_BYTES"
+    row million-restore-empty 'backstop restore into an empty directory + sync' million-restore-empty restore "$MILLION_BYTES"
+    row million-dry-run "backstop restore --dry-run, $MILLION_CHANGED files changed" million-restore-empty restore "$MILLION_BYTES"
+    row million-exact "backstop restore, exact, in place, $MILLION_CHANGED files changed + sync" million-restore-empty restore "$MILLION_BYTES"
 }
 
 # --- main --------------------------------------------------------------------
@@ -594,6 +888,8 @@ main() {
     warm_up
     run_backups
     run_restores
+    run_exact
+    if [ "$MILLION" -eq 1 ]; then run_million; fi
     print_report
     # The report is printed either way; a failed tool still fails the script.
     local id

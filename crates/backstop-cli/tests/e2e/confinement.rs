@@ -13,7 +13,7 @@ use backstop_core::archive::format::SourceManifest;
 use backstop_test_support::{have, root};
 
 use crate::craft::{Raw, craft_with, manifest, path_source};
-use crate::support::{Env, bin, run_paused, walk};
+use crate::support::{Env, bin, run_paused, sqlite, walk};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -231,20 +231,6 @@ fn write_config(env: &Env, instance: &str, root: &Path, sources: &str) -> PathBu
     )
     .unwrap();
     config
-}
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 runs");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 // ---------------------------------------------------------------------------

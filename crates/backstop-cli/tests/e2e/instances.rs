@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use predicates::prelude::*;
 
-use crate::support::Env;
+use crate::support::{Env, sqlite};
 
 /// An application with versions/, a `current` symlink, config with a
 /// secret, data with a live SQLite database, and a service whose state is
@@ -93,20 +93,6 @@ status = "echo status >> {calls}; grep -q running {state}"
     fn running(&self) -> bool {
         std::fs::read_to_string(&self.state).unwrap().trim() == "running"
     }
-}
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 runs");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn mode(path: &Path) -> u32 {

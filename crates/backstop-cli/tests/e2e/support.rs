@@ -202,3 +202,19 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Runs `sql` on the database `db` with the real sqlite3 and returns its
+/// output, trimmed.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let out = StdCommand::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -591,6 +591,76 @@ fn a_destination_too_small_is_refused_before_anything_is_written() {
 }
 
 #[test]
+fn a_safety_backup_the_store_has_no_room_for_is_refused_before_anything_changes() {
+    if !root("mount a small tmpfs") {
+        return;
+    }
+    // The home (and so the store) on a small filesystem, with room for the
+    // backup but not for a second one of the same size.
+    let small = Tmpfs::mount(12 << 20);
+    let home = small.path().join("home");
+    let app = Env::new();
+    let dir = app.path("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Incompressible, so the archive is as big as the file.
+    let noise = {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..7 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    std::fs::write(dir.join("big.bin"), &noise).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::support::bin())
+            .current_dir(app.dir.path())
+            .env_remove("BACKSTOP_CONFIG")
+            .env_remove("BACKSTOP_FAILPOINTS")
+            .env("XDG_CONFIG_HOME", app.path("xdg-config"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--json", "backup", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = doc["report"]["backup"]["id"].as_str().unwrap().to_string();
+    // The current state as big as the backup: a second archive of it does
+    // not fit.
+    let mut changed = noise.clone();
+    changed[0] ^= 1;
+    std::fs::write(dir.join("big.bin"), &changed).unwrap();
+    let out = run(&["restore", &id, "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("for the safety backup"), "{stderr}");
+    assert!(stderr.contains("--no-pre-backup"), "{stderr}");
+    assert_eq!(std::fs::read(dir.join("big.bin")).unwrap(), changed);
+    // Refused before the safety backup was tried: no failed row for it.
+    let out = run(&["--json", "list"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows["backups"].as_array().unwrap().len(), 1, "{rows}");
+    // Without a safety backup there is room.
+    let out = run(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dir.join("big.bin")).unwrap(), noise);
+}
+
+#[test]
 fn requests_that_cannot_be_right_are_refused() {
     let env = Env::new();
     let (app, _reference, id) = backed_up(&env);

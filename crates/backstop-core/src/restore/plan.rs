@@ -5,6 +5,7 @@
 //! the plan out.
 
 use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -726,6 +727,9 @@ pub(crate) fn prepare<'a>(
     prep.safety = req.pre_backup && !prep.existing.is_empty();
     prep.plan.safety_backup = prep.safety;
     prep.plan.safety_backup_note = prep.safety_note(req);
+    if prep.safety {
+        checks.push(prep.check_safety_space(ctx)?);
+    }
     checks.insert(1, prep.check_checksum(req)?);
     prep.plan.checks = checks;
 
@@ -874,8 +878,7 @@ impl Prepared<'_> {
     /// Refuses a restore the filesystem of `base` (the destination's
     /// nearest existing ancestor) has no room for.
     fn check_free_space(&self, base: &Path) -> Result<Check> {
-        let totals = &self.src.manifest.totals;
-        let need = totals.bytes + totals.bytes / 20 + totals.entries * 4096 + (16 << 20);
+        let need = self.staging_need();
         let have = fsutil::available_space(base)?;
         if have < need {
             return Err(Error::Refused {
@@ -895,6 +898,83 @@ impl Prepared<'_> {
                 "{} MiB free on {}, about {} MiB needed",
                 have >> 20,
                 base.display(),
+                need >> 20
+            ),
+        })
+    }
+
+    /// The bytes of the regular files the safety backup will read: what is
+    /// there now of the trees and files restored (not below kept paths).
+    fn live_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for s in &self.sources {
+            let (Place::Tree(target) | Place::File { target, .. }) = &self.places[&s.name] else {
+                continue;
+            };
+            let mut walk = Walk::new(target, false)?;
+            while let Some((rel, node)) = walk.peek()? {
+                total += node.size;
+                let kept = !rel.as_os_str().is_empty()
+                    && node.kind == "dir"
+                    && self.kept(&target.join(rel), rel, true);
+                walk.take(!kept);
+            }
+            walk.finish()?;
+        }
+        Ok(total)
+    }
+
+    /// About what staging the backup takes on the destination's
+    /// filesystem.
+    fn staging_need(&self) -> u64 {
+        let totals = &self.src.manifest.totals;
+        totals.bytes + totals.bytes / 20 + totals.entries * 4096 + (16 << 20)
+    }
+
+    /// Refuses a restore whose safety backup the store has no room for.
+    /// The safety backup is estimated from the bytes there now, compressed
+    /// as well as the backup's were; when the store shares the
+    /// destination's filesystem, staging needs its room there too.
+    fn check_safety_space(&self, ctx: &Context<'_>) -> Result<Check> {
+        // The current state's bytes, compressed as well as the backup's
+        // were (the same application's files).
+        let archive = std::fs::metadata(&self.src.archive).map_or(0, |m| m.len());
+        let ratio =
+            (archive as f64 / self.src.manifest.totals.bytes.max(1) as f64).clamp(0.01, 1.1);
+        let estimate = (self.live_bytes()? as f64 * ratio) as u64;
+        let store = fsutil::existing_ancestor(&ctx.layout.store);
+        let dest = fsutil::existing_ancestor(&self.dest);
+        let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        let shared = device(&store).is_some() && device(&store) == device(&dest);
+        let need =
+            estimate + estimate / 10 + (1 << 20) + if shared { self.staging_need() } else { 0 };
+        let have = fsutil::available_space(&store)?;
+        let what = if shared {
+            "the safety backup and the staged copy"
+        } else {
+            "the safety backup"
+        };
+        if have < need {
+            return Err(Error::Refused {
+                message: format!(
+                    "not enough free space on the filesystem of {} for {what}: about {} MiB are needed, {} MiB are free",
+                    store.display(),
+                    need >> 20,
+                    have >> 20
+                ),
+                hint: Some(
+                    "free some space in the store, or pass --no-pre-backup if the current state need not be kept"
+                        .into(),
+                ),
+            });
+        }
+        Ok(Check {
+            name: "free space for the safety backup",
+            ok: true,
+            detail: format!(
+                "{} MiB free on {}, about {} MiB needed for {what}",
+                have >> 20,
+                store.display(),
                 need >> 20
             ),
         })

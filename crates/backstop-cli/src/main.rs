@@ -323,6 +323,8 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
         .as_deref()
         .map(settings::parse_wait)
         .transpose()?;
+    // A person asked sees every change first, as a dry run shows them.
+    request.preview = will_ask(a.common.yes) && !request.dry_run;
     let mut confirm = confirmer(a.common.yes);
     let outcome = with_context(g, &settings, cancel, |ctx| {
         restore::restore(ctx, &request, &mut confirm)
@@ -369,13 +371,17 @@ fn cmd_recover(g: &Global, a: &RecoverArgs, cancel: &Cancel) -> Result<u8, Error
     Ok(code::OK)
 }
 
+/// Whether the restore question will be asked: stdin and stderr are
+/// terminals, and `--yes` was not given.
+fn will_ask(yes: bool) -> bool {
+    !yes && console::Term::stderr().is_term() && std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
 /// Asks the restore question where a person can answer it (stdin and
 /// stderr are terminals, and `--yes` was not given); elsewhere the answer is
 /// yes.
 fn confirmer(yes: bool) -> impl FnMut(&restore::RestorePlan) -> bool {
-    let interactive = !yes
-        && console::Term::stderr().is_term()
-        && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let interactive = will_ask(yes);
     move |plan: &restore::RestorePlan| {
         if !interactive {
             return true;

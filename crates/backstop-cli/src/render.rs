@@ -495,6 +495,10 @@ pub fn restore_question(plan: &RestorePlan) -> String {
         );
     }
     let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
+    if !plan.changes.actions.is_empty() || plan.changes.totals.unchanged > 0 {
+        action_lines(&mut out, &plan.changes.actions, false, true);
+        let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+    }
     out.push_str("Continue? [y/N] ");
     out
 }
@@ -912,6 +916,36 @@ mod tests {
         assert_eq!(count(999), "999");
         assert_eq!(count(41713), "41,713");
         assert_eq!(count(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn the_restore_question_lists_the_changes() {
+        use backstop_core::restore::diff::{Action, Changes};
+        let mut changes = Changes::default();
+        changes.push("/srv/app/added.txt", Action::Delete, "file", 0);
+        changes.push("/srv/app/config.toml", Action::Replace, "file", 2);
+        changes.push("/srv/app/same.txt", Action::Unchanged, "file", 0);
+        let plan = RestorePlan {
+            backup: "app-2026-12-01-000000".into(),
+            archive: "/x.tar.zst".into(),
+            instance: "app".into(),
+            created_at: "2026-12-01T00:00:00Z".into(),
+            destination: "/srv/app".into(),
+            mode: backstop_core::ops::restore::Mode::Exact,
+            sources: Vec::new(),
+            checks: Vec::new(),
+            safety_backup: true,
+            safety_backup_note: "of /srv/app".into(),
+            changes,
+        };
+        let text = console::strip_ansi_codes(&restore_question(&plan)).into_owned();
+        assert!(text.contains("delete   /srv/app/added.txt"), "{text}");
+        assert!(text.contains("replace  /srv/app/config.toml"), "{text}");
+        assert!(
+            text.contains("1 replaced, 1 deleted, 1 unchanged"),
+            "{text}"
+        );
+        assert!(text.ends_with("Continue? [y/N] "), "{text}");
     }
 
     #[test]

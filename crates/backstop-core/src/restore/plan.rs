@@ -57,6 +57,10 @@ pub struct RestoreRequest {
     pub activate: Option<String>,
     /// The reason recorded on the safety backup (`pre-restore`, `pre-rollback`).
     pub safety_reason: String,
+    /// Read the archive for every path's action before the confirmation,
+    /// as a dry run does, so that a person asked sees what will change
+    /// (one more read of the archive).
+    pub preview: bool,
 }
 
 impl RestoreRequest {
@@ -77,6 +81,7 @@ impl RestoreRequest {
             wait: None,
             activate: None,
             safety_reason: "pre-restore".into(),
+            preview: false,
         }
     }
 }
@@ -733,9 +738,9 @@ pub(crate) fn prepare<'a>(
     checks.insert(1, prep.check_checksum(req)?);
     prep.plan.checks = checks;
 
-    if req.dry_run {
+    if req.dry_run || req.preview {
         // The archive is read to list what it holds; nothing is written,
-        // nothing is run.
+        // nothing is run. (A real restore lists what it did once staged.)
         prep.plan.changes = preview(ctx, &prep)?;
     }
     Ok(prep)

@@ -104,3 +104,33 @@ fn a_declined_confirmation_changes_nothing() {
     assert!(matches!(outcome, RestoreOutcome::Declined { .. }));
     assert_eq!(std::fs::read(app.join("f")).unwrap(), b"live");
 }
+
+#[test]
+fn the_question_a_person_is_asked_shows_every_change() {
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("kept.txt"), b"same").unwrap();
+    std::fs::write(app.join("config.toml"), b"v1").unwrap();
+    let id = backup_with(&env, &app, &[], None);
+    std::fs::write(app.join("config.toml"), b"v2").unwrap();
+    std::fs::write(app.join("added.txt"), b"new").unwrap();
+    let mut req = request(&id);
+    req.preview = true;
+    let mut asked = Vec::new();
+    let outcome = restore(&env.ctx(), &req, &mut |plan| {
+        asked = plan
+            .changes
+            .actions
+            .iter()
+            .map(|a| format!("{:?} {}", a.action, a.path.rsplit('/').next().unwrap_or("")))
+            .collect();
+        false
+    })
+    .unwrap();
+    assert!(matches!(outcome, RestoreOutcome::Declined { .. }));
+    assert_eq!(asked, ["Delete added.txt", "Replace config.toml"]);
+    // Declined: nothing changed.
+    assert_eq!(std::fs::read(app.join("config.toml")).unwrap(), b"v2");
+    assert!(app.join("added.txt").exists());
+}

@@ -116,6 +116,14 @@ fn print_json(doc: &serde_json::Value) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
 
+fn print_json_streamed(doc: &impl serde::Serialize) {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if serde_json::to_writer_pretty(&mut out, doc).is_ok() {
+        let _ = out.write_all(b"\n");
+    }
+    let _ = out.flush();
+}
+
 fn print_stdout(text: &str) {
     let _ = std::io::stdout().write_all(text.as_bytes());
 }
@@ -330,10 +338,12 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
         restore::restore(ctx, &request, &mut confirm)
     })?;
     if g.json {
-        print_json(&render::envelope(
-            "restore",
-            serde_json::json!({ "restore": outcome }),
-        ));
+        // Streamed: a plan lists every changed path.
+        print_json_streamed(&render::Streamed {
+            command: "restore",
+            key: "restore",
+            value: &outcome,
+        });
     } else if !g.quiet || matches!(outcome, restore::RestoreOutcome::DryRun { .. }) {
         // A dry run's plan is its result; -q only silences reports.
         print_stdout(&render::restore(&outcome, g.verbose > 0));

@@ -32,6 +32,26 @@ pub fn envelope(command: &str, value: serde_json::Value) -> serde_json::Value {
     doc
 }
 
+/// The envelope around one value, serialised straight to a writer: a
+/// restore's plan of a million paths is never built as a JSON tree in
+/// memory first.
+pub struct Streamed<'a, T: serde::Serialize> {
+    pub command: &'a str,
+    pub key: &'a str,
+    pub value: &'a T,
+}
+
+impl<T: serde::Serialize> serde::Serialize for Streamed<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("version", &JSON_VERSION)?;
+        map.serialize_entry("command", self.command)?;
+        map.serialize_entry(self.key, self.value)?;
+        map.end()
+    }
+}
+
 /// `1.00 GiB`
 pub fn bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()

@@ -13,7 +13,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use crossbeam_channel::{Receiver, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
 
 use crate::archive::format::{
@@ -193,6 +193,9 @@ struct ChannelReader {
     rx: Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
+    /// Where chunks read to the end go back to, to be filled again: a
+    /// fresh zeroed megabyte a chunk was a measurable part of a restore.
+    spent: Sender<Vec<u8>>,
 }
 
 impl Read for ChannelReader {
@@ -200,7 +203,8 @@ impl Read for ChannelReader {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(c) => {
-                    self.chunk = c;
+                    let old = std::mem::replace(&mut self.chunk, c);
+                    let _ = self.spent.try_send(old);
                     self.pos = 0;
                 }
                 Err(_) => return Ok(0),
@@ -211,6 +215,14 @@ impl Read for ChannelReader {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// A 1 MiB buffer to fill: a spent chunk when one came back (only what its
+/// last use left short is zeroed again), else a new one.
+fn refill(spent: &Receiver<Vec<u8>>) -> Vec<u8> {
+    let mut buf = spent.try_recv().unwrap_or_default();
+    buf.resize(1 << 20, 0);
+    buf
 }
 
 /// Reads `path` completely and checks it: the codec decodes to the end with
@@ -247,6 +259,9 @@ pub fn walk_archive(
     let run = std::thread::scope(|s| {
         let (raw_tx, raw_rx) = bounded::<Vec<u8>>(8);
         let (plain_tx, plain_rx) = bounded::<Vec<u8>>(8);
+        // Chunks read to the end come back to be filled again.
+        let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(4);
+        let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(4);
         // Stage 1: read and hash the file.
         let reader = s.spawn(move || -> Result<(String, u64)> {
             let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
@@ -254,7 +269,7 @@ pub fn walk_archive(
             let mut size = 0u64;
             loop {
                 cancel.check()?;
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = refill(&raw_spent_rx);
                 let n =
                     read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
                 if n == 0 {
@@ -275,10 +290,11 @@ pub fn walk_archive(
                 rx: raw_rx,
                 chunk: Vec::new(),
                 pos: 0,
+                spent: raw_spent_tx,
             };
             let mut stream = decoder(codec, input).map_err(|e| e.to_string())?;
             loop {
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = refill(&plain_spent_rx);
                 let n = read_full(&mut stream, &mut buf).map_err(|e| e.to_string())?;
                 if n == 0 {
                     return Ok(());
@@ -294,6 +310,7 @@ pub fn walk_archive(
             rx: plain_rx,
             chunk: Vec::new(),
             pos: 0,
+            spent: plain_spent_tx,
         };
         let checked = walk(path, plain, cancel, visitor);
         let decoded = decoder_thread.join().expect("decoder thread panicked");

@@ -153,20 +153,6 @@ fn sh_as_nobody(env: &Env, script: &str) -> Output {
         .unwrap()
 }
 
-/// `backstop --home <home> …` in `env`, for a home other than `env.home()`.
-fn cmd_with_home(env: &Env, home: &Path) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.current_dir(env.dir.path())
-        .env_remove("BACKSTOP_CONFIG")
-        .env_remove("BACKSTOP_HOME")
-        .env_remove("BACKSTOP_FAILPOINTS")
-        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
-        .env("NO_COLOR", "1")
-        .arg("--home")
-        .arg(home);
-    cmd
-}
-
 /// What is below `dir`: each relative path with its kind and content (a
 /// file's bytes, a symlink's target). Read as root, unreadable places too.
 fn listing(dir: &Path) -> BTreeMap<String, String> {
@@ -676,7 +662,8 @@ impl Escape {
     }
 
     fn run(&self, args: &[&OsStr]) -> Output {
-        cmd_with_home(&self.env, &self.home)
+        self.env
+            .cmd_with_home(&self.home)
             .args(args)
             .output()
             .unwrap()

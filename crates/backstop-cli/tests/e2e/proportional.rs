@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use backstop_test_support::{Compare, assert_same_tree, snapshot};
 
-use crate::support::{Env, run_paused};
+use crate::support::{Env, copy_tree, run_paused};
 
 const FILES: usize = 100;
 
@@ -22,14 +22,7 @@ fn backed_up(env: &Env) -> (PathBuf, PathBuf, String) {
         std::fs::write(dir.join(format!("f{i:03}")), body).unwrap();
     }
     let reference = env.path("reference");
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&app)
-        .arg(&reference)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cp -a failed");
+    copy_tree(&app, &reference);
     let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
     (app, reference, id)
 }
@@ -110,14 +103,7 @@ fn a_restore_killed_after_linking_leaves_the_live_tree_as_it_was() {
         let (app, _reference, id) = backed_up(&env);
         change_two(&app);
         let changed = env.path("changed");
-        let ok = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&app)
-            .arg(&changed)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        copy_tree(&app, &changed);
         let before = snapshot(&app, compare());
         let out = env
             .cmd()

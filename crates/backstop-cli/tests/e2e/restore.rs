@@ -12,19 +12,7 @@ use predicates::prelude::*;
 use rustix::process::Signal;
 
 use crate::craft::{Raw, craft};
-use crate::support::{Env, run_paused, signal, spawn, walk};
-
-/// Copies a tree exactly (as a reference to compare with later), with GNU cp.
-fn copy_tree(from: &Path, to: &Path) {
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cp -a failed");
-}
+use crate::support::{Env, copy_tree, run_paused, signal, spawn, walk};
 
 fn compare_all(env: &Env) -> Compare {
     Compare {
@@ -615,18 +603,7 @@ fn a_safety_backup_the_store_has_no_room_for_is_refused_before_anything_changes(
             .collect::<Vec<u8>>()
     };
     std::fs::write(dir.join("big.bin"), &noise).unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new(crate::support::bin())
-            .current_dir(app.dir.path())
-            .env_remove("BACKSTOP_CONFIG")
-            .env_remove("BACKSTOP_FAILPOINTS")
-            .env("XDG_CONFIG_HOME", app.path("xdg-config"))
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| app.cmd_with_home(&home).args(args).output().unwrap();
     let out = run(&["--json", "backup", dir.to_str().unwrap()]);
     assert!(
         out.status.success(),

@@ -32,7 +32,7 @@ impl Env {
         self.path("home")
     }
 
-    fn isolate(&self, cmd: &mut StdCommand) {
+    fn isolate(&self, cmd: &mut StdCommand, home: &Path) {
         cmd.current_dir(self.dir.path())
             .env_remove("BACKSTOP_CONFIG")
             .env_remove("BACKSTOP_HOME")
@@ -40,20 +40,28 @@ impl Env {
             .env("XDG_CONFIG_HOME", self.path("xdg-config"))
             .env("NO_COLOR", "1")
             .arg("--home")
-            .arg(self.home());
+            .arg(home);
+    }
+
+    /// `backstop --home <home> …` in this scratch directory, for a home
+    /// other than [`Env::home`].
+    pub fn cmd_with_home(&self, home: &Path) -> StdCommand {
+        let mut std = StdCommand::new(bin());
+        self.isolate(&mut std, home);
+        std
     }
 
     /// `backstop --home <home> …`
     pub fn cmd(&self) -> Command {
         let mut std = StdCommand::new(bin());
-        self.isolate(&mut std);
+        self.isolate(&mut std, &self.home());
         Command::from_std(std)
     }
 
     /// The same as a plain `std` command, for processes run in the background.
     pub fn std_cmd(&self) -> StdCommand {
         let mut std = StdCommand::new(bin());
-        self.isolate(&mut std);
+        self.isolate(&mut std, &self.home());
         std
     }
 
@@ -217,4 +225,16 @@ pub fn sqlite(db: &Path, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Copies a tree exactly (as a reference to compare with later), with GNU cp.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let ok = StdCommand::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp -a failed");
 }

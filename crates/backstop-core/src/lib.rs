@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod fsutil;
+pub mod handle;
 pub mod instance;
 pub mod lock;
 pub mod ops;

@@ -814,3 +814,105 @@ fn a_backup_between_plan_and_apply_is_refused_with_exit_6() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", context(&out));
 }
+
+/// Issue 10, item 3: a directory of the source that its owner swaps for a
+/// symlink to root's files while the backup runs (after the scan, before a
+/// byte is read) is never read through. The backup holds the symlink, not
+/// what it points at, says the entries below it vanished, and what it calls
+/// available verifies and restores.
+#[test]
+fn a_directory_swapped_for_a_symlink_during_a_backup_is_never_read_through() {
+    if !can_be_nobody() || !have("tar") || !have("zstd") {
+        return;
+    }
+    let env = Env::new();
+    set_mode(env.dir.path(), 0o755);
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("sub")).unwrap();
+    for f in ["a", "b"] {
+        std::fs::write(app.join("sub").join(f), b"public").unwrap();
+    }
+    std::fs::write(app.join("top.txt"), b"top").unwrap();
+    chown_tree_to_nobody(&app);
+    // Root's, with the same names.
+    let secret = env.path("secret");
+    std::fs::create_dir(&secret).unwrap();
+    for f in ["a", "b"] {
+        std::fs::write(secret.join(f), b"SECRET-of-root").unwrap();
+    }
+    set_mode(&secret, 0o700);
+
+    let swap = format!(
+        "mv '{app}/sub' '{app}/sub.gone' && ln -s '{secret}' '{app}/sub'",
+        app = app.display(),
+        secret = secret.display()
+    );
+    let out = run_paused(
+        &env,
+        "backup.after-scan",
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+        |_| {
+            let done = sh_as_nobody(&env, &swap);
+            assert!(done.status.success(), "the swap failed: {}", stderr(&done));
+        },
+    );
+    let mut expect = Expect::default();
+    expect.check(
+        matches!(out.status.code(), Some(0 | 3)),
+        format!("backup exit {:?}, not 0 or 3", out.status.code()),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let id = backup_id(&doc);
+    let file = doc["report"]["backup"]["location"]
+        .as_str()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no location in {doc}"));
+    let plain = Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{}' | tar -tvf -", file.display()))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&plain.stdout).into_owned();
+    let raw = Command::new("zstd").arg("-dc").arg(&file).output().unwrap();
+    expect.check(
+        !raw.stdout.windows(6).any(|w| w == b"SECRET"),
+        "the archive holds root's files, read through the symlink",
+    );
+    expect.check(
+        listed
+            .lines()
+            .any(|l| l.starts_with('l') && l.contains("app/sub ->")),
+        format!("app/sub is not stored as the symlink it became:\n{listed}"),
+    );
+    expect.check(
+        !listed.contains("app/sub/"),
+        format!("entries stored below a symlink:\n{listed}"),
+    );
+    let verify = env.cmd().args(["verify", &id]).output().unwrap();
+    expect.check(
+        verify.status.success(),
+        format!("verify refused the backup: {}", stderr(&verify)),
+    );
+    let dest = env.path("restored");
+    let restore = env
+        .cmd()
+        .args(["restore", &id, "--yes", "--dest"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    expect.check(
+        restore.status.success(),
+        format!("restore refused the backup: {}", stderr(&restore)),
+    );
+    let back = listing(&dest);
+    expect.check(
+        back.iter()
+            .any(|(rel, what)| rel.ends_with("top.txt") && what == "file top"),
+        format!("the restored tree lacks top.txt: {back:?}"),
+    );
+    expect.check(
+        !back.values().any(|v| v.contains("SECRET")),
+        format!("root's files were restored: {back:?}"),
+    );
+    expect.finish(&context(&out));
+}

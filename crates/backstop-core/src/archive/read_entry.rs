@@ -8,16 +8,20 @@
 //! same file even if the path is replaced meanwhile.
 
 use std::collections::HashMap;
-use std::fs::{File, Metadata, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, openat, statat};
+use rustix::io::Errno;
 
 use sha2::{Digest, Sha256};
 
+use crate::handle::DIR_FLAGS;
 use crate::source::scan::NodeKind;
 
 /// Files up to this size are read in one piece and sent as one message;
@@ -113,17 +117,20 @@ fn gone_or_unreadable(e: &io::Error) -> Msg {
     }
 }
 
-/// Reads entry `path`, which the scan saw as `expected`, and passes the
-/// messages to `send`. `send` returns false when nobody listens any more.
+/// Reads the entry `name` in the directory `dir`, which the scan saw as
+/// `expected`, and passes the messages to `send`. `send` returns false when
+/// nobody listens any more. Nothing is followed through a symlink: an entry
+/// replaced by one since the scan is described as the symlink it now is.
 pub fn read_entry(
-    path: &Path,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
     expected: NodeKind,
     names: &mut Names,
     send: &mut dyn FnMut(Msg) -> bool,
 ) {
     if expected == NodeKind::File {
-        // The common case, with one path lookup: open, then ask the descriptor.
-        match open_file(path) {
+        // The common case, with one lookup: open, then ask the descriptor.
+        match open_file(dir, name) {
             Ok(file) => match file.metadata() {
                 Ok(meta) if meta.is_file() => return read_file(file, meta, names, send),
                 // Now a directory: described below like any other change of type.
@@ -134,7 +141,7 @@ pub fn read_entry(
                 }
             },
             // ELOOP: a symlink now stands there; ENXIO, a socket; both are
-            // described below from lstat.
+            // described below.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {}
             Err(e) => {
                 send(gone_or_unreadable(&e));
@@ -142,54 +149,45 @@ pub fn read_entry(
             }
         }
     }
-    let meta = match path.symlink_metadata() {
-        Ok(m) => m,
+    let found = match look(dir, name) {
+        Ok(found) => found,
         Err(e) => {
             send(gone_or_unreadable(&e));
             return;
         }
     };
-    let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        MetaKind::Dir
-    } else if ft.is_symlink() {
-        match std::fs::read_link(path) {
-            Ok(t) => MetaKind::Symlink {
-                target: t.as_os_str().as_bytes().to_vec(),
-            },
-            Err(e) => {
-                send(gone_or_unreadable(&e));
-                return;
-            }
+    let (meta, kind, xattrs) = match found {
+        Found::Dir(file, meta) => {
+            let xattrs = match &file {
+                Some(file) => read_xattrs(Xattrs::File(file)),
+                None => read_xattrs(Xattrs::Path(&proc_path(dir, name))),
+            };
+            (meta, MetaKind::Dir, xattrs)
         }
-    } else if ft.is_file() && expected == NodeKind::HardLink {
-        MetaKind::HardLink
-    } else if ft.is_file() {
+        Found::Symlink(stat, target) => {
+            let xattrs = read_xattrs(Xattrs::Path(&proc_path(dir, name)));
+            (Stat4::from(&stat), MetaKind::Symlink { target }, xattrs)
+        }
+        Found::File(file, meta) if expected == NodeKind::HardLink => (
+            Stat4::from(&meta),
+            MetaKind::HardLink,
+            read_xattrs(Xattrs::File(&file)),
+        ),
         // A file where the scan saw something else.
-        match open_file(path).and_then(|f| f.metadata().map(|m| (f, m))) {
-            Ok((file, meta)) if meta.is_file() => return read_file(file, meta, names, send),
-            Ok(_) => {
-                send(Msg::Unreadable("changed type while the backup ran".into()));
-                return;
-            }
-            Err(e) => {
-                send(gone_or_unreadable(&e));
-                return;
-            }
+        Found::File(file, meta) => return read_file(file, meta, names, send),
+        Found::Other => {
+            // Replaced by a FIFO, socket or device since the scan.
+            send(Msg::Unreadable(
+                "is no longer a regular file, directory or symlink".into(),
+            ));
+            return;
         }
-    } else {
-        // Replaced by a FIFO, socket or device since the scan.
-        send(Msg::Unreadable(
-            "is no longer a regular file, directory or symlink".into(),
-        ));
-        return;
     };
     let changed = match (&kind, expected) {
         (MetaKind::Dir, NodeKind::Dir) | (MetaKind::Symlink { .. }, NodeKind::Symlink) => None,
         (MetaKind::HardLink, NodeKind::HardLink) => None,
         _ => Some("changed type while the backup ran".to_string()),
     };
-    let xattrs = read_xattrs(Xattrs::Path(path));
     send(Msg::Whole {
         meta: entry_meta(&meta, kind, xattrs, names),
         data: Vec::new(),
@@ -198,21 +196,111 @@ pub fn read_entry(
     });
 }
 
+/// What stands at a name now, opened where it can be.
+enum Found {
+    /// A directory, opened for reading unless this user may not list it.
+    Dir(Option<File>, Stat4),
+    File(File, Metadata),
+    Symlink(Stat, Vec<u8>),
+    Other,
+}
+
+/// Looks at `name` in `dir` without following it: a directory or file is
+/// opened (its metadata then comes from the descriptor), a symlink read.
+fn look(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Found> {
+    let st = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {
+            // A directory this user may not list is still described: its
+            // contents are the scan's to report.
+            let (file, readable) = match openat(dir, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => (File::from(fd), true),
+                Err(Errno::ACCESS) => {
+                    let flags =
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    (File::from(openat(dir, name, flags, Mode::empty())?), false)
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let meta = file.metadata()?;
+            if !meta.is_dir() {
+                return Err(io::Error::other("changed type while the backup ran"));
+            }
+            Ok(Found::Dir(readable.then_some(file), Stat4::from(&meta)))
+        }
+        FileType::RegularFile => {
+            let file = open_file(dir, name)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Err(io::Error::other("changed type while the backup ran"));
+            }
+            Ok(Found::File(file, meta))
+        }
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+            Ok(Found::Symlink(st, target.into_bytes()))
+        }
+        _ => Ok(Found::Other),
+    }
+}
+
+/// A path that names `name` in `dir` without following `name` itself, for
+/// the calls that take only paths (extended attributes of a symlink).
+fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    p.push(name);
+    p
+}
+
+/// The metadata a tar header records, from `fstat` or `fstatat`.
+#[derive(Debug, Clone, Copy)]
+struct Stat4 {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl From<&Metadata> for Stat4 {
+    fn from(m: &Metadata) -> Stat4 {
+        Stat4 {
+            mode: m.mode(),
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec(),
+        }
+    }
+}
+
+impl From<&Stat> for Stat4 {
+    fn from(st: &Stat) -> Stat4 {
+        Stat4 {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as i64,
+        }
+    }
+}
+
 fn entry_meta(
-    meta: &Metadata,
+    meta: &Stat4,
     kind: MetaKind,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     names: &mut Names,
 ) -> EntryMeta {
     EntryMeta {
         kind,
-        mode: meta.mode() & 0o7777,
-        uid: u64::from(meta.uid()),
-        gid: u64::from(meta.gid()),
-        uname: names.user(meta.uid()),
-        gname: names.group(meta.gid()),
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        mode: meta.mode & 0o7777,
+        uid: u64::from(meta.uid),
+        gid: u64::from(meta.gid),
+        uname: names.user(meta.uid),
+        gname: names.group(meta.gid),
+        mtime: meta.mtime,
+        mtime_nsec: meta.mtime_nsec.clamp(0, 999_999_999) as u32,
         xattrs,
     }
 }
@@ -283,18 +371,13 @@ fn read_xattrs(source: Xattrs<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// Opens a file for reading: never through a symlink, never blocking on a
 /// FIFO that took a file's place, and without updating its access time where
 /// the kernel allows it (only the owner or root may ask).
-fn open_file(path: &Path) -> io::Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(flags | libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            OpenOptions::new().read(true).custom_flags(flags).open(path)
-        }
-        other => other,
-    }
+fn open_file(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => openat(dir, name, flags, Mode::empty())?,
+        other => other?,
+    };
+    Ok(File::from(fd))
 }
 
 /// The (size, mtime, ctime) that tell whether a file changed.
@@ -352,7 +435,7 @@ fn read_file(
         let changed = changed.or_else(|| changed_since(&file, &before));
         send(Msg::Whole {
             meta: entry_meta(
-                &before,
+                &Stat4::from(&before),
                 MetaKind::File { size, sparse: None },
                 xattrs,
                 names,
@@ -365,7 +448,12 @@ fn read_file(
     }
 
     let segments: Vec<(u64, u64)> = sparse.clone().unwrap_or_else(|| vec![(0, size)]);
-    let meta = entry_meta(&before, MetaKind::File { size, sparse }, xattrs, names);
+    let meta = entry_meta(
+        &Stat4::from(&before),
+        MetaKind::File { size, sparse },
+        xattrs,
+        names,
+    );
     if !send(Msg::Meta(meta)) {
         return;
     }
@@ -474,11 +562,19 @@ mod tests {
     use super::*;
 
     fn collect(path: &Path, expected: NodeKind) -> Vec<Msg> {
+        let dir = File::open(path.parent().unwrap()).unwrap();
         let mut msgs = Vec::new();
-        read_entry(path, expected, &mut Names::default(), &mut |m| {
-            msgs.push(m);
-            true
-        });
+        let name = path.file_name().unwrap();
+        read_entry(
+            dir.as_fd(),
+            name,
+            expected,
+            &mut Names::default(),
+            &mut |m| {
+                msgs.push(m);
+                true
+            },
+        );
         msgs
     }
 
@@ -527,8 +623,57 @@ mod tests {
 
     #[test]
     fn vanished_file_is_reported() {
-        let msgs = collect(Path::new("/nonexistent/backstop/file"), NodeKind::File);
+        let dir = tempfile::tempdir().unwrap();
+        let msgs = collect(&dir.path().join("gone"), NodeKind::File);
         assert!(matches!(msgs[..], [Msg::Vanished]));
+    }
+
+    #[test]
+    fn a_directory_replaced_by_a_symlink_is_described_as_the_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("secret")).unwrap();
+        std::fs::write(dir.path().join("secret/key"), b"k").unwrap();
+        std::os::unix::fs::symlink("secret", dir.path().join("sub")).unwrap();
+        let msgs = collect(&dir.path().join("sub"), NodeKind::Dir);
+        let [Msg::Whole { meta, changed, .. }] = &msgs[..] else {
+            panic!("one whole entry, got {msgs:?}");
+        };
+        assert!(matches!(&meta.kind, MetaKind::Symlink { target } if target == b"secret"));
+        assert_eq!(
+            changed.as_deref(),
+            Some("changed type while the backup ran")
+        );
+        // And a file that became a symlink is never read through it.
+        std::os::unix::fs::symlink("secret/key", dir.path().join("f")).unwrap();
+        let msgs = collect(&dir.path().join("f"), NodeKind::File);
+        assert!(
+            matches!(&msgs[..], [Msg::Whole { meta: EntryMeta { kind: MetaKind::Symlink { .. }, .. }, data, .. }] if data.is_empty()),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn a_directory_this_user_cannot_list_is_still_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let shut = dir.path().join("shut");
+        std::fs::create_dir(&shut).unwrap();
+        std::fs::set_permissions(&shut, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+        let msgs = collect(&shut, NodeKind::Dir);
+        std::fs::set_permissions(&shut, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let [
+            Msg::Whole {
+                meta,
+                changed: None,
+                ..
+            },
+        ] = &msgs[..]
+        else {
+            panic!("one whole entry, got {msgs:?}");
+        };
+        assert!(matches!(meta.kind, MetaKind::Dir));
+        assert_eq!(meta.mode, 0);
     }
 
     #[test]
@@ -541,7 +686,7 @@ mod tests {
             return;
         }
         rustix::fs::setxattr(&p, "user.a", b"1", rustix::fs::XattrFlags::empty()).unwrap();
-        let got = read_xattrs(Xattrs::Path(&p));
+        let got = read_xattrs(Xattrs::File(&File::open(&p).unwrap()));
         assert_eq!(
             got,
             vec![

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::WriteBack;
 use crate::progress::{Cancel, Phase, Progress};
-use crate::source::scan::{EntryRef, NodeKind, Scan};
+use crate::source::scan::{Dirs, EntryRef, NodeKind, Scan};
 
 /// How far (in bytes of file content) readers may run ahead of the tar writer.
 const READ_AHEAD_BYTES: u64 = 32 << 20;
@@ -133,6 +133,7 @@ pub fn write_archive(
             cancel,
             hashes: Vec::new(),
             written_files: vec![false; scan.len()],
+            gone_dirs: vec![false; scan.len()],
             // Problems the scan met are the first the trailer records.
             trailer: Trailer {
                 format: FORMAT,
@@ -199,6 +200,7 @@ struct ReadJob {
 
 fn reader_loop(scan: &Scan, jobs: Receiver<ReadJob>, cancel: &Cancel) {
     let mut names = Names::default();
+    let mut dirs = Dirs::default();
     for job in jobs {
         // Whole entries are gathered and sent together at the end of the
         // batch, so the writer wakes once per batch, not once per entry.
@@ -211,7 +213,7 @@ fn reader_loop(scan: &Scan, jobs: Receiver<ReadJob>, cancel: &Cancel) {
                 return;
             }
             let e = EntryRef(index);
-            read_entry(&scan.fs_path(e), scan.kind(e), &mut names, &mut |m| {
+            read_located(scan, e, scan.kind(e), &mut dirs, &mut names, &mut |m| {
                 let streamed = matches!(m, Msg::Meta(_) | Msg::Data(_) | Msg::End { .. });
                 pending.push(m);
                 if streamed {
@@ -226,6 +228,35 @@ fn reader_loop(scan: &Scan, jobs: Receiver<ReadJob>, cancel: &Cancel) {
         }
         if open && !pending.is_empty() {
             let _ = tx.send(pending);
+        }
+    }
+}
+
+/// Reads entry `e` through the handles of the directories above it. An
+/// entry whose directory is gone, or was replaced by a symlink or a file
+/// since the scan, is no longer in the source: it vanished.
+fn read_located(
+    scan: &Scan,
+    e: EntryRef,
+    expected: NodeKind,
+    dirs: &mut Dirs,
+    names: &mut Names,
+    send: &mut dyn FnMut(Msg) -> bool,
+) {
+    match scan.locate(e, dirs) {
+        Ok((dir, name)) => read_entry(dir, name, expected, names, send),
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+            ) =>
+        {
+            send(Msg::Vanished);
+        }
+        Err(err) => {
+            send(Msg::Unreadable(format!(
+                "a directory above it cannot be opened: {err}"
+            )));
         }
     }
 }
@@ -383,6 +414,11 @@ struct TarWriter<'a> {
     hashes: Vec<(u32, [u8; 32])>,
     /// Which entries were written as files: hard links may only point there.
     written_files: Vec<bool>,
+    /// Directories of the scan that are not in the archive as directories
+    /// (gone, or replaced by a symlink or a file while the backup ran):
+    /// what was below them is left out as vanished, so no entry ever sits
+    /// below a non-directory.
+    gone_dirs: Vec<bool>,
     trailer: Trailer,
     header: Vec<u8>,
     path: Vec<u8>,
@@ -531,6 +567,34 @@ impl TarWriter<'_> {
     /// Writes one payload entry from its reader's messages.
     fn entry(&mut self, e: EntryRef, rx: &mut BatchRx) -> Result<()> {
         self.scan.archive_path(e, &mut self.path);
+        if self
+            .scan
+            .parent(e)
+            .is_some_and(|p| self.gone_dirs[p.0 as usize])
+        {
+            return self.left_out(e, rx);
+        }
+        // Until it is written as a directory (in `whole`).
+        self.gone_dirs[e.0 as usize] = self.scan.kind(e) == NodeKind::Dir;
+        self.write_entry(e, rx)
+    }
+
+    /// Drops the messages about an entry below a directory that is not in
+    /// the archive, and reports it as vanished.
+    fn left_out(&mut self, e: EntryRef, rx: &mut BatchRx) -> Result<()> {
+        if self.scan.kind(e) == NodeKind::Dir {
+            self.gone_dirs[e.0 as usize] = true;
+        }
+        if let Msg::Meta(_) = rx.next(self.cancel)? {
+            while !matches!(rx.next(self.cancel)?, Msg::End { .. }) {}
+        }
+        self.trailer.vanished.push(self.display());
+        self.progress.advance(self.scan.size(e));
+        Ok(())
+    }
+
+    /// Writes the entry its reader described.
+    fn write_entry(&mut self, e: EntryRef, rx: &mut BatchRx) -> Result<()> {
         match rx.next(self.cancel)? {
             Msg::Whole {
                 meta,
@@ -596,6 +660,7 @@ impl TarWriter<'_> {
             MetaKind::Dir => {
                 self.header_for(meta, HeaderKind::Dir);
                 self.blocks.write(&self.header)?;
+                self.gone_dirs[e.0 as usize] = false;
             }
             MetaKind::Symlink { target } => {
                 self.header_for(meta, HeaderKind::Symlink { target });
@@ -615,21 +680,28 @@ impl TarWriter<'_> {
     /// whose first name could not be archived.
     fn reread_as_file(&mut self, e: EntryRef) -> Result<()> {
         let (tx, rx) = bounded(LARGE_FILE_QUEUE);
-        let path = self.scan.fs_path(e);
+        let scan = self.scan;
         let cancel = self.cancel.clone();
-        let reader = std::thread::spawn(move || {
-            read_entry(&path, NodeKind::File, &mut Names::default(), &mut |m| {
-                !cancel.is_cancelled() && tx.send(vec![m]).is_ok()
-            })
-        });
-        let mut rx = BatchRx {
-            rx,
-            buf: VecDeque::new(),
-        };
-        let result = self.entry(e, &mut rx);
-        drop(rx);
-        let _ = reader.join();
-        result
+        std::thread::scope(|threads| {
+            threads.spawn(move || {
+                let mut dirs = Dirs::default();
+                read_located(
+                    scan,
+                    e,
+                    NodeKind::File,
+                    &mut dirs,
+                    &mut Names::default(),
+                    &mut |m| !cancel.is_cancelled() && tx.send(vec![m]).is_ok(),
+                )
+            });
+            let mut rx = BatchRx {
+                rx,
+                buf: VecDeque::new(),
+            };
+            // The receiver goes when the entry is written, so a reader still
+            // sending stops.
+            self.entry(e, &mut rx)
+        })
     }
 
     /// Records a regular file as written.

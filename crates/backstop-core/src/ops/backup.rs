@@ -25,7 +25,7 @@ use crate::instance::{Instance, SourceSpec};
 use crate::lock::{InstanceLock, hostname};
 use crate::source::capture::{self, Spool};
 use crate::source::exclude::{Excluded, Excludes};
-use crate::source::scan::{EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
+use crate::source::scan::{Dirs, EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
 use crate::time;
 
 /// Where the archive goes.
@@ -367,6 +367,7 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
     let mut next_at = 0u64;
     let mut seen = 0u64;
     let mut out = Vec::new();
+    let mut dirs = Dirs::default();
     for i in 0..scan.len() as u32 {
         let e = EntryRef(i);
         if scan.kind(e) != NodeKind::File {
@@ -379,7 +380,7 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
         }
         next_at = seen + step;
         let mut data = Vec::with_capacity(SAMPLE.min(size as usize));
-        let read = std::fs::File::open(scan.fs_path(e)).and_then(|f| {
+        let read = scan.open_file(e, &mut dirs).and_then(|f| {
             std::io::Read::read_to_end(&mut std::io::Read::take(f, SAMPLE as u64), &mut data)
         });
         if read.is_err() || data.is_empty() {

@@ -19,12 +19,12 @@ use crate::archive::{BackupKind, CompressionSpec, Description};
 use crate::catalog::{Catalog, NewRestore};
 use crate::command::CommandEnv;
 use crate::error::{Error, ErrorKind, Result};
+use crate::handle;
 use crate::instance::{Instance, SourceSpec};
 use crate::lock::{InstanceLock, hostname};
 use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
 use crate::restore::diff::{Action, Changes};
-use crate::restore::handle;
 use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
 use crate::restore::listing::Walk;
 use crate::restore::plan::{

@@ -71,7 +71,7 @@ impl Confined {
     /// Fails when `root` is missing, not a directory, or passes through a
     /// symlink.
     pub fn open(root: &Path) -> io::Result<Confined> {
-        let fd = crate::restore::handle::open_dir(root)?;
+        let fd = crate::handle::open_dir(root)?;
         Ok(Confined {
             root: fd,
             root_path: root.to_path_buf(),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::restore::handle::{self, remove_tree};
+use crate::handle::{self, remove_tree};
 
 /// How far a restore got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

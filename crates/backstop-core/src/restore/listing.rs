@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use crate::error::{Error, Result};
+use crate::handle;
 use crate::restore::diff::Node;
-use crate::restore::handle;
 
 /// One directory being listed: its descriptor, its path below the top,
 /// and the names left, in reverse order (the next one is last).

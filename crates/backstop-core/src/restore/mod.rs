@@ -13,13 +13,11 @@
 //! - [`diff`]: what a restore would change, path by path.
 //! - [`stage`]: the archive unpacked beside each target, verified.
 //! - [`journal`]: the steps written down before they are taken, and undone.
-//! - [`handle`]: the live tree through directory handles.
 //! - [`confine`]: writes confined to one directory.
 
 pub mod apply;
 pub mod confine;
 pub mod diff;
-pub mod handle;
 pub mod journal;
 pub mod listing;
 pub mod plan;

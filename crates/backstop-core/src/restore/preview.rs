@@ -12,8 +12,8 @@ use crate::archive::format::SourceManifest;
 use crate::archive::reader::{Content, Visitor};
 use crate::archive::tarread::{Entry, Kind};
 use crate::error::Result;
+use crate::handle;
 use crate::restore::diff::{Action, Node};
-use crate::restore::handle;
 use crate::restore::stage::{Selection, path_key, root_relative, split_member};
 use crate::restore::steps::Merger;
 

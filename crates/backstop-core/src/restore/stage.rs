@@ -27,9 +27,9 @@ use crate::archive::format::SourceManifest;
 use crate::archive::reader::{Content, Visitor};
 use crate::archive::tarread::{Entry, Kind};
 use crate::error::{Error, Result};
+use crate::handle;
 use crate::progress::{Cancel, Progress};
 use crate::restore::confine::Confined;
-use crate::restore::handle;
 use crate::source::exclude::Patterns;
 
 /// Which parts of a backup a restore writes.

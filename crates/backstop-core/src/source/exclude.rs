@@ -3,7 +3,10 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
 
 use ignore::Match;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
@@ -75,17 +78,14 @@ impl Excludes {
         &self.patterns
     }
 
-    /// Whether `path` (under the root) is excluded, and by which rule.
-    /// `dir` is the path of the directory itself when `is_dir`, used to look for
-    /// a `CACHEDIR.TAG`.
+    /// Whether a pattern excludes `path` (under the root), and which. A
+    /// directory's `CACHEDIR.TAG` is looked for through its handle, by the
+    /// scan (see [`has_cachedir_tag`]).
     pub fn check(&self, path: &Path, is_dir: bool) -> Option<Excluded> {
-        if let Match::Ignore(glob) = self.matcher.matched(path, is_dir) {
-            return Some(Excluded::Pattern(glob.original().to_string()));
+        match self.matcher.matched(path, is_dir) {
+            Match::Ignore(glob) => Some(Excluded::Pattern(glob.original().to_string())),
+            _ => None,
         }
-        if is_dir && has_cachedir_tag(path) {
-            return Some(Excluded::CacheDirTag);
-        }
-        None
     }
 }
 
@@ -141,13 +141,15 @@ impl Patterns {
     }
 }
 
-/// Whether `dir` holds a `CACHEDIR.TAG` that starts with the standard signature.
-fn has_cachedir_tag(dir: &Path) -> bool {
-    let Ok(mut file) = File::open(dir.join("CACHEDIR.TAG")) else {
+/// Whether the open directory `dir` holds a `CACHEDIR.TAG` with the
+/// standard signature (the tag is opened without following a symlink).
+pub fn has_cachedir_tag(dir: impl AsFd) -> bool {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let Ok(fd) = rustix::fs::openat(dir, "CACHEDIR.TAG", flags, Mode::empty()) else {
         return false;
     };
     let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
-    file.read_exact(&mut head).is_ok() && head == CACHEDIR_SIGNATURE
+    File::from(fd).read_exact(&mut head).is_ok() && head == CACHEDIR_SIGNATURE
 }
 
 #[cfg(test)]
@@ -221,8 +223,12 @@ mod tests {
         )
         .unwrap();
         std::fs::write(fake.join("CACHEDIR.TAG"), b"hello").unwrap();
-        let ex = excludes(dir.path(), &[]);
-        assert_eq!(ex.check(&tagged, true), Some(Excluded::CacheDirTag));
-        assert_eq!(ex.check(&fake, true), None);
+        let open = |p: &Path| std::fs::File::open(p).unwrap();
+        assert!(has_cachedir_tag(open(&tagged)));
+        assert!(!has_cachedir_tag(open(&fake)));
+        // A tag that is a symlink to a real one is not followed.
+        std::fs::remove_file(fake.join("CACHEDIR.TAG")).unwrap();
+        std::os::unix::fs::symlink(tagged.join("CACHEDIR.TAG"), fake.join("CACHEDIR.TAG")).unwrap();
+        assert!(!has_cachedir_tag(open(&fake)));
     }
 }

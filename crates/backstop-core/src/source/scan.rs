@@ -8,15 +8,20 @@
 //! before its contents, as extraction needs.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, openat, statat};
+use rustix::io::Errno;
 
 use crate::archive::format::{Problem, Totals};
 use crate::error::{Error, Result};
+use crate::handle::{self, DIR_FLAGS};
 use crate::progress::{Cancel, Progress};
-use crate::source::exclude::{Excluded, Excludes};
+use crate::source::exclude::{self, Excluded, Excludes};
 
 /// What an entry is, as the scan saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +62,8 @@ pub struct Scan {
     root: PathBuf,
     names: Vec<u8>,
     nodes: Vec<Node>,
-    /// For each top-of-source node: the source's path on the filesystem.
-    tops: Vec<(u32, PathBuf)>,
+    /// The top of each source, and the directory it was found in.
+    tops: Vec<Top>,
     /// Hard link entry → the entry holding the data.
     links: HashMap<u32, u32>,
     /// What was measured.
@@ -69,6 +74,48 @@ pub struct Scan {
     pub skipped: Vec<Problem>,
     /// Directories that could not be listed, and other scan errors.
     pub unreadable: Vec<Problem>,
+}
+
+/// The top of one source: its node, its path, and the directory it is in,
+/// opened once for the whole backup.
+#[derive(Debug)]
+struct Top {
+    index: u32,
+    path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
+}
+
+/// One directory being listed: its handle, the names left (the next one
+/// last) and its node.
+struct Frame {
+    fd: OwnedFd,
+    left: Vec<CString>,
+    index: u32,
+}
+
+impl Frame {
+    fn new(fd: OwnedFd, mut names: Vec<CString>, index: u32) -> Frame {
+        names.reverse();
+        Frame {
+            fd,
+            left: names,
+            index,
+        }
+    }
+}
+
+/// Opens the directory a source's top is in, following symlinks (the
+/// instance root was resolved once, and the config names the path), and
+/// gives the top's name in it.
+fn open_top(top: &Path) -> io::Result<(OwnedFd, OsString)> {
+    let name = top.file_name().unwrap_or(OsStr::new(".")).to_os_string();
+    let parent = match top.file_name() {
+        Some(_) => top.parent().unwrap_or(Path::new("/")),
+        None => top,
+    };
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    Ok((rustix::fs::open(parent, flags, Mode::empty())?, name))
 }
 
 /// A reference to one scanned entry.
@@ -118,155 +165,198 @@ impl Scan {
         };
         let mut inodes: HashMap<(u64, u64), u32> = HashMap::new();
         for source in tops {
-            let top = source.path.clone();
-            top.symlink_metadata()
-                .map_err(|e| Error::io("reading source", &top, e))?;
-            // The stack of node indices of the directories above the current entry.
-            let mut parents: Vec<u32> = Vec::new();
-            // Siblings share their parent's path, so comparing whole paths
-            // orders them by name bytes, without parsing path components.
-            // A source that is a symlink (`current -> versions/1.2`) is
-            // backed up as the symlink, never followed.
-            let mut walker = walkdir::WalkDir::new(&top)
-                .follow_links(false)
-                .follow_root_links(false)
-                .sort_by(|a, b| a.path().as_os_str().cmp(b.path().as_os_str()))
-                .into_iter();
-            while let Some(item) = walker.next() {
-                let entry = match item {
-                    Ok(entry) => entry,
-                    Err(err) => {
-                        let path = err
-                            .path()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_else(|| top.clone());
-                        if err.depth() == 0 {
-                            return Err(Error::io(
-                                "reading source",
-                                &path,
-                                err.into_io_error()
-                                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
-                            ));
-                        }
-                        scan.unreadable.push(Problem {
-                            path: scan.display_path(&source.name, &top, &path),
-                            detail: err
-                                .io_error()
-                                .map(|e| e.to_string())
-                                .unwrap_or_else(|| err.to_string()),
-                        });
-                        continue;
-                    }
-                };
-                if scan.nodes.len().is_multiple_of(4096) {
-                    opts.cancel.check()?;
-                    opts.progress
-                        .scanned(scan.totals.entries, scan.totals.bytes);
-                }
-                let depth = entry.depth();
-                parents.truncate(depth);
-                let file_type = entry.file_type();
-                let path = entry.path();
-                if depth > 0
-                    && source.filtered
-                    && let Some(rule) = opts.excludes.check(path, file_type.is_dir())
-                {
-                    scan.excluded.push(ExcludedPath {
-                        path: scan.display_path(&source.name, &top, path),
-                        rule,
-                    });
-                    if file_type.is_dir() {
-                        walker.skip_current_dir();
-                    }
-                    continue;
-                }
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    Err(err) => {
-                        // Gone since the directory was listed: nothing to back up.
-                        if err.io_error().map(|e| e.kind()) != Some(std::io::ErrorKind::NotFound) {
-                            scan.unreadable.push(Problem {
-                                path: scan.display_path(&source.name, &top, path),
-                                detail: err.to_string(),
-                            });
-                        }
-                        continue;
-                    }
-                };
-                if file_type.is_dir() && opts.skip_dirs.contains(&(meta.dev(), meta.ino())) {
-                    scan.excluded.push(ExcludedPath {
-                        path: scan.display_path(&source.name, &top, path),
-                        rule: Excluded::OwnState,
-                    });
-                    walker.skip_current_dir();
-                    continue;
-                }
-                let kind = if file_type.is_dir() {
-                    NodeKind::Dir
-                } else if file_type.is_symlink() {
-                    NodeKind::Symlink
-                } else if file_type.is_file() {
-                    NodeKind::File
-                } else {
-                    let what = if file_type.is_fifo() {
-                        "FIFO"
-                    } else if file_type.is_socket() {
-                        "socket"
-                    } else if file_type.is_block_device() {
-                        "block device"
-                    } else if file_type.is_char_device() {
-                        "character device"
-                    } else {
-                        "special file"
-                    };
-                    scan.skipped.push(Problem {
-                        path: scan.display_path(&source.name, &top, path),
-                        detail: format!("{what}: not backed up"),
-                    });
-                    continue;
-                };
-                let name: &[u8] = if depth == 0 {
-                    source.name.as_bytes()
-                } else {
-                    entry.file_name().as_bytes()
-                };
-                let parent = parents.last().copied().unwrap_or(NO_PARENT);
-                let index = scan.push(parent, name, kind, 0);
-                if depth == 0 {
-                    scan.tops.push((index, top.clone()));
-                }
-                match kind {
-                    NodeKind::Dir => parents.push(index),
-                    NodeKind::File => {
-                        let key = (meta.dev(), meta.ino());
-                        let first = if meta.nlink() > 1 {
-                            inodes.get(&key).copied()
-                        } else {
-                            None
-                        };
-                        match first {
-                            Some(first) => {
-                                scan.nodes[index as usize].kind = NodeKind::HardLink;
-                                scan.links.insert(index, first);
-                            }
-                            None => {
-                                if meta.nlink() > 1 {
-                                    inodes.insert(key, index);
-                                }
-                                scan.nodes[index as usize].size = meta.len();
-                                scan.totals.files += 1;
-                                scan.totals.bytes += meta.len();
-                            }
-                        }
-                    }
-                    NodeKind::Symlink | NodeKind::HardLink => {}
-                }
-                scan.totals.entries += 1;
-            }
+            scan.walk_top(source, opts, &mut inodes)?;
         }
         opts.progress
             .scanned(scan.totals.entries, scan.totals.bytes);
         Ok(scan)
+    }
+
+    /// Walks one source through directory handles: its top is looked up
+    /// once by path, everything below it relative to the descriptor of the
+    /// directory it is in, never through a symlink. A source that is a
+    /// symlink (`current -> versions/1.2`) is backed up as the symlink.
+    fn walk_top(
+        &mut self,
+        source: &ScanTop,
+        opts: &ScanOptions<'_>,
+        inodes: &mut HashMap<(u64, u64), u32>,
+    ) -> Result<()> {
+        let top = &source.path;
+        let fatal = |e: io::Error| Error::io("reading source", top, e);
+        let (parent, name) = open_top(top).map_err(fatal)?;
+        let st = statat(&parent, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| fatal(e.into()))?;
+        let Some(kind) = self.kind_of(&st, source, top) else {
+            return Ok(());
+        };
+        if kind == NodeKind::Dir && opts.skip_dirs.contains(&(st.st_dev, st.st_ino)) {
+            self.excluded.push(ExcludedPath {
+                path: source.name.clone(),
+                rule: Excluded::OwnState,
+            });
+            return Ok(());
+        }
+        let index = self.add(NO_PARENT, source.name.as_bytes(), kind, &st, inodes);
+        let mut frames = Vec::new();
+        if kind == NodeKind::Dir {
+            let fd =
+                openat(&parent, &name, DIR_FLAGS, Mode::empty()).map_err(|e| fatal(e.into()))?;
+            let left = handle::list(&fd).map_err(fatal)?;
+            frames.push(Frame::new(fd, left, index));
+        }
+        self.tops.push(Top {
+            index,
+            path: top.clone(),
+            parent,
+            name,
+        });
+        let mut path = top.clone();
+        while let Some(frame) = frames.last_mut() {
+            let Some(name) = frame.left.pop() else {
+                frames.pop();
+                path.pop();
+                continue;
+            };
+            if self.nodes.len().is_multiple_of(4096) {
+                opts.cancel.check()?;
+                opts.progress
+                    .scanned(self.totals.entries, self.totals.bytes);
+            }
+            path.push(OsStr::from_bytes(name.to_bytes()));
+            match self.entry(source, opts, inodes, frame, &name, &path) {
+                Some(next) => frames.push(next),
+                None => {
+                    path.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at one entry below a source's top, in the directory of
+    /// `frame`, adding it to the tree unless it is left out. Returns the
+    /// frame to list next when it is a directory to enter.
+    fn entry(
+        &mut self,
+        source: &ScanTop,
+        opts: &ScanOptions<'_>,
+        inodes: &mut HashMap<(u64, u64), u32>,
+        frame: &Frame,
+        name: &CStr,
+        path: &Path,
+    ) -> Option<Frame> {
+        let st = match statat(&frame.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            // Gone since the directory was listed: nothing to back up.
+            Err(Errno::NOENT) => return None,
+            Err(e) => {
+                self.problem(source, path, &io::Error::from(e));
+                return None;
+            }
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if source.filtered
+            && let Some(rule) = opts.excludes.check(path, is_dir)
+        {
+            self.exclude(source, path, rule);
+            return None;
+        }
+        let kind = self.kind_of(&st, source, path)?;
+        if kind != NodeKind::Dir {
+            self.add(frame.index, name.to_bytes(), kind, &st, inodes);
+            return None;
+        }
+        if opts.skip_dirs.contains(&(st.st_dev, st.st_ino)) {
+            self.exclude(source, path, Excluded::OwnState);
+            return None;
+        }
+        let opened = openat(&frame.fd, name, DIR_FLAGS, Mode::empty());
+        if source.filtered
+            && let Ok(fd) = &opened
+            && exclude::has_cachedir_tag(fd)
+        {
+            self.exclude(source, path, Excluded::CacheDirTag);
+            return None;
+        }
+        let index = self.add(frame.index, name.to_bytes(), kind, &st, inodes);
+        let listed = opened
+            .map_err(io::Error::from)
+            .and_then(|fd| handle::list(&fd).map(|left| (fd, left)));
+        match listed {
+            Ok((fd, left)) => Some(Frame::new(fd, left, index)),
+            Err(e) => {
+                // Backed up as an empty directory; what it holds is reported.
+                self.problem(source, path, &e);
+                None
+            }
+        }
+    }
+
+    /// What the scan makes of an entry of type `st`; `None` for FIFOs,
+    /// sockets and devices, which are recorded as skipped.
+    fn kind_of(&mut self, st: &Stat, source: &ScanTop, path: &Path) -> Option<NodeKind> {
+        let what = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => return Some(NodeKind::Dir),
+            FileType::Symlink => return Some(NodeKind::Symlink),
+            FileType::RegularFile => return Some(NodeKind::File),
+            FileType::Fifo => "FIFO",
+            FileType::Socket => "socket",
+            FileType::BlockDevice => "block device",
+            FileType::CharacterDevice => "character device",
+            FileType::Unknown => "special file",
+        };
+        self.skipped.push(Problem {
+            path: self.display_path(&source.name, &source.path, path),
+            detail: format!("{what}: not backed up"),
+        });
+        None
+    }
+
+    /// Adds an entry: a further name of a file seen before becomes a hard
+    /// link to it; a file's size counts once.
+    fn add(
+        &mut self,
+        parent: u32,
+        name: &[u8],
+        kind: NodeKind,
+        st: &Stat,
+        inodes: &mut HashMap<(u64, u64), u32>,
+    ) -> u32 {
+        let index = self.push(parent, name, kind, 0);
+        self.totals.entries += 1;
+        if kind != NodeKind::File {
+            return index;
+        }
+        let key = (st.st_dev, st.st_ino);
+        if st.st_nlink > 1
+            && let Some(&first) = inodes.get(&key)
+        {
+            self.nodes[index as usize].kind = NodeKind::HardLink;
+            self.links.insert(index, first);
+            return index;
+        }
+        if st.st_nlink > 1 {
+            inodes.insert(key, index);
+        }
+        let size = st.st_size.max(0) as u64;
+        self.nodes[index as usize].size = size;
+        self.totals.files += 1;
+        self.totals.bytes += size;
+        index
+    }
+
+    fn exclude(&mut self, source: &ScanTop, path: &Path, rule: Excluded) {
+        self.excluded.push(ExcludedPath {
+            path: self.display_path(&source.name, &source.path, path),
+            rule,
+        });
+    }
+
+    fn problem(&mut self, source: &ScanTop, path: &Path, e: &io::Error) {
+        self.unreadable.push(Problem {
+            path: self.display_path(&source.name, &source.path, path),
+            detail: e.to_string(),
+        });
     }
 
     fn push(&mut self, parent: u32, name: &[u8], kind: NodeKind, size: u64) -> u32 {
@@ -319,6 +409,12 @@ impl Scan {
         self.nodes[e.0 as usize].size
     }
 
+    /// The directory entry `e` is in; `None` for the top of a source.
+    pub fn parent(&self, e: EntryRef) -> Option<EntryRef> {
+        let parent = self.nodes[e.0 as usize].parent;
+        (parent != NO_PARENT).then_some(EntryRef(parent))
+    }
+
     /// For a hard link, the entry that holds the data.
     pub fn link_target(&self, e: EntryRef) -> Option<EntryRef> {
         self.links.get(&e.0).map(|&t| EntryRef(t))
@@ -354,20 +450,91 @@ impl Scan {
         }
     }
 
-    /// The path of `e` on the filesystem.
+    /// The path of `e` on the filesystem, for messages: it is read through
+    /// [`Scan::locate`], never by this path.
     pub fn fs_path(&self, e: EntryRef) -> PathBuf {
         let chain = self.chain(e);
-        let mut path = self
-            .tops
-            .iter()
-            .find(|(index, _)| *index == chain[0])
-            .map(|(_, p)| p.clone())
-            .expect("every chain starts at a source top");
+        let mut path = self.top(chain[0]).path.clone();
         for &index in &chain[1..] {
             path.push(OsStr::from_bytes(self.name(index)));
         }
         path
     }
+
+    fn top(&self, index: u32) -> &Top {
+        self.tops
+            .iter()
+            .find(|t| t.index == index)
+            .expect("every chain starts at a source top")
+    }
+
+    /// The directory `e` is in, opened from its source's top down one
+    /// component at a time without following a symlink (the handles along
+    /// the way kept in `dirs` for the entries after it), and its name there.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a directory above `e` is gone or was replaced by
+    /// something else (`ENOENT`, `ELOOP`, `ENOTDIR`), or cannot be opened.
+    pub fn locate<'s>(
+        &'s self,
+        e: EntryRef,
+        dirs: &'s mut Dirs,
+    ) -> io::Result<(BorrowedFd<'s>, &'s OsStr)> {
+        let chain = self.chain(e);
+        let top = self.top(chain[0]);
+        let above = &chain[..chain.len() - 1];
+        let same = dirs
+            .stack
+            .iter()
+            .zip(above)
+            .take_while(|((open, _), want)| open == *want)
+            .count();
+        dirs.stack.truncate(same);
+        for &index in &above[same..] {
+            let fd = match dirs.stack.last() {
+                None => openat(&top.parent, &top.name, DIR_FLAGS, Mode::empty()),
+                Some((_, dir)) => openat(
+                    dir,
+                    OsStr::from_bytes(self.name(index)),
+                    DIR_FLAGS,
+                    Mode::empty(),
+                ),
+            }?;
+            dirs.stack.push((index, fd));
+        }
+        let dir = match dirs.stack.last() {
+            Some((_, fd)) => fd.as_fd(),
+            None => top.parent.as_fd(),
+        };
+        let name = if chain.len() == 1 {
+            top.name.as_os_str()
+        } else {
+            OsStr::from_bytes(self.name(e.0))
+        };
+        Ok((dir, name))
+    }
+}
+
+impl Scan {
+    /// Opens the regular file `e` for reading as [`Scan::locate`] finds it,
+    /// never through a symlink and never blocking on a FIFO put there.
+    ///
+    /// # Errors
+    ///
+    /// Fails as [`Scan::locate`] does, or when `e` cannot be opened.
+    pub fn open_file(&self, e: EntryRef, dirs: &mut Dirs) -> io::Result<std::fs::File> {
+        let (dir, name) = self.locate(e, dirs)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        Ok(openat(dir, name, flags, Mode::empty())?.into())
+    }
+}
+
+/// The directory handles a reader holds along the path of the entry it
+/// read last: entries in archive order share most of them.
+#[derive(Debug, Default)]
+pub struct Dirs {
+    stack: Vec<(u32, OwnedFd)>,
 }
 
 #[cfg(test)]

@@ -10,8 +10,14 @@ use backstop_core::ops::restore::{Mode, RestoreOutcome, RestoreRequest, restore}
 
 use crate::support::Env;
 
+/// A restore request that waits a little for the instance lock: another
+/// test of this process may fork a child in the moment a backup's lock
+/// file is open, and the child holds the lock until it execs.
 fn request(target: &str) -> RestoreRequest {
-    RestoreRequest::new(target)
+    RestoreRequest {
+        wait: Some(std::time::Duration::from_secs(10)),
+        ..RestoreRequest::new(target)
+    }
 }
 
 fn backup_with(env: &Env, dir: &Path, never_restore: &[&str], version: Option<&str>) -> String {
@@ -33,7 +39,7 @@ fn backup_with(env: &Env, dir: &Path, never_restore: &[&str], version: Option<&s
             excludes: vec![],
             compression: CompressionSpec::new(Codec::Zstd, None).unwrap(),
             output: Output::Store,
-            wait: None,
+            wait: Some(std::time::Duration::from_secs(10)),
         },
     )
     .unwrap();

@@ -65,7 +65,8 @@ impl Env {
             excludes: excludes.iter().map(|s| s.to_string()).collect(),
             compression: CompressionSpec::new(codec, None).expect("spec"),
             output,
-            wait: None,
+            // Another test's child may hold the lock until it execs.
+            wait: Some(std::time::Duration::from_secs(10)),
         };
         backup(&self.ctx(), request).expect("backup")
     }

@@ -1,5 +1,5 @@
-//! The live tree through directory handles (guarantee 3 where a restore
-//! meets what is already there).
+//! Trees on disk through directory handles: the live tree a restore meets
+//! (guarantee 3) and the sources a backup reads.
 //!
 //! A restore's destination is resolved once, when the plan is made; from
 //! then on every path it uses is absolute and free of symlinks. Each
@@ -22,7 +22,8 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, RenameFlags, ResolveFlags
 use crate::error::{Error, Result};
 use crate::failpoint;
 
-const DIR_FLAGS: OFlags = OFlags::DIRECTORY
+/// How a directory is opened: for reading, never through a symlink.
+pub const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::RDONLY)
     .union(OFlags::CLOEXEC);
@@ -316,7 +317,7 @@ fn unlink_file(dir: &OwnedFd, name: &CString) -> io::Result<()> {
 /// # Errors
 ///
 /// Fails when the directory cannot be read.
-pub fn list(fd: &OwnedFd) -> io::Result<Vec<CString>> {
+pub fn list(fd: impl AsFd) -> io::Result<Vec<CString>> {
     let mut names = Vec::new();
     let mut dir = rustix::fs::Dir::read_from(fd.as_fd())?;
     while let Some(entry) = dir.read() {

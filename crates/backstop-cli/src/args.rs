@@ -241,6 +241,9 @@ pub struct VerifyArgs {
     /// Verify every backup in the catalog that has an archive
     #[arg(long, conflicts_with = "targets")]
     pub all: bool,
+    /// Wait for a migration of the store to finish (for up to DURATION, e.g. 10m)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

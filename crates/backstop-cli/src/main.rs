@@ -286,7 +286,10 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
     } else {
         verify::VerifyTargets::Named(a.targets.clone())
     };
-    let reports = with_context(g, &settings, cancel, |ctx| verify::verify(ctx, &targets))?;
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let reports = with_context(g, &settings, cancel, |ctx| {
+        verify::verify(ctx, &targets, wait)
+    })?;
     let failed = reports.iter().any(|r| !r.ok);
     let warned = reports.iter().any(|r| !r.warnings.is_empty());
     if g.json {

@@ -44,6 +44,19 @@ pub struct Context<'a> {
     pub cancel: &'a progress::Cancel,
 }
 
+impl<'a> Context<'a> {
+    /// The same context with the store as `lock` resolved it.
+    pub fn under<'b>(&self, lock: &'b lock::StoreLock) -> Context<'b>
+    where
+        'a: 'b,
+    {
+        Context {
+            layout: lock.layout(),
+            ..*self
+        }
+    }
+}
+
 /// `backstop <version>`, as recorded in manifests and the catalog.
 pub fn created_by() -> String {
     format!("backstop {}", env!("CARGO_PKG_VERSION"))

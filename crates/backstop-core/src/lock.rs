@@ -1,6 +1,8 @@
-//! Instance locks: one writer per instance at a time.
+//! Instance locks: one writer per instance at a time; and the store lock:
+//! no archive is read or written while `migrate` moves the store.
 //!
-//! A lock is a kernel file lock (`flock`) on `<home>/locks/<instance>.lock`.
+//! A lock is a kernel file lock (`flock`) on `<home>/locks/<instance>.lock`;
+//! the store lock is one on the home directory itself (see [`StoreLock`]).
 //! The kernel releases it when the holder exits, however it exits, so there
 //! are never stale locks to clean up. The holder writes its PID, host,
 //! command and start time into the file so that a second invocation can say
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Layout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::create_private_dir_all;
 use crate::progress::Cancel;
@@ -49,6 +52,18 @@ pub enum LockError {
         /// How long this process waited, if it did.
         waited: Option<Duration>,
     },
+    #[error("{}", moving_message(moving.as_ref()))]
+    StoreMoving {
+        /// From where to where, since when: the migration's journal, once
+        /// it has written one.
+        moving: Option<(PathBuf, PathBuf, String)>,
+        waited: Option<Duration>,
+    },
+    #[error("the store of {} is in use by other operations", home.display())]
+    StoreInUse {
+        home: PathBuf,
+        waited: Option<Duration>,
+    },
 }
 
 impl LockError {
@@ -58,6 +73,16 @@ impl LockError {
 
     pub(crate) fn hint(&self) -> Option<String> {
         match self {
+            LockError::StoreMoving { .. } => Some(
+                "run it again when `backstop migrate` is done, or with --wait to queue \
+                 behind it"
+                    .into(),
+            ),
+            LockError::StoreInUse { .. } => Some(
+                "wait for the backups, restores and verifications running on this home to \
+                 finish, or run again with --wait to queue behind them"
+                    .into(),
+            ),
             LockError::Held {
                 waited: Some(_), ..
             } => Some(
@@ -175,6 +200,198 @@ impl InstanceLock {
     /// The lock file.
     pub fn file_path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The store lock: an `flock` on the home directory itself, which exists
+/// whenever there is a store to move and needs no file of its own (so a
+/// read-only command creates nothing). Every command that reads or writes
+/// archives holds it shared for its whole run; `migrate` holds it
+/// exclusively. Taking it resolves the store again: a command that waited
+/// behind a migration uses the store the migration moved to, as the moves
+/// recorded in `<home>/store-moves.json` say, never the old one.
+///
+/// Take it before any instance lock, so that no two commands wait for
+/// each other.
+#[derive(Debug)]
+pub struct StoreLock {
+    _dir: Option<File>,
+    layout: Layout,
+}
+
+impl StoreLock {
+    /// Takes the store lock shared, for a command that reads or writes
+    /// archives. A home that does not exist yet has no store to move: the
+    /// lock is then nothing.
+    ///
+    /// # Errors
+    ///
+    /// Fails with [`LockError::StoreMoving`] while a migration runs (after
+    /// `wait`), and on I/O errors.
+    pub fn shared(layout: &Layout, wait: Option<Duration>, cancel: &Cancel) -> Result<StoreLock> {
+        let dir = match File::open(&layout.home) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(StoreLock {
+                    _dir: None,
+                    layout: layout.clone(),
+                });
+            }
+            Err(e) => return Err(Error::io("opening", &layout.home, e)),
+        };
+        let dir = take(dir, false, layout, wait, cancel)?;
+        Ok(StoreLock {
+            _dir: Some(dir),
+            layout: Layout {
+                home: layout.home.clone(),
+                store: followed(&layout.home, &layout.store)?,
+            },
+        })
+    }
+
+    /// Takes the store lock exclusively, for `migrate`.
+    ///
+    /// # Errors
+    ///
+    /// Fails with [`LockError::StoreInUse`] while other commands hold it
+    /// (after `wait`), and on I/O errors.
+    pub fn exclusive(
+        layout: &Layout,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Result<StoreLock> {
+        create_private_dir_all(&layout.home)?;
+        let dir = File::open(&layout.home).map_err(|e| Error::io("opening", &layout.home, e))?;
+        let dir = take(dir, true, layout, wait, cancel)?;
+        Ok(StoreLock {
+            _dir: Some(dir),
+            layout: Layout {
+                home: layout.home.clone(),
+                store: followed(&layout.home, &layout.store)?,
+            },
+        })
+    }
+
+    /// The layout with the store as it is now that the lock is held.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Records, under the exclusive lock, that the store moved from `from`
+    /// to `to`: commands that were started with `from` and waited use `to`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the record cannot be written.
+    pub fn record_move(&self, from: &Path, to: &Path) -> Result<()> {
+        let mut moves = read_moves(&self.layout.home)?;
+        moves.retain(|m| m.from != from);
+        moves.push(Move {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            at: crate::time::now_rfc3339(),
+        });
+        let text = serde_json::to_vec_pretty(&moves).expect("moves serialise");
+        crate::fsutil::atomic_write(&moves_path(&self.layout.home), &text, 0o600)
+    }
+}
+
+/// One recorded move of the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Move {
+    from: PathBuf,
+    to: PathBuf,
+    at: String,
+}
+
+fn moves_path(home: &Path) -> PathBuf {
+    home.join("store-moves.json")
+}
+
+fn read_moves(home: &Path) -> Result<Vec<Move>> {
+    let path = moves_path(home);
+    match std::fs::read(&path) {
+        Ok(data) => serde_json::from_slice(&data).map_err(|e| {
+            Error::usage(
+                format!("{} is damaged: {e}", path.display()),
+                Some(
+                    "it lists where the store moved; remove it if the config names the right store"
+                        .into(),
+                ),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("reading", &path, e)),
+    }
+}
+
+/// Where `store` is now: followed along the recorded moves.
+fn followed(home: &Path, store: &Path) -> Result<PathBuf> {
+    let moves = read_moves(home)?;
+    let mut now = store.to_path_buf();
+    // Each move is followed once at most: a cycle (moved back and forth)
+    // ends where the last move points.
+    for _ in 0..moves.len() {
+        match moves.iter().rev().find(|m| m.from == now) {
+            Some(m) => now = m.to.clone(),
+            None => break,
+        }
+    }
+    Ok(now)
+}
+
+/// Locks `dir` (shared or exclusive), waiting up to `wait`.
+fn take(
+    dir: File,
+    exclusive: bool,
+    layout: &Layout,
+    wait: Option<Duration>,
+    cancel: &Cancel,
+) -> Result<File> {
+    let started = Instant::now();
+    loop {
+        let tried = if exclusive {
+            dir.try_lock()
+        } else {
+            dir.try_lock_shared()
+        };
+        match tried {
+            Ok(()) => return Ok(dir),
+            Err(TryLockError::WouldBlock) => {
+                let waited = started.elapsed();
+                if wait.is_none_or(|w| waited >= w) {
+                    let waited = wait.map(|_| waited);
+                    return Err(busy(exclusive, layout, waited).into());
+                }
+                cancel.check()?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io("locking", &layout.home, e)),
+        }
+    }
+}
+
+fn busy(exclusive: bool, layout: &Layout, waited: Option<Duration>) -> LockError {
+    if exclusive {
+        return LockError::StoreInUse {
+            home: layout.home.clone(),
+            waited,
+        };
+    }
+    LockError::StoreMoving {
+        moving: crate::ops::migrate::pending_since(&layout.home),
+        waited,
+    }
+}
+
+fn moving_message(moving: Option<&(PathBuf, PathBuf, String)>) -> String {
+    match moving {
+        Some((from, to, since)) => format!(
+            "the store is being moved from {} to {} (`backstop migrate`, since {since})",
+            from.display(),
+            to.display()
+        ),
+        None => "the store is being moved (`backstop migrate` is starting)".into(),
     }
 }
 

@@ -163,3 +163,83 @@ fn a_bad_destination_is_refused_before_anything_moves() {
         .stderr(predicate::str::contains("not empty"));
     assert_all_under(&env, &env.home().join("backups"));
 }
+
+/// Issue 10, item 4: backups, verifications and prunes running (with
+/// `--wait`) while the store moves twice. Each waits behind the migration
+/// and then uses the store it moved to: afterwards no archive is left in an
+/// old store, reconcile finds nothing to repair, every available backup
+/// verifies, and no verification ever failed on the way (a backup a
+/// concurrent prune removed is not a failure).
+#[test]
+fn migrations_under_mixed_load_strand_nothing_and_fail_no_verification() {
+    let env = Env::new();
+    let ids = store_with_backups(&env);
+    assert_eq!(ids.len(), 4);
+    let stores = [env.home().join("backups"), env.path("s2"), env.path("s3")];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let run = |args: &[&str]| env.std_cmd().args(args).output().unwrap();
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
+    let loop_until_done = |args: &[&str], ok: &[i32]| {
+        while std::time::Instant::now() < deadline {
+            let out = run(args);
+            let code = out.status.code().unwrap_or(-1);
+            if !ok.contains(&code) {
+                failures.lock().unwrap().push(format!(
+                    "`{}` exited {code}: {}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    };
+    let (app, web) = (env.path("app"), env.path("web"));
+    std::thread::scope(|s| {
+        s.spawn(|| loop_until_done(&["backup", app.to_str().unwrap(), "--wait", "60s"], &[0]));
+        s.spawn(|| loop_until_done(&["backup", web.to_str().unwrap(), "--wait", "60s"], &[0]));
+        s.spawn(|| loop_until_done(&["verify", "--all", "--wait", "60s"], &[0]));
+        s.spawn(|| loop_until_done(&["prune", "app", "--keep", "2", "--wait", "60s"], &[0]));
+        for to in &stores[1..] {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let out = run(&["migrate", "--to", to.to_str().unwrap(), "--wait", "60s"]);
+            if !out.status.success() {
+                failures.lock().unwrap().push(format!(
+                    "migrate --to {} exited {:?}: {}",
+                    to.display(),
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let current = &stores[2];
+    for old in &stores[..2] {
+        let stranded: Vec<PathBuf> = crate::support::walk(old)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect();
+        assert!(
+            stranded.is_empty(),
+            "left in the old store {}: {stranded:?}",
+            old.display()
+        );
+    }
+    assert_all_under(&env, current);
+    let reconcile = env.json(&["reconcile"]);
+    let findings = reconcile["reconcile"]["findings"]
+        .as_array()
+        .map_or(1, Vec::len);
+    assert_eq!(
+        findings, 0,
+        "reconcile found something to repair: {reconcile}"
+    );
+    let rows = env.list().len();
+    let archives = crate::support::walk(current)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .count();
+    assert_eq!(rows, archives, "one archive per catalog row");
+}

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, NewFile, TEMP_PREFIX};
 use crate::instance::{Instance, SourceSpec};
-use crate::lock::{InstanceLock, hostname};
+use crate::lock::{InstanceLock, StoreLock, hostname};
 use crate::source::capture::{self, Spool};
 use crate::source::exclude::{Excluded, Excludes};
 use crate::source::scan::{Dirs, EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
@@ -409,6 +409,9 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
 pub fn backup(ctx: &Context<'_>, req: BackupRequest) -> Result<BackupReport> {
     check_output(&req.output)?;
     fsutil::create_private_dir_all(&ctx.layout.home)?;
+    // Behind a migration of the store, then into the store it moved to.
+    let store = StoreLock::shared(ctx.layout, req.wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let lock = InstanceLock::acquire(
         &ctx.layout.locks(),
         &req.instance.name,

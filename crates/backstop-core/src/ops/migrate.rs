@@ -10,7 +10,10 @@
 //! 3. switch the catalog's locations in one transaction;
 //! 4. remove the old files and the emptied directories.
 //!
-//! Every instance with backups is locked for the whole migration. An
+//! The store lock is held exclusively, and every instance with backups
+//! locked, for the whole migration: a backup, restore, verify or prune
+//! started meanwhile waits (with `--wait`) or is refused, and then uses
+//! the new store. An
 //! interruption at any point loses nothing: before step 3 the catalog names
 //! the old files, which are intact; after it, the new ones, which were
 //! verified. Running the same command again finishes the job.
@@ -28,7 +31,7 @@ use crate::catalog::Catalog;
 use crate::config::{Config, absolute};
 use crate::error::{Error, Result};
 use crate::fsutil::{self, TEMP_PREFIX};
-use crate::lock::InstanceLock;
+use crate::lock::{InstanceLock, StoreLock};
 use crate::{Context, failpoint, time};
 
 /// How far a migration got.
@@ -72,6 +75,14 @@ pub fn pending(home: &Path) -> Option<(PathBuf, PathBuf)> {
     load(home).ok().flatten().map(|j| (j.from, j.to))
 }
 
+/// The unfinished migration and since when: (from, to, started at).
+pub fn pending_since(home: &Path) -> Option<(PathBuf, PathBuf, String)> {
+    load(home)
+        .ok()
+        .flatten()
+        .map(|j| (j.from, j.to, j.started_at))
+}
+
 fn load(home: &Path) -> Result<Option<MigrateJournal>> {
     let path = journal_path(home);
     match std::fs::read(&path) {
@@ -108,6 +119,10 @@ fn config_file(ctx: &Context<'_>) -> PathBuf {
 /// lock is held, a copy does not match its checksum, or the config cannot
 /// be written; running it again continues.
 pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<MigrateReport> {
+    // No archive is read or written anywhere on this home while the store
+    // moves: every such command holds this lock shared.
+    let store = StoreLock::exclusive(ctx.layout, wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let home = &ctx.layout.home;
     let requested = absolute(to);
     let previous = load(home)?;
@@ -191,6 +206,9 @@ pub fn migrate(ctx: &Context<'_>, to: &Path, wait: Option<Duration>) -> Result<M
         }
         failpoint::hit("migrate.before-config")?;
         set_store_in_config(&config_file(ctx), &to)?;
+        // Commands that started with the old store and wait behind this
+        // lock go to the new one.
+        store.record_move(&from, &to)?;
         failpoint::hit("migrate.before-switch")?;
         catalog.move_locations(&path_prefix(&from)?, &path_prefix(&to)?)?;
         journal.phase = Phase::Switched;

@@ -29,7 +29,7 @@ use crate::archive::BackupKind;
 use crate::archive::reader::sidecar_path;
 use crate::catalog::{BackupRecord, Catalog, ListFilter, Status};
 use crate::error::{Error, Result};
-use crate::lock::InstanceLock;
+use crate::lock::{InstanceLock, StoreLock};
 use crate::ops::list::open_existing;
 use crate::{Context, fsutil, time};
 
@@ -247,6 +247,8 @@ pub fn prune(
         return plan(ctx, instance, rules);
     }
     fsutil::create_private_dir_all(&ctx.layout.home)?;
+    let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let lock = InstanceLock::acquire(
         &ctx.layout.locks(),
         instance,
@@ -385,6 +387,8 @@ pub struct Deleted {
 /// Fails on an unknown or pinned id (before anything is removed), a held
 /// lock, or a file that cannot be removed.
 pub fn delete(ctx: &Context<'_>, ids: &[String], wait: Option<Duration>) -> Result<Vec<Deleted>> {
+    let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let catalog = open_existing(ctx)?.ok_or_else(|| Error::NotFound {
         message: "there are no backups: the catalog does not exist".into(),
         hint: None,

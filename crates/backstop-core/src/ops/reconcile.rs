@@ -29,7 +29,7 @@ use crate::catalog::{
 };
 use crate::error::{Error, Result};
 use crate::fsutil::TEMP_PREFIX;
-use crate::lock::InstanceLock;
+use crate::lock::{InstanceLock, StoreLock};
 use crate::progress::NoProgress;
 use crate::{Context, fsutil, time};
 
@@ -81,6 +81,8 @@ pub fn reconcile(
     apply: bool,
     wait: Option<Duration>,
 ) -> Result<ReconcileReport> {
+    let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let path = ctx.layout.catalog();
     let mut moved = None;
     let catalog = if path.exists() || apply {

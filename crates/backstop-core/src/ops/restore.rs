@@ -17,7 +17,7 @@
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::lock::InstanceLock;
+use crate::lock::{InstanceLock, StoreLock};
 use crate::ops::recover::recover_locked;
 use crate::restore::{apply, plan};
 use crate::{Context, failpoint, fsutil};
@@ -45,6 +45,10 @@ pub fn restore(
     confirm: &mut dyn FnMut(&RestorePlan) -> bool,
 ) -> Result<RestoreOutcome> {
     let started = Instant::now();
+    // Behind a migration of the store, then from the store it moved to. A
+    // dry run too: it reads the archive.
+    let store = StoreLock::shared(ctx.layout, req.wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let src = plan::find(ctx, &req.target)?;
     let m = &src.manifest;
     plan::check_request(req, m)?;

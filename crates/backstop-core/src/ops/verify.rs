@@ -4,13 +4,14 @@
 //! catalog when the archive is one of its backups.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::archive::reader::{read_sidecar, verify_archive};
-use crate::catalog::{Catalog, ListFilter, Status};
+use crate::catalog::{BackupRecord, Catalog, ListFilter, Status};
 use crate::error::Result;
+use crate::lock::{InstanceLock, StoreLock};
 use crate::ops::backup::error_chain;
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve};
@@ -43,6 +44,10 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Whether the result was written to the catalog.
     pub recorded: bool,
+    /// Whether the backup was removed (by `prune` or `delete`) while this
+    /// verification ran.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
     pub duration_ms: u64,
 }
 
@@ -53,7 +58,15 @@ pub struct VerifyReport {
 ///
 /// Fails when a name is neither a backup nor a file, or the catalog cannot
 /// be used.
-pub fn verify(ctx: &Context<'_>, targets: &VerifyTargets) -> Result<Vec<VerifyReport>> {
+pub fn verify(
+    ctx: &Context<'_>,
+    targets: &VerifyTargets,
+    wait: Option<Duration>,
+) -> Result<Vec<VerifyReport>> {
+    // Not while `migrate` moves the archives (waiting up to `wait`), and
+    // then from the store they are in.
+    let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let catalog = open_existing(ctx)?;
     let resolved: Vec<Resolved> = match targets {
         VerifyTargets::Named(names) => names
@@ -72,26 +85,102 @@ pub fn verify(ctx: &Context<'_>, targets: &VerifyTargets) -> Result<Vec<VerifyRe
             None => Vec::new(),
         },
     };
+    let all = matches!(targets, VerifyTargets::All);
     let mut reports = Vec::new();
     for target in resolved {
         ctx.cancel.check()?;
-        reports.push(verify_one(ctx, catalog.as_ref(), target)?);
+        let report = verify_one(ctx, catalog.as_ref(), target)?;
+        // A backup pruned or deleted since the list was read is not a
+        // failure of `verify --all`: it is simply no longer there to check.
+        if !(all && report.removed) {
+            reports.push(report);
+        }
     }
     Ok(reports)
 }
 
+/// Verifies one target and records the verdict in the catalog, against
+/// the backup as the catalog holds it once the archive was read: a backup
+/// removed meanwhile (a prune removes the file, then the row, under the
+/// instance's lock) is reported as removed, and one whose id was taken
+/// again by a newer backup since the list was read is verified afresh.
 fn verify_one(
     ctx: &Context<'_>,
     catalog: Option<&Catalog>,
     target: Resolved,
 ) -> Result<VerifyReport> {
-    let started = Instant::now();
-    let (path, record) = match target {
-        Resolved::Id(r) => (r.location.clone().map(PathBuf::from), Some(r)),
-        Resolved::File(p, r) => (Some(p), r),
+    let (by_id, file, mut record) = match target {
+        Resolved::Id(r) => (true, None, Some(r)),
+        Resolved::File(p, r) => (false, Some(p), r),
     };
+    loop {
+        let path = match &file {
+            Some(p) => Some(p.clone()),
+            None => record
+                .as_ref()
+                .and_then(|r| r.location.clone().map(PathBuf::from)),
+        };
+        let (mut report, missing) = check(ctx, path, record.as_ref())?;
+        let (Some(c), Some(r)) = (catalog, &record) else {
+            return Ok(report);
+        };
+        // Whatever is wrong is asked again under the instance's lock, which
+        // a removal holds until the row is gone. A long backup of the
+        // instance may hold it: then the catalog is asked without it.
+        let _lock = (!report.ok).then(|| {
+            InstanceLock::acquire(
+                &ctx.layout.locks(),
+                &r.instance,
+                &format!("verify {}", r.id),
+                Some(Duration::from_secs(10)),
+                ctx.cancel,
+            )
+        });
+        match c.get(&r.id)? {
+            None => {
+                report.removed = true;
+                report.problems = vec![format!(
+                    "backup {} was removed (by prune or delete) while it was being verified",
+                    r.id
+                )];
+                report.ok = false;
+                return Ok(report);
+            }
+            Some(now) if by_id && !same_backup(&now, r) => record = Some(now),
+            Some(_) => {
+                let now = time::now_rfc3339();
+                if missing {
+                    c.mark_missing(&r.id, &now)?;
+                } else {
+                    c.record_verification(
+                        &r.id,
+                        &now,
+                        report.problems.first().map(String::as_str),
+                    )?;
+                }
+                report.recorded = true;
+                return Ok(report);
+            }
+        }
+    }
+}
+
+/// Whether two rows are the same backup (an id can be taken again by a
+/// backup made in the same second after the first was pruned).
+fn same_backup(a: &BackupRecord, b: &BackupRecord) -> bool {
+    a.created_at == b.created_at && a.sha256 == b.sha256 && a.location == b.location
+}
+
+/// Reads the archive at `path` in full and checks it against its sidecar
+/// and `record`; records nothing. Also says whether the archive is missing.
+fn check(
+    ctx: &Context<'_>,
+    path: Option<PathBuf>,
+    record: Option<&BackupRecord>,
+) -> Result<(VerifyReport, bool)> {
+    let started = Instant::now();
     let mut report = VerifyReport {
-        id: record.as_ref().map(|r| r.id.clone()),
+        id: record.map(|r| r.id.clone()),
         path: path
             .as_ref()
             .map(|p| p.display().to_string())
@@ -105,23 +194,18 @@ fn verify_one(
         files: 0,
         bytes: 0,
         recorded: false,
+        removed: false,
         duration_ms: 0,
     };
-    let now = time::now_rfc3339();
     let Some(path) = path.filter(|p| p.exists()) else {
         report.problems.push(if report.path.is_empty() {
             "the backup has no archive file".to_string()
         } else {
             format!("the archive {} is missing", report.path)
         });
-        if let (Some(c), Some(r)) = (catalog, &record) {
-            c.mark_missing(&r.id, &now)?;
-            report.recorded = true;
-        }
         report.duration_ms = started.elapsed().as_millis() as u64;
-        return Ok(report);
+        return Ok((report, true));
     };
-
     let run = verify_archive(&path, ctx.progress, ctx.cancel);
     report.sha256 = run.sha256.clone();
     report.size = run.size;
@@ -133,7 +217,7 @@ fn verify_one(
             if report.id.is_none() {
                 report.id = Some(v.manifest.id.clone());
             }
-            if let Some(r) = &record
+            if let Some(r) = record
                 && r.id != v.manifest.id
             {
                 report.problems.push(format!(
@@ -158,7 +242,7 @@ fn verify_one(
             ),
             Err(e) => report.problems.push(error_chain(&e)),
         }
-        if let Some(expected) = record.as_ref().and_then(|r| r.sha256.as_ref())
+        if let Some(expected) = record.and_then(|r| r.sha256.as_ref())
             && expected != actual
         {
             report.problems.push(format!(
@@ -167,10 +251,6 @@ fn verify_one(
         }
     }
     report.ok = report.problems.is_empty();
-    if let (Some(c), Some(r)) = (catalog, &record) {
-        c.record_verification(&r.id, &now, report.problems.first().map(String::as_str))?;
-        report.recorded = true;
-    }
     report.duration_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    Ok((report, false))
 }

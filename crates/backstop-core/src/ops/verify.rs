@@ -3,14 +3,14 @@
 //! and the structure the format promises. The result is recorded in the
 //! catalog when the archive is one of its backups.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::archive::reader::{read_sidecar, verify_archive};
 use crate::catalog::{Catalog, ListFilter, Status};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::backup::error_chain;
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve};
@@ -54,7 +54,17 @@ pub struct VerifyReport {
 /// Fails when a name is neither a backup nor a file, or the catalog cannot
 /// be used.
 pub fn verify(ctx: &Context<'_>, targets: &VerifyTargets) -> Result<Vec<VerifyReport>> {
-    let catalog = open_existing(ctx)?;
+    // Archive files describe themselves: they are verified without a
+    // usable catalog, the result left unrecorded. Ids need the catalog.
+    let (catalog, unusable) = match (open_existing(ctx), targets) {
+        (Ok(c), _) => (c, None),
+        (Err(Error::Catalog(e)), VerifyTargets::Named(names))
+            if names.iter().all(|n| Path::new(n).is_file()) =>
+        {
+            (None, Some(e.to_string()))
+        }
+        (Err(e), _) => return Err(e),
+    };
     let resolved: Vec<Resolved> = match targets {
         VerifyTargets::Named(names) => names
             .iter()
@@ -75,7 +85,14 @@ pub fn verify(ctx: &Context<'_>, targets: &VerifyTargets) -> Result<Vec<VerifyRe
     let mut reports = Vec::new();
     for target in resolved {
         ctx.cancel.check()?;
-        reports.push(verify_one(ctx, catalog.as_ref(), target)?);
+        let mut report = verify_one(ctx, catalog.as_ref(), target)?;
+        if let Some(problem) = &unusable {
+            report.warnings.push(format!(
+                "the result is not recorded in the catalog: {problem}; \
+                 `backstop reconcile --apply` rebuilds it"
+            ));
+        }
+        reports.push(report);
     }
     Ok(reports)
 }

@@ -381,7 +381,9 @@ pub struct PruneArgs {
 pub struct ReconcileArgs {
     /// Only this instance [default: every instance in the catalog or the store]
     pub instance: Option<String>,
-    /// Change the catalog to match the store (otherwise only report)
+    /// Change the catalog to match the store (otherwise only report); a
+    /// damaged or lost catalog is rebuilt from the archives, the damaged file
+    /// kept as catalog.db.damaged-TIMESTAMP
     #[arg(long)]
     pub apply: bool,
     /// Wait for another operation on the instance to finish (for up to DURATION)

@@ -253,14 +253,14 @@ fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
         }),
         limit: a.limit,
     };
-    let records = with_context(g, &settings, cancel, |ctx| list::list(ctx, &filter))?;
+    let listing = with_context(g, &settings, cancel, |ctx| list::list(ctx, &filter))?;
     if g.json {
         print_json(&render::envelope(
             "list",
-            serde_json::json!({ "backups": records }),
+            serde_json::json!({ "backups": listing.backups, "untracked": listing.untracked }),
         ));
     } else {
-        print_stdout(&render::list(&records));
+        print_stdout(&render::list(&listing));
     }
     Ok(code::OK)
 }

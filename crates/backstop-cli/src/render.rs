@@ -9,6 +9,7 @@ use backstop_core::ops::backup::{BackupPlan, BackupReport, ExcludedSummary, Warn
 use backstop_core::ops::doctor::{DoctorReport, Level};
 use backstop_core::ops::guard::{GuardOutcome, GuardReport};
 use backstop_core::ops::init::InitReport;
+use backstop_core::ops::list::Listing;
 use backstop_core::ops::prune::PrunePlan;
 use backstop_core::ops::reconcile::{Problem as ReconcileProblem, ReconcileReport};
 use backstop_core::ops::recover::RecoverReport;
@@ -236,10 +237,14 @@ pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
     out
 }
 
-/// The table of `list`.
-pub fn list(records: &[BackupRecord]) -> String {
-    if records.is_empty() {
+/// The table of `list`, and a note about archives the catalog does not know.
+pub fn list(listing: &Listing) -> String {
+    let records = &listing.backups;
+    if records.is_empty() && listing.untracked.is_empty() {
         return "No backups yet. Make one with `backstop backup DIR`.\n".to_string();
+    }
+    if records.is_empty() {
+        return untracked_note(&listing.untracked);
     }
     let mut table = Table::new();
     table
@@ -281,6 +286,29 @@ pub fn list(records: &[BackupRecord]) -> String {
             if failed == 1 { "" } else { "s" }
         );
     }
+    if !listing.untracked.is_empty() {
+        out.push('\n');
+        out.push_str(&untracked_note(&listing.untracked));
+    }
+    out
+}
+
+/// Archives in the store that are not in the catalog (it was lost, or
+/// files were copied in).
+fn untracked_note(files: &[std::path::PathBuf]) -> String {
+    let (noun, verb) = if files.len() == 1 {
+        ("archive", "is")
+    } else {
+        ("archives", "are")
+    };
+    let mut out = format!(
+        "{} {noun} in the store {verb} not in the catalog:\n",
+        files.len()
+    );
+    for f in files {
+        let _ = writeln!(out, "  {}", f.display());
+    }
+    out.push_str("`backstop reconcile --apply` adds them from their own manifests.\n");
     out
 }
 
@@ -883,7 +911,8 @@ pub fn reconcile(report: &ReconcileReport) -> String {
     if let Some(aside) = &report.catalog_moved_to {
         let _ = writeln!(
             out,
-            "The catalog was damaged: moved to {aside} and rebuilt from the archives."
+            "The catalog was damaged ({}): moved to {aside} and rebuilt from the archives.",
+            report.catalog_damage.as_deref().unwrap_or("unreadable")
         );
     }
     for f in &report.findings {

@@ -33,6 +33,10 @@ pub enum CatalogError {
     },
     #[error("catalog {} is not a backstop catalog or is damaged", path.display())]
     Corrupt { path: PathBuf },
+    /// The file opens, but SQLite's own check (`PRAGMA quick_check`) finds
+    /// damage in it.
+    #[error("catalog {} is damaged: {problem}", path.display())]
+    Damaged { path: PathBuf, problem: String },
     #[error(
         "catalog {} has schema version {found}; this backstop knows up to {known}",
         path.display()
@@ -45,10 +49,19 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
+    /// Whether the catalog file itself is damaged (rather than busy or
+    /// unreadable): `reconcile --apply` rebuilds it.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            CatalogError::Corrupt { .. } | CatalogError::Damaged { .. }
+        )
+    }
+
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             // Damaged data, like a corrupt archive: exit 4.
-            CatalogError::Corrupt { .. } => ErrorKind::Integrity,
+            CatalogError::Corrupt { .. } | CatalogError::Damaged { .. } => ErrorKind::Integrity,
             _ => ErrorKind::Failed,
         }
     }
@@ -56,9 +69,10 @@ impl CatalogError {
     pub(crate) fn hint(&self) -> Option<String> {
         match self {
             CatalogError::Sqlite { .. } => None,
-            CatalogError::Corrupt { path } => Some(format!(
+            CatalogError::Corrupt { path } | CatalogError::Damaged { path, .. } => Some(format!(
                 "`backstop reconcile --apply` moves {} aside and rebuilds it from the archives, \
-                 which describe themselves",
+                 which describe themselves; meanwhile `backstop restore FILE` restores an \
+                 archive file directly",
                 path.display()
             )),
             CatalogError::TooNew { .. } => Some("upgrade backstop to use this catalog".into()),
@@ -837,11 +851,49 @@ impl Catalog {
     ///
     /// Fails on a database error.
     pub fn quick_check(&self) -> CResult<Option<String>> {
-        let result: String = self
+        // At most a few lines: SQLite reports up to 100 problems.
+        let mut stmt = self
             .conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .prepare("PRAGMA quick_check(5)")
             .map_err(|e| self.err(e))?;
-        Ok((result != "ok").then_some(result))
+        let lines: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))?;
+        if lines == ["ok"] {
+            return Ok(None);
+        }
+        // One line per problem, without the `*** in database main ***`
+        // headings SQLite puts between them.
+        let problems: Vec<&str> = lines
+            .iter()
+            .flat_map(|l| l.lines())
+            .filter(|l| !l.starts_with("***") && !l.trim().is_empty())
+            .collect();
+        Ok(Some(if problems.is_empty() {
+            "SQLite's check failed".to_string()
+        } else {
+            problems.join("; ")
+        }))
+    }
+
+    /// Opens the catalog at `path` as [`Catalog::open`] does, then runs
+    /// SQLite's consistency check over it, so that damage in any table is
+    /// found before a command relies on it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Catalog::open`], and [`CatalogError::Damaged`] when the check
+    /// reports a problem.
+    pub fn open_checked(path: &Path) -> CResult<Catalog> {
+        let catalog = Catalog::open(path)?;
+        match catalog.quick_check()? {
+            None => Ok(catalog),
+            Some(problem) => Err(CatalogError::Damaged {
+                path: path.to_path_buf(),
+                problem,
+            }),
+        }
     }
 
     /// Records a guarded command about to run.
@@ -1205,6 +1257,54 @@ mod tests {
             Catalog::open(&path),
             Err(CatalogError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn damage_inside_a_table_is_found_by_the_checked_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let mut cat = Catalog::open(&path).unwrap();
+            let about = about(BTreeMap::new());
+            let id = cat
+                .begin_backup("app-1", &new_backup(&about), &|_| false)
+                .unwrap();
+            cat.begin_restore(&NewRestore {
+                backup_id: &id,
+                started_at: "t1",
+                destination: "/srv/app",
+                mode: "exact",
+                user: "root",
+                host: "h",
+                safety_backup: None,
+            })
+            .unwrap();
+            assert!(Catalog::open_checked(&path).is_ok());
+            cat.conn
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+        }
+        let (page, root): (i64, i64) = {
+            let c = Connection::open(&path).unwrap();
+            let page = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+            let root = c
+                .query_row(
+                    "SELECT rootpage FROM sqlite_master WHERE name = 'restores'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (page, root)
+        };
+        let mut bytes = std::fs::read(&path).unwrap();
+        let start = ((root - 1) * page + 8) as usize;
+        bytes[start..start + 100].fill(0xee);
+        std::fs::write(&path, bytes).unwrap();
+        // The plain open does not look; the checked one does.
+        assert!(Catalog::open(&path).is_ok());
+        let err = Catalog::open_checked(&path).err().expect("damage is found");
+        assert!(err.is_damage(), "{err}");
+        assert!(!err.to_string().contains("***"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod handle;
 pub mod instance;
 pub mod lock;
+pub mod meta;
 pub mod ops;
 pub mod podman;
 pub mod progress;

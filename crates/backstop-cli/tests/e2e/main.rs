@@ -3,6 +3,7 @@
 //! `kill -9`, full and read-only filesystems.
 
 mod backup;
+mod catalog;
 mod confinement;
 mod craft;
 mod failures;

@@ -384,31 +384,54 @@ fn check_store(ctx: &Context<'_>, out: &mut Out) {
 }
 
 fn check_catalog(ctx: &Context<'_>, out: &mut Out) {
+    check_interrupted(ctx, out);
     let path = ctx.layout.catalog();
     if !path.exists() {
-        out.ok(
-            "catalog",
-            format!("{} does not exist yet (no backups)", path.display()),
-        );
+        check_untracked(ctx, out);
         return;
     }
-    let catalog = match Catalog::open(&path) {
+    let catalog = match Catalog::open_checked(&path) {
         Ok(c) => c,
         Err(e) => {
+            // Damaged: nothing it says can be compared with the store.
             out.add("catalog", Level::Error, e.to_string(), e.hint().as_deref());
             return;
         }
     };
-    match catalog.quick_check() {
-        Ok(None) => out.ok("catalog", format!("{} passes SQLite's check", path.display())),
-        Ok(Some(problem)) => out.add(
+    out.ok(
+        "catalog",
+        format!("{} passes SQLite's check", path.display()),
+    );
+    check_reconcile(ctx, out);
+    check_creating(&catalog, out);
+}
+
+/// Archives in the store that a missing catalog cannot know: a directory
+/// listing, no archive opened.
+fn check_untracked(ctx: &Context<'_>, out: &mut Out) {
+    let path = ctx.layout.catalog();
+    match crate::ops::list::untracked_archives(ctx, None, None) {
+        Ok(files) if files.is_empty() => out.ok(
             "catalog",
-            Level::Error,
-            format!("{} is damaged: {problem}", path.display()),
-            Some("every archive describes itself: move the file aside and rebuild it with `backstop reconcile --apply`"),
+            format!("{} does not exist yet (no backups)", path.display()),
         ),
-        Err(e) => out.add("catalog", Level::Error, e.to_string(), None),
+        Ok(files) => out.add(
+            "catalog",
+            Level::Warning,
+            format!(
+                "{} does not exist, but the store {} holds {} archive(s) it would list",
+                path.display(),
+                ctx.layout.store.display(),
+                files.len()
+            ),
+            Some("`backstop reconcile --apply` rebuilds the catalog from the archives"),
+        ),
+        Err(e) => out.add("catalog", Level::Error, e.to_string(), e.hint().as_deref()),
     }
+}
+
+/// An interrupted migration or restore.
+fn check_interrupted(ctx: &Context<'_>, out: &mut Out) {
     if let Some((from, to)) = crate::ops::migrate::pending(&ctx.layout.home) {
         out.add(
             "store",
@@ -436,6 +459,10 @@ fn check_catalog(ctx: &Context<'_>, out: &mut Out) {
             );
         }
     }
+}
+
+/// The reconcile summary: rows against archives.
+fn check_reconcile(ctx: &Context<'_>, out: &mut Out) {
     match crate::ops::reconcile::reconcile(ctx, None, false, None) {
         Ok(r) if r.findings.is_empty() => out.ok(
             "catalog",
@@ -467,6 +494,10 @@ fn check_catalog(ctx: &Context<'_>, out: &mut Out) {
         }
         Err(e) => out.add("catalog", Level::Error, e.to_string(), e.hint().as_deref()),
     }
+}
+
+/// Rows left `creating`.
+fn check_creating(catalog: &Catalog, out: &mut Out) {
     let creating = catalog
         .list(&ListFilter {
             status: Some(Status::Creating),

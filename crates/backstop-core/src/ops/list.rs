@@ -1,22 +1,41 @@
-//! `list`: the catalog's backups, newest first.
+//! `list`: the catalog's backups, newest first, and the archives in the
+//! store that the catalog does not know (a lost or rebuilt catalog).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use crate::Context;
+use crate::archive::Codec;
 use crate::catalog::{BackupRecord, Catalog, ListFilter};
 use crate::error::Result;
+use crate::fsutil::TEMP_PREFIX;
 use crate::lock::InstanceLock;
 
 /// Opens the catalog if there is one; a fresh machine has none, and reading
-/// must not create it.
+/// must not create it. The file is checked with SQLite's own check first,
+/// so that a damaged catalog is named as such rather than half read.
 ///
 /// # Errors
 ///
-/// Fails when the catalog exists but cannot be opened.
+/// Fails when the catalog exists but cannot be opened, or is damaged
+/// ([`CatalogError::Damaged`](crate::catalog::CatalogError::Damaged)).
 pub fn open_existing(ctx: &Context<'_>) -> Result<Option<Catalog>> {
     let path = ctx.layout.catalog();
     if !path.exists() {
         return Ok(None);
     }
-    Ok(Some(Catalog::open(&path)?))
+    Ok(Some(Catalog::open_checked(&path)?))
+}
+
+/// What `list` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub backups: Vec<BackupRecord>,
+    /// Archive files in the store (of the instance asked about, or all)
+    /// that no catalog row names: `reconcile --apply` adopts them.
+    pub untracked: Vec<PathBuf>,
 }
 
 /// Marks the `creating` rows of dead processes failed. A row is only stale if
@@ -34,17 +53,76 @@ pub fn repair_interrupted(ctx: &Context<'_>, catalog: &Catalog) -> Result<()> {
     Ok(())
 }
 
-/// The backups matching `filter`, newest first.
+/// The backups matching `filter`, newest first, and the archives of the
+/// store that the catalog does not know.
 ///
 /// # Errors
 ///
 /// Fails when the catalog cannot be read.
-pub fn list(ctx: &Context<'_>, filter: &ListFilter) -> Result<Vec<BackupRecord>> {
-    let Some(catalog) = open_existing(ctx)? else {
-        return Ok(Vec::new());
+pub fn list(ctx: &Context<'_>, filter: &ListFilter) -> Result<Listing> {
+    let catalog = open_existing(ctx)?;
+    if let Some(c) = &catalog {
+        repair_interrupted(ctx, c)?;
+    }
+    let backups = match &catalog {
+        Some(c) => c.list(filter)?,
+        None => Vec::new(),
     };
-    repair_interrupted(ctx, &catalog)?;
-    Ok(catalog.list(filter)?)
+    let untracked = untracked_archives(ctx, catalog.as_ref(), filter.instance.as_deref())?;
+    Ok(Listing { backups, untracked })
+}
+
+/// The archive files in the store (of `instance`, or of every instance)
+/// that no row of `catalog` names. Only directories are listed: no archive
+/// is opened, so this is cheap enough for every `list`.
+///
+/// # Errors
+///
+/// Fails when the catalog cannot be read.
+pub fn untracked_archives(
+    ctx: &Context<'_>,
+    catalog: Option<&Catalog>,
+    instance: Option<&str>,
+) -> Result<Vec<PathBuf>> {
+    let known: HashSet<PathBuf> = match catalog {
+        Some(c) => c
+            .list(&ListFilter::default())?
+            .into_iter()
+            .filter_map(|r| r.location.map(PathBuf::from))
+            .collect(),
+        None => HashSet::new(),
+    };
+    let instances = match instance {
+        Some(i) => vec![i.to_string()],
+        None => store_instances(&ctx.layout.store),
+    };
+    Ok(instances
+        .iter()
+        .flat_map(|i| store_archives(&ctx.layout.instance_store(i)))
+        .filter(|p| !known.contains(p))
+        .collect())
+}
+
+/// The archive files directly in `dir`, sorted: names that end as an
+/// archive does, not hidden or temporary. Sidecars and metadata files are
+/// not archives.
+pub fn store_archives(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !name.starts_with(TEMP_PREFIX)
+                && !name.starts_with('.')
+                && Codec::from_file_name(&name).is_some()
+                && e.path().is_file()
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
 }
 
 /// The instances that have backups in the catalog, sorted.

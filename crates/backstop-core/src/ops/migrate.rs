@@ -314,6 +314,7 @@ fn store_files(store: &Path) -> Result<Vec<(String, String, u64)>> {
             let is_ours = Codec::from_file_name(&name).is_some()
                 || name
                     .strip_suffix(".sha256")
+                    .or_else(|| crate::meta::archive_of(&name))
                     .is_some_and(|a| Codec::from_file_name(a).is_some());
             if name.starts_with(TEMP_PREFIX) || !is_ours {
                 continue;

@@ -358,7 +358,8 @@ fn remove_backup(catalog: &Catalog, id: &str) -> Result<()> {
         && let Some(loc) = &row.location
     {
         let archive = Path::new(loc);
-        for path in [sidecar_path(archive), archive.to_path_buf()] {
+        let meta = crate::meta::meta_path(archive);
+        for path in [sidecar_path(archive), meta, archive.to_path_buf()] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -435,17 +436,27 @@ pub fn delete(ctx: &Context<'_>, ids: &[String], wait: Option<Duration>) -> Resu
 ///
 /// Fails on an unknown id.
 pub fn set_pinned(ctx: &Context<'_>, id: &str, pinned: bool) -> Result<BackupRecord> {
+    // The pin is also written beside the archive: not into a store that
+    // is being moved.
+    let store = StoreLock::shared(ctx.layout, None, ctx.cancel)?;
+    let ctx = &ctx.under(&store);
     let catalog = open_existing(ctx)?.ok_or_else(|| Error::NotFound {
         message: format!("there is no backup {id}"),
         hint: Some("`backstop list` shows the backups there are".into()),
     })?;
-    if !catalog.set_pinned(id, pinned)? {
-        return Err(Error::NotFound {
-            message: format!("there is no backup {id}"),
-            hint: Some("`backstop list` shows the backups there are".into()),
-        });
+    let row = catalog.get(id)?.ok_or_else(|| Error::NotFound {
+        message: format!("there is no backup {id}"),
+        hint: Some("`backstop list` shows the backups there are".into()),
+    })?;
+    // The file beside the archive first: if the catalog then fails, a
+    // rebuild keeps what was asked for.
+    if let Some(loc) = &row.location
+        && Path::new(loc).is_file()
+    {
+        crate::meta::write(Path::new(loc), &crate::meta::BackupMeta::new(id, pinned))?;
     }
-    Ok(catalog.get(id)?.expect("the row was just updated"))
+    catalog.set_pinned(id, pinned)?;
+    Ok(catalog.get(id)?.expect("the row exists"))
 }
 
 #[cfg(test)]

@@ -14,21 +14,21 @@
 //!
 //! Without `--apply` nothing changes. With it, each instance is locked while
 //! its rows change. Running it twice changes nothing the second time. A
-//! catalog file that is damaged is moved aside and rebuilt from the
-//! archives by `--apply`.
+//! catalog file that is damaged (not SQLite, or failing SQLite's
+//! `quick_check`) is moved aside as `catalog.db.damaged-<timestamp>`, never
+//! deleted, and rebuilt from the archives by `--apply`: every archive is
+//! then an orphan, adopted with its pin from its `.meta.json`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::archive::Codec;
 use crate::archive::reader::{read_sidecar, sidecar_path, verify_archive};
 use crate::catalog::{
     BackupRecord, Catalog, CatalogError, Finished, ListFilter, NewBackup, Status,
 };
 use crate::error::{Error, Result};
-use crate::fsutil::TEMP_PREFIX;
 use crate::lock::{InstanceLock, StoreLock};
 use crate::progress::NoProgress;
 use crate::{Context, fsutil, time};
@@ -66,6 +66,8 @@ pub struct ReconcileReport {
     pub applied: bool,
     /// Where a damaged catalog was moved before it was rebuilt.
     pub catalog_moved_to: Option<String>,
+    /// What was wrong with it.
+    pub catalog_damage: Option<String>,
 }
 
 /// Compares the catalog with the store (for one instance, or all), and
@@ -83,33 +85,7 @@ pub fn reconcile(
 ) -> Result<ReconcileReport> {
     let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
     let ctx = &ctx.under(&store);
-    let path = ctx.layout.catalog();
-    let mut moved = None;
-    let catalog = if path.exists() || apply {
-        if apply {
-            fsutil::create_private_dir_all(&ctx.layout.home)?;
-        }
-        match Catalog::open(&path) {
-            Ok(c) => Some(c),
-            Err(CatalogError::Corrupt { .. }) if apply => {
-                let aside = path.with_file_name(format!(
-                    "catalog.db.damaged-{}",
-                    time::id_stamp(time::now())
-                ));
-                std::fs::rename(&path, &aside).map_err(|e| Error::io("moving aside", &path, e))?;
-                for suffix in ["-wal", "-shm"] {
-                    let mut side = path.as_os_str().to_os_string();
-                    side.push(suffix);
-                    let _ = std::fs::remove_file(PathBuf::from(side));
-                }
-                moved = Some(aside.display().to_string());
-                Some(Catalog::open(&path)?)
-            }
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        None
-    };
+    let (catalog, damage) = open_catalog(ctx, apply)?;
     let rows: Vec<BackupRecord> = match &catalog {
         Some(c) => c.list(&ListFilter {
             instance: instance.map(str::to_string),
@@ -132,7 +108,8 @@ pub fn reconcile(
         findings: Vec::new(),
         consistent: 0,
         applied: apply,
-        catalog_moved_to: moved,
+        catalog_moved_to: damage.as_ref().map(|m| m.to.clone()),
+        catalog_damage: damage.map(|m| m.problem),
     };
     for name in &instances {
         // Rows change only under the instance's lock.
@@ -153,6 +130,71 @@ pub fn reconcile(
         check_instance(ctx, catalog.as_ref(), name, &mine, apply, &mut report)?;
     }
     Ok(report)
+}
+
+/// A damaged catalog moved aside: where to, and what was wrong.
+struct MovedAside {
+    to: String,
+    problem: String,
+}
+
+/// Opens the catalog, checked with SQLite's own check. A report needs none
+/// (nothing is created); `--apply` creates one, and moves a damaged one
+/// aside first, returning where it went and what was wrong with it.
+fn open_catalog(ctx: &Context<'_>, apply: bool) -> Result<(Option<Catalog>, Option<MovedAside>)> {
+    let path = ctx.layout.catalog();
+    if !apply {
+        return match path.exists() {
+            true => Ok((Some(Catalog::open_checked(&path)?), None)),
+            false => Ok((None, None)),
+        };
+    }
+    fsutil::create_private_dir_all(&ctx.layout.home)?;
+    match Catalog::open_checked(&path) {
+        Ok(c) => Ok((Some(c), None)),
+        Err(e) if e.is_damage() => {
+            let aside = move_aside(&path)?;
+            let problem = match e {
+                CatalogError::Damaged { problem, .. } => problem,
+                _ => "it is not an SQLite database".to_string(),
+            };
+            let moved = MovedAside {
+                to: aside.display().to_string(),
+                problem,
+            };
+            Ok((Some(Catalog::open(&path)?), Some(moved)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Renames a damaged catalog (and its WAL and shared-memory files, which
+/// SQLite pairs with it by name) to `catalog.db.damaged-<timestamp>`. It is
+/// never deleted: it still holds the restore history.
+fn move_aside(path: &Path) -> Result<PathBuf> {
+    let stamp = time::id_stamp(time::now());
+    let mut aside = path.with_file_name(format!("catalog.db.damaged-{stamp}"));
+    let mut n = 2;
+    while aside.symlink_metadata().is_ok() {
+        aside = path.with_file_name(format!("catalog.db.damaged-{stamp}-{n}"));
+        n += 1;
+    }
+    for suffix in ["-wal", "-shm"] {
+        let side = with_suffix(path, suffix);
+        if side.exists() {
+            let to = with_suffix(&aside, suffix);
+            std::fs::rename(&side, &to).map_err(|e| Error::io("moving aside", &side, e))?;
+        }
+    }
+    std::fs::rename(path, &aside).map_err(|e| Error::io("moving aside", path, e))?;
+    fsutil::fsync_dir(&fsutil::parent_dir(path))?;
+    Ok(aside)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 fn check_instance(
@@ -236,22 +278,7 @@ fn check_instance(
         }
     }
     // Archives in the store that no row names.
-    let dir = ctx.layout.instance_store(instance);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
-    };
-    let mut files: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            !name.starts_with(TEMP_PREFIX)
-                && !name.starts_with('.')
-                && Codec::from_file_name(&name).is_some()
-                && p.is_file()
-        })
-        .collect();
-    files.sort();
+    let files = crate::ops::list::store_archives(&ctx.layout.instance_store(instance));
     for file in files {
         ctx.cancel.check()?;
         if known.iter().any(|k| same_file(k, &file)) {
@@ -318,17 +345,24 @@ fn adopt(
         });
         return Ok(());
     }
+    let (pinned, meta_note) = pin_of(file, &m.id);
+    let mut action = String::from("adopted from its manifest and trailer");
+    if sidecar.is_none() {
+        action.push_str("; sidecar written");
+    }
+    if pinned {
+        action.push_str("; pinned, as its metadata file says");
+    }
     report.findings.push(Finding {
         problem: Problem::Orphaned,
         instance: instance.to_string(),
         id: Some(m.id.clone()),
         path: path.clone(),
-        detail: "not in the catalog; the archive verifies".into(),
-        action: Some(if sidecar.is_some() {
-            "adopted from its manifest and trailer".into()
-        } else {
-            "adopted from its manifest and trailer; sidecar written".into()
-        }),
+        detail: match meta_note {
+            Some(note) => format!("not in the catalog; the archive verifies; {note}"),
+            None => "not in the catalog; the archive verifies".into(),
+        },
+        action: Some(action),
     });
     if !apply {
         return Ok(());
@@ -381,6 +415,9 @@ fn adopt(
             warnings,
         },
     )?;
+    if adopted && pinned {
+        catalog.set_pinned(&m.id, true)?;
+    }
     if !adopted && let Some(f) = report.findings.last_mut() {
         // A row with this id exists elsewhere: two copies of one backup.
         f.action = None;
@@ -390,4 +427,27 @@ fn adopt(
         );
     }
     Ok(())
+}
+
+/// Whether the metadata file beside `file` pins backup `id`, and a note
+/// when it exists but cannot be used (unreadable, or about another backup).
+fn pin_of(file: &Path, id: &str) -> (bool, Option<String>) {
+    match crate::meta::read(file) {
+        Ok(None) => (false, None),
+        Ok(Some(meta)) if meta.id == id => (meta.pinned, None),
+        Ok(Some(meta)) => (
+            false,
+            Some(format!(
+                "its metadata file describes backup {}, so it is ignored",
+                meta.id
+            )),
+        ),
+        Err(e) => (
+            false,
+            Some(format!(
+                "its metadata file is ignored: {}",
+                crate::ops::backup::error_chain(&e)
+            )),
+        ),
+    }
 }

@@ -34,8 +34,15 @@ pub fn recover_locked(ctx: &Context<'_>, lock: &InstanceLock) -> Result<RecoverR
     let instance = lock.instance();
     let Some(journal) = Journal::load(&ctx.layout.home, instance)? else {
         if ctx.layout.catalog().exists() {
-            Catalog::open(&ctx.layout.catalog())?
-                .fail_running_restores(instance, &time::now_rfc3339())?;
+            // Bookkeeping only: a damaged catalog is not this command's
+            // failure (a restore from an archive file must still work),
+            // and a command that needs the catalog says it is damaged.
+            let marked = Catalog::open(&ctx.layout.catalog())
+                .and_then(|c| c.fail_running_restores(instance, &time::now_rfc3339()));
+            match marked {
+                Err(e) if !e.is_damage() => return Err(e.into()),
+                _ => {}
+            }
         }
         return Ok(RecoverReport {
             instance: instance.to_string(),

@@ -3,14 +3,14 @@
 //! and the structure the format promises. The result is recorded in the
 //! catalog when the archive is one of its backups.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::archive::reader::{read_sidecar, verify_archive};
 use crate::catalog::{BackupRecord, Catalog, ListFilter, Status};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lock::{InstanceLock, StoreLock};
 use crate::ops::backup::error_chain;
 use crate::ops::list::open_existing;
@@ -67,7 +67,17 @@ pub fn verify(
     // then from the store they are in.
     let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
     let ctx = &ctx.under(&store);
-    let catalog = open_existing(ctx)?;
+    // Archive files describe themselves: they are verified without a
+    // usable catalog, the result left unrecorded. Ids need the catalog.
+    let (catalog, unusable) = match (open_existing(ctx), targets) {
+        (Ok(c), _) => (c, None),
+        (Err(Error::Catalog(e)), VerifyTargets::Named(names))
+            if names.iter().all(|n| Path::new(n).is_file()) =>
+        {
+            (None, Some(e.to_string()))
+        }
+        (Err(e), _) => return Err(e),
+    };
     let resolved: Vec<Resolved> = match targets {
         VerifyTargets::Named(names) => names
             .iter()
@@ -89,12 +99,19 @@ pub fn verify(
     let mut reports = Vec::new();
     for target in resolved {
         ctx.cancel.check()?;
-        let report = verify_one(ctx, catalog.as_ref(), target)?;
+        let mut report = verify_one(ctx, catalog.as_ref(), target)?;
         // A backup pruned or deleted since the list was read is not a
         // failure of `verify --all`: it is simply no longer there to check.
-        if !(all && report.removed) {
-            reports.push(report);
+        if all && report.removed {
+            continue;
         }
+        if let Some(problem) = &unusable {
+            report.warnings.push(format!(
+                "the result is not recorded in the catalog: {problem}; \
+                 `backstop reconcile --apply` rebuilds it"
+            ));
+        }
+        reports.push(report);
     }
     Ok(reports)
 }

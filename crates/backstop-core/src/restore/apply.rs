@@ -58,15 +58,23 @@ impl Ended {
 }
 
 /// The catalog's record of this restore, finished with its outcome on
-/// every way out.
+/// every way out. Without a usable catalog (an archive file restored while
+/// the catalog is damaged) there is none, and the restore says so.
 struct Record {
-    catalog: Catalog,
-    id: i64,
+    catalog: Option<(Catalog, i64)>,
 }
 
 impl Record {
-    /// Opens the catalog and records the restore as running.
-    fn begin(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Record> {
+    /// Opens the catalog and records the restore as running, unless the
+    /// catalog was found unusable; then `out` gets a warning instead.
+    fn begin(ctx: &Context<'_>, prep: &Prepared<'_>, out: &mut Outcome) -> Result<Record> {
+        if let Some(problem) = &prep.src.catalog_unusable {
+            out.warnings.push(format!(
+                "this restore is not recorded in the catalog: {problem}; \
+                 `backstop reconcile --apply` rebuilds it"
+            ));
+            return Ok(Record { catalog: None });
+        }
         let catalog = Catalog::open(&ctx.layout.catalog())?;
         let user = uzers::get_current_username()
             .map(|u| u.to_string_lossy().into_owned())
@@ -80,19 +88,24 @@ impl Record {
             host: &hostname(),
             safety_backup: None,
         })?;
-        Ok(Record { catalog, id })
+        Ok(Record {
+            catalog: Some((catalog, id)),
+        })
+    }
+
+    /// The restore's id in the catalog.
+    fn id(&self) -> Option<i64> {
+        self.catalog.as_ref().map(|(_, id)| *id)
     }
 
     /// Records how the restore ended; a failure to record is not the
     /// restore's.
     fn finish(&self, ended: Ended, error: Option<&Error>) {
+        let Some((catalog, id)) = &self.catalog else {
+            return;
+        };
         let text = error.map(|e| error_chain(e));
-        let _ = self.catalog.finish_restore(
-            self.id,
-            &time::now_rfc3339(),
-            ended.as_str(),
-            text.as_deref(),
-        );
+        let _ = catalog.finish_restore(*id, &time::now_rfc3339(), ended.as_str(), text.as_deref());
     }
 }
 
@@ -127,7 +140,8 @@ pub(crate) fn apply(
 ) -> Result<RestoreOutcome> {
     let m = &prep.src.manifest;
     let home = &ctx.layout.home;
-    let record = Record::begin(ctx, &prep)?;
+    let mut out = Outcome::default();
+    let record = Record::begin(ctx, &prep, &mut out)?;
 
     // The services that run are stopped for the whole change, and started
     // again on every way out (the guard's drop), failures included.
@@ -149,7 +163,7 @@ pub(crate) fn apply(
     // stopped services again and undoes whatever was begun.
     let journal = Journal {
         version: 1,
-        restore_id: Some(record.id),
+        restore_id: record.id(),
         backup: m.id.clone(),
         instance: m.instance.clone(),
         destination: prep.dest.clone(),
@@ -166,7 +180,6 @@ pub(crate) fn apply(
         return Err(e);
     }
 
-    let mut out = Outcome::default();
     let safety_id = if prep.safety {
         Some(safety_backup(ctx, req, &prep, lock, &record, &mut out)?)
     } else {
@@ -193,7 +206,7 @@ pub(crate) fn apply(
     auto_prune(ctx, &prep, lock, safety_id.is_some(), &mut out.warnings);
     Ok(RestoreOutcome::Restored(RestoreReport {
         plan: prep.plan,
-        restore_id: record.id,
+        restore_id: record.id(),
         linked_files: out.linked_files,
         linked_bytes: out.linked_bytes,
         safety_backup: safety_id,
@@ -260,9 +273,9 @@ fn safety_backup(
                     w.kind, w.path, w.detail
                 ));
             }
-            record
-                .catalog
-                .set_restore_safety_backup(record.id, &report.backup.id)?;
+            if let Some((catalog, id)) = &record.catalog {
+                catalog.set_restore_safety_backup(*id, &report.backup.id)?;
+            }
             Ok(report.backup.id)
         }
         Err(e) => {

@@ -128,7 +128,9 @@ pub struct RestorePlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
     pub plan: RestorePlan,
-    pub restore_id: i64,
+    /// The catalog's record of this restore; `None` when the catalog could
+    /// not be used (a restore from an archive file with a damaged catalog).
+    pub restore_id: Option<i64>,
     /// Files that were already in place as the backup has them, and their
     /// bytes: linked into the staged tree rather than written again.
     pub linked_files: u64,
@@ -158,6 +160,9 @@ pub(crate) struct Found {
     pub(crate) archive: PathBuf,
     pub(crate) record: Option<BackupRecord>,
     pub(crate) manifest: Manifest,
+    /// Why the catalog cannot be used, when an archive file is restored
+    /// without it.
+    pub(crate) catalog_unusable: Option<String>,
 }
 
 /// Resolves `target` (a backup id, an archive file, or an application
@@ -169,7 +174,13 @@ pub(crate) struct Found {
 /// still being created, missing), or when the archive holds another backup
 /// than the catalog says.
 pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
-    let catalog = open_existing(ctx)?;
+    // An archive file describes itself: restoring one needs no catalog, so
+    // a damaged or unreadable catalog is only noted. An id needs it.
+    let (catalog, catalog_unusable) = match open_existing(ctx) {
+        Ok(c) => (c, None),
+        Err(Error::Catalog(e)) if Path::new(target).is_file() => (None, Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
     let (archive, record) = match resolve_name(catalog.as_ref(), target) {
         Ok(Resolved::Id(r)) => {
             if matches!(r.status, Status::Failed | Status::Creating) {
@@ -234,7 +245,21 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
         archive,
         record,
         manifest,
+        catalog_unusable,
     })
+}
+
+/// The refusal of a safety backup that could not be recorded: a backup is
+/// an archive and its catalog row.
+fn safety_needs_catalog(problem: &str) -> Error {
+    Error::Refused {
+        message: format!("the safety backup before this restore cannot be recorded: {problem}"),
+        hint: Some(
+            "`backstop reconcile --apply` rebuilds the catalog from the archives; or restore \
+             without a safety backup with --no-pre-backup"
+                .into(),
+        ),
+    }
 }
 
 /// Refuses a request that does not fit the backup found: `--instance`
@@ -730,6 +755,13 @@ pub(crate) fn prepare<'a>(
     let mut checks = prep.checks(ctx, req, &own_root, is_own_root)?;
     prep.existing = prep.safety_sources();
     prep.safety = req.pre_backup && !prep.existing.is_empty();
+    if let Some(problem) = src
+        .catalog_unusable
+        .as_ref()
+        .filter(|_| prep.safety && !req.dry_run)
+    {
+        return Err(safety_needs_catalog(problem));
+    }
     prep.plan.safety_backup = prep.safety;
     prep.plan.safety_backup_note = prep.safety_note(req);
     if prep.safety {

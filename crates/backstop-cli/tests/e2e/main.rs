@@ -13,6 +13,7 @@ mod proportional;
 mod prune;
 mod reconcile;
 mod restore;
+mod roots;
 mod seeds;
 mod support;
 mod verify;

@@ -230,6 +230,12 @@ pub struct Manifest {
     /// The instance root the sources are relative to; an ad-hoc restore with
     /// no destination goes back here.
     pub root: String,
+    /// The root as the config or the command line named it, before its
+    /// symlinks were resolved into `root`. An additive field of format 1:
+    /// absent in archives written before it, ignored by readers that
+    /// predate it (a restore goes to `root`, the directory itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_root: Option<String>,
     pub sources: Vec<SourceManifest>,
     /// Every exclude pattern in force, built-in ones included.
     pub excludes: Vec<String>,
@@ -258,6 +264,16 @@ impl Manifest {
             if !self.root.starts_with('/') {
                 return Err(format!("root `{}` is not an absolute path", self.root));
             }
+        }
+        // Only shown, never used to build a path (it may hold `..` as the
+        // config spelled it): absolute and printable is all it must be.
+        if let Some(configured) = &self.configured_root
+            && (!configured.starts_with('/') || configured.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "configured root `{}` is not a printable absolute path",
+                configured.escape_debug()
+            ));
         }
         for s in &self.sources {
             check_component("source name", &s.name)?;

@@ -624,6 +624,7 @@ fn run(
         compression: req.compression.codec,
         level: req.compression.level,
         root: path_str(&req.instance.root)?,
+        configured_root: Some(path_str(&req.instance.configured_root)?),
         sources: sources_manifest(&req.instance)?,
         excludes: excludes.patterns().to_vec(),
         never_restore: req.instance.never_restore.clone(),

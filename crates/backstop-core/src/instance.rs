@@ -466,16 +466,30 @@ impl Instance {
     }
 }
 
-/// A name safe for file names and backup ids: letters, digits, `.`, `_` and
-/// `-`; anything else becomes `-`.
+/// The longest instance or source name [`slug`] makes, in bytes: a backup
+/// id (`<name>-YYYY-MM-DD-HHMMSS-N`) plus `.tar.zst.sha256` then stays far
+/// inside the 255 bytes of one path component.
+pub const MAX_NAME: usize = 100;
+
+/// A name safe as one path component and in backup ids: letters and digits
+/// of any script, `.`, `_` and `-`; anything else (`/`, spaces, control and
+/// format characters, bytes that are not UTF-8) becomes `-`. It never
+/// starts or ends with `-` or `.` (so it is never `.` or `..`) and is at
+/// most [`MAX_NAME`] bytes.
 pub fn slug(name: &OsStr) -> String {
     let mut out = String::new();
     for ch in String::from_utf8_lossy(name.as_bytes()).chars() {
-        if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.' {
-            out.push(ch);
-        } else if !out.ends_with('-') {
-            out.push('-');
+        let ch = if ch.is_alphanumeric() || ch == '_' || ch == '-' || ch == '.' {
+            ch
+        } else if out.ends_with('-') {
+            continue;
+        } else {
+            '-'
+        };
+        if out.len() + ch.len_utf8() > MAX_NAME {
+            break;
         }
+        out.push(ch);
     }
     let trimmed = out.trim_matches(|c| c == '-' || c == '.');
     if trimmed.is_empty() {
@@ -629,6 +643,9 @@ struct RawServices {
 
 /// Checks a name used as a source or instance name: what [`slug`] keeps.
 fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    if name.len() > MAX_NAME {
+        return Err(format!("{what} `{name}` is longer than {MAX_NAME} bytes"));
+    }
     if name.is_empty() || slug(OsStr::new(name)) != name {
         return Err(format!(
             "{what} `{name}` may only hold letters, digits, `.`, `_` and `-`, and may not start or end with `-` or `.`"
@@ -1086,9 +1103,43 @@ mod tests {
     #[test]
     fn slug_keeps_safe_characters() {
         assert_eq!(slug(OsStr::new("my app (prod)")), "my-app-prod");
-        assert_eq!(slug(OsStr::new("naïve")), "na-ve");
+        assert_eq!(slug(OsStr::new("naïve")), "naïve");
+        assert_eq!(slug(OsStr::new("ünï")), "ünï");
+        assert_eq!(slug(OsStr::new("日本語 データ")), "日本語-データ");
         assert_eq!(slug(OsStr::new("...")), "backup");
         assert_eq!(slug(OsStr::new("svc_1.2")), "svc_1.2");
+    }
+
+    #[test]
+    fn slug_is_one_safe_bounded_component() {
+        for hostile in [
+            "..",
+            "a/../b",
+            "/",
+            "x\u{0}y",
+            "tab\there",
+            "rtl\u{202e}txt",
+            "line\nbreak",
+        ] {
+            let s = slug(OsStr::new(hostile));
+            assert!(!s.is_empty() && s != "." && s != "..", "{hostile:?}: {s}");
+            assert!(
+                !s.contains('/') && !s.chars().any(char::is_control),
+                "{hostile:?}: {s}"
+            );
+            assert!(!s.chars().any(|c| c == '\u{202e}'), "{hostile:?}: {s}");
+        }
+        assert_eq!(slug(OsStr::new("a/../b")), "a-..-b");
+        assert_eq!(slug(OsStr::from_bytes(b"caf\xe9")), "caf");
+        let long = slug(OsStr::new(&"é".repeat(200)));
+        assert!(
+            long.len() <= MAX_NAME && long.chars().all(|c| c == 'é'),
+            "{long}"
+        );
+        assert_eq!(
+            slug(OsStr::new(&format!("{}-tail", "a".repeat(MAX_NAME - 1)))).len(),
+            MAX_NAME - 1
+        );
     }
 
     #[test]

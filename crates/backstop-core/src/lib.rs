@@ -16,6 +16,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod instance;
 pub mod lock;
+pub mod naming;
 pub mod ops;
 pub mod podman;
 pub mod progress;

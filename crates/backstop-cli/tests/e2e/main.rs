@@ -8,6 +8,7 @@ mod craft;
 mod failures;
 mod instances;
 mod migrate;
+mod names;
 mod output;
 mod proportional;
 mod prune;

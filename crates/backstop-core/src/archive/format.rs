@@ -370,6 +370,19 @@ pub enum ArchiveError {
     /// a member is missing or out of place.
     #[error("{} is corrupt: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
+    /// The manifest names a volume to import into that is not a podman
+    /// volume name (or none at all): nothing is imported anywhere.
+    #[error(
+        "{} names {} as the volume of source {source_name}: {detail}",
+        path.display(),
+        shown_volume(volume)
+    )]
+    BadVolume {
+        path: PathBuf,
+        source_name: String,
+        volume: String,
+        detail: String,
+    },
     /// A checksum did not match.
     #[error("{} failed its checksum: {detail}", path.display())]
     Checksum { path: PathBuf, detail: String },
@@ -390,6 +403,7 @@ impl ArchiveError {
     pub(crate) fn kind(&self) -> crate::error::ErrorKind {
         match self {
             ArchiveError::Corrupt { .. }
+            | ArchiveError::BadVolume { .. }
             | ArchiveError::Checksum { .. }
             | ArchiveError::Hostile { .. } => crate::error::ErrorKind::Integrity,
             ArchiveError::NewerFormat { .. } => crate::error::ErrorKind::Failed,
@@ -403,6 +417,11 @@ impl ArchiveError {
                  check the disk it is on"
                     .into(),
             ),
+            ArchiveError::BadVolume { source_name, .. } => Some(format!(
+                "name the volume to import into in the config (`{source_name} = {{ volume = \"NAME\" }}` \
+                 under the instance's sources), or restore elsewhere with --dest DIR to get the \
+                 volume's tar as a file"
+            )),
             ArchiveError::Hostile { .. } => Some(
                 "this archive was not written by backstop or was altered to escape its \
                  destination: do not extract it"
@@ -412,6 +431,15 @@ impl ArchiveError {
                 Some("upgrade backstop to read this archive".into())
             }
         }
+    }
+}
+
+/// A volume name from a manifest as a message shows it.
+fn shown_volume(volume: &str) -> String {
+    if volume.is_empty() {
+        "no volume".into()
+    } else {
+        format!("`{}`", volume.escape_debug())
     }
 }
 

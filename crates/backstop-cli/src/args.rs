@@ -49,8 +49,9 @@ pub struct Global {
 pub enum Command {
     /// Back up a directory or files into an archive
     ///
-    /// With one directory, the instance is named after it and a later
-    /// restore knows where it came from. The seed spellings `backup create`,
+    /// With one directory, the instance is named after it (NAME-2, NAME-3…
+    /// when another directory already has that name) and a later restore
+    /// knows where it came from. The seed spellings `backup create`,
     /// `backup list`, `backup info` and `backup verify` work too.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Backup(BackupCommand),

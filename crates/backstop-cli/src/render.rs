@@ -128,6 +128,9 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
     let b = &report.backup;
     let mut out = String::new();
     let _ = writeln!(out, "Backed up {} ({})", style(&b.id).bold(), b.origin);
+    if let Some(r) = &report.renamed {
+        renamed(&mut out, r);
+    }
     let content = b.bytes.unwrap_or(0);
     let size = b.size.unwrap_or(0);
     let ratio = if content > 0 {
@@ -199,6 +202,17 @@ pub fn warnings(list: &[Warning], verbose: bool) -> String {
     out
 }
 
+/// Why a directory is not backed up under its own name.
+fn renamed(out: &mut String, r: &backstop_core::naming::Renamed) {
+    let _ = writeln!(
+        out,
+        "  instance {}: {} already holds the backups of {}",
+        style(&r.name).bold(),
+        r.wanted,
+        r.taken_by
+    );
+}
+
 /// The answer to `backup --dry-run`.
 pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
     let mut out = String::new();
@@ -218,6 +232,9 @@ pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
         style(&plan.instance).bold(),
         plan.root
     );
+    if let Some(r) = &plan.renamed {
+        renamed(&mut out, r);
+    }
     let _ = writeln!(
         out,
         "  {} entries, {} files, {}; estimated archive {} ({})",

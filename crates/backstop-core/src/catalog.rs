@@ -201,6 +201,15 @@ impl std::fmt::Display for Status {
     }
 }
 
+/// Where some backups of an instance come from: one `(instance, host,
+/// origin)` the catalog's rows hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub instance: String,
+    pub host: String,
+    pub origin: String,
+}
+
 /// One backup attempt as the catalog records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackupRecord {
@@ -612,6 +621,33 @@ impl Catalog {
             )
             .map(drop)
             .map_err(|e| self.err(e))
+    }
+
+    /// Where the backups of instance `name` and of the names made from it
+    /// (`name-2`, `name-3`…, and any `name-…`) come from, every attempt
+    /// counted.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn claims(&self, name: &str) -> CResult<Vec<Claim>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT instance, host, origin FROM backups \
+                 WHERE instance = ?1 OR substr(instance, 1, length(?1) + 1) = ?1 || '-' \
+                 ORDER BY instance, host, origin",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([name], |r| {
+            Ok(Claim {
+                instance: r.get(0)?,
+                host: r.get(1)?,
+                origin: r.get(2)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.err(e))
     }
 
     /// One backup by id.

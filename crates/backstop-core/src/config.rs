@@ -62,8 +62,8 @@ impl ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    home: Option<PathBuf>,
-    store: Option<PathBuf>,
+    home: Option<toml::Spanned<PathBuf>>,
+    store: Option<toml::Spanned<PathBuf>>,
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
@@ -161,7 +161,23 @@ impl Config {
             message: describe_toml_error(&e, text),
         })?;
         let base = crate::fsutil::parent_dir(path);
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let resolve = |key: &str, value: Option<toml::Spanned<PathBuf>>| match value {
+            Some(v) if v.get_ref().as_os_str().is_empty() => Err(invalid(format!(
+                "line {}: `{key}` is empty: give a directory, or leave the key out for the default",
+                line_of(text, v.span().start)
+            ))),
+            Some(v) => {
+                let p = v.into_inner();
+                Ok(Some(if p.is_absolute() { p } else { base.join(p) }))
+            }
+            None => Ok(None),
+        };
+        let home = resolve("home", raw.home)?;
+        let store = resolve("store", raw.store)?;
         if let Some(codec) = raw.defaults.compression {
             CompressionSpec::new(codec, raw.defaults.level).map_err(|message| {
                 ConfigError::Invalid {
@@ -172,21 +188,21 @@ impl Config {
         }
         let mut instances = BTreeMap::new();
         for (name, spanned) in raw.instances {
-            let span = spanned.span();
+            let table = spanned.span();
             let instance = Instance::from_config(&name, spanned.into_inner(), &base, path)
-                .map_err(|message| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                .map_err(|e| {
+                    let line = line_of(text, e.span.unwrap_or(table).start);
                     ConfigError::Invalid {
                         path: path.to_path_buf(),
-                        message: format!("[instances.{name}] (line {line}): {message}"),
+                        message: format!("[instances.{name}] (line {line}): {}", e.message),
                     }
                 })?;
             instances.insert(name, instance);
         }
         Ok(Config {
             path: Some(path.to_path_buf()),
-            home: raw.home.map(resolve),
-            store: raw.store.map(resolve),
+            home,
+            store,
             compression: raw.defaults.compression,
             level: raw.defaults.level,
             exclude: raw.defaults.exclude,
@@ -218,6 +234,11 @@ impl Config {
             crate::Error::usage(format!("there is no instance named `{name}`"), Some(hint))
         })
     }
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
 }
 
 /// Turns a TOML error into one line: "line L, column C: what is wrong".
@@ -405,6 +426,38 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn nonsense_roots_and_homes_name_their_line_and_key() {
+        let bad = [
+            (
+                "[instances.a]\nexclude = []\nroot = \"\"\n",
+                "line 3",
+                "`root` is empty",
+            ),
+            (
+                "[instances.a]\nroot = \"/\"\n",
+                "line 2",
+                "allow_root_fs = true",
+            ),
+            (
+                "[instances.a]\nroot = \"/./\"\n",
+                "line 2",
+                "the whole filesystem",
+            ),
+            ("\nhome = \"\"\n", "line 2", "`home` is empty"),
+            ("store = \"\"\n", "line 1", "`store` is empty"),
+        ];
+        for (text, line, want) in bad {
+            let err = Config::parse(text, Path::new("b.toml")).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(line) && msg.contains(want), "{text}: {msg}");
+            assert_eq!(err.kind(), ErrorKind::Usage);
+        }
+        let text = "[instances.a]\nroot = \"/\"\nallow_root_fs = true\n";
+        let config = Config::parse(text, Path::new("b.toml")).unwrap();
+        assert_eq!(config.instances["a"].root, Path::new("/"));
     }
 
     #[test]

@@ -81,6 +81,15 @@ pub enum Error {
         detail: String,
         hint: Option<String>,
     },
+    /// A configured instance's name holds backups of another directory or
+    /// machine only: backing it up would mix them, and prune would remove
+    /// one's backups for the other's.
+    #[error("instance {name} holds backups of {theirs}, not of its root {ours}")]
+    NameTaken {
+        name: String,
+        ours: String,
+        theirs: String,
+    },
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
@@ -114,7 +123,7 @@ impl Error {
     /// The classification that decides the exit code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Config(_) | Error::Usage { .. } => ErrorKind::Usage,
+            Error::Config(_) | Error::Usage { .. } | Error::NameTaken { .. } => ErrorKind::Usage,
             Error::Catalog(e) => e.kind(),
             Error::Lock(e) => e.kind(),
             Error::Archive(e) => e.kind(),
@@ -142,6 +151,11 @@ impl Error {
             | Error::NotFound { hint, .. }
             | Error::Refused { hint, .. }
             | Error::Command { hint, .. } => hint.clone(),
+            Error::NameTaken { name, theirs, .. } => Some(format!(
+                "give this instance another name in the config (the backups under {name} stay \
+                 theirs), or set its root back to {} if the application only moved",
+                theirs.split(" on ").next().unwrap_or(theirs)
+            )),
             Error::Interrupted => None,
             Error::RolledBack { cause } => cause.hint(),
         }

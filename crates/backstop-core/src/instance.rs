@@ -113,8 +113,12 @@ pub enum InstanceOrigin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
     pub name: String,
-    /// Absolute.
+    /// Absolute, with symlinks resolved when the instance was loaded: the
+    /// directory that is backed up and restored.
     pub root: PathBuf,
+    /// The root as the config or the command line names it (absolute, its
+    /// symlinks kept), recorded beside `root` in every manifest.
+    pub configured_root: PathBuf,
     pub origin: InstanceOrigin,
     pub sources: Vec<Source>,
     /// Instance-specific exclude patterns (gitignore syntax, relative to the root).
@@ -145,6 +149,7 @@ impl Instance {
     pub fn bare(name: impl Into<String>, root: PathBuf, sources: Vec<Source>) -> Instance {
         Instance {
             name: name.into(),
+            configured_root: root.clone(),
             root,
             origin: InstanceOrigin::AdHoc,
             sources,
@@ -410,7 +415,11 @@ impl Instance {
             };
             let name = slug(first.file_name().unwrap_or(OsStr::new("root")));
             let sources = vec![Source::path(source_name(&name), source_path)];
-            return Ok(Instance::bare(name, root, sources));
+            let mut instance = Instance::bare(name, root, sources);
+            if is_dir {
+                instance.configured_root = crate::config::absolute(&paths[0]);
+            }
+            return Ok(instance);
         }
         for (i, a) in resolved.iter().enumerate() {
             for b in &resolved[i + 1..] {
@@ -457,16 +466,30 @@ impl Instance {
     }
 }
 
-/// A name safe for file names and backup ids: letters, digits, `.`, `_` and
-/// `-`; anything else becomes `-`.
+/// The longest instance or source name [`slug`] makes, in bytes: a backup
+/// id (`<name>-YYYY-MM-DD-HHMMSS-N`) plus `.tar.zst.sha256` then stays far
+/// inside the 255 bytes of one path component.
+pub const MAX_NAME: usize = 100;
+
+/// A name safe as one path component and in backup ids: letters and digits
+/// of any script, `.`, `_` and `-`; anything else (`/`, spaces, control and
+/// format characters, bytes that are not UTF-8) becomes `-`. It never
+/// starts or ends with `-` or `.` (so it is never `.` or `..`) and is at
+/// most [`MAX_NAME`] bytes.
 pub fn slug(name: &OsStr) -> String {
     let mut out = String::new();
     for ch in String::from_utf8_lossy(name.as_bytes()).chars() {
-        if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' || ch == '.' {
-            out.push(ch);
-        } else if !out.ends_with('-') {
-            out.push('-');
+        let ch = if ch.is_alphanumeric() || ch == '_' || ch == '-' || ch == '.' {
+            ch
+        } else if out.ends_with('-') {
+            continue;
+        } else {
+            '-'
+        };
+        if out.len() + ch.len_utf8() > MAX_NAME {
+            break;
         }
+        out.push(ch);
     }
     let trimmed = out.trim_matches(|c| c == '-' || c == '.');
     if trimmed.is_empty() {
@@ -499,7 +522,11 @@ fn source_name(slug: &str) -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawInstance {
-    root: PathBuf,
+    root: toml::Spanned<PathBuf>,
+    /// Allows `root = "/"`: backing up the whole filesystem is never a
+    /// default.
+    #[serde(default)]
+    allow_root_fs: bool,
     #[serde(default)]
     sources: BTreeMap<String, RawSource>,
     #[serde(default)]
@@ -616,6 +643,9 @@ struct RawServices {
 
 /// Checks a name used as a source or instance name: what [`slug`] keeps.
 fn check_name(what: &str, name: &str) -> std::result::Result<(), String> {
+    if name.len() > MAX_NAME {
+        return Err(format!("{what} `{name}` is longer than {MAX_NAME} bytes"));
+    }
     if name.is_empty() || slug(OsStr::new(name)) != name {
         return Err(format!(
             "{what} `{name}` may only hold letters, digits, `.`, `_` and `-`, and may not start or end with `-` or `.`"
@@ -658,6 +688,80 @@ fn expand(path: &Path, base: &Path) -> PathBuf {
     }
 }
 
+/// A bad value in an instance table, with where its key is written when
+/// that is known (else the table's header is named).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    pub message: String,
+    /// Byte offsets of the value in the config text.
+    pub span: Option<std::ops::Range<usize>>,
+}
+
+impl From<String> for KeyError {
+    fn from(message: String) -> KeyError {
+        KeyError {
+            message,
+            span: None,
+        }
+    }
+}
+
+/// Why a configured `root` is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootProblem {
+    /// `root = ""`: it would silently mean the config file's directory.
+    Empty,
+    /// The root is (or resolves to) `/` without `allow_root_fs = true`.
+    WholeFilesystem { configured: PathBuf },
+}
+
+impl fmt::Display for RootProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RootProblem::Empty => f.write_str(
+                "`root` is empty: give the application's directory (`.` for the config \
+                 file's own directory)",
+            ),
+            RootProblem::WholeFilesystem { configured } if configured == Path::new("/") => f
+                .write_str(
+                    "`root` is `/`, the whole filesystem: give the application's directory, \
+                     or add `allow_root_fs = true` to the instance if that is really meant",
+                ),
+            RootProblem::WholeFilesystem { configured } => write!(
+                f,
+                "`root` {} resolves to `/`, the whole filesystem: give the application's \
+                 directory, or add `allow_root_fs = true` to the instance if that is really meant",
+                configured.display()
+            ),
+        }
+    }
+}
+
+/// The configured root made absolute (`~` and the config's directory
+/// applied), and where it resolves to: its symlinks followed once, now, so
+/// that a root that is a symlink backs up the tree behind it. A root that
+/// does not exist yet stays as written (a restore may create it).
+///
+/// # Errors
+///
+/// Refuses an empty root, and `/` unless `allow_root_fs`.
+pub fn resolve_root(
+    raw: &Path,
+    base: &Path,
+    allow_root_fs: bool,
+) -> std::result::Result<(PathBuf, PathBuf), RootProblem> {
+    if raw.as_os_str().is_empty() {
+        return Err(RootProblem::Empty);
+    }
+    let configured = crate::config::absolute(&expand(raw, base));
+    let resolved = std::fs::canonicalize(&configured).unwrap_or_else(|_| configured.clone());
+    let is_fs_root = |p: &Path| p.components().all(|c| c == Component::RootDir);
+    if !allow_root_fs && (is_fs_root(&configured) || is_fs_root(&resolved)) {
+        return Err(RootProblem::WholeFilesystem { configured });
+    }
+    Ok((configured, resolved))
+}
+
 fn duration(
     key: &str,
     text: Option<&str>,
@@ -681,9 +785,25 @@ impl Instance {
         raw: RawInstance,
         base: &Path,
         config_path: &Path,
+    ) -> std::result::Result<Instance, KeyError> {
+        let span = raw.root.span();
+        let (configured, root) = resolve_root(raw.root.get_ref(), base, raw.allow_root_fs)
+            .map_err(|problem| KeyError {
+                message: problem.to_string(),
+                span: Some(span),
+            })?;
+        Instance::build(name, raw, configured, root, config_path).map_err(KeyError::from)
+    }
+
+    /// [`Instance::from_config`] once the root is resolved.
+    fn build(
+        name: &str,
+        raw: RawInstance,
+        configured_root: PathBuf,
+        root: PathBuf,
+        config_path: &Path,
     ) -> std::result::Result<Instance, String> {
         check_name("the instance name", name)?;
-        let root = crate::config::absolute(&expand(&raw.root, base));
         let mut sources = Vec::new();
         for (sname, rs) in raw.sources {
             check_name("the source name", &sname)?;
@@ -958,6 +1078,7 @@ impl Instance {
         Ok(Instance {
             name: name.to_string(),
             root,
+            configured_root,
             origin: InstanceOrigin::Config(config_path.to_path_buf()),
             sources,
             excludes: raw.exclude,
@@ -982,9 +1103,43 @@ mod tests {
     #[test]
     fn slug_keeps_safe_characters() {
         assert_eq!(slug(OsStr::new("my app (prod)")), "my-app-prod");
-        assert_eq!(slug(OsStr::new("naïve")), "na-ve");
+        assert_eq!(slug(OsStr::new("naïve")), "naïve");
+        assert_eq!(slug(OsStr::new("ünï")), "ünï");
+        assert_eq!(slug(OsStr::new("日本語 データ")), "日本語-データ");
         assert_eq!(slug(OsStr::new("...")), "backup");
         assert_eq!(slug(OsStr::new("svc_1.2")), "svc_1.2");
+    }
+
+    #[test]
+    fn slug_is_one_safe_bounded_component() {
+        for hostile in [
+            "..",
+            "a/../b",
+            "/",
+            "x\u{0}y",
+            "tab\there",
+            "rtl\u{202e}txt",
+            "line\nbreak",
+        ] {
+            let s = slug(OsStr::new(hostile));
+            assert!(!s.is_empty() && s != "." && s != "..", "{hostile:?}: {s}");
+            assert!(
+                !s.contains('/') && !s.chars().any(char::is_control),
+                "{hostile:?}: {s}"
+            );
+            assert!(!s.chars().any(|c| c == '\u{202e}'), "{hostile:?}: {s}");
+        }
+        assert_eq!(slug(OsStr::new("a/../b")), "a-..-b");
+        assert_eq!(slug(OsStr::from_bytes(b"caf\xe9")), "caf");
+        let long = slug(OsStr::new(&"é".repeat(200)));
+        assert!(
+            long.len() <= MAX_NAME && long.chars().all(|c| c == 'é'),
+            "{long}"
+        );
+        assert_eq!(
+            slug(OsStr::new(&format!("{}-tail", "a".repeat(MAX_NAME - 1)))).len(),
+            MAX_NAME - 1
+        );
     }
 
     #[test]
@@ -1018,6 +1173,44 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
         let err = Instance::ad_hoc(&[dir.path().join("a"), dir.path().join("a/b")]).unwrap_err();
         assert!(err.to_string().contains("inside"), "{err}");
+    }
+
+    #[test]
+    fn a_root_resolves_through_its_symlinks_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let (configured, resolved) = resolve_root(Path::new("link"), dir.path(), false).unwrap();
+        assert_eq!(configured, dir.path().join("link"));
+        assert_eq!(resolved, real);
+        // A root that does not exist yet is kept as written.
+        let (configured, resolved) = resolve_root(Path::new("new"), dir.path(), false).unwrap();
+        assert_eq!(
+            (configured.clone(), resolved),
+            (configured, dir.path().join("new"))
+        );
+    }
+
+    #[test]
+    fn empty_and_filesystem_roots_are_refused() {
+        let base = Path::new("/etc/backstop");
+        assert_eq!(
+            resolve_root(Path::new(""), base, true),
+            Err(RootProblem::Empty)
+        );
+        assert!(matches!(
+            resolve_root(Path::new("/"), base, false),
+            Err(RootProblem::WholeFilesystem { .. })
+        ));
+        assert!(matches!(
+            resolve_root(Path::new(".."), Path::new("/usr"), false),
+            Err(RootProblem::WholeFilesystem { .. })
+        ));
+        assert_eq!(
+            resolve_root(Path::new("/"), base, true).unwrap().1,
+            Path::new("/")
+        );
     }
 
     #[test]

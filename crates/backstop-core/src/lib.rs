@@ -18,6 +18,7 @@ pub mod handle;
 pub mod instance;
 pub mod lock;
 pub mod meta;
+pub mod naming;
 pub mod ops;
 pub mod podman;
 pub mod progress;

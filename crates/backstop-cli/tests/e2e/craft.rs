@@ -65,6 +65,7 @@ pub fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManife
         compression: Codec::None,
         level: None,
         root: root.display().to_string(),
+        configured_root: None,
         sources,
         excludes: vec![],
         never_restore: vec![],

@@ -11,8 +11,9 @@ use backstop_test_support::{
 use predicates::prelude::*;
 use rustix::process::Signal;
 
-use crate::craft::{Raw, craft};
+use crate::craft::{Raw, craft, craft_with, manifest};
 use crate::support::{Env, copy_tree, run_paused, signal, spawn, walk};
+use backstop_core::archive::format::SourceManifest;
 
 fn compare_all(env: &Env) -> Compare {
     Compare {
@@ -846,5 +847,59 @@ fn a_restore_checks_every_file_against_the_inner_checksums() {
         ));
         assert!(!dest.exists(), "nothing was written");
         no_staging_left(env.dir.path());
+    }
+}
+
+#[test]
+fn a_bad_volume_name_in_a_manifest_is_named_with_the_next_step() {
+    let env = Env::new();
+    let root = env.path("vol-root");
+    std::fs::create_dir_all(&root).unwrap();
+    for (origin, shown) in [
+        (
+            "podman volume -rf",
+            "names `-rf` as the volume of source vol",
+        ),
+        (
+            "podman volume ",
+            "names no volume as the volume of source vol",
+        ),
+        ("a volume", "names no volume as the volume of source vol"),
+    ] {
+        let source = SourceManifest {
+            name: "vol".into(),
+            kind: "volume".into(),
+            path: String::new(),
+            origin: origin.into(),
+            restore: "podman volume import".into(),
+            file: Some("vol.tar".into()),
+        };
+        let id = format!("app-vol-{}", origin.len());
+        let archive = craft_with(
+            env.dir.path(),
+            &manifest(&id, "app", &root, vec![source]),
+            &[Raw::Dir(b"vol"), Raw::File(b"vol/vol.tar", b"")],
+        );
+        // Restored in place (its own root): the volume would be imported.
+        let out = env
+            .cmd()
+            .arg("restore")
+            .arg(&archive)
+            .args(["--yes", "--no-pre-backup"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{origin}: {stderr}");
+        // Before, it read "error:  is corrupt: …", naming neither the
+        // archive nor the volume.
+        assert!(
+            stderr.contains(&format!("error: {} {shown}", archive.display())),
+            "{origin}: {stderr}"
+        );
+        assert!(
+            stderr.contains("hint: name the volume to import into in the config")
+                && stderr.contains("--dest DIR"),
+            "{origin}: {stderr}"
+        );
     }
 }

@@ -230,6 +230,12 @@ pub struct Manifest {
     /// The instance root the sources are relative to; an ad-hoc restore with
     /// no destination goes back here.
     pub root: String,
+    /// The root as the config or the command line named it, before its
+    /// symlinks were resolved into `root`. An additive field of format 1:
+    /// absent in archives written before it, ignored by readers that
+    /// predate it (a restore goes to `root`, the directory itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_root: Option<String>,
     pub sources: Vec<SourceManifest>,
     /// Every exclude pattern in force, built-in ones included.
     pub excludes: Vec<String>,
@@ -258,6 +264,16 @@ impl Manifest {
             if !self.root.starts_with('/') {
                 return Err(format!("root `{}` is not an absolute path", self.root));
             }
+        }
+        // Only shown, never used to build a path (it may hold `..` as the
+        // config spelled it): absolute and printable is all it must be.
+        if let Some(configured) = &self.configured_root
+            && (!configured.starts_with('/') || configured.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "configured root `{}` is not a printable absolute path",
+                configured.escape_debug()
+            ));
         }
         for s in &self.sources {
             check_component("source name", &s.name)?;
@@ -354,6 +370,19 @@ pub enum ArchiveError {
     /// a member is missing or out of place.
     #[error("{} is corrupt: {detail}", path.display())]
     Corrupt { path: PathBuf, detail: String },
+    /// The manifest names a volume to import into that is not a podman
+    /// volume name (or none at all): nothing is imported anywhere.
+    #[error(
+        "{} names {} as the volume of source {source_name}: {detail}",
+        path.display(),
+        shown_volume(volume)
+    )]
+    BadVolume {
+        path: PathBuf,
+        source_name: String,
+        volume: String,
+        detail: String,
+    },
     /// A checksum did not match.
     #[error("{} failed its checksum: {detail}", path.display())]
     Checksum { path: PathBuf, detail: String },
@@ -374,6 +403,7 @@ impl ArchiveError {
     pub(crate) fn kind(&self) -> crate::error::ErrorKind {
         match self {
             ArchiveError::Corrupt { .. }
+            | ArchiveError::BadVolume { .. }
             | ArchiveError::Checksum { .. }
             | ArchiveError::Hostile { .. } => crate::error::ErrorKind::Integrity,
             ArchiveError::NewerFormat { .. } => crate::error::ErrorKind::Failed,
@@ -387,6 +417,11 @@ impl ArchiveError {
                  check the disk it is on"
                     .into(),
             ),
+            ArchiveError::BadVolume { source_name, .. } => Some(format!(
+                "name the volume to import into in the config (`{source_name} = {{ volume = \"NAME\" }}` \
+                 under the instance's sources), or restore elsewhere with --dest DIR to get the \
+                 volume's tar as a file"
+            )),
             ArchiveError::Hostile { .. } => Some(
                 "this archive was not written by backstop or was altered to escape its \
                  destination: do not extract it"
@@ -396,6 +431,15 @@ impl ArchiveError {
                 Some("upgrade backstop to read this archive".into())
             }
         }
+    }
+}
+
+/// A volume name from a manifest as a message shows it.
+fn shown_volume(volume: &str) -> String {
+    if volume.is_empty() {
+        "no volume".into()
+    } else {
+        format!("`{}`", volume.escape_debug())
     }
 }
 

@@ -23,6 +23,7 @@ use crate::failpoint;
 use crate::fsutil::{self, NewFile, TEMP_PREFIX};
 use crate::instance::{Instance, SourceSpec};
 use crate::lock::{InstanceLock, StoreLock, hostname};
+use crate::naming::{self, Renamed};
 use crate::source::capture::{self, Spool};
 use crate::source::exclude::{Excluded, Excludes};
 use crate::source::scan::{Dirs, EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
@@ -74,6 +75,9 @@ impl Warning {
 pub struct BackupReport {
     /// The catalog record; for a streamed backup, what it would have said.
     pub backup: BackupRecord,
+    /// Set when this directory cannot have its own name, which another
+    /// directory's backups hold.
+    pub renamed: Option<Renamed>,
     /// Whether the backup is in the catalog (not for streams).
     pub cataloged: bool,
     pub trailer: Trailer,
@@ -95,6 +99,9 @@ pub struct ExcludedSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupPlan {
     pub instance: String,
+    /// Set when this directory cannot have its own name, which another
+    /// directory's backups hold.
+    pub renamed: Option<Renamed>,
     pub root: String,
     pub sources: Vec<SourceManifest>,
     /// Where the archive would be written (`None` for a stream).
@@ -270,11 +277,17 @@ fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
         .collect()
 }
 
-/// The archive file for backup `id` under `output`, if it is a file.
-fn destination(ctx: &Context<'_>, req: &BackupRequest, id: &str) -> Option<PathBuf> {
+/// The archive file for backup `id` of `instance` under `output`, if it is
+/// a file.
+fn destination(
+    ctx: &Context<'_>,
+    instance: &str,
+    req: &BackupRequest,
+    id: &str,
+) -> Option<PathBuf> {
     let name = format!("{id}{}", req.compression.codec.extension());
     match &req.output {
-        Output::Store => Some(ctx.layout.instance_store(&req.instance.name).join(name)),
+        Output::Store => Some(ctx.layout.instance_store(instance).join(name)),
         Output::Dir(d) => Some(d.join(name)),
         Output::File(f) => Some(f.clone()),
         Output::Stream(_) => None,
@@ -289,6 +302,8 @@ fn destination(ctx: &Context<'_>, req: &BackupRequest, id: &str) -> Option<PathB
 /// Fails when a source cannot be read or a pattern is invalid.
 pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
     let mut req_sources = req.instance.clone();
+    let renamed = naming::settle(ctx, &mut req_sources)?;
+    let name = req_sources.name.clone();
     let (sources, notes) = req_sources.expanded_sources()?;
     req_sources.sources = sources;
     let env = req_sources.env();
@@ -304,7 +319,7 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
     };
     let (scan, _excludes) = scan(ctx, &expanded, &tops)?;
     let req_instance = &expanded.instance;
-    let base = format!("{}-{}", req.instance.name, time::id_stamp(time::now()));
+    let base = format!("{name}-{}", time::id_stamp(time::now()));
     let mut entries = Vec::with_capacity(scan.len());
     let mut buf = Vec::new();
     for i in 0..scan.len() as u32 {
@@ -333,10 +348,11 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         detail: n,
     }));
     Ok(BackupPlan {
-        instance: req.instance.name.clone(),
+        instance: name.clone(),
+        renamed,
         root: req.instance.root.display().to_string(),
         sources: sources_manifest(req_instance)?,
-        destination: destination(ctx, req, &base).map(|p| p.display().to_string()),
+        destination: destination(ctx, &name, req, &base).map(|p| p.display().to_string()),
         compression: req.compression.codec,
         level: req.compression.level,
         estimated_size: estimate_size(&scan, req.compression),
@@ -406,23 +422,46 @@ fn estimate_size(scan: &Scan, spec: CompressionSpec) -> u64 {
 /// Fails when the lock is held, the output cannot be written (full disk,
 /// permissions), the catalog is unusable, or on interruption. Every failure
 /// after the attempt was recorded leaves a `failed` row and no archive.
-pub fn backup(ctx: &Context<'_>, req: BackupRequest) -> Result<BackupReport> {
+pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport> {
     check_output(&req.output)?;
     fsutil::create_private_dir_all(&ctx.layout.home)?;
     // Behind a migration of the store, then into the store it moved to.
     let store = StoreLock::shared(ctx.layout, req.wait, ctx.cancel)?;
     let ctx = &ctx.under(&store);
-    let lock = InstanceLock::acquire(
-        &ctx.layout.locks(),
-        &req.instance.name,
-        &format!("backup {}", req.instance.name),
-        req.wait,
-        ctx.cancel,
-    )?;
+    let (lock, renamed) = lock_named(ctx, &mut req)?;
     // We hold the lock: an interrupted restore of this instance is repaired
     // before anything else reads or writes it.
     crate::ops::recover::recover_locked(ctx, &lock)?;
-    backup_locked(ctx, req, &lock)
+    let mut report = backup_locked(ctx, req, &lock)?;
+    report.renamed = renamed;
+    Ok(report)
+}
+
+/// Settles the name the instance is backed up under (`naming`) and takes
+/// that name's lock; settled again under the lock, since a backup of
+/// another directory may have claimed the name while this one waited.
+fn lock_named(
+    ctx: &Context<'_>,
+    req: &mut BackupRequest,
+) -> Result<(InstanceLock, Option<Renamed>)> {
+    let wanted = req.instance.clone();
+    loop {
+        let mut named = wanted.clone();
+        let renamed = naming::settle(ctx, &mut named)?;
+        let lock = InstanceLock::acquire(
+            &ctx.layout.locks(),
+            &named.name,
+            &format!("backup {}", named.name),
+            req.wait,
+            ctx.cancel,
+        )?;
+        let mut again = wanted.clone();
+        naming::settle(ctx, &mut again)?;
+        if again.name == named.name {
+            req.instance = named;
+            return Ok((lock, renamed));
+        }
+    }
 }
 
 /// Refuses outputs that cannot work before anything is recorded.
@@ -516,7 +555,8 @@ pub fn backup_locked(
     // (only the store and a directory output name the file after the id).
     let taken = |id: &str| {
         matches!(req.output, Output::Store | Output::Dir(_))
-            && destination(ctx, &req, id).is_some_and(|p| p.symlink_metadata().is_ok())
+            && destination(ctx, &req.instance.name, &req, id)
+                .is_some_and(|p| p.symlink_metadata().is_ok())
     };
     let id = if streaming {
         // A stream is not recorded, but its id must not clash with one that is.
@@ -536,7 +576,7 @@ pub fn backup_locked(
         catalog.begin_backup(&base, &new, &taken)?
     };
 
-    if let Some(planned) = destination(ctx, &req, &id).filter(|_| !streaming) {
+    if let Some(planned) = destination(ctx, &req.instance.name, &req, &id).filter(|_| !streaming) {
         catalog.set_planned_location(&id, &path_str(&planned)?)?;
     }
     let result = cold(ctx, &req, || {
@@ -575,6 +615,7 @@ pub fn backup_locked(
             };
             Ok(BackupReport {
                 backup,
+                renamed: None,
                 cataloged: !streaming,
                 excluded: summarize_excluded(&scan_excluded),
                 warnings,
@@ -628,6 +669,7 @@ fn run(
         compression: req.compression.codec,
         level: req.compression.level,
         root: path_str(&req.instance.root)?,
+        configured_root: Some(path_str(&req.instance.configured_root)?),
         sources: sources_manifest(&req.instance)?,
         excludes: excludes.patterns().to_vec(),
         never_restore: req.instance.never_restore.clone(),
@@ -644,7 +686,8 @@ fn run(
         )?;
         return Ok((written, None, scan.excluded));
     }
-    let path = destination(ctx, req, id).expect("file outputs have a destination");
+    let path =
+        destination(ctx, &req.instance.name, req, id).expect("file outputs have a destination");
     let file = NewFile::create(&path)?;
     let written = write_archive(
         &scan,

@@ -132,7 +132,19 @@ fn check_instance(ctx: &Context<'_>, out: &mut Out, inst: &Instance) {
         );
         return;
     }
-    out.ok(s, format!("root {}", inst.root.display()));
+    if inst.configured_root == inst.root {
+        out.ok(s, format!("root {}", inst.root.display()));
+    } else {
+        // Said so that nobody wonders which directory is backed up.
+        out.ok(
+            s,
+            format!(
+                "root {} resolves to {}: the directory there is what is backed up and restored",
+                inst.configured_root.display(),
+                inst.root.display()
+            ),
+        );
+    }
     let (sources, notes) = match inst.expanded_sources() {
         Ok(x) => x,
         Err(e) => {

@@ -84,7 +84,11 @@ pub struct GuardReport {
 pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
     let line = CommandLine::Argv(req.command.clone());
     let shown = line.to_string();
-    let inst = &req.instance;
+    // Named once, before the backup: the guard's record and a rollback go
+    // by the name the backup is taken under.
+    let mut named = req.instance.clone();
+    crate::naming::settle(ctx, &mut named)?;
+    let inst = &named;
     let mut backup_id = None;
     let mut pruned = Vec::new();
     let mut prune_error = None;

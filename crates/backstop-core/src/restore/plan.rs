@@ -445,6 +445,7 @@ pub(crate) fn database_paths(places: &HashMap<String, Place>) -> Vec<PathBuf> {
 /// elsewhere they are written as files under `<dest>/<name>/`. A dump's
 /// restore command always comes from the config, never from the archive.
 fn place(
+    archive: &Path,
     dest: &Path,
     in_place: bool,
     trusted: bool,
@@ -488,28 +489,34 @@ fn place(
         SourceKind::Path => Ok(Place::Tree(at(&source.path))),
         SourceKind::Sqlite => Ok(Place::File {
             target: at(&source.path),
-            file: manifest_file(source)?,
+            file: manifest_file(archive, source)?,
         }),
         SourceKind::Volume | SourceKind::Command if !in_place => {
             Ok(Place::Tree(dest.join(&source.name)))
         }
-        SourceKind::Volume => volume_place(source, configured.map(|c| &c.spec)),
-        SourceKind::Command => command_place(source, instance, configured.map(|c| &c.spec)),
+        SourceKind::Volume => volume_place(archive, source, configured.map(|c| &c.spec)),
+        SourceKind::Command => {
+            command_place(archive, source, instance, configured.map(|c| &c.spec))
+        }
     }
 }
 
 /// The one file under a captured source's name that holds its data.
-fn manifest_file(source: &SourceManifest) -> Result<String> {
+fn manifest_file(archive: &Path, source: &SourceManifest) -> Result<String> {
     source.file.clone().ok_or_else(|| {
         Error::from(ArchiveError::Corrupt {
-            path: PathBuf::new(),
+            path: archive.to_path_buf(),
             detail: format!("source {} names no file in its manifest", source.name),
         })
     })
 }
 
 /// A volume restored in place: the config's volume, or the manifest's.
-fn volume_place(source: &SourceManifest, configured: Option<&SourceSpec>) -> Result<Place> {
+fn volume_place(
+    archive: &Path,
+    source: &SourceManifest,
+    configured: Option<&SourceSpec>,
+) -> Result<Place> {
     let name = match configured {
         Some(SourceSpec::Volume(v)) => v.clone(),
         _ => source
@@ -518,18 +525,28 @@ fn volume_place(source: &SourceManifest, configured: Option<&SourceSpec>) -> Res
             .unwrap_or_default()
             .to_string(),
     };
-    crate::podman::check_name("volume", &name).map_err(|e| ArchiveError::Corrupt {
-        path: PathBuf::new(),
-        detail: format!("source {}: {e}", source.name),
+    let checked = match name.as_str() {
+        "" => Err(format!(
+            "its origin `{}` does not say which volume it came from",
+            source.origin.escape_debug()
+        )),
+        _ => crate::podman::check_name("volume", &name),
+    };
+    checked.map_err(|detail| ArchiveError::BadVolume {
+        path: archive.to_path_buf(),
+        source_name: source.name.clone(),
+        volume: name.clone(),
+        detail,
     })?;
     Ok(Place::Import {
         into: ImportTarget::Volume { name },
-        file: manifest_file(source)?,
+        file: manifest_file(archive, source)?,
     })
 }
 
 /// A dump restored in place: by the restore command of the config.
 fn command_place(
+    archive: &Path,
     source: &SourceManifest,
     instance: Option<&Instance>,
     configured: Option<&SourceSpec>,
@@ -565,7 +582,7 @@ fn command_place(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         },
-        file: manifest_file(source)?,
+        file: manifest_file(archive, source)?,
     })
 }
 
@@ -817,7 +834,8 @@ fn places(
     let trusted = src.record.as_ref().is_some_and(|r| r.sha256.is_some());
     let mut places = HashMap::new();
     for s in sources {
-        places.insert(s.name.clone(), place(dest, in_place, trusted, s, inst)?);
+        let place = place(&src.archive, dest, in_place, trusted, s, inst)?;
+        places.insert(s.name.clone(), place);
     }
     for place in places.values() {
         if let Place::Tree(t) | Place::File { target: t, .. } = place {

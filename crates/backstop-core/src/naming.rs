@@ -35,9 +35,15 @@ pub struct Renamed {
 /// root, or the root as configured (backups taken before roots were
 /// resolved recorded that spelling).
 fn is_ours(claim: &Claim, instance: &Instance, host: &str) -> bool {
-    claim.host == host
-        && (Path::new(&claim.origin) == instance.root
-            || Path::new(&claim.origin) == instance.configured_root)
+    claim.host == host && same_root(claim, instance)
+}
+
+/// Whether `claim` was taken from `instance`'s root, on whatever machine: a
+/// configured instance keeps its name when the machine is renamed or the
+/// home moves to a new one with the same paths.
+fn same_root(claim: &Claim, instance: &Instance) -> bool {
+    Path::new(&claim.origin) == instance.root
+        || Path::new(&claim.origin) == instance.configured_root
 }
 
 /// `name`, or `name-n` for n ≥ 2, kept within [`MAX_NAME`] bytes.
@@ -121,7 +127,7 @@ pub fn settle(ctx: &Context<'_>, instance: &mut Instance) -> Result<Option<Renam
                 .iter()
                 .filter(|c| c.instance == instance.name)
                 .collect();
-            if rows.is_empty() || rows.iter().any(|c| is_ours(c, instance, &host)) {
+            if rows.is_empty() || rows.iter().any(|c| same_root(c, instance)) {
                 return Ok(None);
             }
             Err(Error::NameTaken {

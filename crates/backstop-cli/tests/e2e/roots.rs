@@ -167,3 +167,38 @@ fn the_filesystem_root_needs_allow_root_fs() {
         .assert()
         .stdout(predicate::str::contains("instance all: root /"));
 }
+
+/// A backup made before roots were resolved holds a symlinked root as the
+/// link alone (`app -> real`). Restored in place, into the directory the
+/// root now resolves to, it would replace that directory with a link to
+/// itself: the restore refuses, and nothing changes.
+#[test]
+fn an_old_backup_of_a_symlinked_root_never_replaces_the_directory_with_a_link_to_itself() {
+    let env = Env::new();
+    let (real, link) = symlinked_root(&env);
+    let before = crate::support::walk(&real);
+    std::fs::create_dir_all(env.path("old")).unwrap();
+    let archive = crate::craft::craft_with(
+        &env.path("old"),
+        &crate::craft::manifest(
+            "app-2026-01-01-000000",
+            "app",
+            &link,
+            vec![crate::craft::path_source("app", ".", &link)],
+        ),
+        &[crate::craft::Raw::Symlink(b"app", b"real")],
+    );
+    env.cmd()
+        .args([
+            "restore",
+            archive.to_str().unwrap(),
+            "--yes",
+            "--no-pre-backup",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("only as a symlink to"));
+    assert!(real.is_dir(), "{} is no longer a directory", real.display());
+    assert_eq!(crate::support::walk(&real), before);
+    assert_eq!(std::fs::read(real.join("sub/b.txt")).unwrap(), b"beta\n");
+}

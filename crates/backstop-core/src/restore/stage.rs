@@ -27,6 +27,7 @@ use crate::archive::format::SourceManifest;
 use crate::archive::reader::{Content, Visitor};
 use crate::archive::tarread::{Entry, Kind};
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::handle;
 use crate::progress::{Cancel, Progress};
 use crate::restore::confine::Confined;
@@ -535,6 +536,37 @@ impl Drop for Stager<'_> {
     }
 }
 
+impl Stager<'_> {
+    /// Refuses to replace a live directory with a symlink to itself: what a
+    /// backup of a symlinked root holds when it was made before roots were
+    /// resolved (the link alone). Restored, it would leave a link pointing
+    /// at itself where the directory was.
+    fn check_top_link(&self, source: &str, target: &[u8]) -> Result<()> {
+        let Some(live) = self.live.get(source) else {
+            return Ok(());
+        };
+        let dir = live.root_path();
+        let link = Path::new(OsStr::from_bytes(target));
+        let points_at = fsutil::parent_dir(dir).join(link);
+        if std::fs::canonicalize(&points_at).is_ok_and(|p| p == dir) {
+            return Err(Error::Refused {
+                message: format!(
+                    "this backup holds {source} only as a symlink to {}, the directory it would \
+                     replace (a backup of a symlinked root made before backstop resolved roots): \
+                     restoring it would leave a link to itself and lose the directory",
+                    dir.display()
+                ),
+                hint: Some(
+                    "nothing was changed; restore a newer backup, or look at this one with \
+                     `backstop show ID`"
+                        .into(),
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Visitor for Stager<'_> {
     fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> Result<()> {
         let (source_name, _) = split_member(&entry.path);
@@ -565,12 +597,18 @@ impl Visitor for Stager<'_> {
                 path,
                 meta,
             })?,
-            Kind::Symlink => self.send(Op::Symlink {
-                source: source_name,
-                path,
-                target: entry.link.clone().unwrap_or_default(),
-                meta,
-            })?,
+            Kind::Symlink => {
+                let target = entry.link.clone().unwrap_or_default();
+                if path == source_name.as_bytes() {
+                    self.check_top_link(&source_name, &target)?;
+                }
+                self.send(Op::Symlink {
+                    source: source_name,
+                    path,
+                    target,
+                    meta,
+                })?
+            }
             Kind::HardLink => {
                 let link = entry.link.clone().unwrap_or_default();
                 if self.files.contains(&path_key(&link)) {

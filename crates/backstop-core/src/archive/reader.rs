@@ -228,7 +228,8 @@ fn refill(spent: &Receiver<Vec<u8>>) -> Vec<u8> {
 /// Reads `path` completely and checks it: the codec decodes to the end with
 /// nothing after it; the manifest is first and of a known format; every
 /// payload path is relative, has no `..`, and lies under one of the sources;
-/// hard links point at earlier files; every regular file's SHA-256 matches
+/// the payload is in backstop's order (each source's entries together, depth
+/// first, names in byte order); hard links point at earlier files; every regular file's SHA-256 matches
 /// its line in the checksums member, which lists exactly those files in
 /// order; the trailer is last and agrees with what was read.
 pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> VerifyRun {
@@ -399,6 +400,43 @@ fn path_key(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// The payload's order as backstop writes it: each source's entries
+/// together, depth first with names in byte order, so every directory comes
+/// before what it holds.
+#[derive(Default)]
+struct Order {
+    last: Vec<u8>,
+    done_sources: HashSet<Vec<u8>>,
+}
+
+impl Order {
+    /// Takes the next member path; says why it is out of order, if it is.
+    fn next(&mut self, member: &[u8]) -> Option<String> {
+        let member = member.strip_suffix(b"/").unwrap_or(member);
+        let top = |p: &[u8]| p.split(|&b| b == b'/').next().unwrap_or_default().to_vec();
+        let (now, before) = (top(member), top(&self.last));
+        let wrong = if self.last.is_empty() || now != before {
+            if !self.last.is_empty() {
+                self.done_sources.insert(before);
+            }
+            self.done_sources
+                .contains(&now)
+                .then(|| "comes after another source's entries, apart from its own".to_string())
+        } else {
+            let slash = |b: &u8| *b == b'/';
+            member.split(slash).le(self.last.split(slash)).then(|| {
+                format!(
+                    "is out of order (after {}): backstop writes every directory before what it \
+                     holds and names in byte order",
+                    String::from_utf8_lossy(&self.last)
+                )
+            })
+        };
+        self.last = member.to_vec();
+        wrong
+    }
+}
+
 /// Why a payload path may not be extracted, if it may not.
 pub fn unsafe_member_path(member: &[u8], sources: &HashSet<&[u8]>) -> Option<String> {
     if member.first() == Some(&b'/') {
@@ -534,6 +572,7 @@ pub fn walk<R: Read>(
     // Every payload path, to refuse a second entry for the same path.
     let mut seen: HashSet<u64> = HashSet::with_capacity(entries);
     let mut symlinks: HashSet<u64> = HashSet::new();
+    let mut order = Order::default();
     let (mut entries_n, mut bytes) = (0u64, 0u64);
     let mut buf = vec![0u8; 256 << 10];
     let checksums = loop {
@@ -578,6 +617,11 @@ pub fn walk<R: Read>(
             return Err(hostile(
                 "appears twice in the archive; a second entry could replace the first".into(),
             ));
+        }
+        // Restores rely on it (a directory before what it holds, one pass
+        // over the live tree): what verifies must restore.
+        if let Some(why) = order.next(&entry.path) {
+            return Err(bad(format!("{shown} {why}")));
         }
         match entry.kind {
             Kind::Other(flag) => {
@@ -792,4 +836,37 @@ pub fn sidecar_path(archive: &Path) -> PathBuf {
     let mut s = archive.as_os_str().to_os_string();
     s.push(".sha256");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Order;
+
+    fn first_refused(paths: &[&str]) -> Option<usize> {
+        let mut order = Order::default();
+        paths
+            .iter()
+            .position(|p| order.next(p.as_bytes()).is_some())
+    }
+
+    #[test]
+    fn the_order_is_depth_first_by_component_and_sources_stay_together() {
+        // "a" < "a.txt" as names, though '.' sorts before '/' as bytes.
+        assert_eq!(
+            first_refused(&[
+                "app",
+                "app/a",
+                "app/a/x",
+                "app/a.txt",
+                "app/b/",
+                "db",
+                "db/x"
+            ]),
+            None
+        );
+        assert_eq!(first_refused(&["app", "app/sub/f", "app/sub"]), Some(2));
+        assert_eq!(first_refused(&["app", "app/b", "app/a"]), Some(2));
+        assert_eq!(first_refused(&["app", "app/a", "app/a"]), Some(2));
+        assert_eq!(first_refused(&["app", "db", "app/late"]), Some(2));
+    }
 }

@@ -597,6 +597,7 @@ check_million() {
 }
 
 prep_million_backup() { rm -rf "${MILLION_DIR:?}/home"; export SRC=$MILLION_TREE; }
+prep_million_tar() { export SRC=$MILLION_TREE; }
 prep_million_restore() { export SRC=$MILLION_DIR/home; }
 prep_million_dry_run() { export SRC=$MILLION_DIR; }
 # The first exact run finds the tree as the dry runs left it, already
@@ -637,6 +638,13 @@ run_million() {
     fi
     MILLION_ID=$(backup_id "$MILLION_DIR/home")
     export MILLION_ID
+    # The backup's baseline: the same tree through tar and zstd on every core.
+    if have zstd; then
+        bench million-tar-zstd "0" prep_million_tar \
+            'tar -cf - -C "${MILLION_TREE%/*}" "${MILLION_TREE##*/}" | zstd -T0 -3 -q -o "$OUT/million.tar.zst"' \
+            'sync "$OUT/million.tar.zst"' "$OUTS/million-tar-zstd"
+        rm -rf "${OUTS:?}/million-tar-zstd"
+    else skip million-tar-zstd "zstd not installed"; fi
     bench million-restore-empty "0" prep_million_restore \
         '"$BACKSTOP" -q --home "$MILLION_DIR/home" restore "$MILLION_ID" --dest "$RESTORE/tree" --yes --no-pre-backup' \
         'sync' "$RESTORE"
@@ -838,7 +846,7 @@ EOF
 EOF
     for id in backstop-zstd backstop-gzip tar-zstd tar-pigz tar-gzip restic borg \
               restore-backstop restore-backstop-tar restore-tar-zstd restore-restic restore-borg \
-              restore-exact million-backup million-restore-empty million-dry-run million-exact; do
+              restore-exact million-backup million-tar-zstd million-restore-empty million-dry-run million-exact; do
         [ -n "${ALL_RUNS[$id]:-}" ] && printf '  - %s: %s\n' "$id" "${ALL_RUNS[$id]}"
     done
     return 0
@@ -864,10 +872,20 @@ state as made: every entry's metadata and the changed files' contents.
 "size MiB" is the archive for the backup and the tree afterwards for the
 restores; throughput = the tree's bytes / wall.
 
+The backup against \`tar -cf - | zstd -T0 -3\` + sync of the same tree:
+
+| step | wall s | CPU s | peak RSS MiB | size MiB | throughput MiB/s | wall / tar+zstd |
+|---|---:|---:|---:|---:|---:|---:|
+EOF
+    row million-backup 'backstop backup + sync' million-tar-zstd restore "$MILLION_BYTES"
+    row million-tar-zstd 'tar -cf - \| zstd -T0 -3 + sync' million-tar-zstd restore "$MILLION_BYTES"
+    cat <<EOF
+
+The restores:
+
 | step | wall s | CPU s | peak RSS MiB | size MiB | throughput MiB/s | wall / into empty dir |
 |---|---:|---:|---:|---:|---:|---:|
 EOF
-    row million-backup 'backstop backup + sync' million-restore-empty restore "$MILLION_BYTES"
     row million-restore-empty 'backstop restore into an empty directory + sync' million-restore-empty restore "$MILLION_BYTES"
     row million-dry-run "backstop restore --dry-run, $MILLION_CHANGED files changed" million-restore-empty restore "$MILLION_BYTES"
     row million-exact "backstop restore, exact, in place, $MILLION_CHANGED files changed + sync" million-restore-empty restore "$MILLION_BYTES"

@@ -362,3 +362,61 @@ fn help_documents_exit_codes() {
         .success()
         .stdout(predicate::str::contains("6 lock held"));
 }
+
+/// Issue 12, step one: every directory entry carries GNU tar's
+/// `GNU.dumpdir` record listing what it holds, so stock GNU tar extracting
+/// with `--listed-incremental=/dev/null` makes each directory hold exactly
+/// that: over a destination with stale files and directories, the result is
+/// the backed-up tree, nothing more (the base any chain of incrementals
+/// will build on).
+#[test]
+fn gnu_tar_with_listed_incremental_restores_a_full_backup_exactly() {
+    if !backstop_test_support::have("tar") || !backstop_test_support::have("zstd") {
+        return;
+    }
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("sub/deeper")).unwrap();
+    std::fs::create_dir_all(app.join("empty")).unwrap();
+    std::fs::write(app.join("a.txt"), b"alpha").unwrap();
+    std::fs::write(app.join("sub/b"), b"beta").unwrap();
+    std::fs::write(app.join("sub/deeper/c"), b"gamma").unwrap();
+    std::fs::write(app.join("name with\nnewline"), b"odd").unwrap();
+    std::os::unix::fs::symlink("a.txt", app.join("link")).unwrap();
+    let b = env.backup(&app, &[]);
+    let archive = b["location"].as_str().unwrap().to_string();
+
+    // What an earlier state left behind, which the dumpdirs do not list.
+    let dest = env.path("dest");
+    std::fs::create_dir_all(dest.join("app/sub/old-dir")).unwrap();
+    std::fs::create_dir_all(dest.join("app/empty")).unwrap();
+    std::fs::write(dest.join("app/stale"), b"x").unwrap();
+    std::fs::write(dest.join("app/sub/stale"), b"x").unwrap();
+    std::fs::write(dest.join("app/sub/old-dir/f"), b"x").unwrap();
+    std::fs::write(dest.join("app/empty/stale"), b"x").unwrap();
+    let out = std::process::Command::new("tar")
+        .args(["-I", "zstd", "-x", "--listed-incremental=/dev/null", "-f"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rel = |root: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = crate::support::walk(root)
+            .iter()
+            .map(|p| p.strip_prefix(root).unwrap().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(rel(&dest.join("app")), rel(&app));
+    assert_eq!(
+        std::fs::read(dest.join("app/sub/deeper/c")).unwrap(),
+        b"gamma"
+    );
+}

@@ -106,7 +106,7 @@ pub fn craft_with(dir: &Path, manifest: &Manifest, entries: &[Raw]) -> PathBuf {
     for e in entries {
         n += 1;
         match e {
-            Raw::Dir(p) => header(&mut out, p, HeaderKind::Dir, 0o755),
+            Raw::Dir(p) => header(&mut out, p, HeaderKind::Dir { dumpdir: None }, 0o755),
             Raw::File(p, data) => {
                 header(
                     &mut out,

@@ -26,7 +26,12 @@ pub enum HeaderKind<'a> {
         map: &'a [(u64, u64)],
         stored: u64,
     },
-    Dir,
+    /// A directory; `dumpdir` is its `GNU.dumpdir` record: the names it
+    /// holds, each after a `Y` (stored here) or `D` (a directory) and
+    /// before a NUL, and a NUL at the end (GNU tar's incremental format).
+    Dir {
+        dumpdir: Option<&'a [u8]>,
+    },
     Symlink {
         target: &'a [u8],
     },
@@ -100,7 +105,7 @@ fn pax_time(sec: i64, nsec: u32) -> String {
 pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
     let mut pax = Vec::new();
     let mut name = entry.path.to_vec();
-    if matches!(entry.kind, HeaderKind::Dir) {
+    if matches!(entry.kind, HeaderKind::Dir { .. }) {
         name.push(b'/');
     }
     if !fits_ustar(&name, 100) {
@@ -161,6 +166,12 @@ pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
             real_size.to_string().as_bytes(),
         );
     }
+    if let HeaderKind::Dir {
+        dumpdir: Some(listing),
+    } = entry.kind
+    {
+        pax_record(&mut pax, b"GNU.dumpdir", listing);
+    }
     for (key, value) in entry.xattrs {
         let mut k = b"SCHILY.xattr.".to_vec();
         k.extend_from_slice(key);
@@ -212,7 +223,7 @@ pub fn write_header(out: &mut Vec<u8>, entry: &EntryHeader<'_>) {
     h.set_entry_type(match entry.kind {
         HeaderKind::File { .. } => EntryType::Regular,
         HeaderKind::Sparse { .. } => EntryType::GNUSparse,
-        HeaderKind::Dir => EntryType::Directory,
+        HeaderKind::Dir { .. } => EntryType::Directory,
         HeaderKind::Symlink { .. } => EntryType::Symlink,
         HeaderKind::HardLink { .. } => EntryType::Link,
     });

@@ -529,7 +529,7 @@ mod tests {
         let mut stream = header(&long, HeaderKind::File { size: 5 }, &xattrs);
         stream.extend_from_slice(b"hello");
         tarfmt::pad(&mut stream, 5);
-        stream.extend(header(b"d", HeaderKind::Dir, &[]));
+        stream.extend(header(b"d", HeaderKind::Dir { dumpdir: None }, &[]));
         stream.extend(header(b"l", HeaderKind::Symlink { target: &long }, &[]));
         let map = [(4096u64, 512u64), (10_000, 0)];
         stream.extend(header(
@@ -577,7 +577,7 @@ mod tests {
         let mut stream = header(b"a", HeaderKind::File { size: 700 }, &[]);
         stream.extend(std::iter::repeat_n(1u8, 700));
         tarfmt::pad(&mut stream, 700);
-        stream.extend(header(b"b", HeaderKind::Dir, &[]));
+        stream.extend(header(b"b", HeaderKind::Dir { dumpdir: None }, &[]));
         stream.extend_from_slice(&tarfmt::END_OF_ARCHIVE);
         let mut r = TarReader::new(&stream[..]);
         r.next_entry().unwrap().unwrap();

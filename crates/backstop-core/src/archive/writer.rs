@@ -658,7 +658,13 @@ impl TarWriter<'_> {
                 unreachable!("sparse files are always streamed")
             }
             MetaKind::Dir => {
-                self.header_for(meta, HeaderKind::Dir);
+                let dumpdir = dumpdir(self.scan, e);
+                self.header_for(
+                    meta,
+                    HeaderKind::Dir {
+                        dumpdir: Some(&dumpdir),
+                    },
+                );
                 self.blocks.write(&self.header)?;
                 self.gone_dirs[e.0 as usize] = false;
             }
@@ -778,6 +784,27 @@ impl TarWriter<'_> {
             },
         );
     }
+}
+
+/// The `GNU.dumpdir` record of directory `e`: every name the scan found in
+/// it, `D` for a directory and `Y` (stored in this archive) for the rest,
+/// each ended by a NUL, and a NUL at the end. GNU tar's
+/// `-x --listed-incremental=/dev/null` reads it to remove what a directory
+/// no longer holds, which is what makes a chain of archives restorable by
+/// hand, deletions included.
+fn dumpdir(scan: &Scan, e: EntryRef) -> Vec<u8> {
+    let mut out = Vec::new();
+    for child in scan.children(e) {
+        out.push(if scan.kind(child) == NodeKind::Dir {
+            b'D'
+        } else {
+            b'Y'
+        });
+        out.extend_from_slice(scan.file_name(child));
+        out.push(0);
+    }
+    out.push(0);
+    out
 }
 
 /// The mtime given to the archive's own members: the backup's creation time.

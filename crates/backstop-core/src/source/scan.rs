@@ -66,6 +66,10 @@ pub struct Scan {
     tops: Vec<Top>,
     /// Hard link entry → the entry holding the data.
     links: HashMap<u32, u32>,
+    /// The children of every node, in name order: node `i`'s are
+    /// `children[child_start[i]..child_start[i + 1]]` (8 bytes a node).
+    child_start: Vec<u32>,
+    children: Vec<u32>,
     /// What was measured.
     pub totals: Totals,
     /// Paths left out by an exclude rule (the top of each excluded subtree).
@@ -158,6 +162,8 @@ impl Scan {
             nodes: Vec::new(),
             tops: Vec::new(),
             links: HashMap::new(),
+            child_start: Vec::new(),
+            children: Vec::new(),
             totals: Totals::default(),
             excluded: Vec::new(),
             skipped: Vec::new(),
@@ -167,6 +173,7 @@ impl Scan {
         for source in tops {
             scan.walk_top(source, opts, &mut inodes)?;
         }
+        scan.index_children();
         opts.progress
             .scanned(scan.totals.entries, scan.totals.bytes);
         Ok(scan)
@@ -407,6 +414,47 @@ impl Scan {
     /// The size of entry `e` as scanned (0 for all but files).
     pub fn size(&self, e: EntryRef) -> u64 {
         self.nodes[e.0 as usize].size
+    }
+
+    /// Builds the children index: one counting pass, then one filling pass
+    /// in node order, which is each directory's name order.
+    fn index_children(&mut self) {
+        let n = self.nodes.len();
+        let mut start = vec![0u32; n + 1];
+        for node in &self.nodes {
+            if node.parent != NO_PARENT {
+                start[node.parent as usize + 1] += 1;
+            }
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut next = start.clone();
+        let mut children = vec![0u32; start[n] as usize];
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.parent != NO_PARENT {
+                let slot = &mut next[node.parent as usize];
+                children[*slot as usize] = i as u32;
+                *slot += 1;
+            }
+        }
+        self.child_start = start;
+        self.children = children;
+    }
+
+    /// The entries directly below `e`, in name order.
+    pub fn children(&self, e: EntryRef) -> impl Iterator<Item = EntryRef> + '_ {
+        let i = e.0 as usize;
+        let range = match (self.child_start.get(i), self.child_start.get(i + 1)) {
+            (Some(&a), Some(&b)) => a as usize..b as usize,
+            _ => 0..0,
+        };
+        self.children[range].iter().map(|&c| EntryRef(c))
+    }
+
+    /// The name of `e` in its directory (a source's top: the source name).
+    pub fn file_name(&self, e: EntryRef) -> &[u8] {
+        self.name(e.0)
     }
 
     /// The directory entry `e` is in; `None` for the top of a source.

@@ -239,14 +239,7 @@ impl StoreLock {
             }
             Err(e) => return Err(Error::io("opening", &layout.home, e)),
         };
-        let dir = take(dir, false, layout, wait, cancel)?;
-        Ok(StoreLock {
-            _dir: Some(dir),
-            layout: Layout {
-                home: layout.home.clone(),
-                store: followed(&layout.home, &layout.store)?,
-            },
-        })
+        StoreLock::held(take(dir, false, layout, wait, cancel)?, layout)
     }
 
     /// Takes the store lock exclusively, for `migrate`.
@@ -262,7 +255,11 @@ impl StoreLock {
     ) -> Result<StoreLock> {
         create_private_dir_all(&layout.home)?;
         let dir = File::open(&layout.home).map_err(|e| Error::io("opening", &layout.home, e))?;
-        let dir = take(dir, true, layout, wait, cancel)?;
+        StoreLock::held(take(dir, true, layout, wait, cancel)?, layout)
+    }
+
+    /// The lock held on `dir`, with the store resolved again under it.
+    fn held(dir: File, layout: &Layout) -> Result<StoreLock> {
         Ok(StoreLock {
             _dir: Some(dir),
             layout: Layout {

@@ -454,6 +454,35 @@ mod tests {
     }
 
     #[test]
+    fn the_store_lock_keeps_commands_out_of_a_migration_and_follows_the_move() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = Cancel::default();
+        let layout = Layout {
+            home: dir.path().join("home"),
+            store: dir.path().join("old"),
+        };
+        let shared = StoreLock::shared(&layout, None, &cancel).unwrap();
+        assert!(shared._dir.is_none(), "no home yet: nothing to lock");
+        drop(shared);
+        let moving = StoreLock::exclusive(&layout, None, &cancel).unwrap();
+        let err = StoreLock::shared(&layout, None, &cancel).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LockHeld);
+        assert!(err.to_string().contains("being moved"), "{err}");
+        moving
+            .record_move(&layout.store, &dir.path().join("new"))
+            .unwrap();
+        drop(moving);
+        let reader = StoreLock::shared(&layout, None, &cancel).unwrap();
+        assert_eq!(reader.layout().store, dir.path().join("new"));
+        // A migration waits for the commands that hold it shared.
+        let err =
+            StoreLock::exclusive(&layout, Some(Duration::from_millis(200)), &cancel).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(reader);
+        StoreLock::exclusive(&layout, None, &cancel).unwrap();
+    }
+
+    #[test]
     fn waiting_gives_up_after_the_duration() {
         let dir = tempfile::tempdir().unwrap();
         let cancel = Cancel::default();

@@ -671,14 +671,11 @@ pub fn restore(outcome: &RestoreOutcome, verbose: bool) -> String {
             if verbose {
                 action_lines(&mut out, &plan.changes.actions, true, false);
             }
-            match &report.safety_backup {
-                Some(id) => {
-                    let _ = writeln!(
-                        out,
-                        "  safety backup {id} (`backstop restore {id}` undoes this restore)"
-                    );
+            match (&report.safety_backup, &report.undo) {
+                (Some(id), Some(undo)) => {
+                    let _ = writeln!(out, "  safety backup {id} (`{undo}` undoes this restore)");
                 }
-                None => {
+                _ => {
                     let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
                 }
             }

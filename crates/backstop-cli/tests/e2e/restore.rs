@@ -957,3 +957,99 @@ fn verify_and_restore_agree_on_a_directory_after_its_files() {
         .success();
     assert_eq!(std::fs::read(dest.join("sub/f")).unwrap(), b"x");
 }
+
+/// The command in a restore report's `(`…` undoes this restore)`.
+fn printed_undo(stdout: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find("(`").map(|i| i + 2);
+    let end = text.find("` undoes this restore)");
+    match (start, end) {
+        (Some(s), Some(e)) if s < e => text[s..e].to_string(),
+        _ => panic!("no way back printed: {text}"),
+    }
+}
+
+/// Runs `command` as a person would paste it into a shell in the test's
+/// directory: `backstop` on the PATH, the test's home and config.
+fn run_pasted(env: &Env, command: &str) -> std::process::Output {
+    let bin_dir = crate::support::bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    std::process::Command::new("sh")
+        .args(["-c", command])
+        .current_dir(env.dir.path())
+        .env("PATH", path)
+        .env("BACKSTOP_HOME", env.home())
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_FAILPOINTS")
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_printed_way_back_restores_the_destination_not_the_instance_root() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            "[instances.app]\nroot = \"{}\"\n[instances.app.sources]\nconfig = \"config\"\ndata = \"data\"\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    env.cmd().args(["backup", "app"]).assert().success();
+    let id = env.list()[0]["id"].as_str().unwrap().to_string();
+    // Another directory with a config of its own and no data yet.
+    let other = env.path("other");
+    std::fs::create_dir_all(other.join("config")).unwrap();
+    std::fs::write(other.join("config/app.toml"), b"mine\n").unwrap();
+    std::fs::write(other.join("local.txt"), b"not the app's").unwrap();
+    let before = env.path("other-before");
+    copy_tree(&other, &before);
+    let opts = Compare {
+        dir_mtimes: false,
+        xattrs: false,
+        sparse: false,
+    };
+    let app_before = snapshot(&app, opts);
+
+    for mode in ["merge", "safe"] {
+        let out = env
+            .cmd()
+            .args(["restore", &id, "--mode", mode, "--yes", "--dest"])
+            .arg(&other)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(other.join("data/db.sqlite").is_file(), "{mode}: restored");
+        let undo = printed_undo(&out.stdout);
+        let safety = env.list()[0].clone();
+        assert_eq!(safety["reason"], "pre-restore");
+        assert_eq!(
+            safety["origin"],
+            other.canonicalize().unwrap().to_str().unwrap(),
+            "the safety backup records the directory it was taken of"
+        );
+        let back = run_pasted(&env, &undo);
+        assert!(
+            back.status.success(),
+            "{mode}: `{undo}` failed: {}{}",
+            String::from_utf8_lossy(&back.stdout),
+            String::from_utf8_lossy(&back.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&back.stdout)
+                .contains(&format!("into {}", other.canonicalize().unwrap().display())),
+            "{}",
+            String::from_utf8_lossy(&back.stdout)
+        );
+        assert_same_tree(&before, &other, opts);
+        assert_eq!(snapshot(&app, opts), app_before, "the instance's root");
+    }
+}

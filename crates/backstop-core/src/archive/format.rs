@@ -211,6 +211,27 @@ impl Description {
     }
 }
 
+/// What a backup's root is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakenOf {
+    /// The instance's own root: a restore goes to the root the config
+    /// gives the instance now (or, with no config, to the manifest's).
+    #[default]
+    InstanceRoot,
+    /// The destination of a restore elsewhere (`restore ID --dest DIR`),
+    /// backed up before it changed: a restore goes back to that directory,
+    /// never to the instance's root.
+    RestoreDestination,
+}
+
+impl TakenOf {
+    /// Whether this is the default, left out of a manifest.
+    pub fn is_instance_root(&self) -> bool {
+        *self == TakenOf::InstanceRoot
+    }
+}
+
 /// The first member: everything needed to understand the archive without
 /// reading the rest of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +257,12 @@ pub struct Manifest {
     /// predate it (a restore goes to `root`, the directory itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configured_root: Option<String>,
+    /// What `root` is: the instance's root, or the destination of a restore
+    /// elsewhere (a safety backup), to which a restore of this backup goes
+    /// back. An additive field of format 1: absent means the instance's
+    /// root.
+    #[serde(default, skip_serializing_if = "TakenOf::is_instance_root")]
+    pub taken_of: TakenOf,
     pub sources: Vec<SourceManifest>,
     /// Every exclude pattern in force, built-in ones included.
     pub excludes: Vec<String>,

@@ -1053,3 +1053,42 @@ fn the_printed_way_back_restores_the_destination_not_the_instance_root() {
         assert_eq!(snapshot(&app, opts), app_before, "the instance's root");
     }
 }
+
+#[test]
+fn a_destination_that_is_a_file_is_refused_before_anything_changes() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let file = env.path("notes.txt");
+    std::fs::write(&file, b"mine\n").unwrap();
+    let rows = env.list().len();
+    for extra in [
+        &["--yes"][..],
+        &["--dry-run"],
+        &["--mode", "merge", "--yes"],
+    ] {
+        env.cmd()
+            .args(["restore", &id, "--dest"])
+            .arg(&file)
+            .args(extra)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("notes.txt is a file"))
+            .stderr(predicate::str::contains(
+                "hint: give a directory with --dest DIR",
+            ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine\n");
+        assert_eq!(
+            env.list().len(),
+            rows,
+            "{extra:?}: a safety backup was taken"
+        );
+    }
+    assert_eq!(
+        Env::files_in(env.dir.path())
+            .iter()
+            .filter(|n| n.starts_with(".backstop"))
+            .count(),
+        0
+    );
+}

@@ -724,6 +724,7 @@ pub(crate) fn prepare<'a>(
     let inst = ctx.config.instances.get(&m.instance);
     let own_root = own_root(m, inst);
     let dest = resolve_dest(req.dest.as_deref().unwrap_or(&own_root));
+    check_dest_is_dir(&dest)?;
     let is_own_root = resolve_dest(&own_root) == dest;
     let in_place = in_place(m, inst, &dest, is_own_root);
     let mode = req
@@ -802,6 +803,33 @@ pub(crate) fn prepare<'a>(
         prep.plan.changes = preview(ctx, &prep)?;
     }
     Ok(prep)
+}
+
+/// Refuses a destination that exists and is not a directory (a regular
+/// file, say): a backup's sources are put into a directory, and nothing
+/// there may change, not even by a safety backup, when that cannot be.
+fn check_dest_is_dir(dest: &Path) -> Result<()> {
+    let Ok(md) = dest.symlink_metadata() else {
+        return Ok(());
+    };
+    if md.is_dir() {
+        return Ok(());
+    }
+    let what = if md.is_file() {
+        "a file"
+    } else {
+        "not a directory"
+    };
+    Err(Error::usage(
+        format!(
+            "{} is {what}: a restore puts a backup into a directory",
+            dest.display()
+        ),
+        Some(
+            "give a directory with --dest DIR (a new one is created), or move the file aside first"
+                .into(),
+        ),
+    ))
 }
 
 /// Where a backup goes back to when no destination is given: the

@@ -1092,3 +1092,46 @@ fn a_destination_that_is_a_file_is_refused_before_anything_changes() {
         0
     );
 }
+
+#[test]
+fn restore_m_is_the_mode_and_full_is_exact() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("config/app.toml"), b"edited\n").unwrap();
+    std::fs::write(app.join("local.txt"), b"stays").unwrap();
+    // Sindri's `restore FILE -m merge`: a merge, not a note on an exact
+    // restore that deletes local.txt.
+    env.cmd()
+        .args(["restore", &id, "-m", "merge", "--yes"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(merge mode)"));
+    assert_eq!(std::fs::read(app.join("local.txt")).unwrap(), b"stays");
+    let baks = Env::files_in(&app.join("config"));
+    assert!(
+        baks.iter().any(|n| n.starts_with("app.toml.bak-")),
+        "{baks:?}"
+    );
+    let safety = &env.list()[0];
+    assert_eq!(safety["reason"], "pre-restore");
+    assert_ne!(safety["message"], "merge");
+    // A note for the safety backup is long-only; a stray -m TEXT is refused.
+    env.cmd()
+        .args(["restore", &id, "-m", "before the move", "--yes"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["restore", &id, "--mode", "full", "--yes"])
+        .args(["--backup-message", "before the full restore"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(exact mode)"));
+    assert!(!app.join("local.txt").exists(), "full is exact");
+    assert_eq!(env.list()[0]["message"], "before the full restore");
+    let help = env.cmd().args(["restore", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("-m, --mode <MODE>"), "{help}");
+    assert!(help.contains("`full` is the same"), "{help}");
+    assert!(help.contains("      --backup-message <TEXT>"), "{help}");
+}

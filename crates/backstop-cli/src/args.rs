@@ -288,7 +288,7 @@ pub struct RestoreArgs {
     #[arg(value_name = "ID|FILE|VERSION")]
     pub backup: String,
     /// Restore into DIR instead of where the backup was taken from
-    #[arg(long, visible_alias = "path", alias = "target", value_name = "DIR")]
+    #[arg(long, visible_aliases = ["path", "target"], value_name = "DIR")]
     pub dest: Option<PathBuf>,
     /// exact (also spelled full; default into the backup's own root), merge,
     /// or safe (default elsewhere)
@@ -407,7 +407,11 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Only this instance [default: every instance in the catalog or the store]
+    #[arg(value_name = "INSTANCE")]
     pub instance: Option<String>,
+    /// Only this instance (abssctl's spelling of the positional INSTANCE)
+    #[arg(long = "instance", value_name = "NAME", conflicts_with = "instance")]
+    pub instance_flag: Option<String>,
     /// Change the catalog to match the store (otherwise only report); a
     /// damaged or lost catalog is rebuilt from the archives, the damaged file
     /// kept as catalog.db.damaged-TIMESTAMP
@@ -416,6 +420,13 @@ pub struct ReconcileArgs {
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
+}
+
+impl ReconcileArgs {
+    /// The instance asked about, however it was spelled.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref().or(self.instance_flag.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1135,3 +1135,21 @@ fn restore_m_is_the_mode_and_full_is_exact() {
     assert!(help.contains("`full` is the same"), "{help}");
     assert!(help.contains("      --backup-message <TEXT>"), "{help}");
 }
+
+#[test]
+fn restore_help_shows_every_spelling_of_the_destination() {
+    let env = Env::new();
+    let help = env.cmd().args(["restore", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[aliases: --path, --target]"), "{help}");
+    // And the spelling works.
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let fresh = env.path("fresh");
+    env.cmd()
+        .args(["restore", &id, "--yes", "--target"])
+        .arg(&fresh)
+        .assert()
+        .success();
+    assert!(fresh.join("config/app.toml").is_file());
+}

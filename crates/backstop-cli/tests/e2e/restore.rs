@@ -1153,3 +1153,65 @@ fn restore_help_shows_every_spelling_of_the_destination() {
         .success();
     assert!(fresh.join("config/app.toml").is_file());
 }
+
+#[test]
+fn an_excluded_source_is_kept_and_counted_as_kept_not_deleted() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            "[instances.app]\nroot = \"{}\"\n[instances.app.sources]\nconfig = \"config\"\ndata = \"data\"\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    env.cmd().args(["backup", "app"]).assert().success();
+    let id = env.list()[0]["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("config/app.toml"), b"live\n").unwrap();
+    std::fs::write(app.join("config/new.toml"), b"new\n").unwrap();
+    std::fs::write(app.join("data/added.bin"), b"added").unwrap();
+    let config = app.canonicalize().unwrap().join("config");
+    let args = ["restore", &id, "--exclude", "config/"];
+
+    let doc = env.json(&[&args[..], &["--dry-run"]].concat());
+    let plan = &doc["restore"]["plan"];
+    let actions = plan["actions"].as_array().unwrap();
+    let of = |path: &Path| -> Vec<&str> {
+        actions
+            .iter()
+            .filter(|a| a["path"] == path.to_str().unwrap())
+            .map(|a| a["action"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(of(&config), ["keep"], "{plan}");
+    assert_eq!(plan["totals"]["delete"], 1, "only data/added.bin: {plan}");
+    assert_eq!(plan["totals"]["keep"], 1, "{plan}");
+    let text = env
+        .cmd()
+        .args(args)
+        .arg("--dry-run")
+        .output()
+        .unwrap()
+        .stdout;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains(&format!("  keep (excluded) {}/\n", config.display())),
+        "{text}"
+    );
+    assert!(text.contains("  1 deleted, "), "{text}");
+    assert!(
+        !text.contains(&format!("delete   {}", config.display())),
+        "{text}"
+    );
+
+    // What the restore then does, and reports, is what the plan said.
+    let done = env.json(&[&args[..], &["--yes"]].concat());
+    assert_eq!(done["restore"]["plan"]["totals"], plan["totals"]);
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        b"live\n"
+    );
+    assert!(app.join("config/new.toml").exists());
+    assert!(!app.join("data/added.bin").exists());
+}

@@ -1215,3 +1215,52 @@ fn an_excluded_source_is_kept_and_counted_as_kept_not_deleted() {
     assert!(app.join("config/new.toml").exists());
     assert!(!app.join("data/added.bin").exists());
 }
+
+#[test]
+fn a_restore_over_the_current_directory_says_to_cd_back_in() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let cd = |dir: &Path| format!("run `cd {}` to see", dir.canonicalize().unwrap().display());
+    for inside in [app.clone(), app.join("data")] {
+        std::fs::write(app.join("added.txt"), b"x").unwrap();
+        let out = env
+            .cmd()
+            .current_dir(&inside)
+            .args(["restore", &id, "--yes"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "a note, not a warning: {stderr}"
+        );
+        assert!(
+            stderr.contains("note: this shell's current directory was replaced"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&cd(&inside)), "{stderr}");
+    }
+    // Elsewhere, or in a directory the restore keeps (the same one, carried
+    // over), nothing is said.
+    for (dir, extra) in [
+        (env.dir.path().to_path_buf(), None),
+        (app.join("config"), Some("config/")),
+    ] {
+        std::fs::write(app.join("added.txt"), b"x").unwrap();
+        let mut cmd = env.cmd();
+        cmd.current_dir(&dir).args(["restore", &id, "--yes"]);
+        if let Some(glob) = extra {
+            cmd.args(["--exclude", glob]);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("current directory"),
+            "{}: {stderr}",
+            dir.display()
+        );
+        assert!(!app.join("added.txt").exists());
+    }
+}

@@ -142,6 +142,7 @@ pub(crate) fn apply(
     let home = &ctx.layout.home;
     let mut out = Outcome::default();
     let record = Record::begin(ctx, &prep, &mut out)?;
+    let cwd = std::env::current_dir().ok();
 
     // The services that run are stopped for the whole change, and started
     // again on every way out (the guard's drop), failures included.
@@ -205,16 +206,28 @@ pub(crate) fn apply(
     // The safety backup was an automatic one: prune after it if asked to.
     auto_prune(ctx, &prep, lock, safety_id.is_some(), &mut out.warnings);
     let undo = safety_id.as_deref().map(|id| undo_command(id, &prep));
+    let replaced_cwd = cwd
+        .filter(|dir| !is_working_dir(dir))
+        .map(|dir| dir.display().to_string());
     Ok(RestoreOutcome::Restored(RestoreReport {
         plan: prep.plan,
         restore_id: record.id(),
         linked_files: out.linked_files,
         linked_bytes: out.linked_bytes,
         undo,
+        replaced_cwd,
         safety_backup: safety_id,
         warnings: out.warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     }))
+}
+
+/// Whether `dir` is still the process's working directory: the same
+/// inode. A restore that swapped the tree there left the process (and the
+/// shell that ran it) in the old directory, removed.
+fn is_working_dir(dir: &Path) -> bool {
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    id(Path::new(".")).is_some_and(|here| id(dir) == Some(here))
 }
 
 /// The command that undoes a restore whose safety backup is `safety`: that

@@ -140,6 +140,10 @@ pub struct RestoreReport {
     /// (to the directory it was taken of), then what this restore created
     /// where nothing was removed. `None` without a safety backup.
     pub undo: Option<String>,
+    /// The process's working directory (a shell's, that ran it), when the
+    /// restore replaced the directory there with the restored one: the
+    /// shell still sits in the old one until it changes into it again.
+    pub replaced_cwd: Option<String>,
     pub warnings: Vec<String>,
     pub duration_ms: u64,
 }

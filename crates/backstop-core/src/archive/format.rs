@@ -565,6 +565,30 @@ mod tests {
     }
 
     #[test]
+    fn taken_of_is_additive() {
+        // Older readers see no new field in an ordinary backup; older
+        // archives read as backups of the instance's root.
+        #[derive(Serialize, Deserialize)]
+        struct Only {
+            #[serde(default, skip_serializing_if = "TakenOf::is_instance_root")]
+            taken_of: TakenOf,
+        }
+        let plain = Only {
+            taken_of: TakenOf::InstanceRoot,
+        };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), "{}");
+        let old: Only = serde_json::from_str("{}").unwrap();
+        assert_eq!(old.taken_of, TakenOf::InstanceRoot);
+        let elsewhere = Only {
+            taken_of: TakenOf::RestoreDestination,
+        };
+        assert_eq!(
+            serde_json::to_string(&elsewhere).unwrap(),
+            r#"{"taken_of":"restore-destination"}"#
+        );
+    }
+
+    #[test]
     fn levels_are_checked() {
         assert!(CompressionSpec::new(Codec::Zstd, Some(0)).is_err());
         assert!(CompressionSpec::new(Codec::Gzip, Some(10)).is_err());

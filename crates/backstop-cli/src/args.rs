@@ -154,6 +154,28 @@ pub enum CodecArg {
     None,
 }
 
+/// `backup --compression`: a codec, or a level for the codec otherwise
+/// chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressionArg {
+    Codec(CodecArg),
+    Level(i32),
+}
+
+/// Parses `--compression`: `zstd`, `gzip`, `none`, or a level 1 to 19.
+fn parse_compression(s: &str) -> Result<CompressionArg, String> {
+    if let Ok(level) = s.parse::<i32>() {
+        return if (1..=19).contains(&level) {
+            Ok(CompressionArg::Level(level))
+        } else {
+            Err(format!("level {level} is out of range (use 1 to 19)"))
+        };
+    }
+    CodecArg::from_str(s, true)
+        .map(CompressionArg::Codec)
+        .map_err(|_| format!("`{s}` is not zstd, gzip, none or a level 1 to 19"))
+}
+
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     /// A configured instance, or directories or files to back up
@@ -174,9 +196,11 @@ pub struct BackupArgs {
     /// Leave out paths matching GLOB (.gitignore syntax; repeatable)
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
-    /// Compression [default: zstd, or the config's]
-    #[arg(long, value_enum)]
-    pub compression: Option<CodecArg>,
+    /// Compression: zstd, gzip or none; or a level 1-19 (Sindri's spelling)
+    /// for the codec otherwise chosen, e.g. `--compression 9` [default: zstd,
+    /// or what the --output name or the config says]
+    #[arg(long, value_name = "CODEC|LEVEL", value_parser = parse_compression)]
+    pub compression: Option<CompressionArg>,
     /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6)
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub level: Option<i32>,
@@ -249,7 +273,8 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
-    /// The destination becomes the backup
+    /// The destination becomes the backup (`full` is the same)
+    #[value(alias = "full")]
     Exact,
     /// Write over the destination, keeping replaced files as .bak
     Merge,
@@ -263,10 +288,11 @@ pub struct RestoreArgs {
     #[arg(value_name = "ID|FILE|VERSION")]
     pub backup: String,
     /// Restore into DIR instead of where the backup was taken from
-    #[arg(long, visible_alias = "path", alias = "target", value_name = "DIR")]
+    #[arg(long, visible_aliases = ["path", "target"], value_name = "DIR")]
     pub dest: Option<PathBuf>,
-    /// exact (default into the backup's own root), merge, or safe (default elsewhere)
-    #[arg(long, value_enum)]
+    /// exact (also spelled full; default into the backup's own root), merge,
+    /// or safe (default elsewhere)
+    #[arg(short, long, value_enum)]
     pub mode: Option<ModeArg>,
     /// Restore only this source (repeatable)
     #[arg(long, value_name = "SOURCE")]
@@ -294,7 +320,7 @@ pub struct ChangeArgs {
     #[arg(long)]
     pub no_pre_backup: bool,
     /// A note for the safety backup
-    #[arg(short = 'm', long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT")]
     pub backup_message: Option<String>,
     /// Do not ask for confirmation
     #[arg(short, long)]
@@ -381,7 +407,11 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Only this instance [default: every instance in the catalog or the store]
+    #[arg(value_name = "INSTANCE")]
     pub instance: Option<String>,
+    /// Only this instance (abssctl's spelling of the positional INSTANCE)
+    #[arg(long = "instance", value_name = "NAME", conflicts_with = "instance")]
+    pub instance_flag: Option<String>,
     /// Change the catalog to match the store (otherwise only report); a
     /// damaged or lost catalog is rebuilt from the archives, the damaged file
     /// kept as catalog.db.damaged-TIMESTAMP
@@ -390,6 +420,13 @@ pub struct ReconcileArgs {
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
+}
+
+impl ReconcileArgs {
+    /// The instance asked about, however it was spelled.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance.as_deref().or(self.instance_flag.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -485,6 +522,39 @@ mod tests {
         };
         assert!(b.seed.is_none());
         assert_eq!(b.args.paths, [PathBuf::from("/srv/app")]);
+    }
+
+    #[test]
+    fn restore_m_is_the_mode_and_full_is_exact() {
+        let mode = |argv: &[&str]| match Cli::try_parse_from(argv).unwrap().command {
+            Command::Restore(r) => (r.mode, r.common.backup_message),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            mode(&["backstop", "restore", "x", "-m", "merge"]),
+            (Some(ModeArg::Merge), None)
+        );
+        assert_eq!(
+            mode(&["backstop", "restore", "x", "--mode", "full"]).0,
+            Some(ModeArg::Exact)
+        );
+        assert_eq!(
+            mode(&["backstop", "restore", "x", "--backup-message", "hi"]).1,
+            Some("hi".into())
+        );
+        assert!(Cli::try_parse_from(["backstop", "restore", "x", "-m", "a note"]).is_err());
+    }
+
+    #[test]
+    fn compression_is_a_codec_or_a_level() {
+        assert_eq!(parse_compression("9"), Ok(CompressionArg::Level(9)));
+        assert_eq!(
+            parse_compression("GZIP"),
+            Ok(CompressionArg::Codec(CodecArg::Gzip))
+        );
+        assert!(parse_compression("0").is_err());
+        assert!(parse_compression("20").is_err());
+        assert!(parse_compression("lz4").is_err());
     }
 
     #[test]

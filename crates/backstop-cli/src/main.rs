@@ -351,6 +351,7 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
         // A dry run's plan is its result; -q only silences reports.
         print_stdout(&render::restore(&outcome, g.verbose > 0));
     }
+    print_cd_note(g, &outcome);
     if let restore::RestoreOutcome::Restored(report) = &outcome
         && !report.warnings.is_empty()
     {
@@ -405,6 +406,22 @@ fn confirmer(yes: bool) -> impl FnMut(&restore::RestorePlan) -> bool {
     }
 }
 
+/// Tells a person whose shell sits in a directory the restore replaced to
+/// change into it again: the shell still shows the old one, now removed.
+fn print_cd_note(g: &Global, outcome: &restore::RestoreOutcome) {
+    if let restore::RestoreOutcome::Restored(report) = outcome
+        && let Some(dir) = &report.replaced_cwd
+        && !g.json
+    {
+        print_stderr(&format!(
+            "{} this shell's current directory was replaced by the restored one: \
+             run `cd {}` to see the restored tree\n",
+            style("note:").for_stderr().cyan().bold(),
+            backstop_core::command::shell_quote(dir)
+        ));
+    }
+}
+
 fn print_warnings(warnings: &[String]) {
     for w in warnings {
         print_stderr(&format!(
@@ -441,6 +458,7 @@ fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Err
     } else if !g.quiet || matches!(outcome, restore::RestoreOutcome::DryRun { .. }) {
         print_stdout(&render::rollback(&backup, &outcome, g.verbose > 0));
     }
+    print_cd_note(g, &outcome);
     if let restore::RestoreOutcome::Restored(report) = &outcome
         && !report.warnings.is_empty()
     {
@@ -613,7 +631,7 @@ fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, E
     let settings = Settings::load(g)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
     let report = with_context(g, &settings, cancel, |ctx| {
-        reconcile::reconcile(ctx, a.instance.as_deref(), a.apply, wait)
+        reconcile::reconcile(ctx, a.instance(), a.apply, wait)
     })?;
     if g.json {
         print_json(&render::envelope(

@@ -599,7 +599,9 @@ fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: boo
             if dry_run { "replace" } else { "replaced" },
         ),
         (Action::Delete, if dry_run { "delete" } else { "deleted" }),
-        (Action::Keep, "keep"),
+        // Kept by a rule: --exclude, never-restore, the backup's own
+        // excludes, or what the backup could not read.
+        (Action::Keep, "keep (excluded)"),
         (Action::Conflict, "conflict"),
     ] {
         let paths: Vec<PlannedAction> = actions.iter().filter(|a| a.action == action).collect();
@@ -611,7 +613,7 @@ fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: boo
         for a in &paths[..shown] {
             let _ = writeln!(
                 out,
-                "  {label:<9}{}{}",
+                "  {label:<8} {}{}",
                 a.path,
                 if a.kind == "dir" { "/" } else { "" }
             );
@@ -619,7 +621,7 @@ fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: boo
         if shown < paths.len() {
             let _ = writeln!(
                 out,
-                "  {label:<9}… and {} more (-v lists them all)",
+                "  {label:<8} … and {} more (-v lists them all)",
                 paths.len() - shown
             );
         }
@@ -671,14 +673,11 @@ pub fn restore(outcome: &RestoreOutcome, verbose: bool) -> String {
             if verbose {
                 action_lines(&mut out, &plan.changes.actions, true, false);
             }
-            match &report.safety_backup {
-                Some(id) => {
-                    let _ = writeln!(
-                        out,
-                        "  safety backup {id} (`backstop restore {id}` undoes this restore)"
-                    );
+            match (&report.safety_backup, &report.undo) {
+                (Some(id), Some(undo)) => {
+                    let _ = writeln!(out, "  safety backup {id} (`{undo}` undoes this restore)");
                 }
-                None => {
+                _ => {
                     let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
                 }
             }

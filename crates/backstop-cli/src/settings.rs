@@ -13,7 +13,7 @@ use backstop_core::config::{Config, Layout, absolute};
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupRequest, Output};
 
-use crate::args::{BackupArgs, CodecArg, Global};
+use crate::args::{BackupArgs, CodecArg, CompressionArg, Global};
 
 /// The config and the layout that follows from it and the flags.
 pub struct Settings {
@@ -66,7 +66,17 @@ fn compression(args: &BackupArgs, config: &Config) -> Result<CompressionSpec, Er
         .filter(|p| !p.is_dir() && p.as_os_str() != "-")
         .and_then(|p| p.file_name())
         .and_then(|n| Codec::from_file_name(&n.to_string_lossy()));
-    let flag = args.compression.map(Codec::from);
+    let (flag, flag_level) = match args.compression {
+        Some(CompressionArg::Codec(c)) => (Some(Codec::from(c)), None),
+        Some(CompressionArg::Level(n)) => (None, Some(n)),
+        None => (None, None),
+    };
+    if let (Some(n), Some(level)) = (flag_level, args.level) {
+        return Err(Error::usage(
+            format!("--compression {n} is a level, and --level {level} is another"),
+            Some("give the level once".into()),
+        ));
+    }
     if let (Some(flag), Some(named)) = (flag, from_name)
         && flag != named
     {
@@ -89,7 +99,8 @@ fn compression(args: &BackupArgs, config: &Config) -> Result<CompressionSpec, Er
         Some(c) if c != codec => None,
         _ => config.level,
     };
-    CompressionSpec::new(codec, args.level.or(config_level)).map_err(|m| Error::usage(m, None))
+    let level = args.level.or(flag_level).or(config_level);
+    CompressionSpec::new(codec, level).map_err(|m| Error::usage(m, None))
 }
 
 /// Where `--output` sends the archive.
@@ -271,6 +282,24 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_compression_level_applies_to_the_codec_otherwise_chosen() {
+        let config = Config::default();
+        let spec = compression(&args(&["--compression", "9"]), &config).unwrap();
+        assert_eq!((spec.codec, spec.level), (Codec::Zstd, Some(9)));
+        let named = ["--compression", "9", "--output", "/tmp/x.tar.gz"];
+        let spec = compression(&args(&named), &config).unwrap();
+        assert_eq!((spec.codec, spec.level), (Codec::Gzip, Some(9)));
+        assert!(
+            compression(
+                &args(&["--compression", "19", "--output", "/tmp/x.tar.gz"]),
+                &config
+            )
+            .is_err()
+        );
+        assert!(compression(&args(&["--compression", "9", "--level", "3"]), &config).is_err());
     }
 
     #[test]

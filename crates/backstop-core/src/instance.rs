@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::archive::format::RESERVED_PREFIX;
+use crate::archive::format::{RESERVED_PREFIX, TakenOf};
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
 use crate::ops::prune::{DEFAULT_FAILED_MAX_AGE, Retention, RetentionConfig};
@@ -119,6 +119,10 @@ pub struct Instance {
     /// The root as the config or the command line names it (absolute, its
     /// symlinks kept), recorded beside `root` in every manifest.
     pub configured_root: PathBuf,
+    /// Whether `root` is the instance's root or the destination of a
+    /// restore elsewhere (the safety backup before it), as every manifest
+    /// records it.
+    pub taken_of: TakenOf,
     pub origin: InstanceOrigin,
     pub sources: Vec<Source>,
     /// Instance-specific exclude patterns (gitignore syntax, relative to the root).
@@ -151,6 +155,7 @@ impl Instance {
             name: name.into(),
             configured_root: root.clone(),
             root,
+            taken_of: TakenOf::InstanceRoot,
             origin: InstanceOrigin::AdHoc,
             sources,
             excludes: Vec::new(),
@@ -1079,6 +1084,7 @@ impl Instance {
             name: name.to_string(),
             root,
             configured_root,
+            taken_of: TakenOf::InstanceRoot,
             origin: InstanceOrigin::Config(config_path.to_path_buf()),
             sources,
             excludes: raw.exclude,

@@ -420,3 +420,39 @@ fn gnu_tar_with_listed_incremental_restores_a_full_backup_exactly() {
         b"gamma"
     );
 }
+
+#[test]
+fn compression_takes_a_level_as_sindri_spells_it() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let b = env.backup(&app, &["--compression", "9"]);
+    assert_eq!(
+        (&b["compression"], &b["level"]),
+        (&"zstd".into(), &9.into())
+    );
+    // The codec the output's name implies, at that level.
+    let out = env.path("backup.tar.gz");
+    env.cmd()
+        .args(["backup", "--compression", "9", "-o"])
+        .arg(&out)
+        .arg(&app)
+        .assert()
+        .success();
+    let show = env.json(&["show", out.to_str().unwrap()]);
+    let m = &show["show"]["manifest"];
+    assert_eq!(
+        (&m["compression"], &m["level"]),
+        (&"gzip".into(), &9.into())
+    );
+    env.cmd()
+        .args(["backup", "--compression", "0"])
+        .arg(&app)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("out of range"));
+    env.cmd()
+        .args(["backup", "--help"])
+        .assert()
+        .stdout(predicate::str::contains("--compression <CODEC|LEVEL>"))
+        .stdout(predicate::str::contains("a level 1-19"));
+}

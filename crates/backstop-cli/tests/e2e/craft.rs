@@ -66,6 +66,7 @@ pub fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManife
         level: None,
         root: root.display().to_string(),
         configured_root: None,
+        taken_of: Default::default(),
         sources,
         excludes: vec![],
         never_restore: vec![],

@@ -239,3 +239,46 @@ fn an_interrupted_reconcile_is_finished_by_the_next() {
     );
     env.cmd().args(["verify", &foreign]).assert().success();
 }
+
+#[test]
+fn reconcile_takes_the_instance_as_abssctl_spells_it() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let web = env.small_app("web");
+    let app_id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let web_id = env.backup(&web, &[])["id"].as_str().unwrap().to_string();
+    for (name, id) in [("app", &app_id), ("web", &web_id)] {
+        let file = env.home().join(format!("backups/{name}/{id}.tar.zst"));
+        std::fs::remove_file(file).unwrap();
+    }
+    let findings = |doc: &serde_json::Value| -> Vec<String> {
+        doc["reconcile"]["findings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{doc}"))
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let positional = env.json(&["reconcile", "app"]);
+    let flag = env.json(&["reconcile", "--instance", "app"]);
+    assert_eq!(findings(&positional), std::slice::from_ref(&app_id));
+    assert_eq!(findings(&flag), findings(&positional));
+    env.cmd()
+        .args(["reconcile", "--instance", "app", "--apply"])
+        .assert()
+        .success();
+    assert_eq!(status(&env, &app_id), "missing");
+    assert_eq!(
+        status(&env, &web_id),
+        "available",
+        "only app was asked about"
+    );
+    env.cmd()
+        .args(["reconcile", "web", "--instance", "app"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["reconcile", "--help"])
+        .assert()
+        .stdout(predicate::str::contains("--instance <NAME>"));
+}

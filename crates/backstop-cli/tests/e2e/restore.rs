@@ -957,3 +957,356 @@ fn verify_and_restore_agree_on_a_directory_after_its_files() {
         .success();
     assert_eq!(std::fs::read(dest.join("sub/f")).unwrap(), b"x");
 }
+
+/// The command in a restore report's `(`…` undoes this restore)`.
+fn printed_undo(stdout: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stdout);
+    let start = text.find("(`").map(|i| i + 2);
+    let end = text.find("` undoes this restore)");
+    match (start, end) {
+        (Some(s), Some(e)) if s < e => text[s..e].to_string(),
+        _ => panic!("no way back printed: {text}"),
+    }
+}
+
+/// Runs `command` as a person would paste it into a shell in the test's
+/// directory: `backstop` on the PATH, the test's home and config.
+fn run_pasted(env: &Env, command: &str) -> std::process::Output {
+    let bin_dir = crate::support::bin().parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    std::process::Command::new("sh")
+        .args(["-c", command])
+        .current_dir(env.dir.path())
+        .env("PATH", path)
+        .env("BACKSTOP_HOME", env.home())
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_FAILPOINTS")
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_printed_way_back_restores_the_destination_not_the_instance_root() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            "[instances.app]\nroot = \"{}\"\n[instances.app.sources]\nconfig = \"config\"\ndata = \"data\"\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    env.cmd().args(["backup", "app"]).assert().success();
+    let id = env.list()[0]["id"].as_str().unwrap().to_string();
+    // Another directory with a config of its own and no data yet.
+    let other = env.path("other");
+    std::fs::create_dir_all(other.join("config")).unwrap();
+    std::fs::write(other.join("config/app.toml"), b"mine\n").unwrap();
+    std::fs::write(other.join("local.txt"), b"not the app's").unwrap();
+    let before = env.path("other-before");
+    copy_tree(&other, &before);
+    let opts = Compare {
+        dir_mtimes: false,
+        xattrs: false,
+        sparse: false,
+    };
+    let app_before = snapshot(&app, opts);
+
+    for mode in ["merge", "safe"] {
+        let out = env
+            .cmd()
+            .args(["restore", &id, "--mode", mode, "--yes", "--dest"])
+            .arg(&other)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(other.join("data/db.sqlite").is_file(), "{mode}: restored");
+        let undo = printed_undo(&out.stdout);
+        let safety = env.list()[0].clone();
+        assert_eq!(safety["reason"], "pre-restore");
+        assert_eq!(
+            safety["origin"],
+            other.canonicalize().unwrap().to_str().unwrap(),
+            "the safety backup records the directory it was taken of"
+        );
+        let back = run_pasted(&env, &undo);
+        assert!(
+            back.status.success(),
+            "{mode}: `{undo}` failed: {}{}",
+            String::from_utf8_lossy(&back.stdout),
+            String::from_utf8_lossy(&back.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&back.stdout)
+                .contains(&format!("into {}", other.canonicalize().unwrap().display())),
+            "{}",
+            String::from_utf8_lossy(&back.stdout)
+        );
+        assert_same_tree(&before, &other, opts);
+        assert_eq!(snapshot(&app, opts), app_before, "the instance's root");
+    }
+}
+
+#[test]
+fn a_destination_that_is_a_file_is_refused_before_anything_changes() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let file = env.path("notes.txt");
+    std::fs::write(&file, b"mine\n").unwrap();
+    let rows = env.list().len();
+    for extra in [
+        &["--yes"][..],
+        &["--dry-run"],
+        &["--mode", "merge", "--yes"],
+    ] {
+        env.cmd()
+            .args(["restore", &id, "--dest"])
+            .arg(&file)
+            .args(extra)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("notes.txt is a file"))
+            .stderr(predicate::str::contains(
+                "hint: give a directory with --dest DIR",
+            ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine\n");
+        assert_eq!(
+            env.list().len(),
+            rows,
+            "{extra:?}: a safety backup was taken"
+        );
+    }
+    assert_eq!(
+        Env::files_in(env.dir.path())
+            .iter()
+            .filter(|n| n.starts_with(".backstop"))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn restore_m_is_the_mode_and_full_is_exact() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("config/app.toml"), b"edited\n").unwrap();
+    std::fs::write(app.join("local.txt"), b"stays").unwrap();
+    // Sindri's `restore FILE -m merge`: a merge, not a note on an exact
+    // restore that deletes local.txt.
+    env.cmd()
+        .args(["restore", &id, "-m", "merge", "--yes"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(merge mode)"));
+    assert_eq!(std::fs::read(app.join("local.txt")).unwrap(), b"stays");
+    let baks = Env::files_in(&app.join("config"));
+    assert!(
+        baks.iter().any(|n| n.starts_with("app.toml.bak-")),
+        "{baks:?}"
+    );
+    let safety = &env.list()[0];
+    assert_eq!(safety["reason"], "pre-restore");
+    assert_ne!(safety["message"], "merge");
+    // A note for the safety backup is long-only; a stray -m TEXT is refused.
+    env.cmd()
+        .args(["restore", &id, "-m", "before the move", "--yes"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .args(["restore", &id, "--mode", "full", "--yes"])
+        .args(["--backup-message", "before the full restore"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("(exact mode)"));
+    assert!(!app.join("local.txt").exists(), "full is exact");
+    assert_eq!(env.list()[0]["message"], "before the full restore");
+    let help = env.cmd().args(["restore", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("-m, --mode <MODE>"), "{help}");
+    assert!(help.contains("`full` is the same"), "{help}");
+    assert!(help.contains("      --backup-message <TEXT>"), "{help}");
+}
+
+#[test]
+fn restore_help_shows_every_spelling_of_the_destination() {
+    let env = Env::new();
+    let help = env.cmd().args(["restore", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("[aliases: --path, --target]"), "{help}");
+    // And the spelling works.
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let fresh = env.path("fresh");
+    env.cmd()
+        .args(["restore", &id, "--yes", "--target"])
+        .arg(&fresh)
+        .assert()
+        .success();
+    assert!(fresh.join("config/app.toml").is_file());
+}
+
+#[test]
+fn an_excluded_source_is_kept_and_counted_as_kept_not_deleted() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            "[instances.app]\nroot = \"{}\"\n[instances.app.sources]\nconfig = \"config\"\ndata = \"data\"\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    env.cmd().args(["backup", "app"]).assert().success();
+    let id = env.list()[0]["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("config/app.toml"), b"live\n").unwrap();
+    std::fs::write(app.join("config/new.toml"), b"new\n").unwrap();
+    std::fs::write(app.join("data/added.bin"), b"added").unwrap();
+    let config = app.canonicalize().unwrap().join("config");
+    let args = ["restore", &id, "--exclude", "config/"];
+
+    let doc = env.json(&[&args[..], &["--dry-run"]].concat());
+    let plan = &doc["restore"]["plan"];
+    let actions = plan["actions"].as_array().unwrap();
+    let of = |path: &Path| -> Vec<&str> {
+        actions
+            .iter()
+            .filter(|a| a["path"] == path.to_str().unwrap())
+            .map(|a| a["action"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(of(&config), ["keep"], "{plan}");
+    assert_eq!(plan["totals"]["delete"], 1, "only data/added.bin: {plan}");
+    assert_eq!(plan["totals"]["keep"], 1, "{plan}");
+    let text = env
+        .cmd()
+        .args(args)
+        .arg("--dry-run")
+        .output()
+        .unwrap()
+        .stdout;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains(&format!("  keep (excluded) {}/\n", config.display())),
+        "{text}"
+    );
+    assert!(text.contains("  1 deleted, "), "{text}");
+    assert!(
+        !text.contains(&format!("delete   {}", config.display())),
+        "{text}"
+    );
+
+    // What the restore then does, and reports, is what the plan said.
+    let done = env.json(&[&args[..], &["--yes"]].concat());
+    assert_eq!(done["restore"]["plan"]["totals"], plan["totals"]);
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        b"live\n"
+    );
+    assert!(app.join("config/new.toml").exists());
+    assert!(!app.join("data/added.bin").exists());
+}
+
+#[test]
+fn a_restore_over_the_current_directory_says_to_cd_back_in() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let cd = |dir: &Path| format!("run `cd {}` to see", dir.canonicalize().unwrap().display());
+    for inside in [app.clone(), app.join("data")] {
+        std::fs::write(app.join("added.txt"), b"x").unwrap();
+        let out = env
+            .cmd()
+            .current_dir(&inside)
+            .args(["restore", &id, "--yes"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "a note, not a warning: {stderr}"
+        );
+        assert!(
+            stderr.contains("note: this shell's current directory was replaced"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&cd(&inside)), "{stderr}");
+    }
+    // Elsewhere, or in a directory the restore keeps (the same one, carried
+    // over), nothing is said.
+    for (dir, extra) in [
+        (env.dir.path().to_path_buf(), None),
+        (app.join("config"), Some("config/")),
+    ] {
+        std::fs::write(app.join("added.txt"), b"x").unwrap();
+        let mut cmd = env.cmd();
+        cmd.current_dir(&dir).args(["restore", &id, "--yes"]);
+        if let Some(glob) = extra {
+            cmd.args(["--exclude", glob]);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("current directory"),
+            "{}: {stderr}",
+            dir.display()
+        );
+        assert!(!app.join("added.txt").exists());
+    }
+}
+
+/// A bare archive file whose manifest says it was taken of an earlier
+/// restore's destination, for a configured instance, is not sent there on
+/// its word (nor into the instance's root, which it was not taken of): the
+/// restore asks for `--dest`, and nothing changes.
+#[test]
+fn a_bare_archive_taken_of_another_directory_needs_a_destination() {
+    let env = Env::new();
+    let root = env.path("app");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("keep"), b"mine").unwrap();
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("keep"), b"theirs").unwrap();
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!("[instances.app]\nroot = \"{}\"\n", root.display()),
+    )
+    .unwrap();
+    let mut m = manifest(
+        "app-2026-01-01-000000",
+        "app",
+        &elsewhere,
+        vec![crate::craft::path_source("app", ".", &elsewhere)],
+    );
+    m.taken_of = backstop_core::archive::format::TakenOf::RestoreDestination;
+    std::fs::create_dir_all(env.path("files")).unwrap();
+    let archive = craft_with(
+        &env.path("files"),
+        &m,
+        &[Raw::Dir(b"app"), Raw::File(b"app/new", b"n")],
+    );
+    env.cmd()
+        .args([
+            "restore",
+            archive.to_str().unwrap(),
+            "--yes",
+            "--no-pre-backup",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("--dest"));
+    assert_eq!(std::fs::read(root.join("keep")).unwrap(), b"mine");
+    assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"theirs");
+    assert!(!root.join("new").exists() && !elsewhere.join("new").exists());
+}

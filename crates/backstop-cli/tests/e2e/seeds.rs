@@ -458,7 +458,13 @@ fn abssctl_two_instances_restore_options_and_reconcile() {
     assert!(test.join("service/nginx/alpha.conf").exists());
     // --backup-message names the safety backup; --no-pre-backup skips it.
     env.cmd()
-        .args(["restore", &alpha, "-m", "before the fix", "--yes"])
+        .args([
+            "restore",
+            &alpha,
+            "--backup-message",
+            "before the fix",
+            "--yes",
+        ])
         .assert()
         .success();
     let safety = &env.json(&["list", "alpha"])["backups"][0];

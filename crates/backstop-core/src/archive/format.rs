@@ -211,6 +211,27 @@ impl Description {
     }
 }
 
+/// What a backup's root is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TakenOf {
+    /// The instance's own root: a restore goes to the root the config
+    /// gives the instance now (or, with no config, to the manifest's).
+    #[default]
+    InstanceRoot,
+    /// The destination of a restore elsewhere (`restore ID --dest DIR`),
+    /// backed up before it changed: a restore goes back to that directory,
+    /// never to the instance's root.
+    RestoreDestination,
+}
+
+impl TakenOf {
+    /// Whether this is the default, left out of a manifest.
+    pub fn is_instance_root(&self) -> bool {
+        *self == TakenOf::InstanceRoot
+    }
+}
+
 /// The first member: everything needed to understand the archive without
 /// reading the rest of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,6 +257,12 @@ pub struct Manifest {
     /// predate it (a restore goes to `root`, the directory itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configured_root: Option<String>,
+    /// What `root` is: the instance's root, or the destination of a restore
+    /// elsewhere (a safety backup), to which a restore of this backup goes
+    /// back. An additive field of format 1: absent means the instance's
+    /// root.
+    #[serde(default, skip_serializing_if = "TakenOf::is_instance_root")]
+    pub taken_of: TakenOf,
     pub sources: Vec<SourceManifest>,
     /// Every exclude pattern in force, built-in ones included.
     pub excludes: Vec<String>,
@@ -535,6 +562,30 @@ mod tests {
     #[test]
     fn malformed_checksum_line_is_reported() {
         assert_eq!(parse_checksum_line(b"nothex  x"), None);
+    }
+
+    #[test]
+    fn taken_of_is_additive() {
+        // Older readers see no new field in an ordinary backup; older
+        // archives read as backups of the instance's root.
+        #[derive(Serialize, Deserialize)]
+        struct Only {
+            #[serde(default, skip_serializing_if = "TakenOf::is_instance_root")]
+            taken_of: TakenOf,
+        }
+        let plain = Only {
+            taken_of: TakenOf::InstanceRoot,
+        };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), "{}");
+        let old: Only = serde_json::from_str("{}").unwrap();
+        assert_eq!(old.taken_of, TakenOf::InstanceRoot);
+        let elsewhere = Only {
+            taken_of: TakenOf::RestoreDestination,
+        };
+        assert_eq!(
+            serde_json::to_string(&elsewhere).unwrap(),
+            r#"{"taken_of":"restore-destination"}"#
+        );
     }
 
     #[test]

@@ -9,5 +9,5 @@ pub mod tarread;
 pub mod writer;
 
 pub use format::{
-    ArchiveError, BackupKind, Codec, CompressionSpec, Description, Manifest, Trailer,
+    ArchiveError, BackupKind, Codec, CompressionSpec, Description, Manifest, TakenOf, Trailer,
 };

@@ -670,6 +670,7 @@ fn run(
         level: req.compression.level,
         root: path_str(&req.instance.root)?,
         configured_root: Some(path_str(&req.instance.configured_root)?),
+        taken_of: req.instance.taken_of,
         sources: sources_manifest(&req.instance)?,
         excludes: excludes.patterns().to_vec(),
         never_restore: req.instance.never_restore.clone(),

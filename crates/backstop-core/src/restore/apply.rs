@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use crate::archive::format::SourceManifest;
 use crate::archive::reader::walk_archive;
-use crate::archive::{BackupKind, CompressionSpec, Description};
+use crate::archive::{BackupKind, CompressionSpec, Description, TakenOf};
 use crate::catalog::{Catalog, NewRestore};
-use crate::command::CommandEnv;
+use crate::command::{CommandEnv, shell_quote};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handle;
 use crate::instance::{Instance, SourceSpec};
@@ -142,6 +142,7 @@ pub(crate) fn apply(
     let home = &ctx.layout.home;
     let mut out = Outcome::default();
     let record = Record::begin(ctx, &prep, &mut out)?;
+    let cwd = std::env::current_dir().ok();
 
     // The services that run are stopped for the whole change, and started
     // again on every way out (the guard's drop), failures included.
@@ -204,15 +205,45 @@ pub(crate) fn apply(
     Journal::remove(home, &m.instance)?;
     // The safety backup was an automatic one: prune after it if asked to.
     auto_prune(ctx, &prep, lock, safety_id.is_some(), &mut out.warnings);
+    let undo = safety_id.as_deref().map(|id| undo_command(id, &prep));
+    let replaced_cwd = cwd
+        .filter(|dir| !is_working_dir(dir))
+        .map(|dir| dir.display().to_string());
     Ok(RestoreOutcome::Restored(RestoreReport {
         plan: prep.plan,
         restore_id: record.id(),
         linked_files: out.linked_files,
         linked_bytes: out.linked_bytes,
+        undo,
+        replaced_cwd,
         safety_backup: safety_id,
         warnings: out.warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     }))
+}
+
+/// Whether `dir` is still the process's working directory: the same
+/// inode. A restore that swapped the tree there left the process (and the
+/// shell that ran it) in the old directory, removed.
+fn is_working_dir(dir: &Path) -> bool {
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    id(Path::new(".")).is_some_and(|here| id(dir) == Some(here))
+}
+
+/// The command that undoes a restore whose safety backup is `safety`: that
+/// backup restored, which goes back to the directory it was taken of and
+/// puts back the sources that were there, then the removal of the sources
+/// that were not (the safety backup could hold nothing of them).
+fn undo_command(safety: &str, prep: &Prepared<'_>) -> String {
+    let mut command = format!("backstop restore {safety}");
+    for (s, planned) in prep.sources.iter().zip(&prep.plan.sources) {
+        let written_here = matches!(prep.places[&s.name], Place::Tree(_) | Place::File { .. });
+        if written_here && !planned.exists {
+            command.push_str(" && rm -rf -- ");
+            command.push_str(&shell_quote(&planned.target));
+        }
+    }
+    command
 }
 
 /// The `BACKSTOP_*` variables the service, activate and health commands
@@ -245,6 +276,11 @@ fn safety_backup(
     let m = &prep.src.manifest;
     let mut instance = Instance::bare(m.instance.clone(), prep.dest.clone(), prep.existing.clone());
     instance.never_restore = m.never_restore.clone();
+    // Taken of another directory than the instance's root, it goes back
+    // there: its id is the command that undoes this restore.
+    if !prep.in_place {
+        instance.taken_of = TakenOf::RestoreDestination;
+    }
     let request = BackupRequest {
         instance,
         about: Description {

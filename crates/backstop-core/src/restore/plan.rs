@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::Context;
 use crate::archive::format::{SourceManifest, Trailer};
 use crate::archive::reader::{read_manifest, read_sidecar, walk_archive};
-use crate::archive::{ArchiveError, Manifest};
+use crate::archive::{ArchiveError, Manifest, TakenOf};
 use crate::catalog::{BackupRecord, ListFilter, Status};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -136,6 +136,14 @@ pub struct RestoreReport {
     pub linked_files: u64,
     pub linked_bytes: u64,
     pub safety_backup: Option<String>,
+    /// The command that undoes this restore: the safety backup restored
+    /// (to the directory it was taken of), then what this restore created
+    /// where nothing was removed. `None` without a safety backup.
+    pub undo: Option<String>,
+    /// The process's working directory (a shell's, that ran it), when the
+    /// restore replaced the directory there with the restored one: the
+    /// shell still sits in the old one until it changes into it again.
+    pub replaced_cwd: Option<String>,
     pub warnings: Vec<String>,
     pub duration_ms: u64,
 }
@@ -675,6 +683,11 @@ pub(crate) struct Prepared<'a> {
     /// The services stopped around the change (only for the instance's
     /// own root).
     pub(crate) services: Option<&'a Services>,
+    /// Whether the destination is the instance's own root (not a
+    /// directory elsewhere, nor the destination a safety backup was taken
+    /// of): volumes and dumps are imported and services stopped only then,
+    /// and the safety backup says which it was taken of.
+    pub(crate) in_place: bool,
     /// What the safety backup holds: what is there now of the sources
     /// restored.
     pub(crate) existing: Vec<Source>,
@@ -713,13 +726,21 @@ pub(crate) fn prepare<'a>(
 ) -> Result<Prepared<'a>> {
     let m = &src.manifest;
     let inst = ctx.config.instances.get(&m.instance);
-    let own_root = inst.map_or_else(|| PathBuf::from(&m.root), |i| i.root.clone());
-    let dest = resolve_dest(req.dest.as_deref().unwrap_or(&own_root));
+    let (dest, own_root) = match (&req.dest, own_root(m, inst, trusted(src))) {
+        (Some(dest), root) => (
+            resolve_dest(dest),
+            root.unwrap_or_else(|_| PathBuf::from(&m.root)),
+        ),
+        (None, Ok(root)) => (resolve_dest(&root), root),
+        (None, Err(e)) => return Err(e),
+    };
+    check_dest_is_dir(&dest)?;
     let is_own_root = resolve_dest(&own_root) == dest;
+    let in_place = in_place(m, inst, &dest, is_own_root);
     let mode = req
         .mode
         .unwrap_or(if is_own_root { Mode::Exact } else { Mode::Safe });
-    if req.activate.is_some() && !is_own_root {
+    if req.activate.is_some() && !in_place {
         return Err(Error::usage(
             "a rollback puts the instance back in place; it takes no destination",
             Some("use `backstop restore ID --dest DIR` to restore elsewhere".into()),
@@ -732,7 +753,7 @@ pub(crate) fn prepare<'a>(
         .filter(|s| selection.source_selected(&s.name))
         .collect();
     let scratch = ctx.layout.home.join("restore").join(&m.instance);
-    let places = places(src, &sources, &dest, is_own_root, inst)?;
+    let places = places(src, &sources, &dest, in_place, inst)?;
     let planned_sources = planned_sources(&sources, &places, &scratch);
     let expected = expected_checksum(src)?;
     let plan = RestorePlan {
@@ -759,9 +780,8 @@ pub(crate) fn prepare<'a>(
         sources,
         places,
         scratch,
-        services: inst
-            .and_then(|i| i.services.as_ref())
-            .filter(|_| is_own_root),
+        services: inst.and_then(|i| i.services.as_ref()).filter(|_| in_place),
+        in_place,
         existing: Vec::new(),
         safety: false,
         expected,
@@ -793,6 +813,73 @@ pub(crate) fn prepare<'a>(
         prep.plan.changes = preview(ctx, &prep)?;
     }
     Ok(prep)
+}
+
+/// Refuses a destination that exists and is not a directory (a regular
+/// file, say): a backup's sources are put into a directory, and nothing
+/// there may change, not even by a safety backup, when that cannot be.
+fn check_dest_is_dir(dest: &Path) -> Result<()> {
+    let Ok(md) = dest.symlink_metadata() else {
+        return Ok(());
+    };
+    if md.is_dir() {
+        return Ok(());
+    }
+    let what = if md.is_file() {
+        "a file"
+    } else {
+        "not a directory"
+    };
+    Err(Error::usage(
+        format!(
+            "{} is {what}: a restore puts a backup into a directory",
+            dest.display()
+        ),
+        Some(
+            "give a directory with --dest DIR (a new one is created), or move the file aside first"
+                .into(),
+        ),
+    ))
+}
+
+/// Where a backup goes back to when no destination is given: the
+/// directory it was taken of. For a backup of a configured instance's root
+/// that is the root the config gives now (the instance may have moved); a
+/// safety backup of a restore's destination elsewhere goes back there, when
+/// it is one of this catalog's (a bare archive file's manifest never sends
+/// a configured instance's backup somewhere else).
+fn own_root(m: &Manifest, inst: Option<&Instance>, trusted: bool) -> Result<PathBuf> {
+    match (m.taken_of, inst) {
+        (TakenOf::RestoreDestination, Some(_)) if !trusted => Err(Error::Refused {
+            message: format!(
+                "this archive was taken of {} (the destination of an earlier restore), not of \
+                 instance {}'s root, and it is not one of this catalog's backups",
+                m.root, m.instance
+            ),
+            hint: Some(format!(
+                "say where it goes: `--dest {}` puts it back where it was taken",
+                m.root
+            )),
+        }),
+        (TakenOf::RestoreDestination, _) | (_, None) => Ok(PathBuf::from(&m.root)),
+        (TakenOf::InstanceRoot, Some(i)) => Ok(i.root.clone()),
+    }
+}
+
+/// Whether the backup is one backstop wrote into this home's catalog: a row
+/// with its checksum, against which the archive is checked before anything
+/// changes.
+fn trusted(src: &Found) -> bool {
+    src.record.as_ref().is_some_and(|r| r.sha256.is_some())
+}
+
+/// Whether `dest` is the instance's own root: the config's, or with no
+/// config the manifest's when the backup was taken of the instance.
+fn in_place(m: &Manifest, inst: Option<&Instance>, dest: &Path, is_own_root: bool) -> bool {
+    match inst {
+        Some(i) => resolve_dest(&i.root) == dest,
+        None => is_own_root && m.taken_of == TakenOf::InstanceRoot,
+    }
 }
 
 /// What the restore writes and what it keeps: the `--only` sources, the
@@ -831,7 +918,7 @@ fn places(
     // is changed): its absolute paths (bind mounts, found from quadlet
     // units that may be gone now) are its own. A bare archive file's are
     // not.
-    let trusted = src.record.as_ref().is_some_and(|r| r.sha256.is_some());
+    let trusted = trusted(src);
     let mut places = HashMap::new();
     for s in sources {
         let place = place(&src.archive, dest, in_place, trusted, s, inst)?;

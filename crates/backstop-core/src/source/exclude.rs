@@ -1,9 +1,11 @@
 //! Exclude rules: gitignore-style patterns, the built-in caches, and
 //! directories tagged with `CACHEDIR.TAG`.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -82,7 +84,7 @@ impl Excludes {
     /// directory's `CACHEDIR.TAG` is looked for through its handle, by the
     /// scan (see [`has_cachedir_tag`]).
     pub fn check(&self, path: &Path, is_dir: bool) -> Option<Excluded> {
-        match self.matcher.matched(path, is_dir) {
+        match self.matcher.matched(without_trailing_slash(path), is_dir) {
             Match::Ignore(glob) => Some(Excluded::Pattern(glob.original().to_string())),
             _ => None,
         }
@@ -133,12 +135,23 @@ impl Patterns {
         }
         match self
             .matcher
-            .matched_path_or_any_parents(self.root.join(rel), is_dir)
+            .matched_path_or_any_parents(self.root.join(without_trailing_slash(rel)), is_dir)
         {
             Match::Ignore(glob) => Some(glob.original().to_string()),
             _ => None,
         }
     }
+}
+
+/// `path` without a trailing `/`, which the matcher would take for a
+/// name of its own (`Path::join("")` adds one: a source's top is its path
+/// joined with the empty path below it).
+fn without_trailing_slash(path: &Path) -> &Path {
+    let mut bytes = path.as_os_str().as_bytes();
+    while bytes.len() > 1 && bytes.ends_with(b"/") {
+        bytes = &bytes[..bytes.len() - 1];
+    }
+    Path::new(OsStr::from_bytes(bytes))
 }
 
 /// Whether the open directory `dir` holds a `CACHEDIR.TAG` with the
@@ -208,6 +221,19 @@ mod tests {
                 .matches(Path::new("x"), false)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_path_with_a_trailing_slash_matches_as_without() {
+        // `Path::join("")` adds one: a source's top joined with the empty
+        // path below it is `config/`, which must match `config/` as
+        // `config` does.
+        let root = Path::new("/srv/app");
+        let keep = Patterns::new(root, &["config/".to_string()]).unwrap();
+        assert!(keep.matches(Path::new("config"), true).is_some());
+        assert!(keep.matches(&Path::new("config").join(""), true).is_some());
+        let ex = excludes(root, &["config/"]);
+        assert!(ex.check(&root.join("config").join(""), true).is_some());
     }
 
     #[test]

@@ -284,9 +284,10 @@ pub enum ModeArg {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// A backup id, an archive file, or an application version
+    /// A backup id, an archive file, or an application version [default: on
+    /// a terminal, pick from a numbered list of the instance's backups]
     #[arg(value_name = "ID|FILE|VERSION")]
-    pub backup: String,
+    pub backup: Option<String>,
     /// Restore into DIR instead of where the backup was taken from
     #[arg(long, visible_aliases = ["path", "target"], value_name = "DIR")]
     pub dest: Option<PathBuf>,
@@ -332,7 +333,8 @@ pub struct ChangeArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
-    /// The version to go back to [default: that of the newest pre-upgrade backup]
+    /// The version to go back to [default: on a terminal, pick from a
+    /// numbered list of pre-upgrade backups; elsewhere the newest one]
     pub version: Option<String>,
     /// The instance [default: the config's only instance]
     #[arg(long, value_name = "NAME")]

@@ -260,7 +260,7 @@ fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
             serde_json::json!({ "backups": listing.backups, "untracked": listing.untracked }),
         ));
     } else {
-        print_stdout(&render::list(&listing));
+        print_stdout(&render::list(&listing, filter.narrows()));
     }
     Ok(code::OK)
 }
@@ -287,18 +287,23 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
         verify::VerifyTargets::Named(a.targets.clone())
     };
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
-    let reports = with_context(g, &settings, cancel, |ctx| {
+    let verified = with_context(g, &settings, cancel, |ctx| {
         verify::verify(ctx, &targets, wait)
     })?;
+    let reports = &verified.archives;
     let failed = reports.iter().any(|r| !r.ok);
     let warned = reports.iter().any(|r| !r.warnings.is_empty());
     if g.json {
         print_json(&render::envelope(
             "verify",
-            serde_json::json!({ "ok": !failed, "archives": reports }),
+            serde_json::json!({
+                "ok": !failed,
+                "archives": reports,
+                "skipped_missing": verified.skipped_missing,
+            }),
         ));
     } else {
-        print_stdout(&render::verify(&reports));
+        print_stdout(&render::verify(&verified));
     }
     if failed {
         if !g.json {
@@ -314,7 +319,14 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
 
 fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
-    let mut request = restore::RestoreRequest::new(a.backup.clone());
+    let target = match &a.backup {
+        Some(t) => t.clone(),
+        None => {
+            let which = Which::Restore(a.instance.as_deref());
+            choose_backup(g, &settings, cancel, which, a.common.yes)?.id
+        }
+    };
+    let mut request = restore::RestoreRequest::new(target);
     request.dest = a.dest.clone();
     request.mode = a.mode.map(|m| match m {
         ModeArg::Exact => restore::Mode::Exact,
@@ -348,8 +360,8 @@ fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error
             value: &outcome,
         });
     } else if !g.quiet || matches!(outcome, restore::RestoreOutcome::DryRun { .. }) {
-        // A dry run's plan is its result; -q only silences reports.
-        print_stdout(&render::restore(&outcome, g.verbose > 0));
+        // A dry run's plan is its result: -q leaves its summary line.
+        print_stdout(&render::restore(&outcome, g.quiet, g.verbose > 0));
     }
     print_cd_note(g, &outcome);
     if let restore::RestoreOutcome::Restored(report) = &outcome
@@ -383,6 +395,65 @@ fn cmd_recover(g: &Global, a: &RecoverArgs, cancel: &Cancel) -> Result<u8, Error
         print_stdout(&render::recover(&reports));
     }
     Ok(code::OK)
+}
+
+/// The command asking which backup, and the instance it was given.
+#[derive(Clone, Copy)]
+enum Which<'a> {
+    Restore(Option<&'a str>),
+    Rollback(Option<&'a str>),
+}
+
+/// The backup a restore or rollback given none acts on: picked by number
+/// from the instance's candidates on a terminal; elsewhere (or with
+/// `--yes`, which answers no such question) a usage error showing them.
+fn choose_backup(
+    g: &Global,
+    settings: &Settings,
+    cancel: &Cancel,
+    which: Which<'_>,
+    yes: bool,
+) -> Result<backstop_core::catalog::BackupRecord, Error> {
+    let (command, named, pre_upgrade) = match which {
+        Which::Restore(i) => ("restore", i, false),
+        Which::Rollback(i) => ("rollback", i, true),
+    };
+    let (instance, rows) = with_context(g, settings, cancel, |ctx| {
+        let instance = rollback::pick_instance(ctx, named)?;
+        let rows = rollback::candidates(ctx, &instance, pre_upgrade)?;
+        Ok((instance, rows))
+    })?;
+    let list = render::candidates(&rows);
+    if !will_ask(yes) {
+        return Err(Error::usage(
+            format!(
+                "which backup of {instance}? newest first:\n{}",
+                list.trim_end()
+            ),
+            Some(format!(
+                "name it: `backstop {command} {}` restores the newest",
+                rows[0].id
+            )),
+        ));
+    }
+    print_stderr(&format!(
+        "Backups of {instance}, newest first:\n{list}Which one to {command}? [1-{}] ",
+        rows.len()
+    ));
+    let answer = console::Term::stderr().read_line().unwrap_or_default();
+    match render::pick(&answer, rows.len()) {
+        Some(i) => Ok(rows[i].clone()),
+        None => Err(Error::usage(
+            format!(
+                "`{}` is not a number from 1 to {}",
+                answer.trim(),
+                rows.len()
+            ),
+            Some(format!(
+                "run `backstop {command}` again, or name the backup"
+            )),
+        )),
+    }
 }
 
 /// Whether the restore question will be asked: stdin and stderr are
@@ -433,9 +504,18 @@ fn print_warnings(warnings: &[String]) {
 
 fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
+    // On a terminal a person picks; elsewhere the newest, as documented.
+    let backup = match &a.version {
+        None if will_ask(a.common.yes) => {
+            let which = Which::Rollback(a.instance.as_deref());
+            Some(choose_backup(g, &settings, cancel, which, a.common.yes)?.id)
+        }
+        _ => None,
+    };
     let request = rollback::RollbackRequest {
         instance: a.instance.clone(),
         version: a.version.clone(),
+        backup,
         dry_run: a.common.dry_run,
         pre_backup: !a.common.no_pre_backup,
         backup_message: a.common.backup_message.clone(),
@@ -456,7 +536,7 @@ fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Err
             serde_json::json!({ "backup": backup, "restore": outcome }),
         ));
     } else if !g.quiet || matches!(outcome, restore::RestoreOutcome::DryRun { .. }) {
-        print_stdout(&render::rollback(&backup, &outcome, g.verbose > 0));
+        print_stdout(&render::rollback(&backup, &outcome, g.quiet, g.verbose > 0));
     }
     print_cd_note(g, &outcome);
     if let restore::RestoreOutcome::Restored(report) = &outcome
@@ -573,7 +653,7 @@ fn cmd_prune(g: &Global, a: &PruneArgs, cancel: &Cancel) -> Result<u8, Error> {
             serde_json::json!({ "dry_run": a.dry_run, "prune": plans }),
         ));
     } else if !g.quiet || a.dry_run {
-        print_stdout(&render::prune(&plans));
+        print_stdout(&render::prune(&plans, g.quiet));
     }
     Ok(code::OK)
 }

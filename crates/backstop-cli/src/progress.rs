@@ -30,6 +30,16 @@ impl Bars {
     }
 }
 
+/// How far to move a bar at `position` of `total` for `bytes` more: never
+/// past its total (a file that grew while it was read, an estimate that
+/// was low), so a bar never shows more than 100 %.
+fn within_total(position: u64, total: Option<u64>, bytes: u64) -> u64 {
+    match total {
+        Some(total) => bytes.min(total.saturating_sub(position)),
+        None => bytes,
+    }
+}
+
 impl Progress for Bars {
     fn scanned(&self, entries: u64, bytes: u64) {
         let mut slot = self.bar.lock().expect("progress lock");
@@ -51,6 +61,7 @@ impl Progress for Bars {
         let verb = match phase {
             Phase::Backup => "backing up",
             Phase::Verify => "verifying",
+            Phase::Unpack => "unpacking",
             _ => "working",
         };
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -66,11 +77,24 @@ impl Progress for Bars {
 
     fn advance(&self, bytes: u64) {
         if let Some(bar) = self.bar.lock().expect("progress lock").as_ref() {
-            bar.inc(bytes);
+            bar.inc(within_total(bar.position(), bar.length(), bytes));
         }
     }
 
     fn finish(&self) {
         self.replace(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_total;
+
+    #[test]
+    fn a_bar_never_passes_its_total() {
+        assert_eq!(within_total(90, Some(100), 30), 10);
+        assert_eq!(within_total(100, Some(100), 5), 0);
+        assert_eq!(within_total(10, Some(100), 30), 30);
+        assert_eq!(within_total(10, None, 30), 30);
     }
 }

@@ -15,7 +15,7 @@ use backstop_core::ops::reconcile::{Problem as ReconcileProblem, ReconcileReport
 use backstop_core::ops::recover::RecoverReport;
 use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
-use backstop_core::ops::verify::VerifyReport;
+use backstop_core::ops::verify::{Verified, VerifyReport};
 use backstop_core::restore::diff::{Actions, PlannedAction, Totals};
 use backstop_core::restore::journal::Recovered;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
@@ -226,6 +226,17 @@ pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
         }
     }
     let dest = plan.destination.as_deref().unwrap_or("stdout");
+    if quiet {
+        let _ = writeln!(
+            out,
+            "Would back up {} to {dest}: {} entries, {}; estimated archive {} (dry run)",
+            style(&plan.instance).bold(),
+            count(plan.totals.entries),
+            bytes(plan.totals.bytes),
+            bytes(plan.estimated_size),
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
         "Would back up {} ({}) to {dest}",
@@ -255,10 +266,15 @@ pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
 }
 
 /// The table of `list`, and a note about archives the catalog does not know.
-pub fn list(listing: &Listing) -> String {
+pub fn list(listing: &Listing, filtered: bool) -> String {
     let records = &listing.backups;
     if records.is_empty() && listing.untracked.is_empty() {
-        return "No backups yet. Make one with `backstop backup DIR`.\n".to_string();
+        return if filtered {
+            "No backups match these filters; `backstop list` with none shows them all.\n"
+        } else {
+            "No backups yet. Make one with `backstop backup DIR`.\n"
+        }
+        .to_string();
     }
     if records.is_empty() {
         return untracked_note(&listing.untracked);
@@ -500,32 +516,14 @@ pub fn show(report: &ShowReport) -> String {
 }
 
 /// One line (or a few) per verified archive.
-pub fn verify(reports: &[VerifyReport]) -> String {
-    if reports.is_empty() {
+pub fn verify(verified: &Verified) -> String {
+    let reports = &verified.archives;
+    let mut out = String::new();
+    if reports.is_empty() && verified.skipped_missing == 0 {
         return "Nothing to verify: the catalog has no backups with archives.\n".into();
     }
-    let mut out = String::new();
     for r in reports {
-        let name = r.id.clone().unwrap_or_else(|| r.path.clone());
-        if r.ok {
-            let _ = writeln!(
-                out,
-                "{}  {name}: {} entries, {} files, {} checked in {}",
-                style("ok  ").green().bold(),
-                count(r.entries),
-                count(r.files),
-                bytes(r.bytes),
-                seconds(r.duration_ms)
-            );
-        } else {
-            let _ = writeln!(out, "{}  {name}", style("FAIL").red().bold());
-            for p in &r.problems {
-                let _ = writeln!(out, "      {p}");
-            }
-        }
-        for w in &r.warnings {
-            let _ = writeln!(out, "      {} {w}", style("warning:").yellow());
-        }
+        verdict(&mut out, r);
     }
     let bad = reports.iter().filter(|r| !r.ok).count();
     if reports.len() > 1 {
@@ -536,7 +534,42 @@ pub fn verify(reports: &[VerifyReport]) -> String {
             reports.len()
         );
     }
+    if verified.skipped_missing > 0 {
+        let _ = writeln!(
+            out,
+            "Skipped {} already known to be missing (`backstop list --status missing` shows \
+             them; `backstop reconcile --apply` or `backstop delete ID` settles them)",
+            match verified.skipped_missing {
+                1 => "1 backup".to_string(),
+                n => format!("{n} backups"),
+            }
+        );
+    }
     out
+}
+
+/// One archive's verdict: `ok` with its totals, or `FAIL` with its problems.
+fn verdict(out: &mut String, r: &VerifyReport) {
+    let name = r.id.clone().unwrap_or_else(|| r.path.clone());
+    if r.ok {
+        let _ = writeln!(
+            out,
+            "{}  {name}: {} entries, {} files, {} checked in {}",
+            style("ok  ").green().bold(),
+            count(r.entries),
+            count(r.files),
+            bytes(r.bytes),
+            seconds(r.duration_ms)
+        );
+    } else {
+        let _ = writeln!(out, "{}  {name}", style("FAIL").red().bold());
+        for p in &r.problems {
+            let _ = writeln!(out, "      {p}");
+        }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "      {} {w}", style("warning:").yellow());
+    }
 }
 
 /// The question asked before a restore writes anything.
@@ -629,9 +662,19 @@ fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: boo
 }
 
 /// The result of `restore`: a plan, a refusal to go on, or what was done.
-pub fn restore(outcome: &RestoreOutcome, verbose: bool) -> String {
+pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
     let mut out = String::new();
     match outcome {
+        RestoreOutcome::DryRun { plan } if quiet => {
+            let _ = writeln!(
+                out,
+                "Would restore {} into {} ({} mode): {} (dry run)",
+                style(&plan.backup).bold(),
+                plan.destination,
+                plan.mode,
+                totals_line(&plan.changes.totals)
+            );
+        }
         RestoreOutcome::DryRun { plan } => {
             let _ = writeln!(
                 out,
@@ -727,7 +770,12 @@ pub fn recover(reports: &[RecoverReport]) -> String {
 }
 
 /// The result of `rollback`: which backup, then the restore's result.
-pub fn rollback(backup: &BackupRecord, outcome: &RestoreOutcome, verbose: bool) -> String {
+pub fn rollback(
+    backup: &BackupRecord,
+    outcome: &RestoreOutcome,
+    quiet: bool,
+    verbose: bool,
+) -> String {
     let mut out = String::new();
     let version = backup
         .about
@@ -739,6 +787,10 @@ pub fn rollback(backup: &BackupRecord, outcome: &RestoreOutcome, verbose: bool) 
         RestoreOutcome::Declined { .. } => "Did not roll",
         RestoreOutcome::Restored(_) => "Rolled",
     };
+    // Quiet, only a dry run prints: its one summary line names the backup.
+    if quiet {
+        return restore(outcome, quiet, verbose);
+    }
     let _ = writeln!(
         out,
         "{verb} {} back to version {} (pre-upgrade backup {}, taken {} UTC)",
@@ -747,7 +799,7 @@ pub fn rollback(backup: &BackupRecord, outcome: &RestoreOutcome, verbose: bool) 
         backup.id,
         when(&backup.created_at)
     );
-    out.push_str(&restore(outcome, verbose));
+    out.push_str(&restore(outcome, quiet, verbose));
     out
 }
 
@@ -865,7 +917,7 @@ pub fn doctor(report: &DoctorReport, verbose: bool) -> String {
 
 /// What `prune` decided (a dry run) or did: every backup, kept or removed,
 /// with the rule that decided.
-pub fn prune(plans: &[PrunePlan]) -> String {
+pub fn prune(plans: &[PrunePlan], quiet: bool) -> String {
     let mut out = String::new();
     if plans.is_empty() {
         out.push_str("Nothing to prune: the catalog has no backups.\n");
@@ -892,8 +944,9 @@ pub fn prune(plans: &[PrunePlan]) -> String {
                 Cell::new(d.reasons.join(", ")),
             ]);
         }
-        let _ = writeln!(out, "{}:", style(&p.instance).bold());
-        if !p.decisions.is_empty() {
+        let _ = write!(out, "{}:", style(&p.instance).bold());
+        out.push(if quiet { ' ' } else { '\n' });
+        if !quiet && !p.decisions.is_empty() {
             // As in `list`: no padding at the edges.
             for l in table.lines() {
                 let _ = writeln!(out, "{}", l.trim_end().strip_prefix(' ').unwrap_or(&l));
@@ -914,7 +967,7 @@ pub fn prune(plans: &[PrunePlan]) -> String {
                 )
             }
         );
-        if !p.applied {
+        if !p.applied && !quiet {
             let _ = writeln!(out, "Nothing was changed (dry run).");
         }
     }
@@ -971,9 +1024,47 @@ pub fn reconcile(report: &ReconcileReport) -> String {
     out
 }
 
+/// The backups a restore or rollback given none could restore, numbered
+/// from 1, newest first.
+pub fn candidates(rows: &[BackupRecord]) -> String {
+    let mut out = String::new();
+    let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(0);
+    for (i, r) in rows.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:>2}  {:<width$}  {}  {} UTC  {}",
+            i + 1,
+            r.id,
+            r.about.app_version.as_deref().unwrap_or("-"),
+            when(&r.created_at),
+            r.about.reason
+        );
+    }
+    out
+}
+
+/// The index an answer to the numbered list picks: a number from 1 to
+/// `count`, surrounding blanks allowed.
+pub fn pick(answer: &str, count: usize) -> Option<usize> {
+    match answer.trim().parse::<usize>() {
+        Ok(n) if (1..=count).contains(&n) => Some(n - 1),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pick_is_a_number_on_the_list() {
+        assert_eq!(pick(" 2\n", 3), Some(1));
+        assert_eq!(pick("1", 1), Some(0));
+        assert_eq!(pick("0", 3), None);
+        assert_eq!(pick("4", 3), None);
+        assert_eq!(pick("", 3), None);
+        assert_eq!(pick("gitea-2026", 3), None);
+    }
 
     #[test]
     fn counts_have_separators() {

@@ -2,7 +2,7 @@
 //! Precedence is always: command line, then environment, then config file,
 //! then built-in defaults.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,6 +115,7 @@ fn output(arg: Option<&Path>, json: bool) -> Result<Output, Error> {
                 Some("write the archive to a file, or drop --json".into()),
             ));
         }
+        refuse_terminal(std::io::stdout().is_terminal())?;
         let fd = std::io::stdout()
             .as_fd()
             .try_clone_to_owned()
@@ -140,6 +141,22 @@ fn output(arg: Option<&Path>, json: bool) -> Result<Output, Error> {
         ));
     }
     Ok(Output::File(path))
+}
+
+/// Refuses to stream an archive to a terminal, as `zstd` and `gzip` do:
+/// binary on a screen helps nobody and can leave the terminal garbled.
+fn refuse_terminal(stdout_is_terminal: bool) -> Result<(), Error> {
+    if !stdout_is_terminal {
+        return Ok(());
+    }
+    Err(Error::usage(
+        "refusing to write the archive to a terminal (--output -)",
+        Some(
+            "redirect stdout to a file or a pipe (`backstop backup … --output - > app.tar.zst`), \
+             or give --output FILE"
+                .into(),
+        ),
+    ))
 }
 
 /// Builds the backup request from `args`.
@@ -260,6 +277,14 @@ mod tests {
             crate::args::Command::Backup(b) => b.args,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn an_archive_is_never_streamed_to_a_terminal() {
+        let err = refuse_terminal(true).unwrap_err();
+        assert_eq!(err.kind(), backstop_core::ErrorKind::Usage);
+        assert!(err.hint().unwrap().contains("--output FILE"));
+        assert!(refuse_terminal(false).is_ok());
     }
 
     #[test]

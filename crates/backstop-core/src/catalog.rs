@@ -333,6 +333,19 @@ pub struct ListFilter {
     pub limit: Option<usize>,
 }
 
+impl ListFilter {
+    /// Whether the filter leaves out some rows by what they are (a limit
+    /// only shortens the list): an empty result then means nothing matched,
+    /// not that there are no backups.
+    pub fn narrows(&self) -> bool {
+        self.instance.is_some()
+            || self.reason.is_some()
+            || self.status.is_some()
+            || self.version.is_some()
+            || self.kind.is_some()
+    }
+}
+
 /// An open catalog.
 pub struct Catalog {
     conn: Connection,
@@ -1146,6 +1159,20 @@ fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_limit_alone_does_not_narrow_a_list() {
+        let limited = ListFilter {
+            limit: Some(3),
+            ..ListFilter::default()
+        };
+        assert!(!limited.narrows());
+        let by_status = ListFilter {
+            status: Some(Status::Missing),
+            ..ListFilter::default()
+        };
+        assert!(by_status.narrows());
+    }
 
     fn about(labels: BTreeMap<String, String>) -> Description {
         Description {

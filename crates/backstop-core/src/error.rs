@@ -8,6 +8,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::access::Need;
 use crate::archive::ArchiveError;
 use crate::catalog::CatalogError;
 use crate::config::ConfigError;
@@ -50,6 +51,16 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// This user may not use one of backstop's own paths (the home, the
+    /// catalog, the store, a lock file) as it must.
+    #[error("permission denied: backstop needs {} {} (running as uid {uid})", need.describe(), path.display())]
+    Denied {
+        path: PathBuf,
+        need: Need,
+        /// The owner of the path, when it can be seen.
+        owner: Option<u32>,
+        uid: u32,
     },
     /// The request itself is wrong (a path that does not exist, flags that
     /// contradict each other).
@@ -131,9 +142,10 @@ impl Error {
                 ErrorKind::Interrupted
             }
             Error::Io { .. } => ErrorKind::Failed,
-            Error::NotFound { .. } | Error::Refused { .. } | Error::Command { .. } => {
-                ErrorKind::Failed
-            }
+            Error::NotFound { .. }
+            | Error::Refused { .. }
+            | Error::Command { .. }
+            | Error::Denied { .. } => ErrorKind::Failed,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::RolledBack { .. } => ErrorKind::RolledBack,
         }
@@ -156,10 +168,25 @@ impl Error {
                  theirs), or set its root back to {} if the application only moved",
                 theirs.split(" on ").next().unwrap_or(theirs)
             )),
+            Error::Denied { path, owner, .. } => Some(denied_hint(path, *owner)),
             Error::Interrupted => None,
             Error::RolledBack { cause } => cause.hint(),
         }
     }
+}
+
+/// The next step after [`Error::Denied`]: the right user, or a home of
+/// one's own.
+fn denied_hint(path: &Path, owner: Option<u32>) -> String {
+    let who = match owner {
+        Some(0) | None => "root".to_string(),
+        Some(uid) => format!("its owner (uid {uid}) or root"),
+    };
+    format!(
+        "run backstop as {who}, who may use {}, or give this user a home of its own \
+         with --home DIR",
+        path.display()
+    )
 }
 
 /// Hints for the I/O errors users meet most: full disks and permissions.

@@ -7,6 +7,7 @@
 
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 
+pub mod access;
 pub mod archive;
 pub mod catalog;
 pub mod command;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::{self, Need};
 use crate::config::Layout;
 use crate::error::{Error, ErrorKind, Result};
 use crate::fsutil::create_private_dir_all;
@@ -136,7 +137,7 @@ impl InstanceLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| Error::io("opening lock file", &path, e))?;
+            .map_err(|e| access::opening("opening lock file", &path, Need::ReadWrite, e))?;
         let started = Instant::now();
         loop {
             match file.try_lock() {
@@ -237,7 +238,7 @@ impl StoreLock {
                     layout: layout.clone(),
                 });
             }
-            Err(e) => return Err(Error::io("opening", &layout.home, e)),
+            Err(e) => return Err(access::opening("opening", &layout.home, Need::List, e)),
         };
         StoreLock::held(take(dir, false, layout, wait, cancel)?, layout)
     }

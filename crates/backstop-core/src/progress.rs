@@ -17,6 +17,9 @@ pub enum Phase {
     Backup,
     /// Reading an archive back and checking it.
     Verify,
+    /// Reading an archive and writing its files into a restore's staging
+    /// directories.
+    Unpack,
 }
 
 /// Receives progress reports. Every method has an empty default, and all may

@@ -1,7 +1,8 @@
 //! A restore stays inside its destination and leaves alone what it does not
 //! know: what the backup could not read, what another user put there, a
 //! symlink swapped in while it runs, a manifest that points out of the root
-//! or the home. Each test guards one way this went wrong.
+//! or the home; and a home, catalog or store another user may not read is
+//! an error, never "no backups". Each test guards one way this went wrong.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -915,4 +916,97 @@ fn a_directory_swapped_for_a_symlink_during_a_backup_is_never_read_through() {
         format!("root's files were restored: {back:?}"),
     );
     expect.finish(&context(&out));
+}
+
+// ---------------------------------------------------------------------------
+// Permissions on backstop's own state
+
+/// stdout and stderr together, as a person at the terminal reads them.
+fn screen(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(out))
+}
+
+#[test]
+fn an_unreadable_home_is_an_error_never_no_backups() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    set_mode(env.dir.path(), 0o755);
+    let app = env.small_app("svc");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    assert_eq!(mode(&env.home()), Some(0o700), "root's home is private");
+    let dest = nobody_home(&env).parent().unwrap().join("restored");
+    let home = env.home().display().to_string();
+    let app = app.as_os_str();
+    let runs: [&[&OsStr]; 7] = [
+        &["list".as_ref()],
+        &["show".as_ref(), id.as_ref()],
+        &["verify".as_ref(), "--all".as_ref()],
+        &["doctor".as_ref()],
+        &["backup".as_ref(), app],
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &["prune".as_ref(), "--keep".as_ref(), "1".as_ref()],
+    ];
+    let mut expect = Expect::default();
+    let mut seen = String::new();
+    for args in runs {
+        let out = backstop_as_nobody(&env, &env.home(), args);
+        let text = screen(&out);
+        let cmd = args[0].to_string_lossy();
+        expect.check(out.status.code() == Some(1), format!("{cmd}: exit 1"));
+        expect.check(
+            text.contains("permission denied") && text.contains(&home),
+            format!("{cmd}: names the home and the refused permission"),
+        );
+        expect.check(
+            text.contains("r-x"),
+            format!("{cmd}: says which permission"),
+        );
+        expect.check(
+            !text.contains("No backups yet") && !text.contains("does not exist yet"),
+            format!("{cmd}: does not pretend there is nothing"),
+        );
+        seen.push_str(&format!("--- {cmd}\n{}\n", context(&out)));
+    }
+    expect.finish(&seen);
+    assert_eq!(env.list().len(), 1, "root's backup is untouched");
+}
+
+#[test]
+fn an_unreadable_catalog_is_an_error_naming_it() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    set_mode(env.dir.path(), 0o755);
+    let app = env.small_app("svc");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    set_mode(&env.home(), 0o755);
+    let catalog = env.home().join("catalog.db");
+    assert_eq!(mode(&catalog), Some(0o600));
+    let mut expect = Expect::default();
+    let mut seen = String::new();
+    for args in [&["list"][..], &["show", &id], &["doctor"]] {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let out = backstop_as_nobody(&env, &env.home(), &args);
+        let text = screen(&out);
+        expect.check(
+            out.status.code() == Some(1),
+            format!("{:?}: exit 1", args[0]),
+        );
+        expect.check(
+            text.contains("permission denied")
+                && text.contains(&catalog.display().to_string())
+                && text.contains("read and write"),
+            format!("{:?}: names the catalog and the permission", args[0]),
+        );
+        seen.push_str(&format!("--- {:?}\n{}\n", args[0], context(&out)));
+    }
+    expect.finish(&seen);
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use backstop_test_support::{Compare, assert_same_tree, awkward_tree, have};
 use predicates::prelude::*;
 
-use crate::support::Env;
+use crate::support::{Env, on_terminal};
 
 #[test]
 fn output_to_a_file_infers_gzip_and_writes_a_sidecar() {
@@ -225,4 +225,153 @@ fn regex_escape(text: &str) -> String {
             }
         })
         .collect()
+}
+
+#[test]
+fn output_dash_refuses_to_write_an_archive_to_a_terminal() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    let args = [
+        "backup".as_ref(),
+        app.as_os_str(),
+        "--output".as_ref(),
+        "-".as_ref(),
+    ];
+    let Some(run) = on_terminal(&env, &args, "") else {
+        return;
+    };
+    assert_eq!(run.code, Some(2), "{}", run.screen);
+    assert!(
+        run.screen
+            .contains("refusing to write the archive to a terminal"),
+        "{}",
+        run.screen
+    );
+    assert!(run.screen.contains("hint:"), "{}", run.screen);
+    assert!(
+        !run.screen.contains("backstop-manifest.json"),
+        "{}",
+        run.screen
+    );
+    assert!(!env.home().exists(), "nothing was started");
+    // Into a pipe, the same command streams the archive.
+    let out = env
+        .cmd()
+        .args(["backup", app.to_str().unwrap(), "--output", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(&out.stdout[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+}
+
+#[test]
+fn quiet_dry_runs_print_only_their_summary_line() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    env.backup(&app, &[]);
+    std::fs::write(app.join("config/new.txt"), b"new").unwrap();
+    let lines = |args: &[&str]| -> Vec<String> {
+        let out = env.cmd().arg("-q").args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let restore = lines(&["restore", &id, "--dry-run"]);
+    assert_eq!(restore.len(), 1, "{restore:?}");
+    assert!(
+        restore[0].starts_with(&format!("Would restore {id} into")),
+        "{restore:?}"
+    );
+    assert!(restore[0].contains("1 deleted"), "{restore:?}");
+    let backup = lines(&["backup", "--dry-run", app.to_str().unwrap()]);
+    assert_eq!(backup.len(), 1, "{backup:?}");
+    assert!(backup[0].starts_with("Would back up svc to"), "{backup:?}");
+    let prune = lines(&["prune", "--keep", "1", "--dry-run"]);
+    assert_eq!(prune.len(), 1, "{prune:?}");
+    assert!(
+        prune[0].starts_with("svc: would remove 1 of 2 backups"),
+        "{prune:?}"
+    );
+    // Without -q the plan is there in full.
+    let full = env
+        .cmd()
+        .args(["restore", &id, "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&full.stdout).contains("config/new.txt"));
+}
+
+#[test]
+fn a_list_filter_with_no_match_says_so_rather_than_no_backups_yet() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    env.backup(&app, &[]);
+    for filter in [
+        &["list", "--status", "missing"][..],
+        &["list", "--reason", "pre-upgrade"],
+        &["list", "other"],
+    ] {
+        env.cmd()
+            .args(filter)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("No backups match"))
+            .stdout(predicate::str::contains("No backups yet").not());
+    }
+    Env::new()
+        .cmd()
+        .arg("list")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("No backups yet"));
+}
+
+#[test]
+fn a_restore_shows_an_unpacking_bar_that_stays_within_its_total() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    // Incompressible, so the archive is as large as the files in it.
+    let noise: Vec<u8> = (0..8_000_000u64)
+        .map(|i| (i.wrapping_mul(6364136223846793005) >> 33) as u8)
+        .collect();
+    std::fs::write(app.join("data/noise.bin"), noise).unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(app.join("data/noise.bin")).unwrap();
+    let args = ["restore".as_ref(), id.as_ref(), "--yes".as_ref()];
+    let Some(run) = on_terminal(&env, &args, "") else {
+        return;
+    };
+    assert_eq!(run.code, Some(0), "{:?}", run.screen);
+    assert!(run.screen.contains("unpacking ["), "{:?}", run.screen);
+    for frame in run.screen.split("unpacking [").skip(1) {
+        // `…] 1.50 MiB/7.63 MiB 12 MiB/s, 0s left`
+        let counts = frame.split_once(']').expect("a bar").1;
+        let (done, rest) = counts.split_once('/').expect("done/total");
+        let total: Vec<&str> = rest.split_whitespace().take(2).collect();
+        assert!(
+            mib(done.trim()) <= mib(&total.join(" ")),
+            "the bar passed its total in {frame:?}"
+        );
+    }
+}
+
+/// `1.50 MiB`-style sizes as indicatif prints them, in MiB.
+fn mib(text: &str) -> f64 {
+    let number: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let unit = &text[number.len()..];
+    let n: f64 = number.parse().unwrap_or(0.0);
+    match unit.trim() {
+        "B" => n / 1048576.0,
+        "KiB" => n / 1024.0,
+        "MiB" => n,
+        "GiB" => n * 1024.0,
+        _ => panic!("unit {unit:?} in {text:?}"),
+    }
 }

@@ -1310,3 +1310,65 @@ fn a_bare_archive_taken_of_another_directory_needs_a_destination() {
     assert_eq!(std::fs::read(elsewhere.join("keep")).unwrap(), b"theirs");
     assert!(!root.join("new").exists() && !elsewhere.join("new").exists());
 }
+
+/// Two backups of `svc`, the older with `port = 1`, the newer `port = 2`;
+/// their ids, newest first.
+fn two_backups(env: &Env) -> (std::path::PathBuf, [String; 2]) {
+    let app = env.small_app("svc");
+    std::fs::write(app.join("config/app.toml"), b"port = 1\n").unwrap();
+    let older = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("config/app.toml"), b"port = 2\n").unwrap();
+    let newer = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    (app, [newer, older])
+}
+
+#[test]
+fn restore_without_a_backup_lists_candidates_and_fails_off_a_terminal() {
+    let env = Env::new();
+    let (_, [newer, older]) = two_backups(&env);
+    let out = env
+        .cmd()
+        .args(["restore", "--instance", "svc"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let first = stderr.find(&format!(" 1  {newer}")).expect(&stderr);
+    let second = stderr.find(&format!(" 2  {older}")).expect(&stderr);
+    assert!(first < second, "newest first: {stderr}");
+    assert!(
+        stderr.contains(&format!("hint: name it: `backstop restore {newer}`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn restore_without_a_backup_asks_which_on_a_terminal() {
+    let env = Env::new();
+    let (app, [_, older]) = two_backups(&env);
+    let args = [
+        "restore".as_ref(),
+        "--instance".as_ref(),
+        "svc".as_ref(),
+        "--no-pre-backup".as_ref(),
+    ];
+    let Some(run) = crate::support::on_terminal(&env, &args, "2\ny\n") else {
+        return;
+    };
+    assert_eq!(run.code, Some(0), "{}", run.screen);
+    assert!(
+        run.screen.contains("Which one to restore? [1-2]"),
+        "{}",
+        run.screen
+    );
+    assert!(
+        run.screen.contains(&format!("Restored {older}")),
+        "{}",
+        run.screen
+    );
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        b"port = 1\n",
+        "the older backup, picked as 2, is back"
+    );
+}

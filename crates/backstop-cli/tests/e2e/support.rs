@@ -238,3 +238,55 @@ pub fn copy_tree(from: &Path, to: &Path) {
         .success();
     assert!(ok, "cp -a failed");
 }
+
+/// `s` quoted for `sh`.
+fn sh_quote(s: &std::ffi::OsStr) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// What a run on a pseudo-terminal gave: its exit code and everything the
+/// terminal showed (stdout and stderr together, with the typed input echoed).
+pub struct TermRun {
+    pub code: Option<i32>,
+    pub screen: String,
+}
+
+/// Runs `backstop --home <home> args…` with stdin, stdout and stderr on a
+/// pseudo-terminal (util-linux `script`), `input` typed into it; `None` when
+/// `script` is not installed (reported as a skip).
+pub fn on_terminal(env: &Env, args: &[&std::ffi::OsStr], input: &str) -> Option<TermRun> {
+    if !backstop_test_support::have("script") {
+        return None;
+    }
+    let mut line = sh_quote(bin().as_os_str());
+    for a in [std::ffi::OsStr::new("--home"), env.home().as_os_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+    {
+        line.push(' ');
+        line.push_str(&sh_quote(a));
+    }
+    let mut cmd = StdCommand::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .current_dir(env.dir.path())
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_HOME")
+        .env_remove("BACKSTOP_FAILPOINTS")
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn script");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Some(TermRun {
+        code: out.status.code(),
+        screen: String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
+    })
+}

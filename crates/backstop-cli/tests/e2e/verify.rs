@@ -146,3 +146,39 @@ fn a_corrected_archive_is_available_again() {
     env.cmd().args(["verify", &id]).assert().success();
     assert_eq!(env.list()[0]["status"], "available");
 }
+
+#[test]
+fn verify_all_skips_archives_already_known_missing_and_fails_new_ones() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    let archives: Vec<PathBuf> = (0..3)
+        .map(|_| PathBuf::from(env.backup(&app, &[])["location"].as_str().unwrap()))
+        .collect();
+    // The first run finds one archive gone: a failure, recorded as missing.
+    std::fs::remove_file(&archives[0]).unwrap();
+    env.cmd()
+        .args(["verify", "--all"])
+        .assert()
+        .code(4)
+        .stdout(predicate::str::contains("is missing"));
+    // Known now: skipped and counted, the others verified, exit 0.
+    env.cmd()
+        .args(["verify", "--all"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("2 of 2 archives verified"))
+        .stdout(predicate::str::contains(
+            "Skipped 1 backup already known to be missing",
+        ));
+    let doc = env.json(&["verify", "--all"]);
+    assert_eq!(doc["skipped_missing"], 1, "{doc}");
+    assert_eq!(doc["archives"].as_array().unwrap().len(), 2, "{doc}");
+    // An archive newly gone still fails, beside the one skipped.
+    std::fs::remove_file(&archives[1]).unwrap();
+    env.cmd()
+        .args(["verify", "--all"])
+        .assert()
+        .code(4)
+        .stdout(predicate::str::contains("FAIL"))
+        .stdout(predicate::str::contains("Skipped 1 backup"));
+}

@@ -233,15 +233,17 @@ fn refill(spent: &Receiver<Vec<u8>>) -> Vec<u8> {
 /// its line in the checksums member, which lists exactly those files in
 /// order; the trailer is last and agrees with what was read.
 pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> VerifyRun {
-    walk_archive(path, progress, cancel, &mut CheckOnly)
+    walk_archive(path, (progress, Phase::Verify), cancel, &mut CheckOnly)
 }
 
 /// Reads `path` completely as [`verify_archive`] does, passing each payload
 /// entry to `visitor` (a restore writes them out). The whole-file checksum
-/// is computed on the way.
+/// is computed on the way. Progress is reported as `phase`, in bytes of the
+/// archive file read, the phase's total (a visitor that writes reports
+/// nothing, so the count never passes the total).
 pub fn walk_archive(
     path: &Path,
-    progress: &dyn Progress,
+    (progress, phase): (&dyn Progress, Phase),
     cancel: &Cancel,
     visitor: &mut dyn Visitor,
 ) -> VerifyRun {
@@ -256,7 +258,7 @@ pub fn walk_archive(
         }
     };
     let total = std::fs::metadata(path).map_or(0, |m| m.len());
-    progress.start(Phase::Verify, total);
+    progress.start(phase, total);
     let run = std::thread::scope(|s| {
         let (raw_tx, raw_rx) = bounded::<Vec<u8>>(8);
         let (plain_tx, plain_rx) = bounded::<Vec<u8>>(8);

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::Context;
+use crate::access::{self, Need};
 use crate::catalog::{Catalog, ListFilter, Status};
 use crate::command::CommandLine;
 use crate::error::Result;
@@ -398,9 +399,16 @@ fn check_store(ctx: &Context<'_>, out: &mut Out) {
 fn check_catalog(ctx: &Context<'_>, out: &mut Out) {
     check_interrupted(ctx, out);
     let path = ctx.layout.catalog();
-    if !path.exists() {
-        check_untracked(ctx, out);
-        return;
+    let usable = access::check(&ctx.layout.home, Need::List)
+        .and_then(|_| access::check(&path, Need::ReadWrite));
+    match usable {
+        Ok(true) => {}
+        Ok(false) => return check_untracked(ctx, out),
+        Err(e) => {
+            // Unreadable is not absent: nothing can be said about backups.
+            out.add("catalog", Level::Error, e.to_string(), e.hint().as_deref());
+            return;
+        }
     }
     let catalog = match Catalog::open_checked(&path) {
         Ok(c) => c,

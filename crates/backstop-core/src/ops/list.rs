@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::Context;
+use crate::access::{self, Need};
 use crate::archive::Codec;
 use crate::catalog::{BackupRecord, Catalog, ListFilter};
 use crate::error::Result;
@@ -20,10 +21,12 @@ use crate::lock::InstanceLock;
 /// # Errors
 ///
 /// Fails when the catalog exists but cannot be opened, or is damaged
-/// ([`CatalogError::Damaged`](crate::catalog::CatalogError::Damaged)).
+/// ([`CatalogError::Damaged`](crate::catalog::CatalogError::Damaged)), and
+/// with [`Error::Denied`](crate::Error::Denied) when this user may not use
+/// the home or the catalog: that is not the same as having no backups.
 pub fn open_existing(ctx: &Context<'_>) -> Result<Option<Catalog>> {
     let path = ctx.layout.catalog();
-    if !path.exists() {
+    if !access::check(&ctx.layout.home, Need::List)? || !access::check(&path, Need::ReadWrite)? {
         return Ok(None);
     }
     Ok(Some(Catalog::open_checked(&path)?))
@@ -92,10 +95,17 @@ pub fn untracked_archives(
             .collect(),
         None => HashSet::new(),
     };
+    // An unreadable store is not an empty one.
+    if !access::check(&ctx.layout.store, Need::List)? {
+        return Ok(Vec::new());
+    }
     let instances = match instance {
         Some(i) => vec![i.to_string()],
         None => store_instances(&ctx.layout.store),
     };
+    for i in &instances {
+        access::check(&ctx.layout.instance_store(i), Need::List)?;
+    }
     Ok(instances
         .iter()
         .flat_map(|i| store_archives(&ctx.layout.instance_store(i)))

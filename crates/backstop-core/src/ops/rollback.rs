@@ -19,6 +19,9 @@ pub struct RollbackRequest {
     pub instance: Option<String>,
     /// The version to go back to; the newest pre-upgrade backup when `None`.
     pub version: Option<String>,
+    /// The pre-upgrade backup to restore, chosen by id (from
+    /// [`candidates`]); `version` is then not consulted.
+    pub backup: Option<String>,
     pub dry_run: bool,
     pub pre_backup: bool,
     pub backup_message: Option<String>,
@@ -52,6 +55,46 @@ pub fn pick_instance(ctx: &Context<'_>, named: Option<&str>) -> Result<String> {
             )),
         )),
     }
+}
+
+/// What a restore or rollback given no backup could restore: the
+/// available backups of `instance` (pre-upgrade ones only for a rollback),
+/// newest first.
+///
+/// # Errors
+///
+/// Fails when the catalog cannot be read, or there is no candidate (the
+/// hint says how to make one).
+pub fn candidates(
+    ctx: &Context<'_>,
+    instance: &str,
+    pre_upgrade: bool,
+) -> Result<Vec<BackupRecord>> {
+    let filter = ListFilter {
+        instance: Some(instance.to_string()),
+        reason: pre_upgrade.then(|| "pre-upgrade".to_string()),
+        status: Some(Status::Available),
+        ..ListFilter::default()
+    };
+    let rows = match open_existing(ctx)? {
+        Some(c) => c.list(&filter)?,
+        None => Vec::new(),
+    };
+    if rows.is_empty() {
+        let what = if pre_upgrade {
+            "pre-upgrade backup"
+        } else {
+            "backup"
+        };
+        return Err(Error::NotFound {
+            message: format!("instance {instance} has no available {what} to restore"),
+            hint: Some(format!(
+                "`backstop backup {instance}` makes one (`backstop guard {instance} -- CMD` \
+                 before an upgrade); `backstop list {instance}` shows every backup"
+            )),
+        });
+    }
+    Ok(rows)
 }
 
 /// The backup a rollback of `instance` to `version` restores.
@@ -114,7 +157,18 @@ pub fn rollback(
     confirm: &mut dyn FnMut(&RestorePlan) -> bool,
 ) -> Result<(BackupRecord, RestoreOutcome)> {
     let instance = pick_instance(ctx, req.instance.as_deref())?;
-    let backup = find_backup(ctx, &instance, req.version.as_deref())?;
+    let backup = match &req.backup {
+        Some(id) => candidates(ctx, &instance, true)?
+            .into_iter()
+            .find(|r| &r.id == id)
+            .ok_or_else(|| Error::NotFound {
+                message: format!("{id} is not an available pre-upgrade backup of {instance}"),
+                hint: Some(format!(
+                    "`backstop list {instance} --reason pre-upgrade` shows them"
+                )),
+            })?,
+        None => find_backup(ctx, &instance, req.version.as_deref())?,
+    };
     let mut request = RestoreRequest::new(backup.id.clone());
     request.mode = Some(Mode::Exact);
     request.instance = Some(instance);

@@ -51,6 +51,15 @@ pub struct VerifyReport {
     pub duration_ms: u64,
 }
 
+/// What `verify` did: a verdict per archive read, and how many backups
+/// `--all` left out because the catalog already knows their archive is
+/// missing (`reconcile --apply` or `delete` settles those).
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub archives: Vec<VerifyReport>,
+    pub skipped_missing: usize,
+}
+
 /// Verifies `targets`. Problems with an archive are reported in its
 /// [`VerifyReport`], not as errors.
 ///
@@ -62,7 +71,7 @@ pub fn verify(
     ctx: &Context<'_>,
     targets: &VerifyTargets,
     wait: Option<Duration>,
-) -> Result<Vec<VerifyReport>> {
+) -> Result<Verified> {
     // Not while `migrate` moves the archives (waiting up to `wait`), and
     // then from the store they are in.
     let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
@@ -78,22 +87,21 @@ pub fn verify(
         }
         (Err(e), _) => return Err(e),
     };
+    let mut skipped_missing = 0;
     let resolved: Vec<Resolved> = match targets {
         VerifyTargets::Named(names) => names
             .iter()
             .map(|n| resolve(catalog.as_ref(), n))
             .collect::<Result<_>>()?,
-        VerifyTargets::All => match &catalog {
-            Some(c) => c
-                .list(&ListFilter::default())?
-                .into_iter()
-                .filter(|r| {
-                    !matches!(r.status, Status::Failed | Status::Creating) && r.location.is_some()
-                })
-                .map(Resolved::Id)
-                .collect(),
-            None => Vec::new(),
-        },
+        VerifyTargets::All => {
+            let rows = match &catalog {
+                Some(c) => c.list(&ListFilter::default())?,
+                None => Vec::new(),
+            };
+            let (rows, known) = every_checkable(rows);
+            skipped_missing = known;
+            rows.into_iter().map(Resolved::Id).collect()
+        }
     };
     let all = matches!(targets, VerifyTargets::All);
     let mut reports = Vec::new();
@@ -113,7 +121,25 @@ pub fn verify(
         }
         reports.push(report);
     }
-    Ok(reports)
+    Ok(Verified {
+        archives: reports,
+        skipped_missing,
+    })
+}
+
+/// The rows `verify --all` reads: those with an archive, not failed or
+/// still being made, and not already known to be missing (a row marked
+/// `missing` whose file is back is read again). Also says how many were
+/// left out as known to be missing.
+fn every_checkable(rows: Vec<BackupRecord>) -> (Vec<BackupRecord>, usize) {
+    let (known_missing, rest): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .filter(|r| !matches!(r.status, Status::Failed | Status::Creating) && r.location.is_some())
+        .partition(|r| {
+            r.status == Status::Missing
+                && r.location.as_ref().is_some_and(|l| !Path::new(l).exists())
+        });
+    (rest, known_missing.len())
 }
 
 /// Verifies one target and records the verdict in the catalog, against

@@ -552,8 +552,13 @@ fn stage(
             live.insert(s.name.clone(), tree);
         }
     }
-    let mut stager = Stager::new(m, targets, live, &prep.selection, ctx.progress, ctx.cancel);
-    let run = walk_archive(&prep.src.archive, ctx.progress, ctx.cancel, &mut stager);
+    let mut stager = Stager::new(m, targets, live, &prep.selection, ctx.cancel);
+    let run = walk_archive(
+        &prep.src.archive,
+        (ctx.progress, crate::progress::Phase::Unpack),
+        ctx.cancel,
+        &mut stager,
+    );
     let verified = run.result?;
     check_sum(
         prep.src,

@@ -21,6 +21,7 @@ use crate::fsutil;
 use crate::instance::{Instance, Source, SourceSpec};
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve as resolve_name};
+use crate::progress::Phase;
 use crate::restore::diff::{self, Action, Changes};
 use crate::restore::journal::{ImportTarget, Journal};
 use crate::restore::listing::Walk;
@@ -1300,7 +1301,12 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
     let incomplete = if src.record.as_ref().is_some_and(|r| r.warnings == 0) {
         BTreeSet::new()
     } else {
-        let run = walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut Skim);
+        let run = walk_archive(
+            &src.archive,
+            (ctx.progress, Phase::Verify),
+            ctx.cancel,
+            &mut Skim,
+        );
         incomplete_paths(m, &run.result?.trailer)
     };
     let databases = database_paths(places);
@@ -1347,7 +1353,13 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
         targets.push((s.name.clone(), target));
     }
     let mut visitor = Preview::new(&m.sources, targets, &prep.selection);
-    walk_archive(&src.archive, ctx.progress, ctx.cancel, &mut visitor).result?;
+    walk_archive(
+        &src.archive,
+        (ctx.progress, Phase::Verify),
+        ctx.cancel,
+        &mut visitor,
+    )
+    .result?;
     // In the order of the sources, as a real restore reports them.
     let mut by_name = visitor.into_targets();
     let mut changes = Changes::default();

@@ -29,7 +29,7 @@ use crate::archive::tarread::{Entry, Kind};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::handle;
-use crate::progress::{Cancel, Progress};
+use crate::progress::Cancel;
 use crate::restore::confine::Confined;
 use crate::source::exclude::Patterns;
 
@@ -171,7 +171,6 @@ pub struct Stager<'a> {
     /// was excluded: root-relative paths the restore must leave as they are.
     pub unrestorable: Vec<PathBuf>,
     pub counts: StageCounts,
-    progress: &'a dyn Progress,
     cancel: &'a Cancel,
     tx: Option<Sender<Op>>,
     writer: Option<JoinHandle<std::result::Result<Written, Error>>>,
@@ -195,7 +194,6 @@ impl<'a> Stager<'a> {
         targets: HashMap<String, Confined>,
         live: HashMap<String, Confined>,
         selection: &'a Selection,
-        progress: &'a dyn Progress,
         cancel: &'a Cancel,
     ) -> Stager<'a> {
         let (tx, rx) = bounded(WRITER_QUEUE);
@@ -213,7 +211,6 @@ impl<'a> Stager<'a> {
             warnings: Vec::new(),
             unrestorable: Vec::new(),
             counts: StageCounts::default(),
-            progress,
             cancel,
             tx: Some(tx),
             writer: Some(writer),
@@ -299,7 +296,6 @@ impl<'a> Stager<'a> {
                 n += k;
             }
             data.truncate(n);
-            self.progress.advance(n as u64);
             self.send(Op::File {
                 source,
                 path: entry.path.clone(),
@@ -332,7 +328,6 @@ impl Stager<'_> {
                 break;
             }
             chunk.truncate(n);
-            self.progress.advance(n as u64);
             self.send(Op::Data(chunk))?;
             self.cancel.check()?;
         }
@@ -441,7 +436,6 @@ impl Stager<'_> {
             if n == 0 {
                 break;
             }
-            self.progress.advance(n as u64);
             let m = read_full_at(live, &mut theirs[..n], pos)
                 .map_err(|e| Error::io("reading", shown, e))?;
             if m != n || ours[..n] != theirs[..n] {

@@ -930,3 +930,50 @@ fn a_restore_plan_creates_a_removed_volume_rather_than_replacing_it() {
     let again = bs.json(&["restore", &id, "--dry-run"]);
     assert_eq!(action_of(&again), ["replace"], "{again}");
 }
+
+/// A volume's labels and options, as `podman volume inspect` gives them.
+fn labels_and_options(volume: &Volume) -> (serde_json::Value, serde_json::Value) {
+    let out = podman(None, &["volume", "inspect", &volume.name]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (doc[0]["Labels"].clone(), doc[0]["Options"].clone())
+}
+
+#[test]
+fn a_removed_volume_comes_back_with_its_labels_and_options() {
+    if !podman::available() {
+        return;
+    }
+    let env = Env::new();
+    let volume = Volume::absent("labels");
+    podman(
+        None,
+        &[
+            "volume",
+            "create",
+            "--label",
+            "app=web",
+            "--label",
+            "tier=data",
+            "--opt",
+            "o=uid=1234,gid=4321",
+            &volume.name,
+        ],
+    );
+    fill(&volume.mountpoint());
+    let reference = contents(&volume.mountpoint());
+    let before = labels_and_options(&volume);
+    assert_eq!(before.0["app"], "web", "{before:?}");
+    config(&env, &format!("volumes = [\"{}\"]\n", volume.name));
+    let bs = Bs::new(&env);
+    let id = bs.backup()["id"].as_str().unwrap().to_string();
+    let show = bs.json(&["show", &id]);
+    let recorded = &show["show"]["manifest"]["sources"][0]["volume"];
+    assert_eq!(recorded["labels"]["tier"], "data", "{show}");
+    assert_eq!(recorded["options"]["o"], "uid=1234,gid=4321", "{show}");
+
+    podman(None, &["volume", "rm", &volume.name]);
+    let out = bs.run(&["restore", &id, "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(labels_and_options(&volume), before);
+    assert_eq!(contents(&volume.mountpoint()), reference);
+}

@@ -307,6 +307,13 @@ fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
                 origin,
                 restore,
                 file: capture::captured_file(s, &instance.root),
+                volume: match &s.spec {
+                    // Recorded so that a volume created again is the same.
+                    SourceSpec::Volume(v) => {
+                        Some(crate::podman::Podman::default().volume_settings(v)?)
+                    }
+                    _ => None,
+                },
             })
         })
         .collect()

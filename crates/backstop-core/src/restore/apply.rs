@@ -932,7 +932,7 @@ fn capture_live(
 ) -> Result<()> {
     let file = fsutil::create_private(out)?;
     match into {
-        ImportTarget::Volume { name: volume } => {
+        ImportTarget::Volume { name: volume, .. } => {
             let podman = crate::podman::Podman::default();
             if podman.volume_exists(volume)? {
                 podman.volume_export(volume, file)

@@ -391,7 +391,7 @@ pub(crate) fn import_kind(source: &SourceManifest) -> &'static str {
 /// Fails when podman cannot say whether the volume exists.
 pub(crate) fn import_exists(into: &ImportTarget) -> Result<bool> {
     match into {
-        ImportTarget::Volume { name } => crate::podman::Podman::default().volume_exists(name),
+        ImportTarget::Volume { name, .. } => crate::podman::Podman::default().volume_exists(name),
         ImportTarget::Command { .. } => Ok(true),
     }
 }
@@ -442,7 +442,7 @@ impl Place {
     pub(crate) fn shown(&self, scratch: &Path, name: &str) -> String {
         match self {
             Place::Import {
-                into: ImportTarget::Volume { name },
+                into: ImportTarget::Volume { name, .. },
                 ..
             } => format!("podman volume {name}"),
             Place::Import {
@@ -569,7 +569,10 @@ fn volume_place(
         detail,
     })?;
     Ok(Place::Import {
-        into: ImportTarget::Volume { name },
+        into: ImportTarget::Volume {
+            name,
+            settings: source.volume.clone().unwrap_or_default(),
+        },
         file: manifest_file(archive, source)?,
     })
 }
@@ -1140,7 +1143,7 @@ impl Prepared<'_> {
                 SourceSpec::Sqlite(below_dest(target))
             }
             Place::Import {
-                into: ImportTarget::Volume { name },
+                into: ImportTarget::Volume { name, .. },
                 ..
             } => {
                 if !crate::podman::Podman::default()

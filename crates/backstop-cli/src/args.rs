@@ -29,7 +29,7 @@ pub struct Global {
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print only errors and warnings; no progress bars
+    /// Print only errors and warnings: no progress bars, service messages or notes
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// Print more detail (every excluded path, every warning)

@@ -15,7 +15,7 @@ use backstop_core::ops::{
     backup, doctor, guard, init, list, migrate, prune, reconcile, recover, restore, rollback, show,
     verify,
 };
-use backstop_core::progress::{Cancel, NoProgress, Progress};
+use backstop_core::progress::Cancel;
 use backstop_core::{Context, Error, ErrorKind};
 use clap::{CommandFactory, Parser};
 use console::style;
@@ -179,15 +179,11 @@ fn with_context<T>(
     cancel: &Cancel,
     f: impl FnOnce(&Context<'_>) -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let bars = progress::Bars::new(!g.quiet);
-    let progress: &dyn Progress = match &bars {
-        Some(b) => b,
-        None => &NoProgress,
-    };
+    let reporter = progress::Reporter::new(g.quiet);
     let ctx = Context {
         layout: &settings.layout,
         config: &settings.config,
-        progress,
+        progress: &reporter,
         cancel,
     };
     f(&ctx)
@@ -207,6 +203,9 @@ fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> 
             print_stdout(&render::plan(&plan, g.quiet, g.verbose > 0));
             let text = render::warnings(&plan.warnings, g.verbose > 0);
             print_stderr(&text);
+            if !g.quiet {
+                print_stderr(&render::notes(&plan.notes));
+            }
         }
         return Ok(code::OK);
     }
@@ -227,6 +226,9 @@ fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> 
         }
     }
     print_stderr(&render::warnings(&report.warnings, g.verbose > 0));
+    if !g.quiet {
+        print_stderr(&render::notes(&report.notes));
+    }
     Ok(if report.warnings.iter().any(|w| w.is_incomplete()) {
         code::WARNINGS
     } else {

@@ -1,9 +1,11 @@
-//! Progress bars on stderr, drawn only when stderr is a terminal.
+//! Progress on stderr: bars, drawn only when stderr is a terminal, and a
+//! line for each service stopped or started, unless quiet.
 
+use std::io::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use backstop_core::progress::{Phase, Progress};
+use backstop_core::progress::{Phase, Progress, ServiceAction, ServiceEvent};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Draws a spinner while scanning and a bar with throughput and ETA while
@@ -19,6 +21,14 @@ impl Bars {
         enabled.then(|| Bars {
             bar: Mutex::new(None),
         })
+    }
+
+    /// Prints `line` on stderr above the bar, if one is drawn.
+    fn say(&self, line: &str) {
+        match self.bar.lock().expect("progress lock").as_ref() {
+            Some(bar) => bar.suspend(|| say(line)),
+            None => say(line),
+        }
     }
 
     fn replace(&self, bar: Option<ProgressBar>) {
@@ -86,9 +96,104 @@ impl Progress for Bars {
     }
 }
 
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// What a command reports while it runs: [`Bars`] on a terminal, and
+/// (unless quiet, terminal or not) what it does to services, since a stop
+/// may take as long as the service's timeout.
+pub struct Reporter {
+    bars: Option<Bars>,
+    services: bool,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool) -> Reporter {
+        Reporter {
+            bars: Bars::new(!quiet),
+            services: !quiet,
+        }
+    }
+}
+
+/// `stopping container nginx (up to 30s)…`
+fn service_line(event: &ServiceEvent) -> String {
+    let verb = match event.action {
+        ServiceAction::Stopping => "stopping",
+        ServiceAction::Starting => "starting",
+        _ => "controlling",
+    };
+    match event.timeout {
+        Some(t) => format!(
+            "{verb} {} (up to {})…",
+            event.service,
+            backstop_core::time::human_duration(t)
+        ),
+        None => format!("{verb} {}…", event.service),
+    }
+}
+
+impl Progress for Reporter {
+    fn scanned(&self, entries: u64, bytes: u64) {
+        if let Some(b) = &self.bars {
+            b.scanned(entries, bytes);
+        }
+    }
+
+    fn start(&self, phase: Phase, total: u64) {
+        if let Some(b) = &self.bars {
+            b.start(phase, total);
+        }
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(b) = &self.bars {
+            b.advance(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = &self.bars {
+            b.finish();
+        }
+    }
+
+    fn service(&self, event: &ServiceEvent) {
+        if !self.services {
+            return;
+        }
+        let line = service_line(event);
+        match &self.bars {
+            Some(b) => b.say(&line),
+            None => say(&line),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::within_total;
+    use super::*;
+
+    #[test]
+    fn a_service_line_says_what_and_how_long() {
+        let event = |action, timeout| ServiceEvent {
+            action,
+            service: "container nginx".into(),
+            timeout,
+        };
+        assert_eq!(
+            service_line(&event(
+                ServiceAction::Stopping,
+                Some(Duration::from_secs(30))
+            )),
+            "stopping container nginx (up to 30s)…"
+        );
+        assert_eq!(
+            service_line(&event(ServiceAction::Starting, None)),
+            "starting container nginx…"
+        );
+    }
 
     #[test]
     fn a_bar_never_passes_its_total() {

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 
 use backstop_core::catalog::{BackupRecord, Status};
-use backstop_core::ops::backup::{BackupPlan, BackupReport, ExcludedSummary, Warning};
+use backstop_core::ops::backup::{
+    BackupPlan, BackupReport, ExcludedSummary, Note, NoteKind, Warning,
+};
 use backstop_core::ops::doctor::{DoctorReport, Level};
 use backstop_core::ops::guard::{GuardOutcome, GuardReport};
 use backstop_core::ops::init::InitReport;
@@ -197,6 +199,24 @@ pub fn warnings(list: &[Warning], verbose: bool) -> String {
             "{} … and {} more (all of them with -v, or in the archive's trailer)",
             style("warning:").for_stderr().yellow().bold(),
             list.len() - shown
+        );
+    }
+    out
+}
+
+/// Note lines for stderr: what a backup assumed, not what it lacks.
+pub fn notes(list: &[Note]) -> String {
+    let mut out = String::new();
+    for n in list {
+        let kind = match n.kind {
+            NoteKind::Quadlet => "quadlet",
+            NoteKind::Version => "version",
+        };
+        let _ = writeln!(
+            out,
+            "{} {kind}: {}",
+            style("note:").for_stderr().cyan().bold(),
+            n.detail
         );
     }
     out
@@ -705,6 +725,9 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
                 seconds(report.duration_ms)
             );
             let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+            if let Some(ms) = report.downtime_ms {
+                let _ = writeln!(out, "  the application was down for {}", seconds(ms));
+            }
             if report.linked_files > 0 {
                 let _ = writeln!(
                     out,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::archive::format::VolumeSettings;
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, IoContext, Result};
 
@@ -51,6 +52,8 @@ struct VolumeInfo {
     mountpoint: String,
     #[serde(rename = "Options", default)]
     options: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(rename = "Labels", default)]
+    labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl Podman {
@@ -77,12 +80,48 @@ impl Podman {
     /// Fails when `name` is not a valid volume name, or podman fails (for
     /// one, when the volume exists already).
     pub fn volume_create(&self, name: &str) -> Result<()> {
+        self.volume_create_with(name, &VolumeSettings::default())
+    }
+
+    /// Creates the volume `name` with the labels and options of `settings`
+    /// (`--label K=V`, `--opt K=V`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Podman::volume_create`]; also, before anything runs, when a
+    /// label or option has an empty name or one with `=`, or an option
+    /// makes the volume a mount of a device (`device`, `type`), which a
+    /// restore does not fill.
+    pub fn volume_create_with(&self, name: &str, settings: &VolumeSettings) -> Result<()> {
         checked("volume", name)?;
-        self.output(
-            &format!("podman volume create of {name}"),
-            &["volume", "create", name],
-        )?;
+        let what = format!("podman volume create of {name}");
+        let mut args = vec!["volume".to_string(), "create".to_string()];
+        for (flag, map) in [("--label", &settings.labels), ("--opt", &settings.options)] {
+            for (k, v) in map {
+                check_setting(&what, flag, k)?;
+                args.push(flag.to_string());
+                args.push(format!("{k}={v}"));
+            }
+        }
+        args.push(name.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.output(&what, &args)?;
         Ok(())
+    }
+
+    /// The labels and driver options of the volume `name`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `name` is not a valid volume name, or podman fails or
+    /// describes no volume.
+    pub fn volume_settings(&self, name: &str) -> Result<VolumeSettings> {
+        checked("volume", name)?;
+        let info = self.volume_info(name)?;
+        Ok(VolumeSettings {
+            labels: info.labels.unwrap_or_default(),
+            options: info.options.unwrap_or_default(),
+        })
     }
 
     /// `podman volume export NAME` into `out` (a tar of the volume's
@@ -116,13 +155,28 @@ impl Podman {
     /// after clearing the volume when the import fails (the volume then
     /// holds part of the archive).
     pub fn volume_restore(&self, name: &str, tar: &Path) -> Result<bool> {
+        self.volume_restore_with(name, tar, &VolumeSettings::default())
+    }
+
+    /// [`Podman::volume_restore`], creating a missing volume with
+    /// `settings` (its labels and options at backup time).
+    ///
+    /// # Errors
+    ///
+    /// As [`Podman::volume_restore`] and [`Podman::volume_create_with`].
+    pub fn volume_restore_with(
+        &self,
+        name: &str,
+        tar: &Path,
+        settings: &VolumeSettings,
+    ) -> Result<bool> {
         checked("volume", name)?;
         let what = format!("podman volume import of {name}");
         let file = open_tar(&what, tar)?;
         let created = if self.volume_exists(name)? {
             false
         } else {
-            self.volume_create(name)?;
+            self.volume_create_with(name, settings)?;
             true
         };
         let mountpoint = self.local_mountpoint(name)?;
@@ -244,19 +298,7 @@ impl Podman {
     /// contents podman does not keep in that directory.
     fn local_mountpoint(&self, name: &str) -> Result<PathBuf> {
         let what = format!("podman volume inspect of {name}");
-        let out = self.output(&what, &["volume", "inspect", name])?;
-        let parsed: Vec<VolumeInfo> = serde_json::from_str(&out).map_err(|e| Error::Command {
-            what: what.clone(),
-            detail: format!("its output is not the JSON expected: {e}"),
-            hint: None,
-        })?;
-        let Some(info) = parsed.into_iter().next() else {
-            return Err(Error::Command {
-                what,
-                detail: "podman described no volume".into(),
-                hint: None,
-            });
-        };
+        let info = self.volume_info(name)?;
         let restore = format!("the restore of volume {name}");
         if !info.driver.is_empty() && info.driver != "local" {
             return Err(Error::Command {
@@ -307,6 +349,22 @@ impl Podman {
             });
         }
         Ok(mountpoint)
+    }
+
+    /// What `podman volume inspect` says about the volume `name`.
+    fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        let what = format!("podman volume inspect of {name}");
+        let out = self.output(&what, &["volume", "inspect", name])?;
+        let parsed: Vec<VolumeInfo> = serde_json::from_str(&out).map_err(|e| Error::Command {
+            what: what.clone(),
+            detail: format!("its output is not the JSON expected: {e}"),
+            hint: None,
+        })?;
+        parsed.into_iter().next().ok_or_else(|| Error::Command {
+            what,
+            detail: "podman described no volume".into(),
+            hint: None,
+        })
     }
 
     /// Removes everything inside the volume's directory, keeping the
@@ -360,6 +418,26 @@ impl Podman {
         }
         env
     }
+}
+
+/// Refuses a label or option name (from an archive's manifest) that
+/// podman would read differently, and options that make a volume a mount
+/// of a device: a restore fills only plain local volumes.
+fn check_setting(what: &str, flag: &str, key: &str) -> Result<()> {
+    let device = flag == "--opt" && ["device", "type"].contains(&key.to_ascii_lowercase().as_str());
+    if key.is_empty() || key.contains('=') || device {
+        return Err(Error::Command {
+            what: what.to_string(),
+            detail: format!(
+                "the recorded {flag} `{}` cannot be given to a volume backstop fills",
+                key.escape_debug()
+            ),
+            hint: Some(
+                "create the volume by hand (`podman volume create …`), then restore again".into(),
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a volume or container name before it goes on a command line:
@@ -536,5 +614,18 @@ mod tests {
         assert!(vol.is_dir());
         assert_eq!(std::fs::read_dir(&vol).unwrap().count(), 0);
         assert!(outside.join("keep").exists());
+    }
+
+    #[test]
+    fn recorded_settings_that_would_mislead_podman_are_refused() {
+        let ok = |flag: &str, key: &str| check_setting("create", flag, key).is_ok();
+        assert!(ok("--label", "app"));
+        assert!(ok("--opt", "o"));
+        assert!(ok("--opt", "UID"));
+        assert!(ok("--label", "device"), "a label may be called anything");
+        for key in ["device", "Type", ""] {
+            assert!(!ok("--opt", key), "{key}");
+        }
+        assert!(!ok("--label", "a=b"));
     }
 }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -20,6 +21,29 @@ pub enum Phase {
     /// Reading an archive and writing its files into a restore's staging
     /// directories.
     Unpack,
+}
+
+/// What is being done to a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServiceAction {
+    /// The service is being stopped.
+    Stopping,
+    /// The service is being started.
+    Starting,
+}
+
+/// A service is about to be stopped or started: what, and how long
+/// backstop may wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceEvent {
+    pub action: ServiceAction,
+    /// The service as a person calls it: `container nginx`, `user unit
+    /// web.service`, `the service of instance web`.
+    pub service: String,
+    /// How long backstop waits before it gives up (or, for a stop, the
+    /// program kills the service); `None` when there is no bound.
+    pub timeout: Option<Duration>,
 }
 
 /// Receives progress reports. Every method has an empty default, and all may
@@ -39,6 +63,11 @@ pub trait Progress: Send + Sync {
     }
     /// The current phase is over.
     fn finish(&self) {}
+    /// A service is about to be stopped or started (it may take a while:
+    /// the event says how long at most).
+    fn service(&self, event: &ServiceEvent) {
+        let _ = event;
+    }
 }
 
 /// A [`Progress`] that ignores everything.

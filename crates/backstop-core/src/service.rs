@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
 use crate::podman::Podman;
-use crate::progress::Cancel;
+use crate::progress::{Cancel, Progress, ServiceAction, ServiceEvent};
 
 /// How long a stop may take unless the config says otherwise.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -209,8 +209,9 @@ impl Default for Services {
     }
 }
 
-/// What every call needs: the environment for commands and the cancel flag.
-#[derive(Debug, Clone, Copy)]
+/// What every call needs: the environment for commands, the cancel flag,
+/// and where to say that a service is being stopped or started.
+#[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     /// The `BACKSTOP_*` variables commands see.
     pub env: &'a CommandEnv,
@@ -220,6 +221,19 @@ pub struct Ctx<'a> {
     pub cancel: Option<&'a Cancel>,
     /// The instance's name, for messages.
     pub instance: &'a str,
+    /// Told before each stop and start.
+    pub progress: &'a dyn Progress,
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("env", self.env)
+            .field("cwd", &self.cwd)
+            .field("cancel", &self.cancel)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ctx<'_> {
@@ -308,6 +322,17 @@ impl Services {
     /// then, unless starting again failed too, which the error says.
     pub fn stop_running<'a>(&'a self, ctx: &Ctx<'a>) -> Result<Stopped<'a>> {
         let running = self.running(ctx)?;
+        self.stop_named(ctx, &running)
+    }
+
+    /// Stops `running` (names from [`Services::running`], in start order)
+    /// as [`Services::stop_running`] does; a restore learns which run
+    /// first, to journal them before the first stop.
+    ///
+    /// # Errors
+    ///
+    /// As [`Services::stop_running`].
+    pub fn stop_named<'a>(&'a self, ctx: &Ctx<'a>, running: &[String]) -> Result<Stopped<'a>> {
         let mut stopped = Stopped {
             services: self,
             ctx: *ctx,
@@ -321,7 +346,8 @@ impl Services {
         for name in running.iter().rev() {
             let result = ctx
                 .check_cancel()
-                .and_then(|()| self.stop_one(control, ctx, name));
+                .and_then(|()| self.stop_one(control, ctx, name))
+                .and_then(|()| crate::failpoint::hit("service.after-stop"));
             let Err(err) = result else {
                 // `names` is kept in start order.
                 stopped.names.insert(0, name.clone());
@@ -469,6 +495,11 @@ impl Services {
     }
 
     fn stop_one(&self, control: &Control, ctx: &Ctx<'_>, name: &str) -> Result<()> {
+        ctx.progress.service(&ServiceEvent {
+            action: ServiceAction::Stopping,
+            service: subject(control, ctx, name),
+            timeout: Some(self.stop_timeout),
+        });
         let subject = label(control, ctx, name);
         let what = format!("stopping {subject}");
         let (result, by_hand) = match control {
@@ -505,6 +536,16 @@ impl Services {
     }
 
     fn start_one(&self, control: &Control, ctx: &Ctx<'_>, name: &str) -> Result<()> {
+        ctx.progress.service(&ServiceEvent {
+            action: ServiceAction::Starting,
+            service: subject(control, ctx, name),
+            // `podman start` returns once the container runs; commands and
+            // `systemctl start` are bounded.
+            timeout: match control {
+                Control::Containers { .. } => None,
+                _ => Some(START_TIMEOUT),
+            },
+        });
         let subject = label(control, ctx, name);
         let what = format!("starting {subject}");
         let (result, by_hand) = match control {
@@ -581,6 +622,16 @@ impl Services {
 }
 
 /// "container gitea-db of instance gitea", for messages.
+/// A service as a person calls it: `container nginx`.
+fn subject(control: &Control, ctx: &Ctx<'_>, name: &str) -> String {
+    match control {
+        Control::Commands { .. } => format!("the service of instance {}", ctx.instance),
+        Control::Containers { .. } => format!("container {name}"),
+        Control::Units { user: true, .. } => format!("user unit {name}"),
+        Control::Units { user: false, .. } => format!("unit {name}"),
+    }
+}
+
 fn label(control: &Control, ctx: &Ctx<'_>, name: &str) -> String {
     let instance = ctx.instance;
     match control {
@@ -733,6 +784,7 @@ mod tests {
                 cwd: Some(self.dir.path()),
                 cancel,
                 instance: "app",
+                progress: &crate::progress::NoProgress,
             }
         }
 
@@ -920,6 +972,47 @@ mod tests {
         ));
         assert_eq!(f.read("state"), "up\n");
         assert_eq!(f.read("log"), "stop\nstart\n");
+    }
+
+    /// Keeps the service events it is told.
+    #[derive(Default)]
+    struct Events(Mutex<Vec<ServiceEvent>>);
+
+    impl Progress for Events {
+        fn service(&self, event: &ServiceEvent) {
+            self.0.lock().unwrap().push(event.clone());
+        }
+    }
+
+    #[test]
+    fn each_stop_and_start_is_announced_with_its_bound() {
+        let f = Fixture::new();
+        f.write("state", "up\n");
+        let mut services = commands(STOP, true);
+        services.stop_timeout = Duration::from_secs(7);
+        let events = Events::default();
+        let ctx = Ctx {
+            progress: &events,
+            ..f.ctx(None)
+        };
+        services.stop_running(&ctx).unwrap().start().unwrap();
+        let seen = events.0.lock().unwrap().clone();
+        let what = "the service of instance app".to_string();
+        assert_eq!(
+            seen,
+            [
+                ServiceEvent {
+                    action: ServiceAction::Stopping,
+                    service: what.clone(),
+                    timeout: Some(Duration::from_secs(7)),
+                },
+                ServiceEvent {
+                    action: ServiceAction::Starting,
+                    service: what,
+                    timeout: Some(START_TIMEOUT),
+                },
+            ]
+        );
     }
 
     #[test]

@@ -637,6 +637,7 @@ impl Escape {
                     origin: root.join("../../escaped.db").display().to_string(),
                     restore: "replace the database file".into(),
                     file: Some("app.db".into()),
+                    volume: None,
                 }],
                 vec![
                     Raw::Dir(b"db"),

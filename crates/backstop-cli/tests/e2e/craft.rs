@@ -83,6 +83,7 @@ pub fn path_source(name: &str, path: &str, origin: &Path) -> SourceManifest {
         origin: origin.display().to_string(),
         restore: "extract".into(),
         file: None,
+        volume: None,
     }
 }
 

@@ -17,6 +17,7 @@ mod reconcile;
 mod restore;
 mod roots;
 mod seeds;
+mod services;
 mod support;
 mod verify;
 mod volumes;

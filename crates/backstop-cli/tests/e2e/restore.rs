@@ -873,6 +873,7 @@ fn a_bad_volume_name_in_a_manifest_is_named_with_the_next_step() {
             origin: origin.into(),
             restore: "podman volume import".into(),
             file: Some("vol.tar".into()),
+            volume: None,
         };
         let id = format!("app-vol-{}", origin.len());
         let archive = craft_with(

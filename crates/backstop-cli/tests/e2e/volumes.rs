@@ -19,20 +19,20 @@ use backstop_test_support::podman::{self, Container, IMAGE, Volume, containers_c
 use crate::support::Env;
 
 /// Runs backstop in `env` with extra environment variables.
-struct Bs<'a> {
+pub(crate) struct Bs<'a> {
     env: &'a Env,
     vars: Vec<(String, OsString)>,
 }
 
 impl<'a> Bs<'a> {
-    fn new(env: &'a Env) -> Bs<'a> {
+    pub(crate) fn new(env: &'a Env) -> Bs<'a> {
         Bs {
             env,
             vars: vec![("CONTAINERS_CONF".into(), containers_conf().into())],
         }
     }
 
-    fn var(mut self, key: &str, value: impl Into<OsString>) -> Bs<'a> {
+    pub(crate) fn var(mut self, key: &str, value: impl Into<OsString>) -> Bs<'a> {
         self.vars.push((key.into(), value.into()));
         self
     }
@@ -41,7 +41,7 @@ impl<'a> Bs<'a> {
     /// `volume import` whether each of `watched` is running then. While a
     /// file `fail-import` exists, the next `volume import` fails (and
     /// removes the file).
-    fn logged_podman(self, watched: &[&str]) -> Bs<'a> {
+    pub(crate) fn logged_podman(self, watched: &[&str]) -> Bs<'a> {
         let real = find_program("podman");
         let bin = self.env.path("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -77,7 +77,7 @@ impl<'a> Bs<'a> {
     }
 
     /// The lines the logging podman wrote so far.
-    fn podman_log(&self) -> Vec<String> {
+    pub(crate) fn podman_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.env.path("podman.log"))
             .unwrap_or_default()
             .lines()
@@ -85,7 +85,7 @@ impl<'a> Bs<'a> {
             .collect()
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         let mut cmd = self.env.cmd();
         for (k, v) in &self.vars {
             cmd.env(k, v);
@@ -94,7 +94,7 @@ impl<'a> Bs<'a> {
     }
 
     /// Runs with `--json`, expecting success, and returns the document.
-    fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.run(&all);
@@ -109,7 +109,7 @@ impl<'a> Bs<'a> {
     }
 
     /// `backup web`: the backup's record.
-    fn backup(&self) -> serde_json::Value {
+    pub(crate) fn backup(&self) -> serde_json::Value {
         self.json(&["backup", "web"])["report"]["backup"].clone()
     }
 }
@@ -124,7 +124,7 @@ fn find_program(name: &str) -> PathBuf {
 
 /// Writes the config with instance `web` rooted at `<env>/app`; `body` is
 /// the rest of its table (and any subtables).
-fn config(env: &Env, body: &str) {
+pub(crate) fn config(env: &Env, body: &str) {
     std::fs::create_dir_all(env.path("app")).unwrap();
     std::fs::write(
         env.path("backstop.toml"),
@@ -134,7 +134,7 @@ fn config(env: &Env, body: &str) {
 }
 
 /// Fills `dir` with files, directories, a symlink and an empty directory.
-fn fill(dir: &Path) {
+pub(crate) fn fill(dir: &Path) {
     std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
     std::fs::create_dir_all(dir.join("empty")).unwrap();
     std::fs::write(dir.join("a.txt"), b"alpha\n").unwrap();
@@ -163,7 +163,7 @@ fn disturb(dir: &Path) {
 }
 
 /// What is in `dir`: each entry's relative path, kind, mode and content.
-fn contents(dir: &Path) -> BTreeMap<String, String> {
+pub(crate) fn contents(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -277,7 +277,7 @@ fn filled_names() -> Vec<String> {
 }
 
 /// A volume filled with [`fill`], and what it holds.
-fn filled_volume(what: &str) -> (Volume, BTreeMap<String, String>) {
+pub(crate) fn filled_volume(what: &str) -> (Volume, BTreeMap<String, String>) {
     let volume = Volume::create(what);
     let mp = volume.mountpoint();
     fill(&mp);
@@ -285,7 +285,7 @@ fn filled_volume(what: &str) -> (Volume, BTreeMap<String, String>) {
     (volume, reference)
 }
 
-fn started_at(ctr: &Container) -> String {
+pub(crate) fn started_at(ctr: &Container) -> String {
     podman(
         Some(&containers_conf()),
         &["inspect", "--format", "{{.State.StartedAt}}", &ctr.name],
@@ -327,7 +327,7 @@ fn sources(list: &serde_json::Value) -> Vec<(String, String, String)> {
     out
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -807,4 +807,173 @@ fn a_failed_import_puts_the_volume_back_and_starts_its_container_again() {
     let restores = rows["show"]["restores"].as_array().unwrap();
     assert_eq!(restores.len(), 1, "{rows}");
     assert_eq!(restores[0]["outcome"], "rolled-back", "{rows}");
+}
+
+#[test]
+fn a_quadlet_naming_note_is_a_note_not_a_warning() {
+    if !podman::available() {
+        return;
+    }
+    let env = Env::new();
+    // `other.volume` is not among the quadlet files: backstop assumes
+    // podman's default name, `systemd-other…`, and says so in a note.
+    let stem = podman::unique("note");
+    let volume = Volume {
+        name: format!("systemd-{stem}"),
+    };
+    podman(None, &["volume", "create", &volume.name]);
+    fill(&volume.mountpoint());
+    let app = env.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("web.container"),
+        format!("[Container]\nImage={IMAGE}\nVolume={stem}.volume:/data\n"),
+    )
+    .unwrap();
+    config(&env, "quadlets = \".\"\n");
+    let bs = Bs::new(&env);
+
+    let out = bs.run(&["backup", "web"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("note: quadlet:")
+            && stderr(&out).contains("assuming podman's default name"),
+        "the note is not shown: {}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("warning:"), "{}", stderr(&out));
+
+    let doc = bs.json(&["backup", "web"]);
+    let report = &doc["report"];
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+    let notes = report["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{report}");
+    assert_eq!(notes[0]["kind"], "quadlet", "{report}");
+    assert_eq!(report["backup"]["warnings"], 0, "{report}");
+
+    let plan = bs.json(&["backup", "--dry-run", "web"]);
+    assert_eq!(plan["plan"]["warnings"], serde_json::json!([]), "{plan}");
+    assert_eq!(plan["plan"]["notes"].as_array().unwrap().len(), 1, "{plan}");
+
+    let id = report["backup"]["id"].as_str().unwrap();
+    let show = bs.run(&["show", id]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        !text.contains("vanished"),
+        "show claims vanished files the trailer does not list:\n{text}"
+    );
+}
+
+#[test]
+fn a_dry_run_backup_of_a_missing_volume_fails_naming_it() {
+    if !podman::available() {
+        return;
+    }
+    let env = Env::new();
+    let volume = Volume::absent("dry-missing");
+    config(&env, &format!("volumes = [\"{}\"]\n", volume.name));
+    let bs = Bs::new(&env);
+
+    let out = bs.run(&["backup", "--dry-run", "web"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("podman volume {} ", volume.name))
+            && stderr(&out).contains("does not exist"),
+        "the error does not name the missing volume: {}",
+        stderr(&out)
+    );
+    assert!(!volume.exists(), "the dry run created the volume");
+    assert!(!env.home().exists(), "the dry run created the home");
+}
+
+#[test]
+fn a_restore_plan_creates_a_removed_volume_rather_than_replacing_it() {
+    if !podman::available() {
+        return;
+    }
+    let env = Env::new();
+    let (volume, reference) = filled_volume("plan-create");
+    config(&env, &format!("volumes = [\"{}\"]\n", volume.name));
+    let bs = Bs::new(&env);
+    let id = bs.backup()["id"].as_str().unwrap().to_string();
+    podman(None, &["volume", "rm", &volume.name]);
+
+    let shown = format!("podman volume {}", volume.name);
+    let action_of = |doc: &serde_json::Value| -> Vec<String> {
+        doc["restore"]["plan"]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["path"] == shown.as_str())
+            .map(|a| a["action"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let plan = bs.json(&["restore", &id, "--dry-run"]);
+    assert_eq!(action_of(&plan), ["create"], "{plan}");
+    let sources = plan["restore"]["plan"]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["exists"], false, "{plan}");
+    let out = bs.run(&["restore", &id, "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("  create   {shown}\n")),
+        "the plan does not say the volume is created:\n{text}"
+    );
+    assert!(!text.contains(&format!("replace  {shown}")), "{text}");
+    assert!(!volume.exists(), "the dry run created the volume");
+
+    let done = bs.json(&["restore", &id, "--yes"]);
+    assert_eq!(action_of(&done), ["create"], "{done}");
+    assert_eq!(contents(&volume.mountpoint()), reference);
+
+    // A volume that is there is replaced.
+    let again = bs.json(&["restore", &id, "--dry-run"]);
+    assert_eq!(action_of(&again), ["replace"], "{again}");
+}
+
+/// A volume's labels and options, as `podman volume inspect` gives them.
+fn labels_and_options(volume: &Volume) -> (serde_json::Value, serde_json::Value) {
+    let out = podman(None, &["volume", "inspect", &volume.name]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (doc[0]["Labels"].clone(), doc[0]["Options"].clone())
+}
+
+#[test]
+fn a_removed_volume_comes_back_with_its_labels_and_options() {
+    if !podman::available() {
+        return;
+    }
+    let env = Env::new();
+    let volume = Volume::absent("labels");
+    podman(
+        None,
+        &[
+            "volume",
+            "create",
+            "--label",
+            "app=web",
+            "--label",
+            "tier=data",
+            "--opt",
+            "o=uid=1234,gid=4321",
+            &volume.name,
+        ],
+    );
+    fill(&volume.mountpoint());
+    let reference = contents(&volume.mountpoint());
+    let before = labels_and_options(&volume);
+    assert_eq!(before.0["app"], "web", "{before:?}");
+    config(&env, &format!("volumes = [\"{}\"]\n", volume.name));
+    let bs = Bs::new(&env);
+    let id = bs.backup()["id"].as_str().unwrap().to_string();
+    let show = bs.json(&["show", &id]);
+    let recorded = &show["show"]["manifest"]["sources"][0]["volume"];
+    assert_eq!(recorded["labels"]["tier"], "data", "{show}");
+    assert_eq!(recorded["options"]["o"], "uid=1234,gid=4321", "{show}");
+
+    podman(None, &["volume", "rm", &volume.name]);
+    let out = bs.run(&["restore", &id, "--yes"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(labels_and_options(&volume), before);
+    assert_eq!(contents(&volume.mountpoint()), reference);
 }

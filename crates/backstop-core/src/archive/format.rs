@@ -166,6 +166,21 @@ pub struct SourceManifest {
     /// source's name that holds the data (`<name>/<file>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// For a `volume`: its labels and driver options at backup time, which
+    /// a restore that creates the volume again gives it (absent in archives
+    /// written before they were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeSettings>,
+}
+
+/// A podman volume's labels and driver options (`podman volume inspect`'s
+/// `Labels` and `Options`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSettings {
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 /// What the scan measured before anything was written.

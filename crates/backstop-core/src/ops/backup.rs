@@ -70,6 +70,35 @@ impl Warning {
     }
 }
 
+/// What a note is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoteKind {
+    /// Something found in the quadlet files that backstop assumed or left
+    /// out (a volume's default name, an anonymous volume).
+    Quadlet,
+    /// The instance's version could not be read.
+    Version,
+}
+
+/// Something a backup says about how it understood the instance. Unlike a
+/// [`Warning`], a note never means the archive lacks a file, so it does
+/// not change the exit code or the catalog's warning count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub kind: NoteKind,
+    pub detail: String,
+}
+
+impl Note {
+    fn quadlet(notes: Vec<String>) -> impl Iterator<Item = Note> {
+        notes.into_iter().map(|detail| Note {
+            kind: NoteKind::Quadlet,
+            detail,
+        })
+    }
+}
+
 /// A finished backup.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupReport {
@@ -82,7 +111,11 @@ pub struct BackupReport {
     pub cataloged: bool,
     pub trailer: Trailer,
     pub excluded: Vec<ExcludedSummary>,
+    /// What the archive lacks of the sources (files vanished, changed,
+    /// unreadable or skipped while being read).
     pub warnings: Vec<Warning>,
+    /// What backstop assumed or could not learn; not about the files.
+    pub notes: Vec<Note>,
     pub duration_ms: u64,
 }
 
@@ -113,6 +146,8 @@ pub struct BackupPlan {
     pub excluded: Vec<ExcludedSummary>,
     pub excluded_paths: Vec<String>,
     pub warnings: Vec<Warning>,
+    /// What backstop assumed or could not learn; not about the files.
+    pub notes: Vec<Note>,
     /// The archive size expected from compressing samples of the data.
     pub estimated_size: u64,
 }
@@ -272,6 +307,13 @@ fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
                 origin,
                 restore,
                 file: capture::captured_file(s, &instance.root),
+                volume: match &s.spec {
+                    // Recorded so that a volume created again is the same.
+                    SourceSpec::Volume(v) => {
+                        Some(crate::podman::Podman::default().volume_settings(v)?)
+                    }
+                    _ => None,
+                },
             })
         })
         .collect()
@@ -341,12 +383,7 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         skipped: scan.skipped.clone(),
         ..Trailer::default()
     };
-    let mut warnings = warnings_of(&trailer);
-    warnings.extend(notes.into_iter().map(|n| Warning {
-        kind: "quadlet",
-        path: String::new(),
-        detail: n,
-    }));
+    let warnings = warnings_of(&trailer);
     Ok(BackupPlan {
         instance: name.clone(),
         renamed,
@@ -360,6 +397,7 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         excluded: summarize_excluded(&scan.excluded),
         excluded_paths: scan.excluded.iter().map(|e| e.path.clone()).collect(),
         warnings,
+        notes: Note::quadlet(notes).collect(),
         entries,
     })
 }
@@ -499,20 +537,14 @@ pub fn backup_locked(
     );
     check_output(&req.output)?;
     let started = Instant::now();
-    let mut notes = Vec::new();
     let (sources, quadlet_notes) = req.instance.expanded_sources()?;
     req.instance.sources = sources;
-    notes.extend(quadlet_notes.into_iter().map(|n| Warning {
-        kind: "quadlet",
-        path: String::new(),
-        detail: n,
-    }));
+    let mut notes: Vec<Note> = Note::quadlet(quadlet_notes).collect();
     if req.about.app_version.is_none() {
         match req.instance.detect_version() {
             Ok(v) => req.about.app_version = v,
-            Err(e) => notes.push(Warning {
-                kind: "version",
-                path: String::new(),
+            Err(e) => notes.push(Note {
+                kind: NoteKind::Version,
                 detail: format!("the version could not be read: {}", error_chain(&e)),
             }),
         }
@@ -585,8 +617,7 @@ pub fn backup_locked(
     match result {
         Ok((written, location, scan_excluded)) => {
             let finished_at = time::now_rfc3339();
-            let mut warnings = warnings_of(&written.trailer);
-            warnings.extend(notes);
+            let warnings = warnings_of(&written.trailer);
             let incomplete = warnings.iter().filter(|w| w.is_incomplete()).count() as u64;
             let finished = Finished {
                 finished_at: &finished_at,
@@ -619,6 +650,7 @@ pub fn backup_locked(
                 cataloged: !streaming,
                 excluded: summarize_excluded(&scan_excluded),
                 warnings,
+                notes,
                 trailer: written.trailer,
                 duration_ms: started.elapsed().as_millis() as u64,
             })
@@ -738,6 +770,7 @@ fn cold<T>(ctx: &Context<'_>, req: &BackupRequest, f: impl FnOnce() -> Result<T>
             .then_some(req.instance.root.as_path()),
         cancel: Some(ctx.cancel),
         instance: &req.instance.name,
+        progress: ctx.progress,
     };
     let stopped = services.stop_running(&sctx)?;
     let result = f();

@@ -294,6 +294,7 @@ fn check_instance(ctx: &Context<'_>, out: &mut Out, inst: &Instance) {
             cwd: Some(inst.root.as_path()),
             cancel: Some(ctx.cancel),
             instance: &inst.name,
+            progress: ctx.progress,
         };
         match services.running(&sctx) {
             Ok(r) if r.is_empty() && services.control.is_some() => {

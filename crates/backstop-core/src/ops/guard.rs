@@ -205,6 +205,7 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
             cwd: inst.root.is_dir().then_some(inst.root.as_path()),
             cancel: Some(ctx.cancel),
             instance: &inst.name,
+            progress: ctx.progress,
         };
         if let Err(e) = services.health(&sctx)? {
             failure = Some(format!("the health check failed after `{shown}`: {e}"));

@@ -72,6 +72,7 @@ pub fn recover_locked(ctx: &Context<'_>, lock: &InstanceLock) -> Result<RecoverR
                     cwd: inst.root.is_dir().then_some(inst.root.as_path()),
                     cancel: None,
                     instance,
+                    progress: ctx.progress,
                 };
                 match services.start_names(&sctx, &journal.services_stopped) {
                     Ok(()) => restarted = journal.services_stopped.clone(),

@@ -24,12 +24,12 @@ use crate::instance::{Instance, SourceSpec};
 use crate::lock::{InstanceLock, hostname};
 use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
-use crate::restore::diff::{Action, Changes};
+use crate::restore::diff::Changes;
 use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
 use crate::restore::listing::Walk;
 use crate::restore::plan::{
     Place, Prepared, RestoreOutcome, RestoreReport, RestoreRequest, check_sum, database_paths,
-    import_kind, incomplete_paths, rel_base,
+    import_action, import_kind, incomplete_paths, rel_base,
 };
 use crate::restore::stage::{Stager, remove_tree, staging_dir};
 use crate::restore::steps::{Merger, Mode, Moves};
@@ -152,16 +152,19 @@ pub(crate) fn apply(
         cwd: prep.dest.is_dir().then_some(prep.dest.as_path()),
         cancel: Some(ctx.cancel),
         instance: &m.instance,
+        progress: ctx.progress,
     };
-    let stopped = match prep.services.map(|s| s.stop_running(&sctx)).transpose() {
-        Ok(stopped) => stopped,
+    let running = match prep.services.map(|s| s.running(&sctx)).transpose() {
+        Ok(running) => running.unwrap_or_default(),
         Err(e) => {
             record.finish(Ended::Failed, Some(&e));
             return Err(e);
         }
     };
-    // From here a journal exists: if the process dies, recovery starts the
-    // stopped services again and undoes whatever was begun.
+    // The journal names the services about to be stopped before the first
+    // is: if the process dies while stopping them, recovery starts them
+    // again (starting one that still runs does nothing) and undoes
+    // whatever was begun.
     let journal = Journal {
         version: 1,
         restore_id: record.id(),
@@ -171,15 +174,26 @@ pub(crate) fn apply(
         phase: Phase::Staging,
         staging: Vec::new(),
         steps: Vec::new(),
-        services_stopped: stopped
-            .as_ref()
-            .map(|s| s.names().to_vec())
-            .unwrap_or_default(),
+        services_stopped: running.clone(),
     };
     if let Err(e) = journal.save(home) {
         record.finish(Ended::Failed, Some(&e));
         return Err(e);
     }
+    let down = Downtime::new(!running.is_empty());
+    let stopped = match prep
+        .services
+        .map(|s| s.stop_named(&sctx, &running))
+        .transpose()
+    {
+        Ok(stopped) => stopped,
+        Err(e) => {
+            // Nothing is stopped any more: the journal has nothing to do.
+            record.finish(Ended::Failed, Some(&e));
+            Journal::remove(home, &m.instance)?;
+            return Err(e);
+        }
+    };
 
     let safety_id = if prep.safety {
         Some(safety_backup(ctx, req, &prep, lock, &record, &mut out)?)
@@ -193,7 +207,7 @@ pub(crate) fn apply(
 
     // Activate (rollback), start what ran, check health: all before the
     // commit point, so any failure puts the previous state back.
-    if let Err(e) = activate_and_check(ctx, req, &prep, &sctx, stopped) {
+    if let Err(e) = activate_and_check(ctx, req, &prep, &sctx, stopped, &down) {
         return Err(undo(ctx, &prep, &sctx, &journal, &record, e));
     }
     if let Err(e) = commit(ctx, journal) {
@@ -218,6 +232,7 @@ pub(crate) fn apply(
         replaced_cwd,
         safety_backup: safety_id,
         warnings: out.warnings,
+        downtime_ms: down.millis(),
         duration_ms: started.elapsed().as_millis() as u64,
     }))
 }
@@ -244,6 +259,34 @@ fn undo_command(safety: &str, prep: &Prepared<'_>) -> String {
         }
     }
     command
+}
+
+/// How long the application was down: from the first stop to the end of
+/// the last start.
+struct Downtime {
+    since: Option<Instant>,
+    until: std::cell::Cell<Option<Instant>>,
+}
+
+impl Downtime {
+    /// Starts counting now if `stopping` (some service runs).
+    fn new(stopping: bool) -> Downtime {
+        Downtime {
+            since: stopping.then(Instant::now),
+            until: std::cell::Cell::new(None),
+        }
+    }
+
+    /// The services run again.
+    fn ended(&self) {
+        self.until.set(Some(Instant::now()));
+    }
+
+    /// The downtime, when services were stopped and started again.
+    fn millis(&self) -> Option<u64> {
+        let (since, until) = (self.since?, self.until.get()?);
+        Some(until.duration_since(since).as_millis() as u64)
+    }
 }
 
 /// The `BACKSTOP_*` variables the service, activate and health commands
@@ -353,6 +396,7 @@ fn activate_and_check(
     prep: &Prepared<'_>,
     sctx: &service::Ctx<'_>,
     stopped: Option<Stopped<'_>>,
+    down: &Downtime,
 ) -> Result<()> {
     if let (Some(version), Some(activate)) =
         (&req.activate, prep.inst.and_then(|i| i.activate.as_ref()))
@@ -371,6 +415,7 @@ fn activate_and_check(
     let any_control = prep.services.is_some_and(|s| s.control.is_some());
     if let Some(stopped) = stopped {
         stopped.start()?;
+        down.ended();
     }
     if let Some(s) = prep.services
         && (ran || !any_control)
@@ -736,11 +781,12 @@ impl Decider<'_, '_> {
         }
         // The live state, captured now, is what an undo puts back.
         let undo = staging.join(format!("{}.before", s.name));
+        let action = import_action(into)?;
         capture_live(self.ctx, into, prep.inst, &s.name, &undo)?;
         let size = std::fs::metadata(&data).map_or(0, |md| md.len());
         self.decided.changes.push(
             &prep.places[&s.name].shown(&prep.scratch, &s.name),
-            Action::Replace,
+            action,
             import_kind(s),
             size,
         );
@@ -927,7 +973,7 @@ fn capture_live(
 ) -> Result<()> {
     let file = fsutil::create_private(out)?;
     match into {
-        ImportTarget::Volume { name: volume } => {
+        ImportTarget::Volume { name: volume, .. } => {
             let podman = crate::podman::Podman::default();
             if podman.volume_exists(volume)? {
                 podman.volume_export(volume, file)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::RenameFlags;
 use serde::{Deserialize, Serialize};
 
+use crate::archive::format::VolumeSettings;
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -75,8 +76,13 @@ pub enum Step {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ImportTarget {
     /// A podman volume: emptied, then `podman volume import`; the
-    /// containers using it are stopped around it.
-    Volume { name: String },
+    /// containers using it are stopped around it. Created with `settings`
+    /// (its labels and options at backup time) when missing.
+    Volume {
+        name: String,
+        #[serde(default)]
+        settings: VolumeSettings,
+    },
     /// A command fed the file on its standard input.
     Command {
         /// The source's name, for messages.
@@ -95,7 +101,7 @@ impl ImportTarget {
     /// Fails when podman or the restore command fails.
     pub fn import(&self, data: &Path) -> Result<()> {
         match self {
-            ImportTarget::Volume { name } => {
+            ImportTarget::Volume { name, settings } => {
                 let podman = crate::podman::Podman::default();
                 let mut stopped = Vec::new();
                 let result = (|| {
@@ -107,7 +113,7 @@ impl ImportTarget {
                             }
                         }
                     }
-                    podman.volume_restore(name, data).map(|_| ())
+                    podman.volume_restore_with(name, data, settings).map(|_| ())
                 })();
                 let mut restarted = Ok(());
                 for c in &stopped {

@@ -146,6 +146,9 @@ pub struct RestoreReport {
     /// shell still sits in the old one until it changes into it again.
     pub replaced_cwd: Option<String>,
     pub warnings: Vec<String>,
+    /// How long the application was down: from the first service stopped
+    /// to the last started again; `None` when no service was stopped.
+    pub downtime_ms: Option<u64>,
     pub duration_ms: u64,
 }
 
@@ -389,6 +392,33 @@ pub(crate) fn import_kind(source: &SourceManifest) -> &'static str {
     }
 }
 
+/// Whether what an import replaces is there now: a podman volume may have
+/// been removed (the restore creates it); a dump's database is taken to be.
+///
+/// # Errors
+///
+/// Fails when podman cannot say whether the volume exists.
+pub(crate) fn import_exists(into: &ImportTarget) -> Result<bool> {
+    match into {
+        ImportTarget::Volume { name, .. } => crate::podman::Podman::default().volume_exists(name),
+        ImportTarget::Command { .. } => Ok(true),
+    }
+}
+
+/// What an import does to its target, for the plan: replace it, or create
+/// a volume that is not there.
+///
+/// # Errors
+///
+/// As [`import_exists`].
+pub(crate) fn import_action(into: &ImportTarget) -> Result<Action> {
+    Ok(if import_exists(into)? {
+        Action::Replace
+    } else {
+        Action::Create
+    })
+}
+
 /// Where a source's paths sit below the restored root: its path, empty for
 /// the root itself.
 pub(crate) fn rel_base(source: &SourceManifest) -> PathBuf {
@@ -421,7 +451,7 @@ impl Place {
     pub(crate) fn shown(&self, scratch: &Path, name: &str) -> String {
         match self {
             Place::Import {
-                into: ImportTarget::Volume { name },
+                into: ImportTarget::Volume { name, .. },
                 ..
             } => format!("podman volume {name}"),
             Place::Import {
@@ -548,7 +578,10 @@ fn volume_place(
         detail,
     })?;
     Ok(Place::Import {
-        into: ImportTarget::Volume { name },
+        into: ImportTarget::Volume {
+            name,
+            settings: source.volume.clone().unwrap_or_default(),
+        },
         file: manifest_file(archive, source)?,
     })
 }
@@ -805,7 +838,7 @@ pub(crate) fn prepare<'a>(
     if prep.safety {
         checks.push(prep.check_safety_space(ctx)?);
     }
-    checks.insert(1, prep.check_checksum(req)?);
+    checks.insert(1, prep.check_checksum()?);
     prep.plan.checks = checks;
 
     if req.dry_run || req.preview {
@@ -947,7 +980,9 @@ fn planned_sources(
             PlannedSource {
                 name: s.name.clone(),
                 exists: match place {
-                    Place::Import { .. } => true,
+                    // Shown as new when podman cannot tell: the plan's
+                    // actions, which need the answer, fail instead.
+                    Place::Import { into, .. } => import_exists(into).unwrap_or(false),
                     _ => target.symlink_metadata().is_ok(),
                 },
                 target: place.shown(scratch, &s.name),
@@ -1196,7 +1231,7 @@ impl Prepared<'_> {
                 SourceSpec::Sqlite(below_dest(target))
             }
             Place::Import {
-                into: ImportTarget::Volume { name },
+                into: ImportTarget::Volume { name, .. },
                 ..
             } => {
                 if !crate::podman::Podman::default()
@@ -1235,12 +1270,13 @@ impl Prepared<'_> {
         }
     }
 
-    /// The checksum check: made now when a safety backup is to be taken
-    /// (so that a damaged archive costs nothing) or for a dry run;
-    /// otherwise while staging, in the same read.
-    fn check_checksum(&self, req: &RestoreRequest) -> Result<Check> {
+    /// The checksum check, made now whenever the sidecar or the catalog
+    /// records one: before any service is stopped or safety backup taken,
+    /// so that a damaged or tampered archive costs no downtime. Staging
+    /// compares it again, in the same read that checks every member.
+    fn check_checksum(&self) -> Result<Check> {
         let src = self.src;
-        let checked_first = self.safety || req.dry_run;
+        let checked_first = self.expected.is_some();
         if checked_first {
             let actual = diff::hash_file(&src.archive)
                 .map(hex::encode)
@@ -1261,10 +1297,7 @@ impl Prepared<'_> {
                     "no sidecar or catalog checksum to compare; every file is checked while staging"
                         .into()
                 }
-                (Some((what, _)), true) => format!("SHA-256 matches {what}"),
-                (Some((what, _)), false) => format!(
-                    "SHA-256 compared with {what} while staging, before anything is swapped in"
-                ),
+                (Some((what, _)), _) => format!("SHA-256 matches {what}"),
             },
         })
     }
@@ -1337,9 +1370,10 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
             .find(|(n, _)| *n == s.name)
             .map(|(_, k)| k.as_ref());
         let target = match (&places[&s.name], keep) {
-            (Place::Import { file, .. }, _) => preview::Target::Import {
+            (Place::Import { file, into }, _) => preview::Target::Import {
                 file: file.clone(),
                 size: 0,
+                action: import_action(into)?,
             },
             (Place::Tree(t), Some(keep)) => {
                 preview::Target::Tree(Merger::new(prep.mode, t, None, keep, &other, None)?)
@@ -1365,9 +1399,9 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
     let mut changes = Changes::default();
     for s in &prep.sources {
         match by_name.remove(&s.name) {
-            Some(preview::Target::Import { size, .. }) => changes.push(
+            Some(preview::Target::Import { size, action, .. }) => changes.push(
                 &places[&s.name].shown(&prep.scratch, &s.name),
-                Action::Replace,
+                action,
                 import_kind(s),
                 size,
             ),

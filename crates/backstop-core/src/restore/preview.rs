@@ -23,8 +23,13 @@ pub enum Target<'a> {
     Tree(Merger<'a>),
     /// A single file (a database): only the member `<name>/<file>`.
     File { file: String, merger: Merger<'a> },
-    /// A volume or dump: only the size of `<name>/<file>` is planned.
-    Import { file: String, size: u64 },
+    /// A volume or dump: only the size of `<name>/<file>` is planned, and
+    /// whether it replaces what is there or creates it.
+    Import {
+        file: String,
+        size: u64,
+        action: Action,
+    },
 }
 
 /// Reads a backup's entries for a dry run.
@@ -138,7 +143,9 @@ impl Visitor for Preview<'_> {
             Target::File { file, merger } if below.as_os_str().as_bytes() == file.as_bytes() => {
                 merger.backup_entry(PathBuf::new(), &node)?
             }
-            Target::Import { file, size } if below.as_os_str().as_bytes() == file.as_bytes() => {
+            Target::Import { file, size, .. }
+                if below.as_os_str().as_bytes() == file.as_bytes() =>
+            {
                 *size = node.size;
                 None
             }

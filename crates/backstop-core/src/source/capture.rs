@@ -74,6 +74,20 @@ pub fn captured_file(source: &Source, instance_root: &Path) -> Option<String> {
     }
 }
 
+/// Refuses a volume source whose volume does not exist.
+fn require_volume(volume: &str, source: &Source, instance: &Instance) -> Result<()> {
+    if crate::podman::Podman::default().volume_exists(volume)? {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        message: format!(
+            "podman volume {volume} (source {} of instance {}) does not exist",
+            source.name, instance.name
+        ),
+        hint: Some("create it (start the application once), or remove it from the config".into()),
+    })
+}
+
 /// Captures every source of `instance` that is not a path into `spool`, and
 /// returns the scan tops of all sources in order. `env` is what dump
 /// commands see.
@@ -99,6 +113,10 @@ pub fn capture(
             });
             continue;
         }
+        if let SourceSpec::Volume(volume) = &source.spec {
+            // A plan finds a missing volume too: the backup would fail.
+            require_volume(volume, source, instance)?;
+        }
         let Some(spool) = spool else {
             // A plan without a spool: the source is described, not captured.
             continue;
@@ -109,18 +127,6 @@ pub fn capture(
             SourceSpec::Path(_) => unreachable!("handled above"),
             SourceSpec::Volume(volume) => {
                 let podman = crate::podman::Podman::default();
-                if !podman.volume_exists(volume)? {
-                    return Err(Error::Refused {
-                        message: format!(
-                            "podman volume {volume} (source {} of instance {}) does not exist",
-                            source.name, instance.name
-                        ),
-                        hint: Some(
-                            "create it (start the application once), or remove it from the config"
-                                .into(),
-                        ),
-                    });
-                }
                 let out = crate::fsutil::create_private(&file)?;
                 podman.volume_export(volume, out)?;
             }

@@ -211,6 +211,7 @@ pub fn notes(list: &[Note]) -> String {
         let kind = match n.kind {
             NoteKind::Quadlet => "quadlet",
             NoteKind::Version => "version",
+            NoteKind::Catalog => "catalog",
         };
         let _ = writeln!(
             out,

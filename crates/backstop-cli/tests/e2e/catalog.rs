@@ -333,3 +333,39 @@ fn metadata_files_move_and_go_with_their_archives_and_are_never_backups() {
     assert_eq!(rows[0]["id"], ids[0].as_str());
     assert_eq!(rows[0]["pinned"], true);
 }
+
+/// A backup into a home whose catalog is damaged is still made (the
+/// archive describes itself; a rebuild adopts it), and says so with the
+/// way out, rather than going into the damaged catalog unsaid.
+#[test]
+fn a_backup_with_a_damaged_catalog_is_made_and_says_so() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    for _ in 0..3 {
+        env.backup(&app, &[]);
+    }
+    let db = env.home().join("catalog.db");
+    crate::support::sqlite(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let mut data = std::fs::read(&db).unwrap();
+    let middle = data.len() / 2;
+    for (i, b) in data[middle..middle + 2048].iter_mut().enumerate() {
+        *b = (i * 7 + 13) as u8;
+    }
+    std::fs::write(&db, data).unwrap();
+    let out = env
+        .cmd()
+        .args(["backup", app.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is damaged") && stderr.contains("reconcile --apply"),
+        "{stderr}"
+    );
+    let archives = crate::support::walk(&env.home().join("backups"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .count();
+    assert_eq!(archives, 4);
+}

@@ -79,6 +79,9 @@ pub enum NoteKind {
     Quadlet,
     /// The instance's version could not be read.
     Version,
+    /// The catalog failed SQLite's own check: the backup is made and
+    /// recorded, but `reconcile --apply` should rebuild the catalog.
+    Catalog,
 }
 
 /// Something a backup says about how it understood the instance. Unlike a
@@ -566,6 +569,23 @@ pub fn backup_locked(
     let created_by = crate::created_by();
 
     let mut catalog = Catalog::open(&ctx.layout.catalog())?;
+    // A damaged catalog does not stop a backup (the archive describes
+    // itself, and a rebuild adopts it), but it is said.
+    let damage = match catalog.quick_check() {
+        Ok(found) => found,
+        Err(_) => Some("SQLite cannot read all of it".to_string()),
+    };
+    if let Some(problem) = damage {
+        notes.push(Note {
+            kind: NoteKind::Catalog,
+            detail: format!(
+                "the catalog {} is damaged ({problem}): this backup is recorded in it as far \
+                 as it can be; run `backstop reconcile --apply` to rebuild the catalog from \
+                 the archives",
+                ctx.layout.catalog().display()
+            ),
+        });
+    }
     repair_interrupted(&catalog, &req.instance.name)?;
     let store_dir = ctx.layout.instance_store(&req.instance.name);
     if matches!(req.output, Output::Store) && !streaming {

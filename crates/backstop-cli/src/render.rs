@@ -15,7 +15,7 @@ use backstop_core::ops::list::Listing;
 use backstop_core::ops::prune::PrunePlan;
 use backstop_core::ops::reconcile::{Problem as ReconcileProblem, ReconcileReport};
 use backstop_core::ops::recover::RecoverReport;
-use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
+use backstop_core::ops::restore::{Check, CheckOutcome, RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
 use backstop_core::ops::verify::{Verified, VerifyReport};
 use backstop_core::restore::diff::{Actions, PlannedAction, Totals};
@@ -612,6 +612,13 @@ pub fn restore_question(plan: &RestorePlan) -> String {
             if s.exists { " (replaced)" } else { " (new)" }
         );
     }
+    for c in plan
+        .checks
+        .iter()
+        .filter(|c| c.outcome != CheckOutcome::Passed)
+    {
+        let _ = writeln!(out, "{}", check_line(c));
+    }
     let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
     if !plan.changes.actions.is_empty() || plan.changes.totals.unchanged > 0 {
         action_lines(&mut out, &plan.changes.actions, false, true);
@@ -619,6 +626,16 @@ pub fn restore_question(plan: &RestorePlan) -> String {
     }
     out.push_str("Continue? [y/N] ");
     out
+}
+
+/// A plan's check, with how it ended when it did not simply pass.
+fn check_line(c: &Check) -> String {
+    let outcome = match c.outcome {
+        CheckOutcome::Passed => "",
+        CheckOutcome::NotCompared => " (not compared)",
+        CheckOutcome::Overridden => " (overridden by --force)",
+    };
+    format!("  check    {}{outcome}: {}", c.name, c.detail)
 }
 
 fn totals_line(t: &Totals) -> String {
@@ -704,7 +721,7 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
                 plan.mode
             );
             for c in &plan.checks {
-                let _ = writeln!(out, "  check    {}: {}", c.name, c.detail);
+                let _ = writeln!(out, "{}", check_line(c));
             }
             let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
             action_lines(&mut out, &plan.changes.actions, verbose, true);
@@ -725,6 +742,15 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
                 seconds(report.duration_ms)
             );
             let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+            // What a check could not settle, or --force overrode, stays
+            // in the report of the restore it let through.
+            for c in plan
+                .checks
+                .iter()
+                .filter(|c| c.outcome != CheckOutcome::Passed)
+            {
+                let _ = writeln!(out, "{}", check_line(c));
+            }
             if let Some(ms) = report.downtime_ms {
                 let _ = writeln!(out, "  the application was down for {}", seconds(ms));
             }

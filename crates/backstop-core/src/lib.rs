@@ -28,6 +28,7 @@ pub mod restore;
 pub mod service;
 pub mod source;
 pub mod time;
+pub mod version;
 
 #[cfg(test)]
 mod testutil;

@@ -251,6 +251,12 @@ fn is_working_dir(dir: &Path) -> bool {
 /// that were not (the safety backup could hold nothing of them).
 fn undo_command(safety: &str, prep: &Prepared<'_>) -> String {
     let mut command = format!("backstop restore {safety}");
+    // Across major versions (a forced restore, a rollback) the safety
+    // backup holds the other version's files: the way back crosses the
+    // version gate again.
+    if prep.version.crosses_major() {
+        command.push_str(" --force");
+    }
     for (s, planned) in prep.sources.iter().zip(&prep.plan.sources) {
         let written_here = matches!(prep.places[&s.name], Place::Tree(_) | Place::File { .. });
         if written_here && !planned.exists {

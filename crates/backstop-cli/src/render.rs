@@ -20,6 +20,7 @@ use backstop_core::ops::show::ShowReport;
 use backstop_core::ops::verify::{Verified, VerifyReport};
 use backstop_core::restore::diff::{Actions, PlannedAction, Totals};
 use backstop_core::restore::journal::Recovered;
+use backstop_core::systemd::UnitsReport;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use console::style;
 
@@ -628,6 +629,31 @@ pub fn restore_question(plan: &RestorePlan) -> String {
     out
 }
 
+/// What a restore did about the quadlet units it put back.
+fn units_lines(out: &mut String, u: &UnitsReport) {
+    if !u.started.is_empty() {
+        let _ = writeln!(out, "  started quadlet units: {}", u.started.join(", "));
+    }
+    for f in &u.failed {
+        let _ = writeln!(out, "  quadlet unit {} did not start: {}", f.unit, f.error);
+    }
+    if let Some(why) = &u.not_started {
+        let which = if u.ran_at_backup {
+            "that ran at backup time"
+        } else {
+            "the restored files give"
+        };
+        let _ = writeln!(
+            out,
+            "  quadlet units {which} were not started ({}): {why}",
+            u.units.join(", ")
+        );
+    }
+    if let Some(command) = &u.command {
+        let _ = writeln!(out, "  start them with: {command}");
+    }
+}
+
 /// A plan's check, with how it ended when it did not simply pass.
 fn check_line(c: &Check) -> String {
     let outcome = match c.outcome {
@@ -753,6 +779,9 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
             }
             if let Some(ms) = report.downtime_ms {
                 let _ = writeln!(out, "  the application was down for {}", seconds(ms));
+            }
+            if let Some(units) = &report.quadlet_units {
+                units_lines(&mut out, units);
             }
             if report.linked_files > 0 {
                 let _ = writeln!(

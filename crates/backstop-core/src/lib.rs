@@ -27,6 +27,7 @@ pub mod quadlet;
 pub mod restore;
 pub mod service;
 pub mod source;
+pub mod systemd;
 pub mod time;
 pub mod version;
 

@@ -180,6 +180,10 @@ pub struct RestoreReport {
     /// How long the application was down: from the first service stopped
     /// to the last started again; `None` when no service was stopped.
     pub downtime_ms: Option<u64>,
+    /// The systemd services of the quadlet files put back that ran at
+    /// backup time: started, or why not and the command that does; `None`
+    /// when there are none to start.
+    pub quadlet_units: Option<Box<crate::systemd::UnitsReport>>,
     pub duration_ms: u64,
 }
 

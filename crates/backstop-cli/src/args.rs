@@ -304,7 +304,9 @@ pub struct RestoreArgs {
     /// Refuse unless the backup belongs to instance NAME
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
-    /// Allow an exact restore over a directory the backup was not taken from
+    /// Allow an exact restore over a directory the backup was not taken
+    /// from, and a backup of another major version than the instance
+    /// reports now
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]

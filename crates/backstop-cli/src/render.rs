@@ -15,11 +15,12 @@ use backstop_core::ops::list::Listing;
 use backstop_core::ops::prune::PrunePlan;
 use backstop_core::ops::reconcile::{Problem as ReconcileProblem, ReconcileReport};
 use backstop_core::ops::recover::RecoverReport;
-use backstop_core::ops::restore::{RestoreOutcome, RestorePlan};
+use backstop_core::ops::restore::{Check, CheckOutcome, RestoreOutcome, RestorePlan};
 use backstop_core::ops::show::ShowReport;
 use backstop_core::ops::verify::{Verified, VerifyReport};
 use backstop_core::restore::diff::{Actions, PlannedAction, Totals};
 use backstop_core::restore::journal::Recovered;
+use backstop_core::systemd::UnitsReport;
 use comfy_table::{Cell, CellAlignment, ContentArrangement, Table, presets};
 use console::style;
 
@@ -613,6 +614,13 @@ pub fn restore_question(plan: &RestorePlan) -> String {
             if s.exists { " (replaced)" } else { " (new)" }
         );
     }
+    for c in plan
+        .checks
+        .iter()
+        .filter(|c| c.outcome != CheckOutcome::Passed)
+    {
+        let _ = writeln!(out, "{}", check_line(c));
+    }
     let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
     if !plan.changes.actions.is_empty() || plan.changes.totals.unchanged > 0 {
         action_lines(&mut out, &plan.changes.actions, false, true);
@@ -620,6 +628,41 @@ pub fn restore_question(plan: &RestorePlan) -> String {
     }
     out.push_str("Continue? [y/N] ");
     out
+}
+
+/// What a restore did about the quadlet units it put back.
+fn units_lines(out: &mut String, u: &UnitsReport) {
+    if !u.started.is_empty() {
+        let _ = writeln!(out, "  started quadlet units: {}", u.started.join(", "));
+    }
+    for f in &u.failed {
+        let _ = writeln!(out, "  quadlet unit {} did not start: {}", f.unit, f.error);
+    }
+    if let Some(why) = &u.not_started {
+        let which = if u.ran_at_backup {
+            "that ran at backup time"
+        } else {
+            "the restored files give"
+        };
+        let _ = writeln!(
+            out,
+            "  quadlet units {which} were not started ({}): {why}",
+            u.units.join(", ")
+        );
+    }
+    if let Some(command) = &u.command {
+        let _ = writeln!(out, "  start them with: {command}");
+    }
+}
+
+/// A plan's check, with how it ended when it did not simply pass.
+fn check_line(c: &Check) -> String {
+    let outcome = match c.outcome {
+        CheckOutcome::Passed => "",
+        CheckOutcome::NotCompared => " (not compared)",
+        CheckOutcome::Overridden => " (overridden by --force)",
+    };
+    format!("  check    {}{outcome}: {}", c.name, c.detail)
 }
 
 fn totals_line(t: &Totals) -> String {
@@ -705,7 +748,7 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
                 plan.mode
             );
             for c in &plan.checks {
-                let _ = writeln!(out, "  check    {}: {}", c.name, c.detail);
+                let _ = writeln!(out, "{}", check_line(c));
             }
             let _ = writeln!(out, "  safety backup: {}", plan.safety_backup_note);
             action_lines(&mut out, &plan.changes.actions, verbose, true);
@@ -726,8 +769,20 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
                 seconds(report.duration_ms)
             );
             let _ = writeln!(out, "  {}", totals_line(&plan.changes.totals));
+            // What a check could not settle, or --force overrode, stays
+            // in the report of the restore it let through.
+            for c in plan
+                .checks
+                .iter()
+                .filter(|c| c.outcome != CheckOutcome::Passed)
+            {
+                let _ = writeln!(out, "{}", check_line(c));
+            }
             if let Some(ms) = report.downtime_ms {
                 let _ = writeln!(out, "  the application was down for {}", seconds(ms));
+            }
+            if let Some(units) = &report.quadlet_units {
+                units_lines(&mut out, units);
             }
             if report.linked_files > 0 {
                 let _ = writeln!(

@@ -101,6 +101,10 @@ pub enum Error {
         ours: String,
         theirs: String,
     },
+    /// A plain restore of a backup made by another major version of the
+    /// application than the one the instance reports now.
+    #[error(transparent)]
+    MajorVersion(Box<crate::version::Mismatch>),
     /// The operation was interrupted by a signal.
     #[error("interrupted")]
     Interrupted,
@@ -145,7 +149,8 @@ impl Error {
             Error::NotFound { .. }
             | Error::Refused { .. }
             | Error::Command { .. }
-            | Error::Denied { .. } => ErrorKind::Failed,
+            | Error::Denied { .. }
+            | Error::MajorVersion(_) => ErrorKind::Failed,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::RolledBack { .. } => ErrorKind::RolledBack,
         }
@@ -169,6 +174,12 @@ impl Error {
                 theirs.split(" on ").next().unwrap_or(theirs)
             )),
             Error::Denied { path, owner, .. } => Some(denied_hint(path, *owner)),
+            Error::MajorVersion(m) => Some(format!(
+                "to go back across an upgrade, `backstop rollback` restores {}'s \
+                 pre-upgrade backup and activates its version; to restore this backup \
+                 anyway, add --force",
+                m.instance
+            )),
             Error::Interrupted => None,
             Error::RolledBack { cause } => cause.hint(),
         }

@@ -27,7 +27,9 @@ pub mod quadlet;
 pub mod restore;
 pub mod service;
 pub mod source;
+pub mod systemd;
 pub mod time;
+pub mod version;
 
 #[cfg(test)]
 mod testutil;

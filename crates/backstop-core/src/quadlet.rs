@@ -159,6 +159,50 @@ pub fn discover(dir: &Path, home: &Path) -> Result<Quadlets> {
     Ok(found)
 }
 
+/// The systemd services the quadlet files in `dir` (and its
+/// subdirectories) give, sorted: quadlet names a unit `web.container`'s
+/// service `web.service`, a `.kube`'s the same, and the others'
+/// `NAME-pod.service`, `NAME-volume.service`, `NAME-network.service`,
+/// `NAME-image.service`, `NAME-build.service`, unless the unit says
+/// `ServiceName=`. Templates (`web@.container`) are left out: they run
+/// only as instances, which are units of their own. Files that cannot be
+/// read give none; a missing `dir` gives none.
+pub fn service_names(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files, &mut Vec::new());
+    let mut names: Vec<String> = files
+        .iter()
+        .filter_map(|path| service_name(path, &read_unit(path).ok()?))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The service quadlet makes of the unit file `path`.
+fn service_name(path: &Path, unit: &Unit) -> Option<String> {
+    let ext = extension(path)?;
+    let stem = path.file_stem()?.to_str()?;
+    if stem.ends_with('@') {
+        return None;
+    }
+    let (section, suffix) = match ext {
+        "container" => ("Container", ""),
+        "kube" => ("Kube", ""),
+        "pod" => ("Pod", "-pod"),
+        "volume" => ("Volume", "-volume"),
+        "network" => ("Network", "-network"),
+        "image" => ("Image", "-image"),
+        "build" => ("Build", "-build"),
+        _ => return None,
+    };
+    let base = unit
+        .last(section, "ServiceName")
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{stem}{suffix}"));
+    Some(format!("{base}.service"))
+}
+
 /// Gathers the quadlet unit files under `dir`, recursing into
 /// subdirectories that are not hidden.
 fn collect_files(dir: &Path, files: &mut Vec<PathBuf>, notes: &mut Vec<String>) {
@@ -991,6 +1035,38 @@ mod tests {
         );
         let q = d.discover();
         assert_eq!(volume_names(&q), ["base", "extra"]);
+    }
+
+    #[test]
+    fn service_names_follow_quadlets_naming() {
+        let d = Dir::new();
+        d.write("web.container", "[Container]\nImage=x\n");
+        d.write("db.pod", "[Pod]\n");
+        d.write("data.volume", "[Volume]\n");
+        d.write("net.network", "[Network]\n");
+        d.write("app.kube", "[Kube]\nYaml=app.yaml\n");
+        d.write("sub/img.image", "[Image]\nImage=x\n");
+        d.write(
+            "named.container",
+            "[Container]\nImage=x\nServiceName=custom\n",
+        );
+        d.write("tmpl@.container", "[Container]\nImage=x\n");
+        d.write("tmpl@one.container", "[Container]\nImage=x\n");
+        d.write("notes.txt", "not a unit");
+        assert_eq!(
+            service_names(d.tmp.path()),
+            [
+                "app.service",
+                "custom.service",
+                "data-volume.service",
+                "db-pod.service",
+                "img-image.service",
+                "net-network.service",
+                "tmpl@one.service",
+                "web.service",
+            ]
+        );
+        assert!(service_names(&d.path("missing")).is_empty());
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManife
         excludes: vec![],
         never_restore: vec![],
         totals: Totals::default(),
+        quadlet_units: None,
     }
 }
 

@@ -773,3 +773,175 @@ fn a_cold_backup_stops_the_services_and_starts_them_again() {
     env.cmd().args(["backup", "svc"]).assert().code(1);
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "running\n");
 }
+
+/// A site whose version probe reads `VERSION` at its root, set to
+/// `version`, with one more file; its config in the scratch directory.
+fn versioned_site(env: &Env, version: &str) -> PathBuf {
+    let root = env.path("site");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("VERSION"), format!("{version}\n")).unwrap();
+    std::fs::write(root.join("page.html"), format!("made by {version}")).unwrap();
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            "[instances.site]\nroot = \"{}\"\nversion = {{ file = \"VERSION\" }}\n\n\
+             [instances.site.sources]\nfiles = \".\"\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    root
+}
+
+/// The plan's check named `name`.
+fn plan_check<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    plan["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {plan}"))
+}
+
+#[test]
+fn restore_across_a_major_version_is_refused_without_force() {
+    let env = Env::new();
+    let root = versioned_site(&env, "1.4.0");
+    let id = backup_id(&env, &["backup", "site"]);
+    // The upgrade to 2.x.
+    std::fs::write(root.join("VERSION"), "v2.0.1\n").unwrap();
+    std::fs::write(root.join("page.html"), "made by 2.0.1").unwrap();
+
+    // Refused, the dry run too (exit 1), naming both versions and the way out.
+    for extra in [&["--dry-run"][..], &["--yes"][..]] {
+        let mut args = vec!["restore", id.as_str()];
+        args.extend_from_slice(extra);
+        let out = env.cmd().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("1.4.0 (major version 1)")
+                && err.contains("v2.0.1 (major version 2)")
+                && err.contains("backstop rollback")
+                && err.contains("--force"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(root.join("page.html")).unwrap(),
+        "made by 2.0.1",
+        "a refused restore changed the instance"
+    );
+    assert_eq!(
+        env.list().len(),
+        1,
+        "a refused restore took a safety backup"
+    );
+
+    // With --force: the plan shows the check overridden, and so does the
+    // restore; the way back crosses the gate again, so it is forced too.
+    let plan = env.json(&["restore", &id, "--dry-run", "--force"]);
+    let check = plan_check(&plan["restore"]["plan"], "version");
+    assert_eq!(check["outcome"], "overridden", "{plan}");
+    assert_eq!(check["ok"], false, "{plan}");
+    let out = env
+        .cmd()
+        .args(["restore", &id, "--force", "--yes"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("check    version (overridden by --force)"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("page.html")).unwrap(),
+        "made by 1.4.0"
+    );
+    let restores = env.json(&["show", &id]);
+    let undo_id = restores["show"]["restores"][0]["safety_backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("`backstop restore {undo_id} --force`")),
+        "{text}"
+    );
+    env.cmd()
+        .args(["restore", &undo_id, "--force", "--yes"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(root.join("page.html")).unwrap(),
+        "made by 2.0.1"
+    );
+}
+
+#[test]
+fn restore_within_a_major_version_shows_the_version_check_passed() {
+    let env = Env::new();
+    let root = versioned_site(&env, "0.3.1");
+    let id = backup_id(&env, &["backup", "site"]);
+    std::fs::write(root.join("VERSION"), "0.3.7\n").unwrap();
+    let plan = env.json(&["restore", &id, "--dry-run"]);
+    let check = plan_check(&plan["restore"]["plan"], "version");
+    assert_eq!(check["outcome"], "passed", "{plan}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("major version 0.3"),
+        "{plan}"
+    );
+
+    // Below 1.0 the minor counts: 0.3 → 0.4 is another major version.
+    std::fs::write(root.join("VERSION"), "0.4.0\n").unwrap();
+    env.cmd().args(["restore", &id, "--yes"]).assert().code(1);
+
+    // A version that is not one (a git hash) is shown, never blocks.
+    std::fs::write(root.join("VERSION"), "git-4f2a9c\n").unwrap();
+    let plan = env.json(&["restore", &id, "--dry-run"]);
+    let check = plan_check(&plan["restore"]["plan"], "version");
+    assert_eq!(check["outcome"], "not-compared", "{plan}");
+    env.cmd().args(["restore", &id, "--yes"]).assert().success();
+}
+
+#[test]
+fn rollback_crosses_major_versions_without_force() {
+    let env = Env::new();
+    let root = versioned_site(&env, "1.9.0");
+    env.cmd()
+        .args(["backup", "site", "--reason", "pre-upgrade"])
+        .assert()
+        .success();
+    std::fs::write(root.join("VERSION"), "2.0.0\n").unwrap();
+    let out = env.cmd().args(["rollback", "--yes"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("VERSION")).unwrap(),
+        "1.9.0\n"
+    );
+    // The way back to 2.0.0 is a plain restore across major versions.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let undo = text
+        .split('`')
+        .find(|s| s.starts_with("backstop restore "))
+        .unwrap_or_else(|| panic!("no undo command in {text}"));
+    assert!(undo.ends_with(" --force"), "{text}");
+    let mut args: Vec<&str> = undo.split(' ').skip(1).collect();
+    args.push("--yes");
+    env.cmd().args(&args).assert().success();
+    assert_eq!(
+        std::fs::read_to_string(root.join("VERSION")).unwrap(),
+        "2.0.0\n"
+    );
+}

@@ -13,6 +13,7 @@ mod names;
 mod output;
 mod proportional;
 mod prune;
+mod quadlet_units;
 mod reconcile;
 mod restore;
 mod roots;

@@ -579,9 +579,20 @@ fn duck_upgrade_data_only_restore_failed_records_and_a_moved_store() {
     // New data and a new config after the upgrade; the data goes bad.
     write(&root.join("config/duck.toml"), "theme = \"dark\"\n");
     write(&root.join("data/records.db"), "records corrupted");
+    // 0.8 data under 0.9 (below 1.0 a minor release is a major one): the
+    // version gate asks for --force, and changes nothing without it.
     env.cmd()
         .env("PATH", &path)
         .args(["restore", &id, "--only", "data", "--yes"])
+        .assert()
+        .code(1);
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/records.db")).unwrap(),
+        "records corrupted"
+    );
+    env.cmd()
+        .env("PATH", &path)
+        .args(["restore", &id, "--only", "data", "--yes", "--force"])
         .assert()
         .success();
     assert_eq!(
@@ -636,7 +647,7 @@ fn duck_upgrade_data_only_restore_failed_records_and_a_moved_store() {
     env.cmd().args(["verify", "--all"]).assert().success();
     env.cmd()
         .env("PATH", &path)
-        .args(["restore", &id, "--only", "data", "--yes"])
+        .args(["restore", &id, "--only", "data", "--yes", "--force"])
         .assert()
         .success();
     let newest = &env.json(&["list", "duck"])["backups"][0];

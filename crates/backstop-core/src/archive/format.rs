@@ -285,6 +285,26 @@ pub struct Manifest {
     pub never_restore: Vec<String>,
     /// The scan's totals, so a restore can check free space first.
     pub totals: Totals,
+    /// For an instance with quadlet files: the systemd services they give
+    /// and which ran when the backup was made, so a restore that puts the
+    /// files back can start those again. An additive field of format 1:
+    /// absent otherwise and in archives written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quadlet_units: Option<QuadletUnits>,
+}
+
+/// The systemd services of a quadlet deployment at backup time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuadletUnits {
+    /// Whose service manager runs them: `user` or `system`.
+    pub scope: crate::systemd::Scope,
+    /// Every service the quadlet files give, sorted.
+    pub units: Vec<String>,
+    /// Those that were active; `None` when systemd could not be asked.
+    pub active: Option<Vec<String>>,
+    /// Why systemd could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
 }
 
 impl Manifest {

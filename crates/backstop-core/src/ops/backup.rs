@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::Context;
 use crate::archive::compress::BlockCompressor;
-use crate::archive::format::{FORMAT, Problem, SourceManifest, Totals};
+use crate::archive::format::{FORMAT, Problem, QuadletUnits, SourceManifest, Totals};
 use crate::archive::reader::sidecar_path;
 use crate::archive::writer::{Target, Written, write_archive};
 use crate::archive::{Codec, CompressionSpec, Description, Manifest, Trailer};
@@ -27,6 +27,7 @@ use crate::naming::{self, Renamed};
 use crate::source::capture::{self, Spool};
 use crate::source::exclude::{Excluded, Excludes};
 use crate::source::scan::{Dirs, EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
+use crate::systemd::{Scope, Systemd};
 use crate::time;
 
 /// Where the archive goes.
@@ -565,8 +566,13 @@ pub fn backup_locked(
     let created_at = time::rfc3339(created);
     let base = format!("{}-{}", req.instance.name, time::id_stamp(created));
     let origin = path_str(&req.instance.root)?;
-    let host = hostname();
-    let created_by = crate::created_by();
+    let made = Made {
+        host: hostname(),
+        created_by: crate::created_by(),
+        // Asked before a cold backup stops anything: what ran as it began.
+        quadlet_units: quadlet_units(&req.instance),
+    };
+    let (host, created_by) = (&made.host, &made.created_by);
 
     let mut catalog = Catalog::open(&ctx.layout.catalog())?;
     // A damaged catalog does not stop a backup (the archive describes
@@ -596,12 +602,12 @@ pub fn backup_locked(
     let new = NewBackup {
         instance: &req.instance.name,
         origin: &origin,
-        host: &host,
+        host,
         created_at: &created_at,
         about: &req.about,
         compression: req.compression.codec,
         level: req.compression.level,
-        created_by: &created_by,
+        created_by,
     };
     // An id is taken when an archive of that name exists where this one goes
     // (only the store and a directory output name the file after the id).
@@ -632,7 +638,7 @@ pub fn backup_locked(
         catalog.set_planned_location(&id, &path_str(&planned)?)?;
     }
     let result = cold(ctx, &req, || {
-        run(ctx, &req, stream, &id, &created_at, &host, &created_by)
+        run(ctx, &req, stream, &id, &created_at, &made)
     });
     match result {
         Ok((written, location, scan_excluded)) => {
@@ -696,8 +702,7 @@ fn run(
     stream: Option<Box<dyn Write + Send>>,
     id: &str,
     created_at: &str,
-    host: &str,
-    created_by: &str,
+    made: &Made,
 ) -> Result<(Written, Option<String>, Vec<ExcludedPath>)> {
     let spool = Spool::new(&ctx.layout.home, &req.instance.name)?;
     let mut env = req.instance.env();
@@ -715,8 +720,8 @@ fn run(
         id: id.to_string(),
         instance: req.instance.name.clone(),
         created_at: created_at.to_string(),
-        created_by: created_by.to_string(),
-        host: host.to_string(),
+        created_by: made.created_by.clone(),
+        host: made.host.clone(),
         about: req.about.clone(),
         compression: req.compression.codec,
         level: req.compression.level,
@@ -727,6 +732,7 @@ fn run(
         excludes: excludes.patterns().to_vec(),
         never_restore: req.instance.never_restore.clone(),
         totals: scan.totals,
+        quadlet_units: made.quadlet_units.clone(),
     };
     if let Some(stream) = stream {
         let written = write_archive(
@@ -771,6 +777,34 @@ fn run(
         return Err(e);
     }
     Ok((written, Some(path_str(&committed)?), scan.excluded))
+}
+
+/// Where and by what a backup is made, and what ran then: the manifest's
+/// facts about its making.
+struct Made {
+    host: String,
+    created_by: String,
+    quadlet_units: Option<QuadletUnits>,
+}
+
+/// The services an instance's quadlet files give, and which of them are
+/// active now (when systemd can be asked); `None` without `quadlets`.
+fn quadlet_units(instance: &Instance) -> Option<QuadletUnits> {
+    let dir = instance.resolve(instance.quadlets.as_ref()?);
+    let units = crate::quadlet::service_names(&dir);
+    let scope = Scope::of_this_process();
+    let asked = Systemd::detect(scope)
+        .and_then(|systemd| systemd.active(&units).map_err(|e| error_chain(&e)));
+    let (active, unknown) = match asked {
+        Ok(active) => (Some(active), None),
+        Err(why) => (None, Some(why)),
+    };
+    Some(QuadletUnits {
+        scope,
+        units,
+        active,
+        unknown,
+    })
 }
 
 /// Runs `f`, with the instance's services stopped around it when it asks

@@ -22,7 +22,7 @@ use crate::command::{CommandLine, Run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::instance::Instance;
 use crate::ops::backup::{BackupRequest, Output, backup, error_chain};
-use crate::ops::restore::{Mode, RestoreOutcome, RestoreRequest, restore};
+use crate::ops::restore::{Mode, Purpose, RestoreOutcome, RestoreRequest, restore};
 use crate::{Context, time};
 
 /// A guarded command.
@@ -249,6 +249,7 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
     request.instance = Some(inst.name.clone());
     request.activate = version.clone();
     request.safety_reason = "pre-rollback".into();
+    request.purpose = Purpose::Rollback;
     request.backup_message = Some(format!("the state after the failed `{}`", report.command));
     request.wait = req.wait;
     request.dest = Some(PathBuf::from(&inst.root));

@@ -23,7 +23,8 @@ use crate::restore::{apply, plan};
 use crate::{Context, failpoint, fsutil};
 
 pub use crate::restore::plan::{
-    Check, PlannedSource, RestoreOutcome, RestorePlan, RestoreReport, RestoreRequest,
+    Check, CheckOutcome, PlannedSource, Purpose, RestoreOutcome, RestorePlan, RestoreReport,
+    RestoreRequest,
 };
 pub use crate::restore::steps::Mode;
 

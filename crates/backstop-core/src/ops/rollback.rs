@@ -10,7 +10,7 @@ use crate::Context;
 use crate::catalog::{BackupRecord, ListFilter, Status};
 use crate::error::{Error, Result};
 use crate::ops::list::open_existing;
-use crate::ops::restore::{Mode, RestoreOutcome, RestorePlan, RestoreRequest, restore};
+use crate::ops::restore::{Mode, Purpose, RestoreOutcome, RestorePlan, RestoreRequest, restore};
 
 /// What to roll back.
 #[derive(Debug, Clone)]
@@ -184,6 +184,7 @@ pub fn rollback(
     request.activate =
         Some(backup.about.app_version.clone().unwrap_or_default()).filter(|v| !v.is_empty());
     request.safety_reason = "pre-rollback".into();
+    request.purpose = Purpose::Rollback;
     let outcome = restore(ctx, &request, confirm)?;
     Ok((backup, outcome))
 }

@@ -34,6 +34,7 @@ use crate::restore::plan::{
 use crate::restore::stage::{Stager, remove_tree, staging_dir};
 use crate::restore::steps::{Merger, Mode, Moves};
 use crate::service::{self, Stopped};
+use crate::systemd::{Systemd, UnitsReport};
 use crate::{Context, failpoint, fsutil, time};
 
 /// How a restore ended, as the catalog records it.
@@ -219,6 +220,7 @@ pub(crate) fn apply(
     Journal::remove(home, &m.instance)?;
     // The safety backup was an automatic one: prune after it if asked to.
     auto_prune(ctx, &prep, lock, safety_id.is_some(), &mut out.warnings);
+    let quadlet_units = bring_up_quadlets(&prep, &mut out.warnings);
     let undo = safety_id.as_deref().map(|id| undo_command(id, &prep));
     let replaced_cwd = cwd
         .filter(|dir| !is_working_dir(dir))
@@ -233,8 +235,34 @@ pub(crate) fn apply(
         safety_backup: safety_id,
         warnings: out.warnings,
         downtime_ms: down.millis(),
+        quadlet_units: quadlet_units.map(Box::new),
         duration_ms: started.elapsed().as_millis() as u64,
     }))
+}
+
+/// After a restore in place that put an instance's quadlet files back:
+/// the services they give that ran at backup time, brought up again (or
+/// why not, and how). A service that does not start is a warning too.
+fn bring_up_quadlets(prep: &Prepared<'_>, warnings: &mut Vec<String>) -> Option<UnitsReport> {
+    let recorded = prep.src.manifest.quadlet_units.as_ref()?;
+    let inst = prep.inst.filter(|_| prep.in_place)?;
+    let dir = inst.resolve(inst.quadlets.as_ref()?);
+    let restored = prep
+        .sources
+        .iter()
+        .any(|s| matches!(&prep.places[&s.name], Place::Tree(t) if dir.starts_with(t)));
+    if !restored {
+        return None;
+    }
+    let now = crate::quadlet::service_names(&dir);
+    let report = crate::systemd::bring_up(recorded, &now, Systemd::detect)?;
+    for f in &report.failed {
+        warnings.push(format!(
+            "quadlet unit {} did not start: {}",
+            f.unit, f.error
+        ));
+    }
+    Some(report)
 }
 
 /// Whether `dir` is still the process's working directory: the same
@@ -251,6 +279,12 @@ fn is_working_dir(dir: &Path) -> bool {
 /// that were not (the safety backup could hold nothing of them).
 fn undo_command(safety: &str, prep: &Prepared<'_>) -> String {
     let mut command = format!("backstop restore {safety}");
+    // Across major versions (a forced restore, a rollback) the safety
+    // backup holds the other version's files: the way back crosses the
+    // version gate again.
+    if prep.version.crosses_major() {
+        command.push_str(" --force");
+    }
     for (s, planned) in prep.sources.iter().zip(&prep.plan.sources) {
         let written_here = matches!(prep.places[&s.name], Place::Tree(_) | Place::File { .. });
         if written_here && !planned.exists {

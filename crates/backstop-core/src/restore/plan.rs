@@ -30,6 +30,7 @@ use crate::restore::stage::{Selection, root_relative};
 use crate::restore::steps::{Merger, Mode};
 use crate::service::Services;
 use crate::source::exclude::{Excludes, Patterns};
+use crate::version::{Major, Mismatch};
 
 /// Everything a restore needs to know.
 #[derive(Debug, Clone)]
@@ -50,8 +51,11 @@ pub struct RestoreRequest {
     pub backup_message: Option<String>,
     /// Refuse unless the backup belongs to this instance.
     pub instance: Option<String>,
-    /// Allow an exact restore over a directory that is not the backup's own.
+    /// Allow an exact restore over a directory that is not the backup's
+    /// own, and a backup of another major version than the instance's.
     pub force: bool,
+    /// A restore, or a rollback (which the version gate lets through).
+    pub purpose: Purpose,
     pub wait: Option<Duration>,
     /// For a rollback: run the instance's activate command with this
     /// version once the files are in place, before the services start.
@@ -79,6 +83,7 @@ impl RestoreRequest {
             backup_message: None,
             instance: None,
             force: false,
+            purpose: Purpose::Restore,
             wait: None,
             activate: None,
             safety_reason: "pre-restore".into(),
@@ -91,8 +96,34 @@ impl RestoreRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: &'static str,
+    /// Whether the check passed (or could not be made, which never
+    /// blocks); `false` only for a check `--force` overrode.
     pub ok: bool,
+    pub outcome: CheckOutcome,
     pub detail: String,
+}
+
+/// How a check ended, for a plan that is carried out: a check that fails
+/// without `--force` refuses the restore instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckOutcome {
+    Passed,
+    /// There was nothing to compare (a version that cannot be read or is
+    /// not one backstop can compare): shown, never blocking.
+    NotCompared,
+    /// It failed, and `--force` let the restore go on.
+    Overridden,
+}
+
+/// Why a restore is made: a plain restore, or a rollback (`rollback`,
+/// `guard --rollback-on-failure`), whose job is to go back across an
+/// upgrade and which the version gate therefore lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Purpose {
+    #[default]
+    Restore,
+    Rollback,
 }
 
 /// Where one source goes.
@@ -149,6 +180,10 @@ pub struct RestoreReport {
     /// How long the application was down: from the first service stopped
     /// to the last started again; `None` when no service was stopped.
     pub downtime_ms: Option<u64>,
+    /// The systemd services of the quadlet files put back that ran at
+    /// backup time: started, or why not and the command that does; `None`
+    /// when there are none to start.
+    pub quadlet_units: Option<Box<crate::systemd::UnitsReport>>,
     pub duration_ms: u64,
 }
 
@@ -729,6 +764,8 @@ pub(crate) struct Prepared<'a> {
     pub(crate) safety: bool,
     /// The whole-file checksum the archive must have, and who says so.
     pub(crate) expected: Option<(String, String)>,
+    /// The backup's version and the instance's now.
+    pub(crate) version: VersionGate,
     pub(crate) plan: RestorePlan,
 }
 
@@ -819,10 +856,12 @@ pub(crate) fn prepare<'a>(
         existing: Vec::new(),
         safety: false,
         expected,
+        version: VersionGate::Unknown,
         plan,
     };
 
     // Checks, all before anything is written.
+    prep.version = prep.version_gate();
     let mut checks = prep.checks(ctx, req, &own_root, is_own_root)?;
     prep.existing = prep.safety_sources();
     prep.safety = req.pre_backup && !prep.existing.is_empty();
@@ -1006,21 +1045,25 @@ impl Prepared<'_> {
         let mut checks = vec![Check {
             name: "format",
             ok: true,
+            outcome: CheckOutcome::Passed,
             detail: format!("archive format {} written by {}", m.format, m.created_by),
         }];
         if let Some(name) = &req.instance {
             checks.push(Check {
                 name: "instance",
                 ok: true,
+                outcome: CheckOutcome::Passed,
                 detail: format!("the backup belongs to {name}"),
             });
         }
+        checks.extend(self.version.check(m, req)?);
         if req.dry_run
             && let Some(pending) = Journal::load(&ctx.layout.home, &m.instance)?
         {
             checks.push(Check {
                 name: "interrupted restore",
                 ok: true,
+        outcome: CheckOutcome::Passed,
                 detail: format!(
                     "the restore of {} into {} was interrupted; the restore finishes or undoes it first (or run `backstop recover {}`)",
                     pending.backup,
@@ -1047,10 +1090,49 @@ impl Prepared<'_> {
             checks.push(Check {
                 name: "services",
                 ok: true,
+                outcome: CheckOutcome::Passed,
                 detail: s.describe(),
             });
         }
         Ok(checks)
+    }
+
+    /// What the version gate sees (Sindri's): the backup's version and
+    /// the one the instance reports now, for a restore in place (a
+    /// restore elsewhere leaves the instance as it is) of an instance with
+    /// a version probe, of a backup that recorded its version.
+    fn version_gate(&self) -> VersionGate {
+        let m = &self.src.manifest;
+        let (true, Some(inst), Some(backup)) = (
+            self.in_place,
+            self.inst.filter(|i| i.version.is_some()),
+            m.about.app_version.clone(),
+        ) else {
+            return VersionGate::Unknown;
+        };
+        let current = match inst.detect_version() {
+            Ok(Some(v)) => v,
+            Ok(None) => return VersionGate::Unknown,
+            Err(e) => {
+                return VersionGate::NotCompared(format!(
+                    "the backup was made by version {backup}; the instance's version cannot \
+                     be read now ({}), so it is not compared",
+                    crate::ops::backup::error_chain(&e)
+                ));
+            }
+        };
+        match (Major::of(&backup), Major::of(&current)) {
+            (Some(was), Some(now)) => VersionGate::Compared {
+                backup,
+                was,
+                current,
+                now,
+            },
+            _ => VersionGate::NotCompared(format!(
+                "the backup was made by version {backup}, the instance reports {current}: \
+                 not versions whose major version backstop can read, so not compared"
+            )),
+        }
     }
 
     /// Refuses a restore the filesystem of `base` (the destination's
@@ -1072,6 +1154,7 @@ impl Prepared<'_> {
         Ok(Check {
             name: "free space",
             ok: true,
+            outcome: CheckOutcome::Passed,
             detail: format!(
                 "{} MiB free on {}, about {} MiB needed",
                 have >> 20,
@@ -1149,6 +1232,7 @@ impl Prepared<'_> {
         Ok(Check {
             name: "free space for the safety backup",
             ok: true,
+            outcome: CheckOutcome::Passed,
             detail: format!(
                 "{} MiB free on {}, about {} MiB needed for {what}",
                 have >> 20,
@@ -1292,6 +1376,7 @@ impl Prepared<'_> {
         Ok(Check {
             name: "checksum",
             ok: true,
+            outcome: CheckOutcome::Passed,
             detail: match (&self.expected, checked_first) {
                 (None, _) => {
                     "no sidecar or catalog checksum to compare; every file is checked while staging"
@@ -1300,6 +1385,88 @@ impl Prepared<'_> {
                 (Some((what, _)), _) => format!("SHA-256 matches {what}"),
             },
         })
+    }
+}
+
+/// The backup's version and the instance's now, as the version gate
+/// compares them.
+#[derive(Debug, Clone)]
+pub(crate) enum VersionGate {
+    /// Nothing to compare: a restore elsewhere, an instance without a
+    /// version probe, a backup that recorded no version.
+    Unknown,
+    /// Shown in the plan, never blocking: why they cannot be compared.
+    NotCompared(String),
+    Compared {
+        backup: String,
+        was: Major,
+        current: String,
+        now: Major,
+    },
+}
+
+impl VersionGate {
+    /// Whether the restore puts back another major version than the
+    /// instance runs now.
+    pub(crate) fn crosses_major(&self) -> bool {
+        matches!(self, VersionGate::Compared { was, now, .. } if was != now)
+    }
+
+    /// The plan's check: none for a rollback (whose job is to cross
+    /// versions) or with nothing to compare.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MajorVersion`] for a plain restore across major versions
+    /// without `--force`.
+    fn check(&self, m: &Manifest, req: &RestoreRequest) -> Result<Option<Check>> {
+        let check = |outcome, detail| Check {
+            name: "version",
+            ok: outcome != CheckOutcome::Overridden,
+            outcome,
+            detail,
+        };
+        let (gate, Purpose::Restore) = (self, req.purpose) else {
+            return Ok(None);
+        };
+        let (backup, was, current, now) = match gate {
+            VersionGate::Unknown => return Ok(None),
+            VersionGate::NotCompared(why) => {
+                return Ok(Some(check(CheckOutcome::NotCompared, why.clone())));
+            }
+            VersionGate::Compared {
+                backup,
+                was,
+                current,
+                now,
+            } => (backup, was, current, now),
+        };
+        if was == now {
+            return Ok(Some(check(
+                CheckOutcome::Passed,
+                format!(
+                    "the backup was made by version {backup}, the instance reports {current}: \
+                     the same major version {now}"
+                ),
+            )));
+        }
+        if !req.force {
+            return Err(Error::MajorVersion(Box::new(Mismatch {
+                backup: m.id.clone(),
+                instance: m.instance.clone(),
+                backup_version: backup.clone(),
+                backup_major: *was,
+                current: current.clone(),
+                current_major: *now,
+            })));
+        }
+        Ok(Some(check(
+            CheckOutcome::Overridden,
+            format!(
+                "the backup was made by version {backup} (major version {was}), the instance \
+                 reports {current} (major version {now}): restored anyway, as --force asks"
+            ),
+        )))
     }
 }
 
@@ -1317,6 +1484,7 @@ fn check_writable(base: &Path) -> Result<Check> {
     Ok(Check {
         name: "permissions",
         ok: true,
+        outcome: CheckOutcome::Passed,
         detail: format!("{} is writable", base.display()),
     })
 }

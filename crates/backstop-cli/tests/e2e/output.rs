@@ -375,3 +375,55 @@ fn mib(text: &str) -> f64 {
         _ => panic!("unit {unit:?} in {text:?}"),
     }
 }
+
+/// Issue 11, item 10: Ctrl-C during a backup on a terminal clears the
+/// progress bar before the error is printed, so the error stands on a line
+/// of its own (checked on the terminal's raw output: after the last bar
+/// drawn, its line is erased before `error: interrupted`).
+#[test]
+fn ctrl_c_clears_the_progress_bar_before_the_error() {
+    if !have("script") {
+        return;
+    }
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    for i in 0..200u64 {
+        let data: Vec<u8> = (0..100_000u64)
+            .map(|j| ((i * 100_000 + j).wrapping_mul(6364136223846793005) >> 33) as u8)
+            .collect();
+        std::fs::write(app.join(format!("f{i:03}")), data).unwrap();
+    }
+    let q = |s: &std::path::Path| crate::support::sh_quote(s.as_os_str());
+    // Each file read waits 100 ms, so the backup is still running (bar
+    // drawn) when the interrupt comes.
+    let line = format!(
+        "BACKSTOP_FAILPOINTS='backup.read-file=sleep:100' {} --home {} backup {} & pid=$!; \
+         sleep 2; kill -INT $pid; wait $pid; echo \"exit=$?\"",
+        q(&crate::support::bin()),
+        q(&env.home()),
+        q(&app)
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(env.dir.path())
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_HOME")
+        .env("XDG_CONFIG_HOME", env.path("xdg-config"))
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(screen.contains("exit=130"), "{screen:?}");
+    let last_bar = screen.rfind("backing up [").expect("a bar was drawn");
+    let after = &screen[last_bar..];
+    let error = after.find("error:").expect("the error after the bar");
+    let between = &after[..error];
+    let bar_end = between.find("left").map_or(0, |i| i + 4);
+    assert!(
+        between[bar_end..].contains("\x1b[2K"),
+        "the bar's line was not erased before the error: {:?}",
+        &after[..error + 20]
+    );
+}

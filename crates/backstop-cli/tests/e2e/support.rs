@@ -240,7 +240,7 @@ pub fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// `s` quoted for `sh`.
-fn sh_quote(s: &std::ffi::OsStr) -> String {
+pub fn sh_quote(s: &std::ffi::OsStr) -> String {
     format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
 }
 

@@ -439,7 +439,12 @@ fn choose_backup(
         ));
     }
     print_stderr(&format!(
-        "Backups of {instance}, newest first:\n{list}Which one to {command}? [1-{}] ",
+        "Backups of {instance}, newest first:\n{list}Which one to {}? [1-{}] ",
+        if command == "rollback" {
+            "roll back to"
+        } else {
+            command
+        },
         rows.len()
     ));
     let answer = console::Term::stderr().read_line().unwrap_or_default();

@@ -1373,3 +1373,46 @@ fn restore_without_a_backup_asks_which_on_a_terminal() {
         "the older backup, picked as 2, is back"
     );
 }
+
+/// Issue 11, item 5, for `rollback`: given no version on a terminal, it
+/// lists the pre-upgrade backups newest first and restores the one picked.
+#[test]
+fn rollback_without_a_version_asks_which_on_a_terminal() {
+    let env = Env::new();
+    let app = env.small_app("svc");
+    let mut ids = Vec::new();
+    for port in ["1", "2"] {
+        std::fs::write(app.join("config/app.toml"), format!("port = {port}\n")).unwrap();
+        let b = env.backup(&app, &["--reason", "pre-upgrade"]);
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    std::fs::write(app.join("config/app.toml"), b"port = 3\n").unwrap();
+    let args = [
+        "rollback".as_ref(),
+        "--instance".as_ref(),
+        "svc".as_ref(),
+        "--no-pre-backup".as_ref(),
+    ];
+    let Some(run) = crate::support::on_terminal(&env, &args, "2\ny\n") else {
+        return;
+    };
+    assert_eq!(run.code, Some(0), "{}", run.screen);
+    assert!(
+        run.screen.contains("Which one to roll back to? [1-2]"),
+        "{}",
+        run.screen
+    );
+    let newest = run.screen.find(&format!("{}  ", ids[1]));
+    let oldest = run.screen.find(&format!("{}  ", ids[0]));
+    assert!(
+        newest.is_some() && oldest.is_some() && newest < oldest,
+        "the pre-upgrade backups, newest first: {}",
+        run.screen
+    );
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        b"port = 1\n",
+        "the older pre-upgrade backup, picked as 2, is back: {}",
+        run.screen
+    );
+}

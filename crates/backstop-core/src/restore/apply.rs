@@ -341,6 +341,8 @@ fn safety_backup(
         },
         excludes: Vec::new(),
         compression: CompressionSpec::default(),
+        // Encrypted as the instance's own backups are.
+        encryption: crate::encryption::EncryptRequest::default(),
         output: Output::Store,
         wait: None,
     };
@@ -602,6 +604,7 @@ fn stage(
         &prep.src.archive,
         (ctx.progress, crate::progress::Phase::Unpack),
         ctx.cancel,
+        ctx.keys,
         &mut stager,
     );
     let verified = run.result?;

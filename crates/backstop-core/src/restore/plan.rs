@@ -243,7 +243,7 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
             ),
         });
     }
-    let manifest = read_manifest(&archive)?;
+    let manifest = read_manifest(&archive, ctx.keys)?;
     if let Some(r) = &record
         && r.id != manifest.id
     {
@@ -1338,6 +1338,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
             &src.archive,
             (ctx.progress, Phase::Verify),
             ctx.cancel,
+            ctx.keys,
             &mut Skim,
         );
         incomplete_paths(m, &run.result?.trailer)
@@ -1391,6 +1392,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
         &src.archive,
         (ctx.progress, Phase::Verify),
         ctx.cancel,
+        ctx.keys,
         &mut visitor,
     )
     .result?;

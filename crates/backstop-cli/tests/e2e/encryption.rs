@@ -784,3 +784,38 @@ fn key_check_proves_which_identities_open_the_configured_recipients() {
             .success();
     }
 }
+
+#[test]
+fn an_ssh_ed25519_key_encrypts_and_opens_both_with_backstop_and_age() {
+    if !tools() || !have("ssh-keygen") {
+        return;
+    }
+    let env = Env::new();
+    sh(
+        env.dir.path(),
+        "ssh-keygen -q -t ed25519 -N '' -C ops@nas -f id_ed25519",
+    );
+    let public = std::fs::read_to_string(env.path("id_ed25519.pub")).unwrap();
+    let app = app(&env);
+    let b = env.backup(&app, &["--recipient", public.trim()]);
+    let archive = b["location"].as_str().unwrap().to_string();
+    let out = sh(
+        env.dir.path(),
+        &format!("age -d -i id_ed25519 '{archive}' | zstd -dc | tar -xO app/config/.env"),
+    );
+    assert_eq!(out.stdout, SECRET);
+    let dest = env.path("dest");
+    env.cmd()
+        .args([
+            "restore",
+            &archive,
+            "--yes",
+            "--identity",
+            "id_ed25519",
+            "--dest",
+        ])
+        .arg(&dest)
+        .assert()
+        .success();
+    assert_same_tree(&app, &dest, exact());
+}

@@ -211,7 +211,7 @@ pub struct BackupArgs {
     #[arg(short, long, value_name = "FILE|DIR|-")]
     pub output: Option<PathBuf>,
     /// Encrypt, and refuse if no recipients are configured or given [default:
-    /// encrypt when the config's [encryption] table has recipients]
+    /// encrypt when the config's `[encryption]` table has recipients]
     #[arg(long, conflicts_with = "no_encrypt")]
     pub encrypt: bool,
     /// Do not encrypt, whatever the config says
@@ -290,7 +290,7 @@ pub enum KeyCommand {
     ///
     /// Writes the identity to FILE (mode 0600, never over an existing file),
     /// or prints it on stdout. Put the recipient in the config's
-    /// [encryption] recipients, and keep the identity away from the machine
+    /// `[encryption]` recipients, and keep the identity away from the machine
     /// that backs up: losing it loses the backups encrypted to it.
     New(KeyNewArgs),
     /// Prove that identities open what backups are encrypted to

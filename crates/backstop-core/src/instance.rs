@@ -146,7 +146,7 @@ pub struct Instance {
     /// `[retention]`: the rules `prune` uses when given none.
     pub retention: RetentionConfig,
     /// `[encryption]`, as the instance's table says it (see
-    /// [`EncryptionConfig::or_defaults`] for `[defaults.encryption]`).
+    /// [`crate::encryption::EncryptionConfig::or_defaults`] for `[defaults.encryption]`).
     pub encryption: crate::encryption::EncryptionConfig,
 }
 

@@ -474,7 +474,7 @@ fn list_show_and_prune_of_encrypted_backups_need_no_key() {
         return;
     }
     let env = Env::new();
-    let (_, recipient) = key(&env, "key.txt");
+    let (identity, recipient) = key(&env, "key.txt");
     let app = app(&env);
     let first = env.backup(&app, &["--recipient", &recipient]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -486,7 +486,16 @@ fn list_show_and_prune_of_encrypted_backups_need_no_key() {
         .assert()
         .success()
         .stdout(predicate::str::contains("encrypted   yes"))
-        .stdout(predicate::str::contains("no identity was given"));
+        .stdout(predicate::str::contains("no identity was given"))
+        .stdout(predicate::str::contains("Sources").not());
+    // With the key, the manifest inside is read too.
+    env.cmd()
+        .args(["show", second["id"].as_str().unwrap(), "--identity"])
+        .arg(&identity)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Sources"))
+        .stdout(predicate::str::contains("no identity was given").not());
     let old = PathBuf::from(first["location"].as_str().unwrap());
     env.cmd().args(["prune", "--keep", "1"]).assert().success();
     assert!(!old.exists());

@@ -115,6 +115,9 @@ pub enum Command {
     Init(InitArgs),
     /// Check the config, the store and the catalog, and say what is wrong
     Doctor(DoctorArgs),
+    /// Make an age identity, or prove that identities open encrypted backups
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print shell completions
     Completions(CompletionsArgs),
 }
@@ -207,6 +210,17 @@ pub struct BackupArgs {
     /// Write the archive to FILE, into DIR, or to stdout (`-`) instead of the store
     #[arg(short, long, value_name = "FILE|DIR|-")]
     pub output: Option<PathBuf>,
+    /// Encrypt, and refuse if no recipients are configured or given [default:
+    /// encrypt when the config's `[encryption]` table has recipients]
+    #[arg(long, conflicts_with = "no_encrypt")]
+    pub encrypt: bool,
+    /// Do not encrypt, whatever the config says
+    #[arg(long, conflicts_with = "recipients")]
+    pub no_encrypt: bool,
+    /// Also encrypt to this age recipient (`age1…`) or SSH public key
+    /// (`ssh-ed25519 …`), besides the configured ones (repeatable)
+    #[arg(long = "recipient", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
     /// Show what would be backed up and the estimated size; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -256,6 +270,53 @@ pub struct ShowArgs {
     /// A backup id, or the path of an archive file
     #[arg(value_name = "ID|FILE")]
     pub target: String,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// The identities that open encrypted archives.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// Decrypt with the age identity (or unencrypted SSH private key) in
+    /// FILE; `-` reads it from stdin (repeatable) [default: the config's
+    /// `identity_file`s]
+    #[arg(long = "identity", value_name = "FILE", env = "BACKSTOP_IDENTITY")]
+    pub identities: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a new X25519 identity and print its recipient
+    ///
+    /// Writes the identity to FILE (mode 0600, never over an existing file),
+    /// or prints it on stdout. Put the recipient in the config's
+    /// `[encryption]` recipients, and keep the identity away from the machine
+    /// that backs up: losing it loses the backups encrypted to it.
+    New(KeyNewArgs),
+    /// Prove that identities open what backups are encrypted to
+    ///
+    /// Encrypts a fresh test archive to the recipients of INSTANCE (or of
+    /// [defaults.encryption]) and --recipient, then opens it with each
+    /// identity given; exit 2 when one does not open it.
+    Check(KeyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyNewArgs {
+    /// Write the identity to FILE instead of stdout
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyCheckArgs {
+    /// A configured instance whose recipients to test [default: [defaults.encryption]]
+    pub instance: Option<String>,
+    /// Also encrypt the test archive to this recipient (repeatable)
+    #[arg(long = "recipient", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -266,6 +327,8 @@ pub struct VerifyArgs {
     /// Verify every backup in the catalog that has an archive
     #[arg(long, conflicts_with = "targets")]
     pub all: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Wait for a migration of the store to finish (for up to DURATION, e.g. 10m)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
@@ -310,6 +373,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
     pub common: ChangeArgs,
 }
 
@@ -342,6 +407,8 @@ pub struct RollbackArgs {
     #[arg(long, value_name = "NAME")]
     pub instance: Option<String>,
     #[command(flatten)]
+    pub identity: IdentityArgs,
+    #[command(flatten)]
     pub common: ChangeArgs,
 }
 
@@ -367,6 +434,9 @@ pub struct GuardArgs {
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
+    /// For a rollback of an encrypted backup
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// The command to run, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -421,6 +491,8 @@ pub struct ReconcileArgs {
     /// kept as catalog.db.damaged-TIMESTAMP
     #[arg(long)]
     pub apply: bool,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use backstop_core::archive::BackupKind;
 use backstop_core::catalog::{ListFilter, Status};
 use backstop_core::ops::{
-    backup, doctor, guard, init, list, migrate, prune, reconcile, recover, restore, rollback, show,
-    verify,
+    backup, doctor, guard, init, key, list, migrate, prune, reconcile, recover, restore, rollback,
+    show, verify,
 };
 use backstop_core::progress::Cancel;
 use backstop_core::{Context, Error, ErrorKind};
@@ -22,8 +22,9 @@ use console::style;
 
 use args::{
     BackupArgs, BackupSeed, Cli, Command, DeleteArgs, DoctorArgs, Global, GuardArgs, InitArgs,
-    KindArg, ListArgs, MigrateArgs, ModeArg, PinArgs, PruneArgs, ReconcileArgs, RecoverArgs,
-    RestoreArgs, RollbackArgs, ShowArgs, StatusArg, VerifyArgs,
+    KeyCheckArgs, KeyCommand, KeyNewArgs, KindArg, ListArgs, MigrateArgs, ModeArg, PinArgs,
+    PruneArgs, ReconcileArgs, RecoverArgs, RestoreArgs, RollbackArgs, ShowArgs, StatusArg,
+    VerifyArgs,
 };
 use settings::Settings;
 
@@ -160,6 +161,8 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
         Command::Guard(a) => cmd_guard(&g, &a, cancel),
         Command::Init(a) => cmd_init(&g, &a),
         Command::Doctor(a) => cmd_doctor(&g, &a, cancel),
+        Command::Key(KeyCommand::New(a)) => cmd_key_new(&g, &a),
+        Command::Key(KeyCommand::Check(a)) => cmd_key_check(&g, &a, cancel),
         Command::Completions(a) => {
             clap_complete::generate(
                 a.shell,
@@ -185,6 +188,7 @@ fn with_context<T>(
         config: &settings.config,
         progress: &reporter,
         cancel,
+        keys: &settings.keys,
     };
     f(&ctx)
 }
@@ -236,6 +240,52 @@ fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> 
     })
 }
 
+fn cmd_key_new(g: &Global, a: &KeyNewArgs) -> Result<u8, Error> {
+    let out = a.out.as_deref().map(backstop_core::config::absolute);
+    let key = key::new_key(out.as_deref())?;
+    if g.json {
+        print_json(&render::envelope(
+            "key-new",
+            serde_json::json!({ "key": key }),
+        ));
+    } else {
+        print_stdout(&render::key_new(&key));
+    }
+    print_stderr(&render::key_warning(&key));
+    Ok(code::OK)
+}
+
+fn cmd_key_check(g: &Global, a: &KeyCheckArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load_with_identities(g, &a.identity)?;
+    let instance = a
+        .instance
+        .as_deref()
+        .map(|n| settings.config.instance(n).cloned())
+        .transpose()?;
+    let check = with_context(g, &settings, cancel, |ctx| {
+        key::check_keys(ctx, instance.as_ref(), &a.recipients)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "key-check",
+            serde_json::json!({ "ok": check.all_open(), "check": check }),
+        ));
+    } else {
+        print_stdout(&render::key_check(&check));
+    }
+    if check.all_open() {
+        return Ok(code::OK);
+    }
+    if !g.json {
+        print_stderr(&format!(
+            "{} an identity that does not open the test archive will not open your backups \
+             either: find the identity of one of the recipients above\n",
+            style("hint:").for_stderr().cyan().bold()
+        ));
+    }
+    Ok(code::USAGE)
+}
+
 fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
     let filter = ListFilter {
@@ -268,7 +318,7 @@ fn cmd_list(g: &Global, a: &ListArgs, cancel: &Cancel) -> Result<u8, Error> {
 }
 
 fn cmd_show(g: &Global, a: &ShowArgs, cancel: &Cancel) -> Result<u8, Error> {
-    let settings = Settings::load(g)?;
+    let settings = Settings::load_with_identities(g, &a.identity)?;
     let report = with_context(g, &settings, cancel, |ctx| show::show(ctx, &a.target))?;
     if g.json {
         print_json(&render::envelope(
@@ -282,7 +332,7 @@ fn cmd_show(g: &Global, a: &ShowArgs, cancel: &Cancel) -> Result<u8, Error> {
 }
 
 fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> {
-    let settings = Settings::load(g)?;
+    let settings = Settings::load_with_identities(g, &a.identity)?;
     let targets = if a.all {
         verify::VerifyTargets::All
     } else {
@@ -320,7 +370,7 @@ fn cmd_verify(g: &Global, a: &VerifyArgs, cancel: &Cancel) -> Result<u8, Error> 
 }
 
 fn cmd_restore(g: &Global, a: &RestoreArgs, cancel: &Cancel) -> Result<u8, Error> {
-    let settings = Settings::load(g)?;
+    let settings = Settings::load_with_identities(g, &a.identity)?;
     let target = match &a.backup {
         Some(t) => t.clone(),
         None => {
@@ -510,7 +560,7 @@ fn print_warnings(warnings: &[String]) {
 }
 
 fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Error> {
-    let settings = Settings::load(g)?;
+    let settings = Settings::load_with_identities(g, &a.identity)?;
     // On a terminal a person picks; elsewhere the newest, as documented.
     let backup = match &a.version {
         None if will_ask(a.common.yes) => {
@@ -556,7 +606,7 @@ fn cmd_rollback(g: &Global, a: &RollbackArgs, cancel: &Cancel) -> Result<u8, Err
 }
 
 fn cmd_guard(g: &Global, a: &GuardArgs, cancel: &Cancel) -> Result<u8, Error> {
-    let settings = Settings::load(g)?;
+    let settings = Settings::load_with_identities(g, &a.identity)?;
     let instance = settings::resolve_instance(&settings.config, std::path::Path::new(&a.instance))?;
     let request = guard::GuardRequest {
         instance,
@@ -715,7 +765,7 @@ fn cmd_pin(g: &Global, a: &PinArgs, pinned: bool, cancel: &Cancel) -> Result<u8,
 }
 
 fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, Error> {
-    let settings = Settings::load(g)?;
+    let settings = Settings::load_with_identities(g, &a.identity)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
     let report = with_context(g, &settings, cancel, |ctx| {
         reconcile::reconcile(ctx, a.instance(), a.apply, wait)

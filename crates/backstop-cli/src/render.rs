@@ -11,6 +11,7 @@ use backstop_core::ops::backup::{
 use backstop_core::ops::doctor::{DoctorReport, Level};
 use backstop_core::ops::guard::{GuardOutcome, GuardReport};
 use backstop_core::ops::init::InitReport;
+use backstop_core::ops::key::{KeyCheck, NewKey};
 use backstop_core::ops::list::Listing;
 use backstop_core::ops::prune::PrunePlan;
 use backstop_core::ops::reconcile::{Problem as ReconcileProblem, ReconcileReport};
@@ -172,8 +173,42 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
         }
     }
     let _ = writeln!(out, "  sha256   {}", b.sha256.as_deref().unwrap_or("-"));
+    encrypted_line(&mut out, &report.encrypted_to);
     excluded_lines(&mut out, &report.excluded, verbose);
     out
+}
+
+/// `  encrypted to age1…, ssh-ed25519 …` (public keys), when encrypted.
+fn encrypted_line(out: &mut String, recipients: &[String]) {
+    if recipients.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = recipients.iter().map(|r| short_recipient(r)).collect();
+    let _ = writeln!(
+        out,
+        "  age      encrypted to {} ({})",
+        match recipients.len() {
+            1 => "1 recipient".to_string(),
+            n => format!("{n} recipients"),
+        },
+        shown.join(", ")
+    );
+}
+
+/// A recipient cut to what a person compares: `age1abcd…wxyz`, or an SSH
+/// key's type and comment.
+fn short_recipient(r: &str) -> String {
+    if let Some(rest) = r.strip_prefix("ssh-") {
+        let mut parts = rest.split_whitespace();
+        let kind = parts.next().unwrap_or_default();
+        let comment = parts.nth(1).unwrap_or_default();
+        return format!("ssh-{kind} {comment}").trim_end().to_string();
+    }
+    if r.len() > 16 {
+        format!("{}…{}", &r[..9], &r[r.len() - 6..])
+    } else {
+        r.to_string()
+    }
 }
 
 /// Warning lines for stderr.
@@ -277,6 +312,7 @@ pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
         bytes(plan.estimated_size),
         codec(plan.compression, plan.level),
     );
+    encrypted_line(&mut out, &plan.encrypted_to);
     excluded_lines(&mut out, &plan.excluded, verbose);
     if verbose {
         for p in &plan.excluded_paths {
@@ -454,6 +490,13 @@ pub fn show(report: &ShowReport) -> String {
         if let Some(s) = &b.sha256 {
             field(&mut out, "sha256", s);
         }
+        if b.encrypted {
+            field(
+                &mut out,
+                "encrypted",
+                "yes (age; an identity is needed to restore or to check the content)",
+            );
+        }
         field(&mut out, "pinned", if b.pinned { "yes" } else { "no" });
     } else {
         field(&mut out, "catalog", "not in the catalog");
@@ -573,7 +616,15 @@ pub fn verify(verified: &Verified) -> String {
 /// One archive's verdict: `ok` with its totals, or `FAIL` with its problems.
 fn verdict(out: &mut String, r: &VerifyReport) {
     let name = r.id.clone().unwrap_or_else(|| r.path.clone());
-    if r.ok {
+    if r.ok && !r.content_checked {
+        let _ = writeln!(
+            out,
+            "{}  {name}: whole-file checksum and age header only, {} checked in {}",
+            style("part").yellow().bold(),
+            bytes(r.size),
+            seconds(r.duration_ms)
+        );
+    } else if r.ok {
         let _ = writeln!(
             out,
             "{}  {name}: {} entries, {} files, {} checked in {}",
@@ -592,6 +643,76 @@ fn verdict(out: &mut String, r: &VerifyReport) {
     for w in &r.warnings {
         let _ = writeln!(out, "      {} {w}", style("warning:").yellow());
     }
+}
+
+/// The answer to `key new`: the recipient on stdout (the identity too
+/// when it went nowhere else); the warning goes to stderr, separately.
+pub fn key_new(key: &NewKey) -> String {
+    let mut out = String::new();
+    if let Some(identity) = &key.identity {
+        out.push_str(identity);
+    }
+    if let Some(file) = &key.file {
+        let _ = writeln!(out, "Wrote a new identity to {file} (mode 0600)");
+        let _ = writeln!(
+            out,
+            "Recipient (put it in the config's [encryption] recipients):"
+        );
+    }
+    let _ = writeln!(out, "{}", key.recipient);
+    out
+}
+
+/// The warning `key new` prints on stderr.
+pub fn key_warning(key: &NewKey) -> String {
+    let place = key
+        .file
+        .as_deref()
+        .map_or("this identity".to_string(), |f| {
+            format!("the identity in {f}")
+        });
+    format!(
+        "{} {place} is the only way to open backups encrypted to {}. Lose it and those \
+         backups are lost; anyone who has it can read them. Keep a copy offline (paper or a \
+         USB key in a drawer), away from this machine, and add a second recipient (an offline \
+         recovery key) to the config.\n",
+        style("warning:").for_stderr().yellow().bold(),
+        key.recipient
+    )
+}
+
+/// The answer to `key check`: one line per identity.
+pub fn key_check(check: &KeyCheck) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Encrypted a test archive to {} recipient(s): {}",
+        check.recipients.len(),
+        check
+            .recipients
+            .iter()
+            .map(|r| short_recipient(r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for i in &check.identities {
+        if i.opens {
+            let _ = writeln!(
+                out,
+                "{}  {} opens it",
+                style("ok  ").green().bold(),
+                i.identity
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{}  {} does not open it: it is not the identity of any of these recipients",
+                style("FAIL").red().bold(),
+                i.identity
+            );
+        }
+    }
+    out
 }
 
 /// The question asked before a restore writes anything.

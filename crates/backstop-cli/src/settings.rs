@@ -13,12 +13,17 @@ use backstop_core::config::{Config, Layout, absolute};
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupRequest, Output};
 
-use crate::args::{BackupArgs, CodecArg, CompressionArg, Global};
+use backstop_core::encryption::{EncryptMode, EncryptRequest, IdentitySet, Keys};
+
+use crate::args::{BackupArgs, CodecArg, CompressionArg, Global, IdentityArgs};
 
 /// The config and the layout that follows from it and the flags.
 pub struct Settings {
     pub config: Config,
     pub layout: Layout,
+    /// The identities given, and the config's `identity_file`s (read only
+    /// when an encrypted archive is opened).
+    pub keys: Keys,
 }
 
 impl Settings {
@@ -30,7 +35,58 @@ impl Settings {
     pub fn load(global: &Global) -> Result<Settings, Error> {
         let config = Config::load(global.config.as_deref())?;
         let layout = Layout::resolve(global.home.as_deref(), &config)?;
-        Ok(Settings { config, layout })
+        let keys = Keys::new(Vec::new(), configured_identities(&config));
+        Ok(Settings {
+            config,
+            layout,
+            keys,
+        })
+    }
+
+    /// Loads the config, and reads the identities given with `--identity`
+    /// (or `$BACKSTOP_IDENTITY`) before anything else happens.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a bad config, or an identity file that cannot be used.
+    pub fn load_with_identities(global: &Global, ids: &IdentityArgs) -> Result<Settings, Error> {
+        let mut settings = Settings::load(global)?;
+        let given = ids
+            .identities
+            .iter()
+            .map(|p| IdentitySet::read(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        settings.keys = Keys::new(given, configured_identities(&settings.config));
+        Ok(settings)
+    }
+}
+
+/// Every `identity_file` of the config: `[defaults.encryption]`'s, then
+/// each instance's, once each.
+fn configured_identities(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    let all =
+        std::iter::once(&config.encryption).chain(config.instances.values().map(|i| &i.encryption));
+    for file in all.filter_map(|e| e.identity_file.clone()) {
+        if !files.contains(&file) {
+            files.push(file);
+        }
+    }
+    files
+}
+
+/// What `--encrypt`, `--no-encrypt` and `--recipient` ask for.
+fn encryption(args: &BackupArgs) -> EncryptRequest {
+    let mode = if args.no_encrypt {
+        EncryptMode::Off
+    } else if args.encrypt || !args.recipients.is_empty() {
+        EncryptMode::Required
+    } else {
+        EncryptMode::AsConfigured
+    };
+    EncryptRequest {
+        mode,
+        extra: args.recipients.clone(),
     }
 }
 
@@ -224,6 +280,7 @@ pub fn backup_request(
         },
         excludes,
         compression,
+        encryption: encryption(args),
         output,
         wait,
     })

@@ -154,6 +154,10 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX guards_by_backup ON guards (backup_id);
     "#,
+    // 3: whether the archive is an age stream (encrypted backups).
+    r#"
+    ALTER TABLE backups ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The state of a backup attempt.
@@ -232,6 +236,8 @@ pub struct BackupRecord {
     pub bytes: Option<u64>,
     pub compression: Codec,
     pub level: Option<i32>,
+    /// Whether the archive is encrypted (an age stream around it).
+    pub encrypted: bool,
     pub sha256: Option<String>,
     pub status: Status,
     pub error: Option<String>,
@@ -293,6 +299,7 @@ pub struct NewBackup<'a> {
     pub about: &'a Description,
     pub compression: Codec,
     pub level: Option<i32>,
+    pub encrypted: bool,
     pub created_by: &'a str,
 }
 
@@ -355,7 +362,7 @@ pub struct Catalog {
 const COLUMNS: &str = "id, instance, origin, host, created_at, finished_at, kind, reason, message, \
     labels, app_version, upgraded_to, profile, location, size, entries, files, bytes, compression, \
     level, sha256, status, error, warnings, verified_at, verify_ok, verify_error, pinned, created_by, \
-    last_restored_at, last_restored_to, last_restored_by";
+    last_restored_at, last_restored_to, last_restored_by, encrypted";
 
 impl Catalog {
     /// Opens (creating if needed, with mode 0600) and migrates the catalog at
@@ -1069,8 +1076,10 @@ fn insert_creating(
     conn.execute(
         &format!(
             "{verb} INTO backups (id, instance, origin, host, created_at, kind, reason, message, \
-             labels, app_version, upgraded_to, profile, compression, level, status, created_by) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'creating', ?15)"
+             labels, app_version, upgraded_to, profile, compression, level, status, created_by, \
+             encrypted) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'creating', ?15, \
+             ?16)"
         ),
         params![
             id,
@@ -1088,6 +1097,7 @@ fn insert_creating(
             new.compression.to_string(),
             new.level,
             new.created_by,
+            new.encrypted,
         ],
     )
 }
@@ -1140,6 +1150,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
             _ => Codec::Zstd,
         },
         level: r.get(19)?,
+        encrypted: r.get(32)?,
         sha256: r.get(20)?,
         status: Status::parse(&status),
         error: r.get(22)?,
@@ -1192,6 +1203,7 @@ mod tests {
             about,
             compression: Codec::Zstd,
             level: Some(3),
+            encrypted: false,
             created_by: "backstop test",
         }
     }

@@ -77,6 +77,7 @@ struct RawDefaults {
     level: Option<i32>,
     #[serde(default)]
     exclude: Vec<String>,
+    encryption: Option<crate::encryption::EncryptionConfig>,
 }
 
 /// The loaded configuration.
@@ -93,6 +94,9 @@ pub struct Config {
     pub level: Option<i32>,
     /// `[defaults] exclude`: gitignore-style patterns for every backup.
     pub exclude: Vec<String>,
+    /// `[defaults.encryption]`: for every instance whose own table leaves
+    /// a key out, and for ad-hoc instances.
+    pub encryption: crate::encryption::EncryptionConfig,
     /// `[instances.NAME]`, by name.
     pub instances: BTreeMap<String, Instance>,
 }
@@ -186,6 +190,15 @@ impl Config {
                 }
             })?;
         }
+        let encryption = raw
+            .defaults
+            .encryption
+            .unwrap_or_default()
+            .checked(&base)
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("[defaults.encryption] {message}"),
+            })?;
         let mut instances = BTreeMap::new();
         for (name, spanned) in raw.instances {
             let table = spanned.span();
@@ -206,6 +219,7 @@ impl Config {
             compression: raw.defaults.compression,
             level: raw.defaults.level,
             exclude: raw.defaults.exclude,
+            encryption,
             instances,
         })
     }

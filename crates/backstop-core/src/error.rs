@@ -12,6 +12,7 @@ use crate::access::Need;
 use crate::archive::ArchiveError;
 use crate::catalog::CatalogError;
 use crate::config::ConfigError;
+use crate::encryption::EncryptionError;
 use crate::lock::LockError;
 
 /// What kind of failure an error is; the CLI maps each to an exit code.
@@ -44,6 +45,8 @@ pub enum Error {
     Lock(#[from] LockError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Encryption(#[from] EncryptionError),
     /// An I/O operation on a named path failed.
     #[error("{action} {}", path.display())]
     Io {
@@ -142,6 +145,7 @@ impl Error {
             Error::Catalog(e) => e.kind(),
             Error::Lock(e) => e.kind(),
             Error::Archive(e) => e.kind(),
+            Error::Encryption(e) => e.kind(),
             Error::Io { source, .. } if source.kind() == io::ErrorKind::Interrupted => {
                 ErrorKind::Interrupted
             }
@@ -163,6 +167,7 @@ impl Error {
             Error::Catalog(e) => e.hint(),
             Error::Lock(e) => e.hint(),
             Error::Archive(e) => e.hint(),
+            Error::Encryption(e) => e.hint(),
             Error::Io { source, path, .. } => io_hint(source, path),
             Error::Usage { hint, .. }
             | Error::NotFound { hint, .. }

@@ -145,6 +145,9 @@ pub struct Instance {
     pub quadlets: Option<PathBuf>,
     /// `[retention]`: the rules `prune` uses when given none.
     pub retention: RetentionConfig,
+    /// `[encryption]`, as the instance's table says it (see
+    /// [`crate::encryption::EncryptionConfig::or_defaults`] for `[defaults.encryption]`).
+    pub encryption: crate::encryption::EncryptionConfig,
 }
 
 impl Instance {
@@ -172,6 +175,7 @@ impl Instance {
                 failed_max_age: DEFAULT_FAILED_MAX_AGE,
                 ..RetentionConfig::default()
             },
+            encryption: crate::encryption::EncryptionConfig::default(),
         }
     }
 
@@ -550,6 +554,7 @@ pub struct RawInstance {
     activate: Option<CommandLine>,
     services: Option<RawServices>,
     retention: Option<RawRetention>,
+    encryption: Option<crate::encryption::EncryptionConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1046,6 +1051,11 @@ impl Instance {
                 )
             }
         };
+        let encryption = raw
+            .encryption
+            .unwrap_or_default()
+            .checked(&crate::fsutil::parent_dir(config_path))
+            .map_err(|e| format!("encryption: {e}"))?;
         let retention = match raw.retention {
             None => RetentionConfig {
                 failed_max_age: DEFAULT_FAILED_MAX_AGE,
@@ -1098,6 +1108,7 @@ impl Instance {
             cold_backup,
             quadlets: raw.quadlets,
             retention,
+            encryption,
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod archive;
 pub mod catalog;
 pub mod command;
 pub mod config;
+pub mod encryption;
 pub mod error;
 pub mod failpoint;
 pub mod fsutil;
@@ -47,6 +48,8 @@ pub struct Context<'a> {
     pub progress: &'a dyn progress::Progress,
     /// Set by a signal handler to stop the operation.
     pub cancel: &'a progress::Cancel,
+    /// The identities that may open encrypted archives.
+    pub keys: &'a encryption::Keys,
 }
 
 impl<'a> Context<'a> {

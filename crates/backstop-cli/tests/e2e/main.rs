@@ -6,6 +6,7 @@ mod backup;
 mod catalog;
 mod confinement;
 mod craft;
+mod encryption;
 mod failures;
 mod instances;
 mod migrate;

@@ -41,8 +41,23 @@ impl Codec {
         }
     }
 
-    /// The codec an archive file name implies, if any.
+    /// The archive file name suffix for this codec, encrypted or not
+    /// (`.tar.zst.age`).
+    pub fn file_suffix(self, encrypted: bool) -> String {
+        let age = if encrypted {
+            crate::encryption::EXTENSION
+        } else {
+            ""
+        };
+        format!("{}{age}", self.extension())
+    }
+
+    /// The codec an archive file name implies, if any; an encrypted
+    /// archive's name (`….tar.zst.age`) implies the codec inside.
     pub fn from_file_name(name: &str) -> Option<Codec> {
+        let name = name
+            .strip_suffix(crate::encryption::EXTENSION)
+            .unwrap_or(name);
         [Codec::Zstd, Codec::Gzip, Codec::None]
             .into_iter()
             .find(|c| name.ends_with(c.extension()))

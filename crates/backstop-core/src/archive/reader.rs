@@ -3,15 +3,18 @@
 //! format promises in one pass over the file.
 //!
 //! Verification runs three stages on three threads: the file is read and
-//! hashed as a whole (for the sidecar), decompressed, and parsed as tar with
-//! every member hashed. Nothing is written anywhere.
+//! hashed as a whole (for the sidecar), decrypted (an age file) and
+//! decompressed, and parsed as tar with every member hashed. Nothing is
+//! written anywhere.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use sha2::{Digest, Sha256};
@@ -21,6 +24,7 @@ use crate::archive::format::{
     parse_checksum_line,
 };
 use crate::archive::tarread::{Entry, Kind, TarReader};
+use crate::encryption::{self, EncryptionError, Keys};
 use crate::error::{Error, Result};
 use crate::progress::{Cancel, Phase, Progress};
 
@@ -59,20 +63,87 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> Error {
     .into()
 }
 
-/// Reads the first bytes of `path` and returns its codec.
-fn sniff(path: &Path) -> Result<Codec> {
-    let mut head = [0u8; 512];
+/// Reads the first bytes of `path`: whether it is an age file, and if not,
+/// its codec (an encrypted archive's codec is known once it is decrypted).
+fn sniff(path: &Path) -> Result<Option<Codec>> {
     let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let mut n = 0;
-    while n < head.len() {
-        match file.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(Error::io("reading", path, e)),
-        }
+    let mut head = [0u8; 512];
+    let n = read_full(&mut file, &mut head).map_err(|e| Error::io("reading", path, e))?;
+    if encryption::is_age(&head[..n]) {
+        return Ok(None);
     }
     detect_codec(&head[..n])
-        .ok_or_else(|| corrupt(path, "not a backstop archive (neither zstd, gzip nor tar)"))
+        .map(Some)
+        .ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))
+}
+
+const NOT_AN_ARCHIVE: &str = "not a backstop archive (neither zstd, gzip, tar nor age)";
+
+/// Where the first error of an age stream is kept, so that a decoder
+/// error it caused is reported as what it is: the ciphertext failed age's
+/// authentication (or was cut short).
+type AgeFailure = Rc<RefCell<Option<String>>>;
+
+/// An age stream's plaintext that records its first error.
+struct Tracked<R> {
+    inner: R,
+    failure: AgeFailure,
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.failure
+                .borrow_mut()
+                .get_or_insert_with(|| e.to_string());
+        })
+    }
+}
+
+/// The plaintext tar stream of the archive `path` whose bytes `input`
+/// yields: decrypted with `keys` when `codec` is `None` (an age file),
+/// then decompressed. Also says the codec, and where an age failure will
+/// be recorded.
+fn open_stream<'a, R: Read + 'a>(
+    path: &Path,
+    codec: Option<Codec>,
+    input: R,
+    keys: &Keys,
+) -> Result<(Codec, Box<dyn Read + 'a>, AgeFailure)> {
+    let failure = AgeFailure::default();
+    let (codec, raw): (Codec, Box<dyn Read + 'a>) = match codec {
+        Some(c) => (c, Box::new(input)),
+        None => {
+            let mut plain = Tracked {
+                inner: encryption::decrypt(path, input, keys)?,
+                failure: failure.clone(),
+            };
+            let mut head = vec![0u8; 512];
+            let n = read_full(&mut plain, &mut head).map_err(|e| {
+                Error::from(EncryptionError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })
+            })?;
+            head.truncate(n);
+            let codec = detect_codec(&head).ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))?;
+            (codec, Box::new(io::Cursor::new(head).chain(plain)))
+        }
+    };
+    let stream = decoder(codec, raw).map_err(|e| corrupt(path, e.to_string()))?;
+    Ok((codec, stream, failure))
+}
+
+/// The error for a decoding failure: the age stream's, if it failed.
+fn decode_error(path: &Path, codec: Codec, failure: &AgeFailure, detail: String) -> Error {
+    match failure.borrow().clone() {
+        Some(age) => EncryptionError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("age: {age}"),
+        }
+        .into(),
+        None => corrupt(path, format!("{codec} stream: {detail}")),
+    }
 }
 
 /// Parses a manifest, refusing a newer format before anything else.
@@ -103,20 +174,21 @@ pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Reads only the manifest, the archive's first member.
+/// Reads only the manifest, the archive's first member, decrypting with
+/// `keys` when the archive is encrypted.
 ///
 /// # Errors
 ///
-/// Fails when the file cannot be read, or its first member is not a manifest.
-pub fn read_manifest(path: &Path) -> Result<Manifest> {
+/// Fails when the file cannot be read (or decrypted), or its first member
+/// is not a manifest.
+pub fn read_manifest(path: &Path, keys: &Keys) -> Result<Manifest> {
     let codec = sniff(path)?;
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let stream =
-        decoder(codec, io::BufReader::new(file)).map_err(|e| corrupt(path, e.to_string()))?;
+    let (codec, stream, failure) = open_stream(path, codec, io::BufReader::new(file), keys)?;
     let mut tar = TarReader::new(stream);
     let first = tar
         .next_entry()
-        .map_err(|e| corrupt(path, e.to_string()))?
+        .map_err(|e| decode_error(path, codec, &failure, e.to_string()))?
         .ok_or_else(|| corrupt(path, "the archive is empty"))?;
     let data = read_doc(path, &mut tar, &first, MANIFEST_NAME)?;
     parse_manifest(path, &data)
@@ -170,6 +242,8 @@ pub struct Verified {
     pub sha256: String,
     pub size: u64,
     pub codec: Codec,
+    /// Whether the file is an age stream around the compressed archive.
+    pub encrypted: bool,
     pub manifest: Manifest,
     pub trailer: Trailer,
     /// Payload entries, regular files, and their bytes, as counted while reading.
@@ -185,6 +259,8 @@ pub struct Verified {
 pub struct VerifyRun {
     pub sha256: Option<String>,
     pub size: u64,
+    /// Whether the file is an age stream (known once its first bytes are read).
+    pub encrypted: bool,
     pub result: Result<Verified>,
 }
 
@@ -232,31 +308,46 @@ fn refill(spent: &Receiver<Vec<u8>>) -> Vec<u8> {
 /// first, names in byte order); hard links point at earlier files; every regular file's SHA-256 matches
 /// its line in the checksums member, which lists exactly those files in
 /// order; the trailer is last and agrees with what was read.
-pub fn verify_archive(path: &Path, progress: &dyn Progress, cancel: &Cancel) -> VerifyRun {
-    walk_archive(path, (progress, Phase::Verify), cancel, &mut CheckOnly)
+pub fn verify_archive(
+    path: &Path,
+    (progress, cancel): (&dyn Progress, &Cancel),
+    keys: &Keys,
+) -> VerifyRun {
+    walk_archive(
+        path,
+        (progress, Phase::Verify),
+        cancel,
+        keys,
+        &mut CheckOnly,
+    )
 }
 
 /// Reads `path` completely as [`verify_archive`] does, passing each payload
 /// entry to `visitor` (a restore writes them out). The whole-file checksum
 /// is computed on the way. Progress is reported as `phase`, in bytes of the
 /// archive file read, the phase's total (a visitor that writes reports
-/// nothing, so the count never passes the total).
+/// nothing, so the count never passes the total). An encrypted archive is
+/// decrypted with `keys`; without a key that opens it, the file is still
+/// read and hashed to the end, so the caller can check the sidecar.
 pub fn walk_archive(
     path: &Path,
     (progress, phase): (&dyn Progress, Phase),
     cancel: &Cancel,
+    keys: &Keys,
     visitor: &mut dyn Visitor,
 ) -> VerifyRun {
-    let codec = match sniff(path) {
+    let sniffed = match sniff(path) {
         Ok(c) => c,
         Err(e) => {
             return VerifyRun {
                 sha256: None,
                 size: 0,
+                encrypted: false,
                 result: Err(e),
             };
         }
     };
+    let encrypted = sniffed.is_none();
     let total = std::fs::metadata(path).map_or(0, |m| m.len());
     progress.start(phase, total);
     let run = std::thread::scope(|s| {
@@ -287,24 +378,25 @@ pub fn walk_archive(
             }
             Ok((hex::encode(hasher.finalize()), size))
         });
-        // Stage 2: decompress.
-        let decoder_thread = s.spawn(move || -> std::result::Result<(), String> {
+        // Stage 2: decrypt and decompress.
+        let decoder_thread = s.spawn(move || -> Result<Codec> {
             let input = ChannelReader {
                 rx: raw_rx,
                 chunk: Vec::new(),
                 pos: 0,
                 spent: raw_spent_tx,
             };
-            let mut stream = decoder(codec, input).map_err(|e| e.to_string())?;
+            let (codec, mut stream, failure) = open_stream(path, sniffed, input, keys)?;
             loop {
                 let mut buf = refill(&plain_spent_rx);
-                let n = read_full(&mut stream, &mut buf).map_err(|e| e.to_string())?;
+                let n = read_full(&mut stream, &mut buf)
+                    .map_err(|e| decode_error(path, codec, &failure, e.to_string()))?;
                 if n == 0 {
-                    return Ok(());
+                    return Ok(codec);
                 }
                 buf.truncate(n);
                 if plain_tx.send(buf).is_err() {
-                    return Ok(());
+                    return Ok(codec);
                 }
             }
         });
@@ -328,24 +420,27 @@ pub fn walk_archive(
             return VerifyRun {
                 sha256: None,
                 size: 0,
+                encrypted,
                 result: Err(e),
             };
         }
     };
     // A decoding error explains any tar error that follows from it.
     let result = match (decoded, checked) {
-        (Err(detail), _) => Err(corrupt(path, format!("{codec} stream: {detail}"))),
-        (Ok(()), Err(e)) => Err(e),
-        (Ok(()), Ok(mut v)) => {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(codec), Ok(mut v)) => {
             v.sha256 = sha256.clone().unwrap_or_default();
             v.size = size;
             v.codec = codec;
+            v.encrypted = encrypted;
             Ok(v)
         }
     };
     VerifyRun {
         sha256,
         size,
+        encrypted,
         result,
     }
 }
@@ -358,8 +453,7 @@ pub fn walk_archive(
 /// Fails exactly when [`verify_archive`] would report the content broken.
 pub fn verify_bytes(data: &[u8]) -> Result<Verified> {
     let path = Path::new("<memory>");
-    let codec = detect_codec(data)
-        .ok_or_else(|| corrupt(path, "not a backstop archive (neither zstd, gzip nor tar)"))?;
+    let codec = detect_codec(data).ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))?;
     let mut stream = decoder(codec, data).map_err(|e| corrupt(path, e.to_string()))?;
     // Decode fully first, as verify_archive's separate stage does, so a codec
     // error is reported as such.
@@ -714,6 +808,7 @@ pub fn walk<R: Read>(
         sha256: String::new(),
         size: 0,
         codec: Codec::None,
+        encrypted: false,
         manifest,
         trailer,
         entries: entries_n,

@@ -31,6 +31,7 @@ use crate::archive::format::{
 };
 use crate::archive::read_entry::{EntryMeta, MetaKind, Msg, Names, read_entry};
 use crate::archive::tarfmt::{self, EntryHeader, HeaderKind};
+use crate::encryption::Recipients;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::WriteBack;
@@ -72,7 +73,9 @@ pub struct Written {
     pub trailer: Trailer,
 }
 
-/// Writes the archive for `scan` described by `manifest` to `target`.
+/// Writes the archive for `scan` described by `manifest` to `target`,
+/// encrypted to `recipients` when there are any (one age stream around the
+/// compressed archive; the size and SHA-256 returned are the ciphertext's).
 ///
 /// # Errors
 ///
@@ -84,8 +87,8 @@ pub fn write_archive(
     manifest: &Manifest,
     target: Target<'_>,
     spec: CompressionSpec,
-    progress: &dyn Progress,
-    cancel: &Cancel,
+    recipients: Option<&Recipients>,
+    (progress, cancel): (&dyn Progress, &Cancel),
 ) -> Result<Written> {
     let started = Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -95,7 +98,7 @@ pub fn write_archive(
         // The sink: receives compressed blocks in order.
         let queue = threads + 2;
         let (ordered_tx, ordered_rx) = bounded::<Receiver<BlockResult>>(queue);
-        let sink = s.spawn(|| sink_loop(ordered_rx, target, &failure));
+        let sink = s.spawn(|| sink_loop(ordered_rx, target, recipients, &failure));
 
         // The compressors.
         let (job_tx, job_rx) = bounded::<BlockJob>(queue);
@@ -311,44 +314,98 @@ fn compress_loop(spec: CompressionSpec, jobs: Receiver<BlockJob>, spare: Sender<
 fn sink_loop(
     ordered: Receiver<Receiver<BlockResult>>,
     target: Target<'_>,
+    recipients: Option<&Recipients>,
     failure: &Failure,
 ) -> Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut written = 0u64;
-    let (mut out, mut writeback): (Box<dyn Write + Send + '_>, Option<WriteBack>) = match target {
-        Target::File(f) => (Box::new(f), Some(WriteBack::new(f))),
-        Target::Stream(w) => (w, None),
+    let sealed = Sealed::new(target);
+    let wrote = |e: std::io::Error| Error::io("writing", "archive", e);
+    let result = match recipients {
+        // One age stream around the whole archive: what is hashed and
+        // counted is the ciphertext, as the sidecar must be.
+        Some(r) => (|| {
+            let mut age = r.wrap(sealed).map_err(wrote)?;
+            pump(&ordered, &mut age)?;
+            age.finish().map_err(wrote)?.done()
+        })(),
+        None => (|| {
+            let mut plain = sealed;
+            pump(&ordered, &mut plain)?;
+            plain.done()
+        })(),
     };
-    let result = (|| {
-        for pending in ordered {
-            let block = pending
-                .recv()
-                .map_err(|_| {
-                    Error::io(
-                        "compressing",
-                        "archive",
-                        std::io::Error::other("compressor stopped"),
-                    )
-                })?
-                .map_err(|e| Error::io("compressing", "archive", e))?;
-            hasher.update(&block);
-            out.write_all(&block)
-                .map_err(|e| Error::io("writing", "archive", e))?;
-            written += block.len() as u64;
-            if let Some(wb) = writeback.as_mut() {
-                wb.advance(written);
-            }
-            failpoint::hit("backup.sink-write")?;
-        }
-        out.flush()
-            .map_err(|e| Error::io("writing", "archive", e))?;
-        Ok((written, hex::encode(hasher.finalize())))
-    })();
     if let Err(e) = result {
         failure.set(e);
         return Err(Error::Interrupted);
     }
     result
+}
+
+/// Writes the compressed blocks to `out` in order as they come.
+fn pump(ordered: &Receiver<Receiver<BlockResult>>, out: &mut dyn Write) -> Result<()> {
+    for pending in ordered {
+        let block = pending
+            .recv()
+            .map_err(|_| {
+                Error::io(
+                    "compressing",
+                    "archive",
+                    std::io::Error::other("compressor stopped"),
+                )
+            })?
+            .map_err(|e| Error::io("compressing", "archive", e))?;
+        out.write_all(&block)
+            .map_err(|e| Error::io("writing", "archive", e))?;
+        failpoint::hit("backup.sink-write")?;
+    }
+    Ok(())
+}
+
+/// The bytes that leave the pipeline, as they reach the target: hashed,
+/// counted, and (for a file) written back early.
+struct Sealed<'a> {
+    out: Box<dyn Write + Send + 'a>,
+    writeback: Option<WriteBack>,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<'a> Sealed<'a> {
+    fn new(target: Target<'a>) -> Sealed<'a> {
+        let (out, writeback): (Box<dyn Write + Send + 'a>, _) = match target {
+            Target::File(f) => (Box::new(f), Some(WriteBack::new(f))),
+            Target::Stream(w) => (w, None),
+        };
+        Sealed {
+            out,
+            writeback,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// Flushes the target; the size and SHA-256 of what reached it.
+    fn done(mut self) -> Result<(u64, String)> {
+        self.out
+            .flush()
+            .map_err(|e| Error::io("writing", "archive", e))?;
+        Ok((self.written, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl Write for Sealed<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        if let Some(wb) = self.writeback.as_mut() {
+            wb.advance(self.written);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// The tar stream cut into blocks and sent off for compression.

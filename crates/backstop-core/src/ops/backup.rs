@@ -18,6 +18,7 @@ use crate::archive::reader::sidecar_path;
 use crate::archive::writer::{Target, Written, write_archive};
 use crate::archive::{Codec, CompressionSpec, Description, Manifest, Trailer};
 use crate::catalog::{BackupRecord, Catalog, Finished, NewBackup};
+use crate::encryption::{EXTENSION, EncryptRequest, Recipients};
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::fsutil::{self, NewFile, TEMP_PREFIX};
@@ -49,6 +50,8 @@ pub struct BackupRequest {
     /// Exclude patterns on top of the built-in ones and the instance's own.
     pub excludes: Vec<String>,
     pub compression: CompressionSpec,
+    /// Whether to encrypt, on top of what the instance's config says.
+    pub encryption: EncryptRequest,
     pub output: Output,
     /// How long to wait for the instance lock; `None` fails at once.
     pub wait: Option<Duration>,
@@ -120,6 +123,8 @@ pub struct BackupReport {
     pub warnings: Vec<Warning>,
     /// What backstop assumed or could not learn; not about the files.
     pub notes: Vec<Note>,
+    /// The recipients the archive is encrypted to; empty when it is not.
+    pub encrypted_to: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -145,6 +150,9 @@ pub struct BackupPlan {
     pub destination: Option<String>,
     pub compression: crate::archive::Codec,
     pub level: Option<i32>,
+    /// The recipients the archive would be encrypted to; empty when it
+    /// would not be.
+    pub encrypted_to: Vec<String>,
     pub entries: Vec<PlannedEntry>,
     pub totals: Totals,
     pub excluded: Vec<ExcludedSummary>,
@@ -324,14 +332,14 @@ fn sources_manifest(instance: &Instance) -> Result<Vec<SourceManifest>> {
 }
 
 /// The archive file for backup `id` of `instance` under `output`, if it is
-/// a file.
+/// a file (`….age` when `encrypted`).
 fn destination(
     ctx: &Context<'_>,
     instance: &str,
-    req: &BackupRequest,
+    (req, encrypted): (&BackupRequest, bool),
     id: &str,
 ) -> Option<PathBuf> {
-    let name = format!("{id}{}", req.compression.codec.extension());
+    let name = format!("{id}{}", req.compression.codec.file_suffix(encrypted));
     match &req.output {
         Output::Store => Some(ctx.layout.instance_store(instance).join(name)),
         Output::Dir(d) => Some(d.join(name)),
@@ -355,11 +363,15 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
     let env = req_sources.env();
     // Nothing is captured for a plan: volumes and dumps are listed, not run.
     let tops = capture::capture(ctx, &req_sources, None, &env)?;
+    let recipients = recipients_of(ctx, req)?;
+    let encrypted = recipients.is_some();
+    check_output_name(&req.output, encrypted)?;
     let expanded = BackupRequest {
         instance: req_sources,
         about: req.about.clone(),
         excludes: req.excludes.clone(),
         compression: req.compression,
+        encryption: req.encryption.clone(),
         output: Output::Store,
         wait: None,
     };
@@ -393,10 +405,12 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         renamed,
         root: req.instance.root.display().to_string(),
         sources: sources_manifest(req_instance)?,
-        destination: destination(ctx, &name, req, &base).map(|p| p.display().to_string()),
+        destination: destination(ctx, &name, (req, encrypted), &base)
+            .map(|p| p.display().to_string()),
         compression: req.compression.codec,
         level: req.compression.level,
-        estimated_size: estimate_size(&scan, req.compression),
+        encrypted_to: recipients.map(|r| r.shown).unwrap_or_default(),
+        estimated_size: sealed_size(estimate_size(&scan, req.compression), encrypted),
         totals: scan.totals,
         excluded: summarize_excluded(&scan.excluded),
         excluded_paths: scan.excluded.iter().map(|e| e.path.clone()).collect(),
@@ -404,6 +418,53 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         notes: Note::quadlet(notes).collect(),
         entries,
     })
+}
+
+/// The size of an archive of `size` bytes once encrypted: age adds 16
+/// bytes to every 64 KiB chunk, and a header of about 100 bytes a
+/// recipient (a few hundred in all).
+fn sealed_size(size: u64, encrypted: bool) -> u64 {
+    if encrypted {
+        size + size.div_ceil(64 << 10) * 16 + 512
+    } else {
+        size
+    }
+}
+
+/// The recipients the backup `req` is encrypted to, from the instance's
+/// config (and `[defaults]`) and the request; `None` when it is not.
+fn recipients_of(ctx: &Context<'_>, req: &BackupRequest) -> Result<Option<Recipients>> {
+    let config = req.instance.encryption.or_defaults(&ctx.config.encryption);
+    Recipients::resolve(&config, &req.encryption)
+}
+
+/// Refuses an `--output FILE` whose name says the opposite of what the
+/// archive is: plaintext named `….age`, or ciphertext named without it.
+fn check_output_name(output: &Output, encrypted: bool) -> Result<()> {
+    let Output::File(f) = output else {
+        return Ok(());
+    };
+    let named_age = f
+        .as_os_str()
+        .as_encoded_bytes()
+        .ends_with(EXTENSION.as_bytes());
+    match (named_age, encrypted) {
+        (true, false) => Err(Error::usage(
+            format!(
+                "{} ends in {EXTENSION}, but the backup is not encrypted",
+                f.display()
+            ),
+            Some("give --recipient R (or configure recipients), or drop the .age suffix".into()),
+        )),
+        (false, true) => Err(Error::usage(
+            format!(
+                "the backup is encrypted, but {} does not end in {EXTENSION}",
+                f.display()
+            ),
+            Some("name the file ….tar.zst.age, or give --no-encrypt".into()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Estimates the archive size by compressing samples of the files: up to 32
@@ -540,6 +601,10 @@ pub fn backup_locked(
         "the lock must be the instance's"
     );
     check_output(&req.output)?;
+    // Before anything is recorded: a bad recipient is a usage error.
+    let recipients = recipients_of(ctx, &req)?;
+    let encrypted = recipients.is_some();
+    check_output_name(&req.output, encrypted)?;
     let started = Instant::now();
     let (sources, quadlet_notes) = req.instance.expanded_sources()?;
     req.instance.sources = sources;
@@ -607,13 +672,14 @@ pub fn backup_locked(
         about: &req.about,
         compression: req.compression.codec,
         level: req.compression.level,
+        encrypted,
         created_by,
     };
     // An id is taken when an archive of that name exists where this one goes
     // (only the store and a directory output name the file after the id).
     let taken = |id: &str| {
         matches!(req.output, Output::Store | Output::Dir(_))
-            && destination(ctx, &req.instance.name, &req, id)
+            && destination(ctx, &req.instance.name, (&req, encrypted), id)
                 .is_some_and(|p| p.symlink_metadata().is_ok())
     };
     let id = if streaming {
@@ -634,11 +700,20 @@ pub fn backup_locked(
         catalog.begin_backup(&base, &new, &taken)?
     };
 
-    if let Some(planned) = destination(ctx, &req.instance.name, &req, &id).filter(|_| !streaming) {
+    if let Some(planned) =
+        destination(ctx, &req.instance.name, (&req, encrypted), &id).filter(|_| !streaming)
+    {
         catalog.set_planned_location(&id, &path_str(&planned)?)?;
     }
     let result = cold(ctx, &req, || {
-        run(ctx, &req, stream, &id, &created_at, &made)
+        run(
+            ctx,
+            &req,
+            stream,
+            recipients.as_ref(),
+            (&id, &created_at),
+            &made,
+        )
     });
     match result {
         Ok((written, location, scan_excluded)) => {
@@ -678,6 +753,7 @@ pub fn backup_locked(
                 warnings,
                 notes,
                 trailer: written.trailer,
+                encrypted_to: recipients.map(|r| r.shown).unwrap_or_default(),
                 duration_ms: started.elapsed().as_millis() as u64,
             })
         }
@@ -695,13 +771,14 @@ pub fn backup_locked(
     }
 }
 
-/// The part of a backup after its row exists: scan, write, commit.
+/// The part of a backup after its row exists: scan, write (encrypted to
+/// `recipients` when there are any), commit.
 fn run(
     ctx: &Context<'_>,
     req: &BackupRequest,
     stream: Option<Box<dyn Write + Send>>,
-    id: &str,
-    created_at: &str,
+    recipients: Option<&Recipients>,
+    (id, created_at): (&str, &str),
     made: &Made,
 ) -> Result<(Written, Option<String>, Vec<ExcludedPath>)> {
     let spool = Spool::new(&ctx.layout.home, &req.instance.name)?;
@@ -740,21 +817,21 @@ fn run(
             &manifest,
             Target::Stream(stream),
             req.compression,
-            ctx.progress,
-            ctx.cancel,
+            recipients,
+            (ctx.progress, ctx.cancel),
         )?;
         return Ok((written, None, scan.excluded));
     }
-    let path =
-        destination(ctx, &req.instance.name, req, id).expect("file outputs have a destination");
+    let path = destination(ctx, &req.instance.name, (req, recipients.is_some()), id)
+        .expect("file outputs have a destination");
     let file = NewFile::create(&path)?;
     let written = write_archive(
         &scan,
         &manifest,
         Target::File(file.file()),
         req.compression,
-        ctx.progress,
-        ctx.cancel,
+        recipients,
+        (ctx.progress, ctx.cancel),
     )
     .map_err(|e| with_path(e, &path))?;
     failpoint::hit("backup.before-commit")?;
@@ -926,6 +1003,7 @@ fn streamed_record(id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> Backup
         bytes: Some(done.bytes),
         compression: new.compression,
         level: new.level,
+        encrypted: new.encrypted,
         sha256: Some(done.sha256.to_string()),
         status: crate::catalog::Status::Available,
         error: None,

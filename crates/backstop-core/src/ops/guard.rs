@@ -112,6 +112,7 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
             },
             excludes: ctx.config.exclude.clone(),
             compression: CompressionSpec::default(),
+            encryption: crate::encryption::EncryptRequest::default(),
             output: Output::Store,
             wait: req.wait,
         };

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod doctor;
 pub mod guard;
 pub mod init;
+pub mod key;
 pub mod list;
 pub mod migrate;
 pub mod prune;

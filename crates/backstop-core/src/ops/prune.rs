@@ -480,6 +480,7 @@ mod tests {
             files: None,
             bytes: None,
             compression: crate::archive::Codec::Zstd,
+            encrypted: false,
             level: None,
             sha256: None,
             status: Status::Available,

@@ -28,6 +28,7 @@ use crate::archive::reader::{read_sidecar, sidecar_path, verify_archive};
 use crate::catalog::{
     BackupRecord, Catalog, CatalogError, Finished, ListFilter, NewBackup, Status,
 };
+use crate::encryption::EncryptionError;
 use crate::error::{Error, Result};
 use crate::lock::{InstanceLock, StoreLock};
 use crate::progress::NoProgress;
@@ -306,10 +307,24 @@ fn adopt(
     apply: bool,
     report: &mut ReconcileReport,
 ) -> Result<()> {
-    let run = verify_archive(file, &NoProgress, ctx.cancel);
+    let run = verify_archive(file, (&NoProgress, ctx.cancel), ctx.keys);
     let path = file.display().to_string();
     let verified = match run.result {
         Ok(v) => v,
+        Err(Error::Encryption(EncryptionError::NoIdentity { .. })) => {
+            report.findings.push(Finding {
+                problem: Problem::Orphaned,
+                instance: instance.to_string(),
+                id: None,
+                path,
+                detail: "not in the catalog; it is encrypted and no identity was given, so its \
+                         manifest cannot be read: run reconcile again with --identity FILE (or \
+                         $BACKSTOP_IDENTITY) to adopt it"
+                    .into(),
+                action: None,
+            });
+            return Ok(());
+        }
         Err(e) => {
             report.findings.push(Finding {
                 problem: Problem::Orphaned,
@@ -402,6 +417,7 @@ fn adopt(
             about: &m.about,
             compression: m.compression,
             level: m.level,
+            encrypted: verified.encrypted,
             created_by: &m.created_by,
         },
         &Finished {

@@ -91,7 +91,7 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
         Resolved::File(p, r) => (r, Some(p)),
     };
     let (manifest, manifest_error) = match &path {
-        Some(p) if p.is_file() => match read_manifest(p) {
+        Some(p) if p.is_file() => match read_manifest(p, ctx.keys) {
             Ok(m) => (Some(m), None),
             Err(e) => (None, Some(error_chain(&e))),
         },

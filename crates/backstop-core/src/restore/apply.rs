@@ -353,6 +353,11 @@ fn safety_backup(
     let m = &prep.src.manifest;
     let mut instance = Instance::bare(m.instance.clone(), prep.dest.clone(), prep.existing.clone());
     instance.never_restore = m.never_restore.clone();
+    // Encrypted to the configured instance's recipients, as its own
+    // backups are (else to `[defaults.encryption]`'s, if any).
+    if let Some(configured) = prep.inst {
+        instance.encryption = configured.encryption.clone();
+    }
     // Taken of another directory than the instance's root, it goes back
     // there: its id is the command that undoes this restore.
     if !prep.in_place {
@@ -375,6 +380,8 @@ fn safety_backup(
         },
         excludes: Vec::new(),
         compression: CompressionSpec::default(),
+        // Encrypted as the instance's own backups are.
+        encryption: crate::encryption::EncryptRequest::default(),
         output: Output::Store,
         wait: None,
     };
@@ -636,6 +643,7 @@ fn stage(
         &prep.src.archive,
         (ctx.progress, crate::progress::Phase::Unpack),
         ctx.cancel,
+        ctx.keys,
         &mut stager,
     );
     let verified = run.result?;

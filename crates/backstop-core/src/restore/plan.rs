@@ -278,7 +278,7 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
             ),
         });
     }
-    let manifest = read_manifest(&archive)?;
+    let manifest = read_manifest(&archive, ctx.keys)?;
     if let Some(r) = &record
         && r.id != manifest.id
     {
@@ -1506,6 +1506,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
             &src.archive,
             (ctx.progress, Phase::Verify),
             ctx.cancel,
+            ctx.keys,
             &mut Skim,
         );
         incomplete_paths(m, &run.result?.trailer)
@@ -1559,6 +1560,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
         &src.archive,
         (ctx.progress, Phase::Verify),
         ctx.cancel,
+        ctx.keys,
         &mut visitor,
     )
     .result?;

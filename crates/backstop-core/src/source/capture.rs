@@ -260,6 +260,7 @@ mod tests {
             config: &config,
             progress: &NoProgress,
             cancel: &Cancel::default(),
+            keys: &crate::encryption::NO_KEYS,
         };
         let out = dir.path().join("copy.db");
         sqlite_backup(&db, &out, &ctx).unwrap();

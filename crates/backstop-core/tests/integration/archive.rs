@@ -8,6 +8,7 @@ use std::process::Command;
 
 use backstop_core::archive::Codec;
 use backstop_core::archive::reader::{read_manifest, verify_archive};
+use backstop_core::encryption::NO_KEYS;
 use backstop_core::progress::{Cancel, NoProgress};
 use backstop_test_support::{Compare, assert_same_tree, awkward_tree, have, supports_user_xattrs};
 
@@ -125,7 +126,7 @@ fn manifest_is_first_and_trailer_last() {
             assert!(a < b, "siblings out of order: {a} then {b}");
         }
     }
-    let manifest = read_manifest(archive).unwrap();
+    let manifest = read_manifest(archive, &NO_KEYS).unwrap();
     assert_eq!(manifest.format, 1);
     assert_eq!(manifest.id, report.backup.id);
     assert_eq!(manifest.totals.files, report.backup.files.unwrap());
@@ -196,7 +197,7 @@ fn excluded_paths_are_absent_and_recorded() {
         &["*.log"],
     );
     let archive = Path::new(report.backup.location.as_deref().unwrap());
-    let run = verify_archive(archive, &NoProgress, &Cancel::default());
+    let run = verify_archive(archive, (&NoProgress, &Cancel::default()), &NO_KEYS);
     run.result.unwrap();
     if have("tar") && have("zstd") {
         let names = tar_list(archive);

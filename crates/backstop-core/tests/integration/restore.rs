@@ -38,6 +38,7 @@ fn backup_with(env: &Env, dir: &Path, never_restore: &[&str], version: Option<&s
             },
             excludes: vec![],
             compression: CompressionSpec::new(Codec::Zstd, None).unwrap(),
+            encryption: backstop_core::encryption::EncryptRequest::default(),
             output: Output::Store,
             wait: Some(std::time::Duration::from_secs(10)),
         },

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use backstop_core::archive::Codec;
 use backstop_core::archive::reader::verify_archive;
+use backstop_core::encryption::NO_KEYS;
 use backstop_core::progress::{Cancel, NoProgress};
 use backstop_test_support::{Compare, assert_same_tree};
 use proptest::prelude::*;
@@ -95,7 +96,7 @@ proptest! {
         build(&src, &nodes);
         let report = env.backup(&src, codec);
         let archive = PathBuf::from(report.backup.location.clone().unwrap());
-        let run = verify_archive(&archive, &NoProgress, &Cancel::default());
+        let run = verify_archive(&archive, (&NoProgress, &Cancel::default()), &NO_KEYS);
         let verified = run.result.unwrap();
         prop_assert_eq!(verified.files, report.backup.files.unwrap());
         prop_assert_eq!(Some(verified.sha256), report.backup.sha256.clone());

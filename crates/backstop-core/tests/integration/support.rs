@@ -44,6 +44,7 @@ impl Env {
             config: &self.config,
             progress: &NoProgress,
             cancel: &self.cancel,
+            keys: &backstop_core::encryption::NO_KEYS,
         }
     }
 
@@ -64,6 +65,7 @@ impl Env {
             about: Description::new(BackupKind::Manual, "manual"),
             excludes: excludes.iter().map(|s| s.to_string()).collect(),
             compression: CompressionSpec::new(codec, None).expect("spec"),
+            encryption: backstop_core::encryption::EncryptRequest::default(),
             output,
             // Another test's child may hold the lock until it execs.
             wait: Some(std::time::Duration::from_secs(10)),

@@ -1,0 +1,563 @@
+//! Encryption: an archive wrapped as one age stream (`<id>.tar.zst.age`).
+//!
+//! The host that backs up holds only *recipients* (public keys); the
+//! *identities* (private keys) that open an archive are needed only to
+//! restore or to verify the content, and may live elsewhere. Only X25519
+//! (`age1…`) and SSH (`ssh-ed25519 …`, `ssh-rsa …`) recipients are
+//! accepted: Debian's `age` 1.1.1 opens every archive backstop writes.
+//!
+//! The writer wraps its output in [`Recipients::wrap`]; the reader wraps
+//! its input in [`decrypt`] before the decompressor. Everything else (the
+//! sidecar, the catalog's checksum) sees the ciphertext.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use age::secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The first bytes of every age file.
+pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+/// What an encrypted archive's name ends with, after the codec's suffix.
+pub const EXTENSION: &str = ".age";
+
+/// Whether `head` (the first bytes of a file) is an age file.
+pub fn is_age(head: &[u8]) -> bool {
+    head.starts_with(AGE_MAGIC)
+}
+
+/// A problem with keys or with an encrypted archive.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncryptionError {
+    /// A configured or given recipient cannot be parsed.
+    #[error("`{recipient}` is not a recipient backstop can encrypt to: {detail}")]
+    BadRecipient { recipient: String, detail: String },
+    /// A recipients file cannot be read.
+    #[error("cannot read the recipients file {}: {detail}", path.display())]
+    RecipientsFile { path: PathBuf, detail: String },
+    /// Encryption was asked for and there is nobody to encrypt to.
+    #[error("encryption is asked for, but no recipients are configured or given")]
+    NoRecipients,
+    /// An identity file cannot be read or holds no usable identity.
+    #[error("cannot use the identity {name}: {detail}")]
+    BadIdentity { name: String, detail: String },
+    /// An encrypted archive and no identity to open it.
+    #[error("{} is encrypted, and no identity was given to open it", path.display())]
+    NoIdentity { path: PathBuf },
+    /// None of the identities given is one the archive was encrypted to.
+    #[error("none of the identities given ({}) opens {}", tried.join(", "), path.display())]
+    WrongIdentity { path: PathBuf, tried: Vec<String> },
+    /// An archive encrypted to a passphrase, which this build cannot ask for.
+    #[error("{} is encrypted to a passphrase, not to a key", path.display())]
+    Passphrase { path: PathBuf },
+    /// The age header or the ciphertext failed age's authentication, or is
+    /// cut short.
+    #[error("{}: the encryption is damaged or the file was changed: {detail}", path.display())]
+    Damaged { path: PathBuf, detail: String },
+}
+
+impl EncryptionError {
+    pub(crate) fn kind(&self) -> ErrorKind {
+        match self {
+            EncryptionError::Damaged { .. } => ErrorKind::Integrity,
+            _ => ErrorKind::Usage,
+        }
+    }
+
+    pub(crate) fn hint(&self) -> Option<String> {
+        Some(match self {
+            EncryptionError::BadRecipient { .. } => {
+                "give an X25519 recipient (`age1…`, from `backstop key new` or `age-keygen -y`) \
+                 or an SSH public key (`ssh-ed25519 …`); post-quantum and plugin recipients \
+                 are not supported"
+                    .into()
+            }
+            EncryptionError::RecipientsFile { .. } => {
+                "fix `recipients_file` in the [encryption] table of the config".into()
+            }
+            EncryptionError::NoRecipients => {
+                "add `recipients = [\"age1…\"]` to [instances.NAME.encryption] or \
+                 [defaults.encryption], or give --recipient; `backstop key new` makes a key"
+                    .into()
+            }
+            EncryptionError::BadIdentity { .. } => {
+                "give an age identity file (`AGE-SECRET-KEY-1…` lines, as `backstop key new` \
+                 writes) or an unencrypted SSH private key"
+                    .into()
+            }
+            EncryptionError::NoIdentity { .. } => {
+                "give the identity with --identity FILE (or $BACKSTOP_IDENTITY), or set \
+                 `identity_file` in the [encryption] table of the config"
+                    .into()
+            }
+            EncryptionError::WrongIdentity { .. } => {
+                "give the identity whose recipient the backup was encrypted to (your offline \
+                 recovery key, if the admin key is not it); `backstop key check` tests a key"
+                    .into()
+            }
+            EncryptionError::Passphrase { .. } => {
+                "open it by hand with `age -d FILE | tar -x --zstd`, which asks for the passphrase"
+                    .into()
+            }
+            EncryptionError::Damaged { .. } => {
+                "do not restore from this archive; restore another backup (`backstop list`)".into()
+            }
+        })
+    }
+}
+
+/// The `[encryption]` table of an instance or of `[defaults]`, with its
+/// paths resolved against the config file's directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Recipient lines (`age1…`, `ssh-ed25519 …`).
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// A file of recipient lines (`#` comments and blank lines allowed),
+    /// read at each backup.
+    pub recipients_file: Option<PathBuf>,
+    /// An identity file this machine may use to restore and verify.
+    pub identity_file: Option<PathBuf>,
+}
+
+impl EncryptionConfig {
+    /// Resolves relative paths against `base` and checks every recipient.
+    ///
+    /// # Errors
+    ///
+    /// Fails with a message for the config when a recipient does not parse.
+    pub(crate) fn checked(mut self, base: &Path) -> std::result::Result<Self, String> {
+        for r in &self.recipients {
+            parse_recipient(r).map_err(|e| e.to_string())?;
+        }
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        self.recipients_file = self.recipients_file.map(resolve);
+        self.identity_file = self.identity_file.map(resolve);
+        Ok(self)
+    }
+
+    /// This table with what it leaves out taken from `defaults`: the
+    /// recipients (the list and the file together) and the identity file
+    /// each fall back separately.
+    pub fn or_defaults(&self, defaults: &EncryptionConfig) -> EncryptionConfig {
+        let own_recipients = !self.recipients.is_empty() || self.recipients_file.is_some();
+        let from = if own_recipients { self } else { defaults };
+        EncryptionConfig {
+            recipients: from.recipients.clone(),
+            recipients_file: from.recipients_file.clone(),
+            identity_file: self
+                .identity_file
+                .clone()
+                .or_else(|| defaults.identity_file.clone()),
+        }
+    }
+}
+
+/// Whether a backup is encrypted: as the config says, or as a flag says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EncryptMode {
+    /// Encrypted when the instance (or `[defaults]`) has recipients.
+    #[default]
+    AsConfigured,
+    /// Encrypted, or refused when there are no recipients (`--encrypt`).
+    Required,
+    /// Not encrypted, whatever the config says (`--no-encrypt`).
+    Off,
+}
+
+/// What a backup request says about encryption.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncryptRequest {
+    pub mode: EncryptMode,
+    /// Recipients on top of the configured ones (`--recipient`); they make
+    /// the backup encrypted.
+    pub extra: Vec<String>,
+}
+
+/// Parsed recipients, ready to encrypt to.
+pub struct Recipients {
+    list: Vec<Box<dyn age::Recipient + Send + Sync>>,
+    /// The recipient lines, for reports (public keys: not secret).
+    pub shown: Vec<String>,
+}
+
+impl std::fmt::Debug for Recipients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipients")
+            .field("shown", &self.shown)
+            .finish()
+    }
+}
+
+impl Recipients {
+    /// Parses recipient lines.
+    ///
+    /// # Errors
+    ///
+    /// Fails on the first line that is not an X25519 or SSH recipient.
+    pub fn parse(lines: &[String]) -> Result<Recipients> {
+        let list = lines
+            .iter()
+            .map(|l| parse_recipient(l))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Recipients {
+            list,
+            shown: lines.to_vec(),
+        })
+    }
+
+    /// The recipients a backup is encrypted to: the configured ones (the
+    /// list and the file), and the request's; `None` when it is not
+    /// encrypted.
+    ///
+    /// # Errors
+    ///
+    /// Fails when encryption is required and there are no recipients, when
+    /// the recipients file cannot be read, or a recipient does not parse.
+    pub fn resolve(config: &EncryptionConfig, req: &EncryptRequest) -> Result<Option<Recipients>> {
+        if req.mode == EncryptMode::Off {
+            return Ok(None);
+        }
+        let mut lines = config.recipients.clone();
+        if let Some(file) = &config.recipients_file {
+            lines.extend(read_recipients_file(file)?);
+        }
+        lines.extend(req.extra.iter().cloned());
+        if lines.is_empty() {
+            return match req.mode {
+                EncryptMode::Required => Err(EncryptionError::NoRecipients.into()),
+                _ => Ok(None),
+            };
+        }
+        Recipients::parse(&lines).map(Some)
+    }
+
+    /// Wraps `out` so that what is written to it is encrypted to these
+    /// recipients. The caller must call `finish()` on the result.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the header cannot be written to `out`.
+    pub fn wrap<W: Write>(&self, out: W) -> io::Result<age::stream::StreamWriter<W>> {
+        let encryptor = age::Encryptor::with_recipients(self.list.iter().map(|r| r.as_ref() as _))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        encryptor.wrap_output(out)
+    }
+}
+
+fn parse_recipient(
+    line: &str,
+) -> std::result::Result<Box<dyn age::Recipient + Send + Sync>, Error> {
+    let line = line.trim();
+    let bad = |detail: String| EncryptionError::BadRecipient {
+        recipient: line.to_string(),
+        detail,
+    };
+    if line.starts_with("age1") {
+        age::x25519::Recipient::from_str(line)
+            .map(|r| Box::new(r) as Box<dyn age::Recipient + Send + Sync>)
+            .map_err(|e| bad(format!("not an X25519 recipient ({e})")).into())
+    } else if line.starts_with("ssh-") {
+        age::ssh::Recipient::from_str(line)
+            .map(|r| Box::new(r) as Box<dyn age::Recipient + Send + Sync>)
+            .map_err(|e| bad(format!("not a usable SSH public key ({e:?})")).into())
+    } else {
+        Err(bad("it is neither `age1…` nor `ssh-ed25519 …` / `ssh-rsa …`".into()).into())
+    }
+}
+
+fn read_recipients_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| EncryptionError::RecipientsFile {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+type Identity = Box<dyn age::Identity + Send + Sync>;
+
+/// Identities read from one file (or stdin), under the name shown for it.
+pub struct IdentitySet {
+    pub name: String,
+    list: Vec<Identity>,
+}
+
+impl IdentitySet {
+    /// Parses an age identity file (`AGE-SECRET-KEY-1…` lines, `#`
+    /// comments) or an unencrypted SSH private key. The content is never
+    /// part of an error message.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `data` holds neither.
+    pub fn parse(name: &str, data: &[u8]) -> Result<IdentitySet> {
+        let bad = |detail: &str| EncryptionError::BadIdentity {
+            name: name.to_string(),
+            detail: detail.to_string(),
+        };
+        let list = if data.starts_with(b"-----BEGIN") {
+            let ssh = age::ssh::Identity::from_buffer(data, Some(name.to_string()))
+                .map_err(|_| bad("not an SSH private key age can use"))?;
+            if !matches!(ssh, age::ssh::Identity::Unencrypted(_)) {
+                return Err(bad("only unencrypted SSH private keys can be used").into());
+            }
+            vec![Box::new(ssh.with_callbacks(age::NoCallbacks)) as Identity]
+        } else {
+            age::IdentityFile::from_buffer(data)
+                .ok()
+                .and_then(|f| f.into_identities().ok())
+                .ok_or_else(|| bad("not an age identity file"))?
+        };
+        if list.is_empty() {
+            return Err(bad("it holds no identity").into());
+        }
+        Ok(IdentitySet {
+            name: name.to_string(),
+            list,
+        })
+    }
+
+    /// Reads an identity file; `-` reads stdin.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the file cannot be read or holds no identity.
+    pub fn read(path: &Path) -> Result<IdentitySet> {
+        let mut data = Vec::new();
+        let (name, read) = if path.as_os_str() == "-" {
+            (
+                "stdin".to_string(),
+                io::stdin().lock().read_to_end(&mut data),
+            )
+        } else {
+            let name = path.display().to_string();
+            (
+                name,
+                std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut data)),
+            )
+        };
+        read.map_err(|e| EncryptionError::BadIdentity {
+            name: name.clone(),
+            detail: e.to_string(),
+        })?;
+        IdentitySet::parse(&name, &data)
+    }
+}
+
+/// The identities an operation may decrypt with: those given (flags,
+/// environment), read before the operation starts, and the config's
+/// `identity_file`s, read only when an encrypted archive must be opened.
+pub struct Keys {
+    given: Vec<IdentitySet>,
+    configured: Vec<PathBuf>,
+    loaded: OnceLock<std::result::Result<Vec<IdentitySet>, EncryptionError>>,
+}
+
+/// No identities at all: encrypted archives cannot be opened.
+pub static NO_KEYS: Keys = Keys::none();
+
+impl Keys {
+    /// No identities.
+    pub const fn none() -> Keys {
+        Keys {
+            given: Vec::new(),
+            configured: Vec::new(),
+            loaded: OnceLock::new(),
+        }
+    }
+
+    /// Keys from identities given and identity files from the config.
+    pub fn new(given: Vec<IdentitySet>, configured: Vec<PathBuf>) -> Keys {
+        Keys {
+            given,
+            configured,
+            loaded: OnceLock::new(),
+        }
+    }
+
+    /// The identities given on the command line or in the environment.
+    pub fn given(&self) -> &[IdentitySet] {
+        &self.given
+    }
+
+    /// Every identity: those given, then the configured files'.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a configured identity file cannot be used.
+    pub fn all(&self) -> Result<Vec<&IdentitySet>> {
+        let loaded = self.loaded.get_or_init(|| {
+            self.configured
+                .iter()
+                .map(|p| IdentitySet::read(p))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| match e {
+                    Error::Encryption(e) => e,
+                    other => EncryptionError::BadIdentity {
+                        name: "identity_file".into(),
+                        detail: other.to_string(),
+                    },
+                })
+        });
+        let loaded = loaded.as_ref().map_err(|e| Error::Encryption(e.clone()))?;
+        Ok(self.given.iter().chain(loaded.iter()).collect())
+    }
+}
+
+/// Opens the age stream `input` (the file `path`) with `keys`: the
+/// plaintext, as a reader whose every chunk is authenticated.
+///
+/// # Errors
+///
+/// [`EncryptionError::NoIdentity`] when there are no keys,
+/// [`EncryptionError::WrongIdentity`] when none fits, and
+/// [`EncryptionError::Damaged`] when the header is not a valid age header.
+pub fn decrypt<R: Read>(
+    path: &Path,
+    input: R,
+    keys: &Keys,
+) -> Result<age::stream::StreamReader<BufReader<R>>> {
+    let damaged = |detail: String| EncryptionError::Damaged {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 16, input))
+        .map_err(|e| damaged(format!("the age header: {e}")))?;
+    if decryptor.is_scrypt() {
+        return Err(EncryptionError::Passphrase {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    let sets = keys.all()?;
+    if sets.iter().all(|s| s.list.is_empty()) {
+        return Err(EncryptionError::NoIdentity {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    let identities = sets
+        .iter()
+        .flat_map(|s| s.list.iter().map(|i| i.as_ref() as _));
+    decryptor.decrypt(identities).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => EncryptionError::WrongIdentity {
+            path: path.to_path_buf(),
+            tried: sets.iter().map(|s| s.name.clone()).collect(),
+        }
+        .into(),
+        other => Error::from(damaged(other.to_string())),
+    })
+}
+
+/// Whether the age stream `data` opens with the identities of `set`.
+pub fn opens(data: &[u8], set: &IdentitySet) -> bool {
+    let Ok(decryptor) = age::Decryptor::new_buffered(data) else {
+        return false;
+    };
+    let Ok(mut reader) = decryptor.decrypt(set.list.iter().map(|i| i.as_ref() as _)) else {
+        return false;
+    };
+    let mut sink = Vec::new();
+    reader.read_to_end(&mut sink).is_ok()
+}
+
+/// A new X25519 identity: its file content (as `age-keygen` writes it:
+/// creation time, public key, secret key) and its recipient.
+pub fn new_identity(created_at: &str) -> (String, String) {
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let text = format!(
+        "# created: {created_at}\n# public key: {recipient}\n{}\n",
+        identity.to_string().expose_secret()
+    );
+    (text, recipient)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(recipients: &Recipients, keys: &Keys, plain: &[u8]) -> Result<Vec<u8>> {
+        let mut sealed = Vec::new();
+        let mut w = recipients.wrap(&mut sealed).unwrap();
+        w.write_all(plain).unwrap();
+        w.finish().unwrap();
+        let mut out = Vec::new();
+        decrypt(Path::new("x.age"), &sealed[..], keys)?
+            .read_to_end(&mut out)
+            .map_err(|e| Error::io("reading", "x.age", e))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn an_identity_opens_what_is_encrypted_to_its_recipient_and_no_other() {
+        let (text, recipient) = new_identity("now");
+        let (other, _) = new_identity("now");
+        let recipients = Recipients::parse(&[recipient]).unwrap();
+        let right = Keys::new(
+            vec![IdentitySet::parse("k", text.as_bytes()).unwrap()],
+            vec![],
+        );
+        assert_eq!(
+            round_trip(&recipients, &right, b"secret").unwrap(),
+            b"secret"
+        );
+        let wrong = Keys::new(
+            vec![IdentitySet::parse("o", other.as_bytes()).unwrap()],
+            vec![],
+        );
+        let err = round_trip(&recipients, &wrong, b"secret").unwrap_err();
+        assert!(matches!(
+            err,
+            Error::Encryption(EncryptionError::WrongIdentity { .. })
+        ));
+        let none = round_trip(&recipients, &NO_KEYS, b"secret").unwrap_err();
+        assert!(matches!(
+            none,
+            Error::Encryption(EncryptionError::NoIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn recipients_that_debian_age_cannot_open_are_refused() {
+        for bad in ["age1pqxyz", "gpg:ops@example.org", "age1yubikey1abc"] {
+            assert!(parse_recipient(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_instance_table_falls_back_to_the_defaults_key_by_key() {
+        let defaults = EncryptionConfig {
+            recipients: vec!["d".into()],
+            recipients_file: None,
+            identity_file: Some("/d/key".into()),
+        };
+        let own = EncryptionConfig {
+            recipients: vec!["i".into()],
+            ..EncryptionConfig::default()
+        };
+        let merged = own.or_defaults(&defaults);
+        assert_eq!(merged.recipients, vec!["i".to_string()]);
+        assert_eq!(merged.identity_file, Some(PathBuf::from("/d/key")));
+        assert_eq!(EncryptionConfig::default().or_defaults(&defaults), defaults);
+    }
+
+    #[test]
+    fn an_identity_error_never_shows_the_file() {
+        let err = IdentitySet::parse("k", b"AGE-SECRET-KEY-1NOTAKEY\n")
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("NOTAKEY"), "{err}");
+    }
+}

@@ -279,7 +279,8 @@ pub struct ShowArgs {
 pub struct IdentityArgs {
     /// Decrypt with the age identity (or unencrypted SSH private key) in
     /// FILE; `-` reads it from stdin (repeatable) [default: the config's
-    /// `identity_file`s]
+    /// `identity_file`s]. A passphrase archive takes its passphrase from
+    /// the config's `passphrase_command`, else from a terminal prompt
     #[arg(long = "identity", value_name = "FILE", env = "BACKSTOP_IDENTITY")]
     pub identities: Vec<PathBuf>,
 }

@@ -178,9 +178,14 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
     out
 }
 
-/// `  encrypted to age1…, ssh-ed25519 …` (public keys), when encrypted.
+/// `  encrypted to age1…, ssh-ed25519 …` (public keys), or to a passphrase,
+/// when encrypted.
 fn encrypted_line(out: &mut String, recipients: &[String]) {
     if recipients.is_empty() {
+        return;
+    }
+    if recipients == [backstop_core::encryption::PASSPHRASE_SHOWN] {
+        let _ = writeln!(out, "  age      encrypted to a passphrase (scrypt)");
         return;
     }
     let shown: Vec<String> = recipients.iter().map(|r| short_recipient(r)).collect();

@@ -13,7 +13,8 @@ use backstop_core::config::{Config, Layout, absolute};
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupRequest, Output};
 
-use backstop_core::encryption::{EncryptMode, EncryptRequest, IdentitySet, Keys};
+use backstop_core::command::{CommandEnv, CommandLine};
+use backstop_core::encryption::{EncryptMode, EncryptRequest, IdentitySet, Keys, SecretString};
 
 use crate::args::{BackupArgs, CodecArg, CompressionArg, Global, IdentityArgs};
 
@@ -35,7 +36,7 @@ impl Settings {
     pub fn load(global: &Global) -> Result<Settings, Error> {
         let config = Config::load(global.config.as_deref())?;
         let layout = Layout::resolve(global.home.as_deref(), &config)?;
-        let keys = Keys::new(Vec::new(), configured_identities(&config));
+        let keys = keys(Vec::new(), &config);
         Ok(Settings {
             config,
             layout,
@@ -56,9 +57,58 @@ impl Settings {
             .iter()
             .map(|p| IdentitySet::read(p))
             .collect::<Result<Vec<_>, _>>()?;
-        settings.keys = Keys::new(given, configured_identities(&settings.config));
+        settings.keys = keys(given, &settings.config);
         Ok(settings)
     }
+}
+
+/// The keys an operation decrypts with: `given`, the config's identity
+/// files and passphrase commands, and the terminal prompt.
+fn keys(given: Vec<IdentitySet>, config: &Config) -> Keys {
+    Keys::new(given, configured_identities(config))
+        .with_passphrase_commands(passphrase_commands(config))
+        .with_prompt(Box::new(ask_passphrase))
+}
+
+/// Every `passphrase_command` of the config, once each: each instance's
+/// (its own, else `[defaults.encryption]`'s), run with that instance's
+/// variables (the first instance's, for a command several share), then
+/// `[defaults.encryption]`'s when no instance uses it.
+fn passphrase_commands(config: &Config) -> Vec<(CommandLine, CommandEnv)> {
+    let mut out: Vec<(CommandLine, CommandEnv)> = Vec::new();
+    let per_instance = config.instances.values().filter_map(|i| {
+        let merged = i.encryption.or_defaults(&config.encryption);
+        merged.passphrase_command.map(|c| (c, i.env()))
+    });
+    let defaults = config
+        .encryption
+        .passphrase_command
+        .clone()
+        .map(|c| (c, CommandEnv::default()));
+    for (command, env) in per_instance.chain(defaults) {
+        if !out.iter().any(|(c, _)| *c == command) {
+            out.push((command, env));
+        }
+    }
+    out
+}
+
+/// Asks for the passphrase of `archive` on the terminal, without echo;
+/// `Ok(None)` when stdin or stderr is not a terminal.
+fn ask_passphrase(archive: &Path) -> std::io::Result<Option<SecretString>> {
+    let term = console::Term::stderr();
+    if !term.is_term() || !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    term.write_str(&format!(
+        "{} is encrypted to a passphrase.\nPassphrase: ",
+        archive.display()
+    ))?;
+    let typed = term.read_secure_line()?;
+    if typed.is_empty() {
+        return Err(std::io::Error::other("nothing was typed"));
+    }
+    Ok(Some(SecretString::from(typed)))
 }
 
 /// Every `identity_file` of the config: `[defaults.encryption]`'s, then

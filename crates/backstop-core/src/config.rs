@@ -77,7 +77,7 @@ struct RawDefaults {
     level: Option<i32>,
     #[serde(default)]
     exclude: Vec<String>,
-    encryption: Option<crate::encryption::EncryptionConfig>,
+    encryption: Option<toml::Spanned<crate::encryption::EncryptionConfig>>,
 }
 
 /// The loaded configuration.
@@ -190,15 +190,19 @@ impl Config {
                 }
             })?;
         }
-        let encryption = raw
-            .defaults
-            .encryption
-            .unwrap_or_default()
-            .checked(&base)
-            .map_err(|message| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: format!("[defaults.encryption] {message}"),
-            })?;
+        let encryption = match raw.defaults.encryption {
+            None => crate::encryption::EncryptionConfig::default(),
+            Some(table) => {
+                let line = line_of(text, table.span().start);
+                table
+                    .into_inner()
+                    .checked(&base)
+                    .map_err(|message| ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!("[defaults.encryption] (line {line}): {message}"),
+                    })?
+            }
+        };
         let mut instances = BTreeMap::new();
         for (name, spanned) in raw.instances {
             let table = spanned.span();

@@ -5,6 +5,10 @@
 //! restore or to verify the content, and may live elsewhere. Only X25519
 //! (`age1…`) and SSH (`ssh-ed25519 …`, `ssh-rsa …`) recipients are
 //! accepted: Debian's `age` 1.1.1 opens every archive backstop writes.
+//! An instance may instead encrypt to a passphrase (age's scrypt
+//! recipient, alone: age allows no other recipient beside it), which a
+//! configured `passphrase_command` prints; to open such an archive the
+//! command runs again, or the front end asks (see [`Keys::with_prompt`]).
 //!
 //! The writer wraps its output in [`Recipients::wrap`]; the reader wraps
 //! its input in [`decrypt`] before the decompressor. Everything else (the
@@ -16,9 +20,22 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use age::secrecy::ExposeSecret;
+pub use age::secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, ErrorKind, Result};
+
+/// The scrypt work factor (log2 N) of a passphrase archive: the `age`
+/// CLI's own, which every age implementation opens without complaint.
+const SCRYPT_WORK_FACTOR: u8 = 18;
+/// The highest work factor a passphrase archive may ask for (age's Go
+/// implementation refuses more by default).
+const SCRYPT_MAX_WORK_FACTOR: u8 = 22;
+/// How long a `passphrase_command` may take.
+const PASSPHRASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// What reports show for a passphrase "recipient" (never the passphrase).
+pub const PASSPHRASE_SHOWN: &str = "passphrase (scrypt)";
 
 /// The first bytes of every age file.
 pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1\n";
@@ -52,9 +69,20 @@ pub enum EncryptionError {
     /// None of the identities given is one the archive was encrypted to.
     #[error("none of the identities given ({}) opens {}", tried.join(", "), path.display())]
     WrongIdentity { path: PathBuf, tried: Vec<String> },
-    /// An archive encrypted to a passphrase, which this build cannot ask for.
-    #[error("{} is encrypted to a passphrase, not to a key", path.display())]
-    Passphrase { path: PathBuf },
+    /// A passphrase archive, no `passphrase_command`, and no terminal to
+    /// ask on.
+    #[error("{} is encrypted to a passphrase, and there is no passphrase_command and no terminal to ask for it", path.display())]
+    NoPassphrase { path: PathBuf },
+    /// The passphrases tried do not open the archive.
+    #[error("the passphrase ({}) does not open {}", tried.join(", "), path.display())]
+    WrongPassphrase { path: PathBuf, tried: Vec<String> },
+    /// A `passphrase_command` failed or printed nothing.
+    #[error("{command} gave no passphrase: {detail}")]
+    PassphraseCommand { command: String, detail: String },
+    /// `passphrase_command` together with `--recipient`: age encrypts to a
+    /// passphrase alone.
+    #[error("a backup encrypted to a passphrase cannot have other recipients ({})", extra.join(", "))]
+    PassphraseWithRecipients { extra: Vec<String> },
     /// The age header or the ciphertext failed age's authentication, or is
     /// cut short.
     #[error("{}: the encryption is damaged or the file was changed: {detail}", path.display())]
@@ -65,6 +93,7 @@ impl EncryptionError {
     pub(crate) fn kind(&self) -> ErrorKind {
         match self {
             EncryptionError::Damaged { .. } => ErrorKind::Integrity,
+            EncryptionError::PassphraseCommand { .. } => ErrorKind::Failed,
             _ => ErrorKind::Usage,
         }
     }
@@ -100,9 +129,23 @@ impl EncryptionError {
                  recovery key, if the admin key is not it); `backstop key check` tests a key"
                     .into()
             }
-            EncryptionError::Passphrase { .. } => {
-                "open it by hand with `age -d FILE | tar -x --zstd`, which asks for the passphrase"
+            EncryptionError::NoPassphrase { .. } => {
+                "set `passphrase_command = \"…\"` (a command printing the passphrase) in the \
+                 [encryption] table of the config, or run backstop on a terminal to be asked"
                     .into()
+            }
+            EncryptionError::WrongPassphrase { .. } => {
+                "give the passphrase the backup was made with (check what `passphrase_command` \
+                 prints); nothing was written"
+                    .into()
+            }
+            EncryptionError::PassphraseCommand { .. } => {
+                "run the command by hand: its first line of output is the passphrase (at the \
+                 terminal prompt, type the passphrase and Enter)"
+                    .into()
+            }
+            EncryptionError::PassphraseWithRecipients { .. } => {
+                "drop --recipient, or encrypt to keys instead of `passphrase_command`".into()
             }
             EncryptionError::Damaged { .. } => {
                 "do not restore from this archive; restore another backup (`backstop list`)".into()
@@ -124,6 +167,9 @@ pub struct EncryptionConfig {
     pub recipients_file: Option<PathBuf>,
     /// An identity file this machine may use to restore and verify.
     pub identity_file: Option<PathBuf>,
+    /// A command whose first line of output is the passphrase to encrypt
+    /// to (scrypt) and to decrypt with; instead of recipients.
+    pub passphrase_command: Option<CommandLine>,
 }
 
 impl EncryptionConfig {
@@ -133,6 +179,13 @@ impl EncryptionConfig {
     ///
     /// Fails with a message for the config when a recipient does not parse.
     pub(crate) fn checked(mut self, base: &Path) -> std::result::Result<Self, String> {
+        if self.passphrase_command.is_some()
+            && (!self.recipients.is_empty() || self.recipients_file.is_some())
+        {
+            return Err("`passphrase_command` cannot be used with `recipients` or \
+                 `recipients_file`: age encrypts to a passphrase alone; keep one of them"
+                .into());
+        }
         for r in &self.recipients {
             parse_recipient(r).map_err(|e| e.to_string())?;
         }
@@ -142,15 +195,18 @@ impl EncryptionConfig {
         Ok(self)
     }
 
-    /// This table with what it leaves out taken from `defaults`: the
-    /// recipients (the list and the file together) and the identity file
-    /// each fall back separately.
+    /// This table with what it leaves out taken from `defaults`: what to
+    /// encrypt to (the recipients list and file, or the passphrase command,
+    /// together) and the identity file each fall back separately.
     pub fn or_defaults(&self, defaults: &EncryptionConfig) -> EncryptionConfig {
-        let own_recipients = !self.recipients.is_empty() || self.recipients_file.is_some();
+        let own_recipients = !self.recipients.is_empty()
+            || self.recipients_file.is_some()
+            || self.passphrase_command.is_some();
         let from = if own_recipients { self } else { defaults };
         EncryptionConfig {
             recipients: from.recipients.clone(),
             recipients_file: from.recipients_file.clone(),
+            passphrase_command: from.passphrase_command.clone(),
             identity_file: self
                 .identity_file
                 .clone()
@@ -213,16 +269,36 @@ impl Recipients {
     }
 
     /// The recipients a backup is encrypted to: the configured ones (the
-    /// list and the file), and the request's; `None` when it is not
+    /// list and the file), and the request's; or the passphrase that
+    /// `passphrase_command` prints (run with `env`); `None` when it is not
     /// encrypted.
     ///
     /// # Errors
     ///
     /// Fails when encryption is required and there are no recipients, when
-    /// the recipients file cannot be read, or a recipient does not parse.
-    pub fn resolve(config: &EncryptionConfig, req: &EncryptRequest) -> Result<Option<Recipients>> {
+    /// the recipients file cannot be read, a recipient does not parse, the
+    /// passphrase command fails, or recipients are given beside it.
+    pub fn resolve(
+        config: &EncryptionConfig,
+        req: &EncryptRequest,
+        env: &CommandEnv,
+    ) -> Result<Option<Recipients>> {
         if req.mode == EncryptMode::Off {
             return Ok(None);
+        }
+        if let Some(command) = &config.passphrase_command {
+            if !req.extra.is_empty() {
+                return Err(EncryptionError::PassphraseWithRecipients {
+                    extra: req.extra.clone(),
+                }
+                .into());
+            }
+            let mut recipient = age::scrypt::Recipient::new(run_passphrase_command(command, env)?);
+            recipient.set_work_factor(SCRYPT_WORK_FACTOR);
+            return Ok(Some(Recipients {
+                list: vec![Box::new(recipient)],
+                shown: vec![PASSPHRASE_SHOWN.to_string()],
+            }));
         }
         let mut lines = config.recipients.clone();
         if let Some(file) = &config.recipients_file {
@@ -284,6 +360,54 @@ fn read_recipients_file(path: &Path) -> Result<Vec<String>> {
         .map(str::to_string)
         .collect())
 }
+
+/// Runs a `passphrase_command`: the first line of what it prints (without
+/// its line ending) is the passphrase. Neither the output nor the
+/// passphrase ever enters a message.
+fn run_passphrase_command(command: &CommandLine, env: &CommandEnv) -> Result<SecretString> {
+    let failed = |detail: String| EncryptionError::PassphraseCommand {
+        command: format!("the passphrase_command `{command}`"),
+        detail,
+    };
+    let mut run = Run::new("the passphrase_command", env);
+    run.timeout = Some(PASSPHRASE_TIMEOUT);
+    let out = run.output(command).map_err(|e| match e {
+        Error::Interrupted => Error::Interrupted,
+        other => failed(other.to_string()).into(),
+    })?;
+    let line = out.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(failed("it printed an empty first line".into()).into());
+    }
+    Ok(SecretString::from(line.to_string()))
+}
+
+/// A passphrase tried against a passphrase archive, under the name shown
+/// for it (where it came from, never the passphrase itself).
+struct Passphrase {
+    name: String,
+    secret: SecretString,
+}
+
+/// An scrypt identity that steps aside when its passphrase is wrong, so
+/// that age tries the next one (age stops at the first error).
+struct ScryptIdentity(age::scrypt::Identity);
+
+impl age::Identity for ScryptIdentity {
+    fn unwrap_stanza(
+        &self,
+        stanza: &age_core::format::Stanza,
+    ) -> Option<std::result::Result<age_core::format::FileKey, age::DecryptError>> {
+        match self.0.unwrap_stanza(stanza) {
+            Some(Err(age::DecryptError::DecryptionFailed)) => None,
+            other => other,
+        }
+    }
+}
+
+/// Asks a person for the passphrase of the archive at the path given: the
+/// front end's terminal prompt. `Ok(None)` when there is nobody to ask.
+pub type PassphrasePrompt = dyn Fn(&Path) -> io::Result<Option<SecretString>> + Send + Sync;
 
 type Identity = Box<dyn age::Identity + Send + Sync>;
 
@@ -362,6 +486,11 @@ pub struct Keys {
     given: Vec<IdentitySet>,
     configured: Vec<PathBuf>,
     loaded: OnceLock<std::result::Result<Vec<IdentitySet>, EncryptionError>>,
+    /// The config's `passphrase_command`s, each with the variables of the
+    /// instance it belongs to; run only when a passphrase archive is met.
+    commands: Vec<(CommandLine, CommandEnv)>,
+    prompt: Option<Box<PassphrasePrompt>>,
+    passphrases: OnceLock<std::result::Result<Vec<Passphrase>, EncryptionError>>,
 }
 
 /// No identities at all: encrypted archives cannot be opened.
@@ -374,6 +503,9 @@ impl Keys {
             given: Vec::new(),
             configured: Vec::new(),
             loaded: OnceLock::new(),
+            commands: Vec::new(),
+            prompt: None,
+            passphrases: OnceLock::new(),
         }
     }
 
@@ -382,8 +514,69 @@ impl Keys {
         Keys {
             given,
             configured,
-            loaded: OnceLock::new(),
+            ..Keys::none()
         }
+    }
+
+    /// These keys, with the `passphrase_command`s of the config (each with
+    /// the variables it runs with) for passphrase archives.
+    pub fn with_passphrase_commands(mut self, commands: Vec<(CommandLine, CommandEnv)>) -> Keys {
+        self.commands = commands;
+        self
+    }
+
+    /// These keys, with a way to ask for the passphrase of a passphrase
+    /// archive when the config has no `passphrase_command`.
+    pub fn with_prompt(mut self, prompt: Box<PassphrasePrompt>) -> Keys {
+        self.prompt = Some(prompt);
+        self
+    }
+
+    /// The passphrases to try on the passphrase archive `path`: what each
+    /// `passphrase_command` prints, else what the prompt is told; got once
+    /// for the whole operation.
+    fn passphrases(&self, path: &Path) -> Result<&[Passphrase]> {
+        let got = self.passphrases.get_or_init(|| {
+            if !self.commands.is_empty() {
+                return self
+                    .commands
+                    .iter()
+                    .map(|(command, env)| {
+                        Ok(Passphrase {
+                            name: "from the passphrase_command".into(),
+                            secret: run_passphrase_command(command, env)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map_err(|e| match e {
+                        Error::Encryption(e) => e,
+                        other => EncryptionError::PassphraseCommand {
+                            command: "a passphrase_command".into(),
+                            detail: other.to_string(),
+                        },
+                    });
+            }
+            let no = || EncryptionError::NoPassphrase {
+                path: path.to_path_buf(),
+            };
+            let Some(prompt) = &self.prompt else {
+                return Err(no());
+            };
+            match prompt(path) {
+                Ok(Some(secret)) => Ok(vec![Passphrase {
+                    name: "typed at the prompt".into(),
+                    secret,
+                }]),
+                Ok(None) => Err(no()),
+                Err(e) => Err(EncryptionError::PassphraseCommand {
+                    command: "the terminal prompt".into(),
+                    detail: e.to_string(),
+                }),
+            }
+        });
+        got.as_ref()
+            .map(Vec::as_slice)
+            .map_err(|e| Error::Encryption(e.clone()))
     }
 
     /// The identities given on the command line or in the environment.
@@ -435,10 +628,25 @@ pub fn decrypt<R: Read>(
     let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 16, input))
         .map_err(|e| damaged(format!("the age header: {e}")))?;
     if decryptor.is_scrypt() {
-        return Err(EncryptionError::Passphrase {
-            path: path.to_path_buf(),
-        }
-        .into());
+        let passphrases = keys.passphrases(path)?;
+        let identities: Vec<ScryptIdentity> = passphrases
+            .iter()
+            .map(|p| {
+                let mut id = age::scrypt::Identity::new(p.secret.clone());
+                id.set_max_work_factor(SCRYPT_MAX_WORK_FACTOR);
+                ScryptIdentity(id)
+            })
+            .collect();
+        return decryptor
+            .decrypt(identities.iter().map(|i| i as _))
+            .map_err(|e| match e {
+                age::DecryptError::NoMatchingKeys => EncryptionError::WrongPassphrase {
+                    path: path.to_path_buf(),
+                    tried: passphrases.iter().map(|p| p.name.clone()).collect(),
+                }
+                .into(),
+                other => Error::from(damaged(other.to_string())),
+            });
     }
     let sets = keys.all()?;
     if sets.iter().all(|s| s.list.is_empty()) {
@@ -529,6 +737,88 @@ mod tests {
         ));
     }
 
+    fn passphrase_config(command: &str) -> EncryptionConfig {
+        EncryptionConfig {
+            passphrase_command: Some(CommandLine::Shell(command.into())),
+            ..EncryptionConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_passphrase_archive_opens_with_the_passphrase_from_any_configured_command() {
+        let req = EncryptRequest {
+            mode: EncryptMode::AsConfigured,
+            extra: vec![],
+        };
+        let env = CommandEnv::default();
+        let recipients =
+            Recipients::resolve(&passphrase_config("printf 'pw one\\nx\\n'"), &req, &env)
+                .unwrap()
+                .unwrap();
+        assert_eq!(recipients.shown, vec![PASSPHRASE_SHOWN.to_string()]);
+        let shell = |c: &str| (CommandLine::Shell(c.into()), CommandEnv::default());
+        // The wrong passphrase first: age goes on to the next one.
+        let keys = Keys::none()
+            .with_passphrase_commands(vec![shell("echo 'pw two'"), shell("echo 'pw one'")]);
+        assert_eq!(round_trip(&recipients, &keys, b"data").unwrap(), b"data");
+        let wrong = Keys::none().with_passphrase_commands(vec![shell("echo 'pw two'")]);
+        let err = round_trip(&recipients, &wrong, b"data").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Encryption(EncryptionError::WrongPassphrase { .. })
+            ),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("pw"), "{err}");
+        // No command: the prompt is asked, once; without one, a clear error.
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        let prompted = Keys::none().with_prompt(Box::new(move |_| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Some(SecretString::from("pw one".to_string())))
+        }));
+        assert_eq!(round_trip(&recipients, &prompted, b"a").unwrap(), b"a");
+        assert_eq!(round_trip(&recipients, &prompted, b"b").unwrap(), b"b");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let none = round_trip(&recipients, &NO_KEYS, b"data").unwrap_err();
+        assert!(matches!(
+            none,
+            Error::Encryption(EncryptionError::NoPassphrase { .. })
+        ));
+    }
+
+    #[test]
+    fn a_passphrase_command_that_fails_or_prints_nothing_is_an_error() {
+        let req = EncryptRequest::default();
+        let env = CommandEnv::default();
+        for command in ["exit 3", "printf '\\n'", "true"] {
+            let err = Recipients::resolve(&passphrase_config(command), &req, &env).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Encryption(EncryptionError::PassphraseCommand { .. })
+                ),
+                "{command}: {err}"
+            );
+        }
+        let off = EncryptRequest {
+            mode: EncryptMode::Off,
+            extra: vec![],
+        };
+        assert!(
+            Recipients::resolve(&passphrase_config("exit 3"), &off, &env)
+                .unwrap()
+                .is_none()
+        );
+        assert!(passphrase_config("true").checked(Path::new("/")).is_ok());
+        let both = EncryptionConfig {
+            recipients: vec!["age1x".into()],
+            ..passphrase_config("true")
+        };
+        assert!(both.checked(Path::new("/")).is_err());
+    }
+
     #[test]
     fn recipients_that_debian_age_cannot_open_are_refused() {
         for bad in ["age1pqxyz", "gpg:ops@example.org", "age1yubikey1abc"] {
@@ -540,8 +830,8 @@ mod tests {
     fn an_instance_table_falls_back_to_the_defaults_key_by_key() {
         let defaults = EncryptionConfig {
             recipients: vec!["d".into()],
-            recipients_file: None,
             identity_file: Some("/d/key".into()),
+            ..EncryptionConfig::default()
         };
         let own = EncryptionConfig {
             recipients: vec!["i".into()],

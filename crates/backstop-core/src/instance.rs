@@ -554,7 +554,7 @@ pub struct RawInstance {
     activate: Option<CommandLine>,
     services: Option<RawServices>,
     retention: Option<RawRetention>,
-    encryption: Option<crate::encryption::EncryptionConfig>,
+    encryption: Option<toml::Spanned<crate::encryption::EncryptionConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -802,6 +802,17 @@ impl Instance {
                 message: problem.to_string(),
                 span: Some(span),
             })?;
+        if let Some(table) = &raw.encryption {
+            // Checked here too, to name the line of the [encryption] table.
+            table
+                .get_ref()
+                .clone()
+                .checked(base)
+                .map_err(|e| KeyError {
+                    message: format!("encryption: {e}"),
+                    span: Some(table.span()),
+                })?;
+        }
         Instance::build(name, raw, configured, root, config_path).map_err(KeyError::from)
     }
 
@@ -1053,6 +1064,7 @@ impl Instance {
         };
         let encryption = raw
             .encryption
+            .map(toml::Spanned::into_inner)
             .unwrap_or_default()
             .checked(&crate::fsutil::parent_dir(config_path))
             .map_err(|e| format!("encryption: {e}"))?;

@@ -828,3 +828,236 @@ fn an_ssh_ed25519_key_encrypts_and_opens_both_with_backstop_and_age() {
         .success();
     assert_same_tree(&app, &dest, exact());
 }
+
+/// A passphrase that must never appear outside the file it is kept in.
+const PASSPHRASE: &str = "PASS-NEEDLE-correct horse battery 7f3a";
+
+/// Writes [`PASSPHRASE`] (and a second line, which is ignored) to
+/// `pass.txt`, and returns a config line whose command prints it.
+fn passphrase_file(env: &Env) -> String {
+    let file = env.path("pass.txt");
+    std::fs::write(&file, format!("{PASSPHRASE}\nnot the passphrase\n")).unwrap();
+    format!("passphrase_command = \"cat '{}'\"", file.display())
+}
+
+/// `backstop --home H --config C args…` quoted for a shell line.
+fn line_of(env: &Env, args: &[&str]) -> String {
+    let mut line = crate::support::sh_quote(crate::support::bin().as_os_str());
+    for a in ["--home", env.home().to_str().unwrap()].iter().chain(args) {
+        line.push(' ');
+        line.push_str(&crate::support::sh_quote(std::ffi::OsStr::new(a)));
+    }
+    line
+}
+
+#[test]
+fn a_passphrase_archive_round_trips_through_passphrase_command_and_opens_with_age_by_hand() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let app = app(&env);
+    config(&env, &app, &passphrase_file(&env));
+    let mut output = Vec::new();
+    let out = env.cmd().args(["-v", "backup", "app"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("encrypted to a passphrase (scrypt)"),
+        "{out:?}"
+    );
+    output.extend(out.stdout);
+    output.extend(out.stderr);
+    let listed = env.list();
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let archive = PathBuf::from(listed[0]["location"].as_str().unwrap());
+    assert!(archive.to_string_lossy().ends_with(".tar.zst.age"));
+    let header = std::fs::read(&archive).unwrap();
+    assert!(
+        contains(&header[..200], b"-> scrypt "),
+        "not an scrypt stanza"
+    );
+    for args in [
+        vec!["-v", "verify", id.as_str()],
+        vec!["-v", "show", id.as_str()],
+    ] {
+        let out = env.cmd().args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        output.extend(out.stdout);
+        output.extend(out.stderr);
+    }
+    let dest = env.path("restored");
+    let out = env
+        .cmd()
+        .args(["-v", "restore", &id, "--yes", "--dest"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    output.extend(out.stdout);
+    output.extend(out.stderr);
+    assert_same_tree(&app, &dest, exact());
+    // The passphrase is nowhere: not in any output, the store, the
+    // catalog or anything else in the home; nor the plaintext.
+    assert!(
+        !contains(&output, PASSPHRASE.as_bytes()),
+        "passphrase printed"
+    );
+    for f in walk(&env.home()).into_iter().filter(|p| p.is_file()) {
+        let data = std::fs::read(&f).unwrap();
+        assert!(
+            !contains(&data, PASSPHRASE.as_bytes()),
+            "in {}",
+            f.display()
+        );
+        assert!(!contains(&data, SECRET), "plaintext in {}", f.display());
+    }
+    // And a wrong passphrase from the command is refused, nothing written.
+    std::fs::write(env.path("pass.txt"), "not it\n").unwrap();
+    let wrong = env.path("wrong");
+    env.cmd()
+        .args(["restore", &id, "--yes", "--dest"])
+        .arg(&wrong)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("does not open"))
+        .stderr(predicate::str::contains("nothing was written"));
+    assert!(!wrong.exists());
+
+    // By hand: the age CLI asks on the terminal only.
+    let Some(term) = crate::support::Tmux::start(
+        &env,
+        "age",
+        &format!(
+            "age -d -o by-hand.tar.zst {}",
+            crate::support::sh_quote(archive.as_os_str())
+        ),
+    ) else {
+        return;
+    };
+    term.wait_for("passphrase");
+    term.type_line(PASSPHRASE);
+    let (code, screen) = term.wait_exit();
+    assert_eq!(code, 0, "{screen}");
+    std::fs::create_dir(env.path("by-hand")).unwrap();
+    sh(
+        env.dir.path(),
+        "zstd -dc by-hand.tar.zst | tar -x -C by-hand",
+    );
+    assert_eq!(
+        std::fs::read(env.path("by-hand/app/config/.env")).unwrap(),
+        SECRET
+    );
+    sh(
+        &env.path("by-hand"),
+        "sha256sum -c --quiet backstop-checksums.sha256",
+    );
+    assert!(!screen.contains(PASSPHRASE), "age echoed it:\n{screen}");
+}
+
+#[test]
+fn passphrase_command_beside_recipients_is_refused_naming_the_line() {
+    let env = Env::new();
+    let (_, recipient) = key(&env, "key.txt");
+    let app = app(&env);
+    let both = format!("recipients = [\"{recipient}\"]\npassphrase_command = \"cat pass.txt\"");
+    config(&env, &app, &both);
+    env.cmd()
+        .args(["backup", "app"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("(line 4)"))
+        .stderr(predicate::str::contains(
+            "`passphrase_command` cannot be used with `recipients`",
+        ));
+    let text = format!(
+        "[defaults.encryption]\npassphrase_command = \"cat pass.txt\"\nrecipients_file = \"r.txt\"\n\n\
+         [instances.app]\nroot = \"{}\"\n",
+        app.display()
+    );
+    std::fs::write(env.path("backstop.toml"), text).unwrap();
+    env.cmd()
+        .args(["backup", "app"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("[defaults.encryption] (line 1)"));
+    // --recipient beside a configured passphrase: refused before the backup.
+    config(&env, &app, &passphrase_file(&env));
+    env.cmd()
+        .args(["backup", "app", "--recipient", &recipient])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot have other recipients"));
+    assert!(env.list().is_empty());
+    // key check tests identities: it says so rather than test nothing.
+    env.cmd()
+        .args(["key", "check", "app", "--identity", "key.txt"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("`key check` tests identities"))
+        .stderr(predicate::str::contains("backstop verify"));
+}
+
+#[test]
+fn the_terminal_prompt_asks_for_the_passphrase_without_echo_and_a_wrong_one_writes_nothing() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let app = app(&env);
+    config(&env, &app, &passphrase_file(&env));
+    env.cmd().args(["backup", "app"]).assert().success();
+    let archive = env.list()[0]["location"].as_str().unwrap().to_string();
+    // From here on there is no passphrase_command: an empty config.
+    std::fs::remove_file(env.path("pass.txt")).unwrap();
+    let empty = env.path("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap();
+
+    // Without a terminal: refused, naming passphrase_command.
+    let dest = env.path("dest");
+    env.cmd()
+        .args(["--config", empty, "restore", &archive, "--yes", "--dest"])
+        .arg(&dest)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "no passphrase_command and no terminal",
+        ))
+        .stderr(predicate::str::contains("hint: set `passphrase_command"));
+    assert!(!dest.exists());
+    // verify without a terminal checks what it can without the passphrase.
+    env.cmd()
+        .args(["--config", empty, "verify", &archive])
+        .assert()
+        .code(3)
+        .stdout(predicate::str::contains("age header only"))
+        .stdout(predicate::str::contains("encrypted to a passphrase"));
+
+    let restore = line_of(
+        &env,
+        &[
+            "--config", empty, "restore", &archive, "--yes", "--dest", "dest",
+        ],
+    );
+    // A wrong passphrase: refused, nothing written.
+    let Some(term) = crate::support::Tmux::start(&env, "wrong", &restore) else {
+        return;
+    };
+    term.wait_for("Passphrase:");
+    term.type_line("not the passphrase");
+    let (code, screen) = term.wait_exit();
+    assert_eq!(code, 2, "{screen}");
+    assert!(screen.contains("does not open"), "{screen}");
+    assert!(!screen.contains("not the passphrase"), "echoed:\n{screen}");
+    assert!(!dest.exists());
+    drop(term);
+
+    // The right one restores the exact tree, and is not echoed either.
+    let term = crate::support::Tmux::start(&env, "right", &restore).unwrap();
+    term.wait_for("is encrypted to a passphrase.");
+    term.type_line(PASSPHRASE);
+    let (code, screen) = term.wait_exit();
+    assert_eq!(code, 0, "{screen}");
+    assert!(!screen.contains(PASSPHRASE), "echoed:\n{screen}");
+    assert_same_tree(&app, &dest, exact());
+}

@@ -290,3 +290,128 @@ pub fn on_terminal(env: &Env, args: &[&std::ffi::OsStr], input: &str) -> Option<
         screen: String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"),
     })
 }
+
+/// A command running on a terminal of its own in a private tmux server,
+/// for what reads a terminal only (a passphrase prompt): wait for the
+/// screen to show something, type, wait for the exit code. `None` when
+/// tmux is not installed (reported as a skip).
+pub struct Tmux {
+    socket: PathBuf,
+    rc: PathBuf,
+}
+
+impl Tmux {
+    /// Starts `command` (run by `sh -c` in the scratch directory, with the
+    /// variables that would reach the machine's config removed).
+    pub fn start(env: &Env, name: &str, command: &str) -> Option<Tmux> {
+        if !backstop_test_support::have("tmux") {
+            return None;
+        }
+        let socket = env.path(&format!("tmux-{name}.sock"));
+        let rc = env.path(&format!("tmux-{name}.rc"));
+        let script = format!(
+            "unset BACKSTOP_CONFIG BACKSTOP_HOME BACKSTOP_FAILPOINTS BACKSTOP_IDENTITY; \
+             export NO_COLOR=1 XDG_CONFIG_HOME={xdg}; {command}; echo $? > {rc}.tmp; \
+             mv {rc}.tmp {rc}; sleep 600",
+            xdg = sh_quote(env.path("xdg-config").as_os_str()),
+            rc = sh_quote(rc.as_os_str()),
+        );
+        let status = StdCommand::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "200",
+                "-y",
+                "50",
+                "-c",
+            ])
+            .arg(env.dir.path())
+            .args(["sh", "-c", &script])
+            .env("TERM", "xterm")
+            .status()
+            .expect("start tmux");
+        assert!(status.success(), "tmux new-session failed");
+        Some(Tmux { socket, rc })
+    }
+
+    fn tmux(&self) -> StdCommand {
+        let mut cmd = StdCommand::new("tmux");
+        cmd.arg("-S").arg(&self.socket);
+        cmd
+    }
+
+    /// What the terminal shows now.
+    pub fn screen(&self) -> String {
+        let out = self
+            .tmux()
+            .args(["capture-pane", "-p", "-J", "-S", "-200"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (up to a minute) until the terminal shows `text`.
+    pub fn wait_for(&self, text: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < until,
+                "the terminal never showed {text:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types `text` and Enter.
+    pub fn type_line(&self, text: &str) {
+        let ok = self
+            .tmux()
+            .args(["send-keys", "-l", text])
+            .status()
+            .expect("tmux send-keys")
+            .success()
+            && self
+                .tmux()
+                .args(["send-keys", "Enter"])
+                .status()
+                .expect("tmux send-keys")
+                .success();
+        assert!(ok, "tmux send-keys failed");
+    }
+
+    /// Waits (up to two minutes) for the command to end: its exit code
+    /// and the final screen.
+    pub fn wait_exit(&self) -> (i32, String) {
+        let until = Instant::now() + Duration::from_secs(120);
+        while !self.rc.exists() {
+            assert!(
+                Instant::now() < until,
+                "the command never ended:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let code = std::fs::read_to_string(&self.rc).unwrap();
+        (code.trim().parse().unwrap(), self.screen())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self
+            .tmux()
+            .arg("kill-server")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -435,7 +435,7 @@ fn sealed_size(size: u64, encrypted: bool) -> u64 {
 /// config (and `[defaults]`) and the request; `None` when it is not.
 fn recipients_of(ctx: &Context<'_>, req: &BackupRequest) -> Result<Option<Recipients>> {
     let config = req.instance.encryption.or_defaults(&ctx.config.encryption);
-    Recipients::resolve(&config, &req.encryption)
+    Recipients::resolve(&config, &req.encryption, &req.instance.env())
 }
 
 /// Refuses an `--output FILE` whose name says the opposite of what the

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::command::CommandEnv;
 use crate::encryption::{self, EncryptMode, EncryptRequest, Recipients};
 use crate::error::{Error, Result};
 use crate::instance::Instance;
@@ -107,7 +108,19 @@ pub fn check_keys(
         mode: EncryptMode::Required,
         extra: extra.to_vec(),
     };
-    let recipients = Recipients::resolve(&config, &request)?
+    if config.passphrase_command.is_some() {
+        return Err(Error::usage(
+            "`key check` tests identities, and this encryption table has a \
+             `passphrase_command` instead of recipients",
+            Some(
+                "test the passphrase by verifying a backup (`backstop verify INSTANCE`), which \
+                 decrypts it with what the command prints"
+                    .into(),
+            ),
+        ));
+    }
+    let env = instance.map_or_else(CommandEnv::default, Instance::env);
+    let recipients = Recipients::resolve(&config, &request, &env)?
         .expect("a required encryption has recipients or fails");
     let sets = ctx.keys.all()?;
     if sets.is_empty() {

@@ -311,6 +311,20 @@ fn adopt(
     let path = file.display().to_string();
     let verified = match run.result {
         Ok(v) => v,
+        Err(Error::Encryption(EncryptionError::NoPassphrase { .. })) => {
+            report.findings.push(Finding {
+                problem: Problem::Orphaned,
+                instance: instance.to_string(),
+                id: None,
+                path,
+                detail: "not in the catalog; it is encrypted to a passphrase, and there is no \
+                         passphrase_command (nor a terminal to ask on), so its manifest cannot \
+                         be read: set `passphrase_command` and run reconcile again to adopt it"
+                    .into(),
+                action: None,
+            });
+            return Ok(());
+        }
         Err(Error::Encryption(EncryptionError::NoIdentity { .. })) => {
             report.findings.push(Finding {
                 problem: Problem::Orphaned,

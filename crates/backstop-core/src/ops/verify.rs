@@ -291,6 +291,12 @@ fn check(
              checksum were checked, not the content (give --identity FILE to check it all)"
                 .into(),
         ),
+        Err(Error::Encryption(EncryptionError::NoPassphrase { .. })) => report.warnings.push(
+            "encrypted to a passphrase, and there is no passphrase_command and no terminal to \
+             ask on: only the age header and the whole-file checksum were checked, not the \
+             content (set `passphrase_command` to check it all)"
+                .into(),
+        ),
         Err(e) => report.problems.push(error_chain(e)),
     }
     if let Some(actual) = &run.sha256 {

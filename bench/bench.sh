@@ -4,7 +4,8 @@
 # restic and borg on one generated corpus, and time restores: into an empty
 # directory (against the baselines), exact in place over a live copy of the
 # corpus after changing 1 % of its files, and (--million) over a tree of one
-# million small files.
+# million small files. backstop's backup and restore are also timed
+# encrypted (age, one X25519 recipient) beside the same unencrypted ones.
 #
 #   bench/bench.sh [--size 1G] [--work DIR] [--runs N] [--cold] [--million]
 #
@@ -101,16 +102,17 @@ setup_work() {
     TIMES=$WORK/times       # GNU time output and per-run records
     EXACT=$WORK/exact       # live copy of the corpus and its home (exact restore)
     MILLION_DIR=$WORK/million  # the --million tree and its home
-    rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "$MILLION_DIR/home"
+    AGE_KEY=$WORK/age-identity.txt  # the encrypted rows' identity (made untimed)
+    rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "$MILLION_DIR/home" "$AGE_KEY"
     mkdir -p "$OUTS" "$TIMES"
-    export WORK CORPUS OUTS RESTORE EXACT MILLION_DIR
+    export WORK CORPUS OUTS RESTORE EXACT MILLION_DIR AGE_KEY
 }
 
 # Per-run outputs go; the corpus and the --million tree stay for the next
 # invocation.
 cleanup() {
     if [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
-        rm -rf "${OUTS:?}" "${RESTORE:?}" "${TIMES:?}" "${EXACT:?}" "${MILLION_DIR:?}/home"
+        rm -rf "${OUTS:?}" "${RESTORE:?}" "${TIMES:?}" "${EXACT:?}" "${MILLION_DIR:?}/home" "${AGE_KEY:?}"
     fi
 }
 
@@ -353,6 +355,16 @@ borg_init() {
 # Restore prep: the restore reads the last backup run's output, which sits in
 # $OUTS/<backup id>; only the target dir is fresh.
 prep_restore_backstop() { SRC=$(find "$OUTS/backstop-zstd/home/backups" -name '*.tar.zst' | head -n 1); export SRC; }
+prep_restore_backstop_age() { SRC=$(find "$OUTS/backstop-age/home/backups" -name '*.tar.zst.age' | head -n 1); export SRC; }
+
+# The encrypted rows' key: a fresh X25519 identity from `backstop key new`
+# (untimed), its recipient read from the file's "# public key:" line.
+make_age_key() {
+    "$BACKSTOP" -q key new --out "$AGE_KEY" > /dev/null 2>&1
+    AGE_RECIPIENT=$(sed -n 's/^# public key: //p' "$AGE_KEY")
+    [[ $AGE_RECIPIENT == age1* ]] || die "backstop key new wrote no recipient to $AGE_KEY"
+    export AGE_RECIPIENT
+}
 prep_restore_tarzstd() { export SRC=$OUTS/tar-zstd/corpus.tar.zst; }
 prep_restore_restic() { export SRC=$OUTS/restic/repo; }
 prep_restore_borg() { export SRC=$OUTS/borg/repo BORG_BASE_DIR=$OUTS/borg/base; }
@@ -365,6 +377,10 @@ run_backups() {
     bench backstop-zstd "0 3" no_prep \
         '"$BACKSTOP" --home "$OUT/home" -q backup "$CORPUS"' \
         "$SYNC_TREE" "$OUTS/backstop-zstd/home/backups"
+    make_age_key
+    bench backstop-age "0 3" no_prep \
+        '"$BACKSTOP" --home "$OUT/home" -q backup "$CORPUS" --recipient "$AGE_RECIPIENT"' \
+        "$SYNC_TREE" "$OUTS/backstop-age/home/backups"
     bench backstop-gzip "0 3" no_prep \
         '"$BACKSTOP" --home "$OUT/home" -q backup "$CORPUS" --compression gzip' \
         "$SYNC_TREE" "$OUTS/backstop-gzip/home/backups"
@@ -417,6 +433,11 @@ run_restores() {
             '"$BACKSTOP" -q --home "$OUT/home" restore "$SRC" --dest "$RESTORE/corpus" --yes --no-pre-backup' \
             'sync' "$RESTORE"
     else skip restore-backstop "no backstop archive"; fi
+    if [[ ${RESULT[backstop-age]} != SKIP* && ${RESULT[backstop-age]} != FAIL* ]]; then
+        bench restore-backstop-age "0" prep_restore_backstop_age \
+            '"$BACKSTOP" -q --home "$OUT/home" restore "$SRC" --dest "$RESTORE/corpus" --yes --no-pre-backup --identity "$AGE_KEY"' \
+            'sync' "$RESTORE"
+    else skip restore-backstop-age "no encrypted backstop archive"; fi
     if [ "$restored_ok" -eq 1 ] && [[ ${RESULT[backstop-zstd]} != SKIP* && ${RESULT[backstop-zstd]} != FAIL* ]]; then
         bench restore-backstop-tar "0" prep_restore_backstop \
             'tar -I zstd -xf "$SRC" -C "$RESTORE"' 'sync' "$RESTORE"
@@ -824,6 +845,27 @@ MiB" is the size of the tree afterwards.
 EOF
     row restore-backstop 'backstop restore into an empty directory + sync' restore-backstop restore
     row restore-exact "backstop restore, exact, in place, $EXACT_CHANGED files changed + sync" restore-backstop restore
+    cat <<EOF
+
+### Encryption (ratios against the same run unencrypted)
+
+\`backstop backup --recipient R\`: the same zstd -3 archive as one age
+stream to one X25519 recipient (made with \`backstop key new\`, untimed),
+and its restore into an empty directory with \`--identity\`, each against
+the unencrypted row of this same run.
+
+$hdr wall / unencrypted | size / unencrypted |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+EOF
+    row backstop-zstd 'backstop backup (zstd -3)' backstop-zstd
+    row backstop-age 'backstop backup (zstd -3, age to 1 X25519 recipient)' backstop-zstd
+    cat <<EOF
+
+| restore | wall s | CPU s | peak RSS MiB | restored MiB | throughput MiB/s | wall / unencrypted |
+|---|---:|---:|---:|---:|---:|---:|
+EOF
+    row restore-backstop 'backstop restore into an empty directory + sync' restore-backstop restore
+    row restore-backstop-age 'backstop restore --identity (encrypted archive) + sync' restore-backstop restore
     if [ "$MILLION" -eq 1 ]; then print_million; fi
     local id
     cat <<EOF
@@ -844,8 +886,8 @@ EOF
   a fresh repo (init untimed) and cache for restic and borg.
 - All wall times (s), in run order:
 EOF
-    for id in backstop-zstd backstop-gzip tar-zstd tar-pigz tar-gzip restic borg \
-              restore-backstop restore-backstop-tar restore-tar-zstd restore-restic restore-borg \
+    for id in backstop-zstd backstop-age backstop-gzip tar-zstd tar-pigz tar-gzip restic borg \
+              restore-backstop restore-backstop-age restore-backstop-tar restore-tar-zstd restore-restic restore-borg \
               restore-exact million-backup million-tar-zstd million-restore-empty million-dry-run million-exact; do
         [ -n "${ALL_RUNS[$id]:-}" ] && printf '  - %s: %s\n' "$id" "${ALL_RUNS[$id]}"
     done

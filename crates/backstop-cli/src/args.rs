@@ -221,6 +221,14 @@ pub struct BackupArgs {
     /// (`ssh-ed25519 …`), besides the configured ones (repeatable)
     #[arg(long = "recipient", value_name = "RECIPIENT")]
     pub recipients: Vec<String>,
+    /// Make a full backup, even where an incremental could build on the last one
+    #[arg(long, conflicts_with = "incremental")]
+    pub full: bool,
+    /// Make an incremental backup (only what changed since the last one), and
+    /// fail when there is none to build on [default: incremental when the
+    /// chain allows, see [chain] in the config]
+    #[arg(long)]
+    pub incremental: bool,
     /// Show what would be backed up and the estimated size; change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -521,6 +529,10 @@ pub struct DeleteArgs {
     /// Backup ids
     #[arg(value_name = "ID", required = true)]
     pub ids: Vec<String>,
+    /// Also delete the incremental backups built on them, which cannot be
+    /// restored without them
+    #[arg(long)]
+    pub with_dependants: bool,
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,

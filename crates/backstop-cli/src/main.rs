@@ -718,7 +718,9 @@ fn cmd_prune(g: &Global, a: &PruneArgs, cancel: &Cancel) -> Result<u8, Error> {
 fn cmd_delete(g: &Global, a: &DeleteArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
-    let deleted = with_context(g, &settings, cancel, |ctx| prune::delete(ctx, &a.ids, wait))?;
+    let deleted = with_context(g, &settings, cancel, |ctx| {
+        prune::delete(ctx, &a.ids, a.with_dependants, wait)
+    })?;
     if g.json {
         print_json(&render::envelope(
             "delete",

@@ -253,6 +253,7 @@ pub fn notes(list: &[Note]) -> String {
             NoteKind::Quadlet => "quadlet",
             NoteKind::Version => "version",
             NoteKind::Catalog => "catalog",
+            NoteKind::Chain => "chain",
         };
         let _ = writeln!(
             out,
@@ -352,6 +353,7 @@ pub fn list(listing: &Listing, filtered: bool) -> String {
             "CREATED (UTC)",
             "KIND",
             "REASON",
+            "TYPE",
             "SIZE",
             "STATUS",
         ]);
@@ -362,6 +364,7 @@ pub fn list(listing: &Listing, filtered: bool) -> String {
             Cell::new(when(&r.created_at)),
             Cell::new(r.about.kind),
             Cell::new(&r.about.reason),
+            Cell::new(chain_type(r)),
             Cell::new(r.size.map_or_else(|| "-".into(), bytes)).set_alignment(CellAlignment::Right),
             Cell::new(status_cell(r.status)),
         ]);
@@ -387,6 +390,29 @@ pub fn list(listing: &Listing, filtered: bool) -> String {
         out.push_str(&untracked_note(&listing.untracked));
     }
     out
+}
+
+/// What `show` says of a backup's place in its chain.
+fn chain_line(b: &BackupRecord) -> String {
+    let (Some(parent), Some(base)) = (&b.parent, &b.base) else {
+        return "full".into();
+    };
+    let total = b
+        .chain_size
+        .map_or_else(|| "unknown: a link is not in the catalog".into(), bytes);
+    format!(
+        "incremental {} of the chain of {base}, on {parent}; a restore reads {total}",
+        b.chain_position
+    )
+}
+
+/// `full`, or `incr N` for the Nth incremental of a chain.
+fn chain_type(r: &BackupRecord) -> String {
+    if r.parent.is_some() {
+        format!("incr {}", r.chain_position)
+    } else {
+        "full".into()
+    }
 }
 
 /// Archives in the store that are not in the catalog (it was lost, or
@@ -476,6 +502,17 @@ pub fn show(report: &ShowReport) -> String {
                 &mut out,
                 "size",
                 format!("{} ({})", bytes(size), codec(b.compression, b.level)),
+            );
+        }
+        field(&mut out, "type", chain_line(b));
+        if !report.dependants.is_empty() {
+            field(
+                &mut out,
+                "needed by",
+                format!(
+                    "{} (incremental backups built on it)",
+                    report.dependants.join(", ")
+                ),
             );
         }
         if let (Some(e), Some(f), Some(by)) = (b.entries, b.files, b.bytes) {

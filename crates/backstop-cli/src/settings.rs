@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use backstop_core::Error;
 use backstop_core::archive::{BackupKind, Codec, CompressionSpec, Description};
+use backstop_core::chain::ChainRequest;
 use backstop_core::config::{Config, Layout, absolute};
 use backstop_core::instance::Instance;
 use backstop_core::ops::backup::{BackupRequest, Output};
@@ -333,6 +334,13 @@ pub fn backup_request(
         encryption: encryption(args),
         output,
         wait,
+        chain: if args.full {
+            ChainRequest::Full
+        } else if args.incremental {
+            ChainRequest::Incremental
+        } else {
+            ChainRequest::Auto
+        },
     })
 }
 

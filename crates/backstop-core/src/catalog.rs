@@ -10,6 +10,7 @@
 //! The schema is versioned with `PRAGMA user_version`; [`MIGRATIONS`] holds
 //! one step per version and is only ever appended to.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -158,6 +159,14 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE backups ADD COLUMN encrypted INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 4: incremental chains: the backup each builds on, its full backup,
+    // and its place in the chain (0 for a full backup).
+    r#"
+    ALTER TABLE backups ADD COLUMN parent_id TEXT;
+    ALTER TABLE backups ADD COLUMN base_id TEXT;
+    ALTER TABLE backups ADD COLUMN chain_position INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX backups_by_parent ON backups (parent_id);
+    "#,
 ];
 
 /// The state of a backup attempt.
@@ -251,6 +260,27 @@ pub struct BackupRecord {
     pub last_restored_at: Option<String>,
     pub last_restored_to: Option<String>,
     pub last_restored_by: Option<String>,
+    /// For an incremental: the backup it stores the changes since.
+    pub parent: Option<String>,
+    /// For an incremental: the full backup its chain starts with.
+    pub base: Option<String>,
+    /// 0 for a full backup, 1 for the first incremental after it…
+    pub chain_position: u32,
+    /// Bytes of every archive a restore of it reads: its own and its
+    /// chain's (filled in by [`Catalog::fill_chain_sizes`]; `None` when a
+    /// link is unknown).
+    pub chain_size: Option<u64>,
+}
+
+impl BackupRecord {
+    /// `full` or `incremental`.
+    pub fn chain_kind(&self) -> &'static str {
+        if self.parent.is_some() {
+            "incremental"
+        } else {
+            "full"
+        }
+    }
 }
 
 /// One guarded command as the catalog records it.
@@ -301,6 +331,8 @@ pub struct NewBackup<'a> {
     pub level: Option<i32>,
     pub encrypted: bool,
     pub created_by: &'a str,
+    /// For an incremental: what it is built on.
+    pub chain: Option<&'a crate::archive::format::ChainLinks>,
 }
 
 /// What is known when a backup attempt succeeds.
@@ -362,7 +394,8 @@ pub struct Catalog {
 const COLUMNS: &str = "id, instance, origin, host, created_at, finished_at, kind, reason, message, \
     labels, app_version, upgraded_to, profile, location, size, entries, files, bytes, compression, \
     level, sha256, status, error, warnings, verified_at, verify_ok, verify_error, pinned, created_by, \
-    last_restored_at, last_restored_to, last_restored_by, encrypted";
+    last_restored_at, last_restored_to, last_restored_by, encrypted, parent_id, base_id, \
+    chain_position";
 
 impl Catalog {
     /// Opens (creating if needed, with mode 0600) and migrates the catalog at
@@ -740,6 +773,84 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
+    /// The backups built directly on `id` (its children in a chain),
+    /// newest first, whatever their status.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn children(&self, id: &str) -> CResult<Vec<BackupRecord>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM backups WHERE parent_id = ?1 ORDER BY created_at DESC, id DESC"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        stmt.query_map([id], record)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Fills in every record's [`BackupRecord::chain_size`].
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn fill_chain_sizes(&self, records: &mut [BackupRecord]) -> CResult<()> {
+        let mut sizes: HashMap<String, Option<u64>> = HashMap::new();
+        for record in records.iter_mut() {
+            record.chain_size = self.chain_size_of(record, &mut sizes)?;
+        }
+        Ok(())
+    }
+
+    fn chain_size_of(
+        &self,
+        record: &BackupRecord,
+        known: &mut HashMap<String, Option<u64>>,
+    ) -> CResult<Option<u64>> {
+        let mut total = record.size;
+        let mut next = record.parent.clone();
+        let mut hops = 0;
+        while let Some(id) = next {
+            hops += 1;
+            if let Some(rest) = known.get(&id) {
+                total = total.zip(*rest).map(|(a, b)| a + b);
+                break;
+            }
+            match self.get(&id)? {
+                Some(r) if hops < 10_000 => {
+                    total = total.zip(r.size).map(|(a, b)| a + b);
+                    next = r.parent;
+                }
+                _ => return Ok(None),
+            }
+        }
+        known.insert(record.id.clone(), total);
+        Ok(total)
+    }
+
+    /// Every backup that needs `id` (its children, theirs, and so on),
+    /// failed attempts left out.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn dependants(&self, id: &str) -> CResult<Vec<BackupRecord>> {
+        let mut out = Vec::new();
+        let mut todo = vec![id.to_string()];
+        while let Some(next) = todo.pop() {
+            for child in self.children(&next)? {
+                if child.status == Status::Failed
+                    || out.iter().any(|o: &BackupRecord| o.id == child.id)
+                {
+                    continue;
+                }
+                todo.push(child.id.clone());
+                out.push(child);
+            }
+        }
+        Ok(out)
+    }
+
     /// Records the start of a restore; returns its id.
     ///
     /// # Errors
@@ -1077,9 +1188,9 @@ fn insert_creating(
         &format!(
             "{verb} INTO backups (id, instance, origin, host, created_at, kind, reason, message, \
              labels, app_version, upgraded_to, profile, compression, level, status, created_by, \
-             encrypted) \
+             encrypted, parent_id, base_id, chain_position) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'creating', ?15, \
-             ?16)"
+             ?16, ?17, ?18, ?19)"
         ),
         params![
             id,
@@ -1098,6 +1209,9 @@ fn insert_creating(
             new.level,
             new.created_by,
             new.encrypted,
+            new.chain.map(|c| c.parent.id.as_str()),
+            new.chain.map(|c| c.base.id.as_str()),
+            new.chain.map_or(0, |c| c.position),
         ],
     )
 }
@@ -1163,6 +1277,10 @@ fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
         last_restored_at: r.get(29)?,
         last_restored_to: r.get(30)?,
         last_restored_by: r.get(31)?,
+        parent: r.get(33)?,
+        base: r.get(34)?,
+        chain_position: r.get(35)?,
+        chain_size: None,
     })
 }
 
@@ -1205,6 +1323,7 @@ mod tests {
             level: Some(3),
             encrypted: false,
             created_by: "backstop test",
+            chain: None,
         }
     }
 

@@ -78,6 +78,7 @@ struct RawDefaults {
     #[serde(default)]
     exclude: Vec<String>,
     encryption: Option<toml::Spanned<crate::encryption::EncryptionConfig>>,
+    chain: Option<toml::Spanned<crate::chain::RawChain>>,
 }
 
 /// The loaded configuration.
@@ -97,6 +98,9 @@ pub struct Config {
     /// `[defaults.encryption]`: for every instance whose own table leaves
     /// a key out, and for ad-hoc instances.
     pub encryption: crate::encryption::EncryptionConfig,
+    /// `[defaults.chain]`: chain limits for every instance whose own table
+    /// leaves a key out, and for ad-hoc instances.
+    pub chain: crate::chain::ChainConfig,
     /// `[instances.NAME]`, by name.
     pub instances: BTreeMap<String, Instance>,
 }
@@ -203,6 +207,18 @@ impl Config {
                     })?
             }
         };
+        let chain = match raw.defaults.chain {
+            None => crate::chain::ChainConfig::default(),
+            Some(table) => {
+                let line = line_of(text, table.span().start);
+                crate::chain::ChainConfig::from_raw(table.into_inner()).map_err(|message| {
+                    ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        message: format!("[defaults.chain] (line {line}): {message}"),
+                    }
+                })?
+            }
+        };
         let mut instances = BTreeMap::new();
         for (name, spanned) in raw.instances {
             let table = spanned.span();
@@ -224,6 +240,7 @@ impl Config {
             level: raw.defaults.level,
             exclude: raw.defaults.exclude,
             encryption,
+            chain,
             instances,
         })
     }

@@ -148,6 +148,9 @@ pub struct Instance {
     /// `[encryption]`, as the instance's table says it (see
     /// [`crate::encryption::EncryptionConfig::or_defaults`] for `[defaults.encryption]`).
     pub encryption: crate::encryption::EncryptionConfig,
+    /// `[chain]`: how long an incremental chain may grow (see
+    /// [`crate::chain::ChainConfig::or_defaults`] for `[defaults.chain]`).
+    pub chain: crate::chain::ChainConfig,
 }
 
 impl Instance {
@@ -176,6 +179,7 @@ impl Instance {
                 ..RetentionConfig::default()
             },
             encryption: crate::encryption::EncryptionConfig::default(),
+            chain: crate::chain::ChainConfig::default(),
         }
     }
 
@@ -555,6 +559,7 @@ pub struct RawInstance {
     services: Option<RawServices>,
     retention: Option<RawRetention>,
     encryption: Option<toml::Spanned<crate::encryption::EncryptionConfig>>,
+    chain: Option<crate::chain::RawChain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1068,6 +1073,7 @@ impl Instance {
             .unwrap_or_default()
             .checked(&crate::fsutil::parent_dir(config_path))
             .map_err(|e| format!("encryption: {e}"))?;
+        let chain = crate::chain::ChainConfig::from_raw(raw.chain.unwrap_or_default())?;
         let retention = match raw.retention {
             None => RetentionConfig {
                 failed_max_age: DEFAULT_FAILED_MAX_AGE,
@@ -1121,6 +1127,7 @@ impl Instance {
             quadlets: raw.quadlets,
             retention,
             encryption,
+            chain,
         })
     }
 }

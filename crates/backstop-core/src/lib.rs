@@ -10,6 +10,7 @@
 pub mod access;
 pub mod archive;
 pub mod catalog;
+pub mod chain;
 pub mod command;
 pub mod config;
 pub mod encryption;

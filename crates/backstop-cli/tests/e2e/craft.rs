@@ -72,6 +72,7 @@ pub fn manifest(id: &str, instance: &str, root: &Path, sources: Vec<SourceManife
         never_restore: vec![],
         totals: Totals::default(),
         quadlet_units: None,
+        chain: None,
     }
 }
 

@@ -478,7 +478,7 @@ fn list_show_and_prune_of_encrypted_backups_need_no_key() {
     let app = app(&env);
     let first = env.backup(&app, &["--recipient", &recipient]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = env.backup(&app, &["--recipient", &recipient]);
+    let second = env.backup(&app, &["--full", "--recipient", &recipient]);
     let rows = env.list();
     assert!(rows.iter().all(|r| r["encrypted"] == true));
     env.cmd()

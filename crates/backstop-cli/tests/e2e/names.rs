@@ -28,25 +28,25 @@ fn two_directories_with_one_name_get_two_instances_and_prune_keeps_both() {
     let env = Env::new();
     let p1 = dir_with_file(&env, "p1/data");
     let p2 = dir_with_file(&env, "p2/data");
-    let first = env.backup(&p1, &[]);
+    let first = env.backup(&p1, &["--full"]);
     assert_eq!(first["instance"], "data");
     // The second directory is told, in words and in JSON.
     env.cmd()
-        .args(["backup", p2.to_str().unwrap()])
+        .args(["backup", p2.to_str().unwrap(), "--full"])
         .assert()
         .success()
         .stdout(predicate::str::contains(format!(
             "instance data-2: data already holds the backups of {}",
             p1.display()
         )));
-    let doc = env.json(&["backup", p2.to_str().unwrap()]);
+    let doc = env.json(&["backup", p2.to_str().unwrap(), "--full"]);
     assert_eq!(doc["report"]["backup"]["instance"], "data-2", "{doc}");
     assert_eq!(doc["report"]["renamed"]["wanted"], "data", "{doc}");
     // Each comes back to its own name, again and again.
-    assert_eq!(env.backup(&p1, &[])["instance"], "data");
-    assert_eq!(env.backup(&p2, &[])["instance"], "data-2");
+    assert_eq!(env.backup(&p1, &["--full"])["instance"], "data");
+    assert_eq!(env.backup(&p2, &["--full"])["instance"], "data-2");
     assert_eq!(
-        env.backup(&dir_with_file(&env, "p3/data"), &[])["instance"],
+        env.backup(&dir_with_file(&env, "p3/data"), &["--full"])["instance"],
         "data-3"
     );
     let plan = env.json(&["backup", p2.to_str().unwrap(), "--dry-run"]);

@@ -269,7 +269,7 @@ fn quiet_dry_runs_print_only_their_summary_line() {
     let env = Env::new();
     let app = env.small_app("svc");
     let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
-    env.backup(&app, &[]);
+    env.backup(&app, &["--full"]);
     std::fs::write(app.join("config/new.txt"), b"new").unwrap();
     let lines = |args: &[&str]| -> Vec<String> {
         let out = env.cmd().arg("-q").args(args).output().unwrap();

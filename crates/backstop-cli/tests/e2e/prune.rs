@@ -13,7 +13,10 @@ fn backups(env: &Env, n: usize) -> (PathBuf, Vec<String>) {
     let ids = (0..n)
         .map(|i| {
             std::fs::write(app.join("data/counter"), i.to_string()).unwrap();
-            env.backup(&app, &[])["id"].as_str().unwrap().to_string()
+            env.backup(&app, &["--full"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
         })
         .collect();
     (app, ids)
@@ -126,14 +129,17 @@ fn the_config_gives_defaults_per_instance_and_flags_override_them() {
     std::fs::write(
         env.path("backstop.toml"),
         format!(
-            "[instances.app]\nroot = \"{}\"\n[instances.app.retention]\nkeep_manual = 2\nkeep_automatic = 1\nauto_prune = true\nfailed_max_age = \"0s\"\n[instances.app.sources.db]\ncommand = \"cat {}/data/db.sqlite\"\n",
+            "[instances.app]\nroot = \"{}\"\n[instances.app.retention]\nkeep_manual = 2\nkeep_automatic = 1\nauto_prune = true\nfailed_max_age = \"0s\"\n[instances.app.chain]\nmax_length = 0\n[instances.app.sources.db]\ncommand = \"cat {}/data/db.sqlite\"\n",
             app.display(),
             app.display()
         ),
     )
     .unwrap();
     for _ in 0..3 {
-        env.cmd().args(["backup", "app"]).assert().success();
+        env.cmd()
+            .args(["backup", "app", "--full"])
+            .assert()
+            .success();
     }
     // Two guarded commands: automatic backups, pruned after each.
     for _ in 0..2 {

@@ -152,7 +152,7 @@ fn verify_all_skips_archives_already_known_missing_and_fails_new_ones() {
     let env = Env::new();
     let app = env.small_app("svc");
     let archives: Vec<PathBuf> = (0..3)
-        .map(|_| PathBuf::from(env.backup(&app, &[])["location"].as_str().unwrap()))
+        .map(|_| PathBuf::from(env.backup(&app, &["--full"])["location"].as_str().unwrap()))
         .collect();
     // The first run finds one archive gone: a failure, recorded as missing.
     std::fs::remove_file(&archives[0]).unwrap();

@@ -306,6 +306,36 @@ pub struct Manifest {
     /// absent otherwise and in archives written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quadlet_units: Option<QuadletUnits>,
+    /// For an incremental backup: the backups it is built on. An additive
+    /// field of format 1: absent for a full backup and in archives written
+    /// before chains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainLinks>,
+}
+
+impl Manifest {
+    /// Whether the backup is a full one (it needs no other archive).
+    pub fn is_full(&self) -> bool {
+        self.chain.is_none()
+    }
+}
+
+/// One archive of a chain, named by id and the SHA-256 of its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRef {
+    pub id: String,
+    pub sha256: String,
+}
+
+/// Where an incremental backup sits in its chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLinks {
+    /// The backup this one stores the changes since.
+    pub parent: ArchiveRef,
+    /// The full backup the chain starts with.
+    pub base: ArchiveRef,
+    /// 1 for the first incremental after the full backup, and so on.
+    pub position: u32,
 }
 
 /// The systemd services of a quadlet deployment at backup time.
@@ -424,7 +454,8 @@ pub struct Trailer {
     pub id: String,
     /// Payload entries written.
     pub entries: u64,
-    /// Regular files written (lines in the checksums member).
+    /// Regular files written. The checksums member lists these and, in an
+    /// incremental backup, the unchanged files other archives hold.
     pub files: u64,
     /// Bytes of regular-file content written.
     pub bytes: u64,
@@ -474,6 +505,10 @@ pub enum ArchiveError {
     /// The archive was written by a newer backstop.
     #[error("{} uses archive format {found}; this backstop reads format {FORMAT}", path.display())]
     NewerFormat { path: PathBuf, found: u64 },
+    /// An incremental whose chain is not whole: an archive it needs is
+    /// missing, altered, or does not hold what it should.
+    #[error("the chain of {} is broken: {detail}", path.display())]
+    BrokenChain { path: PathBuf, detail: String },
 }
 
 impl ArchiveError {
@@ -482,7 +517,8 @@ impl ArchiveError {
             ArchiveError::Corrupt { .. }
             | ArchiveError::BadVolume { .. }
             | ArchiveError::Checksum { .. }
-            | ArchiveError::Hostile { .. } => crate::error::ErrorKind::Integrity,
+            | ArchiveError::Hostile { .. }
+            | ArchiveError::BrokenChain { .. } => crate::error::ErrorKind::Integrity,
             ArchiveError::NewerFormat { .. } => crate::error::ErrorKind::Failed,
         }
     }
@@ -507,6 +543,12 @@ impl ArchiveError {
             ArchiveError::NewerFormat { .. } => {
                 Some("upgrade backstop to read this archive".into())
             }
+            ArchiveError::BrokenChain { .. } => Some(
+                "an incremental backup needs every archive of its chain: restore an older \
+                 backup whose chain is whole (`backstop list`), or put the missing archive back \
+                 and run `backstop reconcile`"
+                    .into(),
+            ),
         }
     }
 }

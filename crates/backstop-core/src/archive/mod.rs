@@ -2,6 +2,8 @@
 
 pub mod compress;
 pub mod format;
+pub mod holders;
+pub mod index;
 pub mod read_entry;
 pub mod reader;
 pub mod tarfmt;

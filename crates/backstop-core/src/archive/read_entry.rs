@@ -40,6 +40,9 @@ pub struct EntryMeta {
     pub mtime: i64,
     pub mtime_nsec: u32,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The inode and change time as read, for the backup's index.
+    pub ino: u64,
+    pub ctime: (i64, u32),
 }
 
 /// The type-specific part of [`EntryMeta`].
@@ -260,6 +263,8 @@ struct Stat4 {
     gid: u32,
     mtime: i64,
     mtime_nsec: i64,
+    ino: u64,
+    ctime: (i64, u32),
 }
 
 impl From<&Metadata> for Stat4 {
@@ -270,6 +275,8 @@ impl From<&Metadata> for Stat4 {
             gid: m.gid(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            ino: m.ino(),
+            ctime: (m.ctime(), m.ctime_nsec().clamp(0, 999_999_999) as u32),
         }
     }
 }
@@ -282,6 +289,8 @@ impl From<&Stat> for Stat4 {
             gid: st.st_gid,
             mtime: st.st_mtime,
             mtime_nsec: st.st_mtime_nsec as i64,
+            ino: st.st_ino,
+            ctime: (st.st_ctime, st.st_ctime_nsec as u32),
         }
     }
 }
@@ -302,6 +311,8 @@ fn entry_meta(
         mtime: meta.mtime,
         mtime_nsec: meta.mtime_nsec.clamp(0, 999_999_999) as u32,
         xattrs,
+        ino: meta.ino,
+        ctime: meta.ctime,
     }
 }
 

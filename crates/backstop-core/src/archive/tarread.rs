@@ -51,6 +51,8 @@ pub struct Entry {
     /// For sparse files, the data segments `(offset, length)`.
     pub sparse: Option<Vec<(u64, u64)>>,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A directory's `GNU.dumpdir` record, as stored.
+    pub dumpdir: Option<Vec<u8>>,
 }
 
 fn bad(msg: impl Into<String>) -> io::Error {
@@ -310,6 +312,7 @@ impl<R: Read> TarReader<R> {
             size,
             sparse: None,
             xattrs: Vec::new(),
+            dumpdir: None,
         };
         let mut stored = size;
         let mut real_size = None;
@@ -324,6 +327,7 @@ impl<R: Read> TarReader<R> {
                 b"gname" => e.gname = Some(value),
                 b"size" => stored = pax_number(&value)?,
                 b"GNU.sparse.realsize" => real_size = Some(pax_number(&value)?),
+                b"GNU.dumpdir" => e.dumpdir = Some(value),
                 k if k.starts_with(b"SCHILY.xattr.") => {
                     e.xattrs.push((k[b"SCHILY.xattr.".len()..].to_vec(), value));
                 }

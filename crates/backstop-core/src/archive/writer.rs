@@ -29,6 +29,7 @@ use crate::archive::format::{
     CHECKSUMS_NAME, CompressionSpec, FORMAT, MANIFEST_NAME, Manifest, Problem, TRAILER_NAME,
     Trailer, checksum_line,
 };
+use crate::archive::index::{Compressed, INDEX_NAME, IndexEntry, IndexKind, IndexWriter, Previous};
 use crate::archive::read_entry::{EntryMeta, MetaKind, Msg, Names, read_entry};
 use crate::archive::tarfmt::{self, EntryHeader, HeaderKind};
 use crate::encryption::Recipients;
@@ -71,6 +72,9 @@ pub struct Written {
     pub sha256: String,
     /// The trailer as written into the archive.
     pub trailer: Trailer,
+    /// The index as written into the archive, compressed: the cache the
+    /// next incremental backup reads.
+    pub index: Compressed,
 }
 
 /// Writes the archive for `scan` described by `manifest` to `target`,
@@ -83,7 +87,7 @@ pub struct Written {
 /// codec error, or when `cancel` is set. Problems with single source files
 /// are not errors: they are recorded in the trailer.
 pub fn write_archive(
-    scan: &Scan,
+    (scan, previous): (&Scan, Option<Previous>),
     manifest: &Manifest,
     target: Target<'_>,
     spec: CompressionSpec,
@@ -135,6 +139,8 @@ pub fn write_archive(
             progress,
             cancel,
             hashes: Vec::new(),
+            index: Some(IndexWriter::new(&manifest.id)),
+            previous,
             written_files: vec![false; scan.len()],
             gone_dirs: vec![false; scan.len()],
             // Problems the scan met are the first the trailer records.
@@ -162,12 +168,13 @@ pub fn write_archive(
         if let Some(err) = failure.take() {
             return Err(err);
         }
-        let trailer = result?;
+        let (trailer, index) = result?;
         let (size, sha256) = sink_result?;
         Ok(Written {
             size,
             sha256,
             trailer,
+            index,
         })
     })
 }
@@ -216,6 +223,9 @@ fn reader_loop(scan: &Scan, jobs: Receiver<ReadJob>, cancel: &Cancel) {
                 return;
             }
             let e = EntryRef(index);
+            if scan.unchanged(e) {
+                continue;
+            }
             read_located(scan, e, scan.kind(e), &mut dirs, &mut names, &mut |m| {
                 let streamed = matches!(m, Msg::Meta(_) | Msg::Data(_) | Msg::End { .. });
                 pending.push(m);
@@ -467,8 +477,13 @@ struct TarWriter<'a> {
     read_tx: Sender<ReadJob>,
     progress: &'a dyn Progress,
     cancel: &'a Cancel,
-    /// (entry, SHA-256) of every regular file written, in archive order.
+    /// (entry, SHA-256) of every regular file of the tree, in archive
+    /// order: those written and, in an incremental, the unchanged ones.
     hashes: Vec<(u32, [u8; 32])>,
+    /// The index, a line an entry; taken when it is written out.
+    index: Option<IndexWriter>,
+    /// The parent's index, for the lines of unchanged files.
+    previous: Option<Previous>,
     /// Which entries were written as files: hard links may only point there.
     written_files: Vec<bool>,
     /// Directories of the scan that are not in the archive as directories
@@ -482,7 +497,7 @@ struct TarWriter<'a> {
 }
 
 impl TarWriter<'_> {
-    fn run(&mut self, manifest: &Manifest, started: Instant) -> Result<Trailer> {
+    fn run(&mut self, manifest: &Manifest, started: Instant) -> Result<(Trailer, Compressed)> {
         let manifest_json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         self.member(
             MANIFEST_NAME.as_bytes(),
@@ -505,7 +520,12 @@ impl TarWriter<'_> {
                 let start = next;
                 let mut bytes = 0u64;
                 while next < n && next - start < BATCH_ENTRIES {
-                    let size = self.scan.size(EntryRef(next as u32));
+                    let e = EntryRef(next as u32);
+                    let size = if self.scan.unchanged(e) {
+                        0
+                    } else {
+                        self.scan.size(e)
+                    };
                     if next > start && (size > BATCH_BYTES || bytes + size > BATCH_BYTES) {
                         break;
                     }
@@ -536,6 +556,7 @@ impl TarWriter<'_> {
         failpoint::hit("backup.after-payload")?;
 
         self.checksums_member(manifest)?;
+        let index = self.index_member(manifest)?;
         self.trailer.duration_ms = started.elapsed().as_millis() as u64;
         let trailer_json = serde_json::to_vec_pretty(&self.trailer).expect("trailer serialises");
         self.member(
@@ -545,19 +566,25 @@ impl TarWriter<'_> {
         )?;
         self.blocks.write(&tarfmt::END_OF_ARCHIVE)?;
         self.blocks.flush()?;
-        Ok(self.trailer.clone())
+        Ok((self.trailer.clone(), index))
     }
 
     /// Writes one of the archive's own members (manifest, checksums, trailer).
     fn member(&mut self, name: &[u8], data: &[u8], mtime: i64) -> Result<()> {
+        self.own_header(name, data.len() as u64, mtime)?;
+        self.blocks.write(data)?;
+        self.blocks
+            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(data.len() as u64)])
+    }
+
+    /// Writes the header of one of the archive's own members.
+    fn own_header(&mut self, name: &[u8], size: u64, mtime: i64) -> Result<()> {
         self.header.clear();
         tarfmt::write_header(
             &mut self.header,
             &EntryHeader {
                 path: name,
-                kind: HeaderKind::File {
-                    size: data.len() as u64,
-                },
+                kind: HeaderKind::File { size },
                 mode: 0o600,
                 uid: 0,
                 gid: 0,
@@ -568,10 +595,36 @@ impl TarWriter<'_> {
                 xattrs: &[],
             },
         );
-        self.blocks.write(&self.header)?;
-        self.blocks.write(data)?;
+        self.blocks.write(&self.header)
+    }
+
+    /// Writes the index member, after the checksums: the text is
+    /// decompressed from memory straight into the archive.
+    fn index_member(&mut self, manifest: &Manifest) -> Result<Compressed> {
+        let index = self
+            .index
+            .take()
+            .expect("the index is written once")
+            .finish();
+        self.own_header(
+            INDEX_NAME.as_bytes(),
+            index.raw_len,
+            manifest_mtime(manifest),
+        )?;
+        let mut dec = zstd::stream::read::Decoder::new(&index.bytes[..])
+            .map_err(|e| Error::io("writing", INDEX_NAME, e))?;
+        let mut chunk = vec![0u8; 256 << 10];
+        loop {
+            let n = std::io::Read::read(&mut dec, &mut chunk)
+                .map_err(|e| Error::io("writing", INDEX_NAME, e))?;
+            if n == 0 {
+                break;
+            }
+            self.blocks.write(&chunk[..n])?;
+        }
         self.blocks
-            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(data.len() as u64)])
+            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(index.raw_len)])?;
+        Ok(index)
     }
 
     fn checksums_member(&mut self, manifest: &Manifest) -> Result<()> {
@@ -585,23 +638,7 @@ impl TarWriter<'_> {
             checksum_line(&mut line, &hex::encode(hash), &path);
             size += line.len() as u64;
         }
-        self.header.clear();
-        tarfmt::write_header(
-            &mut self.header,
-            &EntryHeader {
-                path: CHECKSUMS_NAME.as_bytes(),
-                kind: HeaderKind::File { size },
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                uname: None,
-                gname: None,
-                mtime: manifest_mtime(manifest),
-                mtime_nsec: 0,
-                xattrs: &[],
-            },
-        );
-        self.blocks.write(&self.header)?;
+        self.own_header(CHECKSUMS_NAME.as_bytes(), size, manifest_mtime(manifest))?;
         let mut chunk = Vec::with_capacity(64 << 10);
         for (index, hash) in &self.hashes {
             self.scan.archive_path(EntryRef(*index), &mut path);
@@ -631,9 +668,65 @@ impl TarWriter<'_> {
         {
             return self.left_out(e, rx);
         }
+        if self.scan.unchanged(e) {
+            return self.unchanged_file(e);
+        }
         // Until it is written as a directory (in `whole`).
         self.gone_dirs[e.0 as usize] = self.scan.kind(e) == NodeKind::Dir;
         self.write_entry(e, rx)
+    }
+
+    /// An unchanged file of an incremental: not stored (its directory's
+    /// dumpdir names it `N`); its index line and checksum are the
+    /// parent's, naming the archive that holds it.
+    fn unchanged_file(&mut self, e: EntryRef) -> Result<()> {
+        let path = self.path.clone();
+        let parent = self.previous.as_mut().and_then(|p| p.entry(&path)).cloned();
+        let Some(entry) = parent.filter(|p| p.sha256.is_some()) else {
+            return Err(Error::Refused {
+                message: format!(
+                    "the parent backup's index no longer describes {}, which the scan found \
+                     unchanged: the index cache changed while the backup ran",
+                    self.display()
+                ),
+                hint: Some("run the backup again, or with --full".into()),
+            });
+        };
+        self.hashes.push((e.0, entry.sha256.unwrap_or_default()));
+        self.written_files[e.0 as usize] = true;
+        self.index_push(&entry);
+        self.progress.advance(self.scan.size(e));
+        Ok(())
+    }
+
+    fn index_push(&mut self, entry: &IndexEntry) {
+        if let Some(index) = self.index.as_mut() {
+            index.push(entry);
+        }
+    }
+
+    /// The index line of the entry being written.
+    fn index_entry(&self, meta: &EntryMeta, sha256: Option<[u8; 32]>, changed: bool) -> IndexEntry {
+        let (kind, size, target) = match &meta.kind {
+            MetaKind::Dir => (IndexKind::Dir, 0, None),
+            MetaKind::File { size, .. } => (IndexKind::File, *size, None),
+            MetaKind::Symlink { target } => (IndexKind::Symlink, 0, Some(target.clone())),
+            MetaKind::HardLink => (IndexKind::HardLink, 0, None),
+        };
+        IndexEntry {
+            path: self.path.clone(),
+            kind,
+            mode: meta.mode & 0o7777,
+            uid: meta.uid,
+            gid: meta.gid,
+            size,
+            mtime: (meta.mtime, meta.mtime_nsec),
+            ctime: if changed { (-1, 0) } else { meta.ctime },
+            ino: meta.ino,
+            holder: (kind == IndexKind::File).then(|| self.trailer.id.clone()),
+            sha256: sha256.filter(|_| kind == IndexKind::File),
+            target,
+        }
     }
 
     /// Drops the messages about an entry below a directory that is not in
@@ -642,7 +735,9 @@ impl TarWriter<'_> {
         if self.scan.kind(e) == NodeKind::Dir {
             self.gone_dirs[e.0 as usize] = true;
         }
-        if let Msg::Meta(_) = rx.next(self.cancel)? {
+        if self.scan.unchanged(e) {
+            // Never read: no message to drop.
+        } else if let Msg::Meta(_) = rx.next(self.cancel)? {
             while !matches!(rx.next(self.cancel)?, Msg::End { .. }) {}
         }
         self.trailer.vanished.push(self.display());
@@ -700,6 +795,9 @@ impl TarWriter<'_> {
                     },
                 );
                 self.blocks.write(&self.header)?;
+                let mut line = self.index_entry(meta, None, false);
+                line.target = Some(target_path);
+                self.index_push(&line);
             }
             MetaKind::File { size, sparse: None } => {
                 self.header_for(meta, HeaderKind::File { size: *size });
@@ -708,6 +806,8 @@ impl TarWriter<'_> {
                 self.blocks
                     .write(&[0; tarfmt::BLOCK][..tarfmt::padding(*size)])?;
                 self.file_done(e, *size, sha256);
+                let line = self.index_entry(meta, Some(sha256), changed.is_some());
+                self.index_push(&line);
             }
             MetaKind::File {
                 sparse: Some(_), ..
@@ -724,10 +824,14 @@ impl TarWriter<'_> {
                 );
                 self.blocks.write(&self.header)?;
                 self.gone_dirs[e.0 as usize] = false;
+                let line = self.index_entry(meta, None, false);
+                self.index_push(&line);
             }
             MetaKind::Symlink { target } => {
                 self.header_for(meta, HeaderKind::Symlink { target });
                 self.blocks.write(&self.header)?;
+                let line = self.index_entry(meta, None, false);
+                self.index_push(&line);
             }
         }
         self.trailer.entries += 1;
@@ -809,6 +913,8 @@ impl TarWriter<'_> {
                         .write(&[0; tarfmt::BLOCK][..tarfmt::padding(stored)])?;
                     self.file_done(e, size, sha256);
                     self.trailer.entries += 1;
+                    let line = self.index_entry(meta, Some(sha256), changed.is_some());
+                    self.index_push(&line);
                     if let Some(detail) = changed {
                         let path = self.display();
                         self.trailer.changed.push(Problem { path, detail });
@@ -844,7 +950,8 @@ impl TarWriter<'_> {
 }
 
 /// The `GNU.dumpdir` record of directory `e`: every name the scan found in
-/// it, `D` for a directory and `Y` (stored in this archive) for the rest,
+/// it, `D` for a directory, `N` for a file an earlier archive of the chain
+/// holds, and `Y` (stored in this archive) for the rest,
 /// each ended by a NUL, and a NUL at the end. GNU tar's
 /// `-x --listed-incremental=/dev/null` reads it to remove what a directory
 /// no longer holds, which is what makes a chain of archives restorable by
@@ -854,6 +961,8 @@ fn dumpdir(scan: &Scan, e: EntryRef) -> Vec<u8> {
     for child in scan.children(e) {
         out.push(if scan.kind(child) == NodeKind::Dir {
             b'D'
+        } else if scan.unchanged(child) {
+            b'N'
         } else {
             b'Y'
         });

@@ -3,6 +3,7 @@
 //! sidecar → catalog row marked available. Any failure on the way leaves no
 //! archive and a `failed` row that says why.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -14,10 +15,12 @@ use serde::Serialize;
 use crate::Context;
 use crate::archive::compress::BlockCompressor;
 use crate::archive::format::{FORMAT, Problem, QuadletUnits, SourceManifest, Totals};
+use crate::archive::index::Previous;
 use crate::archive::reader::sidecar_path;
 use crate::archive::writer::{Target, Written, write_archive};
 use crate::archive::{Codec, CompressionSpec, Description, Manifest, Trailer};
 use crate::catalog::{BackupRecord, Catalog, Finished, NewBackup};
+use crate::chain::{self, ChainRequest, Choice, Parent, Wanted};
 use crate::encryption::{EXTENSION, EncryptRequest, Recipients};
 use crate::error::{Error, Result};
 use crate::failpoint;
@@ -55,6 +58,8 @@ pub struct BackupRequest {
     pub output: Output,
     /// How long to wait for the instance lock; `None` fails at once.
     pub wait: Option<Duration>,
+    /// Full, incremental, or whichever the chain allows.
+    pub chain: ChainRequest,
 }
 
 /// A problem with one file that did not stop the backup.
@@ -86,6 +91,9 @@ pub enum NoteKind {
     /// The catalog failed SQLite's own check: the backup is made and
     /// recorded, but `reconcile --apply` should rebuild the catalog.
     Catalog,
+    /// Why the backup is full where an incremental was possible, or why
+    /// the index cache could not be kept.
+    Chain,
 }
 
 /// Something a backup says about how it understood the instance. Unlike a
@@ -125,6 +133,10 @@ pub struct BackupReport {
     pub notes: Vec<Note>,
     /// The recipients the archive is encrypted to; empty when it is not.
     pub encrypted_to: Vec<String>,
+    /// Files (and their bytes) an incremental did not store because they
+    /// are unchanged since its parent.
+    pub unchanged_files: u64,
+    pub unchanged_bytes: u64,
     pub duration_ms: u64,
 }
 
@@ -231,7 +243,12 @@ fn own_state_dirs(ctx: &Context<'_>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn scan(ctx: &Context<'_>, req: &BackupRequest, tops: &[ScanTop]) -> Result<(Scan, Excludes)> {
+fn scan(
+    ctx: &Context<'_>,
+    req: &BackupRequest,
+    tops: &[ScanTop],
+    previous: Option<&RefCell<Previous>>,
+) -> Result<(Scan, Excludes)> {
     let mut patterns = req.instance.excludes.clone();
     patterns.extend(req.excludes.iter().cloned());
     // A database captured consistently is not also copied file by file
@@ -254,6 +271,7 @@ fn scan(ctx: &Context<'_>, req: &BackupRequest, tops: &[ScanTop]) -> Result<(Sca
         skip_dirs: own_state_dirs(ctx),
         progress: ctx.progress,
         cancel: ctx.cancel,
+        previous,
     };
     let mut scan = Scan::run(&req.instance.root, tops, &opts)?;
     scan.excluded
@@ -374,8 +392,9 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         encryption: req.encryption.clone(),
         output: Output::Store,
         wait: None,
+        chain: ChainRequest::Full,
     };
-    let (scan, _excludes) = scan(ctx, &expanded, &tops)?;
+    let (scan, _excludes) = scan(ctx, &expanded, &tops, None)?;
     let req_instance = &expanded.instance;
     let base = format!("{name}-{}", time::id_stamp(time::now()));
     let mut entries = Vec::with_capacity(scan.len());
@@ -658,6 +677,25 @@ pub fn backup_locked(
         });
     }
     repair_interrupted(&catalog, &req.instance.name)?;
+    let wanted = wanted_chain(ctx, &req, streaming);
+    let choice = match chain::choose(ctx, &catalog, &wanted) {
+        // A damaged catalog cannot say what to build on; the backup is full.
+        Err(Error::Catalog(e)) if wanted.request != ChainRequest::Incremental => Choice::Full(
+            Some(format!("the catalog cannot say what to build on ({e})")),
+        ),
+        other => other?,
+    };
+    let parent = match choice {
+        Choice::Incremental(parent) => Some(parent),
+        Choice::Full(why) => {
+            notes.extend(why.map(|why| Note {
+                kind: NoteKind::Chain,
+                detail: format!("a full backup: {why}"),
+            }));
+            None
+        }
+    };
+    let links = parent.as_ref().map(|p| p.links.clone());
     let store_dir = ctx.layout.instance_store(&req.instance.name);
     if matches!(req.output, Output::Store) && !streaming {
         fsutil::create_private_dir_all(&store_dir)?;
@@ -674,6 +712,7 @@ pub fn backup_locked(
         level: req.compression.level,
         encrypted,
         created_by,
+        chain: links.as_ref(),
     };
     // An id is taken when an archive of that name exists where this one goes
     // (only the store and a directory output name the file after the id).
@@ -709,14 +748,14 @@ pub fn backup_locked(
         run(
             ctx,
             &req,
-            stream,
+            (stream, parent),
             recipients.as_ref(),
             (&id, &created_at),
             &made,
         )
     });
     match result {
-        Ok((written, location, scan_excluded)) => {
+        Ok((written, location, scanned)) => {
             let finished_at = time::now_rfc3339();
             let warnings = warnings_of(&written.trailer);
             let incomplete = warnings.iter().filter(|w| w.is_incomplete()).count() as u64;
@@ -743,13 +782,16 @@ pub fn backup_locked(
                     let _ = catalog.fail_backup(&id, &time::now_rfc3339(), &error_chain(&err));
                     return Err(err);
                 }
+                keep_index(ctx, &req.instance.name, &written, &mut notes);
                 catalog.get(&id)?.expect("the row was just written")
             };
             Ok(BackupReport {
                 backup,
                 renamed: None,
                 cataloged: !streaming,
-                excluded: summarize_excluded(&scan_excluded),
+                excluded: summarize_excluded(&scanned.excluded),
+                unchanged_files: scanned.unchanged.0,
+                unchanged_bytes: scanned.unchanged.1,
                 warnings,
                 notes,
                 trailer: written.trailer,
@@ -771,16 +813,56 @@ pub fn backup_locked(
     }
 }
 
-/// The part of a backup after its row exists: scan, write (encrypted to
-/// `recipients` when there are any), commit.
+/// What a backup asks of the chain.
+fn wanted_chain<'r>(ctx: &Context<'_>, req: &'r BackupRequest, streaming: bool) -> Wanted<'r> {
+    Wanted {
+        instance: &req.instance.name,
+        origin: req.instance.root.to_str().unwrap_or_default(),
+        profile: req.about.profile.as_deref(),
+        sources: req
+            .instance
+            .sources
+            .iter()
+            .map(|s| s.name.as_bytes().to_vec())
+            .collect(),
+        config: req.instance.chain.or_defaults(&ctx.config.chain),
+        request: req.chain,
+        to_store: matches!(req.output, Output::Store) && !streaming,
+    }
+}
+
+/// Keeps the new backup's index as the instance's cache; a cache that
+/// cannot be written is said, and rebuilt by the next backup.
+fn keep_index(ctx: &Context<'_>, instance: &str, written: &Written, notes: &mut Vec<Note>) {
+    if let Err(e) = chain::save_cache(&ctx.layout.home, instance, &written.index) {
+        notes.push(Note {
+            kind: NoteKind::Chain,
+            detail: format!(
+                "the index cache could not be written ({}): the next backup reads it from \
+                 this archive",
+                error_chain(&e)
+            ),
+        });
+    }
+}
+
+/// What the scan found that the report tells.
+struct Scanned {
+    excluded: Vec<ExcludedPath>,
+    unchanged: (u64, u64),
+}
+
+/// The part of a backup after its row exists: scan (against the parent's
+/// index for an incremental), write (encrypted to `recipients` when there
+/// are any), commit.
 fn run(
     ctx: &Context<'_>,
     req: &BackupRequest,
-    stream: Option<Box<dyn Write + Send>>,
+    (stream, parent): (Option<Box<dyn Write + Send>>, Option<Box<Parent>>),
     recipients: Option<&Recipients>,
     (id, created_at): (&str, &str),
     made: &Made,
-) -> Result<(Written, Option<String>, Vec<ExcludedPath>)> {
+) -> Result<(Written, Option<String>, Scanned)> {
     let spool = Spool::new(&ctx.layout.home, &req.instance.name)?;
     let mut env = req.instance.env();
     env.set("BACKSTOP_BACKUP_ID", id)
@@ -789,7 +871,18 @@ fn run(
         .set("BACKSTOP_HOME", ctx.layout.home.to_string_lossy())
         .set("BACKSTOP_STORE", ctx.layout.store.to_string_lossy());
     let tops = capture::capture(ctx, &req.instance, Some(&spool), &env)?;
-    let (scan, excludes) = scan(ctx, req, &tops)?;
+    let (links, for_scan, for_writer) = match parent {
+        Some(p) => {
+            let Parent {
+                links,
+                for_scan,
+                for_writer,
+            } = *p;
+            (Some(links), Some(RefCell::new(for_scan)), Some(for_writer))
+        }
+        None => (None, None, None),
+    };
+    let (scan, excludes) = scan(ctx, req, &tops, for_scan.as_ref())?;
     failpoint::hit("backup.after-scan")?;
     ctx.cancel.check()?;
     let manifest = Manifest {
@@ -810,23 +903,28 @@ fn run(
         never_restore: req.instance.never_restore.clone(),
         totals: scan.totals,
         quadlet_units: made.quadlet_units.clone(),
+        chain: links,
+    };
+    let scanned = Scanned {
+        excluded: scan.excluded.clone(),
+        unchanged: scan.unchanged,
     };
     if let Some(stream) = stream {
         let written = write_archive(
-            &scan,
+            (&scan, for_writer),
             &manifest,
             Target::Stream(stream),
             req.compression,
             recipients,
             (ctx.progress, ctx.cancel),
         )?;
-        return Ok((written, None, scan.excluded));
+        return Ok((written, None, scanned));
     }
     let path = destination(ctx, &req.instance.name, (req, recipients.is_some()), id)
         .expect("file outputs have a destination");
     let file = NewFile::create(&path)?;
     let written = write_archive(
-        &scan,
+        (&scan, for_writer),
         &manifest,
         Target::File(file.file()),
         req.compression,
@@ -853,7 +951,7 @@ fn run(
         discard(&committed);
         return Err(e);
     }
-    Ok((written, Some(path_str(&committed)?), scan.excluded))
+    Ok((written, Some(path_str(&committed)?), scanned))
 }
 
 /// Where and by what a backup is made, and what ran then: the manifest's
@@ -1016,5 +1114,9 @@ fn streamed_record(id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> Backup
         last_restored_at: None,
         last_restored_to: None,
         last_restored_by: None,
+        parent: new.chain.map(|c| c.parent.id.clone()),
+        base: new.chain.map(|c| c.base.id.clone()),
+        chain_position: new.chain.map_or(0, |c| c.position),
+        chain_size: None,
     }
 }

@@ -115,6 +115,7 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
             encryption: crate::encryption::EncryptRequest::default(),
             output: Output::Store,
             wait: req.wait,
+            chain: crate::chain::ChainRequest::Auto,
         };
         match backup(ctx, request) {
             Ok(report) => {

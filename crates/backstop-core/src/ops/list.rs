@@ -68,7 +68,11 @@ pub fn list(ctx: &Context<'_>, filter: &ListFilter) -> Result<Listing> {
         repair_interrupted(ctx, c)?;
     }
     let backups = match &catalog {
-        Some(c) => c.list(filter)?,
+        Some(c) => {
+            let mut rows = c.list(filter)?;
+            c.fill_chain_sizes(&mut rows)?;
+            rows
+        }
         None => Vec::new(),
     };
     let untracked = untracked_archives(ctx, catalog.as_ref(), filter.instance.as_deref())?;

@@ -203,6 +203,7 @@ pub fn decide(backups: &[BackupRecord], rules: &Retention, now: Timestamp) -> Ve
             }
         }
     }
+    keep_chains(&list, &mut reasons);
     list.iter()
         .zip(reasons)
         .map(|(b, r)| Decision {
@@ -218,6 +219,37 @@ pub fn decide(backups: &[BackupRecord], rules: &Retention, now: Timestamp) -> Ve
             },
         })
         .collect()
+}
+
+/// Keeps what every kept incremental needs: each backup of its chain, down
+/// to its full backup, kept as `base of <id>` (the newest kept backup that
+/// needs it). `list` is newest first.
+fn keep_chains(list: &[&BackupRecord], reasons: &mut [Vec<String>]) {
+    let at: std::collections::HashMap<&str, usize> = list
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.id.as_str(), i))
+        .collect();
+    let mut needed_by: Vec<Option<String>> = vec![None; list.len()];
+    for i in 0..list.len() {
+        if reasons[i].is_empty() && needed_by[i].is_none() {
+            continue;
+        }
+        let mut next = list[i].parent.as_deref();
+        while let Some(parent) = next {
+            let Some(&j) = at.get(parent) else { break };
+            if needed_by[j].is_some() {
+                break;
+            }
+            needed_by[j] = Some(list[i].id.clone());
+            next = list[j].parent.as_deref();
+        }
+    }
+    for (r, by) in reasons.iter_mut().zip(needed_by) {
+        if let Some(id) = by {
+            r.push(format!("base of {id}"));
+        }
+    }
 }
 
 /// The calendar bucket (day, ISO week, month, year) of a UTC time.
@@ -381,35 +413,35 @@ pub struct Deleted {
 }
 
 /// Deletes backups by id: archive, sidecar and catalog row. Pinned ones are
-/// refused (unpin them first).
+/// refused (unpin them first), and so is a backup that incrementals not
+/// being deleted need, unless `with_dependants` deletes them too (newest
+/// first, so a chain never loses a link its remaining backups need).
 ///
 /// # Errors
 ///
-/// Fails on an unknown or pinned id (before anything is removed), a held
-/// lock, or a file that cannot be removed.
-pub fn delete(ctx: &Context<'_>, ids: &[String], wait: Option<Duration>) -> Result<Vec<Deleted>> {
+/// Fails on an unknown or pinned id, or a backup others need (before
+/// anything is removed), a held lock, or a file that cannot be removed.
+pub fn delete(
+    ctx: &Context<'_>,
+    ids: &[String],
+    with_dependants: bool,
+    wait: Option<Duration>,
+) -> Result<Vec<Deleted>> {
     let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
     let ctx = &ctx.under(&store);
     let catalog = open_existing(ctx)?.ok_or_else(|| Error::NotFound {
         message: "there are no backups: the catalog does not exist".into(),
         hint: None,
     })?;
-    let mut rows = Vec::new();
+    let mut rows: Vec<BackupRecord> = Vec::new();
     for id in ids {
         let row = catalog.get(id)?.ok_or_else(|| Error::NotFound {
             message: format!("there is no backup {id}"),
             hint: Some("`backstop list` shows the backups there are".into()),
         })?;
-        if row.pinned {
-            return Err(Error::usage(
-                format!("backup {id} is pinned"),
-                Some(format!(
-                    "`backstop unpin {id}` first, if it really should go"
-                )),
-            ));
-        }
         rows.push(row);
     }
+    let rows = with_needed(&catalog, rows, with_dependants)?;
     let mut out = Vec::new();
     for row in rows {
         let lock = InstanceLock::acquire(
@@ -428,6 +460,56 @@ pub fn delete(ctx: &Context<'_>, ids: &[String], wait: Option<Duration>) -> Resu
         });
     }
     Ok(out)
+}
+
+/// The backups to delete for `rows`: refused when one is pinned, or when
+/// backups outside the set need one (unless `with_dependants` adds them);
+/// newest first.
+fn with_needed(
+    catalog: &Catalog,
+    rows: Vec<BackupRecord>,
+    with_dependants: bool,
+) -> Result<Vec<BackupRecord>> {
+    let mut all = rows;
+    let asked: Vec<String> = all.iter().map(|r| r.id.clone()).collect();
+    for id in &asked {
+        let outside: Vec<BackupRecord> = catalog
+            .dependants(id)?
+            .into_iter()
+            .filter(|d| !all.iter().any(|r| r.id == d.id))
+            .collect();
+        if outside.is_empty() {
+            continue;
+        }
+        if !with_dependants {
+            let names: Vec<&str> = outside.iter().map(|d| d.id.as_str()).collect();
+            return Err(Error::usage(
+                format!(
+                    "backup {id} is needed by {}: incremental backups built on it",
+                    names.join(", ")
+                ),
+                Some(format!(
+                    "delete those too with `backstop delete {id} --with-dependants`, or keep it"
+                )),
+            ));
+        }
+        all.extend(outside);
+    }
+    if let Some(pinned) = all.iter().find(|r| r.pinned) {
+        return Err(Error::usage(
+            format!("backup {} is pinned", pinned.id),
+            Some(format!(
+                "`backstop unpin {}` first, if it really should go",
+                pinned.id
+            )),
+        ));
+    }
+    all.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| b.id.cmp(&a.id))
+    });
+    Ok(all)
 }
 
 /// Pins or unpins a backup; returns its record.
@@ -494,6 +576,10 @@ mod tests {
             last_restored_at: None,
             last_restored_to: None,
             last_restored_by: None,
+            parent: None,
+            base: None,
+            chain_position: 0,
+            chain_size: None,
         }
     }
 

@@ -433,6 +433,7 @@ fn adopt(
             level: m.level,
             encrypted: verified.encrypted,
             created_by: &m.created_by,
+            chain: m.chain.as_ref(),
         },
         &Finished {
             finished_at: &finished_at,

@@ -28,6 +28,9 @@ pub struct ShowReport {
     pub restores: Vec<RestoreRecord>,
     /// The guarded commands this backup was taken before, with their outcome.
     pub guards: Vec<GuardRecord>,
+    /// The incremental backups that need this one (built on it, or on one
+    /// built on it).
+    pub dependants: Vec<String>,
 }
 
 /// A backup named on the command line: a catalog id or an archive file.
@@ -101,9 +104,14 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
         ),
         None => (None, None),
     };
-    let (restores, guards) = match (&catalog, &record) {
-        (Some(c), Some(r)) => (c.restores_of(&r.id)?, c.guards_of(&r.id)?),
-        _ => (Vec::new(), Vec::new()),
+    let mut record = record;
+    let (restores, guards, dependants) = match (&catalog, &mut record) {
+        (Some(c), Some(r)) => {
+            c.fill_chain_sizes(std::slice::from_mut(r))?;
+            let dependants = c.dependants(&r.id)?.into_iter().map(|d| d.id).collect();
+            (c.restores_of(&r.id)?, c.guards_of(&r.id)?, dependants)
+        }
+        _ => (Vec::new(), Vec::new(), Vec::new()),
     };
     Ok(ShowReport {
         backup: record,
@@ -112,5 +120,6 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
         manifest_error,
         restores,
         guards,
+        dependants,
     })
 }

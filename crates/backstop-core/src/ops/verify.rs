@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::archive::holders;
 use crate::archive::reader::{read_sidecar, verify_archive};
 use crate::catalog::{BackupRecord, Catalog, ListFilter, Status};
 use crate::encryption::EncryptionError;
@@ -275,6 +276,11 @@ fn check(
             report.bytes = v.bytes;
             if report.id.is_none() {
                 report.id = Some(v.manifest.id.clone());
+            }
+            // An incremental's unchanged files are checked where they are
+            // held; here, that every archive of its chain is there as recorded.
+            if let Err(e) = holders::resolve(&path, &v.manifest, None, ctx.keys) {
+                report.problems.push(error_chain(&e));
             }
             if let Some(r) = record
                 && r.id != v.manifest.id

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::archive::format::SourceManifest;
-use crate::archive::reader::walk_archive;
 use crate::archive::{BackupKind, CompressionSpec, Description, TakenOf};
 use crate::catalog::{Catalog, NewRestore};
 use crate::command::{CommandEnv, shell_quote};
@@ -384,6 +383,7 @@ fn safety_backup(
         encryption: crate::encryption::EncryptRequest::default(),
         output: Output::Store,
         wait: None,
+        chain: crate::chain::ChainRequest::Auto,
     };
     match backup_locked(ctx, request, lock) {
         Ok(report) => {
@@ -639,13 +639,9 @@ fn stage(
         }
     }
     let mut stager = Stager::new(m, targets, live, &prep.selection, ctx.cancel);
-    let run = walk_archive(
-        &prep.src.archive,
-        (ctx.progress, crate::progress::Phase::Unpack),
-        ctx.cancel,
-        ctx.keys,
-        &mut stager,
-    );
+    let run = prep
+        .src
+        .walk(ctx, crate::progress::Phase::Unpack, &mut stager);
     let verified = run.result?;
     check_sum(
         prep.src,

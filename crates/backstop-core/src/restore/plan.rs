@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::Context;
 use crate::archive::format::{SourceManifest, Trailer};
-use crate::archive::reader::{read_manifest, read_sidecar, walk_archive};
+use crate::archive::holders::{self, Link};
+use crate::archive::reader::{read_manifest, read_sidecar, walk_archive_chain};
 use crate::archive::{ArchiveError, Manifest, TakenOf};
 use crate::catalog::{BackupRecord, ListFilter, Status};
 use crate::error::{Error, Result};
@@ -210,6 +211,35 @@ pub(crate) struct Found {
     /// Why the catalog cannot be used, when an archive file is restored
     /// without it.
     pub(crate) catalog_unusable: Option<String>,
+    /// For an incremental: the rest of its chain, parent first, each link
+    /// found and checked against its sidecar.
+    pub(crate) links: Vec<Link>,
+}
+
+impl Found {
+    /// Reads the archive (and its chain) through, passing every entry of
+    /// the tree to `visitor`.
+    pub(crate) fn walk(
+        &self,
+        ctx: &Context<'_>,
+        phase: Phase,
+        visitor: &mut dyn crate::archive::reader::Visitor,
+    ) -> crate::archive::reader::VerifyRun {
+        let sources = self
+            .manifest
+            .sources
+            .iter()
+            .map(|s| s.name.as_bytes().to_vec())
+            .collect();
+        walk_archive_chain(
+            &self.archive,
+            (&self.links, sources),
+            (ctx.progress, phase),
+            ctx.cancel,
+            ctx.keys,
+            visitor,
+        )
+    }
 }
 
 /// Resolves `target` (a backup id, an archive file, or an application
@@ -288,11 +318,15 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
         }
         .into());
     }
+    // A chain with a missing or altered link is refused here, before
+    // anything is touched.
+    let links = holders::resolve(&archive, &manifest, catalog.as_ref(), ctx.keys)?;
     Ok(Found {
         archive,
         record,
         manifest,
         catalog_unusable,
+        links,
     })
 }
 
@@ -1502,13 +1536,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
     let incomplete = if src.record.as_ref().is_some_and(|r| r.warnings == 0) {
         BTreeSet::new()
     } else {
-        let run = walk_archive(
-            &src.archive,
-            (ctx.progress, Phase::Verify),
-            ctx.cancel,
-            ctx.keys,
-            &mut Skim,
-        );
+        let run = src.walk(ctx, Phase::Verify, &mut Skim);
         incomplete_paths(m, &run.result?.trailer)
     };
     let databases = database_paths(places);
@@ -1556,14 +1584,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
         targets.push((s.name.clone(), target));
     }
     let mut visitor = Preview::new(&m.sources, targets, &prep.selection);
-    walk_archive(
-        &src.archive,
-        (ctx.progress, Phase::Verify),
-        ctx.cancel,
-        ctx.keys,
-        &mut visitor,
-    )
-    .result?;
+    src.walk(ctx, Phase::Verify, &mut visitor).result?;
     // In the order of the sources, as a real restore reports them.
     let mut by_name = visitor.into_targets();
     let mut changes = Changes::default();

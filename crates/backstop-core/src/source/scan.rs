@@ -7,6 +7,7 @@
 //! directory sorted by name bytes: deterministic, and every directory comes
 //! before its contents, as extraction needs.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
@@ -18,6 +19,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, openat, statat};
 use rustix::io::Errno;
 
 use crate::archive::format::{Problem, Totals};
+use crate::archive::index::{Previous, Stamp};
 use crate::error::{Error, Result};
 use crate::handle::{self, DIR_FLAGS};
 use crate::progress::{Cancel, Progress};
@@ -44,6 +46,9 @@ struct Node {
     parent: u32,
     name_len: u16,
     kind: NodeKind,
+    /// A file the previous backup's index describes as it is now: an
+    /// incremental backup does not read it.
+    unchanged: bool,
 }
 
 const NO_PARENT: u32 = u32::MAX;
@@ -78,6 +83,8 @@ pub struct Scan {
     pub skipped: Vec<Problem>,
     /// Directories that could not be listed, and other scan errors.
     pub unreadable: Vec<Problem>,
+    /// Files (and their bytes) marked unchanged since the previous backup.
+    pub unchanged: (u64, u64),
 }
 
 /// The top of one source: its node, its path, and the directory it is in,
@@ -145,6 +152,9 @@ pub struct ScanOptions<'a> {
     pub skip_dirs: Vec<(u64, u64)>,
     pub progress: &'a dyn Progress,
     pub cancel: &'a Cancel,
+    /// For an incremental backup: the index of its parent, read in step
+    /// with the scan, which marks the files it describes as they are now.
+    pub previous: Option<&'a RefCell<Previous>>,
 }
 
 impl Scan {
@@ -168,6 +178,7 @@ impl Scan {
             excluded: Vec::new(),
             skipped: Vec::new(),
             unreadable: Vec::new(),
+            unchanged: (0, 0),
         };
         let mut inodes: HashMap<(u64, u64), u32> = HashMap::new();
         for source in tops {
@@ -203,7 +214,7 @@ impl Scan {
             });
             return Ok(());
         }
-        let index = self.add(NO_PARENT, source.name.as_bytes(), kind, &st, inodes);
+        let index = self.add(NO_PARENT, source.name.as_bytes(), kind, &st, (inodes, opts));
         let mut frames = Vec::new();
         if kind == NodeKind::Dir {
             let fd =
@@ -270,7 +281,7 @@ impl Scan {
         }
         let kind = self.kind_of(&st, source, path)?;
         if kind != NodeKind::Dir {
-            self.add(frame.index, name.to_bytes(), kind, &st, inodes);
+            self.add(frame.index, name.to_bytes(), kind, &st, (inodes, opts));
             return None;
         }
         if opts.skip_dirs.contains(&(st.st_dev, st.st_ino)) {
@@ -285,7 +296,7 @@ impl Scan {
             self.exclude(source, path, Excluded::CacheDirTag);
             return None;
         }
-        let index = self.add(frame.index, name.to_bytes(), kind, &st, inodes);
+        let index = self.add(frame.index, name.to_bytes(), kind, &st, (inodes, opts));
         let listed = opened
             .map_err(io::Error::from)
             .and_then(|fd| handle::list(&fd).map(|left| (fd, left)));
@@ -320,14 +331,15 @@ impl Scan {
     }
 
     /// Adds an entry: a further name of a file seen before becomes a hard
-    /// link to it; a file's size counts once.
+    /// link to it; a file's size counts once; a file the previous index
+    /// describes as it is now is marked unchanged.
     fn add(
         &mut self,
         parent: u32,
         name: &[u8],
         kind: NodeKind,
         st: &Stat,
-        inodes: &mut HashMap<(u64, u64), u32>,
+        (inodes, opts): (&mut HashMap<(u64, u64), u32>, &ScanOptions<'_>),
     ) -> u32 {
         let index = self.push(parent, name, kind, 0);
         self.totals.entries += 1;
@@ -349,7 +361,21 @@ impl Scan {
         self.nodes[index as usize].size = size;
         self.totals.files += 1;
         self.totals.bytes += size;
+        if let Some(previous) = opts.previous {
+            let mut path = Vec::new();
+            self.archive_path(EntryRef(index), &mut path);
+            if previous.borrow_mut().unchanged(&path, &Stamp::of(st)) {
+                self.nodes[index as usize].unchanged = true;
+                self.unchanged.0 += 1;
+                self.unchanged.1 += size;
+            }
+        }
         index
+    }
+
+    /// Whether `e` is a file unchanged since the previous backup.
+    pub fn unchanged(&self, e: EntryRef) -> bool {
+        self.nodes[e.0 as usize].unchanged
     }
 
     fn exclude(&mut self, source: &ScanTop, path: &Path, rule: Excluded) {
@@ -375,6 +401,7 @@ impl Scan {
             // Linux names are at most 255 bytes; source names are short slugs.
             name_len: name.len().min(u16::MAX as usize) as u16,
             kind,
+            unchanged: false,
         });
         self.names.extend_from_slice(name);
         index
@@ -600,6 +627,7 @@ mod tests {
             skip_dirs: Vec::new(),
             progress: &NoProgress,
             cancel: &Cancel::default(),
+            previous: None,
         };
         let tops: Vec<ScanTop> = inst
             .sources

@@ -115,9 +115,10 @@ fn manifest_is_first_and_trailer_last() {
         names.last().map(String::as_str),
         Some("backstop-trailer.json")
     );
-    assert_eq!(names[names.len() - 2], "backstop-checksums.sha256");
+    assert_eq!(names[names.len() - 3], "backstop-checksums.sha256");
+    assert_eq!(names[names.len() - 2], "backstop-index.txt");
     // The payload is in sorted depth-first order: a parent before its children.
-    let payload = &names[1..names.len() - 2];
+    let payload = &names[1..names.len() - 3];
     assert_eq!(payload[0], "app/");
     for pair in payload.windows(2) {
         let (a, b) = (pair[0].trim_end_matches('/'), pair[1].trim_end_matches('/'));

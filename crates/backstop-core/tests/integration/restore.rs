@@ -41,6 +41,7 @@ fn backup_with(env: &Env, dir: &Path, never_restore: &[&str], version: Option<&s
             encryption: backstop_core::encryption::EncryptRequest::default(),
             output: Output::Store,
             wait: Some(std::time::Duration::from_secs(10)),
+            chain: backstop_core::chain::ChainRequest::Full,
         },
     )
     .unwrap();

@@ -69,6 +69,7 @@ impl Env {
             output,
             // Another test's child may hold the lock until it execs.
             wait: Some(std::time::Duration::from_secs(10)),
+            chain: backstop_core::chain::ChainRequest::Full,
         };
         backup(&self.ctx(), request).expect("backup")
     }

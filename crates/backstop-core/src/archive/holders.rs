@@ -1,0 +1,322 @@
+//! Reading an incremental backup's chain: the archives that hold its
+//! unchanged files, found before anything is read and read alongside it.
+//!
+//! [`resolve`] follows the manifests from the incremental down to its full
+//! backup, each link's archive found through the catalog (or beside the
+//! incremental) and checked against its sidecar and the SHA-256 its child
+//! recorded. [`ChainReader`] then streams every link at once, each on its
+//! own reader and decoder threads, and gives the walk over the incremental
+//! each unchanged file from the nearest link that stores it. Every link is
+//! read and hashed to its end, so an archive altered after its sidecar was
+//! checked is still caught.
+
+use std::cmp::Ordering;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::{Scope, ScopedJoinHandle};
+
+use crossbeam_channel::bounded;
+use sha2::{Digest, Sha256};
+
+use crate::archive::format::{ArchiveError, CHECKSUMS_NAME, MANIFEST_NAME, Manifest};
+use crate::archive::index::source_cmp;
+use crate::archive::reader::{
+    ChannelReader, DataSource, Holders, decode_error, open_stream, parse_manifest, read_doc,
+    read_full, read_manifest, read_sidecar, refill, sniff,
+};
+use crate::archive::tarread::{Entry, Kind, TarReader};
+use crate::catalog::Catalog;
+use crate::encryption::Keys;
+use crate::error::{Error, Result};
+use crate::progress::Cancel;
+
+/// One archive of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub id: String,
+    pub path: PathBuf,
+    /// The SHA-256 its child recorded for it.
+    pub sha256: String,
+}
+
+fn broken(path: &Path, detail: String) -> Error {
+    ArchiveError::BrokenChain {
+        path: path.to_path_buf(),
+        detail,
+    }
+    .into()
+}
+
+/// The links an incremental needs, its parent first and its full backup
+/// last; empty for a full backup. Each is found, its sidecar agrees with
+/// the SHA-256 its child recorded, and its manifest is the one named.
+///
+/// # Errors
+///
+/// A link that is missing, altered or not what its child names breaks the
+/// chain (exit 4), named in the error.
+pub fn resolve(
+    newest: &Path,
+    manifest: &Manifest,
+    catalog: Option<&Catalog>,
+    keys: &Keys,
+) -> Result<Vec<Link>> {
+    let mut links: Vec<Link> = Vec::new();
+    let mut child = manifest.clone();
+    while let Some(chain) = child.chain.clone() {
+        let want = &chain.parent;
+        if links.iter().any(|l| l.id == want.id) || links.len() > 10_000 {
+            return Err(broken(
+                newest,
+                format!("{} names itself as an ancestor", want.id),
+            ));
+        }
+        let path = locate(newest, &want.id, catalog).ok_or_else(|| {
+            broken(
+                newest,
+                format!(
+                    "{}, which {} is built on, is not in the store",
+                    want.id, child.id
+                ),
+            )
+        })?;
+        let sidecar = read_sidecar(&path)?;
+        if sidecar.as_deref() != Some(want.sha256.as_str()) {
+            return Err(broken(
+                newest,
+                format!(
+                    "{} is not the archive {} was built on (its sidecar says {}, {} recorded {})",
+                    path.display(),
+                    child.id,
+                    sidecar.as_deref().unwrap_or("nothing"),
+                    child.id,
+                    want.sha256
+                ),
+            ));
+        }
+        let parent = read_manifest(&path, keys)?;
+        if parent.id != want.id {
+            return Err(broken(
+                newest,
+                format!(
+                    "{} holds backup {}, not {}",
+                    path.display(),
+                    parent.id,
+                    want.id
+                ),
+            ));
+        }
+        links.push(Link {
+            id: want.id.clone(),
+            path,
+            sha256: want.sha256.clone(),
+        });
+        child = parent;
+    }
+    if let (Some(base), Some(last)) = (&manifest.chain, links.last())
+        && base.base.id != last.id
+    {
+        return Err(broken(
+            newest,
+            format!(
+                "its chain ends at {}, not at its full backup {}",
+                last.id, base.base.id
+            ),
+        ));
+    }
+    Ok(links)
+}
+
+/// Where the archive of backup `id` is: the catalog's location, else a
+/// file named after the id beside `newest`.
+fn locate(newest: &Path, id: &str, catalog: Option<&Catalog>) -> Option<PathBuf> {
+    if let Some(Ok(Some(row))) = catalog.map(|c| c.get(id))
+        && let Some(loc) = row.location
+        && Path::new(&loc).is_file()
+    {
+        return Some(PathBuf::from(loc));
+    }
+    let dir = newest.parent()?;
+    let prefix = format!("{id}.tar");
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rest = name.strip_prefix(&prefix)?;
+        matches!(rest, "" | ".zst" | ".gz" | ".age" | ".zst.age" | ".gz.age").then(|| e.path())
+    })
+}
+
+/// One link being read: its tar stream, the entry looked at last, and the
+/// thread hashing its file.
+struct Stream<'s> {
+    link: Link,
+    tar: Option<TarReader<ChannelReader>>,
+    peeked: Option<Entry>,
+    hashed: ScopedJoinHandle<'s, Result<String>>,
+    decoded: ScopedJoinHandle<'s, Result<()>>,
+}
+
+/// Every link of a chain, read in step with the walk over the incremental.
+pub struct ChainReader<'s> {
+    streams: Vec<Stream<'s>>,
+    sources: Vec<Vec<u8>>,
+}
+
+impl<'s> ChainReader<'s> {
+    /// Starts reading `links` (parent first) on threads of `scope`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a link cannot be opened or does not start with the
+    /// manifest its child names.
+    pub fn start<'e>(
+        scope: &'s Scope<'s, 'e>,
+        links: &'e [Link],
+        sources: Vec<Vec<u8>>,
+        (keys, cancel): (&'e Keys, &'e Cancel),
+    ) -> Result<ChainReader<'s>> {
+        let mut streams = Vec::with_capacity(links.len());
+        for link in links {
+            streams.push(open(scope, link, keys, cancel)?);
+        }
+        Ok(ChainReader { streams, sources })
+    }
+
+    /// Reads every link to its end and checks it is the archive its child
+    /// recorded.
+    ///
+    /// # Errors
+    ///
+    /// A link whose SHA-256 is not the recorded one breaks the chain.
+    pub fn finish(self) -> Result<()> {
+        let mut first = None;
+        for mut s in self.streams {
+            // Closing the tar stream lets the decoder stop; the file is
+            // still read to its end and hashed.
+            s.tar = None;
+            let _ = s.decoded.join().expect("decoder thread panicked");
+            let outcome = s.hashed.join().expect("reader thread panicked");
+            let err = match outcome {
+                Ok(sha) if sha == s.link.sha256 => continue,
+                Ok(sha) => broken(
+                    &s.link.path,
+                    format!(
+                        "{} changed while it was read (SHA-256 {sha}, recorded {})",
+                        s.link.id, s.link.sha256
+                    ),
+                ),
+                Err(e) => e,
+            };
+            first.get_or_insert(err);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Opens one link: a thread reads and hashes the file, one decrypts and
+/// decompresses it, and the manifest is read here.
+fn open<'s, 'e>(
+    scope: &'s Scope<'s, 'e>,
+    link: &'e Link,
+    keys: &'e Keys,
+    cancel: &'e Cancel,
+) -> Result<Stream<'s>> {
+    let path = link.path.as_path();
+    let sniffed = sniff(path)?;
+    let (raw_tx, raw_rx) = bounded::<Vec<u8>>(8);
+    let (plain_tx, plain_rx) = bounded::<Vec<u8>>(8);
+    let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(4);
+    let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(4);
+    let hashed = scope.spawn(move || -> Result<String> {
+        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let mut hasher = Sha256::new();
+        loop {
+            cancel.check()?;
+            let mut buf = refill(&raw_spent_rx);
+            let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
+            if n == 0 {
+                return Ok(hex::encode(hasher.finalize()));
+            }
+            buf.truncate(n);
+            hasher.update(&buf);
+            let _ = raw_tx.send(buf);
+        }
+    });
+    let decoded = scope.spawn(move || -> Result<()> {
+        let input = ChannelReader::new(raw_rx, raw_spent_tx);
+        let (codec, mut stream, failure) = open_stream(path, sniffed, input, keys)?;
+        loop {
+            let mut buf = refill(&plain_spent_rx);
+            let n = read_full(&mut stream, &mut buf)
+                .map_err(|e| decode_error(path, codec, &failure, e.to_string()))?;
+            buf.truncate(n);
+            if n == 0 || plain_tx.send(buf).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let mut tar = TarReader::new(ChannelReader::new(plain_rx, plain_spent_tx));
+    let first = tar
+        .next_entry()
+        .map_err(|e| corrupt_link(link, &e))?
+        .ok_or_else(|| broken(path, format!("{} is empty", link.id)))?;
+    let manifest = parse_manifest(path, &read_doc(path, &mut tar, &first, MANIFEST_NAME)?)?;
+    if manifest.id != link.id {
+        return Err(broken(
+            path,
+            format!("{} holds backup {}", path.display(), manifest.id),
+        ));
+    }
+    Ok(Stream {
+        link: link.clone(),
+        tar: Some(tar),
+        peeked: None,
+        hashed,
+        decoded,
+    })
+}
+
+fn corrupt_link(link: &Link, e: &io::Error) -> Error {
+    broken(&link.path, format!("{} cannot be read: {e}", link.id))
+}
+
+impl Holders for ChainReader<'_> {
+    fn find(&mut self, member: &[u8]) -> Result<Option<(Entry, &mut dyn DataSource)>> {
+        let sources = &self.sources;
+        for (i, s) in self.streams.iter_mut().enumerate() {
+            if advance(s, member, sources)? {
+                let s = &mut self.streams[i];
+                let entry = s.peeked.take().expect("advance found it");
+                let tar = s.tar.as_mut().expect("open while found");
+                return Ok(Some((entry, tar as &mut dyn DataSource)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Moves `s` forward to `member`; whether it stores it as a file.
+fn advance(s: &mut Stream<'_>, member: &[u8], sources: &[Vec<u8>]) -> Result<bool> {
+    loop {
+        let Some(tar) = s.tar.as_mut() else {
+            return Ok(false);
+        };
+        if s.peeked.is_none() {
+            let next = tar.next_entry().map_err(|e| corrupt_link(&s.link, &e))?;
+            match next {
+                Some(e) if e.path != CHECKSUMS_NAME.as_bytes() => s.peeked = Some(e),
+                // Past the payload: nothing more to find here.
+                _ => {
+                    s.tar = None;
+                    return Ok(false);
+                }
+            }
+        }
+        let e = s.peeked.as_ref().expect("just read");
+        match source_cmp(sources, &e.path, member) {
+            Ordering::Less => s.peeked = None,
+            Ordering::Equal => return Ok(e.kind == Kind::File),
+            Ordering::Greater => return Ok(false),
+        }
+    }
+}

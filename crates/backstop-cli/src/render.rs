@@ -1232,6 +1232,7 @@ pub fn reconcile(report: &ReconcileReport) -> String {
             ReconcileProblem::Mismatched => "mismatched",
             ReconcileProblem::Corrupt => "corrupt",
             ReconcileProblem::Orphaned => "orphaned",
+            ReconcileProblem::Broken => "broken",
         };
         let _ = writeln!(
             out,
@@ -1246,6 +1247,13 @@ pub fn reconcile(report: &ReconcileReport) -> String {
             }
             (Some(a), false) => {
                 let _ = writeln!(out, "           --apply: {a}");
+            }
+            (None, _) if f.problem == ReconcileProblem::Broken => {
+                let _ = writeln!(
+                    out,
+                    "           left as it is: put the missing archive back, or restore an \
+                     older backup"
+                );
             }
             (None, _) => {
                 let _ = writeln!(out, "           left as it is: look at it by hand");

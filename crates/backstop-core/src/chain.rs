@@ -170,24 +170,36 @@ fn parent_of(
 ) -> Result<std::result::Result<Parent, String>> {
     let rows = catalog.list(&ListFilter {
         instance: Some(wanted.instance.to_string()),
-        status: Some(Status::Available),
         ..Default::default()
     })?;
     let store = ctx.layout.instance_store(wanted.instance);
+    // The newest backup of this root and profile in the store that is or
+    // was there (failed attempts never were): the parent, or the reason
+    // there is none. Rows come newest first.
     let Some(parent) = rows
         .iter()
-        .filter(|r| r.origin == wanted.origin && r.about.profile.as_deref() == wanted.profile)
         .filter(|r| {
+            matches!(
+                r.status,
+                Status::Available | Status::Missing | Status::Corrupt
+            )
+        })
+        .filter(|r| r.origin == wanted.origin && r.about.profile.as_deref() == wanted.profile)
+        .find(|r| {
             r.location
                 .as_deref()
                 .is_some_and(|l| Path::new(l).starts_with(&store))
         })
-        .max_by(|a, b| a.created_at.cmp(&b.created_at))
     else {
-        return Ok(Err(
-            "there is no earlier backup of this root and profile in the store".into(),
-        ));
+        // The first backup: nothing to say.
+        return Ok(Err(String::new()));
     };
+    if parent.status != Status::Available {
+        return Ok(Err(format!(
+            "the newest backup, {}, is {}",
+            parent.id, parent.status
+        )));
+    }
     if let Err(why) = usable(parent) {
         return Ok(Err(format!("the newest backup, {}, {why}", parent.id)));
     }

@@ -4,6 +4,7 @@
 
 mod backup;
 mod catalog;
+mod chains;
 mod confinement;
 mod craft;
 mod encryption;

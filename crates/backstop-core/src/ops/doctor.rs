@@ -501,12 +501,16 @@ fn check_reconcile(ctx: &Context<'_>, out: &mut Out) {
                             Problem::Mismatched => "mismatched",
                             Problem::Corrupt => "corrupt",
                             Problem::Orphaned => "orphaned",
+                            Problem::Broken => "incomplete chain of",
                         },
                         f.id.as_deref().unwrap_or(&f.path),
                         f.detail
                     ),
                     Some(if f.action.is_some() {
                         "`backstop reconcile --apply` makes the catalog match the store"
+                    } else if f.problem == Problem::Broken {
+                        "put the missing archive back and run `backstop reconcile --apply`, or \
+                         restore an older backup whose chain is whole"
                     } else {
                         "look at this archive by hand; reconcile cannot adopt it"
                     }),

@@ -42,6 +42,9 @@ pub enum Problem {
     Mismatched,
     Corrupt,
     Orphaned,
+    /// An incremental whose chain lacks a backup it needs: reported, as
+    /// nothing but the missing archive can mend it.
+    Broken,
 }
 
 /// One finding.
@@ -286,6 +289,73 @@ fn check_instance(
             continue;
         }
         adopt(ctx, catalog, instance, &file, apply, report)?;
+    }
+    broken_chains(catalog, instance, rows, report)?;
+    Ok(())
+}
+
+/// Reports the incrementals of `instance` that would be available once
+/// the findings are applied but whose chain is not.
+fn broken_chains(
+    catalog: Option<&Catalog>,
+    instance: &str,
+    rows: &[&BackupRecord],
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    use std::collections::HashMap;
+    let mut state: HashMap<String, (Status, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.id.clone(), (r.status, r.parent.clone())))
+        .collect();
+    for f in report.findings.iter().filter(|f| f.instance == instance) {
+        let Some(id) = &f.id else { continue };
+        let status = match f.problem {
+            Problem::Missing => Status::Missing,
+            Problem::Corrupt => Status::Corrupt,
+            Problem::Mismatched => Status::Available,
+            Problem::Orphaned if f.action.is_some() => Status::Available,
+            _ => continue,
+        };
+        let parent = match catalog {
+            Some(c) => c.get(id)?.and_then(|r| r.parent),
+            None => None,
+        };
+        let entry = state.entry(id.clone()).or_insert((status, parent));
+        entry.0 = status;
+    }
+    let mut broken = Vec::new();
+    for (id, (status, parent)) in &state {
+        if *status != Status::Available {
+            continue;
+        }
+        let mut next = parent.clone();
+        let mut hops = 0;
+        while let Some(up) = next {
+            hops += 1;
+            match state.get(&up) {
+                Some((Status::Available, p)) if hops < 10_000 => next = p.clone(),
+                other => {
+                    let why =
+                        other.map_or("not in the catalog".to_string(), |(s, _)| s.to_string());
+                    broken.push((id.clone(), up, why));
+                    break;
+                }
+            }
+        }
+    }
+    broken.sort();
+    for (id, link, why) in broken {
+        report.findings.push(Finding {
+            problem: Problem::Broken,
+            instance: instance.to_string(),
+            id: Some(id.clone()),
+            path: String::new(),
+            detail: format!(
+                "an incremental whose chain is broken: {link}, which it needs, is {why}; it \
+                 cannot be restored until that archive is back"
+            ),
+            action: None,
+        });
     }
     Ok(())
 }

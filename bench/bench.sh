@@ -3,7 +3,8 @@
 # bench/bench.sh: compare `backstop backup` with tar+zstd, tar+pigz, tar czf,
 # restic and borg on one generated corpus, and time restores: into an empty
 # directory (against the baselines), exact in place over a live copy of the
-# corpus after changing 1 % of its files, and (--million) over a tree of one
+# corpus after changing 1 % of its files, second backups (incremental) against
+# restic's, a chain of seven restored, and (--million) over a tree of one
 # million small files. backstop's backup and restore are also timed
 # encrypted (age, one X25519 recipient) beside the same unencrypted ones.
 #
@@ -102,6 +103,8 @@ setup_work() {
     TIMES=$WORK/times       # GNU time output and per-run records
     EXACT=$WORK/exact       # live copy of the corpus and its home (exact restore)
     MILLION_DIR=$WORK/million  # the --million tree and its home
+    CHAIN=$WORK/chain       # live copy, home and restic repo of the chain rows
+    CHAIN7=$WORK/chain7     # the chain of seven and a full backup beside it
     AGE_KEY=$WORK/age-identity.txt  # the encrypted rows' identity (made untimed)
     rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "$MILLION_DIR/home" "$AGE_KEY"
     mkdir -p "$OUTS" "$TIMES"
@@ -561,6 +564,172 @@ run_exact() {
     rm -rf "${EXACT:?}"
 }
 
+# --- incremental chains (issue 12) -------------------------------------------
+
+# Every chain row starts from a fresh live copy of the corpus (cp -a) that
+# backstop and restic have each backed up once, untimed: the timed command
+# is the *second* backup into the same home or repository. What it stored
+# is the growth of the home's store (the new archive and its sidecar) or of
+# the repository, measured against the size saved here.
+chain_base() {
+    rm -rf "${CHAIN:?}"
+    mkdir -p "$CHAIN"
+    cp -a "$CORPUS" "$CHAIN/live"
+    local rc=0
+    "$BACKSTOP" --home "$CHAIN/home" -q backup "$CHAIN/live" >&2 || rc=$?
+    [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || die "chain: the first backstop backup failed with exit $rc"
+    if have restic; then
+        restic -r "$CHAIN/repo" --cache-dir "$CHAIN/cache" init -q > /dev/null
+        (cd "$CHAIN" && restic -r repo --cache-dir cache -q backup live >&2) || rc=$?
+        [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || die "chain: the first restic backup failed with exit $rc"
+    fi
+    tree_bytes "$CHAIN/home/backups" > "$TIMES/chain.base-backstop"
+    if have restic; then tree_bytes "$CHAIN/repo" > "$TIMES/chain.base-restic"; fi
+    export SRC=$CHAIN/live
+}
+
+# The same, then 1 % of the files changed (a line appended to every 100th)
+# and ten others deleted (every 1000th, starting at the 50th).
+chain_changed() {
+    chain_base
+    every_nth "$CHAIN/live" 100 > "$TIMES/chain.changes"
+    change_files "$TIMES/chain.changes" "$CHAIN/live"
+    find "$CHAIN/live" -type f -printf '%P\0' | LC_ALL=C sort -z | sed -zn '50~1000p' |
+        head -z -n 10 > "$TIMES/chain.deletes"
+    local f
+    while IFS= read -r -d '' f; do rm -f "$CHAIN/live/$f"; done < "$TIMES/chain.deletes"
+}
+
+SYNC_CHAIN_HOME='find "$CHAIN/home" -type f -exec sync {} +'
+SYNC_CHAIN_REPO='find "$CHAIN/repo" -type f -exec sync {} +'
+
+# stored ID BASE_FILE: bytes the median run of ID added to its store.
+stored() {
+    local r=${RESULT[$1]:-} base
+    base=$(cat "$TIMES/$2" 2>/dev/null || echo 0)
+    case "$r" in
+        SKIP*|FAIL*|"") echo "" ;;
+        *) awk -v r="$r" -v b="$base" 'BEGIN { split(r, x, " "); print x[4] - b }' ;;
+    esac
+}
+
+# A chain of seven (a full backup and six incrementals, each after another
+# 1 % of the files changed) restored into an empty directory, against a full
+# backup of the same final tree restored the same way; both restored trees
+# are checked against the live tree afterwards.
+prep_chain7() { export SRC=$CHAIN7; }
+make_chain7() {
+    rm -rf "${CHAIN7:?}"
+    mkdir -p "$CHAIN7"
+    cp -a "$CORPUS" "$CHAIN7/live"
+    backup_untimed "$CHAIN7/home" "$CHAIN7/live" > /dev/null
+    local k rc=0
+    for k in 1 2 3 4 5 6; do
+        find "$CHAIN7/live" -type f -printf '%P\0' | LC_ALL=C sort -z |
+            sed -zn "$((k * 13))~100p" > "$TIMES/chain7.changes"
+        change_files "$TIMES/chain7.changes" "$CHAIN7/live"
+        CHAIN7_HEAD=$(backup_untimed "$CHAIN7/home" "$CHAIN7/live")
+    done
+    "$BACKSTOP" --home "$CHAIN7/fullhome" -q backup "$CHAIN7/live" --full >&2 || rc=$?
+    [ "$rc" -eq 0 ] || [ "$rc" -eq 3 ] || die "chain7: the full backup failed with exit $rc"
+    CHAIN7_FULL=$(backup_id "$CHAIN7/fullhome")
+    tree_state "$CHAIN7/live" > "$TIMES/chain7.want"
+    export CHAIN7_HEAD CHAIN7_FULL
+}
+
+check_chain7() {
+    check_state "$1" "$RESTORE/corpus" "$TIMES/chain7.want"
+    diff -r --no-dereference -q "$CHAIN7/live" "$RESTORE/corpus" >&2 ||
+        die "$1: the restored tree differs in content from the live tree"
+}
+
+CHAIN_CHANGED=0
+CHAIN_DELETED=0
+run_chains() {
+    log "chain: second backups into the same home / repository"
+    bench chain-backstop-same "0 3" chain_base \
+        '"$BACKSTOP" --home "$CHAIN/home" -q backup "$CHAIN/live"' \
+        "$SYNC_CHAIN_HOME" "$CHAIN/home/backups"
+    if have restic; then
+        bench chain-restic-same "0 3" chain_base \
+            'cd "$CHAIN" && restic -r repo --cache-dir cache -q backup live' \
+            "$SYNC_CHAIN_REPO" "$CHAIN/repo"
+    else skip chain-restic-same "restic not installed"; fi
+    STORED_SAME=$(stored chain-backstop-same chain.base-backstop)
+    STORED_SAME_RESTIC=$(stored chain-restic-same chain.base-restic)
+    bench chain-backstop-changed "0 3" chain_changed \
+        '"$BACKSTOP" --home "$CHAIN/home" -q backup "$CHAIN/live"' \
+        "$SYNC_CHAIN_HOME" "$CHAIN/home/backups"
+    STORED_CHANGED=$(stored chain-backstop-changed chain.base-backstop)
+    CHAIN_CHANGED=$(count0 "$TIMES/chain.changes")
+    CHAIN_DELETED=$(count0 "$TIMES/chain.deletes")
+    if have restic; then
+        bench chain-restic-changed "0 3" chain_changed \
+            'cd "$CHAIN" && restic -r repo --cache-dir cache -q backup live' \
+            "$SYNC_CHAIN_REPO" "$CHAIN/repo"
+    else skip chain-restic-changed "restic not installed"; fi
+    STORED_CHANGED_RESTIC=$(stored chain-restic-changed chain.base-restic)
+    rm -rf "${CHAIN:?}"
+
+    log "chain: a chain of seven against one full backup"
+    make_chain7
+    bench restore-chain7 "0" prep_chain7 \
+        '"$BACKSTOP" -q --home "$CHAIN7/home" restore "$CHAIN7_HEAD" --dest "$RESTORE/corpus" --yes --no-pre-backup' \
+        'sync' "$RESTORE"
+    if [[ ${RESULT[restore-chain7]} != FAIL* ]]; then check_chain7 restore-chain7; fi
+    bench restore-full7 "0" prep_chain7 \
+        '"$BACKSTOP" -q --home "$CHAIN7/fullhome" restore "$CHAIN7_FULL" --dest "$RESTORE/corpus" --yes --no-pre-backup' \
+        'sync' "$RESTORE"
+    if [[ ${RESULT[restore-full7]} != FAIL* ]]; then check_chain7 restore-full7; fi
+    rm -rf "${CHAIN7:?}"
+}
+
+# chain_row ID LABEL BASE_ID STORED BASE_STORED
+chain_row() {
+    local r=${RESULT[$1]:-SKIP not run} b=${RESULT[$3]:-SKIP}
+    case "$r" in SKIP*|FAIL*) printf '| %s | %s | | | | | |\n' "$2" "$r"; return 0 ;; esac
+    case "$b" in SKIP*|FAIL*) b="" ;; esac
+    awk -v r="$r" -v b="$b" -v label="$2" -v st="$4" -v bst="$5" 'BEGIN {
+        split(r, x, " "); nb = split(b, y, " ")
+        rw = (nb >= 4 && y[1] > 0) ? sprintf("%.2f", x[1] / y[1]) : "n/a"
+        rs = (bst > 0) ? sprintf("%.2f", st / bst) : "n/a"
+        printf "| %s | %.2f | %.2f | %.1f | %d | %s | %s |\n", label, x[1], x[2], x[3] / 1024, st, rw, rs
+    }'
+}
+
+print_chains() {
+    cat <<EOF
+
+### Incremental chains (issue 12)
+
+Each row starts from a fresh \`cp -a\` of the corpus that backstop and
+restic have backed up once, untimed, into their own home / repository; the
+timed command is the second backup. "stored" is what that backup added:
+the new archive and its sidecar, or the repository's growth. First with
+nothing changed, then after a line was appended to $CHAIN_CHANGED files
+(every 100th) and $CHAIN_DELETED others were deleted.
+
+| second backup | wall s | CPU s | peak RSS MiB | stored bytes | wall / restic | stored / restic |
+|---|---:|---:|---:|---:|---:|---:|
+EOF
+    chain_row chain-backstop-same 'backstop, nothing changed (incremental)' chain-restic-same "$STORED_SAME" "$STORED_SAME_RESTIC"
+    chain_row chain-restic-same 'restic, nothing changed' chain-restic-same "$STORED_SAME_RESTIC" "$STORED_SAME_RESTIC"
+    chain_row chain-backstop-changed "backstop, $CHAIN_CHANGED changed and $CHAIN_DELETED deleted (incremental)" chain-restic-changed "$STORED_CHANGED" "$STORED_CHANGED_RESTIC"
+    chain_row chain-restic-changed "restic, $CHAIN_CHANGED changed and $CHAIN_DELETED deleted" chain-restic-changed "$STORED_CHANGED_RESTIC" "$STORED_CHANGED_RESTIC"
+    cat <<EOF
+
+A chain of seven (a full backup, then six incrementals each after another
+1 % of the files changed) restored by its newest backup into an empty
+directory, against a full backup of the same final tree restored the same
+way; both restored trees are checked against the live tree afterwards.
+
+| restore | wall s | CPU s | peak RSS MiB | restored MiB | throughput MiB/s | wall / one full |
+|---|---:|---:|---:|---:|---:|---:|
+EOF
+    row restore-full7 'backstop restore of one full backup + sync' restore-full7 restore
+    row restore-chain7 'backstop restore of a chain of seven + sync' restore-full7 restore
+}
+
 # --million: a tree of MILLION_DIRS x MILLION_FILES small files, made by the
 # generator docs/benchmarks.md shows. Made once and kept, like the corpus,
 # under a marker naming its shape; million.dirty says that it was being
@@ -866,6 +1035,7 @@ EOF
 EOF
     row restore-backstop 'backstop restore into an empty directory + sync' restore-backstop restore
     row restore-backstop-age 'backstop restore --identity (encrypted archive) + sync' restore-backstop restore
+    print_chains
     if [ "$MILLION" -eq 1 ]; then print_million; fi
     local id
     cat <<EOF
@@ -888,7 +1058,8 @@ EOF
 EOF
     for id in backstop-zstd backstop-age backstop-gzip tar-zstd tar-pigz tar-gzip restic borg \
               restore-backstop restore-backstop-age restore-backstop-tar restore-tar-zstd restore-restic restore-borg \
-              restore-exact million-backup million-tar-zstd million-restore-empty million-dry-run million-exact; do
+              restore-exact chain-backstop-same chain-restic-same chain-backstop-changed chain-restic-changed \
+              restore-full7 restore-chain7 million-backup million-tar-zstd million-restore-empty million-dry-run million-exact; do
         [ -n "${ALL_RUNS[$id]:-}" ] && printf '  - %s: %s\n' "$id" "${ALL_RUNS[$id]}"
     done
     return 0
@@ -949,6 +1120,7 @@ main() {
     run_backups
     run_restores
     run_exact
+    run_chains
     if [ "$MILLION" -eq 1 ]; then run_million; fi
     print_report
     # The report is printed either way; a failed tool still fails the script.

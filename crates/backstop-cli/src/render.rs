@@ -137,7 +137,7 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
     }
     let content = b.bytes.unwrap_or(0);
     let size = b.size.unwrap_or(0);
-    let ratio = if content > 0 {
+    let ratio = if content > 0 && b.parent.is_none() {
         format!(
             ", {:.0}% of the content",
             size as f64 * 100.0 / content as f64
@@ -161,6 +161,16 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
         bytes(size),
         codec(b.compression, b.level)
     );
+    if let (Some(parent), Some(base)) = (&b.parent, &b.base) {
+        let _ = writeln!(
+            out,
+            "  chain    incremental {} on {parent} (full backup {base}): {} unchanged \
+             files, {}, not read again",
+            b.chain_position,
+            count(report.unchanged_files),
+            bytes(report.unchanged_bytes)
+        );
+    }
     match &b.location {
         Some(loc) => {
             let _ = writeln!(out, "  file     {loc}");

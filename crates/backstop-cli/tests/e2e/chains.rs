@@ -572,3 +572,132 @@ fn reconcile_adopts_a_chain_with_its_links_and_reports_a_broken_one() {
         .assert()
         .stdout(predicate::str::contains("incomplete chain"));
 }
+
+/// Hand-made archives that lie about their chain: each is refused with
+/// exit 4 by verify and by restore, and nothing is written.
+#[test]
+fn hostile_dumpdirs_and_chains_are_refused() {
+    use crate::craft::{Raw, craft, craft_with, manifest, path_source};
+    use backstop_core::archive::format::{ArchiveRef, ChainLinks};
+    let env = Env::new();
+    let dir = env.path("crafted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = env.path("root");
+    let refused = |archive: &Path, why: &str| {
+        env.cmd()
+            .args(["verify"])
+            .arg(archive)
+            .assert()
+            .code(4)
+            .stdout(predicate::str::contains(why));
+        let dest = env.path("dest");
+        env.cmd()
+            .arg("restore")
+            .arg(archive)
+            .arg("--dest")
+            .arg(&dest)
+            .arg("--yes")
+            .assert()
+            .code(4);
+        assert!(
+            !dest.exists(),
+            "nothing is written for {}",
+            archive.display()
+        );
+    };
+    // A full backup naming a file it does not hold.
+    let a = craft(
+        &dir,
+        "app-2026-01-01-000001",
+        &root,
+        &[
+            Raw::DirWith(b"app", b"Na.txt\0\0"),
+            Raw::Listed(b"app/a.txt", b"x"),
+        ],
+    );
+    refused(&a, "does not hold");
+    // A name with a slash, and a record not ended by NUL bytes.
+    let b = craft(
+        &dir,
+        "app-2026-01-01-000002",
+        &root,
+        &[Raw::DirWith(b"app", b"N../../etc/passwd\0\0")],
+    );
+    refused(&b, "not a name");
+    let c = craft(
+        &dir,
+        "app-2026-01-01-000003",
+        &root,
+        &[Raw::DirWith(b"app", b"Ya.txt")],
+    );
+    refused(&c, "NUL");
+    // An incremental whose parent is nowhere.
+    let mut m = manifest(
+        "app-2026-01-01-000004",
+        "app",
+        &root,
+        vec![path_source("app", ".", &root)],
+    );
+    let missing = ArchiveRef {
+        id: "app-2025-12-31-000000".into(),
+        sha256: "0".repeat(64),
+    };
+    m.chain = Some(ChainLinks {
+        parent: missing.clone(),
+        base: missing,
+        position: 1,
+    });
+    let d = craft_with(
+        &dir,
+        &m,
+        &[
+            Raw::DirWith(b"app", b"Na.txt\0\0"),
+            Raw::Listed(b"app/a.txt", b"x"),
+        ],
+    );
+    refused(&d, "chain");
+    // A parent that is there but holds the name as a symlink, not a file.
+    let parent = craft(
+        &dir,
+        "app-2026-01-01-000005",
+        &root,
+        &[Raw::Dir(b"app"), Raw::Symlink(b"app/a.txt", b"/etc/passwd")],
+    );
+    let sidecar = std::fs::read_to_string(format!("{}.sha256", parent.display())).unwrap();
+    let link = ArchiveRef {
+        id: "app-2026-01-01-000005".into(),
+        sha256: sidecar[..64].to_string(),
+    };
+    let mut m = manifest(
+        "app-2026-01-01-000006",
+        "app",
+        &root,
+        vec![path_source("app", ".", &root)],
+    );
+    m.chain = Some(ChainLinks {
+        parent: link.clone(),
+        base: link,
+        position: 1,
+    });
+    let e = craft_with(
+        &dir,
+        &m,
+        &[
+            Raw::DirWith(b"app", b"Na.txt\0\0"),
+            Raw::Listed(b"app/a.txt", b"x"),
+        ],
+    );
+    let dest = env.path("dest");
+    env.cmd()
+        .arg("restore")
+        .arg(&e)
+        .arg("--dest")
+        .arg(&dest)
+        .arg("--yes")
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(
+            "no earlier archive of the chain holds it",
+        ));
+    assert!(!dest.exists());
+}

@@ -14,6 +14,11 @@ use sha2::{Digest, Sha256};
 /// One entry exactly as it goes into the tar stream.
 pub enum Raw {
     Dir(&'static [u8]),
+    /// A directory with this `GNU.dumpdir` record.
+    DirWith(&'static [u8], &'static [u8]),
+    /// No entry: only a checksums line for this path and content, as an
+    /// incremental lists an unchanged file another archive holds.
+    Listed(&'static [u8], &'static [u8]),
     File(&'static [u8], &'static [u8]),
     Symlink(&'static [u8], &'static [u8]),
     HardLink(&'static [u8], &'static [u8]),
@@ -108,9 +113,20 @@ pub fn craft_with(dir: &Path, manifest: &Manifest, entries: &[Raw]) -> PathBuf {
     let mut sums = Vec::new();
     let (mut n, mut files, mut bytes) = (0u64, 0u64, 0u64);
     for e in entries {
-        n += 1;
+        n += u64::from(!matches!(e, Raw::Listed(..)));
         match e {
+            Raw::Listed(p, data) => {
+                checksum_line(&mut sums, &hex::encode(Sha256::digest(data)), p);
+            }
             Raw::Dir(p) => header(&mut out, p, HeaderKind::Dir { dumpdir: None }, 0o755),
+            Raw::DirWith(p, dumpdir) => header(
+                &mut out,
+                p,
+                HeaderKind::Dir {
+                    dumpdir: Some(dumpdir),
+                },
+                0o755,
+            ),
             Raw::File(p, data) => {
                 header(
                     &mut out,

@@ -29,7 +29,9 @@ use crate::archive::format::{
     CHECKSUMS_NAME, CompressionSpec, FORMAT, MANIFEST_NAME, Manifest, Problem, TRAILER_NAME,
     Trailer, checksum_line,
 };
-use crate::archive::index::{Compressed, INDEX_NAME, IndexEntry, IndexKind, IndexWriter, Previous};
+use crate::archive::index::{
+    Compressed, INDEX_NAME, IndexEntry, IndexKind, IndexWriter, Previous, hex32,
+};
 use crate::archive::read_entry::{EntryMeta, MetaKind, Msg, Names, read_entry};
 use crate::archive::tarfmt::{self, EntryHeader, HeaderKind};
 use crate::encryption::Recipients;
@@ -635,14 +637,14 @@ impl TarWriter<'_> {
         for (index, hash) in &self.hashes {
             self.scan.archive_path(EntryRef(*index), &mut path);
             line.clear();
-            checksum_line(&mut line, &hex::encode(hash), &path);
+            checksum_line(&mut line, hex_str(&hex32(hash)), &path);
             size += line.len() as u64;
         }
         self.own_header(CHECKSUMS_NAME.as_bytes(), size, manifest_mtime(manifest))?;
         let mut chunk = Vec::with_capacity(64 << 10);
         for (index, hash) in &self.hashes {
             self.scan.archive_path(EntryRef(*index), &mut path);
-            checksum_line(&mut chunk, &hex::encode(hash), &path);
+            checksum_line(&mut chunk, hex_str(&hex32(hash)), &path);
             if chunk.len() >= 60 << 10 {
                 self.blocks.write(&chunk)?;
                 chunk.clear();
@@ -971,6 +973,11 @@ fn dumpdir(scan: &Scan, e: EntryRef) -> Vec<u8> {
     }
     out.push(0);
     out
+}
+
+/// Hex digits as text.
+fn hex_str(digits: &[u8; 64]) -> &str {
+    std::str::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 /// The mtime given to the archive's own members: the backup's creation time.

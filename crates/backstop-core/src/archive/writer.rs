@@ -30,7 +30,7 @@ use crate::archive::format::{
     Trailer, checksum_line,
 };
 use crate::archive::index::{
-    Compressed, INDEX_NAME, IndexEntry, IndexKind, IndexWriter, Previous, hex32,
+    Compressed, INDEX_NAME, IndexEntry, IndexKind, IndexWriter, Previous, each_file,
 };
 use crate::archive::read_entry::{EntryMeta, MetaKind, Msg, Names, read_entry};
 use crate::archive::tarfmt::{self, EntryHeader, HeaderKind};
@@ -140,7 +140,6 @@ pub fn write_archive(
             read_tx,
             progress,
             cancel,
-            hashes: Vec::new(),
             index: Some(IndexWriter::new(&manifest.id)),
             previous,
             written_files: vec![false; scan.len()],
@@ -479,9 +478,6 @@ struct TarWriter<'a> {
     read_tx: Sender<ReadJob>,
     progress: &'a dyn Progress,
     cancel: &'a Cancel,
-    /// (entry, SHA-256) of every regular file of the tree, in archive
-    /// order: those written and, in an incremental, the unchanged ones.
-    hashes: Vec<(u32, [u8; 32])>,
     /// The index, a line an entry; taken when it is written out.
     index: Option<IndexWriter>,
     /// The parent's index, for the lines of unchanged files.
@@ -557,8 +553,13 @@ impl TarWriter<'_> {
         }
         failpoint::hit("backup.after-payload")?;
 
-        self.checksums_member(manifest)?;
-        let index = self.index_member(manifest)?;
+        let index = self
+            .index
+            .take()
+            .expect("the index is written once")
+            .finish();
+        self.checksums_member(manifest, &index)?;
+        self.index_member(manifest, &index)?;
         self.trailer.duration_ms = started.elapsed().as_millis() as u64;
         let trailer_json = serde_json::to_vec_pretty(&self.trailer).expect("trailer serialises");
         self.member(
@@ -602,12 +603,7 @@ impl TarWriter<'_> {
 
     /// Writes the index member, after the checksums: the text is
     /// decompressed from memory straight into the archive.
-    fn index_member(&mut self, manifest: &Manifest) -> Result<Compressed> {
-        let index = self
-            .index
-            .take()
-            .expect("the index is written once")
-            .finish();
+    fn index_member(&mut self, manifest: &Manifest, index: &Compressed) -> Result<()> {
         self.own_header(
             INDEX_NAME.as_bytes(),
             index.raw_len,
@@ -625,31 +621,39 @@ impl TarWriter<'_> {
             self.blocks.write(&chunk[..n])?;
         }
         self.blocks
-            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(index.raw_len)])?;
-        Ok(index)
+            .write(&[0; tarfmt::BLOCK][..tarfmt::padding(index.raw_len)])
     }
 
-    fn checksums_member(&mut self, manifest: &Manifest) -> Result<()> {
-        // Two passes over the hashes: the size goes in the header first.
+    /// Writes the checksums member from the index: a line for every
+    /// regular file of the tree, in order. Two passes: the size goes in the
+    /// header first.
+    fn checksums_member(&mut self, manifest: &Manifest, index: &Compressed) -> Result<()> {
+        let internal = |e: std::io::Error| Error::io("writing", CHECKSUMS_NAME, e);
         let mut line = Vec::new();
-        let mut path = Vec::new();
         let mut size = 0u64;
-        for (index, hash) in &self.hashes {
-            self.scan.archive_path(EntryRef(*index), &mut path);
+        each_file(index, |sha, path| {
             line.clear();
-            checksum_line(&mut line, hex_str(&hex32(hash)), &path);
+            checksum_line(&mut line, sha, path);
             size += line.len() as u64;
-        }
+            Ok(())
+        })
+        .map_err(internal)?;
         self.own_header(CHECKSUMS_NAME.as_bytes(), size, manifest_mtime(manifest))?;
         let mut chunk = Vec::with_capacity(64 << 10);
-        for (index, hash) in &self.hashes {
-            self.scan.archive_path(EntryRef(*index), &mut path);
-            checksum_line(&mut chunk, hex_str(&hex32(hash)), &path);
+        let blocks = &mut self.blocks;
+        let mut failed = None;
+        each_file(index, |sha, path| {
+            checksum_line(&mut chunk, sha, path);
             if chunk.len() >= 60 << 10 {
-                self.blocks.write(&chunk)?;
+                if let Err(e) = blocks.write(&chunk) {
+                    failed = Some(e);
+                    return Err(std::io::Error::other("the archive cannot be written"));
+                }
                 chunk.clear();
             }
-        }
+            Ok(())
+        })
+        .map_err(|e| failed.take().unwrap_or_else(|| internal(e)))?;
         self.blocks.write(&chunk)?;
         self.blocks
             .write(&[0; tarfmt::BLOCK][..tarfmt::padding(size)])
@@ -694,7 +698,6 @@ impl TarWriter<'_> {
                 hint: Some("run the backup again, or with --full".into()),
             });
         };
-        self.hashes.push((e.0, entry.sha256.unwrap_or_default()));
         self.written_files[e.0 as usize] = true;
         self.index_push(&entry);
         self.progress.advance(self.scan.size(e));
@@ -807,7 +810,7 @@ impl TarWriter<'_> {
                 self.blocks.write(data)?;
                 self.blocks
                     .write(&[0; tarfmt::BLOCK][..tarfmt::padding(*size)])?;
-                self.file_done(e, *size, sha256);
+                self.file_done(e, *size);
                 let line = self.index_entry(meta, Some(sha256), changed.is_some());
                 self.index_push(&line);
             }
@@ -874,8 +877,7 @@ impl TarWriter<'_> {
     }
 
     /// Records a regular file as written.
-    fn file_done(&mut self, e: EntryRef, size: u64, sha256: [u8; 32]) {
-        self.hashes.push((e.0, sha256));
+    fn file_done(&mut self, e: EntryRef, size: u64) {
         self.written_files[e.0 as usize] = true;
         self.trailer.files += 1;
         self.trailer.bytes += size;
@@ -913,7 +915,7 @@ impl TarWriter<'_> {
                     debug_assert_eq!(got, stored);
                     self.blocks
                         .write(&[0; tarfmt::BLOCK][..tarfmt::padding(stored)])?;
-                    self.file_done(e, size, sha256);
+                    self.file_done(e, size);
                     self.trailer.entries += 1;
                     let line = self.index_entry(meta, Some(sha256), changed.is_some());
                     self.index_push(&line);
@@ -973,11 +975,6 @@ fn dumpdir(scan: &Scan, e: EntryRef) -> Vec<u8> {
     }
     out.push(0);
     out
-}
-
-/// Hex digits as text.
-fn hex_str(digits: &[u8; 64]) -> &str {
-    std::str::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 /// The mtime given to the archive's own members: the backup's creation time.

@@ -28,6 +28,7 @@ pub mod quadlet;
 pub mod restore;
 pub mod service;
 pub mod source;
+pub mod store;
 pub mod systemd;
 pub mod time;
 pub mod version;

@@ -1,5 +1,7 @@
 //! What can go wrong with a store, each failure with the next step to take.
 
+use std::io;
+
 use crate::error::ErrorKind;
 
 /// A failure of a [`Store`](super::Store) that is not a plain I/O error on
@@ -138,6 +140,25 @@ impl StoreError {
                 "the server failed after retries: run the command again later".into()
             }
         })
+    }
+
+    /// The store error an I/O error from a store's reader or writer
+    /// carries, if it carries one.
+    pub fn from_io(err: &io::Error) -> Option<&StoreError> {
+        err.get_ref()?.downcast_ref::<StoreError>()
+    }
+
+    /// Wraps this error into an `io::Error`, for `Read` and `Write`;
+    /// [`StoreError::from_io`] gets it back.
+    pub(crate) fn into_io(self) -> io::Error {
+        let kind = match &self {
+            StoreError::Unreachable { .. } => io::ErrorKind::ConnectionAborted,
+            StoreError::Short { .. } => io::ErrorKind::UnexpectedEof,
+            StoreError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+            StoreError::NotFound { .. } => io::ErrorKind::NotFound,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, self)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Where archives live, behind one synchronous trait.
+//! Where archives live: a local directory or an S3-compatible bucket,
+//! behind one synchronous trait.
 //!
 //! A [`Store`] holds objects under [`Key`]s. Writes stream through a
 //! [`StoreWriter`] and appear under their key only when
@@ -8,21 +9,33 @@
 //! temporary file, a multipart upload) that [`Store::pending`] lists and
 //! [`Store::cleanup_abandoned`] removes.
 //!
-//! [`LocalStore`] is a directory reached through descriptors. The trait is
-//! synchronous because the rest of backstop is: its pipelines are threads
-//! and channels.
+//! [`LocalStore`] is a directory reached through descriptors;
+//! [`S3Store`] speaks the portable subset of S3 (put, multipart, ranged
+//! get, head, list v2, delete) with `object_store` on a small tokio runtime
+//! that the store owns. The trait is synchronous because the rest of
+//! backstop is: its pipelines are threads and channels, and the async
+//! runtime stays an implementation detail of the S3 store.
 
 use std::io::{Read, Write};
 
 use crate::error::Result;
 
+mod credentials;
 mod error;
 mod key;
 mod local;
+mod s3;
+mod s3_classify;
+mod s3_read;
+mod s3_wire;
+mod s3_write;
+mod url;
 
+pub use credentials::Credentials;
 pub use error::StoreError;
 pub use key::{Key, MAX_COMPONENT, MAX_KEY};
 pub use local::LocalStore;
+pub use s3::{S3Config, S3Store, Transfer};
 
 /// An object as a listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +46,8 @@ pub struct ObjectInfo {
 }
 
 /// A write that was started and neither finished nor aborted: a
-/// temporary file of a [`LocalStore`].
+/// temporary file of a [`LocalStore`], a multipart upload of an
+/// [`S3Store`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     /// The key the write was for.
@@ -48,7 +62,8 @@ pub struct Pending {
 /// Dropping a writer without finishing it aborts the write, as
 /// [`StoreWriter::abort`] does (its errors are then lost). A write error
 /// leaves the writer failed: later writes fail too, and `finish` aborts
-/// and returns the first error.
+/// and returns the first error. An S3 store's write errors are
+/// `io::Error`s that carry their [`StoreError`] ([`StoreError::from_io`]).
 pub trait StoreWriter: Write + Send {
     /// Makes the object appear under its key, complete, and returns its
     /// size. It never replaces an object that appeared meanwhile.
@@ -83,7 +98,10 @@ pub trait Store: Send + Sync {
     /// error of the store.
     fn create(&self, key: &Key) -> Result<Box<dyn StoreWriter>>;
 
-    /// Opens `key` for reading from the start.
+    /// Opens `key` for reading from the start. Errors while reading are
+    /// `io::Error`s carrying a [`StoreError`] ([`StoreError::from_io`]);
+    /// an object that turns out shorter than it was is an error, never a
+    /// silent end.
     ///
     /// # Errors
     ///

@@ -111,6 +111,24 @@ impl LocalStore {
         }
     }
 
+    /// The pending writes of `key` itself: temporary files beside it.
+    fn temps_of(&self, key: &Key) -> Result<Vec<Pending>> {
+        let Some(parent) = self.existing_parent(key)? else {
+            return Ok(Vec::new());
+        };
+        let shown = self.path(key.as_str());
+        let dir = match key.as_str().rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/"),
+            None => String::new(),
+        };
+        let names = handle::list(&parent).at("listing the directory of", &shown)?;
+        Ok(names
+            .iter()
+            .filter_map(|name| pending_of(&format!("{dir}{}", name.to_str().ok()?)))
+            .filter(|p| &p.key == key)
+            .collect())
+    }
+
     /// [`LocalStore::files`] below the open directory `top`, whose path
     /// relative to the root is `base`.
     fn files_in(&self, top: OwnedFd, base: &str) -> Result<Vec<(String, u64)>> {
@@ -241,6 +259,9 @@ impl Store for LocalStore {
             .into_iter()
             .filter_map(|(rel, _)| pending_of(&rel))
             .collect();
+        if let Some(key) = prefix {
+            found.extend(self.temps_of(key)?);
+        }
         found.sort_by(|a, b| a.key.cmp(&b.key).then_with(|| a.id.cmp(&b.id)));
         Ok(found)
     }

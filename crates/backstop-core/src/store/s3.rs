@@ -21,7 +21,7 @@ use object_store::{
 };
 use tokio::runtime::Runtime;
 
-use super::s3_classify::Place;
+use super::s3_classify::{Failure, Place};
 use super::s3_read::S3Reader;
 use super::s3_wire::{UploadsPage, Wire};
 use super::s3_write::S3Writer;
@@ -415,13 +415,14 @@ impl Store for S3Store {
         match got {
             Ok(bytes) if bytes.len() as u64 == len => Ok(bytes.to_vec()),
             Ok(bytes) => Err(short(bytes.len() as u64).into()),
-            Err(e) => match r.place.object_store("get", Some(key), &e) {
-                StoreError::Remote { detail, .. } if detail.contains("InvalidRange") => {
-                    Err(short(0).into())
+            Err(e) => {
+                // A range that starts at or past the end: 416 InvalidRange.
+                let failure = Failure::of(&e);
+                if failure.status == Some(416) || failure.code.as_deref() == Some("InvalidRange") {
+                    return Err(short(0).into());
                 }
-                StoreError::Remote { detail, .. } if detail.contains("416") => Err(short(0).into()),
-                other => Err(other.into()),
-            },
+                Err(r.place.name("get", Some(key), failure).into())
+            }
         }
     }
 

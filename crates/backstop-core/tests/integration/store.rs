@@ -184,12 +184,14 @@ fn ranged_reads_return_exactly_the_bytes_asked(store: &dyn Store) {
         );
     }
     assert!(store.read_range(&k, 5, 0).unwrap().is_empty());
-    let short = store.read_range(&k, end - 3, 10).unwrap_err();
-    assert!(
-        matches!(store_error(&short), StoreError::Short { .. }),
-        "{short:?}"
-    );
-    assert_eq!(short.kind(), backstop_core::ErrorKind::Integrity);
+    for (start, len) in [(end - 3, 10), (end, 1), (end + 5, 1)] {
+        let short = store.read_range(&k, start, len).unwrap_err();
+        assert!(
+            matches!(store_error(&short), StoreError::Short { .. }),
+            "{start}+{len}: {short:?}"
+        );
+        assert_eq!(short.kind(), backstop_core::ErrorKind::Integrity);
+    }
     let missing = store.read_range(&key("r/none"), 0, 1).unwrap_err();
     assert!(
         matches!(store_error(&missing), StoreError::NotFound { .. }),
@@ -319,6 +321,12 @@ fn a_leaked_writer_is_cleaned_up_next_run(store: &dyn Store) {
         .map(|p| p.key.to_string())
         .collect();
     assert_eq!(pending, ["mine/leaked", "theirs/leaked"]);
+    let of_one = store.pending(Some(&key("mine/leaked"))).unwrap();
+    assert_eq!(
+        of_one.len(),
+        1,
+        "a key's own pending write is at its prefix: {of_one:?}"
+    );
     assert_eq!(store.cleanup_abandoned(Some(&key("mine"))).unwrap(), 1);
     let left: Vec<_> = store
         .pending(None)

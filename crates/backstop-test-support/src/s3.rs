@@ -84,8 +84,8 @@ impl Moto {
 
     /// An S3 request outside any store, as the bucket's owner (moto takes
     /// an unsigned request for an anonymous one).
-    pub fn s3_request(&self, method: &str, path: &str) -> Answer {
-        http(self.port, method, path, S3_HEADERS, b"").expect("S3 request")
+    pub fn s3_request(&self, method: &str, path: &str, body: &[u8]) -> Answer {
+        http(self.port, method, path, S3_HEADERS, body).expect("S3 request")
     }
 
     /// Creates an IAM user allowed everything on S3 and returns its access

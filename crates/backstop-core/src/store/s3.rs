@@ -248,6 +248,7 @@ impl S3Store {
 
     fn build(config: &S3Config, credentials: &Credentials) -> Result<S3Store> {
         config.transfer.check()?;
+        install_tls_provider();
         let region = region(config);
         let base = bucket_endpoint(config, &region)?;
         let invalid = |e: object_store::Error| StoreError::InvalidConfig {
@@ -521,6 +522,16 @@ impl Store for S3Store {
         }
         first_error.map_or(Ok(pending.len()), Err)
     }
+}
+
+/// Makes ring the process's TLS crypto provider, unless one is installed
+/// already. reqwest is built without a provider of its own (its default,
+/// aws-lc, is a long C build) and panics when it builds a client and
+/// finds none, even for a plain-HTTP endpoint, so this runs before the
+/// first client is built.
+fn install_tls_provider() {
+    // An error means a provider is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The region to sign for.

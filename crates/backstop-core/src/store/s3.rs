@@ -655,4 +655,62 @@ mod tests {
         );
         assert!(err.hint().unwrap().contains("is running"));
     }
+
+    /// A config for `https://{addr}` that gives up quickly.
+    fn https_config(addr: std::net::SocketAddr) -> S3Config {
+        let mut c = S3Config::new("bucket", "");
+        c.endpoint = Some(format!("https://{addr}"));
+        c.transfer.max_retries = 1;
+        c.transfer.retry_timeout = Duration::from_secs(2);
+        c
+    }
+
+    // Guards the TLS stack without aws-lc: reqwest has no crypto provider
+    // of its own and panics building a client without one.
+    #[test]
+    fn an_https_endpoint_nobody_listens_on_is_unreachable() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let c = https_config(addr);
+        let err = S3Store::connect(&c, &Credentials::new("AKIA", "s", None)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(StoreError::Unreachable { endpoint, .. }) if endpoint.starts_with("https://") && endpoint.contains(&addr.port().to_string())),
+            "{err:?}"
+        );
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
+    #[test]
+    fn an_https_endpoint_is_sent_a_tls_client_hello() {
+        use std::io::Read;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Reads the first bytes of each connection and hangs up, until a
+        // connection that sends nothing (the test's own, to stop it).
+        let server = std::thread::spawn(move || {
+            let mut hellos = Vec::new();
+            for conn in listener.incoming() {
+                let mut head = [0u8; 3];
+                match conn.unwrap().read_exact(&mut head) {
+                    Ok(()) => hellos.push(head),
+                    Err(_) => break,
+                }
+            }
+            hellos
+        });
+        let err = S3Store::connect(&https_config(addr), &Credentials::new("AKIA", "s", None))
+            .unwrap_err();
+        drop(std::net::TcpStream::connect(addr).unwrap());
+        let hellos = server.join().unwrap();
+        assert!(
+            matches!(&err, Error::Store(StoreError::Unreachable { .. })),
+            "{err:?}"
+        );
+        // A TLS handshake record (22), protocol version 3.x.
+        assert!(!hellos.is_empty());
+        assert!(hellos.iter().all(|h| h[..2] == [22, 3]), "{hellos:?}");
+    }
 }

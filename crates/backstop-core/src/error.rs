@@ -14,6 +14,7 @@ use crate::catalog::CatalogError;
 use crate::config::ConfigError;
 use crate::encryption::EncryptionError;
 use crate::lock::LockError;
+use crate::store::StoreError;
 
 /// What kind of failure an error is; the CLI maps each to an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub enum Error {
     Archive(#[from] ArchiveError),
     #[error(transparent)]
     Encryption(#[from] EncryptionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// An I/O operation on a named path failed.
     #[error("{action} {}", path.display())]
     Io {
@@ -146,6 +149,7 @@ impl Error {
             Error::Lock(e) => e.kind(),
             Error::Archive(e) => e.kind(),
             Error::Encryption(e) => e.kind(),
+            Error::Store(e) => e.kind(),
             Error::Io { source, .. } if source.kind() == io::ErrorKind::Interrupted => {
                 ErrorKind::Interrupted
             }
@@ -168,6 +172,7 @@ impl Error {
             Error::Lock(e) => e.hint(),
             Error::Archive(e) => e.hint(),
             Error::Encryption(e) => e.hint(),
+            Error::Store(e) => e.hint(),
             Error::Io { source, path, .. } => io_hint(source, path),
             Error::Usage { hint, .. }
             | Error::NotFound { hint, .. }

@@ -29,6 +29,7 @@ pub mod quadlet;
 pub mod restore;
 pub mod service;
 pub mod source;
+pub mod store;
 pub mod systemd;
 pub mod time;
 pub mod version;

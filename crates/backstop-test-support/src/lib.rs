@@ -1,6 +1,7 @@
 //! Fixtures and assertions shared by backstop's integration and end-to-end
 //! tests: trees with every awkward case, an entry-by-entry tree comparison,
-//! skips that CI turns into failures, and throwaway tmpfs mounts.
+//! skips that CI turns into failures, throwaway tmpfs mounts, and a real
+//! S3-protocol server (moto) on loopback.
 
 #![allow(clippy::print_stderr)]
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod podman;
+pub mod s3;
 
 /// Reports that a test cannot run here and returns. When
 /// `BACKSTOP_TEST_REQUIRE_ALL` is set (as CI sets it), a skip fails the test

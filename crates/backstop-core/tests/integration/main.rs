@@ -6,4 +6,5 @@ mod damage;
 mod podman;
 mod restore;
 mod roundtrip;
+mod store;
 mod support;

@@ -14,7 +14,7 @@
 //! its input in [`decrypt`] before the decompressor. Everything else (the
 //! sidecar, the catalog's checksum) sees the ciphertext.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -616,17 +616,17 @@ impl Keys {
 /// [`EncryptionError::NoIdentity`] when there are no keys,
 /// [`EncryptionError::WrongIdentity`] when none fits, and
 /// [`EncryptionError::Damaged`] when the header is not a valid age header.
-pub fn decrypt<R: Read>(
+pub fn decrypt<R: BufRead>(
     path: &Path,
     input: R,
     keys: &Keys,
-) -> Result<age::stream::StreamReader<BufReader<R>>> {
+) -> Result<age::stream::StreamReader<R>> {
     let damaged = |detail: String| EncryptionError::Damaged {
         path: path.to_path_buf(),
         detail,
     };
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 16, input))
-        .map_err(|e| damaged(format!("the age header: {e}")))?;
+    let decryptor =
+        age::Decryptor::new_buffered(input).map_err(|e| damaged(format!("the age header: {e}")))?;
     if decryptor.is_scrypt() {
         let passphrases = keys.passphrases(path)?;
         let identities: Vec<ScryptIdentity> = passphrases

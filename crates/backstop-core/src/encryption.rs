@@ -747,6 +747,18 @@ pub fn decrypt<R: BufRead>(
         })
 }
 
+/// Checks that `keys` open the age file `path`: its header is unwrapped,
+/// and the file key kept with `keys` for the rest of the command; nothing
+/// is decrypted.
+///
+/// # Errors
+///
+/// As [`decrypt`]; and when the file cannot be opened.
+pub fn check_opens(path: &Path, keys: &Keys) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    decrypt(path, io::BufReader::new(file), keys).map(drop)
+}
+
 /// Whether the age stream `data` opens with the identities of `set`.
 pub fn opens(data: &[u8], set: &IdentitySet) -> bool {
     let Ok(decryptor) = age::Decryptor::new_buffered(data) else {

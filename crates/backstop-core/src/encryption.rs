@@ -14,13 +14,14 @@
 //! its input in [`decrypt`] before the decompressor. Everything else (the
 //! sidecar, the catalog's checksum) sees the ciphertext.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use age::secrecy::ExposeSecret;
 pub use age::secrecy::SecretString;
+use age_core::format::{FileKey, Stanza};
 use serde::Deserialize;
 
 use crate::command::{CommandEnv, CommandLine, Run};
@@ -396,12 +397,69 @@ struct ScryptIdentity(age::scrypt::Identity);
 impl age::Identity for ScryptIdentity {
     fn unwrap_stanza(
         &self,
-        stanza: &age_core::format::Stanza,
-    ) -> Option<std::result::Result<age_core::format::FileKey, age::DecryptError>> {
+        stanza: &Stanza,
+    ) -> Option<std::result::Result<FileKey, age::DecryptError>> {
         match self.0.unwrap_stanza(stanza) {
             Some(Err(age::DecryptError::DecryptionFailed)) => None,
             other => other,
         }
+    }
+}
+
+/// File keys unwrapped from an age header, each with the stanza it was
+/// unwrapped from. Held in memory only, for one command: its `FileKey`s
+/// are zeroed when dropped.
+type Opened = Mutex<Vec<(Stanza, FileKey)>>;
+
+fn copy_stanza(stanza: &Stanza) -> Stanza {
+    Stanza {
+        tag: stanza.tag.clone(),
+        args: stanza.args.clone(),
+        body: stanza.body.clone(),
+    }
+}
+
+fn copy_file_key(key: &FileKey) -> FileKey {
+    FileKey::init_with_mut(|k| k.copy_from_slice(key.expose_secret()))
+}
+
+/// The identity tried first: the file key of a stanza these keys
+/// unwrapped before. A command may open one archive more than once (a
+/// restore reads the manifest, then the whole archive), and a passphrase
+/// archive's scrypt costs about a second of CPU each time. The file key
+/// still has to pass the header's MAC, as any identity's does.
+struct Remembered<'a>(&'a Opened);
+
+impl age::Identity for Remembered<'_> {
+    fn unwrap_stanza(
+        &self,
+        stanza: &Stanza,
+    ) -> Option<std::result::Result<FileKey, age::DecryptError>> {
+        let opened = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        opened
+            .iter()
+            .find(|(known, _)| known == stanza)
+            .map(|(_, key)| Ok(copy_file_key(key)))
+    }
+}
+
+/// An identity whose every unwrapped file key is remembered in `opened`.
+struct Remembering<'a> {
+    inner: &'a dyn age::Identity,
+    opened: &'a Opened,
+}
+
+impl age::Identity for Remembering<'_> {
+    fn unwrap_stanza(
+        &self,
+        stanza: &Stanza,
+    ) -> Option<std::result::Result<FileKey, age::DecryptError>> {
+        let got = self.inner.unwrap_stanza(stanza);
+        if let Some(Ok(key)) = &got {
+            let mut opened = self.opened.lock().unwrap_or_else(PoisonError::into_inner);
+            opened.push((copy_stanza(stanza), copy_file_key(key)));
+        }
+        got
     }
 }
 
@@ -491,6 +549,8 @@ pub struct Keys {
     commands: Vec<(CommandLine, CommandEnv)>,
     prompt: Option<Box<PassphrasePrompt>>,
     passphrases: OnceLock<std::result::Result<Vec<Passphrase>, EncryptionError>>,
+    /// The file keys unwrapped so far, so each header is unwrapped once.
+    opened: Opened,
 }
 
 /// No identities at all: encrypted archives cannot be opened.
@@ -506,6 +566,7 @@ impl Keys {
             commands: Vec::new(),
             prompt: None,
             passphrases: OnceLock::new(),
+            opened: Mutex::new(Vec::new()),
         }
     }
 
@@ -609,24 +670,27 @@ impl Keys {
 }
 
 /// Opens the age stream `input` (the file `path`) with `keys`: the
-/// plaintext, as a reader whose every chunk is authenticated.
+/// plaintext, as a reader whose every chunk is authenticated. A header
+/// these keys opened before is opened with the file key they unwrapped
+/// then (see `Remembered`), so a passphrase costs one scrypt a command.
 ///
 /// # Errors
 ///
 /// [`EncryptionError::NoIdentity`] when there are no keys,
 /// [`EncryptionError::WrongIdentity`] when none fits, and
 /// [`EncryptionError::Damaged`] when the header is not a valid age header.
-pub fn decrypt<R: Read>(
+pub fn decrypt<R: BufRead>(
     path: &Path,
     input: R,
     keys: &Keys,
-) -> Result<age::stream::StreamReader<BufReader<R>>> {
+) -> Result<age::stream::StreamReader<R>> {
     let damaged = |detail: String| EncryptionError::Damaged {
         path: path.to_path_buf(),
         detail,
     };
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 16, input))
-        .map_err(|e| damaged(format!("the age header: {e}")))?;
+    let decryptor =
+        age::Decryptor::new_buffered(input).map_err(|e| damaged(format!("the age header: {e}")))?;
+    let remembered = Remembered(&keys.opened);
     if decryptor.is_scrypt() {
         let passphrases = keys.passphrases(path)?;
         let identities: Vec<ScryptIdentity> = passphrases
@@ -637,8 +701,15 @@ pub fn decrypt<R: Read>(
                 ScryptIdentity(id)
             })
             .collect();
+        let tried: Vec<Remembering<'_>> = identities
+            .iter()
+            .map(|inner| Remembering {
+                inner,
+                opened: &keys.opened,
+            })
+            .collect();
         return decryptor
-            .decrypt(identities.iter().map(|i| i as _))
+            .decrypt(std::iter::once(&remembered as _).chain(tried.iter().map(|i| i as _)))
             .map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys => EncryptionError::WrongPassphrase {
                     path: path.to_path_buf(),
@@ -655,17 +726,37 @@ pub fn decrypt<R: Read>(
         }
         .into());
     }
-    let identities = sets
+    let tried: Vec<Remembering<'_>> = sets
         .iter()
-        .flat_map(|s| s.list.iter().map(|i| i.as_ref() as _));
-    decryptor.decrypt(identities).map_err(|e| match e {
-        age::DecryptError::NoMatchingKeys => EncryptionError::WrongIdentity {
-            path: path.to_path_buf(),
-            tried: sets.iter().map(|s| s.name.clone()).collect(),
-        }
-        .into(),
-        other => Error::from(damaged(other.to_string())),
-    })
+        .flat_map(|s| {
+            s.list.iter().map(|inner| Remembering {
+                inner: inner.as_ref(),
+                opened: &keys.opened,
+            })
+        })
+        .collect();
+    decryptor
+        .decrypt(std::iter::once(&remembered as _).chain(tried.iter().map(|i| i as _)))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => EncryptionError::WrongIdentity {
+                path: path.to_path_buf(),
+                tried: sets.iter().map(|s| s.name.clone()).collect(),
+            }
+            .into(),
+            other => Error::from(damaged(other.to_string())),
+        })
+}
+
+/// Checks that `keys` open the age file `path`: its header is unwrapped,
+/// and the file key kept with `keys` for the rest of the command; nothing
+/// is decrypted.
+///
+/// # Errors
+///
+/// As [`decrypt`]; and when the file cannot be opened.
+pub fn check_opens(path: &Path, keys: &Keys) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    decrypt(path, io::BufReader::new(file), keys).map(drop)
 }
 
 /// Whether the age stream `data` opens with the identities of `set`.
@@ -786,6 +877,47 @@ mod tests {
             none,
             Error::Encryption(EncryptionError::NoPassphrase { .. })
         ));
+    }
+
+    #[test]
+    fn a_header_is_unwrapped_once_a_command_however_often_it_is_opened() {
+        let env = CommandEnv::default();
+        let recipients = Recipients::resolve(
+            &passphrase_config("echo 'pw one'"),
+            &EncryptRequest::default(),
+            &env,
+        )
+        .unwrap()
+        .unwrap();
+        let mut sealed = Vec::new();
+        let mut w = recipients.wrap(&mut sealed).unwrap();
+        w.write_all(b"data").unwrap();
+        w.finish().unwrap();
+        let keys = Keys::none().with_passphrase_commands(vec![(
+            CommandLine::Shell("echo 'pw one'".into()),
+            CommandEnv::default(),
+        )]);
+        for _ in 0..3 {
+            let mut out = Vec::new();
+            decrypt(Path::new("x.age"), &sealed[..], &keys)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, b"data");
+        }
+        // One scrypt: the later opens took the remembered file key.
+        assert_eq!(keys.opened.lock().unwrap().len(), 1);
+        // A changed header still fails its MAC with the remembered key.
+        let mac = sealed.windows(4).position(|w| w == b"--- ").unwrap() + 4;
+        let mut tampered = sealed.clone();
+        tampered[mac] = if tampered[mac] == b'A' { b'B' } else { b'A' };
+        let err = decrypt(Path::new("x.age"), &tampered[..], &keys)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, Error::Encryption(EncryptionError::Damaged { .. })),
+            "{err}"
+        );
     }
 
     #[test]

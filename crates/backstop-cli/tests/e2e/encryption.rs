@@ -1061,3 +1061,258 @@ fn the_terminal_prompt_asks_for_the_passphrase_without_echo_and_a_wrong_one_writ
     assert!(!screen.contains(PASSPHRASE), "echoed:\n{screen}");
     assert_same_tree(&app, &dest, exact());
 }
+
+/// [`app`] with versions: `current` links to `versions/0.1.11`, and the
+/// instance `app` encrypts to `recipient`, reads its version from the
+/// link and activates the version a rollback goes back to.
+fn versioned_app(env: &Env, recipient: &str) -> PathBuf {
+    let app = app(env);
+    for v in ["0.1.11", "0.1.12"] {
+        std::fs::create_dir_all(app.join("versions").join(v)).unwrap();
+        std::fs::write(app.join("versions").join(v).join("app.py"), v).unwrap();
+    }
+    std::os::unix::fs::symlink("versions/0.1.11", app.join("current")).unwrap();
+    let text = format!(
+        "[instances.app]\nroot = \"{}\"\nversion = {{ symlink = \"current\" }}\n\
+         activate = \"ln -sfn versions/$BACKSTOP_VERSION current\"\n\n\
+         [instances.app.encryption]\nrecipients = [\"{recipient}\"]\n",
+        app.display()
+    );
+    std::fs::write(env.path("backstop.toml"), text).unwrap();
+    app
+}
+
+/// The upgrade a guard runs: to 0.1.12, with `config/.env` changed, a
+/// stray file added, and exit status `status`.
+fn upgrade(app: &Path, status: i32) -> String {
+    format!(
+        "cd '{}' && ln -sfn versions/0.1.12 current && echo broken > config/.env && \
+         touch stray && exit {status}",
+        app.display()
+    )
+}
+
+/// What `config/.env` holds in the archive `location` (decrypted with the
+/// real age CLI and `key.txt`).
+fn env_file_in(env: &Env, location: &str) -> Vec<u8> {
+    sh(
+        env.dir.path(),
+        &format!("age -d -i key.txt '{location}' | zstd -dc | tar -xO app/config/.env"),
+    )
+    .stdout
+}
+
+/// The one catalog row of `reason`.
+fn row_of(env: &Env, reason: &str) -> serde_json::Value {
+    let rows = env.list();
+    let found: Vec<&serde_json::Value> = rows.iter().filter(|r| r["reason"] == reason).collect();
+    assert_eq!(found.len(), 1, "{reason}: {rows:?}");
+    found[0].clone()
+}
+
+#[test]
+fn guard_on_an_encrypted_instance_backs_up_encrypted_and_rolls_a_failure_back_with_the_identity() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (identity, recipient) = key(&env, "key.txt");
+    let app = versioned_app(&env, &recipient);
+    let out = env
+        .cmd()
+        .args(["--json", "guard", "app", "--to", "0.1.12"])
+        .args(["--rollback-on-failure", "--identity"])
+        .arg(&identity)
+        .args(["--", "sh", "-c", &upgrade(&app, 3)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["guard"]["outcome"], "rolled-back", "{doc}");
+    // Back as before the command: the secret, no stray file, the version.
+    assert_eq!(std::fs::read(app.join("config/.env")).unwrap(), SECRET);
+    assert!(!app.join("stray").exists());
+    assert_eq!(
+        std::fs::read_link(app.join("current")).unwrap(),
+        Path::new("versions/0.1.11")
+    );
+    // The guard's backup is encrypted, and the age CLI opens it.
+    let pre = row_of(&env, "pre-upgrade");
+    assert_eq!(pre["id"], doc["guard"]["backup"]);
+    assert_eq!(pre["encrypted"], true, "{pre}");
+    let location = pre["location"].as_str().unwrap();
+    assert!(location.ends_with(".tar.zst.age"), "{location}");
+    assert!(!contains(&std::fs::read(location).unwrap(), SECRET));
+    let listing = sh(
+        env.dir.path(),
+        &format!("age -d -i key.txt '{location}' | zstd -dc | tar -t"),
+    );
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.lines().any(|l| l == "app/config/.env"), "{listing}");
+    assert_eq!(env_file_in(&env, location), SECRET);
+    // The rollback's safety backup of the failed state is encrypted too.
+    let failed = row_of(&env, "pre-rollback");
+    assert_eq!(failed["encrypted"], true, "{failed}");
+    let location = failed["location"].as_str().unwrap();
+    assert!(location.ends_with(".tar.zst.age"), "{location}");
+    assert_eq!(env_file_in(&env, location), b"broken\n");
+}
+
+#[test]
+fn guard_rollback_on_failure_without_an_identity_refuses_before_running_the_command() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (_, recipient) = key(&env, "key.txt");
+    let app = versioned_app(&env, &recipient);
+    let marker = env.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    env.cmd()
+        .args(["guard", "app", "--rollback-on-failure", "--"])
+        .args(["sh", "-c", &touch])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("was not run"))
+        .stderr(predicate::str::contains("--identity"));
+    assert!(!marker.exists(), "the command ran");
+    assert_eq!(std::fs::read(app.join("config/.env")).unwrap(), SECRET);
+    // Without --rollback-on-failure no key is needed: the failure prints
+    // the way back.
+    let out = env
+        .cmd()
+        .args(["guard", "app", "--", "sh", "-c", &upgrade(&app, 1)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backstop restore"), "{stderr}");
+    assert_eq!(std::fs::read(app.join("config/.env")).unwrap(), b"broken\n");
+}
+
+#[test]
+fn rollback_of_an_encrypted_instance_takes_the_identity_from_a_flag_or_the_environment() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (identity, recipient) = key(&env, "key.txt");
+    let app = versioned_app(&env, &recipient);
+    env.cmd()
+        .args(["guard", "app", "--to", "0.1.12", "--"])
+        .args(["sh", "-c", &upgrade(&app, 0)])
+        .assert()
+        .success();
+    assert_eq!(row_of(&env, "pre-upgrade")["encrypted"], true);
+    let upgraded = env.path("upgraded");
+    crate::support::copy_tree(&app, &upgraded);
+    let rows = env.list().len();
+    // No identity: refused as a missing key, nothing in the live tree
+    // changed, no safety backup taken.
+    env.cmd()
+        .args(["rollback", "0.1.11", "--yes"])
+        .env_remove("BACKSTOP_IDENTITY")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no identity was given"))
+        .stderr(predicate::str::contains(
+            "hint: give the identity with --identity",
+        ));
+    assert_same_tree(&upgraded, &app, exact());
+    assert_eq!(env.list().len(), rows);
+    // --identity, then $BACKSTOP_IDENTITY: each rolls back.
+    for by_env in [false, true] {
+        let mut cmd = env.cmd();
+        cmd.args(["rollback", "0.1.11", "--yes"]);
+        if by_env {
+            cmd.env("BACKSTOP_IDENTITY", &identity);
+        } else {
+            cmd.arg("--identity").arg(&identity);
+        }
+        cmd.assert()
+            .success()
+            .stdout(predicate::str::contains("back to version 0.1.11"));
+        assert_eq!(std::fs::read(app.join("config/.env")).unwrap(), SECRET);
+        assert!(!app.join("stray").exists());
+        assert_eq!(
+            std::fs::read_link(app.join("current")).unwrap(),
+            Path::new("versions/0.1.11")
+        );
+        // Upgrade again by hand for the next round.
+        sh(
+            &app,
+            "ln -sfn versions/0.1.12 current && echo broken > config/.env && touch stray",
+        );
+    }
+    // Each rollback's safety backup holds the upgraded state, encrypted.
+    let rows = env.list();
+    let safety: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["reason"] == "pre-rollback")
+        .collect();
+    assert_eq!(safety.len(), 2, "{rows:?}");
+    for s in safety {
+        assert_eq!(s["encrypted"], true, "{s}");
+        assert_eq!(
+            env_file_in(&env, s["location"].as_str().unwrap()),
+            b"broken\n"
+        );
+    }
+}
+
+#[test]
+fn the_safety_backup_before_restoring_an_encrypted_instance_is_encrypted() {
+    if !tools() {
+        return;
+    }
+    let env = Env::new();
+    let (identity, recipient) = key(&env, "key.txt");
+    let app = app(&env);
+    config(&env, &app, &format!("recipients = [\"{recipient}\"]"));
+    env.cmd().args(["backup", "app"]).assert().success();
+    let id = env.list()[0]["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("config/.env"), b"changed since").unwrap();
+    // By id, then by archive file, each in place with the identity given.
+    let location = env.list()[0]["location"].as_str().unwrap().to_string();
+    for what in [id.as_str(), location.as_str()] {
+        env.cmd()
+            .args(["restore", what, "--yes", "--identity"])
+            .arg(&identity)
+            .assert()
+            .success();
+        assert_eq!(std::fs::read(app.join("config/.env")).unwrap(), SECRET);
+        std::fs::write(app.join("config/.env"), b"changed since").unwrap();
+    }
+    let rows = env.list();
+    let safety: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["reason"] == "pre-restore")
+        .collect();
+    assert_eq!(safety.len(), 2, "{rows:?}");
+    for s in safety {
+        assert_eq!(s["encrypted"], true, "{s}");
+        let location = s["location"].as_str().unwrap();
+        assert!(location.ends_with(".tar.zst.age"), "{location}");
+        assert!(!contains(&std::fs::read(location).unwrap(), SECRET));
+        assert_eq!(env_file_in(&env, location), b"changed since");
+    }
+    // Restored over a copy elsewhere (--dest): that directory's safety
+    // backup is encrypted like the instance's backups.
+    let dest = env.path("elsewhere");
+    crate::support::copy_tree(&app, &dest);
+    env.cmd()
+        .args(["restore", &id, "--yes", "--mode", "exact", "--force"])
+        .arg("--identity")
+        .arg(&identity)
+        .arg("--dest")
+        .arg(&dest)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(dest.join("config/.env")).unwrap(), SECRET);
+    let rows = env.list();
+    let newest = &rows[0];
+    assert_eq!(newest["reason"], "pre-restore", "{rows:?}");
+    assert_eq!(newest["encrypted"], true, "{newest}");
+    let location = newest["location"].as_str().unwrap();
+    assert_eq!(env_file_in(&env, location), b"changed since");
+}

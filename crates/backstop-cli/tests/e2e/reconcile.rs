@@ -39,7 +39,10 @@ fn missing_orphaned_mismatched_and_corrupt_archives_are_found_and_fixed() {
         .map(|i| {
             std::fs::write(app.join("data/n"), i.to_string()).unwrap();
             // Full backups: chains broken by these findings are another test's.
-            env.backup(&app, &["--full"])["id"].as_str().unwrap().to_string()
+            env.backup(&app, &["--full"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
         })
         .collect();
     let foreign_archive = other.home().join(format!("backups/app/{foreign}.tar.zst"));

@@ -2,17 +2,17 @@
 //! the first member, and a full verification that checks everything the
 //! format promises in one pass over the file.
 //!
-//! Verification runs three stages on three threads: the file is read and
-//! hashed as a whole (for the sidecar), decrypted (an age file) and
+//! Verification runs its stages on threads of their own: the file is read
+//! and hashed as a whole (for the sidecar), decrypted (an age file),
 //! decompressed, and parsed as tar with every member hashed. Nothing is
 //! written anywhere.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -103,10 +103,11 @@ impl<R: Read> Read for Tracked<R> {
 }
 
 /// The plaintext tar stream of the archive `path` whose bytes `input`
-/// yields: decrypted with `keys` when `codec` is `None` (an age file),
-/// then decompressed. Also says the codec, and where an age failure will
-/// be recorded.
-pub(crate) fn open_stream<'a, R: Read + 'a>(
+/// yields, on this thread: decrypted with `keys` when `codec` is `None`
+/// (an age file), then decompressed. Also says the codec, and where an age
+/// failure will be recorded. ([`walk_archive`] runs the same steps as
+/// stages of its pipeline, each on its own thread.)
+pub(crate) fn open_stream<'a, R: BufRead + 'a>(
     path: &Path,
     codec: Option<Codec>,
     input: R,
@@ -325,6 +326,8 @@ pub(crate) struct ChannelReader {
     /// Where chunks read to the end go back to, to be filled again: a
     /// fresh zeroed megabyte a chunk was a measurable part of a restore.
     spent: Sender<Vec<u8>>,
+    /// Set once the sending stage has ended and every chunk was read.
+    drained: Rc<Cell<bool>>,
 }
 
 impl ChannelReader {
@@ -335,12 +338,13 @@ impl ChannelReader {
             chunk: Vec::new(),
             pos: 0,
             spent,
+            drained: Rc::default(),
         }
     }
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(c) => {
@@ -348,12 +352,26 @@ impl Read for ChannelReader {
                     let _ = self.spent.try_send(old);
                     self.pos = 0;
                 }
-                Err(_) => return Ok(0),
+                Err(_) => {
+                    self.drained.set(true);
+                    return Ok(&[]);
+                }
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&self.chunk[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.chunk.len());
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let rest = self.fill_buf()?;
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
@@ -466,35 +484,40 @@ pub fn walk_archive_chain(
             }
             Ok((hex::encode(hasher.finalize()), size))
         });
-        // Stage 2: decrypt and decompress.
-        let decoder_thread = s.spawn(move || -> Result<Codec> {
-            let input = ChannelReader {
-                rx: raw_rx,
-                chunk: Vec::new(),
-                pos: 0,
-                spent: raw_spent_tx,
-            };
-            let (codec, mut stream, failure) = open_stream(path, sniffed, input, keys)?;
-            loop {
-                let mut buf = refill(&plain_spent_rx);
-                let n = read_full(&mut stream, &mut buf)
-                    .map_err(|e| decode_error(path, codec, &failure, e.to_string()))?;
-                if n == 0 {
-                    return Ok(codec);
-                }
-                buf.truncate(n);
-                if plain_tx.send(buf).is_err() {
-                    return Ok(codec);
-                }
+        // Stage 2 (an age file only): decrypt, on a thread of its own, so
+        // that ChaCha20-Poly1305 runs beside the decompressor rather than
+        // before it on the same thread.
+        // The codec: known from the file's first bytes, or from the
+        // plaintext's once decrypted.
+        let (codec_tx, codec_rx) = bounded::<Codec>(1);
+        let (compressed_rx, compressed_spent_tx, decrypter) = match sniffed {
+            Some(codec) => {
+                let _ = codec_tx.send(codec);
+                (raw_rx, raw_spent_tx, None)
             }
-        });
-        // Stage 3: the tar stream, here.
-        let plain = ChannelReader {
-            rx: plain_rx,
-            chunk: Vec::new(),
-            pos: 0,
-            spent: plain_spent_tx,
+            None => {
+                let (sealed_tx, sealed_rx) = bounded::<Vec<u8>>(8);
+                let (sealed_spent_tx, sealed_spent_rx) = bounded::<Vec<u8>>(4);
+                let thread = s.spawn(move || -> Result<Codec> {
+                    let input = ChannelReader::new(raw_rx, raw_spent_tx);
+                    decrypt_stage(path, input, keys, &codec_tx, (&sealed_tx, &sealed_spent_rx))
+                });
+                (sealed_rx, sealed_spent_tx, Some(thread))
+            }
         };
+        // Stage 3: decompress. Says whether it read all it was given.
+        let decoder_thread = s.spawn(move || -> (Result<()>, bool) {
+            let input = ChannelReader::new(compressed_rx, compressed_spent_tx);
+            let drained = input.drained.clone();
+            let Ok(codec) = codec_rx.recv() else {
+                // Decryption failed before the plaintext's first bytes.
+                return (Ok(()), true);
+            };
+            let decoded = decompress_stage(path, codec, input, (&plain_tx, &plain_spent_rx));
+            (decoded, drained.get())
+        });
+        // Stage 4: the tar stream, here.
+        let plain = ChannelReader::new(plain_rx, plain_spent_tx);
         let checked = if links.is_empty() {
             walk(path, plain, cancel, visitor)
         } else {
@@ -505,11 +528,15 @@ pub fn walk_archive_chain(
             })
         };
         let decoded = decoder_thread.join().expect("decoder thread panicked");
+        let decrypted = match decrypter {
+            Some(thread) => thread.join().expect("decryption thread panicked"),
+            None => Ok(sniffed.unwrap_or(Codec::None)),
+        };
         let read = reader.join().expect("reader thread panicked");
-        (checked, decoded, read)
+        (checked, decoded, decrypted, read)
     });
     progress.finish();
-    let (checked, decoded, read) = run;
+    let (checked, decoded, decrypted, read) = run;
     let (sha256, size) = match read {
         Ok((sha, size)) => (Some(sha), size),
         Err(e) => {
@@ -521,11 +548,15 @@ pub fn walk_archive_chain(
             };
         }
     };
-    // A decoding error explains any tar error that follows from it.
-    let result = match (decoded, checked) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Err(e)) => Err(e),
-        (Ok(codec), Ok(mut v)) => {
+    // The first failure in the stream's order is the one reported: an age
+    // failure explains whatever the decompressor found once it had read all
+    // the plaintext passed on (a cut-short frame, a truncated tar); a
+    // decoding error explains any tar error that follows from it.
+    let result = match (decrypted, decoded, checked) {
+        (Err(e), (_, true), _) => Err(e),
+        (_, (Err(e), _), _) | (_, _, Err(e)) => Err(e),
+        (Err(e), _, Ok(_)) => Err(e),
+        (Ok(codec), (Ok(()), _), Ok(mut v)) => {
             v.sha256 = sha256.clone().unwrap_or_default();
             v.size = size;
             v.codec = codec;
@@ -538,6 +569,66 @@ pub fn walk_archive_chain(
         size,
         encrypted,
         result,
+    }
+}
+
+/// The decryption stage of [`walk_archive`]: opens the age stream `input`
+/// with `keys`, names the codec of the plaintext's first bytes on
+/// `codec_tx`, and sends the plaintext on in chunks. Its errors are those
+/// [`open_stream`] and [`decode_error`] give on one thread.
+fn decrypt_stage(
+    path: &Path,
+    input: ChannelReader,
+    keys: &Keys,
+    codec_tx: &Sender<Codec>,
+    (out, spent): (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
+) -> Result<Codec> {
+    let damaged = |detail: String| {
+        Error::from(EncryptionError::Damaged {
+            path: path.to_path_buf(),
+            detail,
+        })
+    };
+    let mut plain = encryption::decrypt(path, input, keys)?;
+    let mut buf = refill(spent);
+    let mut filled = read_full(&mut plain, &mut buf[..512]).map_err(|e| damaged(e.to_string()))?;
+    let codec = detect_codec(&buf[..filled]).ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))?;
+    let _ = codec_tx.send(codec);
+    loop {
+        filled +=
+            read_full(&mut plain, &mut buf[filled..]).map_err(|e| damaged(format!("age: {e}")))?;
+        if filled == 0 {
+            return Ok(codec);
+        }
+        buf.truncate(filled);
+        if out.send(buf).is_err() {
+            return Ok(codec);
+        }
+        buf = refill(spent);
+        filled = 0;
+    }
+}
+
+/// The decompression stage of [`walk_archive`]: `input` decoded as
+/// `codec`, sent on in chunks.
+fn decompress_stage(
+    path: &Path,
+    codec: Codec,
+    input: ChannelReader,
+    (out, spent): (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
+) -> Result<()> {
+    let mut stream = decoder(codec, input).map_err(|e| corrupt(path, e.to_string()))?;
+    loop {
+        let mut buf = refill(spent);
+        let n = read_full(&mut stream, &mut buf)
+            .map_err(|e| corrupt(path, format!("{codec} stream: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.truncate(n);
+        if out.send(buf).is_err() {
+            return Ok(());
+        }
     }
 }
 

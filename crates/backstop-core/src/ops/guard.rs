@@ -93,6 +93,8 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
     let mut pruned = Vec::new();
     let mut prune_error = None;
     let mut version = inst.detect_version().ok().flatten();
+    // An encrypted backup, which a rollback must be able to open.
+    let mut sealed = None;
     if !req.no_backup {
         let mut labels = BTreeMap::new();
         labels.insert("guarded".to_string(), shown.clone());
@@ -120,6 +122,9 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
         match backup(ctx, request) {
             Ok(report) => {
                 version = report.backup.about.app_version.clone().or(version);
+                if report.backup.encrypted {
+                    sealed = report.backup.location.clone().map(PathBuf::from);
+                }
                 backup_id = Some(report.backup.id);
                 if inst.retention.auto_prune {
                     match crate::ops::prune::prune(
@@ -138,18 +143,12 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
             }
             Err(e) => {
                 // The refusal is recorded too: the command never ran.
-                if let Ok(catalog) = Catalog::open(&ctx.layout.catalog()) {
-                    let now = time::now_rfc3339();
-                    if let Ok(id) = catalog.begin_guard(&inst.name, &now, &shown, None, false) {
-                        let _ = catalog.finish_guard(
-                            id,
-                            &now,
-                            None,
-                            "refused",
-                            Some(&format!("the backup failed: {}", error_chain(&e))),
-                        );
-                    }
-                }
+                record_refusal(
+                    ctx,
+                    (&inst.name, &shown),
+                    None,
+                    &format!("the backup failed: {}", error_chain(&e)),
+                );
                 return Err(Error::Refused {
                     message: format!(
                         "the backup before `{shown}` failed, so the command was not run: {}",
@@ -161,6 +160,34 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
                 });
             }
         }
+    }
+    // A rollback of an encrypted backup needs a key: without one that
+    // opens it, a failed command would be left as it is, which is what
+    // --rollback-on-failure asks to avoid. Opening the header now also
+    // leaves its file key with `ctx.keys` for the rollback.
+    if req.rollback_on_failure
+        && let Some(file) = &sealed
+        && let Err(e) = crate::encryption::check_opens(file, ctx.keys)
+    {
+        let id = backup_id.as_deref().unwrap_or_default();
+        record_refusal(
+            ctx,
+            (&inst.name, &shown),
+            backup_id.as_deref(),
+            &format!("a rollback could not open {id}: {}", error_chain(&e)),
+        );
+        return Err(Error::usage(
+            format!(
+                "`{shown}` was not run: its backup {id} is encrypted and a rollback could not \
+                 open it ({})",
+                error_chain(&e)
+            ),
+            Some(format!(
+                "{}; or drop --rollback-on-failure (a failure then prints the way back)",
+                e.hint()
+                    .unwrap_or_else(|| "give the identity with --identity FILE".into())
+            )),
+        ));
     }
     crate::fsutil::create_private_dir_all(&ctx.layout.home)?;
     let catalog = Catalog::open(&ctx.layout.catalog())?;
@@ -290,6 +317,21 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
                     )),
                 },
             })
+        }
+    }
+}
+
+/// Records a guarded command that was not run, and why.
+fn record_refusal(
+    ctx: &Context<'_>,
+    (instance, shown): (&str, &str),
+    backup: Option<&str>,
+    why: &str,
+) {
+    if let Ok(catalog) = Catalog::open(&ctx.layout.catalog()) {
+        let now = time::now_rfc3339();
+        if let Ok(id) = catalog.begin_guard(instance, &now, shown, backup, false) {
+            let _ = catalog.finish_guard(id, &now, None, "refused", Some(why));
         }
     }
 }

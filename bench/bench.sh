@@ -9,6 +9,7 @@
 # encrypted (age, one X25519 recipient) beside the same unencrypted ones.
 #
 #   bench/bench.sh [--size 1G] [--work DIR] [--runs N] [--cold] [--million]
+#                  [--only chains]
 #
 #   --size SIZE   corpus size for make-corpus.py (default 1G; e.g. 200M)
 #   --work DIR    where the corpus and every output go
@@ -18,6 +19,8 @@
 #                 Without it runs are warm-cache: the corpus is read once,
 #                 untimed, and as root each run's input is also re-read after
 #                 a page-cache drop (see settle for why)
+#   --only chains time only the incremental-chain rows (the other tables
+#                 then say "not run")
 #   --million     also time a tree of 1,000 dirs x 1,000 files of 30-230
 #                 bytes (made once, kept in the work dir like the corpus):
 #                 backstop backup, restore into an empty dir, and after
@@ -51,6 +54,7 @@ WORK=${TMPDIR:-/tmp}/backstop-bench
 RUNS=3
 COLD=0
 MILLION=0
+ONLY=""
 MILLION_DIRS=${BENCH_MILLION_DIRS:-1000}
 MILLION_FILES=${BENCH_MILLION_FILES:-1000}
 
@@ -73,6 +77,8 @@ parse_args() {
             --runs=*) RUNS=${1#*=}; shift ;;
             --cold) COLD=1; shift ;;
             --million) MILLION=1; shift ;;
+            --only) [ $# -ge 2 ] || die "--only needs a value"; ONLY=$2; shift 2 ;;
+            --only=*) ONLY=${1#*=}; shift ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument: $1 (see --help)" ;;
         esac
@@ -80,6 +86,7 @@ parse_args() {
     [[ $SIZE =~ ^[0-9]+(\.[0-9]+)?[KkMmGg]?[Bb]?$ ]] || die "bad --size: $SIZE"
     SIZE=$(printf '%s' "$SIZE" | tr '[:lower:]' '[:upper:]')
     [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs: $RUNS"
+    [[ -z $ONLY || $ONLY == chains ]] || die "bad --only: $ONLY (the one phase that runs alone is chains)"
     [[ $MILLION_DIRS =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_DIRS: $MILLION_DIRS"
     [[ $MILLION_FILES =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_FILES: $MILLION_FILES"
     if [ "$COLD" -eq 1 ] && ! is_root; then
@@ -105,6 +112,7 @@ setup_work() {
     MILLION_DIR=$WORK/million  # the --million tree and its home
     CHAIN=$WORK/chain       # live copy, home and restic repo of the chain rows
     CHAIN7=$WORK/chain7     # the chain of seven and a full backup beside it
+    export CHAIN CHAIN7     # the timed commands (bash -c) name them
     AGE_KEY=$WORK/age-identity.txt  # the encrypted rows' identity (made untimed)
     rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "$MILLION_DIR/home" "$AGE_KEY"
     mkdir -p "$OUTS" "$TIMES"
@@ -1117,9 +1125,11 @@ main() {
     ensure_corpus
     log "corpus: $CORPUS_FILES files, $CORPUS_MIB MiB; $RUNS run(s) per tool; cold=$COLD"
     warm_up
-    run_backups
-    run_restores
-    run_exact
+    if [ -z "$ONLY" ]; then
+        run_backups
+        run_restores
+        run_exact
+    fi
     run_chains
     if [ "$MILLION" -eq 1 ]; then run_million; fi
     print_report

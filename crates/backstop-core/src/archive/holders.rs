@@ -31,6 +31,9 @@ use crate::encryption::Keys;
 use crate::error::{Error, Result};
 use crate::progress::Cancel;
 
+/// Chunks (of 1 MiB) queued between the stages of one link.
+const LINK_QUEUE: usize = 1;
+
 /// One archive of a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -223,10 +226,12 @@ fn open<'s, 'e>(
 ) -> Result<Stream<'s>> {
     let path = link.path.as_path();
     let sniffed = sniff(path)?;
-    let (raw_tx, raw_rx) = bounded::<Vec<u8>>(8);
-    let (plain_tx, plain_rx) = bounded::<Vec<u8>>(8);
-    let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(4);
-    let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(4);
+    // Shallow queues: a chain of N links holds N of these at once, and a
+    // link mostly waits for the incremental to reach its next file.
+    let (raw_tx, raw_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
+    let (plain_tx, plain_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
+    let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
+    let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let hashed = scope.spawn(move || -> Result<String> {
         let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         let mut hasher = Sha256::new();

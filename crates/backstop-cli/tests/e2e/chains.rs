@@ -70,6 +70,38 @@ fn backup_report(env: &Env, dir: &Path, extra: &[&str]) -> serde_json::Value {
     env.json(&args)["report"].clone()
 }
 
+/// A full backup of `app` and two incrementals, each after a file was added.
+fn chain_of_three(
+    env: &Env,
+    app: &Path,
+) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let full = env.backup(app, &[]);
+    write(&app.join("config/one"), b"1");
+    let inc1 = env.backup(app, &[]);
+    write(&app.join("config/two"), b"2");
+    let inc2 = env.backup(app, &[]);
+    assert_eq!(
+        (&inc1["parent"], &inc2["parent"]),
+        (&full["id"], &inc1["id"])
+    );
+    (full, inc1, inc2)
+}
+
+/// `restore TARGET --dest DEST --yes`, asserted by the caller.
+fn restore_into(
+    env: &Env,
+    target: impl AsRef<std::ffi::OsStr>,
+    dest: &Path,
+) -> assert_cmd::assert::Assert {
+    env.cmd()
+        .arg("restore")
+        .arg(target)
+        .arg("--dest")
+        .arg(dest)
+        .arg("--yes")
+        .assert()
+}
+
 fn write(path: &Path, data: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, data).unwrap();
@@ -157,12 +189,7 @@ fn a_chain_restores_exactly_by_backstop_and_by_gnu_tar_deletions_included() {
 
     // backstop, into a fresh directory and over a tree that drifted.
     let dest = env.path("restored");
-    env.cmd()
-        .args(["restore", &id(&inc3["backup"]), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .success();
+    restore_into(&env, id(&inc3["backup"]), &dest).success();
     assert_eq!(describe(&dest), want);
     // In place, over a tree that drifted: exact, with a safety backup
     // that is itself an incremental, and undone by restoring that.
@@ -221,12 +248,7 @@ fn a_chain_restores_exactly_by_backstop_and_by_gnu_tar_deletions_included() {
 
     // An older point of the chain restores as it was.
     let older = env.path("older");
-    env.cmd()
-        .args(["restore", &id(&inc1["backup"]), "--dest"])
-        .arg(&older)
-        .arg("--yes")
-        .assert()
-        .success();
+    restore_into(&env, id(&inc1["backup"]), &older).success();
     assert_eq!(
         std::fs::read(older.join("a.txt")).unwrap(),
         b"ALPHA, changed"
@@ -276,12 +298,7 @@ fn a_file_rewritten_to_the_same_size_and_mtime_is_read_again() {
     let inc = env.backup(&app, &[]);
     assert_eq!(inc["files"], 1, "the rewritten file is stored: {inc}");
     let dest = env.path("dest");
-    env.cmd()
-        .args(["restore", &id(&inc), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .success();
+    restore_into(&env, id(&inc), &dest).success();
     assert_eq!(std::fs::read(dest.join("same.txt")).unwrap(), b"bbbb");
     assert_eq!(std::fs::read(dest.join("other.txt")).unwrap(), b"other");
     // A mode change alone is a change too.
@@ -297,12 +314,7 @@ fn a_file_rewritten_to_the_same_size_and_mtime_is_read_again() {
 fn a_chain_with_a_missing_or_altered_link_is_refused_and_nothing_changes() {
     let env = Env::new();
     let app = env.small_app("app");
-    let full = env.backup(&app, &[]);
-    write(&app.join("config/one"), b"1");
-    let inc1 = env.backup(&app, &[]);
-    write(&app.join("config/two"), b"2");
-    let inc2 = env.backup(&app, &[]);
-    assert_eq!(inc2["parent"], inc1["id"]);
+    let (full, inc1, inc2) = chain_of_three(&env, &app);
     std::fs::remove_file(app.join("config/one")).unwrap();
     let before = describe(&app);
 
@@ -321,12 +333,7 @@ fn a_chain_with_a_missing_or_altered_link_is_refused_and_nothing_changes() {
             .stderr(predicate::str::contains(inc1["id"].as_str().unwrap()))
             .stderr(predicate::str::contains("chain"));
     }
-    env.cmd()
-        .args(["restore", &id(&inc2), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .code(4);
+    restore_into(&env, id(&inc2), &dest).code(4);
     assert_eq!(describe(&app), before, "the live tree is untouched");
     assert!(!dest.exists(), "nothing was written");
     env.cmd().args(["verify", &id(&inc2)]).assert().code(4);
@@ -334,34 +341,22 @@ fn a_chain_with_a_missing_or_altered_link_is_refused_and_nothing_changes() {
     // An archive put back altered is not the one the chain was built on.
     std::fs::copy(&kept, &middle).unwrap();
     flip_byte(&middle, 200);
-    env.cmd()
-        .args(["restore", &id(&inc2), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .code(4);
+    restore_into(&env, id(&inc2), &dest).code(4);
     assert!(!dest.exists());
-    // Whole again, it restores; the full backup alone restores throughout.
+    // The full backup needs no other archive; whole again, the chain restores.
+    let alone = env.path("alone");
+    restore_into(&env, id(&full), &alone).success();
+    assert!(!alone.join("config/one").exists());
     std::fs::rename(&kept, &middle).unwrap();
-    env.cmd()
-        .args(["restore", &id(&inc2), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .success();
+    restore_into(&env, id(&inc2), &dest).success();
     assert_eq!(std::fs::read(dest.join("config/two")).unwrap(), b"2");
-    let _ = full;
 }
 
 #[test]
 fn prune_keeps_what_kept_backups_need_and_delete_names_the_dependants() {
     let env = Env::new();
     let app = env.small_app("app");
-    let full = env.backup(&app, &[]);
-    write(&app.join("config/one"), b"1");
-    let inc1 = env.backup(&app, &[]);
-    write(&app.join("config/two"), b"2");
-    let inc2 = env.backup(&app, &[]);
+    let (full, inc1, inc2) = chain_of_three(&env, &app);
     let plan = env.json(&["prune", "app", "--keep", "1", "--dry-run"]);
     let decisions = plan["prune"][0]["decisions"]
         .as_array()
@@ -428,12 +423,7 @@ fn a_killed_incremental_leaves_no_archive_and_the_chain_goes_on() {
         .count();
     assert_eq!(archives, 3);
     let dest = env.path("dest");
-    env.cmd()
-        .args(["restore", &id(&next), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .success();
+    restore_into(&env, id(&next), &dest).success();
     assert_eq!(std::fs::read(dest.join("config/two")).unwrap(), b"2");
 }
 
@@ -531,11 +521,7 @@ fn when_there_is_nothing_to_build_on_the_backup_is_full_and_says_why() {
 fn reconcile_adopts_a_chain_with_its_links_and_reports_a_broken_one() {
     let env = Env::new();
     let app = env.small_app("app");
-    let full = env.backup(&app, &[]);
-    write(&app.join("config/one"), b"1");
-    let inc1 = env.backup(&app, &[]);
-    write(&app.join("config/two"), b"2");
-    let inc2 = env.backup(&app, &[]);
+    let (full, inc1, inc2) = chain_of_three(&env, &app);
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(env.home().join(format!("catalog.db{suffix}")));
     }
@@ -548,12 +534,7 @@ fn reconcile_adopts_a_chain_with_its_links_and_reports_a_broken_one() {
     assert_eq!(row(&full)["parent"], serde_json::Value::Null);
     // The chain restores from the rebuilt catalog.
     let dest = env.path("dest");
-    env.cmd()
-        .args(["restore", &id(&inc2), "--dest"])
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
-        .success();
+    restore_into(&env, id(&inc2), &dest).success();
     // A link gone: reported, and left for a person (exit 3).
     std::fs::remove_file(location(&inc1)).unwrap();
     env.cmd()
@@ -591,14 +572,7 @@ fn hostile_dumpdirs_and_chains_are_refused() {
             .code(4)
             .stdout(predicate::str::contains(why));
         let dest = env.path("dest");
-        env.cmd()
-            .arg("restore")
-            .arg(archive)
-            .arg("--dest")
-            .arg(&dest)
-            .arg("--yes")
-            .assert()
-            .code(4);
+        restore_into(&env, archive, &dest).code(4);
         assert!(
             !dest.exists(),
             "nothing is written for {}",
@@ -631,31 +605,29 @@ fn hostile_dumpdirs_and_chains_are_refused() {
         &[Raw::DirWith(b"app", b"Ya.txt")],
     );
     refused(&c, "NUL");
-    // An incremental whose parent is nowhere.
-    let mut m = manifest(
-        "app-2026-01-01-000004",
-        "app",
-        &root,
-        vec![path_source("app", ".", &root)],
-    );
+    // An incremental over `parent` naming app/a.txt unchanged.
+    let incremental = |id: &str, parent: ArchiveRef| {
+        let mut m = manifest(id, "app", &root, vec![path_source("app", ".", &root)]);
+        m.chain = Some(ChainLinks {
+            parent: parent.clone(),
+            base: parent,
+            position: 1,
+        });
+        craft_with(
+            &dir,
+            &m,
+            &[
+                Raw::DirWith(b"app", b"Na.txt\0\0"),
+                Raw::Listed(b"app/a.txt", b"x"),
+            ],
+        )
+    };
+    // Its parent nowhere.
     let missing = ArchiveRef {
         id: "app-2025-12-31-000000".into(),
         sha256: "0".repeat(64),
     };
-    m.chain = Some(ChainLinks {
-        parent: missing.clone(),
-        base: missing,
-        position: 1,
-    });
-    let d = craft_with(
-        &dir,
-        &m,
-        &[
-            Raw::DirWith(b"app", b"Na.txt\0\0"),
-            Raw::Listed(b"app/a.txt", b"x"),
-        ],
-    );
-    refused(&d, "chain");
+    refused(&incremental("app-2026-01-01-000004", missing), "chain");
     // A parent that is there but holds the name as a symlink, not a file.
     let parent = craft(
         &dir,
@@ -668,33 +640,9 @@ fn hostile_dumpdirs_and_chains_are_refused() {
         id: "app-2026-01-01-000005".into(),
         sha256: sidecar[..64].to_string(),
     };
-    let mut m = manifest(
-        "app-2026-01-01-000006",
-        "app",
-        &root,
-        vec![path_source("app", ".", &root)],
-    );
-    m.chain = Some(ChainLinks {
-        parent: link.clone(),
-        base: link,
-        position: 1,
-    });
-    let e = craft_with(
-        &dir,
-        &m,
-        &[
-            Raw::DirWith(b"app", b"Na.txt\0\0"),
-            Raw::Listed(b"app/a.txt", b"x"),
-        ],
-    );
+    let e = incremental("app-2026-01-01-000006", link);
     let dest = env.path("dest");
-    env.cmd()
-        .arg("restore")
-        .arg(&e)
-        .arg("--dest")
-        .arg(&dest)
-        .arg("--yes")
-        .assert()
+    restore_into(&env, &e, &dest)
         .code(4)
         .stderr(predicate::str::contains(
             "no earlier archive of the chain holds it",

@@ -484,12 +484,12 @@ pub fn walk_archive_chain(
             }
             Ok((hex::encode(hasher.finalize()), size))
         });
+        // The codec: known from the file's first bytes, or, for an age
+        // file, from the plaintext's once decrypted.
+        let (codec_tx, codec_rx) = bounded::<Codec>(1);
         // Stage 2 (an age file only): decrypt, on a thread of its own, so
         // that ChaCha20-Poly1305 runs beside the decompressor rather than
         // before it on the same thread.
-        // The codec: known from the file's first bytes, or from the
-        // plaintext's once decrypted.
-        let (codec_tx, codec_rx) = bounded::<Codec>(1);
         let (compressed_rx, compressed_spent_tx, decrypter) = match sniffed {
             Some(codec) => {
                 let _ = codec_tx.send(codec);

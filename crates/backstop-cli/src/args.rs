@@ -226,7 +226,7 @@ pub struct BackupArgs {
     pub full: bool,
     /// Make an incremental backup (only what changed since the last one), and
     /// fail when there is none to build on [default: incremental when the
-    /// chain allows, see [chain] in the config]
+    /// chain allows, see `[chain]` in the config]
     #[arg(long)]
     pub incremental: bool,
     /// Show what would be backed up and the estimated size; change nothing

@@ -133,11 +133,13 @@ pub struct Wanted<'a> {
 /// `--incremental` without a parent to build on is a usage error; a
 /// catalog error fails.
 pub fn choose(ctx: &Context<'_>, catalog: &Catalog, wanted: &Wanted<'_>) -> Result<Choice> {
+    // Said only when an incremental was asked for: a backup written
+    // elsewhere is full by design, not for a reason worth a note each time.
+    let elsewhere = "only backups in the store form chains (--output writes a full backup)";
     let why_full = match wanted.request {
         ChainRequest::Full => return Ok(Choice::Full(None)),
-        _ if !wanted.to_store => {
-            Some("only backups in the store form chains (--output writes a full backup)".into())
-        }
+        ChainRequest::Auto if !wanted.to_store => None,
+        ChainRequest::Incremental if !wanted.to_store => Some(elsewhere.to_string()),
         _ if wanted.config.max_length() == 0 => None,
         _ => match parent_of(ctx, catalog, wanted)? {
             Ok(parent) => return Ok(Choice::Incremental(Box::new(parent))),

@@ -486,6 +486,23 @@ fn when_there_is_nothing_to_build_on_the_backup_is_full_and_says_why() {
         .stderr(predicate::str::contains(id(&first)));
     let rows = env.list();
     assert_eq!(rows[0]["parent"], serde_json::Value::Null);
+    // A backup written elsewhere is full, and says nothing of it unless an
+    // incremental was asked for.
+    let file = env.path("elsewhere.tar.zst");
+    env.cmd()
+        .args(["backup", app.to_str().unwrap(), "--output"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("note:").not());
+    env.cmd()
+        .args(["backup", app.to_str().unwrap(), "--incremental", "--output"])
+        .arg(env.path("other.tar.zst"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "only backups in the store form chains",
+        ));
     // --full, and the chain's limits.
     assert_eq!(env.backup(&app, &[])["chain_position"], 1);
     assert_eq!(env.backup(&app, &["--full"])["chain_position"], 0);

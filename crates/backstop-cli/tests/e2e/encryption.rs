@@ -1245,19 +1245,26 @@ fn rollback_of_an_encrypted_instance_takes_the_identity_from_a_flag_or_the_envir
         );
     }
     // Each rollback's safety backup holds the upgraded state, encrypted.
-    let rows = env.list();
-    let safety: Vec<&serde_json::Value> = rows
-        .iter()
-        .filter(|r| r["reason"] == "pre-rollback")
-        .collect();
-    assert_eq!(safety.len(), 2, "{rows:?}");
-    for s in safety {
-        assert_eq!(s["encrypted"], true, "{s}");
+    for s in encrypted_rows(&env, "pre-rollback", 2) {
         assert_eq!(
             env_file_in(&env, s["location"].as_str().unwrap()),
             b"broken\n"
         );
     }
+}
+
+/// The catalog rows made for `reason`: `count` of them, each encrypted.
+fn encrypted_rows(env: &Env, reason: &str, count: usize) -> Vec<serde_json::Value> {
+    let rows: Vec<serde_json::Value> = env
+        .list()
+        .into_iter()
+        .filter(|r| r["reason"] == reason)
+        .collect();
+    assert_eq!(rows.len(), count, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["encrypted"], true, "{r}");
+    }
+    rows
 }
 
 #[test]
@@ -1283,14 +1290,7 @@ fn the_safety_backup_before_restoring_an_encrypted_instance_is_encrypted() {
         assert_eq!(std::fs::read(app.join("config/.env")).unwrap(), SECRET);
         std::fs::write(app.join("config/.env"), b"changed since").unwrap();
     }
-    let rows = env.list();
-    let safety: Vec<&serde_json::Value> = rows
-        .iter()
-        .filter(|r| r["reason"] == "pre-restore")
-        .collect();
-    assert_eq!(safety.len(), 2, "{rows:?}");
-    for s in safety {
-        assert_eq!(s["encrypted"], true, "{s}");
+    for s in encrypted_rows(&env, "pre-restore", 2) {
         let location = s["location"].as_str().unwrap();
         assert!(location.ends_with(".tar.zst.age"), "{location}");
         assert!(!contains(&std::fs::read(location).unwrap(), SECRET));

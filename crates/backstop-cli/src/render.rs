@@ -329,6 +329,20 @@ pub fn plan(plan: &BackupPlan, quiet: bool, verbose: bool) -> String {
         codec(plan.compression, plan.level),
     );
     encrypted_line(&mut out, &plan.encrypted_to);
+    match (&plan.chain, &plan.full_because) {
+        (Some(links), _) => {
+            let _ = writeln!(
+                out,
+                "  chain    incremental {} on {} (full backup {}): only new and changed \
+                 files would be read; the estimate is a full backup's",
+                links.position, links.parent.id, links.base.id
+            );
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "  chain    a full backup: {why}");
+        }
+        (None, None) => {}
+    }
     excluded_lines(&mut out, &plan.excluded, verbose);
     if verbose {
         for p in &plan.excluded_paths {

@@ -170,6 +170,48 @@ fn parent_of(
     catalog: &Catalog,
     wanted: &Wanted<'_>,
 ) -> Result<std::result::Result<Parent, String>> {
+    let (parent, links) = match candidate(ctx, catalog, wanted)? {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    match open_index(ctx, &parent, &wanted.sources) {
+        Ok((a, b)) => Ok(Ok(Parent {
+            links,
+            for_scan: a,
+            for_writer: b,
+        })),
+        Err(why) => Ok(Err(format!("the index of {} {why}", parent.id))),
+    }
+}
+
+/// What a dry run says a backup would be: the links of an incremental,
+/// or why it would be full (empty for a first backup). Reads the catalog
+/// and the archives' sizes and sidecars only: the index cache is neither
+/// read nor rebuilt, so the real backup may still be full if it cannot be.
+///
+/// # Errors
+///
+/// Fails on a catalog error.
+pub fn preview(
+    ctx: &Context<'_>,
+    catalog: &Catalog,
+    wanted: &Wanted<'_>,
+) -> Result<std::result::Result<ChainLinks, String>> {
+    match wanted.request {
+        ChainRequest::Full => return Ok(Err(String::new())),
+        _ if !wanted.to_store || wanted.config.max_length() == 0 => return Ok(Err(String::new())),
+        _ => {}
+    }
+    Ok(candidate(ctx, catalog, wanted)?.map(|(_, links)| links))
+}
+
+/// The backup a new one would build on and its links, as the catalog and
+/// the store say, or why there is none.
+fn candidate(
+    ctx: &Context<'_>,
+    catalog: &Catalog,
+    wanted: &Wanted<'_>,
+) -> Result<std::result::Result<(BackupRecord, ChainLinks), String>> {
     let rows = catalog.list(&ListFilter {
         instance: Some(wanted.instance.to_string()),
         ..Default::default()
@@ -205,18 +247,7 @@ fn parent_of(
     if let Err(why) = usable(parent) {
         return Ok(Err(format!("the newest backup, {}, {why}", parent.id)));
     }
-    let links = match links_after(catalog, parent, &wanted.config)? {
-        Ok(links) => links,
-        Err(why) => return Ok(Err(why)),
-    };
-    match open_index(ctx, parent, &wanted.sources) {
-        Ok((a, b)) => Ok(Ok(Parent {
-            links,
-            for_scan: a,
-            for_writer: b,
-        })),
-        Err(why) => Ok(Err(format!("the index of {} {why}", parent.id))),
-    }
+    Ok(links_after(catalog, parent, &wanted.config)?.map(|links| (parent.clone(), links)))
 }
 
 /// Why `row`'s archive cannot be built on, if it cannot: not where the

@@ -163,6 +163,24 @@ fn a_chain_restores_exactly_by_backstop_and_by_gnu_tar_deletions_included() {
     write(&app.join("new.txt"), b"new");
     std::fs::remove_file(app.join("sub/b")).unwrap();
     std::fs::rename(app.join("sub/deeper/c"), app.join("sub/c-renamed")).unwrap();
+    // A dry run says what the backup would build on, and changes nothing.
+    let plan = env.json(&["backup", app.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(
+        plan["plan"]["chain"]["parent"]["id"], full["backup"]["id"],
+        "{plan}"
+    );
+    env.cmd()
+        .args(["backup", app.to_str().unwrap(), "--dry-run", "-q"])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["backup", app.to_str().unwrap(), "--dry-run"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("chain    incremental 1 on"));
+    let full_plan = env.json(&["backup", app.to_str().unwrap(), "--dry-run", "--full"]);
+    assert!(full_plan["plan"]["chain"].is_null(), "{full_plan}");
+    assert_eq!(env.list().len(), 1, "a dry run records nothing");
     let inc1 = backup_report(&env, &app, &[]);
     assert_eq!(inc1["backup"]["parent"], full["backup"]["id"]);
     assert_eq!(inc1["backup"]["chain_position"], 1);

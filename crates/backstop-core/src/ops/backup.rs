@@ -172,8 +172,13 @@ pub struct BackupPlan {
     pub warnings: Vec<Warning>,
     /// What backstop assumed or could not learn; not about the files.
     pub notes: Vec<Note>,
-    /// The archive size expected from compressing samples of the data.
+    /// The archive size expected from compressing samples of the data
+    /// (of a full backup).
     pub estimated_size: u64,
+    /// What the backup would build on, when it would be incremental.
+    pub chain: Option<crate::archive::format::ChainLinks>,
+    /// Why it would be full where a chain could go on.
+    pub full_because: Option<String>,
 }
 
 /// One entry that would go into the archive.
@@ -419,7 +424,25 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         ..Trailer::default()
     };
     let warnings = warnings_of(&trailer);
+    let chained = match crate::ops::list::open_existing(ctx)? {
+        Some(catalog) => {
+            // The settled name and expanded sources, the request's chain and output.
+            let wanted = Wanted {
+                request: req.chain,
+                to_store: matches!(req.output, Output::Store),
+                ..wanted_chain(ctx, &expanded, false)
+            };
+            chain::preview(ctx, &catalog, &wanted)?
+        }
+        None => Err(String::new()),
+    };
+    let (chain, full_because) = match chained {
+        Ok(links) => (Some(links), None),
+        Err(why) => (None, Some(why).filter(|w| !w.is_empty())),
+    };
     Ok(BackupPlan {
+        chain,
+        full_because,
         instance: name.clone(),
         renamed,
         root: req.instance.root.display().to_string(),

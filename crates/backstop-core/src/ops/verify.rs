@@ -57,6 +57,10 @@ pub struct VerifyReport {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
     pub duration_ms: u64,
+    /// The archive had no sidecar when it was read: as a prune removes the
+    /// sidecar first, the row is asked again under the instance's lock.
+    #[serde(skip)]
+    pub sidecar_missing: bool,
 }
 
 /// What `verify` did: a verdict per archive read, and how many backups
@@ -177,13 +181,13 @@ fn verify_one(
         };
         // A sidecar that matches says nothing about the content: only what
         // was found wrong is recorded of a partial check.
-        if report.ok && !report.content_checked {
+        if report.ok && !report.content_checked && !report.sidecar_missing {
             return Ok(report);
         }
         // Whatever is wrong is asked again under the instance's lock, which
         // a removal holds until the row is gone. A long backup of the
         // instance may hold it: then the catalog is asked without it.
-        let _lock = (!report.ok).then(|| {
+        let _lock = (!report.ok || report.sidecar_missing).then(|| {
             InstanceLock::acquire(
                 &ctx.layout.locks(),
                 &r.instance,
@@ -254,6 +258,7 @@ fn check(
         recorded: false,
         removed: false,
         duration_ms: 0,
+        sidecar_missing: false,
     };
     let Some(path) = path.filter(|p| p.exists()) else {
         report.problems.push(if report.path.is_empty() {
@@ -312,10 +317,14 @@ fn check(
                 path.display()
             )),
             Ok(Some(_)) => {}
-            Ok(None) => report.warnings.push(
-                "no .sha256 sidecar next to the archive: its whole-file checksum was not compared"
-                    .into(),
-            ),
+            Ok(None) => {
+                report.sidecar_missing = true;
+                report.warnings.push(
+                    "no .sha256 sidecar next to the archive: its whole-file checksum was not \
+                     compared"
+                        .into(),
+                );
+            }
             Err(e) => report.problems.push(error_chain(&e)),
         }
         if let Some(expected) = record.and_then(|r| r.sha256.as_ref())

@@ -11,19 +11,17 @@
 //! checked is still caught.
 
 use std::cmp::Ordering;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use crossbeam_channel::bounded;
-use sha2::{Digest, Sha256};
 
 use crate::archive::format::{ArchiveError, CHECKSUMS_NAME, MANIFEST_NAME, Manifest};
 use crate::archive::index::source_cmp;
 use crate::archive::reader::{
     ChannelReader, DataSource, Holders, decode_error, open_stream, parse_manifest, read_doc,
-    read_full, read_manifest, read_sidecar, refill, sniff,
+    read_full, read_manifest, read_sidecar, read_stage, refill, sniff,
 };
 use crate::archive::tarread::{Entry, Kind, TarReader};
 use crate::catalog::Catalog;
@@ -233,19 +231,7 @@ fn open<'s, 'e>(
     let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let hashed = scope.spawn(move || -> Result<String> {
-        let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        let mut hasher = Sha256::new();
-        loop {
-            cancel.check()?;
-            let mut buf = refill(&raw_spent_rx);
-            let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
-            if n == 0 {
-                return Ok(hex::encode(hasher.finalize()));
-            }
-            buf.truncate(n);
-            hasher.update(&buf);
-            let _ = raw_tx.send(buf);
-        }
+        read_stage(path, cancel, (&raw_tx, &raw_spent_rx), &|_| {}).map(|(sha, _)| sha)
     });
     let decoded = scope.spawn(move || -> Result<()> {
         let input = ChannelReader::new(raw_rx, raw_spent_tx);

@@ -463,26 +463,10 @@ pub fn walk_archive_chain(
         let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(4);
         let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(4);
         // Stage 1: read and hash the file.
-        let reader = s.spawn(move || -> Result<(String, u64)> {
-            let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            loop {
-                cancel.check()?;
-                let mut buf = refill(&raw_spent_rx);
-                let n =
-                    read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
-                if n == 0 {
-                    break;
-                }
-                buf.truncate(n);
-                hasher.update(&buf);
-                size += n as u64;
-                progress.advance(n as u64);
-                // The decoder may stop early on corrupt data; keep hashing.
-                let _ = raw_tx.send(buf);
-            }
-            Ok((hex::encode(hasher.finalize()), size))
+        let reader = s.spawn(move || {
+            read_stage(path, cancel, (&raw_tx, &raw_spent_rx), &|n| {
+                progress.advance(n)
+            })
         });
         // The codec: known from the file's first bytes, or, for an age
         // file, from the plaintext's once decrypted.
@@ -611,6 +595,34 @@ fn decrypt_stage(
 
 /// The decompression stage of [`walk_archive`]: `input` decoded as
 /// `codec`, sent on in chunks.
+/// Reads the file at `path` to its end in chunks sent to `out`, hashing
+/// it whole; gives its SHA-256 and size. Whoever reads `out` may stop
+/// early (on corrupt data, or having found all it needs): the file is
+/// still read and hashed to the end, so the caller can check it.
+pub(crate) fn read_stage(
+    path: &Path,
+    cancel: &Cancel,
+    (out, spent): (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
+    advance: &dyn Fn(u64),
+) -> Result<(String, u64)> {
+    let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        cancel.check()?;
+        let mut buf = refill(spent);
+        let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            return Ok((hex::encode(hasher.finalize()), size));
+        }
+        buf.truncate(n);
+        hasher.update(&buf);
+        size += n as u64;
+        advance(n as u64);
+        let _ = out.send(buf);
+    }
+}
+
 fn decompress_stage(
     path: &Path,
     codec: Codec,

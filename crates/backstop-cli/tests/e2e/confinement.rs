@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -1010,4 +1010,60 @@ fn an_unreadable_catalog_is_an_error_naming_it() {
         seen.push_str(&format!("--- {:?}\n{}\n", args[0], context(&out)));
     }
     expect.finish(&seen);
+}
+
+/// A chain made by another user in a home of its own: incremental, its
+/// index cache private to that user, restored by that user; and root's
+/// backup of the same directory into root's home never builds on it.
+#[test]
+fn another_users_chain_stays_in_its_home() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let app = env.path("nobody-owned/app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a.txt"), b"one").unwrap();
+    std::fs::write(app.join("b.txt"), b"two").unwrap();
+    chown_tree_to_nobody(&env.path("nobody-owned"));
+    let backup = |extra: &str| {
+        let out = sh_as_nobody(&env, &format!("echo {extra} >> {}/b.txt", app.display()));
+        assert!(out.status.success(), "{}", context(&out));
+        let out = backstop_as_nobody(
+            &env,
+            &home,
+            &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+        );
+        assert!(out.status.success(), "{}", context(&out));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["report"]["backup"].clone()
+    };
+    let first = backup("x");
+    let second = backup("y");
+    assert_eq!(second["parent"], first["id"], "{second}");
+    assert_eq!(second["files"], 1, "only b.txt changed: {second}");
+    let cache = home.join("index/app.zst");
+    let st = std::fs::metadata(&cache).unwrap();
+    assert_eq!(
+        (st.permissions().mode() & 0o777, st.uid()),
+        (0o600, nobody().0.as_raw())
+    );
+    let dest = env.path("nobody-owned/dest");
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &[
+            "restore".as_ref(),
+            second["id"].as_str().unwrap().as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "--yes".as_ref(),
+        ],
+    );
+    assert!(out.status.success(), "{}", context(&out));
+    assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"one");
+    // Root's own home knows nothing of nobody's chain: a full backup.
+    let mine = env.backup(&app, &[]);
+    assert_eq!(mine["parent"], serde_json::Value::Null, "{mine}");
 }

@@ -122,8 +122,9 @@ pub struct Wanted<'a> {
     pub sources: Vec<Vec<u8>>,
     pub config: ChainConfig,
     pub request: ChainRequest,
-    /// Whether the archive goes to the store (only those form chains).
-    pub to_store: bool,
+    /// Where in the store the instance's archives are (the start of their
+    /// locations), when the archive goes there: only those form chains.
+    pub to_store: Option<String>,
 }
 
 /// Chooses what a new backup builds on.
@@ -138,8 +139,8 @@ pub fn choose(ctx: &Context<'_>, catalog: &Catalog, wanted: &Wanted<'_>) -> Resu
     let elsewhere = "only backups in the store form chains (--output writes a full backup)";
     let why_full = match wanted.request {
         ChainRequest::Full => return Ok(Choice::Full(None)),
-        ChainRequest::Auto if !wanted.to_store => None,
-        ChainRequest::Incremental if !wanted.to_store => Some(elsewhere.to_string()),
+        ChainRequest::Auto if wanted.to_store.is_none() => None,
+        ChainRequest::Incremental if wanted.to_store.is_none() => Some(elsewhere.to_string()),
         _ if wanted.config.max_length() == 0 => None,
         _ => match parent_of(ctx, catalog, wanted)? {
             Ok(parent) => return Ok(Choice::Incremental(Box::new(parent))),
@@ -199,7 +200,9 @@ pub fn preview(
 ) -> Result<std::result::Result<ChainLinks, String>> {
     match wanted.request {
         ChainRequest::Full => return Ok(Err(String::new())),
-        _ if !wanted.to_store || wanted.config.max_length() == 0 => return Ok(Err(String::new())),
+        _ if wanted.to_store.is_none() || wanted.config.max_length() == 0 => {
+            return Ok(Err(String::new()));
+        }
         _ => {}
     }
     Ok(candidate(ctx, catalog, wanted)?.map(|(_, links)| links))
@@ -216,7 +219,7 @@ fn candidate(
         instance: Some(wanted.instance.to_string()),
         ..Default::default()
     })?;
-    let store = ctx.layout.instance_store(wanted.instance);
+    let store = wanted.to_store.as_deref().unwrap_or_default();
     // The newest backup of this root and profile in the store that is or
     // was there (failed attempts never were): the parent, or the reason
     // there is none. Rows come newest first.
@@ -229,11 +232,7 @@ fn candidate(
             )
         })
         .filter(|r| r.origin == wanted.origin && r.about.profile.as_deref() == wanted.profile)
-        .find(|r| {
-            r.location
-                .as_deref()
-                .is_some_and(|l| Path::new(l).starts_with(&store))
-        })
+        .find(|r| r.location.as_deref().is_some_and(|l| l.starts_with(store)))
     else {
         // The first backup: nothing to say.
         return Ok(Err(String::new()));
@@ -244,33 +243,39 @@ fn candidate(
             parent.id, parent.status
         )));
     }
-    if let Err(why) = usable(parent) {
+    if let Err(why) = usable(ctx, parent) {
         return Ok(Err(format!("the newest backup, {}, {why}", parent.id)));
     }
-    Ok(links_after(catalog, parent, &wanted.config)?.map(|links| (parent.clone(), links)))
+    Ok(links_after(ctx, catalog, parent, &wanted.config)?.map(|links| (parent.clone(), links)))
 }
 
 /// Why `row`'s archive cannot be built on, if it cannot: not where the
 /// catalog says, not the size it recorded, a sidecar that disagrees, or
 /// a failed verification.
-fn usable(row: &BackupRecord) -> std::result::Result<(), String> {
+fn usable(ctx: &Context<'_>, row: &BackupRecord) -> std::result::Result<(), String> {
     if row.verify_ok == Some(false) {
         return Err("failed verification".into());
     }
     let Some(location) = row.location.as_deref() else {
         return Err("has no archive".into());
     };
-    let path = Path::new(location);
-    let size = std::fs::symlink_metadata(path)
-        .map_err(|e| format!("is not in the store ({e})"))?
-        .len();
+    let at = ctx
+        .config
+        .stores
+        .locate(location)
+        .map_err(|e| e.to_string())?;
+    let size = match at.size() {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err("is not in the store".into()),
+        Err(e) => return Err(format!("is not in the store ({e})")),
+    };
     if Some(size) != row.size {
         return Err(format!(
             "is {size} bytes, not the {} the catalog recorded",
             row.size.unwrap_or(0)
         ));
     }
-    let sidecar = crate::archive::reader::read_sidecar(path).map_err(|e| e.to_string())?;
+    let sidecar = crate::archive::reader::read_sidecar(&at).map_err(|e| e.to_string())?;
     if sidecar.is_none() || sidecar != row.sha256 {
         return Err("has a sidecar that disagrees with the catalog".into());
     }
@@ -279,6 +284,7 @@ fn usable(row: &BackupRecord) -> std::result::Result<(), String> {
 
 /// The chain links of a backup built on `parent`, or why none may be.
 fn links_after(
+    ctx: &Context<'_>,
     catalog: &Catalog,
     parent: &BackupRecord,
     config: &ChainConfig,
@@ -304,7 +310,7 @@ fn links_after(
     let mut link = parent.clone();
     while let Some(up) = link.parent.clone() {
         match catalog.get(&up)? {
-            Some(row) if row.status == Status::Available && usable(&row).is_ok() => link = row,
+            Some(row) if row.status == Status::Available && usable(ctx, &row).is_ok() => link = row,
             _ => {
                 return Ok(Err(format!("the chain of {} is broken at {up}", parent.id)));
             }
@@ -404,7 +410,11 @@ fn rebuild(
     let location = parent.location.as_deref().unwrap_or_default();
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).map_err(|e| e.to_string())?;
     let _ = enc.include_checksum(true);
-    let found = crate::archive::reader::copy_index(Path::new(location), ctx.keys, &mut enc)
+    let found = ctx
+        .config
+        .stores
+        .locate(location)
+        .and_then(|at| crate::archive::reader::copy_index(&at, ctx.keys, &mut enc))
         .map_err(|e| format!("is not cached, and its archive cannot be read: {}", e))?;
     if !found {
         return Err("does not exist: the archive was written before chains".into());

@@ -67,6 +67,8 @@ struct RawConfig {
     #[serde(default)]
     defaults: RawDefaults,
     #[serde(default)]
+    stores: BTreeMap<String, toml::Spanned<crate::stores::RawStore>>,
+    #[serde(default)]
     instances: BTreeMap<String, toml::Spanned<crate::instance::RawInstance>>,
 }
 
@@ -79,6 +81,8 @@ struct RawDefaults {
     exclude: Vec<String>,
     encryption: Option<toml::Spanned<crate::encryption::EncryptionConfig>>,
     chain: Option<toml::Spanned<crate::chain::RawChain>>,
+    store: Option<toml::Spanned<String>>,
+    copies: Option<toml::Spanned<Vec<String>>>,
 }
 
 /// The loaded configuration.
@@ -101,6 +105,11 @@ pub struct Config {
     /// `[defaults.chain]`: chain limits for every instance whose own table
     /// leaves a key out, and for ad-hoc instances.
     pub chain: crate::chain::ChainConfig,
+    /// `[stores.NAME]`: the stores besides the home's own.
+    pub stores: crate::stores::Stores,
+    /// `[defaults] store` and `copies`: where the backups of instances
+    /// that say nothing of it go, and are copied to.
+    pub placement: crate::stores::Placement,
     /// `[instances.NAME]`, by name.
     pub instances: BTreeMap<String, Instance>,
 }
@@ -219,10 +228,39 @@ impl Config {
                 })?
             }
         };
+        let mut defs = BTreeMap::new();
+        for (name, spanned) in raw.stores {
+            let line = line_of(text, spanned.span().start);
+            let def = crate::stores::StoreDef::from_raw(&name, spanned.into_inner(), &base)
+                .map_err(|message| invalid(format!("[stores.{name}] (line {line}): {message}")))?;
+            defs.insert(name, def);
+        }
+        let known = |name: &str| {
+            if name == crate::stores::HOME_STORE || defs.contains_key(name) {
+                return Ok(());
+            }
+            let names: Vec<&str> = defs.keys().map(String::as_str).collect();
+            Err(format!(
+                "there is no store named `{name}` ({})",
+                if names.is_empty() {
+                    "the config has no [stores.NAME] tables".to_string()
+                } else {
+                    format!("the config names: {}", names.join(", "))
+                }
+            ))
+        };
+        let placement =
+            crate::stores::Placement::checked(raw.defaults.store, raw.defaults.copies, &known)
+                .map_err(|(at, message)| {
+                    invalid(format!(
+                        "[defaults] (line {}): {message}",
+                        line_of(text, at)
+                    ))
+                })?;
         let mut instances = BTreeMap::new();
         for (name, spanned) in raw.instances {
             let table = spanned.span();
-            let instance = Instance::from_config(&name, spanned.into_inner(), &base, path)
+            let instance = Instance::from_config(&name, spanned.into_inner(), &base, path, &known)
                 .map_err(|e| {
                     let line = line_of(text, e.span.unwrap_or(table).start);
                     ConfigError::Invalid {
@@ -241,6 +279,8 @@ impl Config {
             exclude: raw.defaults.exclude,
             encryption,
             chain,
+            stores: crate::stores::Stores::new(defs),
+            placement,
             instances,
         })
     }

@@ -151,6 +151,9 @@ pub struct Instance {
     /// `[chain]`: how long an incremental chain may grow (see
     /// [`crate::chain::ChainConfig::or_defaults`] for `[defaults.chain]`).
     pub chain: crate::chain::ChainConfig,
+    /// `store` and `copies`: where its backups go and are copied to
+    /// (see [`crate::stores::Placement::or_defaults`] for `[defaults]`).
+    pub placement: crate::stores::Placement,
 }
 
 impl Instance {
@@ -180,6 +183,7 @@ impl Instance {
             },
             encryption: crate::encryption::EncryptionConfig::default(),
             chain: crate::chain::ChainConfig::default(),
+            placement: crate::stores::Placement::default(),
         }
     }
 
@@ -560,6 +564,8 @@ pub struct RawInstance {
     retention: Option<RawRetention>,
     encryption: Option<toml::Spanned<crate::encryption::EncryptionConfig>>,
     chain: Option<crate::chain::RawChain>,
+    store: Option<toml::Spanned<String>>,
+    copies: Option<toml::Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -800,8 +806,15 @@ impl Instance {
         raw: RawInstance,
         base: &Path,
         config_path: &Path,
+        known_store: &dyn Fn(&str) -> std::result::Result<(), String>,
     ) -> std::result::Result<Instance, KeyError> {
         let span = raw.root.span();
+        let placement =
+            crate::stores::Placement::checked(raw.store.clone(), raw.copies.clone(), known_store)
+                .map_err(|(at, message)| KeyError {
+                message,
+                span: Some(at..at),
+            })?;
         let (configured, root) = resolve_root(raw.root.get_ref(), base, raw.allow_root_fs)
             .map_err(|problem| KeyError {
                 message: problem.to_string(),
@@ -818,7 +831,10 @@ impl Instance {
                     span: Some(table.span()),
                 })?;
         }
-        Instance::build(name, raw, configured, root, config_path).map_err(KeyError::from)
+        let mut instance =
+            Instance::build(name, raw, configured, root, config_path).map_err(KeyError::from)?;
+        instance.placement = placement;
+        Ok(instance)
     }
 
     /// [`Instance::from_config`] once the root is resolved.
@@ -1128,6 +1144,7 @@ impl Instance {
             retention,
             encryption,
             chain,
+            placement: crate::stores::Placement::default(),
         })
     }
 }

@@ -30,6 +30,7 @@ pub mod restore;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod stores;
 pub mod systemd;
 pub mod time;
 pub mod version;

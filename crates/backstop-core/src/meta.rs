@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::stores::Location;
 
 /// What ends the name of a metadata file, after the archive's own name.
 pub const META_SUFFIX: &str = ".meta.json";
@@ -65,10 +65,12 @@ pub fn archive_of(name: &str) -> Option<&str> {
 /// # Errors
 ///
 /// Fails when the file cannot be written (the previous one then stays).
-pub fn write(archive: &Path, meta: &BackupMeta) -> Result<()> {
+pub fn write(archive: &Location, meta: &BackupMeta) -> Result<()> {
     let mut text = serde_json::to_string_pretty(meta).expect("metadata serialises");
     text.push('\n');
-    fsutil::atomic_write(&meta_path(archive), text.as_bytes(), 0o600)
+    archive
+        .with_suffix(META_SUFFIX)
+        .write_small(text.as_bytes())
 }
 
 /// Reads the metadata beside `archive`: `None` when there is none.
@@ -76,17 +78,16 @@ pub fn write(archive: &Path, meta: &BackupMeta) -> Result<()> {
 /// # Errors
 ///
 /// Fails when it exists but cannot be read or is not valid.
-pub fn read(archive: &Path) -> Result<Option<BackupMeta>> {
-    let path = meta_path(archive);
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("reading", &path, e)),
+pub fn read(archive: &Location) -> Result<Option<BackupMeta>> {
+    let at = archive.with_suffix(META_SUFFIX);
+    let path = at.label();
+    let Some(text) = at.read_small()? else {
+        return Ok(None);
     };
     serde_json::from_slice(&text).map(Some).map_err(|e| {
         Error::io(
             "reading",
-            &path,
+            path,
             std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         )
     })
@@ -97,13 +98,8 @@ pub fn read(archive: &Path) -> Result<Option<BackupMeta>> {
 /// # Errors
 ///
 /// Fails when it exists and cannot be removed.
-pub fn remove(archive: &Path) -> Result<()> {
-    let path = meta_path(archive);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("removing", &path, e)),
-    }
+pub fn remove(archive: &Location) -> Result<()> {
+    archive.with_suffix(META_SUFFIX).remove()
 }
 
 #[cfg(test)]
@@ -115,12 +111,13 @@ mod tests {
     #[test]
     fn written_privately_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
-        let archive = dir.path().join("app-2026-01-01-000000.tar.zst");
+        let path = dir.path().join("app-2026-01-01-000000.tar.zst");
+        let archive = Location::file(path.clone());
         assert_eq!(read(&archive).unwrap(), None);
         let meta = BackupMeta::new("app-2026-01-01-000000", true);
         write(&archive, &meta).unwrap();
         assert_eq!(read(&archive).unwrap(), Some(meta));
-        let mode = std::fs::metadata(meta_path(&archive))
+        let mode = std::fs::metadata(meta_path(&path))
             .unwrap()
             .permissions()
             .mode();
@@ -135,14 +132,15 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored_and_garbage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let archive = dir.path().join("a.tar");
+        let path = dir.path().join("a.tar");
+        let archive = Location::file(path.clone());
         std::fs::write(
-            meta_path(&archive),
+            meta_path(&path),
             br#"{"format": 2, "id": "a", "pinned": true, "later": [1]}"#,
         )
         .unwrap();
         assert!(read(&archive).unwrap().unwrap().pinned);
-        std::fs::write(meta_path(&archive), b"{not json").unwrap();
+        std::fs::write(meta_path(&path), b"{not json").unwrap();
         assert!(read(&archive).is_err());
     }
 

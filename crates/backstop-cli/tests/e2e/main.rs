@@ -12,6 +12,7 @@ mod failures;
 mod instances;
 mod migrate;
 mod names;
+mod offsite;
 mod output;
 mod proportional;
 mod prune;

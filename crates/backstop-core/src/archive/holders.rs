@@ -12,7 +12,7 @@
 
 use std::cmp::Ordering;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread::{Scope, ScopedJoinHandle};
 
 use crossbeam_channel::bounded;
@@ -28,6 +28,7 @@ use crate::catalog::Catalog;
 use crate::encryption::Keys;
 use crate::error::{Error, Result};
 use crate::progress::Cancel;
+use crate::stores::{Location, Stores};
 
 /// Chunks (of 1 MiB) queued between the stages of one link.
 const LINK_QUEUE: usize = 1;
@@ -36,7 +37,7 @@ const LINK_QUEUE: usize = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub id: String,
-    pub path: PathBuf,
+    pub location: Location,
     /// The SHA-256 its child recorded for it.
     pub sha256: String,
 }
@@ -58,11 +59,12 @@ fn broken(path: &Path, detail: String) -> Error {
 /// A link that is missing, altered or not what its child names breaks the
 /// chain (exit 4), named in the error.
 pub fn resolve(
-    newest: &Path,
+    newest_at: &Location,
     manifest: &Manifest,
-    catalog: Option<&Catalog>,
+    (catalog, stores): (Option<&Catalog>, &Stores),
     keys: &Keys,
 ) -> Result<Vec<Link>> {
+    let newest = newest_at.label();
     let mut links: Vec<Link> = Vec::new();
     let mut child = manifest.clone();
     while let Some(chain) = child.chain.clone() {
@@ -73,7 +75,7 @@ pub fn resolve(
                 format!("{} names itself as an ancestor", want.id),
             ));
         }
-        let path = locate(newest, &want.id, catalog).ok_or_else(|| {
+        let at = locate(newest_at, &want.id, (catalog, stores)).ok_or_else(|| {
             broken(
                 newest,
                 format!(
@@ -82,7 +84,8 @@ pub fn resolve(
                 ),
             )
         })?;
-        let sidecar = read_sidecar(&path)?;
+        let path = at.label().to_path_buf();
+        let sidecar = read_sidecar(&at)?;
         if sidecar.as_deref() != Some(want.sha256.as_str()) {
             return Err(broken(
                 newest,
@@ -96,7 +99,7 @@ pub fn resolve(
                 ),
             ));
         }
-        let parent = read_manifest(&path, keys)?;
+        let parent = read_manifest(&at, keys)?;
         if parent.id != want.id {
             return Err(broken(
                 newest,
@@ -110,7 +113,7 @@ pub fn resolve(
         }
         links.push(Link {
             id: want.id.clone(),
-            path,
+            location: at,
             sha256: want.sha256.clone(),
         });
         child = parent;
@@ -130,21 +133,26 @@ pub fn resolve(
 }
 
 /// Where the archive of backup `id` is: the catalog's location, else a
-/// file named after the id beside `newest`.
-fn locate(newest: &Path, id: &str, catalog: Option<&Catalog>) -> Option<PathBuf> {
+/// file (or object) named after the id beside `newest`.
+fn locate(
+    newest: &Location,
+    id: &str,
+    (catalog, stores): (Option<&Catalog>, &Stores),
+) -> Option<Location> {
     if let Some(Ok(Some(row))) = catalog.map(|c| c.get(id))
         && let Some(loc) = row.location
-        && Path::new(&loc).is_file()
+        && let Ok(found) = stores.locate(&loc)
+        && matches!(found.size(), Ok(Some(_)))
     {
-        return Some(PathBuf::from(loc));
+        return Some(found);
     }
-    let dir = newest.parent()?;
     let prefix = format!("{id}.tar");
-    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let rest = name.strip_prefix(&prefix)?;
-        matches!(rest, "" | ".zst" | ".gz" | ".age" | ".zst.age" | ".gz.age").then(|| e.path())
-    })
+    let name = newest.siblings().ok()?.into_iter().find(|name| {
+        name.strip_prefix(&prefix).is_some_and(|rest| {
+            matches!(rest, "" | ".zst" | ".gz" | ".age" | ".zst.age" | ".gz.age")
+        })
+    })?;
+    newest.sibling(&name)
 }
 
 /// One link being read: its tar stream, the entry looked at last, and the
@@ -200,7 +208,7 @@ impl<'s> ChainReader<'s> {
             let err = match outcome {
                 Ok(sha) if sha == s.link.sha256 => continue,
                 Ok(sha) => broken(
-                    &s.link.path,
+                    s.link.location.label(),
                     format!(
                         "{} changed while it was read (SHA-256 {sha}, recorded {})",
                         s.link.id, s.link.sha256
@@ -222,8 +230,9 @@ fn open<'s, 'e>(
     keys: &'e Keys,
     cancel: &'e Cancel,
 ) -> Result<Stream<'s>> {
-    let path = link.path.as_path();
-    let sniffed = sniff(path)?;
+    let at = &link.location;
+    let path = at.label();
+    let sniffed = sniff(at)?;
     // Shallow queues: a chain of N links holds N of these at once, and a
     // link mostly waits for the incremental to reach its next file.
     let (raw_tx, raw_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
@@ -231,7 +240,7 @@ fn open<'s, 'e>(
     let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let hashed = scope.spawn(move || -> Result<String> {
-        read_stage(path, cancel, (&raw_tx, &raw_spent_rx), &|_| {}).map(|(sha, _)| sha)
+        read_stage(at, cancel, (&raw_tx, &raw_spent_rx), &|_| {}).map(|(sha, _)| sha)
     });
     let decoded = scope.spawn(move || -> Result<()> {
         let input = ChannelReader::new(raw_rx, raw_spent_tx);
@@ -268,7 +277,10 @@ fn open<'s, 'e>(
 }
 
 fn corrupt_link(link: &Link, e: &io::Error) -> Error {
-    broken(&link.path, format!("{} cannot be read: {e}", link.id))
+    broken(
+        link.location.label(),
+        format!("{} cannot be read: {e}", link.id),
+    )
 }
 
 impl Holders for ChainReader<'_> {

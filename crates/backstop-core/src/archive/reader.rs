@@ -10,10 +10,11 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::collections::hash_map::DefaultHasher;
-use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
+
+use crate::stores::Location;
 use std::rc::Rc;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -67,10 +68,11 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> Error {
 
 /// Reads the first bytes of `path`: whether it is an age file, and if not,
 /// its codec (an encrypted archive's codec is known once it is decrypted).
-pub(crate) fn sniff(path: &Path) -> Result<Option<Codec>> {
-    let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+pub(crate) fn sniff(loc: &Location) -> Result<Option<Codec>> {
+    let path = loc.label();
+    let mut file = loc.open()?;
     let mut head = [0u8; 512];
-    let n = read_full(&mut file, &mut head).map_err(|e| Error::io("reading", path, e))?;
+    let n = read_full(&mut file, &mut head).map_err(|e| read_error(path, e))?;
     if encryption::is_age(&head[..n]) {
         return Ok(None);
     }
@@ -80,6 +82,15 @@ pub(crate) fn sniff(path: &Path) -> Result<Option<Codec>> {
 }
 
 const NOT_AN_ARCHIVE: &str = "not a backstop archive (neither zstd, gzip, tar nor age)";
+
+/// A read error: the store's own when it carries one (a short object is
+/// damage, exit 4), else an I/O error naming `path`.
+fn read_error(path: &Path, e: io::Error) -> Error {
+    match crate::store::StoreError::from_io(&e) {
+        Some(store) => store.clone().into(),
+        None => Error::io("reading", path, e),
+    }
+}
 
 /// Where the first error of an age stream is kept, so that a decoder
 /// error it caused is reported as what it is: the ciphertext failed age's
@@ -189,9 +200,10 @@ pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
 ///
 /// Fails when the file cannot be read (or decrypted), or its first member
 /// is not a manifest.
-pub fn read_manifest(path: &Path, keys: &Keys) -> Result<Manifest> {
-    let codec = sniff(path)?;
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+pub fn read_manifest(loc: &Location, keys: &Keys) -> Result<Manifest> {
+    let path = loc.label();
+    let codec = sniff(loc)?;
+    let file = loc.open()?;
     let (codec, stream, failure) = open_stream(path, codec, io::BufReader::new(file), keys)?;
     let mut tar = TarReader::new(stream);
     let first = tar
@@ -210,9 +222,10 @@ pub fn read_manifest(path: &Path, keys: &Keys) -> Result<Manifest> {
 /// # Errors
 ///
 /// Fails when the file cannot be read (or decrypted) as an archive.
-pub fn copy_index(path: &Path, keys: &Keys, out: &mut dyn io::Write) -> Result<bool> {
-    let codec = sniff(path)?;
-    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+pub fn copy_index(loc: &Location, keys: &Keys, out: &mut dyn io::Write) -> Result<bool> {
+    let path = loc.label();
+    let codec = sniff(loc)?;
+    let file = loc.open()?;
     let input = io::BufReader::with_capacity(1 << 20, file);
     let (codec, stream, failure) = open_stream(path, codec, input, keys)?;
     let mut tar = TarReader::new(stream);
@@ -392,7 +405,7 @@ pub(crate) fn refill(spent: &Receiver<Vec<u8>>) -> Vec<u8> {
 /// its line in the checksums member, which lists exactly those files in
 /// order; the trailer is last and agrees with what was read.
 pub fn verify_archive(
-    path: &Path,
+    path: &Location,
     (progress, cancel): (&dyn Progress, &Cancel),
     keys: &Keys,
 ) -> VerifyRun {
@@ -413,7 +426,7 @@ pub fn verify_archive(
 /// decrypted with `keys`; without a key that opens it, the file is still
 /// read and hashed to the end, so the caller can check the sidecar.
 pub fn walk_archive(
-    path: &Path,
+    path: &Location,
     (progress, phase): (&dyn Progress, Phase),
     cancel: &Cancel,
     keys: &Keys,
@@ -435,14 +448,15 @@ pub fn walk_archive(
 /// incremental's, in order. Every link is read to its end and must hash
 /// to the SHA-256 recorded for it.
 pub fn walk_archive_chain(
-    path: &Path,
+    loc: &Location,
     (links, sources): (&[Link], Vec<Vec<u8>>),
     (progress, phase): (&dyn Progress, Phase),
     cancel: &Cancel,
     keys: &Keys,
     visitor: &mut dyn Visitor,
 ) -> VerifyRun {
-    let sniffed = match sniff(path) {
+    let path = loc.label();
+    let sniffed = match sniff(loc) {
         Ok(c) => c,
         Err(e) => {
             return VerifyRun {
@@ -454,7 +468,7 @@ pub fn walk_archive_chain(
         }
     };
     let encrypted = sniffed.is_none();
-    let total = std::fs::metadata(path).map_or(0, |m| m.len());
+    let total = loc.size().ok().flatten().unwrap_or(0);
     progress.start(phase, total);
     let run = std::thread::scope(|s| {
         let (raw_tx, raw_rx) = bounded::<Vec<u8>>(8);
@@ -464,7 +478,7 @@ pub fn walk_archive_chain(
         let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(4);
         // Stage 1: read and hash the file.
         let reader = s.spawn(move || {
-            read_stage(path, cancel, (&raw_tx, &raw_spent_rx), &|n| {
+            read_stage(loc, cancel, (&raw_tx, &raw_spent_rx), &|n| {
                 progress.advance(n)
             })
         });
@@ -600,18 +614,19 @@ fn decrypt_stage(
 /// early (on corrupt data, or having found all it needs): the file is
 /// still read and hashed to the end, so the caller can check it.
 pub(crate) fn read_stage(
-    path: &Path,
+    loc: &Location,
     cancel: &Cancel,
     (out, spent): (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
     advance: &dyn Fn(u64),
 ) -> Result<(String, u64)> {
-    let mut file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let path = loc.label();
+    let mut file = loc.open()?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
         cancel.check()?;
         let mut buf = refill(spent);
-        let n = read_full(&mut file, &mut buf).map_err(|e| Error::io("reading", path, e))?;
+        let n = read_full(&mut file, &mut buf).map_err(|e| read_error(path, e))?;
         if n == 0 {
             return Ok((hex::encode(hasher.finalize()), size));
         }
@@ -1334,17 +1349,14 @@ fn check_checksums<R: Read>(
 ///
 /// Returns `Ok(None)` when there is no sidecar; fails when it is unreadable or
 /// malformed.
-pub fn read_sidecar(archive: &Path) -> Result<Option<String>> {
-    let sidecar = sidecar_path(archive);
-    let text = match std::fs::read_to_string(&sidecar) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("reading", &sidecar, e)),
+pub fn read_sidecar(archive: &Location) -> Result<Option<String>> {
+    let found = archive.sidecar();
+    let sidecar = found.label().to_path_buf();
+    let Some(bytes) = found.read_small()? else {
+        return Ok(None);
     };
-    let name = archive
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let name = archive.file_name();
     let line = text.lines().next().unwrap_or_default();
     match line.split_once("  ") {
         Some((hex_sum, n)) if hex_sum.len() == 64 && n.trim_start_matches('*') == name => {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -31,6 +32,8 @@ use crate::naming::{self, Renamed};
 use crate::source::capture::{self, Spool};
 use crate::source::exclude::{Excluded, Excludes};
 use crate::source::scan::{Dirs, EntryRef, ExcludedPath, NodeKind, Scan, ScanOptions, ScanTop};
+use crate::store::{Key, Store};
+use crate::stores::Location;
 use crate::systemd::{Scope, Systemd};
 use crate::time;
 
@@ -361,14 +364,104 @@ fn destination(
     instance: &str,
     (req, encrypted): (&BackupRequest, bool),
     id: &str,
-) -> Option<PathBuf> {
+    named: Option<&Named>,
+) -> Option<Location> {
     let name = format!("{id}{}", req.compression.codec.file_suffix(encrypted));
     match &req.output {
-        Output::Store => Some(ctx.layout.instance_store(instance).join(name)),
-        Output::Dir(d) => Some(d.join(name)),
-        Output::File(f) => Some(f.clone()),
+        Output::Store => Some(match named {
+            Some(n) => {
+                let key = crate::stores::archive_key(&n.host, instance, &name)
+                    .expect("instance names and ids are key components");
+                Location::object(n.store.clone(), key)
+            }
+            None => Location::file(ctx.layout.instance_store(instance).join(name)),
+        }),
+        Output::Dir(d) => Some(Location::file(d.join(name))),
+        Output::File(f) => Some(Location::file(f.clone())),
         Output::Stream(_) => None,
     }
+}
+
+/// Where a dry run says the archive would go (a named store is not
+/// connected for it).
+fn planned_destination(
+    ctx: &Context<'_>,
+    instance: &str,
+    (req, encrypted): (&BackupRequest, bool),
+    id: &str,
+) -> Option<String> {
+    let placement = req.instance.placement.or_defaults(&ctx.config.placement);
+    match (&req.output, placement.store()) {
+        (Output::Store, Some(name)) => {
+            let def = ctx.config.stores.def(name).ok()?;
+            let file = format!("{id}{}", req.compression.codec.file_suffix(encrypted));
+            let key = crate::stores::archive_key(&hostname(), instance, &file).ok()?;
+            Some(format!("{}/{}", def.describe(), key.as_str()))
+        }
+        _ => destination(ctx, instance, (req, encrypted), id, None)
+            .map(|at| at.label().display().to_string()),
+    }
+}
+
+/// [`store_prefix`] for a dry run, which connects no store.
+fn planned_prefix(ctx: &Context<'_>, instance: &Instance) -> String {
+    let placement = instance.placement.or_defaults(&ctx.config.placement);
+    match placement
+        .store()
+        .and_then(|n| ctx.config.stores.def(n).ok())
+    {
+        Some(def) => format!(
+            "{}/{}/{}/",
+            def.describe(),
+            crate::stores::host_component(&hostname()),
+            instance.name
+        ),
+        None => format!("{}/", ctx.layout.instance_store(&instance.name).display()),
+    }
+}
+
+/// A stream a backup is written to (stdout).
+type Stream = Box<dyn Write + Send>;
+
+/// The named store a backup to the store goes to, connected, and the
+/// host its keys carry.
+struct Named {
+    store: Arc<dyn Store>,
+    host: String,
+}
+
+/// Where an instance's archives in the store are: the start of their
+/// locations, within which chains are formed.
+fn store_prefix(ctx: &Context<'_>, instance: &str, named: Option<&Named>) -> String {
+    match named {
+        Some(n) => format!(
+            "{}/{}/{instance}/",
+            n.store.describe(),
+            crate::stores::host_component(&n.host)
+        ),
+        None => format!("{}/", ctx.layout.instance_store(instance).display()),
+    }
+}
+
+/// Connects the store the instance's backups go to, when it is a named
+/// one and the backup goes to the store: wrong credentials or a missing
+/// bucket fail here, before anything is recorded.
+///
+/// # Errors
+///
+/// The store's failure to connect.
+fn connect_named(ctx: &Context<'_>, req: &BackupRequest, streaming: bool) -> Result<Option<Named>> {
+    if !matches!(req.output, Output::Store) || streaming {
+        return Ok(None);
+    }
+    let placement = req.instance.placement.or_defaults(&ctx.config.placement);
+    let Some(name) = placement.store() else {
+        return Ok(None);
+    };
+    Ok(Some(Named {
+        store: ctx.config.stores.get(name)?,
+        host: hostname(),
+    }))
 }
 
 /// Works out what a backup would contain, without writing anything
@@ -429,8 +522,9 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
             // The settled name and expanded sources, the request's chain and output.
             let wanted = Wanted {
                 request: req.chain,
-                to_store: matches!(req.output, Output::Store),
-                ..wanted_chain(ctx, &expanded, false)
+                to_store: matches!(req.output, Output::Store)
+                    .then(|| planned_prefix(ctx, &expanded.instance)),
+                ..wanted_chain(ctx, &expanded, None)
             };
             chain::preview(ctx, &catalog, &wanted)?
         }
@@ -447,8 +541,7 @@ pub fn plan(ctx: &Context<'_>, req: &BackupRequest) -> Result<BackupPlan> {
         renamed,
         root: req.instance.root.display().to_string(),
         sources: sources_manifest(req_instance)?,
-        destination: destination(ctx, &name, (req, encrypted), &base)
-            .map(|p| p.display().to_string()),
+        destination: planned_destination(ctx, &name, (req, encrypted), &base),
         compression: req.compression.codec,
         level: req.compression.level,
         encrypted_to: recipients.map(|r| r.shown).unwrap_or_default(),
@@ -669,6 +762,8 @@ pub fn backup_locked(
         }
     };
     let streaming = stream.is_some();
+    let named = connect_named(ctx, &req, streaming)?;
+    let named = named.as_ref();
     let created = time::now();
     let created_at = time::rfc3339(created);
     let base = format!("{}-{}", req.instance.name, time::id_stamp(created));
@@ -699,8 +794,13 @@ pub fn backup_locked(
             ),
         });
     }
-    repair_interrupted(&catalog, &req.instance.name)?;
-    let wanted = wanted_chain(ctx, &req, streaming);
+    repair_interrupted(ctx, &catalog, &req.instance.name)?;
+    let wanted = wanted_chain(
+        ctx,
+        &req,
+        (matches!(req.output, Output::Store) && !streaming)
+            .then(|| store_prefix(ctx, &req.instance.name, named)),
+    );
     let choice = match chain::choose(ctx, &catalog, &wanted) {
         // A damaged catalog cannot say what to build on; the backup is full.
         Err(Error::Catalog(e)) if wanted.request != ChainRequest::Incremental => Choice::Full(
@@ -719,10 +819,20 @@ pub fn backup_locked(
         }
     };
     let links = parent.as_ref().map(|p| p.links.clone());
-    let store_dir = ctx.layout.instance_store(&req.instance.name);
     if matches!(req.output, Output::Store) && !streaming {
-        fsutil::create_private_dir_all(&store_dir)?;
-        remove_stale_temps(&store_dir);
+        match named {
+            // We hold the lock: no live backup of this instance writes here.
+            Some(n) => {
+                let prefix = crate::stores::archive_key(&n.host, &req.instance.name, "x")?;
+                let dir = Key::new(prefix.as_str().trim_end_matches("/x"))?;
+                n.store.cleanup_abandoned(Some(&dir))?;
+            }
+            None => {
+                let store_dir = ctx.layout.instance_store(&req.instance.name);
+                fsutil::create_private_dir_all(&store_dir)?;
+                remove_stale_temps(&store_dir);
+            }
+        }
     }
 
     let new = NewBackup {
@@ -741,8 +851,13 @@ pub fn backup_locked(
     // (only the store and a directory output name the file after the id).
     let taken = |id: &str| {
         matches!(req.output, Output::Store | Output::Dir(_))
-            && destination(ctx, &req.instance.name, (&req, encrypted), id)
-                .is_some_and(|p| p.symlink_metadata().is_ok())
+            && destination(ctx, &req.instance.name, (&req, encrypted), id, named).is_some_and(
+                |at| match at.as_file() {
+                    Some(p) => p.symlink_metadata().is_ok(),
+                    // A store that cannot say is taken: the next id is tried.
+                    None => !matches!(at.size(), Ok(None)),
+                },
+            )
     };
     let id = if streaming {
         // A stream is not recorded, but its id must not clash with one that is.
@@ -763,15 +878,15 @@ pub fn backup_locked(
     };
 
     if let Some(planned) =
-        destination(ctx, &req.instance.name, (&req, encrypted), &id).filter(|_| !streaming)
+        destination(ctx, &req.instance.name, (&req, encrypted), &id, named).filter(|_| !streaming)
     {
-        catalog.set_planned_location(&id, &path_str(&planned)?)?;
+        catalog.set_planned_location(&id, &path_str(planned.label())?)?;
     }
     let result = cold(ctx, &req, || {
         run(
             ctx,
             &req,
-            (stream, parent),
+            (stream, parent, named),
             recipients.as_ref(),
             (&id, &created_at),
             &made,
@@ -800,7 +915,7 @@ pub fn backup_locked(
                 if let Err(err) = recorded {
                     // Not recorded as available: the archive must not stay either.
                     if let Some(loc) = &location {
-                        discard(Path::new(loc));
+                        discard(ctx, loc);
                     }
                     let _ = catalog.fail_backup(&id, &time::now_rfc3339(), &error_chain(&err));
                     return Err(err);
@@ -837,7 +952,11 @@ pub fn backup_locked(
 }
 
 /// What a backup asks of the chain.
-fn wanted_chain<'r>(ctx: &Context<'_>, req: &'r BackupRequest, streaming: bool) -> Wanted<'r> {
+fn wanted_chain<'r>(
+    ctx: &Context<'_>,
+    req: &'r BackupRequest,
+    to_store: Option<String>,
+) -> Wanted<'r> {
     Wanted {
         instance: &req.instance.name,
         origin: req.instance.root.to_str().unwrap_or_default(),
@@ -850,7 +969,7 @@ fn wanted_chain<'r>(ctx: &Context<'_>, req: &'r BackupRequest, streaming: bool) 
             .collect(),
         config: req.instance.chain.or_defaults(&ctx.config.chain),
         request: req.chain,
-        to_store: matches!(req.output, Output::Store) && !streaming,
+        to_store,
     }
 }
 
@@ -881,7 +1000,7 @@ struct Scanned {
 fn run(
     ctx: &Context<'_>,
     req: &BackupRequest,
-    (stream, parent): (Option<Box<dyn Write + Send>>, Option<Box<Parent>>),
+    (stream, parent, named): (Option<Stream>, Option<Box<Parent>>, Option<&Named>),
     recipients: Option<&Recipients>,
     (id, created_at): (&str, &str),
     made: &Made,
@@ -943,18 +1062,40 @@ fn run(
         )?;
         return Ok((written, None, scanned));
     }
-    let path = destination(ctx, &req.instance.name, (req, recipients.is_some()), id)
-        .expect("file outputs have a destination");
-    let file = NewFile::create(&path)?;
-    let written = write_archive(
-        (&scan, for_writer),
-        &manifest,
-        Target::File(file.file()),
-        req.compression,
-        recipients,
-        (ctx.progress, ctx.cancel),
+    let at = destination(
+        ctx,
+        &req.instance.name,
+        (req, recipients.is_some()),
+        id,
+        named,
     )
-    .map_err(|e| with_path(e, &path))?;
+    .expect("file outputs have a destination");
+    let write = |target: Target<'_>| -> Result<Written> {
+        write_archive(
+            (&scan, for_writer),
+            &manifest,
+            target,
+            req.compression,
+            recipients,
+            (ctx.progress, ctx.cancel),
+        )
+    };
+    let written = match at.as_object() {
+        Some((store, key)) => write_object(ctx, (store, key), write)?,
+        None => write_file(ctx, at.label(), write)?,
+    };
+    Ok((written, Some(path_str(at.label())?), scanned))
+}
+
+/// Writes the archive into a new file at `path` and gives it its name,
+/// then writes its sidecar; on any failure neither remains.
+fn write_file(
+    ctx: &Context<'_>,
+    path: &Path,
+    write: impl FnOnce(Target<'_>) -> Result<Written>,
+) -> Result<Written> {
+    let file = NewFile::create(path)?;
+    let written = write(Target::File(file.file())).map_err(|e| with_path(e, path))?;
     failpoint::hit("backup.before-commit")?;
     ctx.cancel.check()?;
     let committed = file.commit()?;
@@ -971,10 +1112,56 @@ fn run(
         ctx.cancel.check()
     })();
     if let Err(e) = finish {
-        discard(&committed);
+        discard_file(&committed);
         return Err(e);
     }
-    Ok((written, Some(path_str(&committed)?), scanned))
+    Ok(written)
+}
+
+/// Streams the archive into a new object `key` of `store` (a multipart
+/// upload, completed only when the archive is whole), then writes its
+/// sidecar object; on any failure neither remains.
+fn write_object(
+    ctx: &Context<'_>,
+    (store, key): (&Arc<dyn Store>, &Key),
+    write: impl FnOnce(Target<'_>) -> Result<Written>,
+) -> Result<Written> {
+    let mut upload = store.create(key)?;
+    let written = write(Target::Stream(Box::new(&mut upload))).map_err(store_write_error)?;
+    failpoint::hit("backup.before-commit")?;
+    ctx.cancel.check()?;
+    upload.finish()?;
+    let at = Location::object(store.clone(), key.clone());
+    let finish = (|| {
+        failpoint::hit("backup.after-rename")?;
+        let line = crate::archive::format::sidecar_line(&written.sha256, key.name());
+        let sidecar = Key::new(&format!("{}.sha256", key.as_str()))?;
+        let mut w = store.create(&sidecar)?;
+        w.write_all(line.as_bytes())
+            .map_err(|e| Error::io("writing", at.sidecar().label(), e))?;
+        w.finish()?;
+        failpoint::hit("backup.after-sidecar")?;
+        ctx.cancel.check()
+    })();
+    if let Err(e) = finish {
+        discard_location(&at);
+        return Err(e);
+    }
+    Ok(written)
+}
+
+/// A write error of the pipeline into a store: the store's own error
+/// when it carries one (a dropped connection, refused credentials).
+fn store_write_error(err: Error) -> Error {
+    match err {
+        Error::Io { source, .. } if crate::store::StoreError::from_io(&source).is_some() => {
+            crate::store::StoreError::from_io(&source)
+                .expect("just checked")
+                .clone()
+                .into()
+        }
+        other => other,
+    }
 }
 
 /// Where and by what a backup is made, and what ran then: the manifest's
@@ -1059,7 +1246,7 @@ fn with_path(err: Error, path: &Path) -> Error {
 /// # Errors
 ///
 /// Fails on a database error.
-pub fn repair_interrupted(catalog: &Catalog, instance: &str) -> Result<usize> {
+pub fn repair_interrupted(ctx: &Context<'_>, catalog: &Catalog, instance: &str) -> Result<usize> {
     let stale = catalog.list(&crate::catalog::ListFilter {
         instance: Some(instance.to_string()),
         status: Some(crate::catalog::Status::Creating),
@@ -1067,14 +1254,29 @@ pub fn repair_interrupted(catalog: &Catalog, instance: &str) -> Result<usize> {
     })?;
     for row in &stale {
         if let Some(location) = &row.location {
-            discard(Path::new(location));
+            discard(ctx, location);
         }
     }
     Ok(catalog.fail_interrupted(instance, &time::now_rfc3339())?)
 }
 
-/// Removes an archive and its sidecar that must not remain.
-fn discard(archive: &Path) {
+/// Removes an archive (a file or an object, as the catalog names it) and
+/// its sidecar that must not remain.
+fn discard(ctx: &Context<'_>, location: &str) {
+    match ctx.config.stores.locate(location) {
+        Ok(at) if at.as_file().is_none() => discard_location(&at),
+        _ => discard_file(Path::new(location)),
+    }
+}
+
+/// Removes an object and its sidecar that must not remain.
+fn discard_location(at: &Location) {
+    let _ = at.sidecar().remove();
+    let _ = at.remove();
+}
+
+/// Removes an archive file and its sidecar that must not remain.
+fn discard_file(archive: &Path) {
     let sidecar = sidecar_path(archive);
     fsutil::remove_temp_siblings(&sidecar);
     let _ = std::fs::remove_file(sidecar);

@@ -50,7 +50,7 @@ pub struct Listing {
 pub fn repair_interrupted(ctx: &Context<'_>, catalog: &Catalog) -> Result<()> {
     for instance in catalog.instances_creating()? {
         if let Some(_lock) = InstanceLock::try_acquire(&ctx.layout.locks(), &instance, "repair")? {
-            crate::ops::backup::repair_interrupted(catalog, &instance)?;
+            crate::ops::backup::repair_interrupted(ctx, catalog, &instance)?;
         }
     }
     Ok(())

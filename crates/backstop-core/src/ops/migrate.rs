@@ -340,7 +340,7 @@ fn copy_one(from: &Path, to: &Path, instance: &str, name: &str, link: bool) -> R
     let dst = dir.join(name);
     let is_archive = Codec::from_file_name(name).is_some();
     let expected = if is_archive {
-        read_sidecar(&src)?
+        read_sidecar(&crate::stores::Location::file(src.clone()))?
     } else {
         None
     };

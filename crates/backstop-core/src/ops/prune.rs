@@ -373,7 +373,7 @@ pub fn prune_locked(
     let catalog = Catalog::open(&ctx.layout.catalog())?;
     for d in plan.decisions.iter().filter(|d| !d.keep) {
         ctx.cancel.check()?;
-        remove_backup(&catalog, &d.id)?;
+        remove_backup(ctx, &catalog, &d.id)?;
     }
     for id in &plan.failed_dropped {
         catalog.delete_row(id)?;
@@ -385,10 +385,18 @@ pub fn prune_locked(
 /// Removes one backup: its sidecar, its archive, then its row. A crash in
 /// between leaves a row whose archive is missing, which the next prune or
 /// `delete` finishes.
-fn remove_backup(catalog: &Catalog, id: &str) -> Result<()> {
+fn remove_backup(ctx: &Context<'_>, catalog: &Catalog, id: &str) -> Result<()> {
     if let Some(row) = catalog.get(id)?
         && let Some(loc) = &row.location
     {
+        if loc.starts_with("s3://") {
+            let at = ctx.config.stores.locate(loc)?;
+            at.sidecar().remove()?;
+            crate::meta::remove(&at)?;
+            at.remove()?;
+            catalog.delete_row(id)?;
+            return Ok(());
+        }
         let archive = Path::new(loc);
         let meta = crate::meta::meta_path(archive);
         for path in [sidecar_path(archive), meta, archive.to_path_buf()] {
@@ -452,7 +460,7 @@ pub fn delete(
             ctx.cancel,
         )?;
         crate::ops::recover::recover_locked(ctx, &lock)?;
-        remove_backup(&catalog, &row.id)?;
+        remove_backup(ctx, &catalog, &row.id)?;
         out.push(Deleted {
             id: row.id,
             location: row.location,
@@ -532,10 +540,11 @@ pub fn set_pinned(ctx: &Context<'_>, id: &str, pinned: bool) -> Result<BackupRec
     })?;
     // The file beside the archive first: if the catalog then fails, a
     // rebuild keeps what was asked for.
-    if let Some(loc) = &row.location
-        && Path::new(loc).is_file()
-    {
-        crate::meta::write(Path::new(loc), &crate::meta::BackupMeta::new(id, pinned))?;
+    if let Some(loc) = &row.location {
+        let at = ctx.config.stores.locate(loc)?;
+        if at.size()?.is_some() {
+            crate::meta::write(&at, &crate::meta::BackupMeta::new(id, pinned))?;
+        }
     }
     catalog.set_pinned(id, pinned)?;
     Ok(catalog.get(id)?.expect("the row exists"))

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::archive::reader::{read_sidecar, sidecar_path, verify_archive};
+use crate::archive::reader::{read_sidecar, verify_archive};
 use crate::catalog::{
     BackupRecord, Catalog, CatalogError, Finished, ListFilter, NewBackup, Status,
 };
@@ -32,6 +32,7 @@ use crate::encryption::EncryptionError;
 use crate::error::{Error, Result};
 use crate::lock::{InstanceLock, StoreLock};
 use crate::progress::NoProgress;
+use crate::stores::Location;
 use crate::{Context, fsutil, time};
 
 /// What reconcile found about one backup or archive.
@@ -245,7 +246,9 @@ fn check_instance(
             }
             continue;
         };
-        let sidecar = read_sidecar(&archive).ok().flatten();
+        let sidecar = read_sidecar(&Location::file(archive.clone()))
+            .ok()
+            .flatten();
         let disagreement = if row.size.is_some_and(|s| s != meta.len()) {
             Some(format!(
                 "the archive is {} bytes, the catalog records {}",
@@ -288,7 +291,7 @@ fn check_instance(
         if known.iter().any(|k| same_file(k, &file)) {
             continue;
         }
-        adopt(ctx, catalog, instance, &file, apply, report)?;
+        adopt(ctx, catalog, instance, &Location::file(file), apply, report)?;
     }
     broken_chains(catalog, instance, rows, report)?;
     Ok(())
@@ -373,12 +376,12 @@ fn adopt(
     ctx: &Context<'_>,
     catalog: Option<&Catalog>,
     instance: &str,
-    file: &Path,
+    file: &Location,
     apply: bool,
     report: &mut ReconcileReport,
 ) -> Result<()> {
     let run = verify_archive(file, (&NoProgress, ctx.cancel), ctx.keys);
-    let path = file.display().to_string();
+    let path = file.label().display().to_string();
     let verified = match run.result {
         Ok(v) => v,
         Err(Error::Encryption(EncryptionError::NoPassphrase { .. })) => {
@@ -471,12 +474,8 @@ fn adopt(
     };
     crate::failpoint::hit("reconcile.before-adopt")?;
     if sidecar.is_none() {
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let line = crate::archive::format::sidecar_line(&verified.sha256, &name);
-        fsutil::atomic_write(&sidecar_path(file), line.as_bytes(), 0o600)?;
+        let line = crate::archive::format::sidecar_line(&verified.sha256, &file.file_name());
+        file.sidecar().write_small(line.as_bytes())?;
     }
     crate::failpoint::hit("reconcile.before-row")?;
     let t = &verified.trailer;
@@ -532,7 +531,7 @@ fn adopt(
 
 /// Whether the metadata file beside `file` pins backup `id`, and a note
 /// when it exists but cannot be used (unreadable, or about another backup).
-fn pin_of(file: &Path, id: &str) -> (bool, Option<String>) {
+fn pin_of(file: &Location, id: &str) -> (bool, Option<String>) {
     match crate::meta::read(file) {
         Ok(None) => (false, None),
         Ok(Some(meta)) if meta.id == id => (meta.pinned, None),

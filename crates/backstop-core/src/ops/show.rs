@@ -12,6 +12,7 @@ use crate::catalog::{BackupRecord, Catalog, GuardRecord, RestoreRecord};
 use crate::error::{Error, Result};
 use crate::ops::backup::error_chain;
 use crate::ops::list::{open_existing, repair_interrupted};
+use crate::stores::Location;
 
 /// One backup in full.
 #[derive(Debug, Clone, Serialize)]
@@ -88,21 +89,31 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
     }
     let (record, path) = match resolve(catalog.as_ref(), target)? {
         Resolved::Id(r) => {
-            let path = r.location.as_ref().map(PathBuf::from);
+            let path = r.location.as_deref().map(|l| ctx.config.stores.locate(l));
             (Some(r), path)
         }
-        Resolved::File(p, r) => (r, Some(p)),
+        Resolved::File(p, r) => (r, Some(Ok(Location::file(p)))),
     };
     let (manifest, manifest_error) = match &path {
-        Some(p) if p.is_file() => match read_manifest(p, ctx.keys) {
-            Ok(m) => (Some(m), None),
+        Some(Ok(p)) => match p.size() {
+            Ok(Some(_)) => match read_manifest(p, ctx.keys) {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(error_chain(&e))),
+            },
+            Ok(None) => (
+                None,
+                Some(format!("the archive {} is missing", p.label().display())),
+            ),
             Err(e) => (None, Some(error_chain(&e))),
         },
-        Some(p) => (
-            None,
-            Some(format!("the archive {} is missing", p.display())),
-        ),
+        Some(Err(e)) => (None, Some(error_chain(e))),
         None => (None, None),
+    };
+    let path = match path {
+        Some(Ok(p)) => Some(p.label().to_path_buf()),
+        _ => record
+            .as_ref()
+            .and_then(|r| r.location.as_ref().map(PathBuf::from)),
     };
     let mut record = record;
     let (restores, guards, dependants) = match (&catalog, &mut record) {

@@ -3,7 +3,7 @@
 //! and the structure the format promises. The result is recorded in the
 //! catalog when the archive is one of its backups.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,6 +17,7 @@ use crate::lock::{InstanceLock, StoreLock};
 use crate::ops::backup::error_chain;
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve};
+use crate::stores::Location;
 use crate::{Context, time};
 
 /// What to verify.
@@ -149,7 +150,9 @@ fn every_checkable(rows: Vec<BackupRecord>) -> (Vec<BackupRecord>, usize) {
         .filter(|r| !matches!(r.status, Status::Failed | Status::Creating) && r.location.is_some())
         .partition(|r| {
             r.status == Status::Missing
-                && r.location.as_ref().is_some_and(|l| !Path::new(l).exists())
+                && r.location
+                    .as_ref()
+                    .is_some_and(|l| !l.starts_with("s3://") && !Path::new(l).exists())
         });
     (rest, known_missing.len())
 }
@@ -170,10 +173,12 @@ fn verify_one(
     };
     loop {
         let path = match &file {
-            Some(p) => Some(p.clone()),
+            Some(p) => Some(Location::file(p.clone())),
             None => record
                 .as_ref()
-                .and_then(|r| r.location.clone().map(PathBuf::from)),
+                .and_then(|r| r.location.as_deref())
+                .map(|l| ctx.config.stores.locate(l))
+                .transpose()?,
         };
         let (mut report, missing) = check(ctx, path, record.as_ref())?;
         let (Some(c), Some(r)) = (catalog, &record) else {
@@ -235,7 +240,7 @@ fn same_backup(a: &BackupRecord, b: &BackupRecord) -> bool {
 /// and `record`; records nothing. Also says whether the archive is missing.
 fn check(
     ctx: &Context<'_>,
-    path: Option<PathBuf>,
+    path: Option<Location>,
     record: Option<&BackupRecord>,
 ) -> Result<(VerifyReport, bool)> {
     let started = Instant::now();
@@ -243,7 +248,7 @@ fn check(
         id: record.map(|r| r.id.clone()),
         path: path
             .as_ref()
-            .map(|p| p.display().to_string())
+            .map(|p| p.label().display().to_string())
             .unwrap_or_default(),
         ok: false,
         problems: Vec::new(),
@@ -260,7 +265,11 @@ fn check(
         duration_ms: 0,
         sidecar_missing: false,
     };
-    let Some(path) = path.filter(|p| p.exists()) else {
+    let present = match &path {
+        Some(p) => p.size()?.is_some(),
+        None => false,
+    };
+    let Some(path) = path.filter(|_| present) else {
         report.problems.push(if report.path.is_empty() {
             "the backup has no archive file".to_string()
         } else {
@@ -284,7 +293,9 @@ fn check(
             }
             // An incremental's unchanged files are checked where they are
             // held; here, that every archive of its chain is there as recorded.
-            if let Err(e) = holders::resolve(&path, &v.manifest, None, ctx.keys) {
+            if let Err(e) =
+                holders::resolve(&path, &v.manifest, (None, &ctx.config.stores), ctx.keys)
+            {
                 report.problems.push(error_chain(&e));
             }
             if let Some(r) = record
@@ -314,7 +325,7 @@ fn check(
         match read_sidecar(&path) {
             Ok(Some(expected)) if &expected != actual => report.problems.push(format!(
                 "the sidecar {}.sha256 records {expected}, but the archive's SHA-256 is {actual}",
-                path.display()
+                path.label().display()
             )),
             Ok(Some(_)) => {}
             Ok(None) => {

@@ -354,8 +354,10 @@ fn safety_backup(
     instance.never_restore = m.never_restore.clone();
     // Encrypted to the configured instance's recipients, as its own
     // backups are (else to `[defaults.encryption]`'s, if any).
+    // Kept where its own backups are, too.
     if let Some(configured) = prep.inst {
         instance.encryption = configured.encryption.clone();
+        instance.placement = configured.placement.clone();
     }
     // Taken of another directory than the instance's root, it goes back
     // there: its id is the command that undoes this restore.

@@ -23,7 +23,7 @@ use crate::instance::{Instance, Source, SourceSpec};
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::progress::Phase;
-use crate::restore::diff::{self, Action, Changes};
+use crate::restore::diff::{Action, Changes};
 use crate::restore::journal::{ImportTarget, Journal};
 use crate::restore::listing::Walk;
 use crate::restore::preview::{self, Preview, Skim};
@@ -31,6 +31,7 @@ use crate::restore::stage::{Selection, root_relative};
 use crate::restore::steps::{Merger, Mode};
 use crate::service::Services;
 use crate::source::exclude::{Excludes, Patterns};
+use crate::stores::Location;
 use crate::version::{Major, Mismatch};
 
 /// Everything a restore needs to know.
@@ -205,7 +206,7 @@ pub enum RestoreOutcome {
 
 /// The backup a restore reads.
 pub(crate) struct Found {
-    pub(crate) archive: PathBuf,
+    pub(crate) archive: Location,
     pub(crate) record: Option<BackupRecord>,
     pub(crate) manifest: Manifest,
     /// Why the catalog cannot be used, when an archive file is restored
@@ -273,9 +274,9 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
                 message: format!("backup {} has no archive file", r.id),
                 hint: None,
             })?;
-            (PathBuf::from(loc), Some(r))
+            (ctx.config.stores.locate(&loc)?, Some(r))
         }
-        Ok(Resolved::File(p, r)) => (p, r),
+        Ok(Resolved::File(p, r)) => (Location::file(p), r),
         Err(not_found) => {
             // An application version: its newest available backup.
             let by_version = match &catalog {
@@ -293,15 +294,16 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
             let Some(r) = by_version else {
                 return Err(not_found);
             };
-            (
-                PathBuf::from(r.location.clone().unwrap_or_default()),
-                Some(r),
-            )
+            let at = ctx
+                .config
+                .stores
+                .locate(r.location.as_deref().unwrap_or_default())?;
+            (at, Some(r))
         }
     };
-    if !archive.is_file() {
+    if archive.size()?.is_none() {
         return Err(Error::NotFound {
-            message: format!("the archive {} is missing", archive.display()),
+            message: format!("the archive {} is missing", archive.label().display()),
             hint: Some(
                 "run `backstop verify --all` to mark missing archives; restore another backup"
                     .into(),
@@ -313,14 +315,19 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
         && r.id != manifest.id
     {
         return Err(ArchiveError::Corrupt {
-            path: archive.clone(),
+            path: archive.label().to_path_buf(),
             detail: format!("it holds backup {}, not {}", manifest.id, r.id),
         }
         .into());
     }
     // A chain with a missing or altered link is refused here, before
     // anything is touched.
-    let links = holders::resolve(&archive, &manifest, catalog.as_ref(), ctx.keys)?;
+    let links = holders::resolve(
+        &archive,
+        &manifest,
+        (catalog.as_ref(), &ctx.config.stores),
+        ctx.keys,
+    )?;
     Ok(Found {
         archive,
         record,
@@ -384,7 +391,7 @@ fn expected_checksum(src: &Found) -> Result<Option<(String, String)>> {
         .map(|s| ("the catalog", s));
     match (sidecar, catalog) {
         (Some((_, a)), Some((_, b))) if a != b => Err(ArchiveError::Checksum {
-            path: src.archive.clone(),
+            path: src.archive.label().to_path_buf(),
             detail: format!("the sidecar records SHA-256 {a}, the catalog {b}"),
         }
         .into()),
@@ -406,7 +413,7 @@ pub(crate) fn check_sum(
 ) -> Result<()> {
     match expected {
         Some((what, sum)) if sum != actual => Err(ArchiveError::Checksum {
-            path: src.archive.clone(),
+            path: src.archive.label().to_path_buf(),
             detail: format!("{what} records SHA-256 {sum}, the archive's is {actual}"),
         }
         .into()),
@@ -863,7 +870,7 @@ pub(crate) fn prepare<'a>(
     let expected = expected_checksum(src)?;
     let plan = RestorePlan {
         backup: m.id.clone(),
-        archive: src.archive.display().to_string(),
+        archive: src.archive.label().display().to_string(),
         instance: m.instance.clone(),
         created_at: m.created_at.clone(),
         destination: dest.display().to_string(),
@@ -1028,7 +1035,7 @@ fn places(
     let trusted = trusted(src);
     let mut places = HashMap::new();
     for s in sources {
-        let place = place(&src.archive, dest, in_place, trusted, s, inst)?;
+        let place = place(src.archive.label(), dest, in_place, trusted, s, inst)?;
         places.insert(s.name.clone(), place);
     }
     for place in places.values() {
@@ -1231,9 +1238,26 @@ impl Prepared<'_> {
     /// as well as the backup's were; when the store shares the
     /// destination's filesystem, staging needs its room there too.
     fn check_safety_space(&self, ctx: &Context<'_>) -> Result<Check> {
+        let placement = self
+            .inst
+            .map(|i| i.placement.or_defaults(&ctx.config.placement))
+            .unwrap_or_else(|| {
+                crate::stores::Placement::default().or_defaults(&ctx.config.placement)
+            });
+        if let Some(named) = placement.store() {
+            let def = ctx.config.stores.def(named)?;
+            if matches!(def.kind, crate::stores::StoreKind::S3(_)) {
+                return Ok(Check {
+                    name: "free space for the safety backup",
+                    ok: true,
+                    outcome: CheckOutcome::Passed,
+                    detail: format!("it goes to the bucket {}", def.describe()),
+                });
+            }
+        }
         // The current state's bytes, compressed as well as the backup's
         // were (the same application's files).
-        let archive = std::fs::metadata(&self.src.archive).map_or(0, |m| m.len());
+        let archive = self.src.archive.size()?.unwrap_or(0);
         let ratio =
             (archive as f64 / self.src.manifest.totals.bytes.max(1) as f64).clamp(0.01, 1.1);
         let estimate = (self.live_bytes()? as f64 * ratio) as u64;
@@ -1396,15 +1420,7 @@ impl Prepared<'_> {
         let src = self.src;
         let checked_first = self.expected.is_some();
         if checked_first {
-            let actual = diff::hash_file(&src.archive)
-                .map(hex::encode)
-                .ok_or_else(|| {
-                    Error::io(
-                        "reading",
-                        &src.archive,
-                        std::io::Error::other("cannot read"),
-                    )
-                })?;
+            let actual = hex::encode(src.archive.hash()?);
             check_sum(src, &self.expected, &actual)?;
         }
         Ok(Check {

@@ -124,7 +124,7 @@ impl Default for Transfer {
 }
 
 impl Transfer {
-    fn check(&self) -> Result<(), StoreError> {
+    pub(crate) fn check(&self) -> Result<(), StoreError> {
         let bad = |message: &str| {
             Err(StoreError::InvalidConfig {
                 message: message.to_string(),

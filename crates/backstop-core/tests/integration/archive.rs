@@ -2,6 +2,7 @@
 //! `sha256sum -c` accepts both checksum files, members are where the format
 //! says, and the file is private from its first byte.
 
+use backstop_core::stores::Location;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -127,7 +128,7 @@ fn manifest_is_first_and_trailer_last() {
             assert!(a < b, "siblings out of order: {a} then {b}");
         }
     }
-    let manifest = read_manifest(archive, &NO_KEYS).unwrap();
+    let manifest = read_manifest(&Location::file(archive), &NO_KEYS).unwrap();
     assert_eq!(manifest.format, 1);
     assert_eq!(manifest.id, report.backup.id);
     assert_eq!(manifest.totals.files, report.backup.files.unwrap());
@@ -198,7 +199,11 @@ fn excluded_paths_are_absent_and_recorded() {
         &["*.log"],
     );
     let archive = Path::new(report.backup.location.as_deref().unwrap());
-    let run = verify_archive(archive, (&NoProgress, &Cancel::default()), &NO_KEYS);
+    let run = verify_archive(
+        &Location::file(archive),
+        (&NoProgress, &Cancel::default()),
+        &NO_KEYS,
+    );
     run.result.unwrap();
     if have("tar") && have("zstd") {
         let names = tar_list(archive);

@@ -3,6 +3,7 @@
 //! an error (never accepted, never a panic). `fuzz/` holds the coverage-
 //! guided version.
 
+use backstop_core::stores::Location;
 use std::io::Write;
 use std::path::Path;
 
@@ -127,7 +128,11 @@ fn encrypted(env: &Env) -> (std::path::PathBuf, Keys, usize) {
 }
 
 fn verify_file(path: &Path, keys: &Keys) -> VerifyRun {
-    verify_archive(path, (&NoProgress, &Cancel::default()), keys)
+    verify_archive(
+        &Location::file(path),
+        (&NoProgress, &Cancel::default()),
+        keys,
+    )
 }
 
 fn is_damaged(e: &Error) -> bool {

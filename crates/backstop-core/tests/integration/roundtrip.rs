@@ -1,6 +1,7 @@
 //! Property test: random trees go through the writer and come back out of the
 //! reader (verification) and out of `tar` unchanged.
 
+use backstop_core::stores::Location;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -96,7 +97,7 @@ proptest! {
         build(&src, &nodes);
         let report = env.backup(&src, codec);
         let archive = PathBuf::from(report.backup.location.clone().unwrap());
-        let run = verify_archive(&archive, (&NoProgress, &Cancel::default()), &NO_KEYS);
+        let run = verify_archive(&Location::file(archive.clone()), (&NoProgress, &Cancel::default()), &NO_KEYS);
         let verified = run.result.unwrap();
         prop_assert_eq!(verified.files, report.backup.files.unwrap());
         prop_assert_eq!(Some(verified.sha256), report.backup.sha256.clone());

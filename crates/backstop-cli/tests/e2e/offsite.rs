@@ -1,0 +1,369 @@
+//! Off-site stores through the real binary: backups streamed into a real
+//! S3-protocol server (moto, on loopback), restored, verified, shown and
+//! deleted from it; damaged objects, refused credentials, a server that
+//! goes away mid-upload and `kill -9` mid-upload.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use backstop_test_support::s3::{Moto, Proxy, unique_bucket};
+
+use crate::support::{Env, Pause, signal, spawn};
+
+/// A scratch environment with a bucket on a moto server and a config
+/// whose instance `app` keeps its backups there.
+struct Offsite {
+    env: Env,
+    moto: Moto,
+    bucket: String,
+    app: PathBuf,
+    config: PathBuf,
+}
+
+impl Offsite {
+    /// `None` (a reported skip) when moto_server is not installed.
+    fn new() -> Option<Offsite> {
+        Some(Offsite::with(Moto::start()?, None))
+    }
+
+    /// On `moto`, reached at `endpoint` (a proxy in front of it) or
+    /// directly.
+    fn with(moto: Moto, endpoint: Option<String>) -> Offsite {
+        let bucket = unique_bucket("offsite");
+        moto.create_bucket(&bucket);
+        let env = Env::new();
+        let app = env.small_app("app");
+        let config = env.path("backstop.toml");
+        let endpoint = endpoint.unwrap_or_else(|| moto.endpoint());
+        std::fs::write(
+            &config,
+            format!(
+                r#"[stores.offsite]
+url = "s3://{bucket}/backstop"
+endpoint = "{endpoint}"
+region = "us-east-1"
+allow_http = true
+part_size_mib = 5
+
+[instances.app]
+root = "{}"
+store = "offsite"
+
+[instances.app.sources]
+config = "config"
+data = "data"
+"#,
+                app.display()
+            ),
+        )
+        .unwrap();
+        Offsite {
+            env,
+            moto,
+            bucket,
+            app,
+            config,
+        }
+    }
+
+    fn cmd(&self) -> StdCommand {
+        let mut cmd = self.env.std_cmd();
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .arg("--config")
+            .arg(&self.config);
+        cmd
+    }
+
+    /// Runs backstop with `args`; its exit code, stdout and stderr.
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd().args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = self.run(&all);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), exit {code}: {out}\nstderr: {err}"))
+    }
+
+    fn backup(&self, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec!["backup", "app"];
+        args.extend_from_slice(extra);
+        let doc = self.json(&args);
+        assert_eq!(doc["command"], "backup", "{doc}");
+        doc["report"]["backup"].clone()
+    }
+
+    /// The keys in the bucket, in order.
+    fn keys(&self) -> Vec<String> {
+        let answer = self
+            .moto
+            .s3_request("GET", &format!("/{}?list-type=2", self.bucket), b"");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        tags(&answer.body, "Key")
+    }
+
+    /// The multipart uploads under way in the bucket.
+    fn uploads(&self) -> Vec<String> {
+        let answer = self
+            .moto
+            .s3_request("GET", &format!("/{}?uploads", self.bucket), b"");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        tags(&answer.body, "UploadId")
+    }
+
+    /// The bucket path of the object `key`.
+    fn object(&self, key: &str) -> String {
+        format!("/{}/{key}", self.bucket)
+    }
+}
+
+/// The texts of every `<tag>…</tag>` in `xml`.
+fn tags(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    xml.split(&open)
+        .skip(1)
+        .filter_map(|rest| rest.split_once(&close).map(|(v, _)| v.to_string()))
+        .collect()
+}
+
+/// The key of `location` (`s3://bucket/key`) in its bucket.
+fn key_of(location: &str, bucket: &str) -> String {
+    location
+        .strip_prefix(&format!("s3://{bucket}/"))
+        .unwrap_or_else(|| panic!("{location} is not in {bucket}"))
+        .to_string()
+}
+
+fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = crate::support::walk(root)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            (rel, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn backups_go_to_the_bucket_and_come_back_from_it() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let original = files(&s.app);
+    let full = s.backup(&[]);
+    let location = full["location"].as_str().unwrap().to_string();
+    let host = backstop_core::lock::hostname();
+    let key = key_of(&location, &s.bucket);
+    assert!(
+        key.starts_with(&format!("backstop/{host}/app/")) && key.ends_with(".tar.zst"),
+        "{key}"
+    );
+    assert_eq!(s.keys(), vec![key.clone(), format!("{key}.sha256")]);
+    assert!(
+        !s.env.home().join("backups").exists(),
+        "nothing is written to the home's store"
+    );
+    // The sidecar object is a sha256sum line for the archive's name.
+    let sidecar = s
+        .moto
+        .s3_request("GET", &s.object(&format!("{key}.sha256")), b"");
+    let name = key.rsplit('/').next().unwrap();
+    assert_eq!(
+        sidecar.body,
+        format!("{}  {name}\n", full["sha256"].as_str().unwrap())
+    );
+
+    // A change, and an incremental built on the backup in the bucket.
+    std::fs::write(s.app.join("config/app.toml"), b"port = 9090\n").unwrap();
+    std::fs::remove_file(s.app.join("config/.env")).unwrap();
+    let changed = files(&s.app);
+    let inc = s.backup(&[]);
+    assert_eq!(inc["parent"], full["id"], "{inc}");
+    assert_eq!(inc["chain_position"], 1);
+
+    let verified = s.json(&["verify", inc["id"].as_str().unwrap()]);
+    assert_eq!(verified["archives"][0]["ok"], true, "{verified}");
+    let shown = s.json(&["show", inc["id"].as_str().unwrap()]);
+    assert_eq!(shown["show"]["manifest"]["id"], inc["id"], "{shown}");
+
+    // Restore the full backup in place (its safety backup goes to the
+    // bucket too), then the incremental: the tree each held.
+    let (code, _, err) = s.run(&["restore", full["id"].as_str().unwrap(), "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&s.app), original);
+    let (code, _, err) = s.run(&["restore", inc["id"].as_str().unwrap(), "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&s.app), changed);
+    let rows = s.json(&["list"]);
+    let rows = rows["backups"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        4,
+        "two backups and two safety backups: {rows:?}"
+    );
+    assert!(rows.iter().all(|r| {
+        r["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with(&format!("s3://{}/", s.bucket)))
+    }));
+
+    // Deleting the chain removes its objects.
+    let (code, _, err) = s.run(&["delete", full["id"].as_str().unwrap(), "--with-dependants"]);
+    assert_eq!(code, 0, "{err}");
+    let left = s.keys();
+    assert!(
+        !left
+            .iter()
+            .any(|k| k.contains(full["id"].as_str().unwrap())),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn an_altered_object_is_refused_and_nothing_is_restored() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let b = s.backup(&[]);
+    let key = key_of(b["location"].as_str().unwrap(), &s.bucket);
+    std::fs::write(s.app.join("config/app.toml"), b"port = 1\n").unwrap();
+    let before = files(&s.app);
+    // The object replaced by one a byte shorter (its sidecar unchanged).
+    let raw = download(&s, &key);
+    replace(&s, &key, &raw[..raw.len() - 1]);
+    let (code, _, err) = s.run(&["verify", b["id"].as_str().unwrap()]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = s.run(&["restore", b["id"].as_str().unwrap(), "--yes"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("SHA-256") || err.contains("checksum"), "{err}");
+    assert_eq!(files(&s.app), before, "nothing was restored");
+}
+
+/// The bucket as a store of its own, outside backstop's config.
+fn bucket(s: &Offsite) -> backstop_core::store::S3Store {
+    let mut config = backstop_core::store::S3Config::new(s.bucket.clone(), "");
+    config.endpoint = Some(s.moto.endpoint());
+    config.allow_http = true;
+    config.region = Some("us-east-1".into());
+    let credentials = backstop_core::store::Credentials::new("testing", "testing", None);
+    backstop_core::store::S3Store::connect(&config, &credentials).unwrap()
+}
+
+/// The bytes of object `key`.
+fn download(s: &Offsite, key: &str) -> Vec<u8> {
+    use backstop_core::store::{Key, Store};
+    let mut data = Vec::new();
+    bucket(s)
+        .open(&Key::new(key).unwrap())
+        .unwrap()
+        .read_to_end(&mut data)
+        .unwrap();
+    data
+}
+
+/// Replaces object `key` with `data`.
+fn replace(s: &Offsite, key: &str, data: &[u8]) {
+    use backstop_core::store::{Key, Store};
+    let store = bucket(s);
+    let key = Key::new(key).unwrap();
+    store.delete(&key).unwrap();
+    let mut w = store.create(&key).unwrap();
+    w.write_all(data).unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn refused_credentials_are_named_and_nothing_is_recorded() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let _ = s.moto.create_user("someone");
+    s.moto.require_auth();
+    let (code, _, err) = s.run(&["backup", "app"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(err.contains("hint"), "the next step is named: {err}");
+    let (_, out, _) = s.run(&["--json", "list"]);
+    assert!(!out.contains("\"id\""), "no row: {out}");
+}
+
+#[test]
+fn a_server_gone_mid_upload_leaves_no_archive_and_the_next_backup_cleans_up() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let proxy = Proxy::start(moto.port());
+    let s = Offsite::with(moto, Some(proxy.endpoint()));
+    // Enough incompressible data for several 5 MiB parts.
+    let mut data = vec![0u8; 14 << 20];
+    let mut x = 0x9E3779B97F4A7C15u64;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(s.app.join("data/blob"), &data).unwrap();
+
+    // Paused with every part but the last uploaded; the server goes away.
+    let pause = Pause::new(&s.env, "cut");
+    let mut cmd = s.cmd();
+    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.before-commit"))
+        .args(["backup", "app"]);
+    let mut child = spawn(cmd);
+    pause.wait_reached(&mut child);
+    assert_eq!(s.uploads().len(), 1, "one upload under way");
+    proxy.cut();
+    pause.release();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach"), "{err}");
+    assert!(
+        !s.keys().iter().any(|k| k.ends_with(".tar.zst")),
+        "no archive named"
+    );
+
+    // kill -9 with an upload under way: nothing named either.
+    proxy.restore();
+    let pause = Pause::new(&s.env, "kill");
+    let mut cmd = s.cmd();
+    cmd.env("BACKSTOP_FAILPOINTS", pause.at("backup.before-commit"))
+        .args(["backup", "app"]);
+    let mut child = spawn(cmd);
+    pause.wait_reached(&mut child);
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    assert!(!s.keys().iter().any(|k| k.ends_with(".tar.zst")));
+    assert!(!s.uploads().is_empty(), "the killed upload is pending");
+
+    // The next backup aborts what the dead ones left, and succeeds.
+    let b = s.backup(&[]);
+    assert_eq!(b["status"], "available", "{b}");
+    assert!(s.uploads().is_empty(), "{:?}", s.uploads());
+    let rows = s.json(&["list"]);
+    let failed = rows["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .count();
+    assert_eq!(failed, 2, "{rows}");
+    let (code, _, err) = s.run(&["verify", b["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+}

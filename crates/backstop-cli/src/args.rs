@@ -500,6 +500,10 @@ pub struct ReconcileArgs {
     /// kept as catalog.db.damaged-TIMESTAMP
     #[arg(long)]
     pub apply: bool,
+    /// Compare the catalog with this `[stores.NAME]` store (every host's
+    /// archives in it) instead of the home's own store (`local`)
+    #[arg(long, value_name = "NAME")]
+    pub store: Option<String>,
     #[command(flatten)]
     pub identity: IdentityArgs,
     /// Wait for another operation on the instance to finish (for up to DURATION)

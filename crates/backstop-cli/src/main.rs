@@ -770,7 +770,7 @@ fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, E
     let settings = Settings::load_with_identities(g, &a.identity)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
     let report = with_context(g, &settings, cancel, |ctx| {
-        reconcile::reconcile(ctx, a.instance(), a.apply, wait)
+        reconcile::reconcile(ctx, a.instance(), a.store.as_deref(), a.apply, wait)
     })?;
     if g.json {
         print_json(&render::envelope(

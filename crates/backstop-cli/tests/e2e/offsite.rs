@@ -367,3 +367,48 @@ fn a_server_gone_mid_upload_leaves_no_archive_and_the_next_backup_cleans_up() {
     let (code, _, err) = s.run(&["verify", b["id"].as_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let full = s.backup(&[]);
+    std::fs::write(s.app.join("config/app.toml"), b"port = 7070\n").unwrap();
+    let inc = s.backup(&[]);
+    let latest = files(&s.app);
+    // A new machine: nothing but the config and the bucket's credentials.
+    std::fs::remove_dir_all(s.env.home()).unwrap();
+    let (code, out, err) = s.run(&["reconcile", "--store", "offsite"]);
+    assert_eq!(code, 3, "orphans are reported, not adopted: {out}{err}");
+    assert!(
+        !s.env.home().join("catalog.db").exists(),
+        "a report creates nothing"
+    );
+    let doc = s.json(&["reconcile", "--store", "offsite", "--apply"]);
+    let findings = doc["reconcile"]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{doc}");
+    assert!(findings.iter().all(|f| f["action"].is_string()), "{doc}");
+    let rows = s.json(&["list"]);
+    let rows = rows["backups"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![inc["id"].as_str().unwrap(), full["id"].as_str().unwrap()]
+    );
+    assert_eq!(rows[0]["parent"], full["id"]);
+    assert_eq!(rows[0]["location"], inc["location"]);
+    // Everything agrees now; and the chain restores into a new directory.
+    let (code, out, err) = s.run(&["reconcile", "--store", "offsite"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let dest = s.env.path("recovered");
+    let (code, _, err) = s.run(&[
+        "restore",
+        inc["id"].as_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&dest), latest);
+}

@@ -484,7 +484,7 @@ fn check_interrupted(ctx: &Context<'_>, out: &mut Out) {
 
 /// The reconcile summary: rows against archives.
 fn check_reconcile(ctx: &Context<'_>, out: &mut Out) {
-    match crate::ops::reconcile::reconcile(ctx, None, false, None) {
+    match crate::ops::reconcile::reconcile(ctx, None, None, false, None) {
         Ok(r) if r.findings.is_empty() => out.ok(
             "catalog",
             format!("matches the store ({} archives)", r.consistent),

@@ -85,11 +85,22 @@ pub struct ReconcileReport {
 pub fn reconcile(
     ctx: &Context<'_>,
     instance: Option<&str>,
+    store_name: Option<&str>,
     apply: bool,
     wait: Option<Duration>,
 ) -> Result<ReconcileReport> {
     let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
     let ctx = &ctx.under(&store);
+    let scope = match store_name {
+        Some(name) if name != crate::stores::HOME_STORE => Scope::Named {
+            name: name.to_string(),
+            store: ctx.config.stores.get(name)?,
+        },
+        _ => Scope::Home,
+    };
+    // Before the catalog is created: a store that cannot be listed
+    // changes nothing.
+    let listed = scope.archives(ctx)?;
     let (catalog, damage) = open_catalog(ctx, apply)?;
     let rows: Vec<BackupRecord> = match &catalog {
         Some(c) => c.list(&ListFilter {
@@ -98,11 +109,15 @@ pub fn reconcile(
         })?,
         None => Vec::new(),
     };
+    let rows: Vec<BackupRecord> = rows
+        .into_iter()
+        .filter(|r| scope.holds(ctx, r.location.as_deref()))
+        .collect();
     let mut instances: Vec<String> = match instance {
         Some(i) => vec![i.to_string()],
         None => {
             let mut names: Vec<String> = rows.iter().map(|r| r.instance.clone()).collect();
-            names.extend(crate::ops::list::store_instances(&ctx.layout.store));
+            names.extend(listed.iter().map(|(i, _)| i.clone()));
             names
         }
     };
@@ -132,9 +147,80 @@ pub fn reconcile(
             None
         };
         let mine: Vec<&BackupRecord> = rows.iter().filter(|r| &r.instance == name).collect();
-        check_instance(ctx, catalog.as_ref(), name, &mine, apply, &mut report)?;
+        let files: Vec<&Location> = listed
+            .iter()
+            .filter(|(i, _)| i == name)
+            .map(|(_, at)| at)
+            .collect();
+        check_instance(
+            ctx,
+            catalog.as_ref(),
+            name,
+            (&mine, &files),
+            apply,
+            &mut report,
+        )?;
     }
     Ok(report)
+}
+
+/// The store a reconcile compares the catalog with.
+enum Scope {
+    /// The home's own store directory.
+    Home,
+    /// A `[stores.NAME]` store.
+    Named {
+        name: String,
+        store: std::sync::Arc<dyn crate::store::Store>,
+    },
+}
+
+impl Scope {
+    /// Whether a row at `location` is one of this store's.
+    fn holds(&self, ctx: &Context<'_>, location: Option<&str>) -> bool {
+        let Some(location) = location else {
+            return matches!(self, Scope::Home);
+        };
+        let named = ctx.config.stores.name_of(location);
+        match self {
+            Scope::Home => named.is_none() && !location.starts_with("s3://"),
+            Scope::Named { name, .. } => named == Some(name.as_str()),
+        }
+    }
+
+    /// Every archive in the store, with the instance it is filed under:
+    /// `<store>/<instance>/<file>` at home, `<host>/<instance>/<file>` (of
+    /// every host) in a named store.
+    fn archives(&self, ctx: &Context<'_>) -> Result<Vec<(String, Location)>> {
+        match self {
+            Scope::Home => {
+                let mut out = Vec::new();
+                for instance in crate::ops::list::store_instances(&ctx.layout.store) {
+                    let dir = ctx.layout.instance_store(&instance);
+                    for file in crate::ops::list::store_archives(&dir) {
+                        out.push((instance.clone(), Location::file(file)));
+                    }
+                }
+                Ok(out)
+            }
+            Scope::Named { store, .. } => Ok(store
+                .list(None)?
+                .into_iter()
+                .filter_map(|o| {
+                    let mut parts = o.key.as_str().split('/');
+                    let (_host, instance, file) = (parts.next()?, parts.next()?, parts.next()?);
+                    let archive = parts.next().is_none()
+                        && crate::archive::Codec::from_file_name(file).is_some();
+                    archive.then(|| {
+                        (
+                            instance.to_string(),
+                            Location::object(store.clone(), o.key.clone()),
+                        )
+                    })
+                })
+                .collect()),
+        }
+    }
 }
 
 /// A damaged catalog moved aside: where to, and what was wrong.
@@ -206,7 +292,7 @@ fn check_instance(
     ctx: &Context<'_>,
     catalog: Option<&Catalog>,
     instance: &str,
-    rows: &[&BackupRecord],
+    (rows, files): (&[&BackupRecord], &[&Location]),
     apply: bool,
     report: &mut ReconcileReport,
 ) -> Result<()> {
@@ -220,8 +306,8 @@ fn check_instance(
             known.push(PathBuf::from(loc));
             continue;
         }
-        let archive = PathBuf::from(loc);
-        known.push(archive.clone());
+        let archive = ctx.config.stores.locate(loc)?;
+        known.push(PathBuf::from(loc));
         let finding = |problem, detail: String, action: &str| Finding {
             problem,
             instance: instance.to_string(),
@@ -230,7 +316,7 @@ fn check_instance(
             detail,
             action: Some(action.to_string()),
         };
-        let Ok(meta) = std::fs::metadata(&archive) else {
+        let Some(size) = archive.size()? else {
             if row.status == Status::Available {
                 report.findings.push(finding(
                     Problem::Missing,
@@ -246,13 +332,10 @@ fn check_instance(
             }
             continue;
         };
-        let sidecar = read_sidecar(&Location::file(archive.clone()))
-            .ok()
-            .flatten();
-        let disagreement = if row.size.is_some_and(|s| s != meta.len()) {
+        let sidecar = read_sidecar(&archive).ok().flatten();
+        let disagreement = if row.size.is_some_and(|s| s != size) {
             Some(format!(
-                "the archive is {} bytes, the catalog records {}",
-                meta.len(),
+                "the archive is {size} bytes, the catalog records {}",
                 row.size.unwrap_or_default()
             ))
         } else if sidecar.is_none() {
@@ -285,13 +368,12 @@ fn check_instance(
         }
     }
     // Archives in the store that no row names.
-    let files = crate::ops::list::store_archives(&ctx.layout.instance_store(instance));
     for file in files {
         ctx.cancel.check()?;
-        if known.iter().any(|k| same_file(k, &file)) {
+        if known.iter().any(|k| same_file(k, file.label())) {
             continue;
         }
-        adopt(ctx, catalog, instance, &Location::file(file), apply, report)?;
+        adopt(ctx, catalog, instance, file, apply, report)?;
     }
     broken_chains(catalog, instance, rows, report)?;
     Ok(())

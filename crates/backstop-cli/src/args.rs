@@ -105,6 +105,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Delete backups: archive, sidecar and catalog entry
     Delete(DeleteArgs),
+    /// Copy backups to another store (a second, verified copy)
+    Copy(CopyArgs),
     /// Keep a backup whatever the retention rules say
     Pin(PinArgs),
     /// Let the retention rules decide about a backup again
@@ -482,6 +484,14 @@ pub struct PruneArgs {
     /// Show every backup with kept or removed and the rule that decided; change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Prune only the copies in this store (a `[stores.NAME]`, or `local`
+    /// for the home's own); a backup still held elsewhere stays there
+    #[arg(long, value_name = "NAME")]
+    pub store: Option<String>,
+    /// Also prune other hosts' backups (a catalog rebuilt from a shared
+    /// bucket holds every host's; by default each host prunes its own)
+    #[arg(long)]
+    pub all_hosts: bool,
     /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
@@ -520,10 +530,35 @@ impl ReconcileArgs {
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// The new store directory (empty or new)
-    #[arg(long, value_name = "DIR")]
+    /// The new store directory (empty or new), or the name of a
+    /// `[stores.NAME]` store to move every backup into (write `./NAME` for
+    /// a directory of that name)
+    #[arg(long, value_name = "DIR|STORE")]
     pub to: PathBuf,
     /// Wait for other operations to finish (for up to DURATION)
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Backup ids (each copied with the backups its chain needs)
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub ids: Vec<String>,
+    /// Every available backup
+    #[arg(long)]
+    pub all: bool,
+    /// The store to copy to: a `[stores.NAME]` of the config, or `local`
+    /// for the home's own store
+    #[arg(long, value_name = "STORE")]
+    pub to: String,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+    /// Wait for another operation on the instance to finish (for up to DURATION)
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever")]
     pub wait: Option<String>,
 }

@@ -21,9 +21,9 @@ use clap::{CommandFactory, Parser};
 use console::style;
 
 use args::{
-    BackupArgs, BackupSeed, Cli, Command, DeleteArgs, DoctorArgs, Global, GuardArgs, InitArgs,
-    KeyCheckArgs, KeyCommand, KeyNewArgs, KindArg, ListArgs, MigrateArgs, ModeArg, PinArgs,
-    PruneArgs, ReconcileArgs, RecoverArgs, RestoreArgs, RollbackArgs, ShowArgs, StatusArg,
+    BackupArgs, BackupSeed, Cli, Command, CopyArgs, DeleteArgs, DoctorArgs, Global, GuardArgs,
+    InitArgs, KeyCheckArgs, KeyCommand, KeyNewArgs, KindArg, ListArgs, MigrateArgs, ModeArg,
+    PinArgs, PruneArgs, ReconcileArgs, RecoverArgs, RestoreArgs, RollbackArgs, ShowArgs, StatusArg,
     VerifyArgs,
 };
 use settings::Settings;
@@ -156,6 +156,7 @@ fn run(cli: Cli, cancel: &Cancel) -> Result<u8, Error> {
         Command::Reconcile(a) => cmd_reconcile(&g, &a, cancel),
         Command::Migrate(a) => cmd_migrate(&g, &a, cancel),
         Command::Delete(a) => cmd_delete(&g, &a, cancel),
+        Command::Copy(a) => cmd_copy(&g, &a, cancel),
         Command::Pin(a) => cmd_pin(&g, &a, true, cancel),
         Command::Unpin(a) => cmd_pin(&g, &a, false, cancel),
         Command::Guard(a) => cmd_guard(&g, &a, cancel),
@@ -233,11 +234,19 @@ fn cmd_backup(g: &Global, a: &BackupArgs, cancel: &Cancel) -> Result<u8, Error> 
     if !g.quiet {
         print_stderr(&render::notes(&report.notes));
     }
-    Ok(if report.warnings.iter().any(|w| w.is_incomplete()) {
-        code::WARNINGS
-    } else {
-        code::OK
-    })
+    for e in &report.copy_errors {
+        print_stderr(&format!(
+            "warning: the backup was made, but a copy failed: {e}\n  hint: `backstop copy {} --to STORE` tries again\n",
+            report.backup.id
+        ));
+    }
+    Ok(
+        if report.warnings.iter().any(|w| w.is_incomplete()) || !report.copy_errors.is_empty() {
+            code::WARNINGS
+        } else {
+            code::OK
+        },
+    )
 }
 
 fn cmd_key_new(g: &Global, a: &KeyNewArgs) -> Result<u8, Error> {
@@ -694,6 +703,10 @@ fn cmd_prune(g: &Global, a: &PruneArgs, cancel: &Cancel) -> Result<u8, Error> {
             .transpose()?,
     };
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let scope = prune::Scope {
+        store: a.store.clone(),
+        all_hosts: a.all_hosts,
+    };
     let plans = with_context(g, &settings, cancel, |ctx| {
         let instances = match &a.instance {
             Some(i) => vec![i.clone()],
@@ -701,7 +714,7 @@ fn cmd_prune(g: &Global, a: &PruneArgs, cancel: &Cancel) -> Result<u8, Error> {
         };
         instances
             .iter()
-            .map(|i| prune::prune(ctx, i, &rules, a.dry_run, wait))
+            .map(|i| prune::prune(ctx, i, (&rules, &scope), a.dry_run, wait))
             .collect::<Result<Vec<_>, Error>>()
     })?;
     if g.json {
@@ -737,6 +750,23 @@ fn cmd_delete(g: &Global, a: &DeleteArgs, cancel: &Cancel) -> Result<u8, Error> 
                     .unwrap_or_default()
             ));
         }
+    }
+    Ok(code::OK)
+}
+
+fn cmd_copy(g: &Global, a: &CopyArgs, cancel: &Cancel) -> Result<u8, Error> {
+    let settings = Settings::load_with_identities(g, &a.identity)?;
+    let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    let report = with_context(g, &settings, cancel, |ctx| {
+        backstop_core::ops::copy::copy(ctx, (&a.ids, a.all), &a.to, wait)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "copy",
+            serde_json::json!({ "copy": report }),
+        ));
+    } else if !g.quiet {
+        print_stdout(&render::copied(&report));
     }
     Ok(code::OK)
 }
@@ -788,9 +818,50 @@ fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, E
     Ok(if unresolved { code::WARNINGS } else { code::OK })
 }
 
+fn cmd_migrate_to_store(
+    g: &Global,
+    settings: &Settings,
+    name: &str,
+    wait: Option<std::time::Duration>,
+    cancel: &Cancel,
+) -> Result<u8, Error> {
+    let report = with_context(g, settings, cancel, |ctx| {
+        backstop_core::ops::migrate_store::migrate_to_store(ctx, name, wait)
+    })?;
+    if g.json {
+        print_json(&render::envelope(
+            "migrate",
+            serde_json::json!({ "migrate": report }),
+        ));
+    } else if !g.quiet {
+        let mut text = format!(
+            "Moved {} backups to {} ({}, {}), each read back and verified there\n",
+            report.moved.len(),
+            report.to,
+            report.url,
+            render::bytes(report.bytes)
+        );
+        if !report.new_backups_go_there {
+            text.push_str(&format!(
+                "  new backups still go to the home's store: set `store = \"{}\"` in [defaults] \
+                 (or in each instance) to send them there too\n",
+                report.to
+            ));
+        }
+        print_stdout(&text);
+    }
+    Ok(code::OK)
+}
+
 fn cmd_migrate(g: &Global, a: &MigrateArgs, cancel: &Cancel) -> Result<u8, Error> {
     let settings = Settings::load(g)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
+    if let Some(name) =
+        a.to.to_str()
+            .filter(|n| settings.config.stores.defs().contains_key(*n))
+    {
+        return cmd_migrate_to_store(g, &settings, name, wait, cancel);
+    }
     let report = with_context(g, &settings, cancel, |ctx| {
         migrate::migrate(ctx, &a.to, wait)
     })?;

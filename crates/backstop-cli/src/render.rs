@@ -183,6 +183,9 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
         }
     }
     let _ = writeln!(out, "  sha256   {}", b.sha256.as_deref().unwrap_or("-"));
+    for c in report.copies.iter().filter(|c| c.id == b.id) {
+        let _ = writeln!(out, "  copy     {} (read back and verified)", c.location);
+    }
     encrypted_line(&mut out, &report.encrypted_to);
     excluded_lines(&mut out, &report.excluded, verbose);
     out
@@ -529,6 +532,13 @@ pub fn show(report: &ShowReport) -> String {
             );
         }
         field(&mut out, "type", chain_line(b));
+        for copy in &report.copies {
+            field(
+                &mut out,
+                "copy",
+                format!("{} ({}, {})", copy.location, copy.store, copy.copied_at),
+            );
+        }
         if !report.dependants.is_empty() {
             field(
                 &mut out,
@@ -1210,8 +1220,19 @@ pub fn prune(plans: &[PrunePlan], quiet: bool) -> String {
                 Cell::new(d.reasons.join(", ")),
             ]);
         }
-        let _ = write!(out, "{}:", style(&p.instance).bold());
+        let _ = write!(out, "{}", style(&p.instance).bold());
+        if let Some(store) = &p.store {
+            let _ = write!(out, " (the copies in {store})");
+        }
+        out.push(':');
         out.push(if quiet { ' ' } else { '\n' });
+        if p.other_hosts > 0 && !quiet {
+            let _ = writeln!(
+                out,
+                "  {} backups of other hosts left alone (--all-hosts prunes them too)",
+                p.other_hosts
+            );
+        }
         if !quiet && !p.decisions.is_empty() {
             // As in `list`: no padding at the edges.
             for l in table.lines() {
@@ -1237,6 +1258,30 @@ pub fn prune(plans: &[PrunePlan], quiet: bool) -> String {
             let _ = writeln!(out, "Nothing was changed (dry run).");
         }
     }
+    out
+}
+
+/// What `copy` did: one line a backup, links first.
+pub fn copied(report: &backstop_core::ops::copy::CopyReport) -> String {
+    let mut out = String::new();
+    for c in &report.copied {
+        let size = if c.size > 0 {
+            format!(" ({})", bytes(c.size))
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "{:<14} {}  {}{size}\n",
+            c.outcome, c.id, c.location
+        ));
+    }
+    let sent: u64 = report.copied.iter().map(|c| c.size).sum();
+    let n = report.copied.iter().filter(|c| c.size > 0).count();
+    out.push_str(&format!(
+        "{n} copied to {} ({}), each read back and verified there\n",
+        report.to,
+        bytes(sent)
+    ));
     out
 }
 

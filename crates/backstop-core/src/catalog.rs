@@ -167,7 +167,28 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE backups ADD COLUMN chain_position INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX backups_by_parent ON backups (parent_id);
     "#,
+    // 5: further copies of a backup's archive, one per store (the first
+    // is `backups.location`).
+    r#"
+    CREATE TABLE copies (
+        backup_id   TEXT NOT NULL,
+        store       TEXT NOT NULL,
+        location    TEXT NOT NULL,
+        copied_at   TEXT NOT NULL,
+        PRIMARY KEY (backup_id, store)
+    );
+    "#,
 ];
+
+/// A further copy of a backup's archive, in another store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyRecord {
+    /// The store's name (`local` for the home's own).
+    pub store: String,
+    /// The archive there, as [`BackupRecord::location`] names one.
+    pub location: String,
+    pub copied_at: String,
+}
 
 /// The state of a backup attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -983,15 +1004,103 @@ impl Catalog {
             .map_err(|e| self.err(e))
     }
 
-    /// Removes a backup's row (its archive is gone). Restore and guard
-    /// records that name it stay, as history.
+    /// Removes a backup's row and its copies' (its archives are gone).
+    /// Restore and guard records that name it stay, as history.
     ///
     /// # Errors
     ///
     /// Fails on a database error.
     pub fn delete_row(&self, id: &str) -> CResult<()> {
         self.conn
-            .execute("DELETE FROM backups WHERE id = ?1", [id])
+            .execute_batch("BEGIN IMMEDIATE")
+            .and_then(|()| {
+                self.conn
+                    .execute("DELETE FROM copies WHERE backup_id = ?1", [id])?;
+                self.conn
+                    .execute("DELETE FROM backups WHERE id = ?1", [id])?;
+                self.conn.execute_batch("COMMIT")
+            })
+            .inspect_err(|_| {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// The further copies of backup `id`, by store name.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn copies_of(&self, id: &str) -> CResult<Vec<CopyRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT store, location, copied_at FROM copies WHERE backup_id = ?1 \
+                 ORDER BY store",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(CopyRecord {
+                    store: r.get(0)?,
+                    location: r.get(1)?,
+                    copied_at: r.get(2)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Records a copy of backup `id` in `store`, replacing an earlier
+    /// record of one there.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn add_copy(&self, id: &str, copy: &CopyRecord) -> CResult<()> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO copies (backup_id, store, location, copied_at) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, copy.store, copy.location, copy.copied_at],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets the copy of backup `id` in `store`.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn remove_copy(&self, id: &str, store: &str) -> CResult<()> {
+        self.conn
+            .execute(
+                "DELETE FROM copies WHERE backup_id = ?1 AND store = ?2",
+                params![id, store],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Makes `location` the backup's first location (its copy there is
+    /// then no longer a further copy).
+    ///
+    /// # Errors
+    ///
+    /// Fails on a database error.
+    pub fn promote_copy(&self, id: &str, store: &str, location: &str) -> CResult<()> {
+        self.conn
+            .execute(
+                "UPDATE backups SET location = ?2 WHERE id = ?1",
+                params![id, location],
+            )
+            .and_then(|_| {
+                self.conn.execute(
+                    "DELETE FROM copies WHERE backup_id = ?1 AND store = ?2",
+                    params![id, store],
+                )
+            })
             .map(drop)
             .map_err(|e| self.err(e))
     }

@@ -575,6 +575,36 @@ impl Location {
     }
 }
 
+/// Claims backup id `id` of `instance` for `host` in `store`, so that no
+/// other host sharing the store gives a backup the same id: an object
+/// `.ids/<instance>/<id>` holding the host's name, created only if there
+/// is none (a conditional write, atomic across hosts). True when the id
+/// is this host's (claimed now, or before by this host); false when
+/// another host holds it. Host names never start with `.`, so the claims
+/// never mix with a host's archives.
+///
+/// # Errors
+///
+/// Fails when the store cannot be written or read.
+pub fn claim_id(store: &dyn Store, instance: &str, id: &str, host: &str) -> Result<bool> {
+    let key = Key::new(&format!(".ids/{instance}/{id}"))?;
+    let mut w = store.create(&key);
+    let written = match &mut w {
+        Ok(w) => std::io::Write::write_all(w, host.as_bytes())
+            .map_err(|e| Error::io("writing", key.as_str(), e)),
+        Err(_) => Ok(()),
+    };
+    let finished = w.and_then(|w| written.and_then(|()| w.finish()));
+    match finished {
+        Ok(_) => Ok(true),
+        Err(Error::Store(StoreError::AlreadyExists { .. })) => {
+            let holder = store.read_range(&key, 0, store.head(&key)?.unwrap_or(0))?;
+            Ok(holder == host.as_bytes())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The key of an archive in a named store: `<host>/<instance>/<file>`,
 /// the host's name made a key component (anything but `A-Z a-z 0-9 . _ -`
 /// becomes `-`).

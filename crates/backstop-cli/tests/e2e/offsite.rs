@@ -104,8 +104,16 @@ data = "data"
         doc["report"]["backup"].clone()
     }
 
-    /// The keys in the bucket, in order.
+    /// The keys in the bucket, in order, but for the ids' claims.
     fn keys(&self) -> Vec<String> {
+        self.all_keys()
+            .into_iter()
+            .filter(|k| !k.starts_with("backstop/.ids/"))
+            .collect()
+    }
+
+    /// Every key in the bucket, in order.
+    fn all_keys(&self) -> Vec<String> {
         let answer = self
             .moto
             .s3_request("GET", &format!("/{}?list-type=2", self.bucket), b"");
@@ -411,4 +419,289 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(files(&dest), latest);
+}
+
+/// The config of [`Offsite`] with `app` kept in the home's store and
+/// copied to the bucket after each backup.
+fn copied_to_the_bucket(s: &Offsite) {
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replace("store = \"offsite\"", "copies = [\"offsite\"]");
+    std::fs::write(&s.config, text).unwrap();
+}
+
+#[test]
+fn every_backup_is_copied_and_the_copy_restores_when_the_first_is_gone() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    copied_to_the_bucket(&s);
+    let doc = s.json(&["backup", "app", "--full"]);
+    let report = &doc["report"];
+    let b = &report["backup"];
+    let local = PathBuf::from(b["location"].as_str().unwrap());
+    assert!(local.starts_with(s.env.home().join("backups")), "{b}");
+    let copies = report["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{report}");
+    let copy = copies[0]["location"].as_str().unwrap();
+    let key = key_of(copy, &s.bucket);
+    assert_eq!(s.keys(), vec![key.clone(), format!("{key}.sha256")]);
+    let shown = s.json(&["show", b["id"].as_str().unwrap()]);
+    assert_eq!(shown["show"]["copies"][0]["store"], "offsite", "{shown}");
+    let (_, text, _) = s.run(&["show", b["id"].as_str().unwrap()]);
+    assert!(
+        text.contains(&format!("copy        {copy} (offsite, ")),
+        "{text}"
+    );
+
+    // The home's archive lost: the restore reads the copy.
+    let original = files(&s.app);
+    std::fs::remove_file(&local).unwrap();
+    let dest = s.env.path("from-copy");
+    let (code, _, err) = s.run(&[
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&dest), original);
+}
+
+#[test]
+fn copy_brings_the_chain_along_and_prune_applies_per_store() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("store = \"offsite\"\n", "")).unwrap();
+    let full = s.backup(&[]);
+    std::fs::write(s.app.join("config/app.toml"), b"port = 1\n").unwrap();
+    let inc = s.backup(&[]);
+    assert_eq!(inc["parent"], full["id"]);
+    assert!(s.keys().is_empty(), "nothing in the bucket yet");
+
+    // Copying the incremental copies its full backup first.
+    let doc = s.json(&["copy", inc["id"].as_str().unwrap(), "--to", "offsite"]);
+    let copied = doc["copy"]["copied"].as_array().unwrap();
+    let ids: Vec<&str> = copied.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![full["id"].as_str().unwrap(), inc["id"].as_str().unwrap()]
+    );
+    assert!(copied.iter().all(|c| c["outcome"] == "copied"), "{doc}");
+    assert_eq!(s.keys().len(), 4, "two archives, two sidecars");
+    let again = s.json(&["copy", "--all", "--to", "offsite"]);
+    assert!(
+        again["copy"]["copied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["outcome"] == "already there"),
+        "{again}"
+    );
+    // An unknown store is named.
+    let (code, _, err) = s.run(&["copy", "--all", "--to", "nowhere"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no store named `nowhere`"), "{err}");
+
+    // A third, full backup, copied by hand; then the bucket keeps one.
+    let third = s.backup(&["--full"]);
+    s.json(&["copy", third["id"].as_str().unwrap(), "--to", "offsite"]);
+    let (code, out, err) = s.run(&["prune", "app", "--store", "offsite", "--keep", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("(the copies in offsite)"), "{out}");
+    let keys = s.keys();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[0].contains(third["id"].as_str().unwrap()), "{keys:?}");
+    // The home still holds all three.
+    let rows = s.json(&["list"]);
+    assert_eq!(rows["backups"].as_array().unwrap().len(), 3, "{rows}");
+    // Pruning the home's store to one: the two held nowhere else go whole,
+    // and the third stays, in both stores.
+    let (code, out, err) = s.run(&["prune", "app", "--store", "local", "--keep", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows = s.json(&["list"]);
+    let rows = rows["backups"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], third["id"]);
+    assert_eq!(s.keys().len(), 2);
+    // Deleting it removes every copy.
+    let (code, _, err) = s.run(&["delete", third["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(s.keys().is_empty(), "{:?}", s.keys());
+}
+
+/// `backstop` run on another host: a UTS namespace of its own named
+/// `host` (root only; `None` when namespaces cannot be made here).
+fn on_host(s: &Offsite, host: &str, home: &Path, args: &[&str]) -> Option<StdCommand> {
+    let probe = StdCommand::new("unshare")
+        .args(["--uts", "true"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        backstop_test_support::skip(&format!(
+            "two hosts need `unshare --uts` (root): {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+        return None;
+    }
+    let mut cmd = StdCommand::new("unshare");
+    cmd.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
+        .arg(crate::support::bin())
+        .arg("--home")
+        .arg(home)
+        .arg("--config")
+        .arg(&s.config)
+        .args(args)
+        .current_dir(s.env.dir.path())
+        .env_remove("BACKSTOP_CONFIG")
+        .env_remove("BACKSTOP_HOME")
+        .env("XDG_CONFIG_HOME", s.env.path("xdg-config"))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing");
+    Some(cmd)
+}
+
+#[test]
+fn two_hosts_share_a_bucket_and_each_prunes_its_own() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let other_home = s.env.path("other-home");
+    let Some(mut other) = on_host(&s, "other-host", &other_home, &["backup", "app"]) else {
+        return;
+    };
+    // Both back up at once.
+    let mut mine = s.cmd();
+    mine.args(["backup", "app"]);
+    let (a, b) = (
+        spawn(mine),
+        spawn({
+            other.stdout(std::process::Stdio::piped());
+            other.stderr(std::process::Stdio::piped());
+            std::mem::replace(&mut other, StdCommand::new("true"))
+        }),
+    );
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let host = backstop_core::lock::hostname();
+    let keys = s.keys();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with("backstop/other-host/app/"))
+            .count(),
+        2,
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with(&format!("backstop/{host}/app/")))
+            .count(),
+        2,
+        "{keys:?}"
+    );
+    // The two backups were made in the same second: the ids' claims gave
+    // them two ids.
+    let claims: Vec<String> = s
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.starts_with("backstop/.ids/app/"))
+        .collect();
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    // This host adopts the other's backup too, and prunes only its own.
+    let doc = s.json(&["reconcile", "--store", "offsite", "--apply"]);
+    assert_eq!(
+        doc["reconcile"]["findings"].as_array().unwrap().len(),
+        1,
+        "{doc}"
+    );
+    s.backup(&["--full"]);
+    let (code, out, err) = s.run(&["prune", "app", "--keep", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 backups of other hosts left alone"),
+        "{out}{doc}{}",
+        s.json(&["list"])
+    );
+    let keys = s.keys();
+    assert_eq!(
+        keys.iter()
+            .filter(|k| k.starts_with("backstop/other-host/"))
+            .count(),
+        2,
+        "the other host's backup stays: {keys:?}"
+    );
+    assert_eq!(keys.len(), 4, "{keys:?}");
+}
+
+#[test]
+fn migrate_moves_the_home_store_into_the_bucket_and_resumes_after_a_kill() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("store = \"offsite\"\n", "")).unwrap();
+    let full = s.backup(&[]);
+    std::fs::write(s.app.join("config/app.toml"), b"port = 2\n").unwrap();
+    let inc = s.backup(&[]);
+    let latest = files(&s.app);
+
+    // Killed after the first backup's copy is made, before the switch.
+    let pause = Pause::new(&s.env, "migrate");
+    let mut cmd = s.cmd();
+    cmd.env("BACKSTOP_FAILPOINTS", pause.at("migrate.before-switch"))
+        .args(["migrate", "--to", "offsite"]);
+    let mut child = spawn(cmd);
+    pause.wait_reached(&mut child);
+    signal(&child, rustix::process::Signal::KILL);
+    let _ = child.wait();
+    let rows = s.json(&["list"]);
+    assert!(
+        rows["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| !r["location"].as_str().unwrap().starts_with("s3://")),
+        "nothing switched yet: {rows}"
+    );
+
+    // The same command finishes it.
+    let (code, out, err) = s.run(&["migrate", "--to", "offsite"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Moved 2 backups to offsite"), "{out}");
+    assert!(
+        out.contains("new backups still go to the home's store"),
+        "{out}"
+    );
+    let rows = s.json(&["list"]);
+    let rows = rows["backups"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["location"].as_str().unwrap().starts_with("s3://")),
+        "{rows:?}"
+    );
+    let left = crate::support::walk(&s.env.home().join("backups"));
+    assert!(
+        !left.iter().any(|p| p.to_string_lossy().contains(".tar")),
+        "{left:?}"
+    );
+    assert_eq!(s.keys().len(), 4, "{:?}", s.keys());
+    let (code, out, _) = s.run(&["migrate", "--to", "offsite"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Moved 0 backups"), "{out}");
+    let dest = s.env.path("after-migrate");
+    let (code, _, err) = s.run(&[
+        "restore",
+        inc["id"].as_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&dest), latest);
+    let _ = full;
 }

@@ -140,6 +140,10 @@ pub struct BackupReport {
     /// are unchanged since its parent.
     pub unchanged_files: u64,
     pub unchanged_bytes: u64,
+    /// The copies made after the backup (`copies = [...]`), links first.
+    pub copies: Vec<crate::ops::copy::Copied>,
+    /// The copies that failed, each with why: the backup itself is made.
+    pub copy_errors: Vec<String>,
     pub duration_ms: u64,
 }
 
@@ -443,6 +447,29 @@ fn store_prefix(ctx: &Context<'_>, instance: &str, named: Option<&Named>) -> Str
     }
 }
 
+/// The named stores a backup's id is claimed in: where it goes, and
+/// where it is copied to (those that cannot be reached are left out: the
+/// copy then fails and says why).
+fn claim_stores(
+    ctx: &Context<'_>,
+    req: &BackupRequest,
+    named: Option<&Named>,
+) -> Vec<Arc<dyn Store>> {
+    if !matches!(req.output, Output::Store) {
+        return Vec::new();
+    }
+    let mut stores: Vec<Arc<dyn Store>> = named.iter().map(|n| n.store.clone()).collect();
+    let placement = req.instance.placement.or_defaults(&ctx.config.placement);
+    stores.extend(
+        placement
+            .copies
+            .iter()
+            .filter(|c| c.as_str() != crate::stores::HOME_STORE)
+            .filter_map(|c| ctx.config.stores.get(c).ok()),
+    );
+    stores
+}
+
 /// Connects the store the instance's backups go to, when it is a named
 /// one and the backup goes to the store: wrong credentials or a missing
 /// bucket fail here, before anything is recorded.
@@ -670,9 +697,46 @@ pub fn backup(ctx: &Context<'_>, mut req: BackupRequest) -> Result<BackupReport>
     // We hold the lock: an interrupted restore of this instance is repaired
     // before anything else reads or writes it.
     crate::ops::recover::recover_locked(ctx, &lock)?;
+    let copies = req
+        .instance
+        .placement
+        .or_defaults(&ctx.config.placement)
+        .copies;
+    let streamed = matches!(req.output, Output::Stream(_));
     let mut report = backup_locked(ctx, req, &lock)?;
     report.renamed = renamed;
+    if report.cataloged && !streamed {
+        copy_after(ctx, &copies, &mut report);
+    }
     Ok(report)
+}
+
+/// Copies a new backup to each of `stores` (`copies = [...]`), under
+/// its instance's lock; a copy that fails is said, and the backup stays.
+fn copy_after(ctx: &Context<'_>, stores: &[String], report: &mut BackupReport) {
+    if stores.is_empty() {
+        return;
+    }
+    let catalog = match Catalog::open(&ctx.layout.catalog()) {
+        Ok(c) => c,
+        Err(e) => {
+            report.copy_errors.push(format!("the catalog: {e}"));
+            return;
+        }
+    };
+    for name in stores {
+        let copied = crate::ops::copy::Target::open(ctx, name).and_then(|target| {
+            let mut out = Vec::new();
+            crate::ops::copy::copy_locked(ctx, &catalog, &report.backup, &target, &mut out)
+                .map(|()| out)
+        });
+        match copied {
+            Ok(out) => report.copies.extend(out),
+            Err(e) => report
+                .copy_errors
+                .push(format!("to {name}: {}", error_chain(&e))),
+        }
+    }
 }
 
 /// Settles the name the instance is backed up under (`naming`) and takes
@@ -849,15 +913,25 @@ pub fn backup_locked(
     };
     // An id is taken when an archive of that name exists where this one goes
     // (only the store and a directory output name the file after the id).
+    // Ids are claimed in every shared store the backup goes to or is
+    // copied to, so two hosts never give theirs the same id.
+    let claim_in = if streaming {
+        Vec::new()
+    } else {
+        claim_stores(ctx, &req, named)
+    };
     let taken = |id: &str| {
-        matches!(req.output, Output::Store | Output::Dir(_))
+        let here = matches!(req.output, Output::Store | Output::Dir(_))
             && destination(ctx, &req.instance.name, (&req, encrypted), id, named).is_some_and(
                 |at| match at.as_file() {
                     Some(p) => p.symlink_metadata().is_ok(),
                     // A store that cannot say is taken: the next id is tried.
                     None => !matches!(at.size(), Ok(None)),
                 },
-            )
+            );
+        here || claim_in.iter().any(|store| {
+            !crate::stores::claim_id(store.as_ref(), &req.instance.name, id, host).unwrap_or(true)
+        })
     };
     let id = if streaming {
         // A stream is not recorded, but its id must not clash with one that is.
@@ -930,6 +1004,8 @@ pub fn backup_locked(
                 excluded: summarize_excluded(&scanned.excluded),
                 unchanged_files: scanned.unchanged.0,
                 unchanged_bytes: scanned.unchanged.1,
+                copies: Vec::new(),
+                copy_errors: Vec::new(),
                 warnings,
                 notes,
                 trailer: written.trailer,

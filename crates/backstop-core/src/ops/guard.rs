@@ -130,7 +130,7 @@ pub fn guard(ctx: &Context<'_>, req: &GuardRequest) -> Result<GuardReport> {
                     match crate::ops::prune::prune(
                         ctx,
                         &inst.name,
-                        &Default::default(),
+                        (&Default::default(), &Default::default()),
                         false,
                         req.wait,
                     ) {

@@ -107,10 +107,25 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// Which of an instance's backups a prune looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Scope {
+    /// Only the copies in this store (`local` for the home's own), which
+    /// are all a prune removes; `None`: every backup, from every store.
+    pub store: Option<String>,
+    /// Other hosts' backups too (by default each host prunes only its own,
+    /// though a catalog rebuilt from a shared bucket holds them all).
+    pub all_hosts: bool,
+}
+
 /// What `prune` decided, or did, for one instance.
 #[derive(Debug, Clone, Serialize)]
 pub struct PrunePlan {
     pub instance: String,
+    /// The store it is limited to, if any.
+    pub store: Option<String>,
+    /// Backups of other hosts left alone.
+    pub other_hosts: usize,
     pub rules: Retention,
     /// Newest first.
     pub decisions: Vec<Decision>,
@@ -271,12 +286,17 @@ fn civil(rfc3339: &str) -> Option<jiff::civil::DateTime> {
 pub fn prune(
     ctx: &Context<'_>,
     instance: &str,
-    rules: &Retention,
+    (rules, scope): (&Retention, &Scope),
     dry_run: bool,
     wait: Option<Duration>,
 ) -> Result<PrunePlan> {
+    if let Some(name) = &scope.store
+        && name != crate::stores::HOME_STORE
+    {
+        ctx.config.stores.def(name)?;
+    }
     if dry_run {
-        return plan(ctx, instance, rules);
+        return plan(ctx, instance, (rules, scope));
     }
     fsutil::create_private_dir_all(&ctx.layout.home)?;
     let store = StoreLock::shared(ctx.layout, wait, ctx.cancel)?;
@@ -289,7 +309,7 @@ pub fn prune(
         ctx.cancel,
     )?;
     crate::ops::recover::recover_locked(ctx, &lock)?;
-    prune_locked(ctx, &lock, rules)
+    prune_locked(ctx, &lock, (rules, scope))
 }
 
 /// The config's retention for `instance`, if it has an instance and rules.
@@ -304,7 +324,11 @@ pub fn configured(ctx: &Context<'_>, instance: &str) -> RetentionConfig {
         })
 }
 
-fn plan(ctx: &Context<'_>, instance: &str, rules: &Retention) -> Result<PrunePlan> {
+fn plan(
+    ctx: &Context<'_>,
+    instance: &str,
+    (rules, scope): (&Retention, &Scope),
+) -> Result<PrunePlan> {
     let config = configured(ctx, instance);
     let rules = config.rules.overridden_by(rules);
     if rules.is_empty() {
@@ -318,6 +342,8 @@ fn plan(ctx: &Context<'_>, instance: &str, rules: &Retention) -> Result<PrunePla
     let Some(catalog) = open_existing(ctx)? else {
         return Ok(PrunePlan {
             instance: instance.to_string(),
+            store: scope.store.clone(),
+            other_hosts: 0,
             rules,
             decisions: Vec::new(),
             failed_dropped: Vec::new(),
@@ -325,10 +351,23 @@ fn plan(ctx: &Context<'_>, instance: &str, rules: &Retention) -> Result<PrunePla
             applied: false,
         });
     };
-    let rows = catalog.list(&ListFilter {
+    let mut rows = catalog.list(&ListFilter {
         instance: Some(instance.to_string()),
         ..ListFilter::default()
     })?;
+    let host = crate::lock::hostname();
+    let before = rows.len();
+    rows.retain(|r| scope.all_hosts || r.host == host);
+    let other_hosts = before - rows.len();
+    if let Some(name) = &scope.store {
+        let mut held = Vec::new();
+        for r in rows {
+            if in_store(ctx, &catalog, &r, name)?.is_some() {
+                held.push(r);
+            }
+        }
+        rows = held;
+    }
     let now = time::now();
     let decisions = decide(&rows, &rules, now);
     let max_age =
@@ -350,6 +389,8 @@ fn plan(ctx: &Context<'_>, instance: &str, rules: &Retention) -> Result<PrunePla
         .sum();
     Ok(PrunePlan {
         instance: instance.to_string(),
+        store: scope.store.clone(),
+        other_hosts,
         rules,
         decisions,
         failed_dropped,
@@ -367,13 +408,16 @@ fn plan(ctx: &Context<'_>, instance: &str, rules: &Retention) -> Result<PrunePla
 pub fn prune_locked(
     ctx: &Context<'_>,
     lock: &InstanceLock,
-    rules: &Retention,
+    (rules, scope): (&Retention, &Scope),
 ) -> Result<PrunePlan> {
-    let mut plan = plan(ctx, lock.instance(), rules)?;
+    let mut plan = plan(ctx, lock.instance(), (rules, scope))?;
     let catalog = Catalog::open(&ctx.layout.catalog())?;
     for d in plan.decisions.iter().filter(|d| !d.keep) {
         ctx.cancel.check()?;
-        remove_backup(ctx, &catalog, &d.id)?;
+        match &scope.store {
+            Some(name) => remove_from_store(ctx, &catalog, &d.id, name)?,
+            None => remove_backup(ctx, &catalog, &d.id)?,
+        }
     }
     for id in &plan.failed_dropped {
         catalog.delete_row(id)?;
@@ -386,30 +430,92 @@ pub fn prune_locked(
 /// between leaves a row whose archive is missing, which the next prune or
 /// `delete` finishes.
 fn remove_backup(ctx: &Context<'_>, catalog: &Catalog, id: &str) -> Result<()> {
-    if let Some(row) = catalog.get(id)?
-        && let Some(loc) = &row.location
-    {
-        if loc.starts_with("s3://") {
-            let at = ctx.config.stores.locate(loc)?;
-            at.sidecar().remove()?;
-            crate::meta::remove(&at)?;
-            at.remove()?;
-            catalog.delete_row(id)?;
-            return Ok(());
+    if let Some(row) = catalog.get(id)? {
+        // The further copies first, then the first location: a crash in
+        // between leaves rows whose archives are missing, never an
+        // archive no row names.
+        for copy in catalog.copies_of(id)? {
+            remove_archive(ctx, &copy.location)?;
         }
-        let archive = Path::new(loc);
-        let meta = crate::meta::meta_path(archive);
-        for path in [sidecar_path(archive), meta, archive.to_path_buf()] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("removing", &path, e)),
-            }
+        if let Some(loc) = &row.location {
+            remove_archive(ctx, loc)?;
         }
-        fsutil::fsync_dir(&fsutil::parent_dir(archive))?;
     }
     catalog.delete_row(id)?;
     Ok(())
+}
+
+/// Where backup `row` is in store `name` (its first location, or a
+/// further copy), if it is there.
+fn in_store(
+    ctx: &Context<'_>,
+    catalog: &Catalog,
+    row: &BackupRecord,
+    name: &str,
+) -> Result<Option<(bool, String)>> {
+    let store_of = |loc: &str| {
+        ctx.config
+            .stores
+            .name_of(loc)
+            .unwrap_or(crate::stores::HOME_STORE)
+            .to_string()
+    };
+    if let Some(loc) = &row.location
+        && store_of(loc) == name
+    {
+        return Ok(Some((true, loc.clone())));
+    }
+    Ok(catalog
+        .copies_of(&row.id)?
+        .into_iter()
+        .find(|c| c.store == name)
+        .map(|c| (false, c.location)))
+}
+
+/// Removes backup `id` from store `name` only: its copy there, or, when
+/// that is its first location, that archive, a further copy taking its
+/// place; a backup held nowhere else is removed whole.
+fn remove_from_store(ctx: &Context<'_>, catalog: &Catalog, id: &str, name: &str) -> Result<()> {
+    let Some(row) = catalog.get(id)? else {
+        return Ok(());
+    };
+    let copies = catalog.copies_of(id)?;
+    match in_store(ctx, catalog, &row, name)? {
+        None => Ok(()),
+        Some((false, loc)) => {
+            remove_archive(ctx, &loc)?;
+            Ok(catalog.remove_copy(id, name)?)
+        }
+        Some((true, loc)) => match copies.first() {
+            None => remove_backup(ctx, catalog, id),
+            Some(next) => {
+                // The catalog first: a crash after it leaves an archive
+                // no row names, which reconcile reports.
+                catalog.promote_copy(id, &next.store, &next.location)?;
+                remove_archive(ctx, &loc)
+            }
+        },
+    }
+}
+
+/// Removes an archive with its sidecar and metadata, wherever it is.
+pub(crate) fn remove_archive(ctx: &Context<'_>, loc: &str) -> Result<()> {
+    if loc.starts_with("s3://") {
+        let at = ctx.config.stores.locate(loc)?;
+        at.sidecar().remove()?;
+        crate::meta::remove(&at)?;
+        return at.remove();
+    }
+    let archive = Path::new(loc);
+    let meta = crate::meta::meta_path(archive);
+    for path in [sidecar_path(archive), meta, archive.to_path_buf()] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("removing", &path, e)),
+        }
+    }
+    fsutil::fsync_dir(&fsutil::parent_dir(archive))
 }
 
 /// What `delete` removed.

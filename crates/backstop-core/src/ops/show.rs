@@ -32,6 +32,8 @@ pub struct ShowReport {
     /// The incremental backups that need this one (built on it, or on one
     /// built on it).
     pub dependants: Vec<String>,
+    /// Its further copies, in other stores.
+    pub copies: Vec<crate::catalog::CopyRecord>,
 }
 
 /// A backup named on the command line: a catalog id or an archive file.
@@ -116,13 +118,18 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
             .and_then(|r| r.location.as_ref().map(PathBuf::from)),
     };
     let mut record = record;
-    let (restores, guards, dependants) = match (&catalog, &mut record) {
+    let (restores, guards, dependants, copies) = match (&catalog, &mut record) {
         (Some(c), Some(r)) => {
             c.fill_chain_sizes(std::slice::from_mut(r))?;
             let dependants = c.dependants(&r.id)?.into_iter().map(|d| d.id).collect();
-            (c.restores_of(&r.id)?, c.guards_of(&r.id)?, dependants)
+            (
+                c.restores_of(&r.id)?,
+                c.guards_of(&r.id)?,
+                dependants,
+                c.copies_of(&r.id)?,
+            )
         }
-        _ => (Vec::new(), Vec::new(), Vec::new()),
+        _ => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
     };
     Ok(ShowReport {
         backup: record,
@@ -132,5 +139,6 @@ pub fn show(ctx: &Context<'_>, target: &str) -> Result<ShowReport> {
         restores,
         guards,
         dependants,
+        copies,
     })
 }

@@ -515,7 +515,7 @@ fn auto_prune(
     else {
         return;
     };
-    match crate::ops::prune::prune_locked(ctx, lock, &Default::default()) {
+    match crate::ops::prune::prune_locked(ctx, lock, (&Default::default(), &Default::default())) {
         Ok(p) => warnings.extend(
             p.decisions
                 .iter()

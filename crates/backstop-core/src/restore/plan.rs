@@ -243,6 +243,33 @@ impl Found {
     }
 }
 
+/// `first`, the archive where the catalog has it, when it is there; else
+/// the first further copy of it that is (a store down, an archive lost:
+/// the second copy is what it is for).
+///
+/// # Errors
+///
+/// Fails when `first` cannot be asked and no copy is there either.
+fn reachable_copy(
+    ctx: &Context<'_>,
+    catalog: &crate::catalog::Catalog,
+    record: &BackupRecord,
+    first: Location,
+) -> Result<Location> {
+    let asked = first.size();
+    if matches!(asked, Ok(Some(_))) {
+        return Ok(first);
+    }
+    for copy in catalog.copies_of(&record.id)? {
+        if let Ok(at) = ctx.config.stores.locate(&copy.location)
+            && matches!(at.size(), Ok(Some(_)))
+        {
+            return Ok(at);
+        }
+    }
+    asked.map(|_| first)
+}
+
 /// Resolves `target` (a backup id, an archive file, or an application
 /// version) to the archive a restore reads, and reads its manifest.
 ///
@@ -300,6 +327,10 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
                 .locate(r.location.as_deref().unwrap_or_default())?;
             (at, Some(r))
         }
+    };
+    let archive = match (&catalog, &record) {
+        (Some(c), Some(r)) => reachable_copy(ctx, c, r, archive)?,
+        _ => archive,
     };
     if archive.size()?.is_none() {
         return Err(Error::NotFound {

@@ -173,7 +173,12 @@ pub fn backup(report: &BackupReport, verbose: bool) -> String {
     }
     match &b.location {
         Some(loc) => {
-            let _ = writeln!(out, "  file     {loc}");
+            let what = if loc.starts_with("s3://") {
+                "object"
+            } else {
+                "file  "
+            };
+            let _ = writeln!(out, "  {what}   {loc}");
         }
         None => {
             let _ = writeln!(

@@ -303,7 +303,7 @@ fn refused_credentials_are_named_and_nothing_is_recorded() {
     let _ = s.moto.create_user("someone");
     s.moto.require_auth();
     let (code, _, err) = s.run(&["backup", "app"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("refused the credentials"), "{err}");
     assert!(err.contains("hint"), "the next step is named: {err}");
     let (_, out, _) = s.run(&["--json", "list"]);
@@ -385,6 +385,8 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     std::fs::write(s.app.join("config/app.toml"), b"port = 7070\n").unwrap();
     let inc = s.backup(&[]);
     let latest = files(&s.app);
+    let (code, _, err) = s.run(&["pin", full["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
     // A new machine: nothing but the config and the bucket's credentials.
     std::fs::remove_dir_all(s.env.home()).unwrap();
     let (code, out, err) = s.run(&["reconcile", "--store", "offsite"]);
@@ -406,6 +408,8 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     );
     assert_eq!(rows[0]["parent"], full["id"]);
     assert_eq!(rows[0]["location"], inc["location"]);
+    assert_eq!(rows[1]["pinned"], true, "the pin came back from the bucket");
+    assert_eq!(rows[0]["pinned"], false);
     // Everything agrees now; and the chain restores into a new directory.
     let (code, out, err) = s.run(&["reconcile", "--store", "offsite"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -115,6 +115,10 @@ pub(crate) fn copy_locked(
         chain.push(link);
     }
     for r in chain.iter().rev() {
+        // A link copied (or found there) for an earlier backup of the run.
+        if out.iter().any(|c| c.id == r.id) {
+            continue;
+        }
         out.push(copy_one(ctx, catalog, r, target)?);
     }
     Ok(())

@@ -399,6 +399,13 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     let findings = doc["reconcile"]["findings"].as_array().unwrap();
     assert_eq!(findings.len(), 2, "{doc}");
     assert!(findings.iter().all(|f| f["action"].is_string()), "{doc}");
+    // Adopted from their two ends, not downloaded whole.
+    assert!(
+        findings
+            .iter()
+            .all(|f| f["detail"].as_str().unwrap().contains("ranged GETs")),
+        "{doc}"
+    );
     let rows = s.json(&["list"]);
     let rows = rows["backups"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
@@ -410,8 +417,11 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     assert_eq!(rows[0]["location"], inc["location"]);
     assert_eq!(rows[1]["pinned"], true, "the pin came back from the bucket");
     assert_eq!(rows[0]["pinned"], false);
-    // Everything agrees now; and the chain restores into a new directory.
+    // Everything agrees now, the content verifies, and the chain restores
+    // into a new directory.
     let (code, out, err) = s.run(&["reconcile", "--store", "offsite"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = s.run(&["verify", "--all"]);
     assert_eq!(code, 0, "{out}{err}");
     let dest = s.env.path("recovered");
     let (code, _, err) = s.run(&[

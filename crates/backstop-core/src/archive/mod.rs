@@ -1,6 +1,7 @@
 //! The archive: format version 1, its writer and its reader.
 
 pub mod compress;
+pub mod ends;
 pub mod format;
 pub mod holders;
 pub mod index;

@@ -453,7 +453,43 @@ fn same_file(a: &Path, b: &Path) -> bool {
         )
 }
 
-/// Verifies an orphaned archive in full and, with `apply`, records it.
+/// What an orphan is adopted from: its manifest and trailer, and the
+/// archive's SHA-256 and size.
+struct Adoptable {
+    manifest: crate::archive::Manifest,
+    trailer: crate::archive::Trailer,
+    sha256: String,
+    size: u64,
+    encrypted: bool,
+    /// Whether its content was read and checked, or only its ends.
+    verified: bool,
+}
+
+/// An orphan in a bucket with its sidecar there, read at its two ends
+/// only (ranged GETs: the payload is not fetched); `None` when it must be
+/// read in full (no sidecar, an age stream, ends that cannot be found).
+fn by_its_ends(ctx: &Context<'_>, file: &Location) -> Result<Option<Adoptable>> {
+    if file.as_object().is_none() {
+        return Ok(None);
+    }
+    let (Some(size), Ok(Some(sha256))) = (file.size()?, read_sidecar(file)) else {
+        return Ok(None);
+    };
+    let Ok(Some(ends)) = crate::archive::ends::read_ends(file, size, ctx.keys) else {
+        return Ok(None);
+    };
+    Ok(Some(Adoptable {
+        manifest: ends.manifest,
+        trailer: ends.trailer,
+        sha256,
+        size,
+        encrypted: false,
+        verified: false,
+    }))
+}
+
+/// Adopts an orphaned archive, with `apply`: one in a bucket from its two
+/// ends, any other once verified in full.
 fn adopt(
     ctx: &Context<'_>,
     catalog: Option<&Catalog>,
@@ -462,10 +498,35 @@ fn adopt(
     apply: bool,
     report: &mut ReconcileReport,
 ) -> Result<()> {
+    let found = match by_its_ends(ctx, file)? {
+        Some(a) => a,
+        None => match verified_whole(ctx, instance, file, report) {
+            Some(a) => a,
+            None => return Ok(()),
+        },
+    };
+    record_orphan(catalog, (instance, file), found, apply, report)
+}
+
+/// An orphan read and checked in full; `None` (with a finding) when it
+/// does not verify or cannot be opened.
+fn verified_whole(
+    ctx: &Context<'_>,
+    instance: &str,
+    file: &Location,
+    report: &mut ReconcileReport,
+) -> Option<Adoptable> {
     let run = verify_archive(file, (&NoProgress, ctx.cancel), ctx.keys);
     let path = file.label().display().to_string();
-    let verified = match run.result {
-        Ok(v) => v,
+    match run.result {
+        Ok(v) => Some(Adoptable {
+            sha256: v.sha256,
+            size: v.size,
+            encrypted: v.encrypted,
+            manifest: v.manifest,
+            trailer: v.trailer,
+            verified: true,
+        }),
         Err(Error::Encryption(EncryptionError::NoPassphrase { .. })) => {
             report.findings.push(Finding {
                 problem: Problem::Orphaned,
@@ -478,7 +539,7 @@ fn adopt(
                     .into(),
                 action: None,
             });
-            return Ok(());
+            None
         }
         Err(Error::Encryption(EncryptionError::NoIdentity { .. })) => {
             report.findings.push(Finding {
@@ -492,7 +553,7 @@ fn adopt(
                     .into(),
                 action: None,
             });
-            return Ok(());
+            None
         }
         Err(e) => {
             report.findings.push(Finding {
@@ -506,9 +567,21 @@ fn adopt(
                 ),
                 action: None,
             });
-            return Ok(());
+            None
         }
-    };
+    }
+}
+
+/// Records an orphan (with `apply`) from what was read of it, unless its
+/// sidecar disagrees or it is another instance's.
+fn record_orphan(
+    catalog: Option<&Catalog>,
+    (instance, file): (&str, &Location),
+    verified: Adoptable,
+    apply: bool,
+    report: &mut ReconcileReport,
+) -> Result<()> {
+    let path = file.label().display().to_string();
     let m = &verified.manifest;
     let sidecar = read_sidecar(file).ok().flatten();
     if sidecar.as_deref().is_some_and(|s| s != verified.sha256) || m.instance != instance {
@@ -542,9 +615,17 @@ fn adopt(
         instance: instance.to_string(),
         id: Some(m.id.clone()),
         path: path.clone(),
-        detail: match meta_note {
-            Some(note) => format!("not in the catalog; the archive verifies; {note}"),
-            None => "not in the catalog; the archive verifies".into(),
+        detail: {
+            let how = if verified.verified {
+                "the archive verifies"
+            } else {
+                "its manifest and trailer were read (ranged GETs; `verify` checks the content, \
+                 as every restore does)"
+            };
+            match meta_note {
+                Some(note) => format!("not in the catalog; {how}; {note}"),
+                None => format!("not in the catalog; {how}"),
+            }
         },
         action: Some(action),
     });

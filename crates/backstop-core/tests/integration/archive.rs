@@ -245,3 +245,40 @@ fn backup_of_a_tree_holding_the_store_leaves_the_store_out() {
     );
     drop(env);
 }
+
+#[test]
+fn the_ends_of_an_archive_are_read_without_its_payload() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    // Over two 4 MiB blocks, half of it incompressible: several frames,
+    // one stored raw.
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let noise: Vec<u8> = (0..5 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("data/noise"), &noise).unwrap();
+    std::fs::write(src.join("data/zeros"), vec![0u8; 5 << 20]).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("data/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    for codec in [Codec::Zstd, Codec::Gzip, Codec::None] {
+        let report = env.backup(&src, codec);
+        let at = Location::file(report.backup.location.clone().unwrap());
+        let size = report.backup.size.unwrap();
+        let ends = backstop_core::archive::ends::read_ends(&at, size, &NO_KEYS)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{codec}: the ends are found"));
+        assert_eq!(ends.codec, codec);
+        assert_eq!(ends.manifest.id, report.backup.id);
+        let verified = verify_archive(&at, (&NoProgress, &Cancel::default()), &NO_KEYS)
+            .result
+            .unwrap();
+        assert_eq!(ends.trailer, verified.trailer, "{codec}");
+    }
+}

@@ -494,11 +494,9 @@ impl Location {
             Some((store, key)) => match store.head(key)? {
                 None => Ok(None),
                 Some(0) => Ok(Some(Vec::new())),
-                Some(n) if n > 1 << 20 => Err(StoreError::Short {
-                    store: store.describe(),
-                    key: key.as_str().to_string(),
-                    expected: 1 << 20,
-                    got: n,
+                Some(n) if n > 1 << 20 => Err(crate::archive::ArchiveError::Corrupt {
+                    path: self.label.clone(),
+                    detail: format!("is {n} bytes: no sidecar or metadata file is that large"),
                 }
                 .into()),
                 Some(n) => Ok(Some(store.read_range(key, 0, n)?)),
@@ -615,6 +613,16 @@ pub fn claim_id(store: &dyn Store, instance: &str, id: &str, host: &str) -> Resu
 pub fn archive_key(host: &str, instance: &str, file: &str) -> Result<Key> {
     let host = host_component(host);
     Ok(Key::new(&format!("{host}/{instance}/{file}"))?)
+}
+
+/// The key below which a host keeps an instance's archives in a named
+/// store: `<host>/<instance>`.
+///
+/// # Errors
+///
+/// Fails when the instance name is not a key component.
+pub fn instance_prefix(host: &str, instance: &str) -> Result<Key> {
+    Ok(Key::new(&format!("{}/{instance}", host_component(host)))?)
 }
 
 /// A host name as a key component: anything but `A-Z a-z 0-9 . _ -`

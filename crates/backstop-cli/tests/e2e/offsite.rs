@@ -719,3 +719,29 @@ fn migrate_moves_the_home_store_into_the_bucket_and_resumes_after_a_kill() {
     assert_eq!(files(&dest), latest);
     let _ = full;
 }
+
+#[test]
+fn with_the_bucket_unreachable_a_restore_reads_the_local_copy() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let proxy = Proxy::start(moto.port());
+    let s = Offsite::with(moto, Some(proxy.endpoint()));
+    let b = s.backup(&[]);
+    let (code, _, err) = s.run(&["copy", b["id"].as_str().unwrap(), "--to", "local"]);
+    assert_eq!(code, 0, "{err}");
+    let original = files(&s.app);
+    proxy.cut();
+    let dest = s.env.path("offline");
+    let started = std::time::Instant::now();
+    let (code, _, err) = s.run(&[
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&dest), original);
+    eprintln!("restored from the copy in {:?}", started.elapsed());
+}

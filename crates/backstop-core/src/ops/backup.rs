@@ -887,8 +887,7 @@ pub fn backup_locked(
         match named {
             // We hold the lock: no live backup of this instance writes here.
             Some(n) => {
-                let prefix = crate::stores::archive_key(&n.host, &req.instance.name, "x")?;
-                let dir = Key::new(prefix.as_str().trim_end_matches("/x"))?;
+                let dir = crate::stores::instance_prefix(&n.host, &req.instance.name)?;
                 n.store.cleanup_abandoned(Some(&dir))?;
             }
             None => {

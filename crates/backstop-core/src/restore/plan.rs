@@ -254,12 +254,20 @@ fn reachable_copy(
     ctx: &Context<'_>,
     catalog: &crate::catalog::Catalog,
     record: &BackupRecord,
-    first: Location,
+    first: Result<Location>,
 ) -> Result<Location> {
-    let asked = first.size();
-    if matches!(asked, Ok(Some(_))) {
-        return Ok(first);
-    }
+    // Why the first location cannot be used, if it cannot.
+    let failed = match &first {
+        Ok(at) => match at.size() {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(None),
+            Err(e) => Some(Some(e)),
+        },
+        Err(_) => Some(None),
+    };
+    let Some(failed) = failed else {
+        return first;
+    };
     for copy in catalog.copies_of(&record.id)? {
         if let Ok(at) = ctx.config.stores.locate(&copy.location)
             && matches!(at.size(), Ok(Some(_)))
@@ -267,7 +275,11 @@ fn reachable_copy(
             return Ok(at);
         }
     }
-    asked.map(|_| first)
+    match failed {
+        // Asking the first location failed: that error, not "missing".
+        Some(e) => Err(e),
+        None => first,
+    }
 }
 
 /// Resolves `target` (a backup id, an archive file, or an application
@@ -301,9 +313,9 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
                 message: format!("backup {} has no archive file", r.id),
                 hint: None,
             })?;
-            (ctx.config.stores.locate(&loc)?, Some(r))
+            (ctx.config.stores.locate(&loc), Some(r))
         }
-        Ok(Resolved::File(p, r)) => (Location::file(p), r),
+        Ok(Resolved::File(p, r)) => (Ok(Location::file(p)), r),
         Err(not_found) => {
             // An application version: its newest available backup.
             let by_version = match &catalog {
@@ -324,13 +336,13 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
             let at = ctx
                 .config
                 .stores
-                .locate(r.location.as_deref().unwrap_or_default())?;
+                .locate(r.location.as_deref().unwrap_or_default());
             (at, Some(r))
         }
     };
     let archive = match (&catalog, &record) {
         (Some(c), Some(r)) => reachable_copy(ctx, c, r, archive)?,
-        _ => archive,
+        _ => archive?,
     };
     if archive.size()?.is_none() {
         return Err(Error::NotFound {

@@ -308,6 +308,12 @@ fn refused_credentials_are_named_and_nothing_is_recorded() {
     assert!(err.contains("hint"), "the next step is named: {err}");
     let (_, out, _) = s.run(&["--json", "list"]);
     assert!(!out.contains("\"id\""), "no row: {out}");
+    let (code, out, err) = s.run(&["doctor"]);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("store offsite") && out.contains("refused the credentials"),
+        "{out}{err}"
+    );
 }
 
 #[test]
@@ -359,6 +365,11 @@ fn a_server_gone_mid_upload_leaves_no_archive_and_the_next_backup_cleans_up() {
     let _ = child.wait();
     assert!(!s.keys().iter().any(|k| k.ends_with(".tar.zst")));
     assert!(!s.uploads().is_empty(), "the killed upload is pending");
+    let (_, out, err) = s.run(&["doctor"]);
+    assert!(
+        out.contains("unfinished upload(s) of dead backups"),
+        "{out}{err}"
+    );
 
     // The next backup aborts what the dead ones left, and succeeds.
     let b = s.backup(&[]);

@@ -113,6 +113,7 @@ pub fn doctor(ctx: &Context<'_>, only: Option<&str>) -> Result<DoctorReport> {
         check_instance(ctx, &mut out, inst);
     }
     check_store(ctx, &mut out);
+    check_named_stores(ctx, &mut out);
     check_catalog(ctx, &mut out);
     let worst = out.0.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
     Ok(DoctorReport {
@@ -394,6 +395,55 @@ fn check_store(ctx: &Context<'_>, out: &mut Out) {
             "store",
             format!("{} is writable, {} MiB free", store.display(), free >> 20),
         );
+    }
+}
+
+/// Each `[stores.NAME]`: connected (a bucket is asked once, so refused
+/// credentials, a missing bucket or a skewed clock show here), and the
+/// uploads dead backups left there.
+fn check_named_stores(ctx: &Context<'_>, out: &mut Out) {
+    for (name, def) in ctx.config.stores.defs() {
+        let subject = format!("store {name}");
+        let store = match ctx.config.stores.get(name) {
+            Ok(store) => store,
+            Err(e) => {
+                let hint = e.hint();
+                out.0.push(Finding {
+                    subject,
+                    level: Level::Error,
+                    detail: format!(
+                        "{}: {}",
+                        def.describe(),
+                        crate::ops::backup::error_chain(&e)
+                    ),
+                    hint,
+                });
+                continue;
+            }
+        };
+        match store.pending(None) {
+            Ok(p) if p.is_empty() => out.ok(&subject, format!("{} is reachable", def.describe())),
+            Ok(p) => out.add(
+                &subject,
+                Level::Warning,
+                format!(
+                    "{} is reachable; {} unfinished upload(s) of dead backups are there",
+                    def.describe(),
+                    p.len()
+                ),
+                Some("the next backup of each instance removes its own"),
+            ),
+            Err(e) => out.add(
+                &subject,
+                Level::Error,
+                format!(
+                    "{}: {}",
+                    def.describe(),
+                    crate::ops::backup::error_chain(&e)
+                ),
+                None,
+            ),
+        }
     }
 }
 

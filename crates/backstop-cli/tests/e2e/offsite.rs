@@ -756,3 +756,36 @@ fn with_the_bucket_unreachable_a_restore_reads_the_local_copy() {
     assert_eq!(files(&dest), original);
     eprintln!("restored from the copy in {:?}", started.elapsed());
 }
+
+#[test]
+fn a_missing_bucket_and_missing_credentials_are_named_with_the_way_out() {
+    let Some(s) = Offsite::new() else {
+        return;
+    };
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace(&format!("s3://{}/", s.bucket), "s3://no-such-bucket-here/"),
+    )
+    .unwrap();
+    let (code, _, err) = s.run(&["backup", "app"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no-such-bucket-here does not exist"), "{err}");
+    assert!(err.contains("create the bucket"), "{err}");
+    let out = s
+        .cmd()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", s.env.path("none"))
+        .args(["backup", "app"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    assert!(
+        !s.env.home().join("catalog.db").exists()
+            || !s.run(&["--json", "list"]).1.contains("\"id\""),
+        "nothing recorded"
+    );
+}

@@ -72,6 +72,7 @@ impl Progress for Bars {
             Phase::Backup => "backing up",
             Phase::Verify => "verifying",
             Phase::Unpack => "unpacking",
+            Phase::Fetch => "fetching",
             _ => "working",
         };
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

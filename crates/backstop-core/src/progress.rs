@@ -21,6 +21,8 @@ pub enum Phase {
     /// Reading an archive and writing its files into a restore's staging
     /// directories.
     Unpack,
+    /// Fetching an archive from a store once, before a restore reads it.
+    Fetch,
 }
 
 /// What is being done to a service.

@@ -326,6 +326,9 @@ impl Stores {
 pub struct Location {
     label: PathBuf,
     object: Option<(Arc<dyn Store>, Key)>,
+    /// The object's bytes, fetched once into an unnamed local file
+    /// ([`Location::spooled`]): read from there, not the store.
+    spool: Option<Arc<std::fs::File>>,
 }
 
 impl PartialEq for Location {
@@ -348,6 +351,7 @@ impl Location {
         Location {
             label: path.into(),
             object: None,
+            spool: None,
         }
     }
 
@@ -357,6 +361,7 @@ impl Location {
         Location {
             label,
             object: Some((store, key)),
+            spool: None,
         }
     }
 
@@ -451,6 +456,12 @@ impl Location {
     ///
     /// Fails when it cannot be opened (missing included).
     pub fn open(&self) -> Result<Box<dyn Read + Send>> {
+        if let Some(file) = &self.spool {
+            return Ok(Box::new(Spooled {
+                file: file.clone(),
+                pos: 0,
+            }));
+        }
         match &self.object {
             None => {
                 let file = std::fs::File::open(&self.label)
@@ -461,12 +472,86 @@ impl Location {
         }
     }
 
+    /// Opens it for reading from the start, for a reader that needs only
+    /// its beginning (a manifest): an object is fetched in ranges that
+    /// double from 64 KiB to 8 MiB as they are read, not read ahead.
+    ///
+    /// # Errors
+    ///
+    /// Fails when it cannot be opened (missing included).
+    pub fn open_lazily(&self) -> Result<Box<dyn Read + Send>> {
+        match (&self.object, &self.spool) {
+            (Some((store, key)), None) => {
+                let size = store.head(key)?.ok_or_else(|| StoreError::NotFound {
+                    store: store.describe(),
+                    key: key.as_str().to_string(),
+                })?;
+                Ok(Box::new(Ranges {
+                    store: store.clone(),
+                    key: key.clone(),
+                    size,
+                    pos: 0,
+                    chunk: 64 << 10,
+                    buf: Vec::new(),
+                    at: 0,
+                }))
+            }
+            _ => self.open(),
+        }
+    }
+
+    /// Its first `n` bytes (fewer when it is shorter).
+    ///
+    /// # Errors
+    ///
+    /// Fails when it cannot be read.
+    pub fn head_bytes(&self, n: usize) -> Result<Vec<u8>> {
+        let mut reader = self.open_lazily_at_most(n as u64)?;
+        let mut buf = Vec::with_capacity(n);
+        std::io::Read::by_ref(&mut reader)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| match StoreError::from_io(&e) {
+                Some(se) => se.clone().into(),
+                None => Error::io("reading", &self.label, e),
+            })?;
+        Ok(buf)
+    }
+
+    fn open_lazily_at_most(&self, n: u64) -> Result<Box<dyn Read + Send>> {
+        match (&self.object, &self.spool) {
+            (Some((store, key)), None) => {
+                let size = store.head(key)?.ok_or_else(|| StoreError::NotFound {
+                    store: store.describe(),
+                    key: key.as_str().to_string(),
+                })?;
+                Ok(Box::new(Ranges {
+                    store: store.clone(),
+                    key: key.clone(),
+                    size,
+                    pos: 0,
+                    chunk: n.max(1),
+                    buf: Vec::new(),
+                    at: 0,
+                }))
+            }
+            _ => self.open(),
+        }
+    }
+
     /// Its size, or `None` when there is nothing there.
     ///
     /// # Errors
     ///
     /// Fails when it cannot be asked (permission denied, a store down).
     pub fn size(&self) -> Result<Option<u64>> {
+        if let Some(file) = &self.spool {
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("reading the metadata of", &self.label, e))?
+                .len();
+            return Ok(Some(len));
+        }
         match &self.object {
             None => match std::fs::symlink_metadata(&self.label) {
                 Ok(m) if m.is_file() => Ok(Some(m.len())),
@@ -551,6 +636,54 @@ impl Location {
         }
     }
 
+    /// This object, fetched once into an unnamed file in `dir` (mode 0600,
+    /// gone when the last reader closes it, even after a crash), so that
+    /// a restore that reads an archive twice (its checksum before anything
+    /// stops, then its content) fetches it once. Its sidecar, siblings and
+    /// label stay the object's. A file is returned as it is.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the object cannot be read or the file written.
+    pub fn spooled(
+        &self,
+        dir: &Path,
+        (progress, cancel): (&dyn crate::progress::Progress, &crate::progress::Cancel),
+    ) -> Result<Location> {
+        if self.object.is_none() || self.spool.is_some() {
+            return Ok(self.clone());
+        }
+        let mut file = unnamed_file(dir).map_err(|e| Error::io("creating a file in", dir, e))?;
+        let mut reader = self.open()?;
+        progress.start(crate::progress::Phase::Fetch, self.size()?.unwrap_or(0));
+        let copied = (|| {
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                cancel.check()?;
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        return Err(match StoreError::from_io(&e) {
+                            Some(se) => se.clone().into(),
+                            None => Error::io("fetching", &self.label, e),
+                        });
+                    }
+                };
+                std::io::Write::write_all(&mut file, &buf[..n])
+                    .map_err(|e| Error::io("writing a copy of", &self.label, e))?;
+                progress.advance(n as u64);
+            }
+        })();
+        progress.finish();
+        copied?;
+        Ok(Location {
+            spool: Some(Arc::new(file)),
+            ..self.clone()
+        })
+    }
+
     /// The store and key, when it is an object.
     pub fn as_object(&self) -> Option<(&Arc<dyn Store>, &Key)> {
         self.object.as_ref().map(|(s, k)| (s, k))
@@ -613,6 +746,85 @@ pub fn claim_id(store: &dyn Store, instance: &str, id: &str, host: &str) -> Resu
 pub fn archive_key(host: &str, instance: &str, file: &str) -> Result<Key> {
     let host = host_component(host);
     Ok(Key::new(&format!("{host}/{instance}/{file}"))?)
+}
+
+/// An object from its start, fetched in ranges that double up to 8 MiB
+/// as they are read.
+struct Ranges {
+    store: Arc<dyn Store>,
+    key: Key,
+    size: u64,
+    pos: u64,
+    chunk: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Ranges {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.buf.len() {
+            if self.pos >= self.size {
+                return Ok(0);
+            }
+            let len = self.chunk.min(self.size - self.pos);
+            self.buf = self
+                .store
+                .read_range(&self.key, self.pos, len)
+                .map_err(|e| match e {
+                    Error::Store(se) => se.into_io(),
+                    other => std::io::Error::other(other.to_string()),
+                })?;
+            self.pos += len;
+            self.at = 0;
+            self.chunk = (self.chunk * 2).clamp(64 << 10, 8 << 20);
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A reader of a spooled file at its own offset (`pread`), so that each
+/// [`Location::open`] reads from the start whatever the others do.
+struct Spooled {
+    file: Arc<std::fs::File>,
+    pos: u64,
+}
+
+impl Read for Spooled {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A new file in `dir` that no name reaches (`O_TMPFILE`), or one whose
+/// name is removed at once where the filesystem has none.
+fn unnamed_file(dir: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::open(dir, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {
+        Ok(fd) => Ok(std::fs::File::from(fd)),
+        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
+            let name = dir.join(format!(
+                "{}spool.{}.{}",
+                crate::fsutil::TEMP_PREFIX,
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::open(&name, flags, mode)?;
+            let _ = std::fs::remove_file(&name);
+            Ok(std::fs::File::from(fd))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The key below which a host keeps an instance's archives in a named

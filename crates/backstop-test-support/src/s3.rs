@@ -271,6 +271,8 @@ struct ProxyState {
     up: AtomicBool,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
+    /// Bytes relayed from the server to its clients.
+    down: std::sync::atomic::AtomicU64,
 }
 
 impl Proxy {
@@ -284,6 +286,7 @@ impl Proxy {
             up: AtomicBool::new(true),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            down: std::sync::atomic::AtomicU64::new(0),
         });
         let state = Arc::clone(&shared);
         let accept = thread::spawn(move || accept_loop(Some(listener), port, &state));
@@ -302,6 +305,11 @@ impl Proxy {
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Bytes the server has sent through the proxy so far.
+    pub fn bytes_down(&self) -> u64 {
+        self.shared.down.load(Ordering::SeqCst)
     }
 
     /// Drops every connection and refuses new ones.
@@ -367,11 +375,24 @@ fn relay(client: TcpStream, state: &Arc<ProxyState>) {
         conns.push(client.try_clone().expect("clone"));
         conns.push(server.try_clone().expect("clone"));
     }
-    thread::spawn(move || pump(client, server));
-    thread::spawn(move || pump(server2, client2));
+    thread::spawn(move || pump(client, server, None));
+    let counted = Arc::clone(state);
+    thread::spawn(move || pump(server2, client2, Some(&counted.down)));
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
+fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<&std::sync::atomic::AtomicU64>) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        if let Some(c) = count {
+            c.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    }
     let _ = to.shutdown(Shutdown::Write);
 }

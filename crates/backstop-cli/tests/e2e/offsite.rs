@@ -789,3 +789,54 @@ fn a_missing_bucket_and_missing_credentials_are_named_with_the_way_out() {
         "nothing recorded"
     );
 }
+
+#[test]
+fn a_restore_fetches_the_archive_from_the_bucket_once() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let proxy = Proxy::start(moto.port());
+    let s = Offsite::with(moto, Some(proxy.endpoint()));
+    let mut x = 0x853C49E6748FEA9Bu64;
+    let noise: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(s.app.join("data/noise"), &noise).unwrap();
+    let b = s.backup(&["--full"]);
+    let size = b["size"].as_u64().unwrap();
+    let before = proxy.bytes_down();
+    let dest = s.env.path("once");
+    let (code, _, err) = s.run(&[
+        "restore",
+        b["id"].as_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let fetched = proxy.bytes_down() - before;
+    assert!(
+        fetched < size + size / 4,
+        "{fetched} bytes fetched for an archive of {size}: it was read from the bucket more than once"
+    );
+    assert_eq!(std::fs::read(dest.join("data/noise")).unwrap(), noise);
+    // `show` reads the manifest alone; `verify` the archive once.
+    let before = proxy.bytes_down();
+    let (code, _, err) = s.run(&["show", b["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let shown = proxy.bytes_down() - before;
+    assert!(shown < 512 << 10, "show fetched {shown} bytes");
+    let before = proxy.bytes_down();
+    let (code, _, err) = s.run(&["verify", b["id"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let verified = proxy.bytes_down() - before;
+    assert!(
+        verified < size + size / 4,
+        "verify fetched {verified} of {size}"
+    );
+}

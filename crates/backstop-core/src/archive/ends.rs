@@ -12,10 +12,10 @@
 //! 512-byte boundary. An age stream cannot be read from its end without
 //! the key's whole stream: those are read in full by the caller.
 
-use std::io::{self, Read};
+use std::io::Read;
 
-use crate::archive::format::{Codec, MANIFEST_NAME, Manifest, TRAILER_NAME, Trailer};
-use crate::archive::reader::{detect_codec, open_stream, parse_manifest, read_doc};
+use crate::archive::format::{Codec, Manifest, TRAILER_NAME, Trailer};
+use crate::archive::reader::{detect_codec, read_manifest};
 use crate::archive::tarread::TarReader;
 use crate::encryption::{self, Keys};
 use crate::error::Result;
@@ -48,7 +48,8 @@ pub fn read_ends(loc: &Location, size: u64, keys: &Keys) -> Result<Option<Ends>>
     let Some(codec) = detect_codec(&head) else {
         return Ok(None);
     };
-    let manifest = manifest(loc, size, codec, keys)?;
+    // From the start, a range at a time (`Location::open_lazily`).
+    let manifest = read_manifest(loc, keys)?;
     let start = size.saturating_sub(TAIL);
     let tail = read_at(loc, start, size - start)?;
     let trailer = match codec {
@@ -92,65 +93,6 @@ fn read_at(loc: &Location, start: u64, len: u64) -> Result<Vec<u8>> {
                 .map_err(|e| crate::Error::io("reading", path, e))?;
             Ok(buf)
         }
-    }
-}
-
-/// The manifest, read from the start a range at a time.
-fn manifest(loc: &Location, size: u64, codec: Codec, keys: &Keys) -> Result<Manifest> {
-    let path = loc.label();
-    let ranges = Ranges {
-        loc,
-        size,
-        pos: 0,
-        chunk: 64 << 10,
-        buf: Vec::new(),
-        at: 0,
-    };
-    let (codec, stream, _) = open_stream(path, Some(codec), io::BufReader::new(ranges), keys)?;
-    let mut tar = TarReader::new(stream);
-    let first = tar
-        .next_entry()
-        .map_err(|e| corrupt(loc, format!("{codec} stream: {e}")))?
-        .ok_or_else(|| corrupt(loc, "the archive is empty".into()))?;
-    let data = read_doc(path, &mut tar, &first, MANIFEST_NAME)?;
-    parse_manifest(path, &data)
-}
-
-fn corrupt(loc: &Location, detail: String) -> crate::Error {
-    crate::archive::ArchiveError::Corrupt {
-        path: loc.label().to_path_buf(),
-        detail,
-    }
-    .into()
-}
-
-/// The archive from its start, fetched in ranges that double from 64 KiB
-/// to 8 MiB as they are read: a manifest costs one or two requests.
-struct Ranges<'a> {
-    loc: &'a Location,
-    size: u64,
-    pos: u64,
-    chunk: u64,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl Read for Ranges<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.at == self.buf.len() {
-            if self.pos >= self.size {
-                return Ok(0);
-            }
-            let len = self.chunk.min(self.size - self.pos);
-            self.buf = read_at(self.loc, self.pos, len).map_err(io::Error::other)?;
-            self.pos += len;
-            self.at = 0;
-            self.chunk = (self.chunk * 2).min(8 << 20);
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 

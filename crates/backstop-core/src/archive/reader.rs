@@ -70,9 +70,8 @@ fn corrupt(path: &Path, detail: impl Into<String>) -> Error {
 /// its codec (an encrypted archive's codec is known once it is decrypted).
 pub(crate) fn sniff(loc: &Location) -> Result<Option<Codec>> {
     let path = loc.label();
-    let mut file = loc.open()?;
-    let mut head = [0u8; 512];
-    let n = read_full(&mut file, &mut head).map_err(|e| read_error(path, e))?;
+    let head = loc.head_bytes(512)?;
+    let n = head.len();
     if encryption::is_age(&head[..n]) {
         return Ok(None);
     }
@@ -203,7 +202,7 @@ pub fn parse_manifest(path: &Path, data: &[u8]) -> Result<Manifest> {
 pub fn read_manifest(loc: &Location, keys: &Keys) -> Result<Manifest> {
     let path = loc.label();
     let codec = sniff(loc)?;
-    let file = loc.open()?;
+    let file = loc.open_lazily()?;
     let (codec, stream, failure) = open_stream(path, codec, io::BufReader::new(file), keys)?;
     let mut tar = TarReader::new(stream);
     let first = tar

@@ -282,6 +282,27 @@ fn reachable_copy(
     }
 }
 
+/// An archive in a store, fetched once into an unnamed file in the home
+/// when the home's filesystem has room for it: a restore reads it twice
+/// (its checksum before anything is stopped, then its content), and a
+/// bucket is then asked once. Without the room it is read from the store
+/// both times.
+///
+/// # Errors
+///
+/// Fails when the object cannot be fetched.
+fn fetch_once(ctx: &Context<'_>, archive: Location) -> Result<Location> {
+    if archive.as_object().is_none() || !ctx.layout.home.is_dir() {
+        return Ok(archive);
+    }
+    let size = archive.size()?.unwrap_or(0);
+    let room = fsutil::available_space(&ctx.layout.home).unwrap_or(0);
+    if room < size.saturating_add(size / 10).saturating_add(64 << 20) {
+        return Ok(archive);
+    }
+    archive.spooled(&ctx.layout.home, (ctx.progress, ctx.cancel))
+}
+
 /// Resolves `target` (a backup id, an archive file, or an application
 /// version) to the archive a restore reads, and reads its manifest.
 ///
@@ -344,6 +365,7 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
         (Some(c), Some(r)) => reachable_copy(ctx, c, r, archive)?,
         _ => archive?,
     };
+    let archive = fetch_once(ctx, archive)?;
     if archive.size()?.is_none() {
         return Err(Error::NotFound {
             message: format!("the archive {} is missing", archive.label().display()),

@@ -6,10 +6,12 @@
 # corpus after changing 1 % of its files, second backups (incremental) against
 # restic's, a chain of seven restored, and (--million) over a tree of one
 # million small files. backstop's backup and restore are also timed
-# encrypted (age, one X25519 recipient) beside the same unencrypted ones.
+# encrypted (age, one X25519 recipient) beside the same unencrypted ones,
+# and (issue 14) into and out of an S3 bucket on a moto_server on loopback
+# beside the same full backup and restore on the home's local store.
 #
 #   bench/bench.sh [--size 1G] [--work DIR] [--runs N] [--cold] [--million]
-#                  [--only chains]
+#                  [--only chains|s3]
 #
 #   --size SIZE   corpus size for make-corpus.py (default 1G; e.g. 200M)
 #   --work DIR    where the corpus and every output go
@@ -19,8 +21,12 @@
 #                 Without it runs are warm-cache: the corpus is read once,
 #                 untimed, and as root each run's input is also re-read after
 #                 a page-cache drop (see settle for why)
-#   --only chains time only the incremental-chain rows (the other tables
-#                 then say "not run")
+#   --only PHASE  run one phase alone and print only its tables:
+#                 chains  the incremental-chain rows
+#                 s3      backup --full and restore on the local store against
+#                         the same into and out of a bucket on moto_server
+#                         (started on a free loopback port, killed at the end;
+#                         skipped with a note when moto_server is missing)
 #   --million     also time a tree of 1,000 dirs x 1,000 files of 30-230
 #                 bytes (made once, kept in the work dir like the corpus):
 #                 backstop backup, restore into an empty dir, and after
@@ -33,6 +39,12 @@
 #   BORG_ENCRYPTION  borg init -e mode (default: none; see borg_init below)
 #   BENCH_MILLION_DIRS, BENCH_MILLION_FILES  the --million tree's shape
 #                 (default 1000 and 1000; e.g. 100 and 100 for a quick try)
+#   MOTO_SERVER   the moto_server to start for the s3 rows (default: the
+#                 one on PATH, else /opt/backstop-moto/bin/moto_server)
+#   BENCH_S3_PART_MIB  the bucket store's part_size_mib (default: backstop's
+#                 own, 16)
+#   The s3 rows give backstop AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+#   "testing" (moto accepts any) unless they are set already.
 #
 # Progress goes to stderr; stdout is only the Markdown report, so
 #   bench/bench.sh --size 1G > report.md
@@ -57,6 +69,7 @@ MILLION=0
 ONLY=""
 MILLION_DIRS=${BENCH_MILLION_DIRS:-1000}
 MILLION_FILES=${BENCH_MILLION_FILES:-1000}
+S3_PART_MIB=${BENCH_S3_PART_MIB:-}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
@@ -86,9 +99,10 @@ parse_args() {
     [[ $SIZE =~ ^[0-9]+(\.[0-9]+)?[KkMmGg]?[Bb]?$ ]] || die "bad --size: $SIZE"
     SIZE=$(printf '%s' "$SIZE" | tr '[:lower:]' '[:upper:]')
     [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs: $RUNS"
-    [[ -z $ONLY || $ONLY == chains ]] || die "bad --only: $ONLY (the one phase that runs alone is chains)"
+    [[ -z $ONLY || $ONLY == chains || $ONLY == s3 ]] || die "bad --only: $ONLY (the phases that run alone: chains, s3)"
     [[ $MILLION_DIRS =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_DIRS: $MILLION_DIRS"
     [[ $MILLION_FILES =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_FILES: $MILLION_FILES"
+    [[ -z $S3_PART_MIB || $S3_PART_MIB =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_S3_PART_MIB: $S3_PART_MIB"
     if [ "$COLD" -eq 1 ] && ! is_root; then
         die "--cold needs root (it writes /proc/sys/vm/drop_caches)"
     fi
@@ -114,16 +128,19 @@ setup_work() {
     CHAIN7=$WORK/chain7     # the chain of seven and a full backup beside it
     export CHAIN CHAIN7     # the timed commands (bash -c) name them
     AGE_KEY=$WORK/age-identity.txt  # the encrypted rows' identity (made untimed)
-    rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "$MILLION_DIR/home" "$AGE_KEY"
+    S3_DIR=$WORK/s3         # the s3 rows' config and moto_server's log
+    S3_CONFIG=$S3_DIR/backstop.toml
+    rm -rf "$OUTS" "$RESTORE" "$TIMES" "$EXACT" "${MILLION_DIR:?}/home" "$AGE_KEY" "$S3_DIR"
     mkdir -p "$OUTS" "$TIMES"
-    export WORK CORPUS OUTS RESTORE EXACT MILLION_DIR AGE_KEY
+    export WORK CORPUS OUTS RESTORE EXACT MILLION_DIR AGE_KEY S3_CONFIG
 }
 
-# Per-run outputs go; the corpus and the --million tree stay for the next
-# invocation.
+# Per-run outputs go, and moto_server if it runs; the corpus and the
+# --million tree stay for the next invocation.
 cleanup() {
+    stop_moto
     if [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
-        rm -rf "${OUTS:?}" "${RESTORE:?}" "${TIMES:?}" "${EXACT:?}" "${MILLION_DIR:?}/home" "${AGE_KEY:?}"
+        rm -rf "${OUTS:?}" "${RESTORE:?}" "${TIMES:?}" "${EXACT:?}" "${MILLION_DIR:?}/home" "${AGE_KEY:?}" "${S3_DIR:?}"
     fi
 }
 
@@ -250,6 +267,15 @@ warm_inputs() {
     else
         read_corpus
     fi
+    # A running moto_server keeps every object over its buffer size in a
+    # deleted temporary file: read those back through its open fds, so a
+    # restore from the bucket finds its archive as warm as one from a home.
+    if [ -n "${MOTO_PID:-}" ] && [ -d "/proc/$MOTO_PID/fd" ]; then
+        local fd
+        for fd in "/proc/$MOTO_PID/fd"/*; do
+            if [ -f "$fd" ]; then cat "$fd" > /dev/null 2>&1 || true; fi
+        done
+    fi
     local c
     for c in "$BACKSTOP" zstd pigz gzip tar; do
         have "$c" && "$c" --version > /dev/null 2>&1
@@ -295,13 +321,23 @@ declare -A RESULT=()
 #   TOOL_CMD / SYNC_CMD   bash snippets; $OUT, $WORK, $CORPUS, $BACKSTOP,
 #              $RESTORE, $SRC are exported
 #   SIZE_PATH  what to measure afterwards (output for backups, the restored
-#              tree for restores)
+#              tree for restores); s3:BUCKET is the bytes of the objects in
+#              that bucket of the running moto_server
 # The outputs of the last run are left in $OUTS/ID for the restore phase.
+#
+# PROBE, when set, names a function called untimed right before every timed
+# run with "start" and right after it with "stop"; what "stop" prints is kept
+# per run, and PROBED[ID] is what it printed for the median run (the s3 rows
+# use it for moto_server's own CPU time, which GNU time does not see).
+PROBE=""
+declare -A PROBED=()
 bench() {
     local id=$1 ok_codes=$2 prep=$3 tool_cmd=$4 sync_cmd=$5 size_path=$6
     local runs_file=$TIMES/$id.runs run rc wall user sys rss cpu size note=""
+    local probe_file=$TIMES/$id.probe
     export OUT=$OUTS/$id
     : > "$runs_file"
+    : > "$probe_file"
     for run in $(seq 1 "$RUNS"); do
         rm -rf "$OUT" "$RESTORE"
         mkdir -p "$OUT" "$RESTORE"
@@ -309,7 +345,9 @@ bench() {
         settle
         log "$id: run $run/$RUNS"
         rc=0
+        if [ -n "$PROBE" ]; then "$PROBE" start; fi
         time_once "$tool_cmd" "$sync_cmd" "$TIMES/$id.time" 2> "$TIMES/$id.err" || rc=$?
+        if [ -n "$PROBE" ]; then "$PROBE" stop >> "$probe_file"; fi
         if ! [[ " $ok_codes " == *" $rc "* ]]; then
             log "$id: failed with exit $rc; its stderr ends:"
             tail -n 15 "$TIMES/$id.err" >&2
@@ -321,14 +359,25 @@ bench() {
         # numbers are on the last line.
         read -r wall user sys rss < <(tail -n 1 "$TIMES/$id.time")
         cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
-        size=$(tree_bytes "$size_path")
+        case "$size_path" in
+            s3:*) size=$(bucket_bytes "${size_path#s3:}") ;;
+            *) size=$(tree_bytes "$size_path") ;;
+        esac
         printf '%s %s %s %s\n' "$wall" "$cpu" "$rss" "$size" >> "$runs_file"
         log "$id: wall ${wall}s cpu ${cpu}s rss $((rss / 1024))MiB size $size B"
     done
     # Median by wall time; for an even N the lower middle run. Its CPU, RSS
     # and size are reported with it, so the row is one real run.
-    local median
+    local median n
     median=$(sort -n -k1,1 "$runs_file" | sed -n "$(( (RUNS + 1) / 2 ))p")
+    if [ -n "$PROBE" ]; then
+        # The same pick by run number (ties by run order), so that the
+        # probe's line is the median run's.
+        n=$(awk '{ print $1, NR }' "$runs_file" | sort -n -k1,1 -k2,2n |
+            sed -n "$(( (RUNS + 1) / 2 ))p" | cut -d' ' -f2)
+        median=$(sed -n "${n}p" "$runs_file")
+        PROBED[$id]=$(sed -n "${n}p" "$probe_file")
+    fi
     RESULT[$id]="$median ${note:-ok}"
     ALL_RUNS[$id]=$(cut -d' ' -f1 "$runs_file" | paste -sd' ' -)
 }
@@ -738,6 +787,331 @@ EOF
     row restore-chain7 'backstop restore of a chain of seven + sync' restore-full7 restore
 }
 
+# --- off-site stores (issue 14) ----------------------------------------------
+
+# The same full backup (`backup --full`) of the corpus, as a configured
+# instance, into the home's own store and into a bucket on a moto_server on
+# loopback; then `restore ID --dest EMPTYDIR --yes --no-pre-backup` of the
+# last run's backup from each. Every backup run gets a fresh home and, for
+# the bucket, a fresh moto_server with an empty bucket (moto keeps objects
+# in memory and in deleted temporary files, so old runs' archives would pile
+# up); the restores read the last backup run's home and bucket. The restored
+# trees are checked against the corpus afterwards, untimed.
+S3_BUCKET=backstop-bench
+MOTO=""
+MOTO_PID=""
+MOTO_PORT=""
+MOTO_STARTS=0
+
+find_moto() {
+    if [ -n "${MOTO_SERVER:-}" ]; then
+        MOTO=$MOTO_SERVER
+    elif have moto_server; then
+        MOTO=$(command -v moto_server)
+    elif [ -x /opt/backstop-moto/bin/moto_server ]; then
+        MOTO=/opt/backstop-moto/bin/moto_server
+    else
+        MOTO=""
+    fi
+    [ -z "$MOTO" ] || [ -x "$MOTO" ]
+}
+
+# s3_http METHOD PATH: one unsigned request to the moto_server (moto takes
+# them); prints the status on the first line, then the body. Exit 1 when
+# nothing answers.
+s3_http() {
+    python3 - "$1" "http://127.0.0.1:$MOTO_PORT$2" <<'PY'
+import sys, urllib.error, urllib.request
+method, url = sys.argv[1], sys.argv[2]
+req = urllib.request.Request(url, method=method, data=b"" if method == "PUT" else None)
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        status, body = r.status, r.read()
+except urllib.error.HTTPError as e:
+    status, body = e.code, e.read()
+except OSError:
+    sys.exit(1)
+print(status)
+sys.stdout.write(body.decode("utf-8", "replace"))
+PY
+}
+
+# bucket_bytes BUCKET: the bytes of every object in BUCKET (ListObjectsV2,
+# page by page).
+bucket_bytes() {
+    python3 - "http://127.0.0.1:$MOTO_PORT/$1" <<'PY'
+import re, sys, urllib.parse, urllib.request
+base, total, token = sys.argv[1], 0, None
+while True:
+    q = {"list-type": "2"}
+    if token:
+        q["continuation-token"] = token
+    with urllib.request.urlopen(base + "?" + urllib.parse.urlencode(q), timeout=30) as r:
+        xml = r.read().decode()
+    total += sum(int(n) for n in re.findall(r"<Size>(\d+)</Size>", xml))
+    m = re.search(r"<NextContinuationToken>([^<]+)</NextContinuationToken>", xml)
+    if "<IsTruncated>true</IsTruncated>" not in xml or not m:
+        break
+    token = m.group(1)
+print(total)
+PY
+}
+
+# start_moto: a fresh moto_server on a free loopback port, an empty bucket
+# on it, and the config naming both. A port taken between choosing and
+# binding makes moto exit: then another is tried.
+start_moto() {
+    stop_moto
+    local try i status
+    for try in 1 2 3; do
+        MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        MOTO_STARTS=$((MOTO_STARTS + 1))
+        "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" > "$S3_DIR/moto.$MOTO_STARTS.log" 2>&1 &
+        MOTO_PID=$!
+        for i in $(seq 1 150); do
+            kill -0 "$MOTO_PID" 2>/dev/null || break
+            if s3_http GET / > /dev/null 2>&1; then break; fi
+            sleep 0.2
+        done
+        if kill -0 "$MOTO_PID" 2>/dev/null && s3_http GET / > /dev/null 2>&1; then
+            status=$(s3_http PUT "/$S3_BUCKET" | head -n 1)
+            [ "$status" = 200 ] || die "moto_server: creating bucket $S3_BUCKET answered $status"
+            write_s3_config
+            return 0
+        fi
+        log "moto_server on port $MOTO_PORT did not come up (try $try, ${i}th wait); its log ends:"
+        tail -n 5 "$S3_DIR/moto.$MOTO_STARTS.log" >&2 || true
+        stop_moto
+    done
+    die "moto_server ($MOTO) did not start"
+}
+
+stop_moto() {
+    if [ -n "${MOTO_PID:-}" ]; then
+        kill "$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+        MOTO_PID=""
+    fi
+}
+
+# The config of the s3 rows: instance `bench` keeps its backups in the
+# bucket, `bench-local` (the same root and source) in the home's own store.
+write_s3_config() {
+    case "$CORPUS" in *"'"*|*$'\n'*) die "the corpus path $CORPUS cannot go into a TOML literal string" ;; esac
+    cat > "$S3_CONFIG" <<TOML
+[stores.offsite]
+url = "s3://$S3_BUCKET/backstop"
+endpoint = "http://127.0.0.1:$MOTO_PORT"
+region = "us-east-1"
+allow_http = true
+${S3_PART_MIB:+part_size_mib = $S3_PART_MIB}
+
+[instances.bench]
+root = '$CORPUS'
+store = "offsite"
+
+[instances.bench.sources]
+data = "."
+
+[instances.bench-local]
+root = '$CORPUS'
+
+[instances.bench-local.sources]
+data = "."
+TOML
+}
+
+# The PROBE of the s3 rows: moto_server's user + system CPU seconds over
+# the timed run ("-" when it is not running).
+MOTO_TICKS0=""
+moto_cpu() {
+    local ticks=""
+    if [ -n "$MOTO_PID" ] && [ -r "/proc/$MOTO_PID/stat" ]; then
+        # utime and stime, fields 14 and 15: the 12th and 13th after the
+        # ")" that ends the command name.
+        ticks=$(sed 's/^.*) //' "/proc/$MOTO_PID/stat" | awk '{ print $12 + $13 }')
+    fi
+    case "$1" in
+        start) MOTO_TICKS0=$ticks ;;
+        stop)
+            if [ -n "$ticks" ] && [ -n "$MOTO_TICKS0" ]; then
+                awk -v a="$MOTO_TICKS0" -v b="$ticks" -v hz="$(getconf CLK_TCK)" \
+                    'BEGIN { printf "%.2f\n", (b - a) / hz }'
+            else
+                echo -
+            fi ;;
+    esac
+}
+
+# s3_backup_id HOME: the newest backup in HOME's catalog.
+s3_backup_id() {
+    "$BACKSTOP" --home "$1" --config "$S3_CONFIG" --json list |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["backups"][0]["id"])'
+}
+
+prep_s3_backup_local() { unset SRC; }
+prep_s3_backup_s3() { unset SRC; start_moto; }
+prep_s3_restore_local() { export SRC=$OUTS/s3-backup-local/home; }
+prep_s3_restore_s3() { export SRC=$OUTS/s3-backup-s3/home; }
+
+# check_s3_restore ID: the last run's restored tree is the corpus.
+check_s3_restore() {
+    check_state "$1" "$RESTORE/corpus" "$TIMES/s3.want"
+    diff -r --no-dereference -q "$CORPUS" "$RESTORE/corpus" >&2 ||
+        die "$1: the restored tree differs in content from the corpus"
+    log "$1: the restored tree matches the corpus"
+}
+
+run_s3() {
+    find_moto || die "MOTO_SERVER=$MOTO is not executable"
+    local id
+    if [ -z "$MOTO" ]; then
+        for id in s3-backup-local s3-backup-s3 s3-restore-local s3-restore-s3; do
+            skip "$id" "moto_server not installed (pip install 'moto[server]')"
+        done
+        return 0
+    fi
+    log "s3: moto_server is $MOTO"
+    mkdir -p "$S3_DIR"
+    export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-testing}
+    export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-testing}
+    unset AWS_SESSION_TOKEN AWS_PROFILE
+    tree_state "$CORPUS" > "$TIMES/s3.want"
+    # The local rows run before any moto_server: their config's endpoint is
+    # a port nobody listens on, and never used.
+    MOTO_PORT=9
+    write_s3_config
+    PROBE=moto_cpu
+
+    bench s3-backup-local "0 3" prep_s3_backup_local \
+        '"$BACKSTOP" --home "$OUT/home" --config "$S3_CONFIG" -q backup bench-local --full' \
+        "$SYNC_TREE" "$OUTS/s3-backup-local/home/backups"
+    bench s3-backup-s3 "0 3" prep_s3_backup_s3 \
+        '"$BACKSTOP" --home "$OUT/home" --config "$S3_CONFIG" -q backup bench --full' \
+        "$SYNC_TREE" "s3:$S3_BUCKET"
+
+    if [[ ${RESULT[s3-backup-local]} != FAIL* ]]; then
+        S3_LOCAL_ID=$(s3_backup_id "$OUTS/s3-backup-local/home")
+        export S3_LOCAL_ID
+        bench s3-restore-local "0" prep_s3_restore_local \
+            '"$BACKSTOP" -q --home "$OUTS/s3-backup-local/home" --config "$S3_CONFIG" restore "$S3_LOCAL_ID" --dest "$RESTORE/corpus" --yes --no-pre-backup' \
+            'sync' "$RESTORE"
+        if [[ ${RESULT[s3-restore-local]} != FAIL* ]]; then check_s3_restore s3-restore-local; fi
+    else skip s3-restore-local "the backup failed"; fi
+    if [[ ${RESULT[s3-backup-s3]} != FAIL* ]]; then
+        S3_ID=$(s3_backup_id "$OUTS/s3-backup-s3/home")
+        export S3_ID
+        bench s3-restore-s3 "0" prep_s3_restore_s3 \
+            '"$BACKSTOP" -q --home "$OUTS/s3-backup-s3/home" --config "$S3_CONFIG" restore "$S3_ID" --dest "$RESTORE/corpus" --yes --no-pre-backup' \
+            'sync' "$RESTORE"
+        if [[ ${RESULT[s3-restore-s3]} != FAIL* ]]; then check_s3_restore s3-restore-s3; fi
+    else skip s3-restore-s3 "the backup failed"; fi
+    PROBE=""
+    stop_moto
+    rm -rf "${RESTORE:?}" "${OUTS:?}/s3-backup-local" "${OUTS:?}/s3-backup-s3"
+}
+
+# s3_ratio ID BASE_ID: ID's median wall / BASE_ID's, or "".
+s3_ratio() {
+    local r=${RESULT[$1]:-SKIP} b=${RESULT[$2]:-SKIP}
+    case "$r $b" in *SKIP*|*FAIL*) echo ""; return 0 ;; esac
+    awk -v r="$r" -v b="$b" 'BEGIN {
+        split(r, x, " "); split(b, y, " "); if (y[1] > 0) printf "%.2f\n", x[1] / y[1] }'
+}
+
+# s3_row ID LABEL BASE_ID: wall, CPU, RSS, moto's CPU, size or restored
+# MiB, throughput and the ratio to BASE_ID.
+s3_row() {
+    local r=${RESULT[$1]:-SKIP not run}
+    case "$r" in
+        SKIP*) printf '| %s | skipped: %s | | | | | | |\n' "$2" "${r#* }"; return 0 ;;
+        FAIL*) printf '| %s | FAILED: %s | | | | | | |\n' "$2" "${r#* }"; return 0 ;;
+    esac
+    awk -v r="$r" -v label="$2" -v ratio="$(s3_ratio "$1" "$3")" -v moto="${PROBED[$1]:--}" \
+        -v corpus="$CORPUS_BYTES" 'BEGIN {
+        split(r, x, " ")
+        if (x[5] != "ok") label = label " (" x[5] ")"
+        tput = x[1] > 0 ? corpus / 1048576 / x[1] : 0
+        printf "| %s | %.2f | %.2f | %.1f | %s | %.1f | %.1f | %s |\n", label, x[1], x[2],
+            x[3] / 1024, moto, x[4] / 1048576, tput, ratio == "" ? "n/a" : ratio
+    }'
+}
+
+# s3_bar WHAT ID BASE_ID: the issue's two bars for one operation: wall at
+# most 1.3 x the same on the local store, peak RSS under 200 MB (10^6 bytes).
+s3_bar() {
+    local what=$1 r=${RESULT[$2]:-SKIP not run} b=${RESULT[$3]:-SKIP not run}
+    case "$r" in SKIP*|FAIL*)
+        case "$r" in SKIP*) r="skipped: ${r#* }" ;; *) r="FAILED: ${r#* }" ;; esac
+        printf '| %s ≤ 1.3 × the same on the local store | %s | n/a |\n' "$what" "$r"
+        printf '| %s under 200 MB resident | %s | n/a |\n' "$what" "$r"
+        return 0 ;;
+    esac
+    case "$b" in SKIP*|FAIL*) b="" ;; esac
+    awk -v r="$r" -v b="$b" -v what="$what" -v ratio="$(s3_ratio "$2" "$3")" 'BEGIN {
+        split(r, x, " "); nb = split(b, y, " ")
+        if (ratio == "" || nb < 4)
+            printf "| %s ≤ 1.3 × the same on the local store | no local row | n/a |\n", what
+        else
+            printf "| %s ≤ 1.3 × the same on the local store | %s × (%.2f s / %.2f s) | %s |\n",
+                what, ratio, x[1], y[1], x[1] <= 1.3 * y[1] ? "yes" : "**no**"
+        mb = x[3] * 1024 / 1e6
+        base = nb >= 4 ? sprintf("; local store: %.1f MB", y[3] * 1024 / 1e6) : ""
+        printf "| %s under 200 MB resident | %.1f MB (%.1f MiB%s) | %s |\n",
+            what, mb, x[3] / 1024, base, mb < 200 ? "yes" : "**no**"
+    }'
+}
+
+print_s3() {
+    local moto_v="not installed" part=${S3_PART_MIB:-"16, the default"}
+    if [ -n "$MOTO" ]; then moto_v="moto $(moto_version)"; fi
+    cat <<EOF
+
+### Off-site stores (issue 14)
+
+\`backstop backup NAME --full\` of the corpus as a configured instance (its
+root the corpus, one source \`.\`) into the home's own store, against the
+same into a bucket (\`s3://$S3_BUCKET/backstop\`, part_size_mib = $part) on
+a moto_server on loopback ($moto_v; started fresh with an empty bucket
+before every bucket backup run, untimed); then \`backstop restore ID --dest
+EMPTYDIR --yes --no-pre-backup\` of the last run's backup from each (from
+the bucket through ranged GETs), both restored trees checked against the
+corpus afterwards. Every backup run has a fresh home. "moto CPU s" is
+moto_server's own user + system time during the timed run: it is not in
+"CPU s" or "peak RSS" (those are backstop's), but moto shares the
+machine's $(nproc) cores with backstop. "MiB" is the archive and its sidecar
+(local store) or every object in the bucket for the backups, the restored
+tree for the restores; throughput = corpus bytes / wall.
+
+| step | wall s | CPU s | peak RSS MiB | moto CPU s | MiB | throughput MiB/s | wall / local store |
+|---|---:|---:|---:|---:|---:|---:|---:|
+EOF
+    s3_row s3-backup-local 'backup --full to the local store + sync' s3-backup-local
+    s3_row s3-backup-s3 'backup --full to the bucket (moto, loopback) + sync' s3-backup-local
+    s3_row s3-restore-local 'restore from the local store + sync' s3-restore-local
+    s3_row s3-restore-s3 'restore from the bucket (moto, loopback) + sync' s3-restore-local
+    cat <<EOF
+
+| bar (issue 14) | result | met? |
+|---|---|---|
+EOF
+    s3_bar 'backup to the bucket' s3-backup-s3 s3-backup-local
+    s3_bar 'restore from the bucket' s3-restore-s3 s3-restore-local
+}
+
+# The moto package's version, from the Python beside moto_server (a venv's,
+# or pyenv's shims), else python3's.
+moto_version() {
+    local py v
+    for py in "$(dirname "$MOTO")/python3" "$(dirname "$MOTO")/python" python3; do
+        if v=$("$py" -c 'import moto; print(moto.__version__)' 2>/dev/null); then
+            echo "$v"
+            return 0
+        fi
+    done
+    echo "version unknown"
+}
+
 # --million: a tree of MILLION_DIRS x MILLION_FILES small files, made by the
 # generator docs/benchmarks.md shows. Made once and kept, like the corpus,
 # under a marker naming its shape; million.dirty says that it was being
@@ -964,6 +1338,15 @@ same run). Cache: $mode.
 
 EOF
     print_machine
+    if [ -z "$ONLY" ]; then print_main; fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = chains ]; then print_chains; fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = s3 ]; then print_s3; fi
+    if [ "$MILLION" -eq 1 ]; then print_million; fi
+    print_how
+}
+
+# The tables of the full run: backups, restores, exact restore, encryption.
+print_main() {
     local hdr='| tool | wall s | CPU s | peak RSS MiB | size MiB | size bytes | throughput MiB/s |'
     cat <<EOF
 ### Backup, zstd family (ratios against tar + zstd)
@@ -1043,8 +1426,9 @@ EOF
 EOF
     row restore-backstop 'backstop restore into an empty directory + sync' restore-backstop restore
     row restore-backstop-age 'backstop restore --identity (encrypted archive) + sync' restore-backstop restore
-    print_chains
-    if [ "$MILLION" -eq 1 ]; then print_million; fi
+}
+
+print_how() {
     local id
     cat <<EOF
 
@@ -1067,7 +1451,8 @@ EOF
     for id in backstop-zstd backstop-age backstop-gzip tar-zstd tar-pigz tar-gzip restic borg \
               restore-backstop restore-backstop-age restore-backstop-tar restore-tar-zstd restore-restic restore-borg \
               restore-exact chain-backstop-same chain-restic-same chain-backstop-changed chain-restic-changed \
-              restore-full7 restore-chain7 million-backup million-tar-zstd million-restore-empty million-dry-run million-exact; do
+              restore-full7 restore-chain7 s3-backup-local s3-backup-s3 s3-restore-local s3-restore-s3 \
+              million-backup million-tar-zstd million-restore-empty million-dry-run million-exact; do
         [ -n "${ALL_RUNS[$id]:-}" ] && printf '  - %s: %s\n' "$id" "${ALL_RUNS[$id]}"
     done
     return 0
@@ -1130,7 +1515,8 @@ main() {
         run_restores
         run_exact
     fi
-    run_chains
+    if [ -z "$ONLY" ] || [ "$ONLY" = chains ]; then run_chains; fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = s3 ]; then run_s3; fi
     if [ "$MILLION" -eq 1 ]; then run_million; fi
     print_report
     # The report is printed either way; a failed tool still fails the script.

@@ -85,9 +85,10 @@ impl S3Config {
 /// `ranges_in_flight × range_size` for a reader.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
-    /// The size of each part of a multipart upload (5 MiB to 5 GiB); an
-    /// object smaller than one part is sent in one request. An object may
-    /// have at most 10,000 parts.
+    /// The size of the first 1,000 parts of a multipart upload (5 MiB to
+    /// 5 GiB; doubled after every 1,000 more); an object smaller than one
+    /// part is sent in one request. An object may have at most 10,000
+    /// parts.
     pub part_size: usize,
     /// Parts uploaded at once; a writer waits when this many are in flight.
     pub parts_in_flight: usize,
@@ -110,7 +111,7 @@ pub struct Transfer {
 impl Default for Transfer {
     fn default() -> Transfer {
         Transfer {
-            part_size: 16 << 20,
+            part_size: 8 << 20,
             parts_in_flight: 3,
             range_size: 8 << 20,
             ranges_in_flight: 3,

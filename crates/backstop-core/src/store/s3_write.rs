@@ -5,7 +5,8 @@
 //! uploaded on the store's runtime while the caller goes on writing. When
 //! `parts_in_flight` parts are on their way, the next full buffer waits
 //! for the oldest (backpressure), so memory stays under
-//! `(parts_in_flight + 1) × part_size`. An object smaller than one part
+//! `(parts_in_flight + 1) × part_size` (the part size doubles after every
+//! 1,000 parts, so a large archive still fits in S3's 10,000). An object smaller than one part
 //! is sent in a single conditional PUT instead.
 //!
 //! `object_store`'s own `WriteMultipart` cannot be used: its completion
@@ -29,6 +30,9 @@ use crate::error::Result;
 
 /// S3's limit on the parts of one upload.
 const MAX_PARTS: usize = 10_000;
+
+/// Parts of one size before the part size doubles.
+const PARTS_PER_SIZE: usize = 1_000;
 
 type PartTask = JoinHandle<Result<PartId, object_store::Error>>;
 
@@ -71,8 +75,12 @@ impl S3Writer {
         }
     }
 
+    /// The size of the part being filled: the configured size for the
+    /// first 1,000 parts, doubled after every 1,000 more (up to S3's 5 GiB),
+    /// so that small archives take little memory and a large one still fits
+    /// in S3's 10,000 parts (8 MiB parts reach about 8 TB).
     fn part_size(&self) -> usize {
-        self.remote.transfer.part_size
+        part_size_after(self.remote.transfer.part_size, self.parts)
     }
 
     fn fail(&self, op: &'static str, e: &object_store::Error) -> StoreError {
@@ -225,10 +233,11 @@ impl Write for S3Writer {
         if self.buf.capacity() == 0 {
             self.buf.reserve_exact(self.part_size());
         }
-        let n = data.len().min(self.part_size() - self.buf.len());
+        let size = self.part_size();
+        let n = data.len().min(size - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         self.written += n as u64;
-        if self.buf.len() == self.part_size()
+        if self.buf.len() == size
             && let Err(e) = self.ship()
         {
             self.failed = Some(e.clone());
@@ -274,6 +283,13 @@ impl Drop for S3Writer {
 /// The ETag S3 gives an object made of parts with these ETags: the MD5 of
 /// their MD5s, then `-` and the number of parts. `None` when a part's ETag
 /// is not an MD5 (some servers use other ETags).
+/// The size of part number `parts` (from 0) of an upload whose first
+/// parts are `base` bytes.
+fn part_size_after(base: usize, parts: usize) -> usize {
+    let doublings = (parts / PARTS_PER_SIZE).min(20) as u32;
+    base.saturating_mul(1 << doublings).min(5 << 30)
+}
+
 fn multipart_etag(etags: &[String]) -> Option<String> {
     let mut md5 = Md5::new();
     for etag in etags {
@@ -288,6 +304,20 @@ fn multipart_etag(etags: &[String]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_grow_so_ten_thousand_hold_terabytes() {
+        let base = 8 << 20;
+        assert_eq!(part_size_after(base, 0), base);
+        assert_eq!(part_size_after(base, 999), base);
+        assert_eq!(part_size_after(base, 1000), 2 * base);
+        assert_eq!(part_size_after(base, 9999), 4 << 30);
+        assert_eq!(part_size_after(1 << 30, 9999), 5 << 30);
+        let total: u64 = (0..MAX_PARTS)
+            .map(|p| part_size_after(base, p) as u64)
+            .sum();
+        assert!(total > 8_000_000_000_000, "{total}");
+    }
 
     #[test]
     fn multipart_etags_are_the_md5_of_the_parts_md5s() {

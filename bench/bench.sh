@@ -41,8 +41,8 @@
 #                 (default 1000 and 1000; e.g. 100 and 100 for a quick try)
 #   MOTO_SERVER   the moto_server to start for the s3 rows (default: the
 #                 one on PATH, else /opt/backstop-moto/bin/moto_server)
-#   BENCH_S3_PART_MIB  the bucket store's part_size_mib (default: backstop's
-#                 own, 16)
+#   BENCH_S3_PART_MIB  the bucket store's part_size_mib (default: none in
+#                 the config, so backstop's own default)
 #   The s3 rows give backstop AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
 #   "testing" (moto accepts any) unless they are set already.
 #
@@ -118,6 +118,13 @@ setup_work() {
     esac
     mkdir -p "$WORK"
     WORK=$(cd "$WORK" && pwd -P)
+    # Two runs in one work dir would delete each other's outputs (and share
+    # the cores): the second one refuses to start. The lock is held on fd 9
+    # until the script exits.
+    if have flock; then
+        exec 9> "$WORK/bench.lock"
+        flock -n 9 || die "another bench.sh is running in $WORK (pick another --work, or wait)"
+    fi
     CORPUS=$WORK/corpus
     OUTS=$WORK/out          # one sub-dir per tool, emptied before each run
     RESTORE=$WORK/restore   # restore target, emptied before each run
@@ -866,7 +873,8 @@ start_moto() {
     for try in 1 2 3; do
         MOTO_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         MOTO_STARTS=$((MOTO_STARTS + 1))
-        "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" > "$S3_DIR/moto.$MOTO_STARTS.log" 2>&1 &
+        # Not holding the work dir's lock (fd 9), should it outlive us.
+        "$MOTO" -H 127.0.0.1 -p "$MOTO_PORT" > "$S3_DIR/moto.$MOTO_STARTS.log" 2>&1 9>&- &
         MOTO_PID=$!
         for i in $(seq 1 150); do
             kill -0 "$MOTO_PID" 2>/dev/null || break
@@ -1063,7 +1071,8 @@ s3_bar() {
 }
 
 print_s3() {
-    local moto_v="not installed" part=${S3_PART_MIB:-"16, the default"}
+    local moto_v="not installed" part="backstop's default part size"
+    if [ -n "$S3_PART_MIB" ]; then part="part_size_mib = $S3_PART_MIB"; fi
     if [ -n "$MOTO" ]; then moto_v="moto $(moto_version)"; fi
     cat <<EOF
 
@@ -1071,7 +1080,7 @@ print_s3() {
 
 \`backstop backup NAME --full\` of the corpus as a configured instance (its
 root the corpus, one source \`.\`) into the home's own store, against the
-same into a bucket (\`s3://$S3_BUCKET/backstop\`, part_size_mib = $part) on
+same into a bucket (\`s3://$S3_BUCKET/backstop\`, $part) on
 a moto_server on loopback ($moto_v; started fresh with an empty bucket
 before every bucket backup run, untimed); then \`backstop restore ID --dest
 EMPTYDIR --yes --no-pre-backup\` of the last run's backup from each (from

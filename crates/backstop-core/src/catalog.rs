@@ -178,6 +178,11 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (backup_id, store)
     );
     "#,
+    // 6: the SHA-256 of the frame table that ends the archive, which a
+    // partial read trusts through it.
+    r#"
+    ALTER TABLE backups ADD COLUMN frames_sha256 TEXT;
+    "#,
 ];
 
 /// A further copy of a backup's archive, in another store.
@@ -269,6 +274,10 @@ pub struct BackupRecord {
     /// Whether the archive is encrypted (an age stream around it).
     pub encrypted: bool,
     pub sha256: Option<String>,
+    /// The SHA-256 of the frame table at the archive's end, when it has one
+    /// (see docs/format.md): what a restore of some sources from a bucket
+    /// trusts to fetch only their frames.
+    pub frames_sha256: Option<String>,
     pub status: Status,
     pub error: Option<String>,
     /// Files that vanished, changed or were unreadable during the backup.
@@ -366,6 +375,7 @@ pub struct Finished<'a> {
     pub files: u64,
     pub bytes: u64,
     pub sha256: &'a str,
+    pub frames_sha256: Option<&'a str>,
     pub warnings: u64,
 }
 
@@ -416,7 +426,7 @@ const COLUMNS: &str = "id, instance, origin, host, created_at, finished_at, kind
     labels, app_version, upgraded_to, profile, location, size, entries, files, bytes, compression, \
     level, sha256, status, error, warnings, verified_at, verify_ok, verify_error, pinned, created_by, \
     last_restored_at, last_restored_to, last_restored_by, encrypted, parent_id, base_id, \
-    chain_position";
+    chain_position, frames_sha256";
 
 impl Catalog {
     /// Opens (creating if needed, with mode 0600) and migrates the catalog at
@@ -577,8 +587,8 @@ impl Catalog {
         self.conn
             .execute(
                 "UPDATE backups SET status = 'available', finished_at = ?2, location = ?3, size = ?4, \
-                 entries = ?5, files = ?6, bytes = ?7, sha256 = ?8, warnings = ?9, error = NULL \
-                 WHERE id = ?1",
+                 entries = ?5, files = ?6, bytes = ?7, sha256 = ?8, warnings = ?9, error = NULL, \
+                 frames_sha256 = ?10 WHERE id = ?1",
                 params![
                     id,
                     done.finished_at,
@@ -588,7 +598,8 @@ impl Catalog {
                     done.files as i64,
                     done.bytes as i64,
                     done.sha256,
-                    done.warnings as i64
+                    done.warnings as i64,
+                    done.frames_sha256
                 ],
             )
             .map(drop)
@@ -1375,6 +1386,7 @@ fn record(r: &Row<'_>) -> rusqlite::Result<BackupRecord> {
         level: r.get(19)?,
         encrypted: r.get(32)?,
         sha256: r.get(20)?,
+        frames_sha256: r.get(36)?,
         status: Status::parse(&status),
         error: r.get(22)?,
         warnings: r.get::<_, i64>(23)? as u64,
@@ -1475,6 +1487,7 @@ mod tests {
                 files: 2,
                 bytes: 7,
                 sha256: "ab",
+                frames_sha256: None,
                 warnings: 0,
             },
         )

@@ -684,6 +684,44 @@ impl Location {
         })
     }
 
+    /// `len` bytes of it from `start`.
+    ///
+    /// # Errors
+    ///
+    /// Fails when it cannot be read, or ends before `start + len`.
+    pub fn read_range(&self, start: u64, len: u64) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let from_file = |f: &std::fs::File| -> Result<Vec<u8>> {
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, start)
+                .map_err(|e| Error::io("reading", &self.label, e))?;
+            Ok(buf)
+        };
+        match (&self.spool, &self.object) {
+            (Some(file), _) => from_file(file),
+            (None, Some((store, key))) => store.read_range(key, start, len),
+            (None, None) => {
+                let f = std::fs::File::open(&self.label)
+                    .map_err(|e| Error::io("opening", &self.label, e))?;
+                from_file(&f)
+            }
+        }
+    }
+
+    /// The same object, read from `file` from now on: a copy of what of
+    /// it is needed, at the same offsets.
+    pub(crate) fn with_spool(&self, file: std::fs::File) -> Location {
+        Location {
+            spool: Some(Arc::new(file)),
+            ..self.clone()
+        }
+    }
+
+    /// Whether it is read from a copy in the home.
+    pub fn is_spooled(&self) -> bool {
+        self.spool.is_some()
+    }
+
     /// The store and key, when it is an object.
     pub fn as_object(&self) -> Option<(&Arc<dyn Store>, &Key)> {
         self.object.as_ref().map(|(s, k)| (s, k))
@@ -803,7 +841,7 @@ impl Read for Spooled {
 
 /// A new file in `dir` that no name reaches (`O_TMPFILE`), or one whose
 /// name is removed at once where the filesystem has none.
-fn unnamed_file(dir: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn unnamed_file(dir: &Path) -> std::io::Result<std::fs::File> {
     use rustix::fs::{Mode, OFlags};
     let mode = Mode::from_raw_mode(0o600);
     match rustix::fs::open(dir, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {

@@ -428,6 +428,10 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     assert_eq!(rows[0]["location"], inc["location"]);
     assert_eq!(rows[1]["pinned"], true, "the pin came back from the bucket");
     assert_eq!(rows[0]["pinned"], false);
+    // And their frame tables, for restores of one source.
+    assert_eq!(rows[0]["frames_sha256"], inc["frames_sha256"]);
+    assert_eq!(rows[1]["frames_sha256"], full["frames_sha256"]);
+    assert!(rows[1]["frames_sha256"].is_string());
     // Everything agrees now, the content verifies, and the chain restores
     // into a new directory.
     let (code, out, err) = s.run(&["reconcile", "--store", "offsite"]);
@@ -444,6 +448,18 @@ fn a_fresh_home_rebuilds_its_catalog_from_the_bucket_and_restores() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(files(&dest), latest);
+    let config = s.env.path("config-only");
+    let (code, out, err) = s.run(&[
+        "restore",
+        inc["id"].as_str().unwrap(),
+        "--only",
+        "config",
+        "--dest",
+        config.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(files(&config.join("config")), files(&s.app.join("config")));
 }
 
 /// The config of [`Offsite`] with `app` kept in the home's store and
@@ -839,4 +855,103 @@ fn a_restore_fetches_the_archive_from_the_bucket_once() {
         verified < size + size / 4,
         "verify fetched {verified} of {size}"
     );
+}
+
+/// `len` bytes that do not compress.
+fn noise(len: usize, mut x: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Restores `id --only config` into a new directory `name`: exit code,
+/// stderr, the directory, and the bytes fetched from the bucket.
+fn restore_config(s: &Offsite, proxy: &Proxy, id: &str, name: &str) -> (i32, String, PathBuf, u64) {
+    let dest = s.env.path(name);
+    let before = proxy.bytes_down();
+    let (code, _, err) = s.run(&[
+        "restore",
+        id,
+        "--only",
+        "config",
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+    ]);
+    (code, err, dest, proxy.bytes_down() - before)
+}
+
+#[test]
+fn a_restore_of_one_source_fetches_only_the_frames_it_needs() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let proxy = Proxy::start(moto.port());
+    let s = Offsite::with(moto, Some(proxy.endpoint()));
+    // `data` holds 24 MiB that do not compress (six 4 MiB frames), after
+    // `config` in the archive.
+    let big = noise(24 << 20, 0x853C49E6748FEA9B);
+    std::fs::write(s.app.join("data/big"), &big).unwrap();
+    let full = s.backup(&["--full"]);
+    let size = full["size"].as_u64().unwrap();
+    assert!(full["frames_sha256"].is_string(), "{full}");
+    let id = full["id"].as_str().unwrap();
+
+    let (code, err, dest, fetched) = restore_config(&s, &proxy, id, "only-config");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        files(&dest.join("config")),
+        files(&s.app.join("config")),
+        "config restored"
+    );
+    assert!(!dest.join("data").exists(), "data was not asked for");
+    // The first frame (manifest, config) and the last (the checksums,
+    // index and trailer), not the four between.
+    assert!(
+        fetched < size / 2,
+        "{fetched} bytes fetched of a {size}-byte archive for its small source"
+    );
+
+    // An incremental: its own frames and its full backup's, for config.
+    std::fs::write(s.app.join("config/app.toml"), b"port = 9090\n").unwrap();
+    let inc = s.backup(&[]);
+    assert_eq!(inc["parent"], full["id"], "{inc}");
+    let chain = size + inc["size"].as_u64().unwrap();
+    let (code, err, dest, fetched) =
+        restore_config(&s, &proxy, inc["id"].as_str().unwrap(), "inc-config");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(files(&dest.join("config")), files(&s.app.join("config")));
+    assert!(fetched < chain / 2, "{fetched} of a {chain}-byte chain");
+
+    // A frame altered in the bucket (the sidecar as it was) is refused,
+    // and nothing is written.
+    let key = key_of(full["location"].as_str().unwrap(), &s.bucket);
+    let raw = download(&s, &key);
+    let mut altered = raw.clone();
+    altered[700] ^= 0x55;
+    replace(&s, &key, &altered);
+    let (code, err, dest, _) = restore_config(&s, &proxy, id, "altered-frame");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("frame 0"), "{err}");
+    assert!(!dest.join("config").exists(), "nothing restored: {dest:?}");
+    // So is a frame table that is not the one the catalog recorded.
+    let mut table = raw.clone();
+    let at = table.len() - 13;
+    table[at] = if table[at] == b'0' { b'1' } else { b'0' };
+    replace(&s, &key, &table);
+    let (code, err, dest, _) = restore_config(&s, &proxy, id, "altered-table");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("frame table"), "{err}");
+    assert!(!dest.join("config").exists());
+    // The whole archive back, a whole restore reads it whole.
+    replace(&s, &key, &raw);
+    let dest = s.env.path("whole");
+    let (code, _, err) = s.run(&["restore", id, "--dest", dest.to_str().unwrap(), "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(dest.join("data/big")).unwrap(), big);
 }

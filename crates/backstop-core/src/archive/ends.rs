@@ -50,8 +50,10 @@ pub fn read_ends(loc: &Location, size: u64, keys: &Keys) -> Result<Option<Ends>>
     };
     // From the start, a range at a time (`Location::open_lazily`).
     let manifest = read_manifest(loc, keys)?;
-    let start = size.saturating_sub(TAIL);
-    let tail = read_at(loc, start, size - start)?;
+    // The frames end where a frame table starts, if there is one.
+    let end = size - crate::archive::frames::table_len(loc, size)?;
+    let start = end.saturating_sub(TAIL);
+    let tail = read_at(loc, start, end - start)?;
     let trailer = match codec {
         // The tail's start rounded up to a tar block.
         Codec::None => find_trailer(&tail[((512 - start % 512) % 512) as usize..]),
@@ -80,20 +82,7 @@ pub fn read_ends(loc: &Location, size: u64, keys: &Keys) -> Result<Option<Ends>>
 
 /// `len` bytes of `loc` from `start`.
 fn read_at(loc: &Location, start: u64, len: u64) -> Result<Vec<u8>> {
-    match loc.as_object() {
-        Some((store, key)) => store.read_range(key, start, len),
-        None => {
-            use std::io::{Seek, SeekFrom};
-            let path = loc.label();
-            let mut f =
-                std::fs::File::open(path).map_err(|e| crate::Error::io("opening", path, e))?;
-            let mut buf = vec![0u8; len as usize];
-            f.seek(SeekFrom::Start(start))
-                .and_then(|_| f.read_exact(&mut buf))
-                .map_err(|e| crate::Error::io("reading", path, e))?;
-            Ok(buf)
-        }
-    }
+    loc.read_range(start, len)
 }
 
 /// The trailer in the decoded end of `tail`: from each place `magic`

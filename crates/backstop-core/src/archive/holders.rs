@@ -18,6 +18,7 @@ use std::thread::{Scope, ScopedJoinHandle};
 use crossbeam_channel::bounded;
 
 use crate::archive::format::{ArchiveError, CHECKSUMS_NAME, MANIFEST_NAME, Manifest};
+use crate::archive::frames::{Partial, PartialReader};
 use crate::archive::index::source_cmp;
 use crate::archive::reader::{
     ChannelReader, DataSource, Holders, decode_error, open_stream, parse_manifest, read_doc,
@@ -40,6 +41,11 @@ pub struct Link {
     pub location: Location,
     /// The SHA-256 its child recorded for it.
     pub sha256: String,
+    /// The catalog's SHA-256 of its frame table, when it has one.
+    pub frames_sha256: Option<String>,
+    /// A read of some of its sources only, its frames checked against
+    /// its frame table (set by a restore of some sources).
+    pub partial: Option<Partial>,
 }
 
 fn broken(path: &Path, detail: String) -> Error {
@@ -75,15 +81,16 @@ pub fn resolve(
                 format!("{} names itself as an ancestor", want.id),
             ));
         }
-        let at = locate(newest_at, &want.id, (catalog, stores)).ok_or_else(|| {
-            broken(
-                newest,
-                format!(
-                    "{}, which {} is built on, is not in the store",
-                    want.id, child.id
-                ),
-            )
-        })?;
+        let (at, frames_sha256) =
+            locate(newest_at, &want.id, (catalog, stores)).ok_or_else(|| {
+                broken(
+                    newest,
+                    format!(
+                        "{}, which {} is built on, is not in the store",
+                        want.id, child.id
+                    ),
+                )
+            })?;
         let path = at.label().to_path_buf();
         let sidecar = read_sidecar(&at)?;
         if sidecar.as_deref() != Some(want.sha256.as_str()) {
@@ -115,6 +122,8 @@ pub fn resolve(
             id: want.id.clone(),
             location: at,
             sha256: want.sha256.clone(),
+            frames_sha256,
+            partial: None,
         });
         child = parent;
     }
@@ -133,18 +142,19 @@ pub fn resolve(
 }
 
 /// Where the archive of backup `id` is: the catalog's location, else a
-/// file (or object) named after the id beside `newest`.
+/// file (or object) named after the id beside `newest`; and the SHA-256
+/// of its frame table the catalog records.
 fn locate(
     newest: &Location,
     id: &str,
     (catalog, stores): (Option<&Catalog>, &Stores),
-) -> Option<Location> {
+) -> Option<(Location, Option<String>)> {
     if let Some(Ok(Some(row))) = catalog.map(|c| c.get(id))
         && let Some(loc) = row.location
         && let Ok(found) = stores.locate(&loc)
         && matches!(found.size(), Ok(Some(_)))
     {
-        return Some(found);
+        return Some((found, row.frames_sha256));
     }
     let prefix = format!("{id}.tar");
     let name = newest.siblings().ok()?.into_iter().find(|name| {
@@ -152,7 +162,7 @@ fn locate(
             matches!(rest, "" | ".zst" | ".gz" | ".age" | ".zst.age" | ".gz.age")
         })
     })?;
-    newest.sibling(&name)
+    newest.sibling(&name).map(|at| (at, None))
 }
 
 /// One link being read: its tar stream, the entry looked at last, and the
@@ -161,7 +171,9 @@ struct Stream<'s> {
     link: Link,
     tar: Option<TarReader<ChannelReader>>,
     peeked: Option<Entry>,
-    hashed: ScopedJoinHandle<'s, Result<String>>,
+    /// The whole file's SHA-256; `None` for a partial read, whose frames
+    /// are checked as they are read.
+    hashed: Option<ScopedJoinHandle<'s, Result<String>>>,
     decoded: ScopedJoinHandle<'s, Result<()>>,
 }
 
@@ -203,8 +215,15 @@ impl<'s> ChainReader<'s> {
             // Closing the tar stream lets the decoder stop; the file is
             // still read to its end and hashed.
             s.tar = None;
-            let _ = s.decoded.join().expect("decoder thread panicked");
-            let outcome = s.hashed.join().expect("reader thread panicked");
+            let decoded = s.decoded.join().expect("decoder thread panicked");
+            let Some(hashed) = s.hashed else {
+                // A frame that failed its check.
+                if let Err(e) = decoded {
+                    first.get_or_insert(e);
+                }
+                continue;
+            };
+            let outcome = hashed.join().expect("reader thread panicked");
             let err = match outcome {
                 Ok(sha) if sha == s.link.sha256 => continue,
                 Ok(sha) => broken(
@@ -232,6 +251,9 @@ fn open<'s, 'e>(
 ) -> Result<Stream<'s>> {
     let at = &link.location;
     let path = at.label();
+    if let Some(partial) = &link.partial {
+        return open_partial(scope, link, partial, cancel);
+    }
     let sniffed = sniff(at)?;
     // Shallow queues: a chain of N links holds N of these at once, and a
     // link mostly waits for the incremental to reach its next file.
@@ -239,9 +261,9 @@ fn open<'s, 'e>(
     let (plain_tx, plain_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let (raw_spent_tx, raw_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
     let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
-    let hashed = scope.spawn(move || -> Result<String> {
+    let hashed = Some(scope.spawn(move || -> Result<String> {
         read_stage(at, cancel, (&raw_tx, &raw_spent_rx), &|_| {}).map(|(sha, _)| sha)
-    });
+    }));
     let decoded = scope.spawn(move || -> Result<()> {
         let input = ChannelReader::new(raw_rx, raw_spent_tx);
         let (codec, mut stream, failure) = open_stream(path, sniffed, input, keys)?;
@@ -255,6 +277,54 @@ fn open<'s, 'e>(
             }
         }
     });
+    start_stream(link, (plain_rx, plain_spent_tx), hashed, decoded)
+}
+
+/// [`open`] for a link read partly: a thread reads its frames, checks
+/// them against its frame table and sends on the parts it takes.
+fn open_partial<'s, 'e>(
+    scope: &'s Scope<'s, 'e>,
+    link: &'e Link,
+    partial: &'e Partial,
+    cancel: &'e Cancel,
+) -> Result<Stream<'s>> {
+    let (plain_tx, plain_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
+    let (plain_spent_tx, plain_spent_rx) = bounded::<Vec<u8>>(LINK_QUEUE);
+    let decoded = scope.spawn(move || -> Result<()> {
+        let path = link.location.label();
+        let mut plain = PartialReader::new(&link.location, partial, &|_| {})
+            .map_err(|e| corrupt_link(link, &e))?;
+        loop {
+            cancel.check()?;
+            let mut buf = refill(&plain_spent_rx);
+            let n = match read_full(&mut plain, &mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    return Err(plain.failed.take().unwrap_or_else(|| {
+                        broken(path, format!("{} cannot be read: {e}", link.id))
+                    }));
+                }
+            };
+            buf.truncate(n);
+            if n == 0 || plain_tx.send(buf).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    start_stream(link, (plain_rx, plain_spent_tx), None, decoded)
+}
+
+/// A link's stream once its threads run: its manifest read and checked.
+fn start_stream<'s>(
+    link: &Link,
+    (plain_rx, plain_spent_tx): (
+        crossbeam_channel::Receiver<Vec<u8>>,
+        crossbeam_channel::Sender<Vec<u8>>,
+    ),
+    hashed: Option<ScopedJoinHandle<'s, Result<String>>>,
+    decoded: ScopedJoinHandle<'s, Result<()>>,
+) -> Result<Stream<'s>> {
+    let path = link.location.label();
     let mut tar = TarReader::new(ChannelReader::new(plain_rx, plain_spent_tx));
     let first = tar
         .next_entry()

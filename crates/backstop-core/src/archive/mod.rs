@@ -3,6 +3,7 @@
 pub mod compress;
 pub mod ends;
 pub mod format;
+pub mod frames;
 pub mod holders;
 pub mod index;
 pub mod read_entry;

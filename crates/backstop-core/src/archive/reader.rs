@@ -24,6 +24,7 @@ use crate::archive::format::{
     ArchiveError, CHECKSUMS_NAME, Codec, FORMAT, MANIFEST_NAME, Manifest, TRAILER_NAME, Trailer,
     parse_checksum_line,
 };
+use crate::archive::frames::{Partial, PartialReader};
 use crate::archive::holders::{ChainReader, Link};
 use crate::archive::index::{INDEX_NAME, IndexReader};
 use crate::archive::tarread::{Entry, Kind, TarReader};
@@ -432,7 +433,7 @@ pub fn walk_archive(
     visitor: &mut dyn Visitor,
 ) -> VerifyRun {
     walk_archive_chain(
-        path,
+        (path, None),
         (&[], Vec::new()),
         (progress, phase),
         cancel,
@@ -446,14 +447,28 @@ pub fn walk_archive(
 /// read alongside it for its unchanged files; `sources` are the
 /// incremental's, in order. Every link is read to its end and must hash
 /// to the SHA-256 recorded for it.
+///
+/// With a `partial` read, only its frames are read, each checked against
+/// the frame table (itself checked against the catalog): the run has no
+/// whole-file SHA-256 then. Links with a partial read of their own are
+/// read so too.
 pub fn walk_archive_chain(
-    loc: &Location,
+    (loc, partial): (&Location, Option<&Partial>),
     (links, sources): (&[Link], Vec<Vec<u8>>),
     (progress, phase): (&dyn Progress, Phase),
     cancel: &Cancel,
     keys: &Keys,
     visitor: &mut dyn Visitor,
 ) -> VerifyRun {
+    if let Some(partial) = partial {
+        return walk_partial(
+            (loc, partial),
+            (links, sources),
+            (progress, phase),
+            (keys, cancel),
+            visitor,
+        );
+    }
     let path = loc.label();
     let sniffed = match sniff(loc) {
         Ok(c) => c,
@@ -519,7 +534,7 @@ pub fn walk_archive_chain(
             walk(path, plain, cancel, visitor)
         } else {
             ChainReader::start(s, links, sources, (keys, cancel)).and_then(|mut holders| {
-                let walked = walk_chain(path, plain, cancel, visitor, Some(&mut holders));
+                let walked = walk_chain(path, plain, cancel, visitor, Some(&mut holders), None);
                 let whole = holders.finish();
                 walked.and_then(|v| whole.map(|()| v))
             })
@@ -566,6 +581,57 @@ pub fn walk_archive_chain(
         size,
         encrypted,
         result,
+    }
+}
+
+/// [`walk_archive_chain`] of a partial read: the frames it needs, read and
+/// checked one at a time, decoded and cut to the parts it takes, walked.
+fn walk_partial(
+    (loc, partial): (&Location, &Partial),
+    (links, sources): (&[Link], Vec<Vec<u8>>),
+    (progress, phase): (&dyn Progress, Phase),
+    (keys, cancel): (&Keys, &Cancel),
+    visitor: &mut dyn Visitor,
+) -> VerifyRun {
+    let path = loc.label();
+    let only = partial.source_names();
+    progress.start(phase, partial.bytes());
+    let advance = |n: u64| progress.advance(n);
+    let result = std::thread::scope(|s| -> Result<Verified> {
+        let mut plain =
+            PartialReader::new(loc, partial, &advance).map_err(|e| corrupt(path, e.to_string()))?;
+        let walked = if links.is_empty() {
+            walk_chain(path, &mut plain, cancel, visitor, None, Some(&only))
+        } else {
+            ChainReader::start(s, links, sources, (keys, cancel)).and_then(|mut holders| {
+                let walked = walk_chain(
+                    path,
+                    &mut plain,
+                    cancel,
+                    visitor,
+                    Some(&mut holders),
+                    Some(&only),
+                );
+                let whole = holders.finish();
+                walked.and_then(|v| whole.map(|()| v))
+            })
+        };
+        // A frame that failed its check explains what the walk saw next.
+        match plain.failed.take() {
+            Some(e) => Err(e),
+            None => walked,
+        }
+    });
+    progress.finish();
+    VerifyRun {
+        sha256: None,
+        size: 0,
+        encrypted: false,
+        result: result.map(|mut v| {
+            v.codec = Codec::Zstd;
+            v.size = partial.bytes();
+            v
+        }),
     }
 }
 
@@ -746,6 +812,11 @@ impl Order {
     }
 }
 
+/// A member path's first component: its source.
+fn top_component(member: &[u8]) -> &[u8] {
+    member.split(|&b| b == b'/').next().unwrap_or_default()
+}
+
 /// Why a payload path may not be extracted, if it may not.
 pub fn unsafe_member_path(member: &[u8], sources: &HashSet<&[u8]>) -> Option<String> {
     if member.first() == Some(&b'/') {
@@ -855,7 +926,7 @@ pub fn walk<R: Read>(
     cancel: &Cancel,
     visitor: &mut dyn Visitor,
 ) -> Result<Verified> {
-    walk_chain(path, stream, cancel, visitor, None)
+    walk_chain(path, stream, cancel, visitor, None, None)
 }
 
 /// The archives of a chain that an incremental's unchanged files are read
@@ -939,6 +1010,11 @@ struct Tally {
 /// `visitor` in their place in the tree, each checked against the
 /// archive's checksums; without `holders` they are only counted.
 ///
+/// With `only`, `stream` is a partial read ([`crate::archive::frames`]):
+/// the manifest, the entries of those sources, and the members after the
+/// payload. Their checksums are checked as in a whole read; what counts
+/// the whole tree (the index's length, the trailer's totals) is not.
+///
 /// # Errors
 ///
 /// As [`walk`]; and when an unchanged file is in no archive of the chain.
@@ -948,6 +1024,7 @@ pub fn walk_chain<'h, R: Read>(
     cancel: &Cancel,
     visitor: &mut dyn Visitor,
     mut holders: Option<&mut (dyn Holders + 'h)>,
+    only: Option<&HashSet<Vec<u8>>>,
 ) -> Result<Verified> {
     let bad = |detail: String| corrupt(path, detail);
     let mut tar = TarReader::new(stream);
@@ -1014,6 +1091,13 @@ pub fn walk_chain<'h, R: Read>(
         };
         if let Some(why) = unsafe_member_path(&entry.path, &sources) {
             return Err(hostile(why));
+        }
+        if let Some(only) = only
+            && !only.contains(top_component(&entry.path))
+        {
+            return Err(bad(format!(
+                "{shown} is outside the sources a partial read takes"
+            )));
         }
         // The unchanged files that come before this entry.
         let key = order_key(&entry.path);
@@ -1100,7 +1184,13 @@ pub fn walk_chain<'h, R: Read>(
         }
     };
 
-    check_checksums(path, &mut tar, checksums.size, &tally.hashes, &mut buf)?;
+    check_checksums(
+        path,
+        &mut tar,
+        (checksums.size, only),
+        &tally.hashes,
+        &mut buf,
+    )?;
 
     let mut last = next(&mut tar)?.ok_or_else(|| {
         bad(format!(
@@ -1108,7 +1198,8 @@ pub fn walk_chain<'h, R: Read>(
         ))
     })?;
     if last.path == INDEX_NAME.as_bytes() {
-        check_index(path, &mut tar, &manifest, tally.entries + tally.unchanged)?;
+        let tree = only.is_none().then_some(tally.entries + tally.unchanged);
+        check_index(path, &mut tar, &manifest, tree)?;
         last = next(&mut tar)?.ok_or_else(|| {
             bad(format!(
                 "{TRAILER_NAME} is missing: the archive is truncated"
@@ -1125,7 +1216,9 @@ pub fn walk_chain<'h, R: Read>(
         )));
     }
     let (entries_n, bytes) = (tally.entries, tally.bytes);
-    if (trailer.entries, trailer.files, trailer.bytes) != (entries_n, tally.held_files, bytes) {
+    if only.is_none()
+        && (trailer.entries, trailer.files, trailer.bytes) != (entries_n, tally.held_files, bytes)
+    {
         return Err(bad(format!(
             "the trailer records {} entries, {} files, {} bytes; the archive holds {entries_n}, {}, {bytes}",
             trailer.entries, trailer.files, trailer.bytes, tally.held_files
@@ -1231,12 +1324,13 @@ impl<R: Read> Read for MemberData<'_, R> {
 }
 
 /// Reads the index member through: well formed, of this backup, listing
-/// as many paths as the tree has (`entries`, unchanged files included).
+/// as many paths as the tree has (`entries`, unchanged files included,
+/// when the whole tree was read).
 fn check_index<R: Read>(
     path: &Path,
     tar: &mut TarReader<R>,
     manifest: &Manifest,
-    entries: u64,
+    entries: Option<u64>,
 ) -> Result<()> {
     let bad = |detail: String| corrupt(path, format!("{INDEX_NAME} {detail}"));
     let data = io::BufReader::with_capacity(64 << 10, MemberData(tar));
@@ -1252,18 +1346,21 @@ fn check_index<R: Read>(
     {
         n += 1;
     }
-    if n != entries {
+    if let Some(entries) = entries
+        && n != entries
+    {
         return Err(bad(format!("lists {n} paths; the tree has {entries}")));
     }
     Ok(())
 }
 
 /// Compares the checksums member, read line by line (it holds a line per
-/// file, so it is never loaded whole), with the hashes of the files read.
+/// file, so it is never loaded whole), with the hashes of the files read;
+/// with `only`, the lines of those sources.
 fn check_checksums<R: Read>(
     path: &Path,
     tar: &mut TarReader<R>,
-    size: u64,
+    (size, only): (u64, Option<&HashSet<Vec<u8>>>),
     hashes: &[(u64, Option<[u8; 32]>)],
     buf: &mut [u8],
 ) -> Result<()> {
@@ -1274,6 +1371,9 @@ fn check_checksums<R: Read>(
     let check_line = |line: &[u8], n: &mut usize| -> Result<()> {
         let (hex_sum, name) = parse_checksum_line(line)
             .ok_or_else(|| bad(format!("{CHECKSUMS_NAME} line {} is malformed", *n + 1)))?;
+        if only.is_some_and(|o| !o.contains(top_component(&name))) {
+            return Ok(());
+        }
         let Some((key, actual)) = hashes.get(*n) else {
             return Err(ArchiveError::Checksum {
                 path: path.to_path_buf(),

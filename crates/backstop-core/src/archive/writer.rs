@@ -29,6 +29,7 @@ use crate::archive::format::{
     CHECKSUMS_NAME, CompressionSpec, FORMAT, MANIFEST_NAME, Manifest, Problem, TRAILER_NAME,
     Trailer, checksum_line,
 };
+use crate::archive::frames::{self, Frame, Layout};
 use crate::archive::index::{
     Compressed, INDEX_NAME, IndexEntry, IndexKind, IndexWriter, Previous, each_file,
 };
@@ -77,6 +78,9 @@ pub struct Written {
     /// The index as written into the archive, compressed: the cache the
     /// next incremental backup reads.
     pub index: Compressed,
+    /// The SHA-256 of the frame table that ends the archive (a zstd
+    /// archive that is not encrypted), which the catalog keeps.
+    pub frames_sha256: Option<String>,
 }
 
 /// Writes the archive for `scan` described by `manifest` to `target`,
@@ -98,23 +102,30 @@ pub fn write_archive(
 ) -> Result<Written> {
     let started = Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let failure = Failure::default();
+    let failure = &Failure::default();
+    // A frame table ends a zstd archive that is not encrypted (age's
+    // stream moves every frame); the tar writer hands over the layout.
+    let table = (spec.codec == crate::archive::Codec::Zstd && recipients.is_none())
+        .then(|| Mutex::new(None::<Layout>));
+    let id = manifest.id.as_str();
 
     std::thread::scope(|s| {
         // The sink: receives compressed blocks in order.
         let queue = threads + 2;
         let (ordered_tx, ordered_rx) = bounded::<Receiver<BlockResult>>(queue);
-        let sink = s.spawn(|| sink_loop(ordered_rx, target, recipients, &failure));
+        let slot = table.as_ref().map(|t| (id, t));
+        let sink = s.spawn(move || sink_loop(ordered_rx, (target, slot), recipients, failure));
 
         // The compressors.
         let (job_tx, job_rx) = bounded::<BlockJob>(queue);
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(2 * queue + threads);
         let compress = spec.codec != crate::archive::Codec::None;
+        let hash_frames = table.is_some();
         if compress {
             for _ in 0..threads {
                 let job_rx = job_rx.clone();
                 let spare_tx = spare_tx.clone();
-                s.spawn(move || compress_loop(spec, job_rx, spare_tx));
+                s.spawn(move || compress_loop(spec, job_rx, spare_tx, hash_frames));
             }
         }
         drop(job_rx);
@@ -129,6 +140,7 @@ pub fn write_archive(
 
         let blocks = BlockOut {
             buf: Vec::with_capacity(BLOCK_SIZE),
+            offset: 0,
             ordered_tx,
             job_tx: compress.then_some(job_tx),
             spare_rx,
@@ -154,14 +166,22 @@ pub fn write_archive(
             },
             header: Vec::with_capacity(2048),
             path: Vec::with_capacity(256),
+            layout: Layout::default(),
         };
         progress.start(Phase::Backup, scan.totals.bytes);
         let result = tar.run(manifest, started);
         // Closing the block channels lets the compressors and the sink finish.
         let TarWriter {
-            blocks, read_tx, ..
+            blocks,
+            read_tx,
+            layout,
+            ..
         } = tar;
         drop(read_tx);
+        // Before the blocks end: the sink writes the table once they have.
+        if let (Some(slot), Ok(_)) = (&table, &result) {
+            *slot.lock().expect("layout lock") = Some(layout);
+        }
         drop(blocks);
         let sink_result = sink.join().expect("sink thread panicked");
         progress.finish();
@@ -170,18 +190,27 @@ pub fn write_archive(
             return Err(err);
         }
         let (trailer, index) = result?;
-        let (size, sha256) = sink_result?;
+        let (size, sha256, frames_sha256) = sink_result?;
         Ok(Written {
             size,
             sha256,
             trailer,
             index,
+            frames_sha256,
         })
     })
 }
 
+/// A compressed block: its bytes, the bytes of tar stream it holds, and
+/// (when the archive gets a frame table) the SHA-256 of its bytes.
+struct Block {
+    bytes: Vec<u8>,
+    raw: u64,
+    sha256: Option<[u8; 32]>,
+}
+
 /// A compressed block, or the codec's error.
-type BlockResult = std::io::Result<Vec<u8>>;
+type BlockResult = std::io::Result<Block>;
 /// A block to compress and where its result goes.
 type BlockJob = (Vec<u8>, Sender<BlockResult>);
 
@@ -298,7 +327,12 @@ impl BatchRx {
     }
 }
 
-fn compress_loop(spec: CompressionSpec, jobs: Receiver<BlockJob>, spare: Sender<Vec<u8>>) {
+fn compress_loop(
+    spec: CompressionSpec,
+    jobs: Receiver<BlockJob>,
+    spare: Sender<Vec<u8>>,
+    hash: bool,
+) {
     let mut compressor = match BlockCompressor::new(spec) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -314,7 +348,13 @@ fn compress_loop(spec: CompressionSpec, jobs: Receiver<BlockJob>, spare: Sender<
     };
     for (input, done) in jobs {
         let mut out = Vec::new();
-        let result = compressor.compress(&input, &mut out).map(|()| out);
+        let raw = input.len() as u64;
+        // Hashed here, on every core, not in the sink.
+        let result = compressor.compress(&input, &mut out).map(|()| Block {
+            sha256: hash.then(|| Sha256::digest(&out).into()),
+            bytes: out,
+            raw,
+        });
         let _ = spare.try_send(input);
         if done.send(result).is_err() {
             return;
@@ -322,12 +362,16 @@ fn compress_loop(spec: CompressionSpec, jobs: Receiver<BlockJob>, spare: Sender<
     }
 }
 
+/// The frame table's slot: the backup's id, and the layout the tar writer
+/// leaves there before the blocks end.
+type TableSlot<'a> = Option<(&'a str, &'a Mutex<Option<Layout>>)>;
+
 fn sink_loop(
     ordered: Receiver<Receiver<BlockResult>>,
-    target: Target<'_>,
+    (target, table): (Target<'_>, TableSlot<'_>),
     recipients: Option<&Recipients>,
     failure: &Failure,
-) -> Result<(u64, String)> {
+) -> Result<(u64, String, Option<String>)> {
     let sealed = Sealed::new(target);
     let wrote = |e: std::io::Error| Error::io("writing", "archive", e);
     let result = match recipients {
@@ -336,12 +380,23 @@ fn sink_loop(
         Some(r) => (|| {
             let mut age = r.wrap(sealed).map_err(wrote)?;
             pump(&ordered, &mut age)?;
-            age.finish().map_err(wrote)?.done()
+            let (size, sha) = age.finish().map_err(wrote)?.done()?;
+            Ok((size, sha, None))
         })(),
         None => (|| {
             let mut plain = sealed;
-            pump(&ordered, &mut plain)?;
-            plain.done()
+            let frames = pump(&ordered, &mut plain)?;
+            let mut frames_sha = None;
+            if let Some((id, slot)) = table {
+                // No layout: the tar stream failed; nothing is kept anyway.
+                if let Some(layout) = slot.lock().expect("layout lock").take() {
+                    let (bytes, sha) = frames::encode(id, layout, frames);
+                    plain.write_all(&bytes).map_err(wrote)?;
+                    frames_sha = Some(sha);
+                }
+            }
+            let (size, sha) = plain.done()?;
+            Ok((size, sha, frames_sha))
         })(),
     };
     if let Err(e) = result {
@@ -351,8 +406,10 @@ fn sink_loop(
     result
 }
 
-/// Writes the compressed blocks to `out` in order as they come.
-fn pump(ordered: &Receiver<Receiver<BlockResult>>, out: &mut dyn Write) -> Result<()> {
+/// Writes the compressed blocks to `out` in order as they come; gives the
+/// frames they were.
+fn pump(ordered: &Receiver<Receiver<BlockResult>>, out: &mut dyn Write) -> Result<Vec<Frame>> {
+    let mut frames = Vec::new();
     for pending in ordered {
         let block = pending
             .recv()
@@ -364,11 +421,18 @@ fn pump(ordered: &Receiver<Receiver<BlockResult>>, out: &mut dyn Write) -> Resul
                 )
             })?
             .map_err(|e| Error::io("compressing", "archive", e))?;
-        out.write_all(&block)
+        out.write_all(&block.bytes)
             .map_err(|e| Error::io("writing", "archive", e))?;
+        if let Some(sha) = block.sha256 {
+            frames.push(Frame {
+                size: block.bytes.len() as u64,
+                raw: block.raw,
+                sha256: hex::encode(sha),
+            });
+        }
         failpoint::hit("backup.sink-write")?;
     }
-    Ok(())
+    Ok(frames)
 }
 
 /// The bytes that leave the pipeline, as they reach the target: hashed,
@@ -422,6 +486,8 @@ impl Write for Sealed<'_> {
 /// The tar stream cut into blocks and sent off for compression.
 struct BlockOut {
     buf: Vec<u8>,
+    /// Bytes of tar stream written so far.
+    offset: u64,
     ordered_tx: Sender<Receiver<BlockResult>>,
     /// `None` for uncompressed archives: blocks go straight to the sink.
     job_tx: Option<Sender<BlockJob>>,
@@ -431,6 +497,7 @@ struct BlockOut {
 
 impl BlockOut {
     fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.offset += data.len() as u64;
         while !data.is_empty() {
             let room = BLOCK_SIZE - self.buf.len();
             let n = room.min(data.len());
@@ -465,7 +532,12 @@ impl BlockOut {
                 .send((block, done_tx))
                 .map_err(|_| Error::Interrupted)?,
             None => {
-                let _ = done_tx.send(Ok(block));
+                let raw = block.len() as u64;
+                let _ = done_tx.send(Ok(Block {
+                    bytes: block,
+                    raw,
+                    sha256: None,
+                }));
             }
         }
         Ok(())
@@ -492,6 +564,8 @@ struct TarWriter<'a> {
     trailer: Trailer,
     header: Vec<u8>,
     path: Vec<u8>,
+    /// Where the manifest, each source and the tail are in the stream.
+    layout: Layout,
 }
 
 impl TarWriter<'_> {
@@ -502,6 +576,7 @@ impl TarWriter<'_> {
             &manifest_json,
             manifest_mtime(manifest),
         )?;
+        self.layout.manifest_end = self.blocks.offset;
         failpoint::hit("backup.after-manifest")?;
 
         let n = self.scan.len();
@@ -552,6 +627,7 @@ impl TarWriter<'_> {
             ahead_bytes -= bytes;
         }
         failpoint::hit("backup.after-payload")?;
+        self.layout.payload_end(self.blocks.offset);
 
         let index = self
             .index
@@ -667,6 +743,8 @@ impl TarWriter<'_> {
     /// Writes one payload entry from its reader's messages.
     fn entry(&mut self, e: EntryRef, rx: &mut BatchRx) -> Result<()> {
         self.scan.archive_path(e, &mut self.path);
+        let source = self.path.split(|&b| b == b'/').next().unwrap_or_default();
+        self.layout.entry(source, self.blocks.offset);
         if self
             .scan
             .parent(e)

@@ -978,6 +978,7 @@ pub fn backup_locked(
                 files: written.trailer.files,
                 bytes: written.trailer.bytes,
                 sha256: &written.sha256,
+                frames_sha256: written.frames_sha256.as_deref(),
                 warnings: incomplete,
             };
             let backup = if streaming {
@@ -1403,6 +1404,7 @@ fn streamed_record(id: &str, new: &NewBackup<'_>, done: &Finished<'_>) -> Backup
         level: new.level,
         encrypted: new.encrypted,
         sha256: Some(done.sha256.to_string()),
+        frames_sha256: done.frames_sha256.map(str::to_string),
         status: crate::catalog::Status::Available,
         error: None,
         warnings: done.warnings,

@@ -680,6 +680,7 @@ mod tests {
             encrypted: false,
             level: None,
             sha256: None,
+            frames_sha256: None,
             status: Status::Available,
             error: None,
             warnings: 0,

@@ -653,6 +653,8 @@ fn record_orphan(
         .map(time::rfc3339)
         .unwrap_or_else(|| m.created_at.clone());
     let warnings = (t.vanished.len() + t.changed.len() + t.unreadable.len()) as u64;
+    // Its frame table, trusted as its sidecar is: what the store holds.
+    let frames_sha = crate::archive::frames::found_table(file, verified.size, &m.id)?;
     let adopted = catalog.adopt(
         &m.id,
         &NewBackup {
@@ -675,6 +677,7 @@ fn record_orphan(
             files: t.files,
             bytes: t.bytes,
             sha256: &verified.sha256,
+            frames_sha256: frames_sha.as_deref(),
             warnings,
         },
     )?;

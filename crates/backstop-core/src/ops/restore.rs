@@ -50,7 +50,7 @@ pub fn restore(
     // dry run too: it reads the archive.
     let store = StoreLock::shared(ctx.layout, req.wait, ctx.cancel)?;
     let ctx = &ctx.under(&store);
-    let src = plan::find(ctx, &req.target)?;
+    let src = plan::find(ctx, &req.target, &req.only)?;
     let m = &src.manifest;
     plan::check_request(req, m)?;
     // The plan is made under the lock it is carried out under, after any

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::Context;
 use crate::archive::format::{SourceManifest, Trailer};
+use crate::archive::frames::{self, Partial};
 use crate::archive::holders::{self, Link};
 use crate::archive::reader::{read_manifest, read_sidecar, walk_archive_chain};
 use crate::archive::{ArchiveError, Manifest, TakenOf};
@@ -215,6 +216,9 @@ pub(crate) struct Found {
     /// For an incremental: the rest of its chain, parent first, each link
     /// found and checked against its sidecar.
     pub(crate) links: Vec<Link>,
+    /// A restore of some sources from a store reads only their frames
+    /// (see [`crate::archive::frames`]): what it reads of the archive.
+    pub(crate) partial: Option<Partial>,
 }
 
 impl Found {
@@ -233,7 +237,7 @@ impl Found {
             .map(|s| s.name.as_bytes().to_vec())
             .collect();
         walk_archive_chain(
-            &self.archive,
+            (&self.archive, self.partial.as_ref()),
             (&self.links, sources),
             (ctx.progress, phase),
             ctx.cancel,
@@ -311,7 +315,7 @@ fn fetch_once(ctx: &Context<'_>, archive: Location) -> Result<Location> {
 /// Fails when nothing matches, when the backup has no archive (failed,
 /// still being created, missing), or when the archive holds another backup
 /// than the catalog says.
-pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
+pub(crate) fn find(ctx: &Context<'_>, target: &str, only: &[String]) -> Result<Found> {
     // An archive file describes itself: restoring one needs no catalog, so
     // a damaged or unreadable catalog is only noted. An id needs it.
     let (catalog, catalog_unusable) = match open_existing(ctx) {
@@ -365,8 +369,7 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
         (Some(c), Some(r)) => reachable_copy(ctx, c, r, archive)?,
         _ => archive?,
     };
-    let archive = fetch_once(ctx, archive)?;
-    if archive.size()?.is_none() {
+    let Some(size) = archive.size()? else {
         return Err(Error::NotFound {
             message: format!("the archive {} is missing", archive.label().display()),
             hint: Some(
@@ -374,7 +377,7 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
                     .into(),
             ),
         });
-    }
+    };
     let manifest = read_manifest(&archive, ctx.keys)?;
     if let Some(r) = &record
         && r.id != manifest.id
@@ -387,19 +390,94 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str) -> Result<Found> {
     }
     // A chain with a missing or altered link is refused here, before
     // anything is touched.
-    let links = holders::resolve(
+    let mut links = holders::resolve(
         &archive,
         &manifest,
         (catalog.as_ref(), &ctx.config.stores),
         ctx.keys,
     )?;
+    let partial = partial_read(&archive, size, (record.as_ref(), &manifest), only)?;
+    let archive = match &partial {
+        Some(p) => {
+            for link in &mut links {
+                link.partial = link_partial(link, only)?;
+                if let Some(lp) = &link.partial {
+                    link.location = spool_frames(ctx, &link.location, lp)?;
+                }
+            }
+            spool_frames(ctx, &archive, p)?
+        }
+        None => fetch_once(ctx, archive)?,
+    };
     Ok(Found {
         archive,
         record,
         manifest,
         catalog_unusable,
         links,
+        partial,
     })
+}
+
+/// The partial read of a restore of `only` from the `size`-byte archive at
+/// `at`: when it names some of the backup's sources, not all, and the
+/// archive is in a store (a bucket: what is not read is not fetched) with
+/// a frame table whose SHA-256 the catalog records. `None`: it is read
+/// whole.
+///
+/// # Errors
+///
+/// An integrity error when the frame table is not the one recorded.
+fn partial_read(
+    at: &Location,
+    size: u64,
+    (record, manifest): (Option<&BackupRecord>, &Manifest),
+    only: &[String],
+) -> Result<Option<Partial>> {
+    let all = manifest.sources.iter().all(|s| only.contains(&s.name));
+    let Some(frames_sha) = record.and_then(|r| r.frames_sha256.as_deref()) else {
+        return Ok(None);
+    };
+    if only.is_empty() || all || at.as_object().is_none() {
+        return Ok(None);
+    }
+    let table = frames::read_table(at, size, frames_sha, &manifest.id)?;
+    Ok(Some(Partial::of(&table, only)))
+}
+
+/// A link's partial read, for a restore of `only`: when it is in a store
+/// and the catalog records its frame table.
+///
+/// # Errors
+///
+/// An integrity error when its frame table is not the one recorded.
+fn link_partial(link: &Link, only: &[String]) -> Result<Option<Partial>> {
+    let (Some(sha), Some(_)) = (&link.frames_sha256, link.location.as_object()) else {
+        return Ok(None);
+    };
+    let Some(size) = link.location.size()? else {
+        return Ok(None);
+    };
+    let table = frames::read_table(&link.location, size, sha, &link.id)?;
+    Ok(Some(Partial::of(&table, only)))
+}
+
+/// The frames `partial` reads of the object at `at`, fetched once (each
+/// checked) into an unnamed file in the home at their offsets, when there
+/// is room: a restore reads them twice. Without room, `at` as it is.
+///
+/// # Errors
+///
+/// Fails when a frame cannot be fetched or is not the one recorded.
+fn spool_frames(ctx: &Context<'_>, at: &Location, partial: &Partial) -> Result<Location> {
+    if !ctx.layout.home.is_dir() {
+        return Ok(at.clone());
+    }
+    let room = fsutil::available_space(&ctx.layout.home).unwrap_or(0);
+    if room < partial.bytes().saturating_add(64 << 20) {
+        return Ok(at.clone());
+    }
+    frames::spool(at, partial, &ctx.layout.home, (ctx.progress, ctx.cancel))
 }
 
 /// The refusal of a safety backup that could not be recorded: a backup is
@@ -476,6 +554,11 @@ pub(crate) fn check_sum(
     expected: &Option<(String, String)>,
     actual: &str,
 ) -> Result<()> {
+    // A partial read has no whole-file SHA-256: each frame it read was
+    // checked against the frame table, and the table against the catalog.
+    if src.partial.is_some() {
+        return Ok(());
+    }
     match expected {
         Some((what, sum)) if sum != actual => Err(ArchiveError::Checksum {
             path: src.archive.label().to_path_buf(),
@@ -1483,6 +1566,9 @@ impl Prepared<'_> {
     /// compares it again, in the same read that checks every member.
     fn check_checksum(&self) -> Result<Check> {
         let src = self.src;
+        if let Some(partial) = &src.partial {
+            return partial_checksum(src, partial);
+        }
         let checked_first = self.expected.is_some();
         if checked_first {
             let actual = hex::encode(src.archive.hash()?);
@@ -1501,6 +1587,39 @@ impl Prepared<'_> {
             },
         })
     }
+}
+
+/// The checksum check of a partial read: every frame it reads, and every
+/// frame its chain's partial reads take, against their frame tables.
+fn partial_checksum(src: &Found, partial: &Partial) -> Result<Check> {
+    let mut bytes = 0u64;
+    let mut frames = 0usize;
+    let reads = std::iter::once((&src.archive, partial)).chain(
+        src.links
+            .iter()
+            .filter_map(|l| Some((&l.location, l.partial.as_ref()?))),
+    );
+    for (at, p) in reads {
+        for f in &p.frames {
+            frames::read_frame(at, f)?;
+        }
+        bytes += p.bytes();
+        frames += p.frames.len();
+    }
+    let whole = src.record.as_ref().and_then(|r| r.chain_size.or(r.size));
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20));
+    let of = whole.map_or(String::new(), |w| format!(" of {}", mib(w)));
+    Ok(Check {
+        name: "checksum",
+        ok: true,
+        outcome: CheckOutcome::Passed,
+        detail: format!(
+            "{} needs {frames} frames ({}{of}); each matches its SHA-256 in the frame table, \
+             whose SHA-256 matches the catalog",
+            partial.sources.join(", "),
+            mib(bytes),
+        ),
+    })
 }
 
 /// The backup's version and the instance's now, as the version gate

@@ -282,3 +282,83 @@ fn the_ends_of_an_archive_are_read_without_its_payload() {
         assert_eq!(ends.trailer, verified.trailer, "{codec}");
     }
 }
+
+#[test]
+fn a_partial_read_takes_the_frames_of_its_sources_each_checked() {
+    use backstop_core::archive::frames::{Partial, found_table, read_table};
+    use backstop_core::archive::reader::walk_archive_chain;
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    let mut x = 0x9E3779B97F4A7C15u64;
+    let noise: Vec<u8> = (0..13 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("data/noise"), &noise).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("data/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let report = env.backup(&src, Codec::Zstd);
+    let path = std::path::PathBuf::from(report.backup.location.clone().unwrap());
+    let at = Location::file(&path);
+    let size = report.backup.size.unwrap();
+    let id = &report.backup.id;
+    let recorded = report.backup.frames_sha256.clone().expect("recorded");
+    assert_eq!(found_table(&at, size, id).unwrap(), Some(recorded.clone()));
+    let table = read_table(&at, size, &recorded, id).unwrap();
+    assert_eq!(table.frames.len(), 4, "13 MiB and the members: four frames");
+    let source = table.sources[0].name.clone();
+    let walk = |at: &Location, partial: &Partial| {
+        walk_archive_chain(
+            (at, Some(partial)),
+            (&[], Vec::new()),
+            (&NoProgress, backstop_core::progress::Phase::Verify),
+            &Cancel::default(),
+            &NO_KEYS,
+            &mut backstop_core::archive::reader::CheckOnly,
+        )
+        .result
+    };
+    let whole = verify_archive(&at, (&NoProgress, &Cancel::default()), &NO_KEYS)
+        .result
+        .unwrap();
+    // Its one source: everything, checked as a whole read checks it.
+    let all = walk(&at, &Partial::of(&table, &[source])).unwrap();
+    assert_eq!(
+        (all.entries, all.files, all.bytes),
+        (whole.entries, whole.files, whole.bytes)
+    );
+    assert_eq!(all.trailer, whole.trailer);
+    // No source: the manifest's frame and the tail's, nothing between.
+    let none = Partial::of(&table, &[]);
+    let taken: Vec<usize> = none.frames.iter().map(|f| f.index).collect();
+    assert_eq!(taken, [0, 3]);
+    assert_eq!(walk(&at, &none).unwrap().entries, 0);
+    // A frame it does not read may be anything; one it reads may not.
+    let mut data = std::fs::read(&path).unwrap();
+    let middle = table.frames[0].size as usize + 100;
+    data[middle] ^= 1;
+    let damaged = env.path("damaged.tar.zst");
+    std::fs::write(&damaged, &data).unwrap();
+    let damaged = Location::file(&damaged);
+    assert!(walk(&damaged, &none).is_ok());
+    data[middle] ^= 1;
+    data[10] ^= 1;
+    std::fs::write(damaged.label(), &data).unwrap();
+    let err = walk(&damaged, &none).unwrap_err();
+    assert_eq!(
+        err.kind(),
+        backstop_core::error::ErrorKind::Integrity,
+        "{err}"
+    );
+    assert!(err.to_string().contains("frame 0"), "{err}");
+    // A table that is not the recorded one is refused.
+    let other = "0".repeat(64);
+    let err = read_table(&at, size, &other, id).unwrap_err();
+    assert!(err.to_string().contains("frame table"), "{err}");
+}

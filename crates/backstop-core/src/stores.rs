@@ -717,9 +717,15 @@ impl Location {
         }
     }
 
-    /// Whether it is read from a copy in the home.
-    pub fn is_spooled(&self) -> bool {
-        self.spool.is_some()
+    /// Empties the copy in the home it is read from, if it has one, so
+    /// that its pages are dropped, never written to disk (a restore's
+    /// `syncfs` would write the whole fetched archive). Only when nothing
+    /// reads it again: reads find it empty and fail (too short, or not an
+    /// archive).
+    pub fn release_spool(&self) {
+        if let Some(file) = &self.spool {
+            let _ = file.set_len(0);
+        }
     }
 
     /// The store and key, when it is an object.

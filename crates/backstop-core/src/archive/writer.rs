@@ -202,11 +202,11 @@ pub fn write_archive(
 }
 
 /// A compressed block: its bytes, the bytes of tar stream it holds, and
-/// (when the archive gets a frame table) the SHA-256 of its bytes.
+/// (when the archive gets a frame table) the BLAKE3 hash of its bytes.
 struct Block {
     bytes: Vec<u8>,
     raw: u64,
-    sha256: Option<[u8; 32]>,
+    hash: Option<blake3::Hash>,
 }
 
 /// A compressed block, or the codec's error.
@@ -351,7 +351,7 @@ fn compress_loop(
         let raw = input.len() as u64;
         // Hashed here, on every core, not in the sink.
         let result = compressor.compress(&input, &mut out).map(|()| Block {
-            sha256: hash.then(|| Sha256::digest(&out).into()),
+            hash: hash.then(|| blake3::hash(&out)),
             bytes: out,
             raw,
         });
@@ -389,8 +389,8 @@ fn sink_loop(
             let mut frames_sha = None;
             if let Some((id, slot)) = table {
                 // No layout: the tar stream failed; nothing is kept anyway.
-                if let Some(layout) = slot.lock().expect("layout lock").take() {
-                    let (bytes, sha) = frames::encode(id, layout, frames);
+                let layout = slot.lock().expect("layout lock").take();
+                if let Some((bytes, sha)) = layout.and_then(|l| frames::encode(id, l, frames)) {
                     plain.write_all(&bytes).map_err(wrote)?;
                     frames_sha = Some(sha);
                 }
@@ -423,11 +423,11 @@ fn pump(ordered: &Receiver<Receiver<BlockResult>>, out: &mut dyn Write) -> Resul
             .map_err(|e| Error::io("compressing", "archive", e))?;
         out.write_all(&block.bytes)
             .map_err(|e| Error::io("writing", "archive", e))?;
-        if let Some(sha) = block.sha256 {
+        if let Some(hash) = block.hash {
             frames.push(Frame {
                 size: block.bytes.len() as u64,
                 raw: block.raw,
-                sha256: hex::encode(sha),
+                blake3: hash.to_hex().to_string(),
             });
         }
         failpoint::hit("backup.sink-write")?;
@@ -536,7 +536,7 @@ impl BlockOut {
                 let _ = done_tx.send(Ok(Block {
                     bytes: block,
                     raw,
-                    sha256: None,
+                    hash: None,
                 }));
             }
         }

@@ -650,6 +650,9 @@ fn stage(
         &prep.expected,
         run.sha256.as_deref().unwrap_or_default(),
     )?;
+    // Read through: a copy fetched from a store is not read again, and the
+    // staging's `syncfs` must not write its pages to disk.
+    prep.src.release_fetched();
     stager.finish()?;
     out.warnings.extend(stager.warnings.iter().cloned());
     let mut unrestorable = BTreeSet::new();

@@ -222,6 +222,15 @@ pub(crate) struct Found {
 }
 
 impl Found {
+    /// Drops what was fetched of the archive and its chain into the home
+    /// ([`Location::release_spool`]), once nothing reads them again.
+    pub(crate) fn release_fetched(&self) {
+        self.archive.release_spool();
+        for link in &self.links {
+            link.location.release_spool();
+        }
+    }
+
     /// Reads the archive (and its chain) through, passing every entry of
     /// the tree to `visitor`.
     pub(crate) fn walk(
@@ -1614,7 +1623,7 @@ fn partial_checksum(src: &Found, partial: &Partial) -> Result<Check> {
         ok: true,
         outcome: CheckOutcome::Passed,
         detail: format!(
-            "{} needs {frames} frames ({}{of}); each matches its SHA-256 in the frame table, \
+            "{} needs {frames} frames ({}{of}); each matches its hash in the frame table, \
              whose SHA-256 matches the catalog",
             partial.sources.join(", "),
             mib(bytes),

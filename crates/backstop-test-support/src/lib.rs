@@ -129,6 +129,21 @@ fn set_mtime(path: &Path, sec: i64, nsec: i64) {
     .expect("utimensat");
 }
 
+/// `len` bytes that do not compress (xorshift64 from `seed`, made odd so
+/// it is never stuck at zero; its low byte each step): the same bytes for
+/// the same seed, on every run.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Builds, under `root`, a tree with every case the archive format must
 /// carry: nested and empty directories, modes (0600 secrets, an executable,
 /// set-gid), a long path beyond 255 bytes, a non-UTF-8 name, names with a

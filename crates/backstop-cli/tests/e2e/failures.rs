@@ -5,24 +5,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backstop_test_support::{Tmpfs, have, root};
+use backstop_test_support::{Tmpfs, have, noise, root};
 use predicates::prelude::*;
 use rustix::process::Signal;
 
 use crate::support::{Env, Pause, run_paused, signal, spawn};
-
-/// Incompressible data, so small filesystems fill up.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn big_app(env: &Env, name: &str, files: usize, size: usize) -> PathBuf {
     let app = env.path(name);

@@ -27,6 +27,14 @@ impl Offsite {
         Some(Offsite::with(Moto::start()?, None))
     }
 
+    /// Reached through a [`Proxy`] (which counts and cuts); `None` as
+    /// [`Offsite::new`].
+    fn proxied() -> Option<(Offsite, Proxy)> {
+        let moto = Moto::start()?;
+        let proxy = Proxy::start(moto.port());
+        Some((Offsite::with(moto, Some(proxy.endpoint())), proxy))
+    }
+
     /// On `moto`, reached at `endpoint` (a proxy in front of it) or
     /// directly.
     fn with(moto: Moto, endpoint: Option<String>) -> Offsite {
@@ -318,20 +326,11 @@ fn refused_credentials_are_named_and_nothing_is_recorded() {
 
 #[test]
 fn a_server_gone_mid_upload_leaves_no_archive_and_the_next_backup_cleans_up() {
-    let Some(moto) = Moto::start() else {
+    let Some((s, proxy)) = Offsite::proxied() else {
         return;
     };
-    let proxy = Proxy::start(moto.port());
-    let s = Offsite::with(moto, Some(proxy.endpoint()));
     // Enough incompressible data for several 5 MiB parts.
-    let mut data = vec![0u8; 14 << 20];
-    let mut x = 0x9E3779B97F4A7C15u64;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
+    let data = backstop_test_support::noise(14 << 20, 0x9E3779B97F4A7C15);
     std::fs::write(s.app.join("data/blob"), &data).unwrap();
 
     // Paused with every part but the last uploaded; the server goes away.
@@ -749,11 +748,9 @@ fn migrate_moves_the_home_store_into_the_bucket_and_resumes_after_a_kill() {
 
 #[test]
 fn with_the_bucket_unreachable_a_restore_reads_the_local_copy() {
-    let Some(moto) = Moto::start() else {
+    let Some((s, proxy)) = Offsite::proxied() else {
         return;
     };
-    let proxy = Proxy::start(moto.port());
-    let s = Offsite::with(moto, Some(proxy.endpoint()));
     let b = s.backup(&[]);
     let (code, _, err) = s.run(&["copy", b["id"].as_str().unwrap(), "--to", "local"]);
     assert_eq!(code, 0, "{err}");
@@ -808,20 +805,10 @@ fn a_missing_bucket_and_missing_credentials_are_named_with_the_way_out() {
 
 #[test]
 fn a_restore_fetches_the_archive_from_the_bucket_once() {
-    let Some(moto) = Moto::start() else {
+    let Some((s, proxy)) = Offsite::proxied() else {
         return;
     };
-    let proxy = Proxy::start(moto.port());
-    let s = Offsite::with(moto, Some(proxy.endpoint()));
-    let mut x = 0x853C49E6748FEA9Bu64;
-    let noise: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = backstop_test_support::noise(6 << 20, 0x853C49E6748FEA9B);
     std::fs::write(s.app.join("data/noise"), &noise).unwrap();
     let b = s.backup(&["--full"]);
     let size = b["size"].as_u64().unwrap();
@@ -857,18 +844,6 @@ fn a_restore_fetches_the_archive_from_the_bucket_once() {
     );
 }
 
-/// `len` bytes that do not compress.
-fn noise(len: usize, mut x: u64) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Restores `id --only config` into a new directory `name`: exit code,
 /// stderr, the directory, and the bytes fetched from the bucket.
 fn restore_config(s: &Offsite, proxy: &Proxy, id: &str, name: &str) -> (i32, String, PathBuf, u64) {
@@ -888,14 +863,12 @@ fn restore_config(s: &Offsite, proxy: &Proxy, id: &str, name: &str) -> (i32, Str
 
 #[test]
 fn a_restore_of_one_source_fetches_only_the_frames_it_needs() {
-    let Some(moto) = Moto::start() else {
+    let Some((s, proxy)) = Offsite::proxied() else {
         return;
     };
-    let proxy = Proxy::start(moto.port());
-    let s = Offsite::with(moto, Some(proxy.endpoint()));
     // `data` holds 24 MiB that do not compress (six 4 MiB frames), after
     // `config` in the archive.
-    let big = noise(24 << 20, 0x853C49E6748FEA9B);
+    let big = backstop_test_support::noise(24 << 20, 0x853C49E6748FEA9B);
     std::fs::write(s.app.join("data/big"), &big).unwrap();
     let full = s.backup(&["--full"]);
     let size = full["size"].as_u64().unwrap();

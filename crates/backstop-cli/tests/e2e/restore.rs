@@ -592,17 +592,7 @@ fn a_safety_backup_the_store_has_no_room_for_is_refused_before_anything_changes(
     let dir = app.path("app");
     std::fs::create_dir_all(&dir).unwrap();
     // Incompressible, so the archive is as big as the file.
-    let noise = {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        (0..7 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect::<Vec<u8>>()
-    };
+    let noise = backstop_test_support::noise(7 << 20, 0x9e37_79b9_7f4a_7c15);
     std::fs::write(dir.join("big.bin"), &noise).unwrap();
     let run = |args: &[&str]| app.cmd_with_home(&home).args(args).output().unwrap();
     let out = run(&["--json", "backup", dir.to_str().unwrap()]);

@@ -209,15 +209,7 @@ mod tests {
     }
 
     fn noise(len: usize) -> Vec<u8> {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        backstop_test_support::noise(len, 0x9E37_79B9_7F4A_7C15)
     }
 
     fn round_trip(codec: Codec, blocks: &[Vec<u8>]) {

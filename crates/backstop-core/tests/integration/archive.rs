@@ -253,15 +253,7 @@ fn the_ends_of_an_archive_are_read_without_its_payload() {
     std::fs::create_dir_all(src.join("data")).unwrap();
     // Over two 4 MiB blocks, half of it incompressible: several frames,
     // one stored raw.
-    let mut x = 0x2545F4914F6CDD1Du64;
-    let noise: Vec<u8> = (0..5 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = backstop_test_support::noise(5 << 20, 0x2545F4914F6CDD1D);
     std::fs::write(src.join("data/noise"), &noise).unwrap();
     std::fs::write(src.join("data/zeros"), vec![0u8; 5 << 20]).unwrap();
     for i in 0..50 {
@@ -290,15 +282,7 @@ fn a_partial_read_takes_the_frames_of_its_sources_each_checked() {
     let env = Env::new();
     let src = env.path("src");
     std::fs::create_dir_all(src.join("data")).unwrap();
-    let mut x = 0x9E3779B97F4A7C15u64;
-    let noise: Vec<u8> = (0..13 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = backstop_test_support::noise(13 << 20, 0x9E3779B97F4A7C15);
     std::fs::write(src.join("data/noise"), &noise).unwrap();
     for i in 0..20 {
         std::fs::write(src.join(format!("data/f{i}")), format!("file {i}\n")).unwrap();

@@ -119,15 +119,7 @@ fn encrypted(env: &Env) -> (std::path::PathBuf, Keys, usize) {
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("d/a.txt"), b"alpha\n".repeat(20_000)).unwrap();
     // Incompressible: stored, so the ciphertext is as long as the content.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let noise: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let noise = backstop_test_support::noise(3 << 20, 0x2545_f491_4f6c_dd1d);
     std::fs::write(src.join("d/noise.bin"), noise).unwrap();
     let report = env.backup(&src, Codec::Zstd);
     let plain = std::fs::read(report.backup.location.as_deref().unwrap()).unwrap();

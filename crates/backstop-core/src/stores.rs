@@ -329,6 +329,9 @@ pub struct Location {
     /// The object's bytes, fetched once into an unnamed local file
     /// ([`Location::spooled`]): read from there, not the store.
     spool: Option<Arc<std::fs::File>>,
+    /// The SHA-256 of the whole object, computed as it was fetched into
+    /// the spool (which no one else can reach): asked again, not read again.
+    fetched_sha256: Option<[u8; 32]>,
 }
 
 impl PartialEq for Location {
@@ -352,6 +355,7 @@ impl Location {
             label: path.into(),
             object: None,
             spool: None,
+            fetched_sha256: None,
         }
     }
 
@@ -362,6 +366,7 @@ impl Location {
             label,
             object: Some((store, key)),
             spool: None,
+            fetched_sha256: None,
         }
     }
 
@@ -480,24 +485,7 @@ impl Location {
     ///
     /// Fails when it cannot be opened (missing included).
     pub fn open_lazily(&self) -> Result<Box<dyn Read + Send>> {
-        match (&self.object, &self.spool) {
-            (Some((store, key)), None) => {
-                let size = store.head(key)?.ok_or_else(|| StoreError::NotFound {
-                    store: store.describe(),
-                    key: key.as_str().to_string(),
-                })?;
-                Ok(Box::new(Ranges {
-                    store: store.clone(),
-                    key: key.clone(),
-                    size,
-                    pos: 0,
-                    chunk: 64 << 10,
-                    buf: Vec::new(),
-                    at: 0,
-                }))
-            }
-            _ => self.open(),
-        }
+        self.open_in_ranges(64 << 10)
     }
 
     /// Its first `n` bytes (fewer when it is shorter).
@@ -506,7 +494,7 @@ impl Location {
     ///
     /// Fails when it cannot be read.
     pub fn head_bytes(&self, n: usize) -> Result<Vec<u8>> {
-        let mut reader = self.open_lazily_at_most(n as u64)?;
+        let mut reader = self.open_in_ranges(n as u64)?;
         let mut buf = Vec::with_capacity(n);
         std::io::Read::by_ref(&mut reader)
             .take(n as u64)
@@ -518,7 +506,9 @@ impl Location {
         Ok(buf)
     }
 
-    fn open_lazily_at_most(&self, n: u64) -> Result<Box<dyn Read + Send>> {
+    /// [`Location::open`], but an object is fetched in ranges of `first`
+    /// bytes, doubling as they are read (to 8 MiB).
+    fn open_in_ranges(&self, first: u64) -> Result<Box<dyn Read + Send>> {
         match (&self.object, &self.spool) {
             (Some((store, key)), None) => {
                 let size = store.head(key)?.ok_or_else(|| StoreError::NotFound {
@@ -530,7 +520,7 @@ impl Location {
                     key: key.clone(),
                     size,
                     pos: 0,
-                    chunk: n.max(1),
+                    chunk: first.max(1),
                     buf: Vec::new(),
                     at: 0,
                 }))
@@ -617,6 +607,9 @@ impl Location {
     /// Fails when it cannot be read to its end.
     pub fn hash(&self) -> Result<[u8; 32]> {
         use sha2::Digest;
+        if let Some(sha) = self.fetched_sha256 {
+            return Ok(sha);
+        }
         let mut reader = self.open()?;
         let mut hasher = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -639,8 +632,10 @@ impl Location {
     /// This object, fetched once into an unnamed file in `dir` (mode 0600,
     /// gone when the last reader closes it, even after a crash), so that
     /// a restore that reads an archive twice (its checksum before anything
-    /// stops, then its content) fetches it once. Its sidecar, siblings and
-    /// label stay the object's. A file is returned as it is.
+    /// stops, then its content) fetches it once; its SHA-256 is computed on
+    /// the way, so the first of those reads is an answer, not a read. Its
+    /// sidecar, siblings and label stay the object's. A file is returned
+    /// as it is.
     ///
     /// # Errors
     ///
@@ -656,6 +651,8 @@ impl Location {
         let mut file = unnamed_file(dir).map_err(|e| Error::io("creating a file in", dir, e))?;
         let mut reader = self.open()?;
         progress.start(crate::progress::Phase::Fetch, self.size()?.unwrap_or(0));
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
         let copied = (|| {
             let mut buf = vec![0u8; 1 << 20];
             loop {
@@ -673,6 +670,7 @@ impl Location {
                 };
                 std::io::Write::write_all(&mut file, &buf[..n])
                     .map_err(|e| Error::io("writing a copy of", &self.label, e))?;
+                hasher.update(&buf[..n]);
                 progress.advance(n as u64);
             }
         })();
@@ -680,6 +678,7 @@ impl Location {
         copied?;
         Ok(Location {
             spool: Some(Arc::new(file)),
+            fetched_sha256: Some(hasher.finalize().into()),
             ..self.clone()
         })
     }
@@ -713,6 +712,7 @@ impl Location {
     pub(crate) fn with_spool(&self, file: std::fs::File) -> Location {
         Location {
             spool: Some(Arc::new(file)),
+            fetched_sha256: None,
             ..self.clone()
         }
     }

@@ -903,7 +903,9 @@ stop_moto() {
 }
 
 # The config of the s3 rows: instance `bench` keeps its backups in the
-# bucket, `bench-local` (the same root and source) in the home's own store.
+# bucket, `bench-local` (the same root and source) in the home's own store;
+# `bench-split`, in the bucket, has a source for each of the corpus's
+# top-level directories, for the restore of one of them.
 write_s3_config() {
     case "$CORPUS" in *"'"*|*$'\n'*) die "the corpus path $CORPUS cannot go into a TOML literal string" ;; esac
     cat > "$S3_CONFIG" <<TOML
@@ -926,6 +928,13 @@ root = '$CORPUS'
 
 [instances.bench-local.sources]
 data = "."
+
+[instances.bench-split]
+root = '$CORPUS'
+store = "offsite"
+
+[instances.bench-split.sources]
+$(for d in "$CORPUS"/*/; do d=$(basename "$d"); printf '%s = "%s"\n' "$d" "$d"; done)
 TOML
 }
 
@@ -961,6 +970,7 @@ prep_s3_backup_local() { unset SRC; }
 prep_s3_backup_s3() { unset SRC; start_moto; }
 prep_s3_restore_local() { export SRC=$OUTS/s3-backup-local/home; }
 prep_s3_restore_s3() { export SRC=$OUTS/s3-backup-s3/home; }
+prep_s3_restore_one() { export SRC=$OUTS/s3-split/home; }
 
 # check_s3_restore ID: the last run's restored tree is the corpus.
 check_s3_restore() {
@@ -974,7 +984,7 @@ run_s3() {
     find_moto || die "MOTO_SERVER=$MOTO is not executable"
     local id
     if [ -z "$MOTO" ]; then
-        for id in s3-backup-local s3-backup-s3 s3-restore-local s3-restore-s3; do
+        for id in s3-backup-local s3-backup-s3 s3-restore-local s3-restore-s3 s3-restore-one; do
             skip "$id" "moto_server not installed (pip install 'moto[server]')"
         done
         return 0
@@ -1014,9 +1024,35 @@ run_s3() {
             'sync' "$RESTORE"
         if [[ ${RESULT[s3-restore-s3]} != FAIL* ]]; then check_s3_restore s3-restore-s3; fi
     else skip s3-restore-s3 "the backup failed"; fi
+    run_s3_one
     PROBE=""
     stop_moto
-    rm -rf "${RESTORE:?}" "${OUTS:?}/s3-backup-local" "${OUTS:?}/s3-backup-s3"
+    rm -rf "${RESTORE:?}" "${OUTS:?}/s3-backup-local" "${OUTS:?}/s3-backup-s3" "${OUTS:?}/s3-split"
+}
+
+# The restore of one small source (`config`) of a backup in the bucket
+# that has a source for each top-level directory of the corpus: it fetches
+# only the frames that source needs. Its backup (into the moto_server the
+# last bucket backup run left) is not timed.
+run_s3_one() {
+    if [ ! -d "$CORPUS/config" ] || [[ ${RESULT[s3-backup-s3]:-FAIL} == FAIL* ]]; then
+        skip s3-restore-one "no bucket backup, or the corpus has no config directory"
+        return 0
+    fi
+    "$BACKSTOP" -q --home "$OUTS/s3-split/home" --config "$S3_CONFIG" backup bench-split --full ||
+        die "s3-restore-one: the backup of bench-split failed"
+    S3_SPLIT_ID=$(s3_backup_id "$OUTS/s3-split/home")
+    export S3_SPLIT_ID
+    bench s3-restore-one "0" prep_s3_restore_one \
+        '"$BACKSTOP" -q --home "$OUTS/s3-split/home" --config "$S3_CONFIG" restore "$S3_SPLIT_ID" --only config --dest "$RESTORE/one" --yes --no-pre-backup' \
+        'sync' "$RESTORE"
+    if [[ ${RESULT[s3-restore-one]} != FAIL* ]]; then
+        diff -r --no-dereference -q "$CORPUS/config" "$RESTORE/one/config" >&2 ||
+            die "s3-restore-one: the restored config differs from the corpus's"
+        [ "$(ls "$RESTORE/one")" = config ] ||
+            die "s3-restore-one: more than config was restored: $(ls "$RESTORE/one")"
+        log "s3-restore-one: the restored config matches the corpus"
+    fi
 }
 
 # s3_ratio ID BASE_ID: ID's median wall / BASE_ID's, or "".
@@ -1027,8 +1063,9 @@ s3_ratio() {
         split(r, x, " "); split(b, y, " "); if (y[1] > 0) printf "%.2f\n", x[1] / y[1] }'
 }
 
-# s3_row ID LABEL BASE_ID: wall, CPU, RSS, moto's CPU, size or restored
-# MiB, throughput and the ratio to BASE_ID.
+# s3_row ID LABEL BASE_ID [part]: wall, CPU, RSS, moto's CPU, size or
+# restored MiB, throughput (not for a restore of part of the corpus) and
+# the ratio to BASE_ID.
 s3_row() {
     local r=${RESULT[$1]:-SKIP not run}
     case "$r" in
@@ -1036,11 +1073,12 @@ s3_row() {
         FAIL*) printf '| %s | FAILED: %s | | | | | | |\n' "$2" "${r#* }"; return 0 ;;
     esac
     awk -v r="$r" -v label="$2" -v ratio="$(s3_ratio "$1" "$3")" -v moto="${PROBED[$1]:--}" \
-        -v corpus="$CORPUS_BYTES" 'BEGIN {
+        -v corpus="$CORPUS_BYTES" -v part="${4:-}" 'BEGIN {
         split(r, x, " ")
         if (x[5] != "ok") label = label " (" x[5] ")"
-        tput = x[1] > 0 ? corpus / 1048576 / x[1] : 0
-        printf "| %s | %.2f | %.2f | %.1f | %s | %.1f | %.1f | %s |\n", label, x[1], x[2],
+        tput = x[1] > 0 ? sprintf("%.1f", corpus / 1048576 / x[1]) : "0"
+        if (part != "") tput = "-"
+        printf "| %s | %.2f | %.2f | %.1f | %s | %.1f | %s | %s |\n", label, x[1], x[2],
             x[3] / 1024, moto, x[4] / 1048576, tput, ratio == "" ? "n/a" : ratio
     }'
 }
@@ -1090,7 +1128,11 @@ moto_server's own user + system time during the timed run: it is not in
 "CPU s" or "peak RSS" (those are backstop's), but moto shares the
 machine's $(nproc) cores with backstop. "MiB" is the archive and its sidecar
 (local store) or every object in the bucket for the backups, the restored
-tree for the restores; throughput = corpus bytes / wall.
+tree for the restores; throughput = corpus bytes / wall. The last row
+restores one small source (\`config\`) of a backup, in the same bucket,
+of an instance with a source for each top-level directory of the corpus
+(backed up untimed): it fetches only the frames that source needs. Its
+ratio is to the whole restore from the bucket.
 
 | step | wall s | CPU s | peak RSS MiB | moto CPU s | MiB | throughput MiB/s | wall / local store |
 |---|---:|---:|---:|---:|---:|---:|---:|
@@ -1099,6 +1141,7 @@ EOF
     s3_row s3-backup-s3 'backup --full to the bucket (moto, loopback) + sync' s3-backup-local
     s3_row s3-restore-local 'restore from the local store + sync' s3-restore-local
     s3_row s3-restore-s3 'restore from the bucket (moto, loopback) + sync' s3-restore-local
+    s3_row s3-restore-one 'restore --only config (one of its sources) from the bucket + sync' s3-restore-s3 part
     cat <<EOF
 
 | bar (issue 14) | result | met? |

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backstop_test_support::{
-    Compare, Tmpfs, assert_same_tree, awkward_tree, root, snapshot, supports_user_xattrs,
+    Compare, Tmpfs, assert_same_tree, awkward_tree, have, root, snapshot, supports_user_xattrs,
 };
 use predicates::prelude::*;
 use rustix::process::Signal;
@@ -330,6 +330,66 @@ fn a_tampered_archive_or_sidecar_is_refused_with_the_tree_untouched() {
     assert_eq!(snapshot(&app, compare_all(&env)), before);
     no_staging_left(env.dir.path());
     assert!(!env.home().join("journal/app.json").exists());
+}
+
+/// Without a service to stop or a safety backup to take, the archive is
+/// checked against its recorded SHA-256 by the one read that stages it, not
+/// before: a substituted archive (catalog and sidecar both naming another
+/// SHA-256, every member intact) is still refused before anything is
+/// replaced.
+#[test]
+fn without_services_or_a_safety_backup_the_staging_read_is_the_checksum_check() {
+    if !have("sqlite3") {
+        return;
+    }
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    let archive = PathBuf::from(
+        env.list().iter().find(|r| r["id"] == id.as_str()).unwrap()["location"]
+            .as_str()
+            .unwrap(),
+    );
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let other = "ab".repeat(32);
+    std::fs::write(
+        format!("{}.sha256", archive.display()),
+        format!("{other}  {name}\n"),
+    )
+    .unwrap();
+    let set = std::process::Command::new("sqlite3")
+        .arg(env.home().join("catalog.db"))
+        .arg(format!(
+            "UPDATE backups SET sha256 = '{other}' WHERE id = '{id}';"
+        ))
+        .status()
+        .unwrap();
+    assert!(set.success());
+    let dest = env.path("elsewhere");
+    // The plan alone is checked first: nothing is staged to check it.
+    env.cmd()
+        .args(["restore", &id, "--dest"])
+        .arg(&dest)
+        .arg("--dry-run")
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(&other));
+    env.cmd()
+        .args(["restore", &id, "--no-pre-backup", "--yes", "--dest"])
+        .arg(&dest)
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(&other));
+    assert!(
+        !dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none(),
+        "nothing restored"
+    );
+    no_staging_left(env.dir.path());
+    // In place, a safety backup comes first: so does the check.
+    let out = env.cmd().args(["restore", &id, "--yes"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let listed = env.list();
+    assert_eq!(listed.len(), 1, "no safety backup was taken: {listed:?}");
+    assert!(app.exists());
 }
 
 #[test]

@@ -219,13 +219,36 @@ pub(crate) struct Found {
     /// A restore of some sources from a store reads only their frames
     /// (see [`crate::archive::frames`]): what it reads of the archive.
     pub(crate) partial: Option<Partial>,
+    /// The archive fetched once into the home ([`Found::fetch`]), when a
+    /// restore reads it twice: checked whole first, then unpacked.
+    fetched: std::sync::OnceLock<Location>,
 }
 
 impl Found {
+    /// Where the archive is read from: its copy in the home once fetched,
+    /// else where it is.
+    pub(crate) fn source(&self) -> &Location {
+        self.fetched.get().unwrap_or(&self.archive)
+    }
+
+    /// The archive fetched once into the home, for a restore that reads it
+    /// twice ([`fetch_once`]); a file, or a partial read's frames, as they
+    /// are.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the object cannot be fetched.
+    pub(crate) fn fetch(&self, ctx: &Context<'_>) -> Result<&Location> {
+        if self.partial.is_none() && self.fetched.get().is_none() {
+            let _ = self.fetched.set(fetch_once(ctx, self.archive.clone())?);
+        }
+        Ok(self.source())
+    }
+
     /// Drops what was fetched of the archive and its chain into the home
     /// ([`Location::release_spool`]), once nothing reads them again.
     pub(crate) fn release_fetched(&self) {
-        self.archive.release_spool();
+        self.source().release_spool();
         for link in &self.links {
             link.location.release_spool();
         }
@@ -246,7 +269,7 @@ impl Found {
             .map(|s| s.name.as_bytes().to_vec())
             .collect();
         walk_archive_chain(
-            (&self.archive, self.partial.as_ref()),
+            (self.source(), self.partial.as_ref()),
             (&self.links, sources),
             (ctx.progress, phase),
             ctx.cancel,
@@ -416,7 +439,8 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str, only: &[String]) -> Result<F
             }
             spool_frames(ctx, &archive, p)?
         }
-        None => fetch_once(ctx, archive)?,
+        // Fetched when it is read twice (`Found::fetch`), else streamed.
+        None => archive,
     };
     Ok(Found {
         archive,
@@ -425,6 +449,7 @@ pub(crate) fn find(ctx: &Context<'_>, target: &str, only: &[String]) -> Result<F
         catalog_unusable,
         links,
         partial,
+        fetched: std::sync::OnceLock::new(),
     })
 }
 
@@ -1075,7 +1100,7 @@ pub(crate) fn prepare<'a>(
     if prep.safety {
         checks.push(prep.check_safety_space(ctx)?);
     }
-    checks.insert(1, prep.check_checksum()?);
+    checks.insert(1, prep.check_checksum(ctx, req.dry_run || req.preview)?);
     prep.plan.checks = checks;
 
     if req.dry_run || req.preview {
@@ -1569,18 +1594,26 @@ impl Prepared<'_> {
         }
     }
 
-    /// The checksum check, made now whenever the sidecar or the catalog
-    /// records one: before any service is stopped or safety backup taken,
-    /// so that a damaged or tampered archive costs no downtime. Staging
-    /// compares it again, in the same read that checks every member.
-    fn check_checksum(&self) -> Result<Check> {
+    /// The checksum check, made now when the sidecar or the catalog records
+    /// one and a service is to be stopped or a safety backup taken (or the
+    /// plan is only shown): before either, so that a damaged or tampered
+    /// archive costs no downtime. Staging compares it again, in the same
+    /// read that checks every member; without services or a safety backup
+    /// that comparison is the check, still before anything is replaced.
+    fn check_checksum(&self, ctx: &Context<'_>, shown_only: bool) -> Result<Check> {
         let src = self.src;
         if let Some(partial) = &src.partial {
             return partial_checksum(src, partial);
         }
-        let checked_first = self.expected.is_some();
+        // First when something happens before staging that a bad archive
+        // would cost (services stopped, a safety backup), and for a plan
+        // that is only shown (nothing is staged to check it). Otherwise the
+        // one read that stages the archive checks it, before anything is
+        // replaced, and a bucket is read once, not fetched and then read.
+        let checked_first =
+            self.expected.is_some() && (self.services.is_some() || self.safety || shown_only);
         if checked_first {
-            let actual = hex::encode(src.archive.hash()?);
+            let actual = hex::encode(src.fetch(ctx)?.hash()?);
             check_sum(src, &self.expected, &actual)?;
         }
         Ok(Check {
@@ -1592,7 +1625,11 @@ impl Prepared<'_> {
                     "no sidecar or catalog checksum to compare; every file is checked while staging"
                         .into()
                 }
-                (Some((what, _)), _) => format!("SHA-256 matches {what}"),
+                (Some((what, _)), true) => format!("SHA-256 matches {what}"),
+                (Some((what, _)), false) => format!(
+                    "SHA-256 compared with {what} while staging, before anything is replaced \
+                     (no service is stopped and no safety backup taken before it)"
+                ),
             },
         })
     }

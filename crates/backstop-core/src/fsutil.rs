@@ -133,6 +133,41 @@ pub fn remove_temp_siblings(path: &Path) {
     }
 }
 
+/// Whether an `open` error means "this filesystem has no `O_TMPFILE`".
+fn no_tmpfile(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::OPNOTSUPP, Errno::ISDIR, Errno::INVAL, Errno::NOSYS].contains(&e)
+}
+
+/// A new file in `dir` for reading and writing (mode 0600) that no name
+/// reaches (`O_TMPFILE`), or, where the filesystem has none, one whose
+/// name is removed at once: gone when closed, even after a crash.
+///
+/// # Errors
+///
+/// Fails when `dir` is not writable.
+pub fn unnamed_file(dir: &Path) -> std::io::Result<File> {
+    let mode = Mode::from_raw_mode(0o600);
+    match rustix::fs::open(dir, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(e) if no_tmpfile(e) => {
+            let name = dir.join(format!(
+                "{TEMP_PREFIX}spool.{}.{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            let flags =
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::open(&name, flags, mode)?;
+            let _ = fs::remove_file(&name);
+            Ok(File::from(fd))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// How a [`NewFile`] exists before it is committed.
 #[derive(Debug)]
 enum Pending {
@@ -185,12 +220,8 @@ impl NewFile {
                     final_path: final_path.to_path_buf(),
                 });
             }
-            // These mean "this filesystem has no O_TMPFILE": fall back to a name.
-            Err(e)
-                if e == rustix::io::Errno::OPNOTSUPP
-                    || e == rustix::io::Errno::ISDIR
-                    || e == rustix::io::Errno::INVAL
-                    || e == rustix::io::Errno::NOSYS => {}
+            // This filesystem has no O_TMPFILE: fall back to a name.
+            Err(e) if no_tmpfile(e) => {}
             Err(e) => return Err(Error::io("creating a file in", dir, e.into())),
         }
         let mut name = OsString::from(TEMP_PREFIX);

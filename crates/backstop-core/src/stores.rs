@@ -648,7 +648,8 @@ impl Location {
         if self.object.is_none() || self.spool.is_some() {
             return Ok(self.clone());
         }
-        let mut file = unnamed_file(dir).map_err(|e| Error::io("creating a file in", dir, e))?;
+        let mut file = crate::fsutil::unnamed_file(dir)
+            .map_err(|e| Error::io("creating a file in", dir, e))?;
         let mut reader = self.open()?;
         progress.start(crate::progress::Phase::Fetch, self.size()?.unwrap_or(0));
         use sha2::Digest;
@@ -842,32 +843,6 @@ impl Read for Spooled {
         let n = self.file.read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
-    }
-}
-
-/// A new file in `dir` that no name reaches (`O_TMPFILE`), or one whose
-/// name is removed at once where the filesystem has none.
-pub(crate) fn unnamed_file(dir: &Path) -> std::io::Result<std::fs::File> {
-    use rustix::fs::{Mode, OFlags};
-    let mode = Mode::from_raw_mode(0o600);
-    match rustix::fs::open(dir, OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC, mode) {
-        Ok(fd) => Ok(std::fs::File::from(fd)),
-        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
-            let name = dir.join(format!(
-                "{}spool.{}.{}",
-                crate::fsutil::TEMP_PREFIX,
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
-            ));
-            let flags =
-                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let fd = rustix::fs::open(&name, flags, mode)?;
-            let _ = std::fs::remove_file(&name);
-            Ok(std::fs::File::from(fd))
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -41,7 +41,7 @@ pub struct Ends {
 ///
 /// Fails when the store cannot be read, or the manifest is damaged.
 pub fn read_ends(loc: &Location, size: u64, keys: &Keys) -> Result<Option<Ends>> {
-    let head = read_at(loc, 0, size.min(512))?;
+    let head = loc.read_range(0, size.min(512))?;
     if encryption::is_age(&head) {
         return Ok(None);
     }
@@ -53,7 +53,7 @@ pub fn read_ends(loc: &Location, size: u64, keys: &Keys) -> Result<Option<Ends>>
     // The frames end where a frame table starts, if there is one.
     let end = size - crate::archive::frames::table_len(loc, size)?;
     let start = end.saturating_sub(TAIL);
-    let tail = read_at(loc, start, end - start)?;
+    let tail = loc.read_range(start, end - start)?;
     let trailer = match codec {
         // The tail's start rounded up to a tar block.
         Codec::None => find_trailer(&tail[((512 - start % 512) % 512) as usize..]),
@@ -78,11 +78,6 @@ pub fn read_ends(loc: &Location, size: u64, keys: &Keys) -> Result<Option<Ends>>
         manifest,
         trailer,
     }))
-}
-
-/// `len` bytes of `loc` from `start`.
-fn read_at(loc: &Location, start: u64, len: u64) -> Result<Vec<u8>> {
-    loc.read_range(start, len)
 }
 
 /// The trailer in the decoded end of `tail`: from each place `magic`

@@ -376,7 +376,7 @@ pub fn spool(
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let file =
-        crate::stores::unnamed_file(dir).map_err(|e| Error::io("creating a file in", dir, e))?;
+        crate::fsutil::unnamed_file(dir).map_err(|e| Error::io("creating a file in", dir, e))?;
     // As large as the archive, so that its size reads the same.
     let size = at.size()?.unwrap_or(0);
     file.set_len(size)

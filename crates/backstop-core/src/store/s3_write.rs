@@ -6,8 +6,8 @@
 //! `parts_in_flight` parts are on their way, the next full buffer waits
 //! for the oldest (backpressure), so memory stays under
 //! `(parts_in_flight + 1) × part_size` (the part size doubles after every
-//! 1,000 parts, so a large archive still fits in S3's 10,000). An object smaller than one part
-//! is sent in a single conditional PUT instead.
+//! 1,000 parts, so a large archive still fits in S3's 10,000). An object
+//! smaller than one part is sent in a single conditional PUT instead.
 //!
 //! `object_store`'s own `WriteMultipart` cannot be used: its completion
 //! always overwrites. The completion here is sent with
@@ -280,9 +280,6 @@ impl Drop for S3Writer {
     }
 }
 
-/// The ETag S3 gives an object made of parts with these ETags: the MD5 of
-/// their MD5s, then `-` and the number of parts. `None` when a part's ETag
-/// is not an MD5 (some servers use other ETags).
 /// The size of part number `parts` (from 0) of an upload whose first
 /// parts are `base` bytes.
 fn part_size_after(base: usize, parts: usize) -> usize {
@@ -290,6 +287,9 @@ fn part_size_after(base: usize, parts: usize) -> usize {
     base.saturating_mul(1 << doublings).min(5 << 30)
 }
 
+/// The ETag S3 gives an object made of parts with these ETags: the MD5 of
+/// their MD5s, then `-` and the number of parts. `None` when a part's ETag
+/// is not an MD5 (some servers use other ETags).
 fn multipart_etag(etags: &[String]) -> Option<String> {
     let mut md5 = Md5::new();
     for etag in etags {

@@ -428,6 +428,28 @@ const COLUMNS: &str = "id, instance, origin, host, created_at, finished_at, kind
     last_restored_at, last_restored_to, last_restored_by, encrypted, parent_id, base_id, \
     chain_position, frames_sha256";
 
+/// Runs `f` again while SQLite answers busy without waiting: switching a new
+/// catalog to WAL needs it alone, and two processes opening it at once can
+/// each hold the shared lock the other must wait out, a deadlock SQLite
+/// breaks by failing one at once instead of calling the busy handler.
+/// Gives up after about a minute, as the busy timeout does.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && waited < Duration::from_secs(60) =>
+            {
+                let pause = Duration::from_millis(20);
+                std::thread::sleep(pause);
+                waited += pause;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Catalog {
     /// Opens (creating if needed, with mode 0600) and migrates the catalog at
     /// `path`. Its directory must exist.
@@ -452,7 +474,7 @@ impl Catalog {
         }
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
-        let wal: Result<String, _> = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0));
+        let wal = retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)));
         match wal {
             Ok(_) => {}
             Err(e) if is_not_a_database(&e) => {

@@ -7,7 +7,9 @@
 //! - `abort`: the process dies on the spot, as with `kill -9`;
 //! - `sleep:MS`: a pause of MS milliseconds;
 //! - `wait:PATH`: a pause until PATH exists, so a test can act at that
-//!   moment; `PATH.reached` is created first to tell the test it may.
+//!   moment; `PATH.reached` is created first to tell the test it may;
+//! - `error@N`, `abort@N`: as `error` and `abort`, at the point's N-th
+//!   pass only (from 1), for points passed many times (a restore's steps).
 //!
 //! Without the feature, [`hit`] is an empty inline function.
 
@@ -30,7 +32,13 @@ pub fn hit(name: &str) -> Result<()> {
         if point.trim() != name {
             continue;
         }
-        let action = action.trim();
+        let mut action = action.trim();
+        if let Some((what, nth)) = action.split_once('@') {
+            if !nth_pass(name, nth.parse().unwrap_or(0)) {
+                continue;
+            }
+            action = what;
+        }
         if action == "error" {
             return Err(crate::error::Error::io(
                 "failure point",
@@ -50,6 +58,22 @@ pub fn hit(name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Counts a pass of `name`: whether it is the `nth`.
+#[cfg(feature = "failpoints")]
+fn nth_pass(name: &str, nth: u64) -> bool {
+    static PASSES: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
+    let mut passes = PASSES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = match passes.iter_mut().find(|(n, _)| n == name) {
+        Some((_, c)) => c,
+        None => {
+            passes.push((name.to_string(), 0));
+            &mut passes.last_mut().expect("just pushed").1
+        }
+    };
+    *count += 1;
+    *count == nth
 }
 
 /// Passes a failure point named `name` (no-op without the `failpoints` feature).

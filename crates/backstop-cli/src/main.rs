@@ -543,16 +543,17 @@ fn confirmer(yes: bool) -> impl FnMut(&restore::RestorePlan) -> bool {
     }
 }
 
-/// Tells a person whose shell sits in a directory the restore replaced to
-/// change into it again: the shell still shows the old one, now removed.
+/// Tells a person whose shell sits in a directory the restore moved away
+/// (the backup has no directory there) that it is gone: the shell still
+/// shows it, empty.
 fn print_cd_note(g: &Global, outcome: &restore::RestoreOutcome) {
     if let restore::RestoreOutcome::Restored(report) = outcome
         && let Some(dir) = &report.replaced_cwd
         && !g.json
     {
         print_stderr(&format!(
-            "{} this shell's current directory was replaced by the restored one: \
-             run `cd {}` to see the restored tree\n",
+            "{} this shell's current directory was removed by the restore (the backup \
+             has no directory at {}): `cd` out of it\n",
             style("note:").for_stderr().cyan().bold(),
             backstop_core::command::shell_quote(dir)
         ));

@@ -474,7 +474,9 @@ impl Catalog {
         }
         let conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(sql)?;
-        let wal = retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)));
+        let wal = retry_busy(|| {
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        });
         match wal {
             Ok(_) => {}
             Err(e) if is_not_a_database(&e) => {

@@ -64,7 +64,9 @@ pub fn hit(name: &str) -> Result<()> {
 #[cfg(feature = "failpoints")]
 fn nth_pass(name: &str, nth: u64) -> bool {
     static PASSES: std::sync::Mutex<Vec<(String, u64)>> = std::sync::Mutex::new(Vec::new());
-    let mut passes = PASSES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut passes = PASSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let count = match passes.iter_mut().find(|(n, _)| n == name) {
         Some((_, c)) => c,
         None => {

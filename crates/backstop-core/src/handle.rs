@@ -201,6 +201,64 @@ pub fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets the mode, owner and modification time of `path` without following
+/// a symlink there (pinned as [`chmod`] does); the owner only where it
+/// differs, which only root may change.
+///
+/// # Errors
+///
+/// Fails when `path` is a symlink, missing, or not ours.
+pub fn set_attrs(
+    path: &Path,
+    mode: u32,
+    (uid, gid): (u32, u32),
+    mtime: (i64, u32),
+) -> io::Result<()> {
+    let (dir, name) = open_parent(path)?;
+    let pinned = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&pinned)?;
+    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    if (st.st_uid, st.st_gid) != (uid, gid) {
+        rustix::fs::chownat(
+            CWD,
+            magic.as_str(),
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
+            AtFlags::empty(),
+        )?;
+    }
+    if st.st_mode & 0o7777 != mode {
+        rustix::fs::chmodat(
+            CWD,
+            magic.as_str(),
+            Mode::from_raw_mode(mode),
+            AtFlags::empty(),
+        )?;
+    }
+    let ts = rustix::fs::Timespec {
+        tv_sec: mtime.0,
+        tv_nsec: i64::from(mtime.1),
+    };
+    rustix::fs::utimensat(
+        CWD,
+        magic.as_str(),
+        &rustix::fs::Timestamps {
+            last_access: ts,
+            last_modification: ts,
+        },
+        AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
 /// Flushes the directory `path` (its entries) to disk.
 ///
 /// # Errors

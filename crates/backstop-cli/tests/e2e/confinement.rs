@@ -128,14 +128,27 @@ fn nobody_home(env: &Env) -> PathBuf {
 
 /// Runs backstop as nobody with `home` as its home.
 fn backstop_as_nobody(env: &Env, home: &Path, args: &[&OsStr]) -> Output {
-    Command::new("setpriv")
-        .args(AS_NOBODY)
+    backstop_as_nobody_at(env, home, args, None)
+}
+
+/// [`backstop_as_nobody`], with `failpoints` as `BACKSTOP_FAILPOINTS`.
+fn backstop_as_nobody_at(
+    env: &Env,
+    home: &Path,
+    args: &[&OsStr],
+    failpoints: Option<&str>,
+) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.env_remove("BACKSTOP_FAILPOINTS");
+    if let Some(points) = failpoints {
+        cmd.env("BACKSTOP_FAILPOINTS", points);
+    }
+    cmd.args(AS_NOBODY)
         .arg(bin())
         .arg("--home")
         .arg(home)
         .env_remove("BACKSTOP_CONFIG")
         .env_remove("BACKSTOP_HOME")
-        .env_remove("BACKSTOP_FAILPOINTS")
         .env("NO_COLOR", "1")
         .env("XDG_CONFIG_HOME", env.path("xdg-config"))
         .args(args)
@@ -365,8 +378,8 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
     expect.check(left.is_empty(), format!("staging left behind: {left:?}"));
     expect.finish(&context(&out));
 
-    // Kept by --exclude, it must still be carried into the restored tree,
-    // which this user cannot do with root's directory: refused up front.
+    // Kept by --exclude, it stays where it is: an exact restore in place
+    // moves only what differs from the backup, never root's directory.
     let restore_as_nobody = |extra: &[&str]| {
         let mut args: Vec<&OsStr> = vec!["restore".as_ref(), id.as_ref(), "--yes".as_ref()];
         args.push("--no-pre-backup".as_ref());
@@ -376,15 +389,23 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
     let out = restore_as_nobody(&["--exclude", "rootonly/"]);
     let mut expect = Expect::default();
     expect.check(
-        out.status.code() == Some(1),
-        "an exact restore keeping root's directory was not refused",
+        out.status.success(),
+        format!(
+            "the exact restore keeping root's directory failed: {}",
+            stderr(&out)
+        ),
     );
     expect.check(
-        stderr(&out).contains("belongs to another user"),
-        "the refusal does not say why",
+        read(&app.join("a.txt")).as_deref() == Some(b"original"),
+        "the exact restore did not restore a.txt",
     );
-    expect.check(listing(&app) == before, "the tree changed");
-    // A merge leaves it where it is.
+    expect.check(
+        read(&foreign.join("secret")).as_deref() == Some(b"root's"),
+        "the exact restore touched rootonly",
+    );
+    expect.check(mode(&foreign) == Some(0o700), "rootonly's mode changed");
+    // A merge leaves it where it is too.
+    std::fs::write(app.join("a.txt"), b"modified").unwrap();
     let merged = restore_as_nobody(&["--exclude", "rootonly/", "--mode", "merge"]);
     expect.check(
         merged.status.success(),
@@ -398,6 +419,95 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
         read(&foreign.join("secret")).as_deref() == Some(b"root's"),
         "the merge touched rootonly",
     );
+    expect.finish(&context(&out));
+}
+
+/// As an ordinary user, an exact restore in place moves files into and out
+/// of directories that user made read-only: each is opened up around the
+/// moves and given the backup's mode and time again, and a failure half
+/// way gives them back their own.
+#[test]
+fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_them() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("ro");
+    let app = parent.join("app");
+    std::fs::create_dir_all(app.join("locked/inner")).unwrap();
+    std::fs::write(app.join("locked/f"), b"v1").unwrap();
+    std::fs::write(app.join("locked/inner/g"), b"g").unwrap();
+    chown_tree_to_nobody(&parent);
+    set_mode(&app.join("locked/inner"), 0o555);
+    set_mode(&app.join("locked"), 0o555);
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+    let id = backup_id(&serde_json::from_slice(&out.stdout).unwrap());
+    let times = |p: &Path| {
+        let md = std::fs::symlink_metadata(p).unwrap();
+        (md.mtime(), md.mtime_nsec())
+    };
+    let (locked_time, inner_time) = (times(&app.join("locked")), times(&app.join("locked/inner")));
+    // Changed behind the modes' back (as root), a file added and one gone.
+    std::fs::write(app.join("locked/f"), b"v2").unwrap();
+    std::fs::write(app.join("locked/added"), b"new").unwrap();
+    std::fs::remove_file(app.join("locked/inner/g")).unwrap();
+    let restore = |failpoints: Option<&str>| {
+        let args: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ];
+        backstop_as_nobody_at(&env, &home, &args, failpoints)
+    };
+    let before = listing(&app);
+    let out = restore(Some("restore.apply-step=error@4"));
+    let mut expect = Expect::default();
+    expect.check(
+        out.status.code() == Some(5),
+        format!("exit {:?}, not 5", out.status.code()),
+    );
+    expect.check(
+        listing(&app) == before,
+        "a failed restore did not put the tree back",
+    );
+    expect.check(
+        mode(&app.join("locked")) == Some(0o555),
+        "locked/ stayed opened up",
+    );
+    let out = restore(None);
+    expect.check(
+        out.status.success(),
+        format!("the restore failed: {}", stderr(&out)),
+    );
+    expect.check(
+        read(&app.join("locked/f")).as_deref() == Some(b"v1"),
+        "locked/f not restored",
+    );
+    expect.check(
+        !app.join("locked/added").exists(),
+        "locked/added is still there",
+    );
+    expect.check(
+        read(&app.join("locked/inner/g")).as_deref() == Some(b"g"),
+        "locked/inner/g not back",
+    );
+    for (dir, time) in [("locked", locked_time), ("locked/inner", inner_time)] {
+        expect.check(
+            mode(&app.join(dir)) == Some(0o555),
+            format!("{dir} is not 0555 again"),
+        );
+        expect.check(
+            times(&app.join(dir)) == time,
+            format!("{dir} has not the backup's time"),
+        );
+    }
     expect.finish(&context(&out));
 }
 
@@ -542,6 +652,11 @@ fn exact_restore_cleanup_never_follows_a_swapped_symlink() {
     std::fs::write(victim.join("keep"), b"keep").unwrap();
     let id = backup_id(&env.json(&["backup", app.to_str().unwrap()]));
     std::fs::write(app.join("top.txt"), b"v2").unwrap();
+    // Not in the backup: the exact restore moves it aside into its staging
+    // directory, which the cleanup removes.
+    std::fs::create_dir_all(app.join("gone/inner")).unwrap();
+    std::fs::write(app.join("gone/inner/f"), b"added").unwrap();
+    chown_tree_to_nobody(&app);
 
     let parent = env.dir.path().to_path_buf();
     let out = run_paused(
@@ -554,8 +669,9 @@ fn exact_restore_cleanup_never_follows_a_swapped_symlink() {
             "--no-pre-backup".as_ref(),
         ],
         |_| {
-            // The old tree is parked in a staging directory beside app:
-            // its d/inner becomes a symlink to victim/.
+            // What the restore moved aside is parked in a staging
+            // directory beside app: its gone/inner becomes a symlink to
+            // victim/.
             let staging: Vec<PathBuf> = Env::files_in(&parent)
                 .into_iter()
                 .filter(|n| n.starts_with(".backstop-staging-"))
@@ -566,9 +682,9 @@ fn exact_restore_cleanup_never_follows_a_swapped_symlink() {
                 .iter()
                 .flat_map(|s| walk(s))
                 .find(|p| {
-                    p.ends_with("d/inner") && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+                    p.ends_with("inner") && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
                 })
-                .unwrap_or_else(|| panic!("no d/inner in the old tree under {staging:?}"));
+                .unwrap_or_else(|| panic!("no gone/inner moved aside under {staging:?}"));
             std::fs::rename(&inner, inner.with_file_name("inner.moved")).unwrap();
             std::os::unix::fs::symlink(&victim, &inner).unwrap();
         },
@@ -589,6 +705,10 @@ fn exact_restore_cleanup_never_follows_a_swapped_symlink() {
     expect.check(
         read(&app.join("d/inner/f")).as_deref() == Some(b"inner file"),
         "app/d/inner/f is not there",
+    );
+    expect.check(
+        std::fs::symlink_metadata(app.join("gone")).is_err(),
+        "app/gone (not in the backup) is still there",
     );
     expect.finish(&context(&out));
 }

@@ -167,3 +167,156 @@ fn a_restore_into_an_empty_directory_links_nothing() {
     assert_eq!(doc["restore"]["linked_files"], 0, "{doc}");
     assert_same_tree(&reference, &fresh, compare());
 }
+
+/// More than two files' worth of difference: files added, deleted and
+/// changed, a directory added, one's mode and another's time changed.
+fn disturb(app: &Path) {
+    change_two(app);
+    std::fs::write(app.join("d1/added"), b"added").unwrap();
+    std::fs::remove_file(file(app, 5)).unwrap();
+    std::fs::create_dir_all(app.join("extra/sub")).unwrap();
+    std::fs::write(app.join("extra/sub/x"), b"x").unwrap();
+    std::fs::set_permissions(
+        app.join("d2"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    std::fs::File::open(app.join("d4"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap();
+}
+
+#[test]
+fn an_exact_restore_in_place_moves_only_what_differs() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    disturb(&app);
+    let dirs: Vec<u64> = (0..10).map(|d| inode(&app.join(format!("d{d}")))).collect();
+    let top = inode(&app);
+    let doc = env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert_eq!(doc["restore"]["outcome"], "restored", "{doc}");
+    // Every entry as backed up, directories' modes and times included.
+    assert_same_tree(&reference, &app, compare());
+    // The tree was not replaced: the same directories, still there.
+    assert_eq!(inode(&app), top);
+    for (d, ino) in dirs.iter().enumerate() {
+        assert_eq!(inode(&app.join(format!("d{d}"))), *ino, "d{d} was replaced");
+    }
+    assert_eq!(doc["restore"]["linked_files"], (FILES - 3) as u64, "{doc}");
+    let parent = app.parent().unwrap();
+    assert!(
+        std::fs::read_dir(parent).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".backstop-staging-")),
+        "staging left beside app"
+    );
+}
+
+#[test]
+fn a_failure_at_any_step_in_place_puts_every_entry_and_time_back() {
+    let mut failed = 0;
+    for n in 1..=40 {
+        for action in ["error", "abort"] {
+            let env = Env::new();
+            let (app, reference, id) = backed_up(&env);
+            disturb(&app);
+            let before = snapshot(&app, compare());
+            let out = env
+                .cmd()
+                .env(
+                    "BACKSTOP_FAILPOINTS",
+                    format!("restore.apply-step={action}@{n}"),
+                )
+                .args(["restore", &id, "--yes", "--no-pre-backup"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                // Past the last step: the restore went through.
+                assert_same_tree(&reference, &app, compare());
+                assert!(failed >= 10, "only {failed} steps failed");
+                return;
+            }
+            if action == "error" {
+                assert_eq!(out.status.code(), Some(5), "step {n}: {out:?}");
+            } else {
+                env.cmd().args(["recover"]).assert().success();
+            }
+            assert_eq!(snapshot(&app, compare()), before, "{action} at step {n}");
+            assert!(!env.home().join("journal/app.json").exists(), "step {n}");
+            failed += 1;
+        }
+    }
+    panic!("the restore never got past its 40th step");
+}
+
+#[test]
+fn a_directory_added_to_an_unchanged_one_meanwhile_is_noticed() {
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    change_two(&app);
+    let intruder = app.join("d5/intruder");
+    let out = run_paused(
+        &env,
+        "restore.after-stage",
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+        |_| std::fs::write(&intruder, b"written meanwhile").unwrap(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("d5 changed while the restore"), "{stderr}");
+    assert!(intruder.exists());
+    assert!(std::fs::read(file(&app, 3)).unwrap().ends_with(b"upgrade"));
+}
+
+#[test]
+fn a_deleted_directory_keeps_what_is_kept_inside_it() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    for p in ["new/keep/deep", "new/gone"] {
+        std::fs::create_dir_all(app.join(p)).unwrap();
+    }
+    std::fs::write(app.join("new/keep/deep/x"), b"kept").unwrap();
+    std::fs::write(app.join("new/junk"), b"junk").unwrap();
+    std::fs::write(app.join("new/gone/y"), b"y").unwrap();
+    let doc = env.json(&[
+        "restore",
+        &id,
+        "--yes",
+        "--no-pre-backup",
+        "--exclude",
+        "new/keep/",
+    ]);
+    assert_eq!(doc["restore"]["outcome"], "restored", "{doc}");
+    assert_eq!(std::fs::read(app.join("new/keep/deep/x")).unwrap(), b"kept");
+    assert!(!app.join("new/junk").exists() && !app.join("new/gone").exists());
+    std::fs::remove_dir_all(app.join("new")).unwrap();
+    assert_same_tree(&reference, &app, compare());
+}
+
+#[test]
+fn a_hard_link_to_a_file_left_in_place_is_made_again() {
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("a")).unwrap();
+    std::fs::write(app.join("a/first"), vec![7u8; 50_000]).unwrap();
+    std::fs::hard_link(app.join("a/first"), app.join("a/second")).unwrap();
+    std::fs::hard_link(app.join("a/first"), app.join("third")).unwrap();
+    let reference = env.path("reference");
+    copy_tree(&app, &reference);
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(app.join("a/second")).unwrap();
+    std::fs::remove_file(app.join("third")).unwrap();
+    env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    let first = inode(&app.join("a/first"));
+    assert_eq!(inode(&app.join("a/second")), first);
+    assert_eq!(inode(&app.join("third")), first);
+    assert_same_tree(&reference, &app, compare());
+}

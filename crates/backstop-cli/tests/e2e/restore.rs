@@ -1268,35 +1268,36 @@ fn an_excluded_source_is_kept_and_counted_as_kept_not_deleted() {
 }
 
 #[test]
-fn a_restore_over_the_current_directory_says_to_cd_back_in() {
+fn a_restore_that_removes_the_current_directory_says_so() {
     let env = Env::new();
     let app = env.small_app("app");
     let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
-    let cd = |dir: &Path| format!("run `cd {}` to see", dir.canonicalize().unwrap().display());
-    for inside in [app.clone(), app.join("data")] {
-        std::fs::write(app.join("added.txt"), b"x").unwrap();
-        let out = env
-            .cmd()
-            .current_dir(&inside)
-            .args(["restore", &id, "--yes"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "a note, not a warning: {stderr}"
-        );
-        assert!(
-            stderr.contains("note: this shell's current directory was replaced"),
-            "{stderr}"
-        );
-        assert!(stderr.contains(&cd(&inside)), "{stderr}");
-    }
-    // Elsewhere, or in a directory the restore keeps (the same one, carried
-    // over), nothing is said.
+    // A directory the backup does not have: the restore removes it.
+    let gone = app.join("gone");
+    std::fs::create_dir_all(&gone).unwrap();
+    let out = env
+        .cmd()
+        .current_dir(&gone)
+        .args(["restore", &id, "--yes"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a note, not a warning: {stderr}"
+    );
+    assert!(
+        stderr.contains("note: this shell's current directory was removed by the restore"),
+        "{stderr}"
+    );
+    assert!(!gone.exists());
+    // Elsewhere, in the tree restored in place, or in a directory the
+    // restore keeps, nothing is said: the shell's directory is still there.
     for (dir, extra) in [
         (env.dir.path().to_path_buf(), None),
+        (app.clone(), None),
+        (app.join("data"), None),
         (app.join("config"), Some("config/")),
     ] {
         std::fs::write(app.join("added.txt"), b"x").unwrap();

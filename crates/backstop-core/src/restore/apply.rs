@@ -8,7 +8,7 @@
 //! previous state; a crash at any instant is repaired from the journal by
 //! the next command that takes the lock.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +24,7 @@ use crate::lock::{InstanceLock, hostname};
 use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
 use crate::restore::diff::Changes;
-use crate::restore::journal::{self, ImportTarget, Journal, Phase, Step};
+use crate::restore::journal::{self, Attrs, ImportTarget, Journal, Phase, Step};
 use crate::restore::listing::Walk;
 use crate::restore::plan::{
     Place, Prepared, RestoreOutcome, RestoreReport, RestoreRequest, check_sum, database_paths,
@@ -605,8 +605,13 @@ struct Staged {
     /// vanished, unreadable and skipped paths).
     unrestorable: BTreeSet<PathBuf>,
     /// Inodes linked from the live tree, with their change time once
-    /// linked.
+    /// linked; for sources restored in place, the live files and
+    /// directories found as the backup has them.
     linked: HashMap<u64, u64>,
+    /// The sources restored exactly in place: an existing live tree,
+    /// where only what differs is staged and moved (see
+    /// [`crate::restore::steps::InPlace`]).
+    in_place: HashSet<String>,
 }
 
 /// Creates the directories of the journal's first steps and the staging
@@ -632,15 +637,26 @@ fn stage(
     // The live trees, where files the backup holds unchanged are found and
     // linked instead of written again.
     let mut live = HashMap::new();
+    let mut in_place = HashSet::new();
     for s in &prep.sources {
         if let Place::Tree(target) = &prep.places[&s.name]
             && handle::lstat(target).is_ok_and(|st| handle::is_dir(&st))
         {
             let tree = Confined::open(target).map_err(|e| Error::io("opening", target, e))?;
             live.insert(s.name.clone(), tree);
+            if prep.mode == Mode::Exact {
+                in_place.insert(s.name.clone());
+            }
         }
     }
-    let mut stager = Stager::new(m, targets, live, &prep.selection, ctx.cancel);
+    let mut stager = Stager::new(
+        m,
+        targets,
+        live,
+        in_place.clone(),
+        &prep.selection,
+        ctx.cancel,
+    );
     let run = prep
         .src
         .walk(ctx, crate::progress::Phase::Unpack, &mut stager);
@@ -665,6 +681,7 @@ fn stage(
     Ok(Staged {
         unrestorable,
         linked,
+        in_place,
     })
 }
 
@@ -683,7 +700,7 @@ fn decide(
     journal: &Journal,
     staged: &Staged,
 ) -> Result<Decided> {
-    let (nested, nested_dbs) = nested_databases(prep, &journal.staging);
+    let (nested, nested_dbs) = nested_databases(prep, &journal.staging, &staged.in_place);
     let mut decider = Decider {
         ctx,
         prep,
@@ -710,7 +727,11 @@ fn decide(
 /// A database inside a tree restored exactly goes into that tree's staged
 /// copy, so the tree's swap brings it in: a swap of its own would happen in
 /// a directory the tree's swap moves away.
-fn nested_databases(prep: &Prepared<'_>, staging: &[PathBuf]) -> (Nested, Vec<String>) {
+fn nested_databases(
+    prep: &Prepared<'_>,
+    staging: &[PathBuf],
+    in_place: &HashSet<String>,
+) -> (Nested, Vec<String>) {
     let mut nested: Nested = HashMap::new();
     let mut nested_dbs: Vec<String> = Vec::new();
     if prep.mode != Mode::Exact {
@@ -724,7 +745,9 @@ fn nested_databases(prep: &Prepared<'_>, staging: &[PathBuf]) -> (Nested, Vec<St
             .sources
             .iter()
             .filter_map(|o| match &prep.places[&o.name] {
-                Place::Tree(t) if target.starts_with(t) && t != target => {
+                Place::Tree(t)
+                    if target.starts_with(t) && t != target && !in_place.contains(&o.name) =>
+                {
                     Some((o.name.clone(), t.clone()))
                 }
                 _ => None,
@@ -782,6 +805,7 @@ impl Decider<'_, '_> {
         };
         let databases = &self.databases;
         let other = |abs: &Path| databases.iter().any(|d| d == abs);
+        let in_place = self.staged.in_place.contains(&s.name);
         let (planned, moves, entries) = merge_staged(
             prep.mode,
             &target,
@@ -789,6 +813,7 @@ impl Decider<'_, '_> {
             &kept_here,
             &other,
             &self.staged.linked,
+            in_place,
         )?;
         self.decided.changes.extend(&planned);
         if entries == 0 || self.nested_dbs.contains(&s.name) {
@@ -802,6 +827,7 @@ impl Decider<'_, '_> {
             self.aside_journal_files(s, &target, staging)?;
         }
         match prep.mode {
+            Mode::Exact if in_place => self.in_place(s, &target, &staged_top, staging, &moves),
             Mode::Exact => self.exact(s, &target, &staged_top, &moves),
             Mode::Merge | Mode::Safe => self.move_in(&target, &staged_top, &moves),
         }
@@ -920,6 +946,53 @@ impl Decider<'_, '_> {
         Ok(())
     }
 
+    /// Exact in place: the directories whose entries or attributes change
+    /// are opened up for the moves (undone last), the live entries that
+    /// go move aside into the staging directory, the staged ones move in,
+    /// and the directories take the backup's mode, owner and time.
+    fn in_place(
+        &mut self,
+        s: &SourceManifest,
+        target: &Path,
+        staged_top: &Path,
+        staging: &Path,
+        moves: &Moves,
+    ) -> Result<()> {
+        let Some(moves) = &moves.in_place else {
+            return Ok(());
+        };
+        let at = |top: &Path, rel: &Path| {
+            if rel.as_os_str().is_empty() {
+                top.to_path_buf()
+            } else {
+                top.join(rel)
+            }
+        };
+        let mut dirs: BTreeSet<&Path> = moves.touch.iter().map(PathBuf::as_path).collect();
+        for rel in moves.aside.iter().flatten().chain(&moves.move_in) {
+            dirs.extend(rel.parent());
+        }
+        let mut last = Vec::new();
+        for rel in dirs {
+            if let Some((first, then)) = dir_attrs(&at(target, rel), &at(staged_top, rel))? {
+                self.decided.steps.push(first);
+                last.push(then);
+            }
+        }
+        open_staged_parents(staged_top, &moves.move_in)?;
+        for (n, rel) in moves.aside.iter().flatten().enumerate() {
+            let aside = staging.join(format!("{}.old-{}", s.name, n + 1));
+            self.decided.steps.push(move_step(at(target, rel), aside)?);
+        }
+        for rel in &moves.move_in {
+            self.decided
+                .steps
+                .push(move_step(at(staged_top, rel), at(target, rel))?);
+        }
+        self.decided.steps.extend(last);
+        Ok(())
+    }
+
     /// Merge and safe: whole new subtrees move in; replaced entries (merge)
     /// are kept as `.bak` first.
     fn move_in(&mut self, target: &Path, staged_top: &Path, moves: &Moves) -> Result<()> {
@@ -942,7 +1015,8 @@ impl Decider<'_, '_> {
 }
 
 /// Merges a staged tree with the live one: the plan of every path, the
-/// moves the mode asks for, and how many entries were staged.
+/// moves the mode asks for, and how many entries were staged. `kept` and
+/// `other` say which live paths are kept and which are other sources'.
 fn merge_staged(
     mode: Mode,
     target: &Path,
@@ -950,8 +1024,12 @@ fn merge_staged(
     kept: &dyn Fn(&Path, bool) -> bool,
     other: &dyn Fn(&Path) -> bool,
     linked: &HashMap<u64, u64>,
+    in_place: bool,
 ) -> Result<(Changes, Moves, u64)> {
     let mut merger = Merger::new(mode, target, Some(staged_top), kept, other, Some(linked))?;
+    if in_place {
+        merger = merger.in_place();
+    }
     let mut staged = Walk::new(staged_top, true)?;
     let mut entries = 0;
     while let Some((rel, node)) = staged.peek()?.cloned() {
@@ -1072,6 +1150,66 @@ fn make_staged_parents(staged_top: &Path, parent: &Path, target: &Path) -> Resul
         }
     }
     Ok(())
+}
+
+/// Makes the staged directories that entries move out of writable by
+/// this user (not root, whom modes do not stop): they hold the backup's
+/// modes, and are only containers, removed with the staging directory.
+fn open_staged_parents(staged_top: &Path, move_in: &[PathBuf]) -> Result<()> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let parents: BTreeSet<&Path> = move_in.iter().filter_map(|rel| rel.parent()).collect();
+    for rel in parents {
+        let dir = staged_top.join(rel);
+        let st = handle::lstat(&dir).map_err(|e| Error::io("reading", &dir, e))?;
+        if st.st_mode & 0o300 != 0o300 {
+            handle::chmod(&dir, (st.st_mode & 0o7777) | 0o700)
+                .map_err(|e| Error::io("setting the mode of", &dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The two attribute steps of live directory `live` in an exact restore in
+/// place: before the moves, opened up for them (as another user than
+/// root, writable and searchable by its owner); after them, the staged
+/// copy's mode, owner and time, or (where nothing inside it was staged)
+/// the ones it had. None for a
+/// directory of another user, restoring as someone else than root: its
+/// attributes are not this user's to set (the moves need it writable).
+fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
+    let st = handle::lstat(live).map_err(|e| Error::io("reading", live, e))?;
+    let before = Attrs::of(&st);
+    let euid = rustix::process::geteuid();
+    let root = euid.is_root();
+    if !root && st.st_uid != euid.as_raw() {
+        return Ok(None);
+    }
+    let mut open = before;
+    if !root {
+        open.mode |= 0o300;
+    }
+    let after = match handle::lstat(staged) {
+        Ok(staged) if handle::is_dir(&staged) => {
+            let mut after = Attrs::of(&staged);
+            if !root {
+                // Staged as this user: the owner stays whoever it is.
+                (after.uid, after.gid) = (before.uid, before.gid);
+            }
+            after
+        }
+        _ => before,
+    };
+    let step = |before, after| Step::Meta {
+        path: live.to_path_buf(),
+        ino: st.st_ino,
+        before,
+        after,
+    };
+    // Undone in reverse: the last back to opened up, so that the moves can
+    // be undone; the first back to what it was.
+    Ok(Some((step(before, open), step(open, after))))
 }
 
 /// A name beside `path` for keeping a replaced entry: `<name>.bak-<time>`.

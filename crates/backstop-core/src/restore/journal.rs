@@ -2,7 +2,8 @@
 //! written and flushed before it does it, so that a crash at any instant can
 //! be repaired by the next command that takes the instance lock.
 //!
-//! Steps are renames, and imports of captured sources (volumes, dumps).
+//! Steps are renames, a directory's mode and time set (undone by setting
+//! the ones it had), and imports of captured sources (volumes, dumps).
 //! Each rename records the inode of what it moves, so whether it happened is
 //! decided by looking at the filesystem, never guessed; an import is undone
 //! by importing the live state captured just before it:
@@ -61,6 +62,15 @@ pub enum Step {
     },
     /// A directory created in the live tree to hold what is restored.
     MakeDir { path: PathBuf },
+    /// A live directory's mode, owner and time set (an exact restore in
+    /// place: around the moves into and out of it, first opened up for
+    /// them, then given the backup's). Undone by setting `before`.
+    Meta {
+        path: PathBuf,
+        ino: u64,
+        before: Attrs,
+        after: Attrs,
+    },
     /// A captured source put back by a program: a podman volume imported,
     /// a dump fed to its restore command. Undone by putting back `undo`,
     /// captured from the live state just before.
@@ -69,6 +79,37 @@ pub enum Step {
         data: PathBuf,
         undo: PathBuf,
     },
+}
+
+/// A directory's mode, owner and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attrs {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, u32),
+}
+
+impl Attrs {
+    /// What `st` says.
+    pub fn of(st: &rustix::fs::Stat) -> Attrs {
+        Attrs {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: (st.st_mtime, st.st_mtime_nsec.clamp(0, 999_999_999) as u32),
+        }
+    }
+
+    /// Sets these on the directory `path` if it is still inode `ino`
+    /// (the owner only as root, and only where it differs).
+    fn set(&self, path: &Path, ino: u64) -> std::io::Result<()> {
+        let st = handle::lstat(path)?;
+        if st.st_ino != ino || !handle::is_dir(&st) {
+            return Err(std::io::Error::other("it was replaced meanwhile"));
+        }
+        handle::set_attrs(path, self.mode, (self.uid, self.gid), self.mtime)
+    }
 }
 
 /// Where an [`Step::Import`] goes.
@@ -259,7 +300,7 @@ impl Journal {
             let paths: Vec<&Path> = match step {
                 Step::Swap { target, staged, .. } => vec![target, staged],
                 Step::Move { from, to, .. } => vec![from, to],
-                Step::MakeDir { path } => vec![path],
+                Step::MakeDir { path } | Step::Meta { path, .. } => vec![path],
                 Step::Import { .. } => vec![],
             };
             for p in paths {
@@ -342,6 +383,18 @@ fn undo(step: &Step) -> Result<()> {
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
             Err(e) => Err(Error::io("removing", path, e)),
         },
+        // Setting the old attributes again is harmless if they were never
+        // changed; a directory gone or replaced is not ours to touch.
+        Step::Meta {
+            path, ino, before, ..
+        } => {
+            if handle::ino(path) != Some(*ino) {
+                return Ok(());
+            }
+            before
+                .set(path, *ino)
+                .map_err(|e| Error::io("setting back the mode and time of", path, e))
+        }
         // Whether it ran cannot be seen from outside: the live state
         // captured before is put back either way, which is harmless if the
         // import never started.
@@ -379,6 +432,11 @@ pub fn apply(step: &Step) -> Result<()> {
         Step::MakeDir { path } => {
             handle::mkdir(path, 0o777).map_err(|e| Error::io("creating", path, e))
         }
+        Step::Meta {
+            path, ino, after, ..
+        } => after
+            .set(path, *ino)
+            .map_err(|e| Error::io("setting the mode and time of", path, e)),
         Step::Import { into, data, .. } => into.import(data),
     }
 }

@@ -176,8 +176,8 @@ pub struct RestoreReport {
     /// where nothing was removed. `None` without a safety backup.
     pub undo: Option<String>,
     /// The process's working directory (a shell's, that ran it), when the
-    /// restore replaced the directory there with the restored one: the
-    /// shell still sits in the old one until it changes into it again.
+    /// restore moved the directory there away (the backup has no
+    /// directory there): the shell still sits in it, removed.
     pub replaced_cwd: Option<String>,
     pub warnings: Vec<String>,
     /// How long the application was down: from the first service stopped

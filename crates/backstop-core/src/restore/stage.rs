@@ -96,10 +96,13 @@ struct Meta {
 
 /// One change for the writer thread, in archive order.
 enum Op {
+    /// A directory; `lazy` (exact in place, the live one as the backup
+    /// has it): only made once something is staged inside it.
     Dir {
         source: String,
         path: Vec<u8>,
         meta: Meta,
+        lazy: bool,
     },
     Symlink {
         source: String,
@@ -175,8 +178,15 @@ pub struct Stager<'a> {
     tx: Option<Sender<Op>>,
     writer: Option<JoinHandle<std::result::Result<Written, Error>>>,
     /// The inodes linked from the live tree, with their change time once
-    /// linked: a later change means something wrote them meanwhile.
+    /// linked: a later change means something wrote them meanwhile. For a
+    /// source restored in place, the live files and directories found as
+    /// the backup has them, which are not staged at all.
     pub linked: HashMap<u64, u64>,
+    /// Sources restored exactly in place (see [`crate::restore::steps::InPlace`]).
+    in_place: HashSet<String>,
+    /// Files of those sources left in place, by [`path_key`], for hard
+    /// links to them to link the live file.
+    unstaged: HashSet<u64>,
     /// The archive's and the live file's bytes, compared.
     compare_buffers: (Vec<u8>, Vec<u8>),
 }
@@ -188,11 +198,13 @@ struct Written {
 }
 
 impl<'a> Stager<'a> {
-    /// A stager writing source `name` beneath `targets[name]`.
+    /// A stager writing source `name` beneath `targets[name]`. Sources in
+    /// `in_place` stage only what differs from their live tree.
     pub fn new(
         manifest: &Manifest,
         targets: HashMap<String, Confined>,
         live: HashMap<String, Confined>,
+        in_place: HashSet<String>,
         selection: &'a Selection,
         cancel: &'a Cancel,
     ) -> Stager<'a> {
@@ -215,6 +227,8 @@ impl<'a> Stager<'a> {
             tx: Some(tx),
             writer: Some(writer),
             linked: HashMap::new(),
+            in_place,
+            unstaged: HashSet::new(),
             compare_buffers: (Vec::new(), Vec::new()),
         }
     }
@@ -311,7 +325,11 @@ impl<'a> Stager<'a> {
             })?;
             self.rest(entry, content, meta)?;
         }
-        self.files.insert(path_key(&entry.path));
+        let key = path_key(&entry.path);
+        if !self.unstaged.contains(&key) {
+            // Each file in one set or the other: a few bytes a file.
+            self.files.insert(key);
+        }
         self.counts.files += 1;
         self.counts.bytes += entry.size;
         Ok(())
@@ -362,17 +380,34 @@ impl Stager<'_> {
         else {
             return Ok(None);
         };
-        let euid = rustix::process::geteuid().as_raw();
-        let owner_ok = match meta.owner {
-            Some((uid, gid)) => st.st_uid == uid && st.st_gid == gid,
-            None => st.st_uid == euid,
-        };
-        let same = st.st_size as u64 == entry.size
-            && st.st_mode & 0o7777 == meta.mode
-            && st.st_nlink == 1
-            && owner_ok
-            && (st.st_mtime, st.st_mtime_nsec as u32) == meta.mtime;
+        let same = st.st_size as u64 == entry.size && st.st_nlink == 1 && same_meta(&st, meta);
         Ok(same.then_some((file, st)))
+    }
+
+    /// A directory of a source restored in place: lazy (made in staging
+    /// only if something is staged inside) when the live one is a
+    /// directory with the backup's mode, owner and time, which is then
+    /// recorded with its change time. The top is always made.
+    fn dir_in_place(&mut self, source: &str, entry: &Entry, meta: &Meta) -> Result<bool> {
+        let below = below(source, &entry.path);
+        if below.is_empty() || !entry.xattrs.is_empty() {
+            return Ok(false);
+        }
+        let Some(live) = self.live.get_mut(source) else {
+            return Ok(false);
+        };
+        let st = match live.stat(below) {
+            Ok(st) => st,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::io("reading", live.display(below), e)),
+        };
+        if !handle::is_dir(&st) || !same_meta(&st, meta) {
+            return Ok(false);
+        }
+        self.linked.insert(st.st_ino, change_time(&st));
+        Ok(true)
     }
 
     /// Reads the entry's content and the live file's side by side. Equal to
@@ -411,6 +446,12 @@ impl Stager<'_> {
         }
         self.counts.linked += 1;
         self.counts.linked_bytes += entry.size;
+        if self.in_place.contains(&source) {
+            // Left where it is, never staged.
+            self.linked.insert(after.st_ino, change_time(&after));
+            self.unstaged.insert(path_key(&entry.path));
+            return Ok(());
+        }
         self.send(Op::Link {
             source,
             path: entry.path.clone(),
@@ -446,6 +487,19 @@ impl Stager<'_> {
         }
         Ok(None)
     }
+}
+
+/// Whether a live entry has the mode, owner (as root; else this user) and
+/// time the backup gives it.
+fn same_meta(st: &rustix::fs::Stat, meta: &Meta) -> bool {
+    let euid = rustix::process::geteuid().as_raw();
+    let owner_ok = match meta.owner {
+        Some((uid, gid)) => st.st_uid == uid && st.st_gid == gid,
+        None => st.st_uid == euid,
+    };
+    st.st_mode & 0o7777 == meta.mode
+        && owner_ok
+        && (st.st_mtime, st.st_mtime_nsec as u32) == meta.mtime
 }
 
 /// A member's source name (its first component) and the rest of its path.
@@ -561,6 +615,37 @@ impl Stager<'_> {
     }
 }
 
+impl Stager<'_> {
+    /// A hard link to a file left in place: the live file is linked at
+    /// the link's place in the staged tree.
+    fn link_unstaged(
+        &mut self,
+        source: String,
+        path: Vec<u8>,
+        link: &[u8],
+        meta: Meta,
+    ) -> Result<()> {
+        let live = self
+            .live
+            .get_mut(&source)
+            .expect("in-place sources have a live tree");
+        let first = below(&source, link);
+        let shown = live.display(first);
+        let Some((file, _)) = live
+            .open_existing(first)
+            .map_err(|e| Error::io("reading", &shown, e))?
+        else {
+            return Err(changed_meanwhile(&shown));
+        };
+        self.send(Op::Link {
+            source,
+            path,
+            live: file,
+            meta,
+        })
+    }
+}
+
 impl Visitor for Stager<'_> {
     fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> Result<()> {
         let (source_name, _) = split_member(&entry.path);
@@ -586,11 +671,16 @@ impl Visitor for Stager<'_> {
         let path = entry.path.clone();
         match entry.kind {
             Kind::File => self.file(source_name, entry, content, meta)?,
-            Kind::Dir => self.send(Op::Dir {
-                source: source_name,
-                path,
-                meta,
-            })?,
+            Kind::Dir => {
+                let lazy = self.in_place.contains(&source_name)
+                    && self.dir_in_place(&source_name, entry, &meta)?;
+                self.send(Op::Dir {
+                    source: source_name,
+                    path,
+                    meta,
+                    lazy,
+                })?
+            }
             Kind::Symlink => {
                 let target = entry.link.clone().unwrap_or_default();
                 if path == source_name.as_bytes() {
@@ -605,7 +695,9 @@ impl Visitor for Stager<'_> {
             }
             Kind::HardLink => {
                 let link = entry.link.clone().unwrap_or_default();
-                if self.files.contains(&path_key(&link)) {
+                if self.unstaged.contains(&path_key(&link)) {
+                    self.link_unstaged(source_name, path, &link, meta)?;
+                } else if self.files.contains(&path_key(&link)) {
                     self.send(Op::HardLink {
                         source: source_name,
                         path,
@@ -640,6 +732,9 @@ struct Writer {
     targets: HashMap<String, Confined>,
     /// Directories whose metadata is set at the end, deepest last in.
     dirs: Vec<(String, Vec<u8>, Meta)>,
+    /// Lazy directories not made yet, outermost first: made when
+    /// something is staged inside, dropped when the walk leaves them.
+    pending: Vec<(String, Vec<u8>, Meta)>,
     /// The large file being written.
     open: Option<OpenFile>,
     warnings: Vec<String>,
@@ -652,6 +747,7 @@ impl Writer {
         Writer {
             targets,
             dirs: Vec::new(),
+            pending: Vec::new(),
             open: None,
             warnings: Vec::new(),
             linked: HashMap::new(),
@@ -702,24 +798,75 @@ impl Writer {
             .expect("selected sources have targets")
     }
 
+    /// Drops the lazy directories `path` (in `source`) is not inside, and
+    /// with `make` makes those it is.
+    fn parents(&mut self, source: &str, path: &[u8], make: bool) -> Result<()> {
+        while let Some((s, dir, _)) = self.pending.last() {
+            let inside = s == source
+                && path.len() > dir.len()
+                && path.starts_with(dir)
+                && path[dir.len()] == b'/';
+            if inside {
+                break;
+            }
+            self.pending.pop();
+        }
+        if !make {
+            return Ok(());
+        }
+        for (source, path, meta) in std::mem::take(&mut self.pending) {
+            self.make_dir(source, path, meta)?;
+        }
+        Ok(())
+    }
+
+    fn make_dir(&mut self, source: String, path: Vec<u8>, meta: Meta) -> Result<()> {
+        let target = self
+            .targets
+            .get_mut(&source)
+            .expect("selected sources have targets");
+        let shown = target.display(&path);
+        // Private until finished, so nothing can be put inside meanwhile.
+        target
+            .create_dir(&path, 0o700)
+            .map_err(|e| Error::io("creating", &shown, e))?;
+        for (name, value) in &meta.xattrs {
+            if let Err(e) = target.set_xattr(&path, name, value) {
+                self.warnings.push(xattr_warning(&shown, name, &e));
+            }
+        }
+        self.dirs.push((source, path, meta));
+        Ok(())
+    }
+
     fn apply(&mut self, op: Op) -> Result<()> {
-        match op {
-            Op::Dir { source, path, meta } => {
-                let target = self
-                    .targets
-                    .get_mut(&source)
-                    .expect("selected sources have targets");
-                let shown = target.display(&path);
-                // Private until finished, so nothing can be put inside meanwhile.
-                target
-                    .create_dir(&path, 0o700)
-                    .map_err(|e| Error::io("creating", &shown, e))?;
-                for (name, value) in &meta.xattrs {
-                    if let Err(e) = target.set_xattr(&path, name, value) {
-                        self.warnings.push(xattr_warning(&shown, name, &e));
-                    }
+        match &op {
+            Op::Dir { source, path, .. }
+            | Op::Symlink { source, path, .. }
+            | Op::HardLink { source, path, .. }
+            | Op::Link { source, path, .. }
+            | Op::File { source, path, .. }
+            | Op::Open { source, path, .. } => {
+                if !self.pending.is_empty() {
+                    let make = !matches!(op, Op::Dir { lazy: true, .. });
+                    let (source, path) = (source.clone(), path.clone());
+                    self.parents(&source, &path, make)?;
                 }
-                self.dirs.push((source, path, meta));
+            }
+            Op::Data(_) | Op::Close { .. } => {}
+        }
+        match op {
+            Op::Dir {
+                source,
+                path,
+                meta,
+                lazy,
+            } => {
+                if lazy {
+                    self.pending.push((source, path, meta));
+                } else {
+                    self.make_dir(source, path, meta)?;
+                }
             }
             Op::Symlink {
                 source,

@@ -119,6 +119,111 @@ pub struct Moves {
     /// Merge and safe: relative paths moved in, and whether the live
     /// entry is kept as `.bak` first.
     pub move_in: Vec<(PathBuf, bool)>,
+    /// Exact in place: what moves, the rest staying where it is.
+    pub in_place: Option<InPlace>,
+}
+
+/// An exact restore in place: the live tree stays, and only what differs
+/// from the backup moves: the live entry aside (into the staging
+/// directory, removed at the commit), the staged one in. Files found the
+/// same were never staged and are not touched. Fed every path's decision
+/// in archive order ([`InPlace::step`]).
+#[derive(Debug, Default)]
+pub struct InPlace {
+    /// Live paths moved aside (replaced or deleted), in order; `None`
+    /// where a deleted directory stays because something kept lies
+    /// inside it (its other entries are moved aside one by one).
+    pub aside: Vec<Option<PathBuf>>,
+    /// Staged paths moved in (a directory with everything below it).
+    pub move_in: Vec<PathBuf>,
+    /// Directories of the backup already in the live tree, which take
+    /// their staged copy's mode, owner and time.
+    pub touch: Vec<PathBuf>,
+    /// Deleted directories being listed: the path, the index of its
+    /// aside, and whether something kept lies inside.
+    deleting: Vec<(PathBuf, usize, bool)>,
+    /// A live directory replaced whole by something else.
+    replaced: Option<PathBuf>,
+    /// A staged directory moving in whole.
+    moved: Option<PathBuf>,
+}
+
+impl InPlace {
+    /// Records the decision on `rel`: its action, the backup's and the
+    /// live entry's kinds, and whether a staged copy of it exists.
+    /// `Err` names a kept path inside a directory the backup replaces with
+    /// something else, which an exact restore cannot keep.
+    pub fn step(
+        &mut self,
+        rel: &Path,
+        action: Action,
+        want: Option<&str>,
+        have: Option<&str>,
+        staged: bool,
+    ) -> std::result::Result<(), PathBuf> {
+        self.close(Some(rel));
+        if strictly_below(rel, &self.moved) {
+            return Ok(());
+        }
+        let under_replaced = strictly_below(rel, &self.replaced);
+        match action {
+            Action::Keep if under_replaced => return Err(rel.to_path_buf()),
+            Action::Keep => {
+                if let Some(top) = self.deleting.last_mut() {
+                    top.2 = true;
+                }
+            }
+            Action::Create => self.bring_in(rel, want),
+            Action::Replace | Action::Unchanged if staged => match (want, have) {
+                (Some("dir"), Some("dir")) => self.touch.push(rel.to_path_buf()),
+                (Some("symlink"), Some("symlink")) if action == Action::Unchanged => {}
+                _ => {
+                    self.aside.push(Some(rel.to_path_buf()));
+                    if have == Some("dir") {
+                        self.replaced = Some(rel.to_path_buf());
+                    }
+                    self.bring_in(rel, want);
+                }
+            },
+            Action::Delete if !under_replaced => {
+                self.aside.push(Some(rel.to_path_buf()));
+                if have == Some("dir") {
+                    let at = self.aside.len() - 1;
+                    self.deleting.push((rel.to_path_buf(), at, false));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn bring_in(&mut self, rel: &Path, want: Option<&str>) {
+        self.move_in.push(rel.to_path_buf());
+        if want == Some("dir") {
+            self.moved = Some(rel.to_path_buf());
+        }
+    }
+
+    /// Ends the deleted directories that `rel` is not below (all of them
+    /// with `None`): one with nothing kept inside moves aside whole, its
+    /// entries' asides dropped; one with something kept stays, and so do
+    /// the directories around it.
+    fn close(&mut self, rel: Option<&Path>) {
+        while let Some((top, _, _)) = self.deleting.last() {
+            if rel.is_some_and(|r| r.starts_with(top) && r != top) {
+                return;
+            }
+            let (_, at, keeps) = self.deleting.pop().expect("just seen");
+            if keeps {
+                self.aside[at] = None;
+                if let Some(outer) = self.deleting.last_mut() {
+                    outer.2 = true;
+                }
+            } else {
+                self.aside.truncate(at + 1);
+            }
+        }
+    }
 }
 
 /// The merge of one target's backup entries with its live tree. Feed it
@@ -143,6 +248,9 @@ pub struct Merger<'a> {
     blocked: Option<PathBuf>,
     moved: Option<PathBuf>,
     last: Option<PathBuf>,
+    /// Exact in place: the moves, and `linked` holds the live files and
+    /// directories found as the backup has them (never staged).
+    in_place: Option<InPlace>,
     pub changes: Changes,
     pub moves: Moves,
 }
@@ -173,9 +281,18 @@ impl<'a> Merger<'a> {
             blocked: None,
             moved: None,
             last: None,
+            in_place: None,
             changes: Changes::default(),
             moves: Moves::default(),
         })
+    }
+
+    /// Makes this an exact restore in place (see [`InPlace`]): the live
+    /// entries whose inodes `linked` holds are the backup's, unstaged.
+    #[must_use]
+    pub fn in_place(mut self) -> Self {
+        self.in_place = Some(InPlace::default());
+        self
     }
 
     /// The live target.
@@ -240,14 +357,62 @@ impl<'a> Merger<'a> {
             self.blocked = Some(rel.clone());
         }
         self.plan(&rel, d.action, want.kind, want.size);
+        self.step_in_place(
+            &rel,
+            d.action,
+            Some(want.kind),
+            have.as_ref().map(|h| h.kind),
+        )?;
         self.record(rel, d.step);
         Ok(Some(d.action))
+    }
+
+    /// Exact in place: records the decision's moves.
+    fn step_in_place(
+        &mut self,
+        rel: &Path,
+        action: Action,
+        want: Option<&str>,
+        have: Option<&str>,
+    ) -> Result<()> {
+        let Some(in_place) = self.in_place.as_mut() else {
+            return Ok(());
+        };
+        in_place
+            .step(rel, action, want, have, want.is_some())
+            .map_err(|kept| Error::Refused {
+                message: format!(
+                    "{} is kept (a never-restore or excluded path), but the backup has a {} where the directory around it is",
+                    self.target.join(&kept).display(),
+                    want.unwrap_or("file"),
+                ),
+                hint: Some(
+                    "restore with --mode merge, or move the kept path out of the way first".into(),
+                ),
+            })
+    }
+
+    /// Exact in place: a live entry that staging found as the backup has
+    /// it (and never staged), unless it changed since.
+    fn unchanged_in_place(&self, rel: &Path, have: &Node) -> Result<bool> {
+        if self.in_place.is_none() {
+            return Ok(false);
+        }
+        let Some(ctime) = self.linked.and_then(|l| l.get(&have.ino)) else {
+            return Ok(false);
+        };
+        if *ctime != have.ctime {
+            return Err(crate::restore::stage::changed_meanwhile(
+                &self.target.join(rel),
+            ));
+        }
+        Ok(true)
     }
 
     /// Records the move a decision asks for; nothing below a subtree that
     /// moves in whole.
     fn record(&mut self, rel: PathBuf, step: Move) {
-        if self.staged_top.is_none() {
+        if self.staged_top.is_none() || self.in_place.is_some() {
             return;
         }
         match step {
@@ -284,10 +449,19 @@ impl<'a> Merger<'a> {
                 continue;
             }
             let is_kept = (self.kept)(&rel, have.kind == "dir");
+            if !is_kept && self.unchanged_in_place(&rel, &have)? {
+                self.live.take(true);
+                self.plan(&rel, Action::Unchanged, have.kind, have.size);
+                continue;
+            }
             let d = decide(self.mode, None, Some(&have), is_kept, false);
             self.live.take(d.descend_live);
             self.plan(&rel, d.action, have.kind, 0);
-            if d.step == Move::CarryOver && !rel.as_os_str().is_empty() && self.staged_top.is_some()
+            self.step_in_place(&rel, d.action, None, Some(have.kind))?;
+            if d.step == Move::CarryOver
+                && !rel.as_os_str().is_empty()
+                && self.staged_top.is_some()
+                && self.in_place.is_none()
             {
                 self.moves.carry.push(rel);
             }
@@ -304,10 +478,15 @@ impl<'a> Merger<'a> {
         let Merger {
             live,
             changes,
-            moves,
+            mut moves,
+            in_place,
             ..
         } = self;
         live.finish()?;
+        moves.in_place = in_place.map(|mut p| {
+            p.close(None);
+            p
+        });
         Ok((changes, moves))
     }
 }
@@ -572,6 +751,97 @@ mod tests {
         .map(|(p, a)| (p.to_string(), *a))
         .collect();
         assert_eq!(got, want);
+    }
+
+    /// One call of [`InPlace::step`]: path, action, want, have, staged.
+    type Step<'a> = (&'a str, Action, Option<&'a str>, Option<&'a str>, bool);
+
+    /// Runs [`InPlace::step`] over `steps`.
+    fn in_place(steps: &[Step<'_>]) -> InPlace {
+        let mut p = InPlace::default();
+        for &(rel, action, want, have, staged) in steps {
+            p.step(Path::new(rel), action, want, have, staged).unwrap();
+        }
+        p.close(None);
+        p
+    }
+
+    fn paths(v: &[PathBuf]) -> Vec<&str> {
+        v.iter().map(|p| p.to_str().unwrap()).collect()
+    }
+
+    fn asides(p: &InPlace) -> Vec<Option<&str>> {
+        p.aside
+            .iter()
+            .map(|a| a.as_deref().map(|p| p.to_str().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn in_place_only_what_differs_moves() {
+        use Action::*;
+        let (d, f, l) = (Some("dir"), Some("file"), Some("symlink"));
+        let p = in_place(&[
+            ("", Unchanged, d, d, true),
+            ("a", Replace, f, f, true),
+            ("b", Unchanged, f, f, false),
+            ("c", Unchanged, f, f, true),
+            ("link", Unchanged, l, l, true),
+            ("n", Create, d, None, true),
+            ("n/x", Create, f, None, true),
+            ("to-dir", Replace, d, f, true),
+            ("to-file", Replace, f, d, true),
+            ("to-file/x", Delete, None, f, false),
+        ]);
+        // A staged file found equal in content but not in mode or time
+        // ("c") still moves in; an equal symlink does not.
+        assert_eq!(
+            asides(&p),
+            [Some("a"), Some("c"), Some("to-dir"), Some("to-file")]
+        );
+        assert_eq!(paths(&p.move_in), ["a", "c", "n", "to-dir", "to-file"]);
+        assert_eq!(paths(&p.touch), [""]);
+    }
+
+    #[test]
+    fn in_place_a_deleted_directory_goes_whole_unless_something_kept_is_inside() {
+        use Action::*;
+        let (d, f) = (Some("dir"), Some("file"));
+        let p = in_place(&[
+            ("g", Delete, None, d, false),
+            ("g/x", Delete, None, f, false),
+            ("h", Delete, None, d, false),
+            ("h/a", Delete, None, f, false),
+            ("h/deep", Delete, None, d, false),
+            ("h/deep/keep", Keep, None, d, false),
+            ("h/gone", Delete, None, d, false),
+            ("h/gone/y", Delete, None, f, false),
+            ("h/z", Delete, None, f, false),
+        ]);
+        assert_eq!(
+            asides(&p),
+            [
+                Some("g"),
+                None,
+                Some("h/a"),
+                None,
+                Some("h/gone"),
+                Some("h/z")
+            ]
+        );
+        assert!(p.move_in.is_empty() && p.touch.is_empty());
+    }
+
+    #[test]
+    fn in_place_a_kept_path_inside_a_replaced_directory_is_refused() {
+        use Action::*;
+        let mut p = InPlace::default();
+        p.step(Path::new("d"), Replace, Some("file"), Some("dir"), true)
+            .unwrap();
+        let err = p
+            .step(Path::new("d/keep"), Keep, None, Some("dir"), false)
+            .unwrap_err();
+        assert_eq!(err, Path::new("d/keep"));
     }
 
     #[test]

@@ -9,15 +9,25 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The image tests run containers from, built from Debian's busybox-static.
 pub const IMAGE: &str = "localhost/backstop-test-busybox:2";
 
-/// Whether podman is installed and answers; if not, reports a skip.
+/// Whether podman is installed and answers; if not, reports a skip. Asked
+/// once a process, a few times: a `volume ls` can fail while other tests
+/// remove the volumes it is listing.
 pub fn available() -> bool {
     if !crate::have("podman") {
         return false;
     }
-    let ok = Command::new("podman")
-        .args(["volume", "ls", "-q"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *ANSWERS.get_or_init(|| {
+        (0..5).any(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Command::new("podman")
+                .args(["volume", "ls", "-q"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    });
     if !ok {
         crate::skip("`podman volume ls` fails on this machine");
     }

@@ -65,9 +65,10 @@ pub enum Command {
     /// Put a backup back, all or nothing
     ///
     /// Verifies the archive, takes a safety backup of the current state,
-    /// unpacks into a staging directory beside the destination checking every
-    /// checksum, then swaps it into place. Any failure leaves the previous
-    /// state; an interrupted restore is repaired by the next command.
+    /// unpacks what differs into a staging directory beside the destination
+    /// checking every checksum, then moves it into place through a journal.
+    /// Any failure leaves the previous state; an interrupted restore is
+    /// repaired by the next command.
     Restore(RestoreArgs),
     /// Put an instance back as it was before an upgrade
     ///

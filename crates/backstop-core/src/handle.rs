@@ -179,26 +179,41 @@ pub fn chmod(path: &Path, mode: u32) -> io::Result<()> {
 ///
 /// Fails when `name` is a symlink, missing, or not ours.
 pub fn chmod_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
-    let pinned = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&pinned)?;
-    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-        return Err(io::Error::from_raw_os_error(libc::ELOOP));
-    }
-    // An O_PATH descriptor cannot be fchmod'ed; its /proc entry names
-    // exactly the pinned inode.
-    let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let pinned = Pinned::at(dir, name)?;
     rustix::fs::chmodat(
         CWD,
-        magic.as_str(),
+        pinned.magic.as_str(),
         Mode::from_raw_mode(mode),
         AtFlags::empty(),
     )?;
     Ok(())
+}
+
+/// An entry that is not a symlink, pinned by an `O_PATH` descriptor. Such
+/// a descriptor cannot be `fchmod`ed, but its `/proc` entry names exactly
+/// the pinned inode, and calls made through it follow nothing else.
+struct Pinned {
+    /// Held open for as long as `magic` is used.
+    _fd: OwnedFd,
+    st: Stat,
+    magic: String,
+}
+
+impl Pinned {
+    fn at(dir: &OwnedFd, name: &OsStr) -> io::Result<Pinned> {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let magic = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        Ok(Pinned { _fd: fd, st, magic })
+    }
 }
 
 /// Sets the mode, owner and modification time of `path` without following
@@ -215,47 +230,28 @@ pub fn set_attrs(
     mtime: (i64, u32),
 ) -> io::Result<()> {
     let (dir, name) = open_parent(path)?;
-    let pinned = rustix::fs::openat(
-        &dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&pinned)?;
-    if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-        return Err(io::Error::from_raw_os_error(libc::ELOOP));
-    }
-    let magic = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let pinned = Pinned::at(&dir, name)?;
+    let (magic, st) = (pinned.magic.as_str(), &pinned.st);
     if (st.st_uid, st.st_gid) != (uid, gid) {
         rustix::fs::chownat(
             CWD,
-            magic.as_str(),
+            magic,
             Some(rustix::process::Uid::from_raw(uid)),
             Some(rustix::process::Gid::from_raw(gid)),
             AtFlags::empty(),
         )?;
     }
-    if st.st_mode & 0o7777 != mode {
-        rustix::fs::chmodat(
-            CWD,
-            magic.as_str(),
-            Mode::from_raw_mode(mode),
-            AtFlags::empty(),
-        )?;
-    }
+    // After chown, which may clear the set-gid bit.
+    rustix::fs::chmodat(CWD, magic, Mode::from_raw_mode(mode), AtFlags::empty())?;
     let ts = rustix::fs::Timespec {
         tv_sec: mtime.0,
         tv_nsec: i64::from(mtime.1),
     };
-    rustix::fs::utimensat(
-        CWD,
-        magic.as_str(),
-        &rustix::fs::Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-        AtFlags::empty(),
-    )?;
+    let times = rustix::fs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    };
+    rustix::fs::utimensat(CWD, magic, &times, AtFlags::empty())?;
     Ok(())
 }
 

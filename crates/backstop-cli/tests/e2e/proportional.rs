@@ -55,6 +55,11 @@ fn change_two(app: &Path) {
         .unwrap();
 }
 
+/// `restore ID --yes --no-pre-backup`, for [`run_paused`].
+fn restore_args(id: &str) -> [&std::ffi::OsStr; 4] {
+    ["restore", id, "--yes", "--no-pre-backup"].map(std::ffi::OsStr::new)
+}
+
 fn compare() -> Compare {
     Compare {
         dir_mtimes: true,
@@ -136,21 +141,11 @@ fn a_file_written_while_the_restore_runs_is_noticed() {
     // Written after it was found equal and linked: the staged copy is the
     // live inode, so the write would slip into the restored tree.
     let victim = file(&app, 7);
-    let out = run_paused(
-        &env,
-        "restore.after-stage",
-        &[
-            "restore".as_ref(),
-            id.as_ref(),
-            "--yes".as_ref(),
-            "--no-pre-backup".as_ref(),
-        ],
-        |_| {
-            let mut body = std::fs::read(&victim).unwrap();
-            body[0] ^= 1;
-            std::fs::write(&victim, body).unwrap();
-        },
-    );
+    let out = run_paused(&env, "restore.after-stage", &restore_args(&id), |_| {
+        let mut body = std::fs::read(&victim).unwrap();
+        body[0] ^= 1;
+        std::fs::write(&victim, body).unwrap();
+    });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("changed while the restore"), "{stderr}");
@@ -258,17 +253,9 @@ fn a_directory_added_to_an_unchanged_one_meanwhile_is_noticed() {
     let (app, _reference, id) = backed_up(&env);
     change_two(&app);
     let intruder = app.join("d5/intruder");
-    let out = run_paused(
-        &env,
-        "restore.after-stage",
-        &[
-            "restore".as_ref(),
-            id.as_ref(),
-            "--yes".as_ref(),
-            "--no-pre-backup".as_ref(),
-        ],
-        |_| std::fs::write(&intruder, b"written meanwhile").unwrap(),
-    );
+    let out = run_paused(&env, "restore.after-stage", &restore_args(&id), |_| {
+        std::fs::write(&intruder, b"written meanwhile").unwrap()
+    });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("d5 changed while the restore"), "{stderr}");

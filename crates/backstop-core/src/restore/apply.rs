@@ -1175,9 +1175,9 @@ fn open_staged_parents(staged_top: &Path, move_in: &[PathBuf]) -> Result<()> {
 /// place: before the moves, opened up for them (as another user than
 /// root, writable and searchable by its owner); after them, the staged
 /// copy's mode, owner and time, or (where nothing inside it was staged)
-/// the ones it had. None for a
-/// directory of another user, restoring as someone else than root: its
-/// attributes are not this user's to set (the moves need it writable).
+/// the ones it had. None for a directory of another user, restoring as
+/// someone else than root: its attributes are not this user's to set (the
+/// moves need it writable).
 fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
     let st = handle::lstat(live).map_err(|e| Error::io("reading", live, e))?;
     let before = Attrs::of(&st);

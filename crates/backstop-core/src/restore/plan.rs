@@ -167,7 +167,8 @@ pub struct RestoreReport {
     /// not be used (a restore from an archive file with a damaged catalog).
     pub restore_id: Option<i64>,
     /// Files that were already in place as the backup has them, and their
-    /// bytes: linked into the staged tree rather than written again.
+    /// bytes: not written again (left where they are by an exact restore
+    /// in place, linked into the staged tree otherwise).
     pub linked_files: u64,
     pub linked_bytes: u64,
     pub safety_backup: Option<String>,

@@ -437,6 +437,9 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
     let app = parent.join("app");
     std::fs::create_dir_all(app.join("locked/inner")).unwrap();
     std::fs::write(app.join("locked/f"), b"v1").unwrap();
+    // Unchanged, so that locked/ stays (a directory in which nothing stays
+    // moves whole).
+    std::fs::write(app.join("locked/same"), b"same").unwrap();
     std::fs::write(app.join("locked/inner/g"), b"g").unwrap();
     chown_tree_to_nobody(&parent);
     set_mode(&app.join("locked/inner"), 0o555);

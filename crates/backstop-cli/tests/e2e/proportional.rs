@@ -307,3 +307,36 @@ fn a_hard_link_to_a_file_left_in_place_is_made_again() {
     assert_eq!(inode(&app.join("third")), first);
     assert_same_tree(&reference, &app, compare());
 }
+
+#[test]
+fn a_directory_in_which_every_file_changed_moves_whole() {
+    let env = Env::new();
+    let (app, reference, id) = backed_up(&env);
+    // Every file of d3 changed (as ransomware would leave it), one of d4.
+    for i in (3..FILES).step_by(10) {
+        std::fs::write(file(&app, i), b"encrypted").unwrap();
+    }
+    std::fs::write(file(&app, 4), b"encrypted").unwrap();
+    let (d3, d4) = (inode(&app.join("d3")), inode(&app.join("d4")));
+    let doc = env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert_eq!(doc["restore"]["outcome"], "restored", "{doc}");
+    assert_same_tree(&reference, &app, compare());
+    // d3 came in whole from staging; d4, where most files stayed, did not.
+    assert_ne!(inode(&app.join("d3")), d3);
+    assert_eq!(inode(&app.join("d4")), d4);
+    // Everything changed: the staged tree takes the live one's place.
+    for i in 0..FILES {
+        std::fs::write(file(&app, i), b"encrypted").unwrap();
+    }
+    let top = inode(&app);
+    let before = snapshot(&app, compare());
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "restore.apply-step=error@1")
+        .args(["restore", &id, "--yes", "--no-pre-backup"])
+        .assert()
+        .code(5);
+    assert_eq!(snapshot(&app, compare()), before);
+    env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert_same_tree(&reference, &app, compare());
+    assert_ne!(inode(&app), top);
+}

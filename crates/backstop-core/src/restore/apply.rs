@@ -961,6 +961,20 @@ impl Decider<'_, '_> {
         let Some(moves) = &moves.in_place else {
             return Ok(());
         };
+        if moves
+            .move_in
+            .first()
+            .is_some_and(|rel| rel.as_os_str().is_empty())
+        {
+            // Nothing stays: the staged tree takes the live one's place.
+            self.decided.steps.push(Step::Swap {
+                existed: true,
+                staged_ino: inode(staged_top)?,
+                target: target.to_path_buf(),
+                staged: staged_top.to_path_buf(),
+            });
+            return Ok(());
+        }
         let at = |top: &Path, rel: &Path| {
             if rel.as_os_str().is_empty() {
                 top.to_path_buf()

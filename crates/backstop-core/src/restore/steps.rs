@@ -126,8 +126,11 @@ pub struct Moves {
 /// An exact restore in place: the live tree stays, and only what differs
 /// from the backup moves: the live entry aside (into the staging
 /// directory, removed at the commit), the staged one in. Files found the
-/// same were never staged and are not touched. Fed every path's decision
-/// in archive order ([`InPlace::step`]).
+/// same were never staged and are not touched. A directory in which
+/// nothing stays (everything inside changed, or went) moves whole instead
+/// of entry by entry, so that the steps follow the directories that
+/// changed, not the files. Fed every path's decision in archive order
+/// ([`InPlace::step`]).
 #[derive(Debug, Default)]
 pub struct InPlace {
     /// Live paths moved aside (replaced or deleted), in order; `None`
@@ -139,13 +142,26 @@ pub struct InPlace {
     /// Directories of the backup already in the live tree, which take
     /// their staged copy's mode, owner and time.
     pub touch: Vec<PathBuf>,
-    /// Deleted directories being listed: the path, the index of its
-    /// aside, and whether something kept lies inside.
-    deleting: Vec<(PathBuf, usize, bool)>,
+    /// The directories being listed, outermost first.
+    frames: Vec<Frame>,
     /// A live directory replaced whole by something else.
     replaced: Option<PathBuf>,
     /// A staged directory moving in whole.
     moved: Option<PathBuf>,
+}
+
+/// A directory whose entries are being decided, and whose steps may fold
+/// into one move of it.
+#[derive(Debug)]
+struct Frame {
+    rel: PathBuf,
+    /// Only in the live tree (else in both).
+    deleted: bool,
+    /// Where the steps of its entries start in `aside`, `move_in` and
+    /// `touch` (a deleted one's own aside is at `aside`'s).
+    at: (usize, usize, usize),
+    /// Something inside it stays where it is.
+    stays: bool,
 }
 
 impl InPlace {
@@ -168,14 +184,13 @@ impl InPlace {
         let under_replaced = strictly_below(rel, &self.replaced);
         match action {
             Action::Keep if under_replaced => return Err(rel.to_path_buf()),
-            Action::Keep => {
-                if let Some(top) = self.deleting.last_mut() {
-                    top.2 = true;
-                }
-            }
+            Action::Keep => self.stays(),
             Action::Create => self.bring_in(rel, want),
             Action::Replace | Action::Unchanged if staged => match (want, have) {
-                (Some("dir"), Some("dir")) => self.touch.push(rel.to_path_buf()),
+                (Some("dir"), Some("dir")) => {
+                    self.open(rel, false);
+                    self.touch.push(rel.to_path_buf());
+                }
                 (Some("symlink"), Some("symlink")) if action == Action::Unchanged => {}
                 _ => {
                     self.aside.push(Some(rel.to_path_buf()));
@@ -185,16 +200,39 @@ impl InPlace {
                     self.bring_in(rel, want);
                 }
             },
+            // The backup's, as it is.
+            Action::Unchanged => self.stays(),
             Action::Delete if !under_replaced => {
-                self.aside.push(Some(rel.to_path_buf()));
                 if have == Some("dir") {
-                    let at = self.aside.len() - 1;
-                    self.deleting.push((rel.to_path_buf(), at, false));
+                    self.open(rel, true);
                 }
+                self.aside.push(Some(rel.to_path_buf()));
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// A live entry left where it is for another reason (another source's
+    /// file, such as a database restored on its own).
+    pub fn leave(&mut self, rel: &Path) {
+        self.close(Some(rel));
+        self.stays();
+    }
+
+    fn stays(&mut self) {
+        if let Some(top) = self.frames.last_mut() {
+            top.stays = true;
+        }
+    }
+
+    fn open(&mut self, rel: &Path, deleted: bool) {
+        self.frames.push(Frame {
+            rel: rel.to_path_buf(),
+            deleted,
+            at: (self.aside.len(), self.move_in.len(), self.touch.len()),
+            stays: false,
+        });
     }
 
     fn bring_in(&mut self, rel: &Path, want: Option<&str>) {
@@ -204,23 +242,33 @@ impl InPlace {
         }
     }
 
-    /// Ends the deleted directories that `rel` is not below (all of them
-    /// with `None`): one with nothing kept inside moves aside whole, its
-    /// entries' asides dropped; one with something kept stays, and so do
-    /// the directories around it.
+    /// Ends the directories that `rel` is not below (all of them with
+    /// `None`). One in which nothing stays moves whole: a deleted one
+    /// aside, one in both aside and in again from staging, its entries'
+    /// steps dropped. One in which something stays is left, and so are the
+    /// directories around it.
     fn close(&mut self, rel: Option<&Path>) {
-        while let Some((top, _, _)) = self.deleting.last() {
-            if rel.is_some_and(|r| r.starts_with(top) && r != top) {
+        while let Some(top) = self.frames.last() {
+            if rel.is_some_and(|r| r.starts_with(&top.rel) && r != top.rel) {
                 return;
             }
-            let (_, at, keeps) = self.deleting.pop().expect("just seen");
-            if keeps {
-                self.aside[at] = None;
-                if let Some(outer) = self.deleting.last_mut() {
-                    outer.2 = true;
+            let frame = self.frames.pop().expect("just seen");
+            let (aside, move_in, touch) = frame.at;
+            match (frame.stays, frame.deleted) {
+                (true, deleted) => {
+                    if deleted {
+                        self.aside[aside] = None;
+                    }
+                    self.stays();
                 }
-            } else {
-                self.aside.truncate(at + 1);
+                (false, true) => self.aside.truncate(aside + 1),
+                (false, false) => {
+                    self.aside.truncate(aside);
+                    self.move_in.truncate(move_in);
+                    self.touch.truncate(touch);
+                    self.aside.push(Some(frame.rel.clone()));
+                    self.move_in.push(frame.rel);
+                }
             }
         }
     }
@@ -446,12 +494,16 @@ impl<'a> Merger<'a> {
             let (rel, have) = (rel.clone(), have.clone());
             if (self.other)(&self.target.join(&rel)) {
                 self.live.take(true);
+                if let Some(in_place) = self.in_place.as_mut() {
+                    in_place.leave(&rel);
+                }
                 continue;
             }
             let is_kept = (self.kept)(&rel, have.kind == "dir");
             if !is_kept && self.unchanged_in_place(&rel, &have)? {
                 self.live.take(true);
                 self.plan(&rel, Action::Unchanged, have.kind, have.size);
+                self.step_in_place(&rel, Action::Unchanged, None, Some(have.kind))?;
                 continue;
             }
             let d = decide(self.mode, None, Some(&have), is_kept, false);
@@ -801,6 +853,38 @@ mod tests {
         );
         assert_eq!(paths(&p.move_in), ["a", "c", "n", "to-dir", "to-file"]);
         assert_eq!(paths(&p.touch), [""]);
+    }
+
+    #[test]
+    fn in_place_a_directory_in_which_nothing_stays_moves_whole() {
+        use Action::*;
+        let (d, f) = (Some("dir"), Some("file"));
+        let p = in_place(&[
+            ("", Unchanged, d, d, true),
+            ("all", Unchanged, d, d, true),
+            ("all/a", Replace, f, f, true),
+            ("all/gone", Delete, None, f, false),
+            ("all/sub", Unchanged, d, d, true),
+            ("all/sub/c", Replace, f, f, true),
+            ("kept", Unchanged, d, d, true),
+            ("kept/a", Replace, f, f, true),
+            ("kept/cache", Keep, None, d, false),
+            ("mixed", Unchanged, d, d, true),
+            ("mixed/a", Replace, f, f, true),
+            ("mixed/same", Unchanged, f, f, false),
+        ]);
+        assert_eq!(asides(&p), [Some("all"), Some("kept/a"), Some("mixed/a")]);
+        assert_eq!(paths(&p.move_in), ["all", "kept/a", "mixed/a"]);
+        assert_eq!(paths(&p.touch), ["", "kept", "mixed"]);
+        // Everything changed: the whole tree moves, in one step.
+        let p = in_place(&[
+            ("", Unchanged, d, d, true),
+            ("a", Replace, f, f, true),
+            ("b", Delete, None, f, false),
+        ]);
+        assert_eq!(asides(&p), [Some("")]);
+        assert_eq!(paths(&p.move_in), [""]);
+        assert!(p.touch.is_empty());
     }
 
     #[test]

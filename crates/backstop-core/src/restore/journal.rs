@@ -293,19 +293,28 @@ impl Journal {
         Ok(outcome)
     }
 
-    /// The directories whose entries the steps changed, to flush.
+    /// The directories whose entries (or, for `Meta`, own attributes) the
+    /// steps changed, to flush.
     pub fn touched_dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for step in &self.steps {
             let paths: Vec<&Path> = match step {
                 Step::Swap { target, staged, .. } => vec![target, staged],
                 Step::Move { from, to, .. } => vec![from, to],
-                Step::MakeDir { path } | Step::Meta { path, .. } => vec![path],
+                Step::MakeDir { path } => vec![path],
+                Step::Meta { path, .. } => {
+                    // Its own attributes changed, not its parent's entries.
+                    if seen.insert(path.clone()) {
+                        dirs.push(path.clone());
+                    }
+                    vec![]
+                }
                 Step::Import { .. } => vec![],
             };
             for p in paths {
                 let d = crate::fsutil::parent_dir(p);
-                if !dirs.contains(&d) {
+                if seen.insert(d.clone()) {
                     dirs.push(d);
                 }
             }

@@ -937,12 +937,7 @@ impl Decider<'_, '_> {
             }
             steps.push(move_step(db.clone(), to)?);
         }
-        steps.push(Step::Swap {
-            existed: target.symlink_metadata().is_ok(),
-            staged_ino: inode(staged_top)?,
-            target: target.to_path_buf(),
-            staged: staged_top.to_path_buf(),
-        });
+        steps.push(swap_step(target, staged_top)?);
         Ok(())
     }
 
@@ -967,12 +962,7 @@ impl Decider<'_, '_> {
             .is_some_and(|rel| rel.as_os_str().is_empty())
         {
             // Nothing stays: the staged tree takes the live one's place.
-            self.decided.steps.push(Step::Swap {
-                existed: true,
-                staged_ino: inode(staged_top)?,
-                target: target.to_path_buf(),
-                staged: staged_top.to_path_buf(),
-            });
+            self.decided.steps.push(swap_step(target, staged_top)?);
             return Ok(());
         }
         let at = |top: &Path, rel: &Path| {
@@ -1248,6 +1238,17 @@ fn inode(path: &Path) -> Result<u64> {
     handle::lstat(path)
         .map(|st| st.st_ino)
         .map_err(|e| Error::io("reading", path, e))
+}
+
+/// The journal step that puts the staged tree `staged` in `target`'s place:
+/// an exchange with what is there, or a rename where nothing is.
+fn swap_step(target: &Path, staged: &Path) -> Result<Step> {
+    Ok(Step::Swap {
+        existed: target.symlink_metadata().is_ok(),
+        staged_ino: inode(staged)?,
+        target: target.to_path_buf(),
+        staged: staged.to_path_buf(),
+    })
 }
 
 /// The journal step that moves `from` to `to`. A directory this user may

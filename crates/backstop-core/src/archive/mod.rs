@@ -4,6 +4,7 @@ pub mod compress;
 pub mod ends;
 pub mod format;
 pub mod frames;
+mod hashing;
 pub mod holders;
 pub mod index;
 pub mod read_entry;

@@ -25,6 +25,7 @@ use crate::archive::format::{
     parse_checksum_line,
 };
 use crate::archive::frames::{Partial, PartialReader};
+use crate::archive::hashing::FileHashes;
 use crate::archive::holders::{ChainReader, Link};
 use crate::archive::index::{INDEX_NAME, IndexReader};
 use crate::archive::tarread::{Entry, Kind, TarReader};
@@ -871,12 +872,13 @@ impl Visitor for CheckOnly {
     }
 }
 
-/// The data of the current file entry, hashed as it is read.
+/// The data of the current entry; a regular file's is hashed as it is read.
 pub struct Content<'a> {
     source: &'a mut dyn DataSource,
     archive: &'a Path,
     member: &'a str,
-    hasher: Sha256,
+    /// Where a regular file's bytes go to be hashed; `None` for the rest.
+    hashes: Option<&'a mut FileHashes>,
     read: u64,
 }
 
@@ -907,7 +909,9 @@ impl Content<'_> {
             .source
             .read_data(buf)
             .map_err(|e| corrupt(self.archive, format!("reading {}: {e}", self.member)))?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hashes) = self.hashes.as_deref_mut() {
+            hashes.update(&buf[..n]);
+        }
         self.read += n as u64;
         Ok(n)
     }
@@ -1003,6 +1007,48 @@ struct Tally {
     held_files: u64,
     bytes: u64,
     unchanged: u64,
+    /// The first of `hashes` whose digest has not come back yet.
+    unfilled: usize,
+}
+
+impl Tally {
+    /// A file read whole: its digest comes from `file_hashes`, later.
+    fn held(&mut self, key: u64, file_hashes: &mut FileHashes) {
+        self.hashes.push((key, Some([0; 32])));
+        file_hashes.end_file();
+        self.fill(file_hashes.ready());
+    }
+
+    /// Puts the digests that came back, in order, in the files' places
+    /// (skipping the unchanged files no holder was asked for).
+    fn fill(&mut self, digests: impl Iterator<Item = [u8; 32]>) {
+        for digest in digests {
+            while let Some((_, None)) = self.hashes.get(self.unfilled) {
+                self.unfilled += 1;
+            }
+            if let Some((_, Some(slot))) = self.hashes.get_mut(self.unfilled) {
+                *slot = digest;
+                self.unfilled += 1;
+            }
+        }
+    }
+
+    /// Waits for the last digests. Fails when one is missing, which only a
+    /// bug of the walk's would cause: a file is never taken as checked
+    /// without its hash.
+    fn finish(&mut self, file_hashes: FileHashes, path: &Path) -> Result<()> {
+        self.fill(file_hashes.finish().into_iter());
+        if self.hashes[self.unfilled..]
+            .iter()
+            .any(|(_, h)| h.is_some())
+        {
+            return Err(corrupt(
+                path,
+                "a file's checksum was never computed (a bug of backstop's: please report it)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// [`walk`], for an archive that may be an incremental: its unchanged
@@ -1056,7 +1102,9 @@ pub fn walk_chain<'h, R: Read>(
         held_files: 0,
         bytes: 0,
         unchanged: 0,
+        unfilled: 0,
     };
+    let mut file_hashes = FileHashes::start();
     let mut symlinks: HashSet<u64> = HashSet::new();
     let mut order = Order::default();
     // Unchanged files named by the dumpdirs read so far, not yet reached.
@@ -1076,7 +1124,14 @@ pub fn walk_chain<'h, R: Read>(
             let rest = std::mem::take(&mut pending);
             for member in rest.into_values() {
                 let h = holders.as_deref_mut();
-                unchanged_file(path, &member, h, visitor, &mut tally, &mut buf)?;
+                unchanged_file(
+                    path,
+                    &member,
+                    h,
+                    visitor,
+                    (&mut tally, &mut file_hashes),
+                    &mut buf,
+                )?;
             }
             break entry;
         }
@@ -1108,7 +1163,14 @@ pub fn walk_chain<'h, R: Read>(
             }
             let member = pending.remove(&first).unwrap_or_default();
             let h = holders.as_deref_mut();
-            unchanged_file(path, &member, h, visitor, &mut tally, &mut buf)?;
+            unchanged_file(
+                path,
+                &member,
+                h,
+                visitor,
+                (&mut tally, &mut file_hashes),
+                &mut buf,
+            )?;
         }
         // Nothing may sit below a symlink of the archive: extracting it
         // would write wherever the link points.
@@ -1160,17 +1222,18 @@ pub fn walk_chain<'h, R: Read>(
             }
             Kind::File | Kind::Symlink => {}
         }
+        let is_file = entry.kind == Kind::File;
         let mut content = Content {
             source: &mut tar,
             archive: path,
             member: &shown,
-            hasher: Sha256::new(),
+            hashes: is_file.then_some(&mut file_hashes),
             read: 0,
         };
         visitor.entry(&entry, &mut content)?;
-        if entry.kind == Kind::File {
+        if is_file {
             while content.read(&mut buf)? > 0 {}
-            let (read, hash) = (content.read, content.hasher.finalize());
+            let read = content.read;
             if read != entry.size {
                 return Err(bad(format!(
                     "{shown} holds {read} of its {} bytes",
@@ -1180,9 +1243,10 @@ pub fn walk_chain<'h, R: Read>(
             tally.bytes += read;
             tally.held_files += 1;
             tally.files_seen.insert(path_key_now);
-            tally.hashes.push((path_key_now, Some(hash.into())));
+            tally.held(path_key_now, &mut file_hashes);
         }
     };
+    tally.finish(file_hashes, path)?;
 
     check_checksums(
         path,
@@ -1268,7 +1332,7 @@ fn unchanged_file<'h>(
     member: &[u8],
     holders: Option<&mut (dyn Holders + 'h)>,
     visitor: &mut dyn Visitor,
-    tally: &mut Tally,
+    (tally, file_hashes): (&mut Tally, &mut FileHashes),
     buf: &mut [u8],
 ) -> Result<()> {
     let key = path_key(member);
@@ -1298,19 +1362,19 @@ fn unchanged_file<'h>(
         source,
         archive: path,
         member: &shown,
-        hasher: Sha256::new(),
+        hashes: Some(&mut *file_hashes),
         read: 0,
     };
     visitor.entry(&entry, &mut content)?;
     while content.read(buf)? > 0 {}
-    let (read, hash) = (content.read, content.hasher.finalize());
+    let read = content.read;
     if read != entry.size {
         return Err(corrupt(
             path,
             format!("{shown} holds {read} of its {} bytes", entry.size),
         ));
     }
-    tally.hashes.push((key, Some(hash.into())));
+    tally.held(key, file_hashes);
     Ok(())
 }
 

@@ -229,15 +229,91 @@ pub fn hash_file(path: &Path) -> Option<[u8; 32]> {
 /// never through a symlink, never blocking on a FIFO swapped in. `None`
 /// for anything but a regular file.
 pub fn hash_live(path: &Path) -> Option<[u8; 32]> {
+    hash_reader(open_live(path)?)
+}
+
+/// A live regular file, opened through its parent's handle: never through
+/// a symlink, never blocking on a FIFO swapped in.
+fn open_live(path: &Path) -> Option<std::fs::File> {
     let (dir, name) = handle::open_parent(path).ok()?;
     let flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(&dir, name, flags, Mode::empty()).ok()?;
     let st = rustix::fs::fstat(&fd).ok()?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return None;
+    (FileType::from_raw_mode(st.st_mode) == FileType::RegularFile).then(|| fd.into())
+}
+
+/// Whether two live regular files hold the same `size` bytes, compared
+/// byte for byte. A range that is a hole in both is equal without being
+/// read, so two copies of a sparse file cost what they hold, not their
+/// apparent size. Anything unreadable, or shorter than `size`, differs.
+pub fn same_content(a: &Path, b: &Path, size: u64) -> bool {
+    let sized = |f: std::fs::File| (f.metadata().ok()?.len() == size).then_some(f);
+    let (Some(a), Some(b)) = (open_live(a).and_then(sized), open_live(b).and_then(sized)) else {
+        return false;
+    };
+    let mut bufs = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut pos = 0u64;
+    while pos < size {
+        let (at_a, at_b) = (next_data(&a, pos, size), next_data(&b, pos, size));
+        let start = at_a.min(at_b);
+        if start >= size {
+            return true;
+        }
+        // To where the data of whichever has data here ends; the other's
+        // hole in that range reads as the zeros it holds.
+        let end_of = |f, at| {
+            if at == start {
+                next_hole(f, start, size)
+            } else {
+                start
+            }
+        };
+        let end = end_of(&a, at_a).max(end_of(&b, at_b));
+        if !same_range(&a, &b, start..end, &mut bufs) {
+            return false;
+        }
+        pos = end;
     }
-    hash_reader(std::fs::File::from(fd))
+    true
+}
+
+/// Where data starts at or after `pos` (`size` when only a hole is left).
+/// A filesystem that cannot say has data everywhere.
+fn next_data(file: &std::fs::File, pos: u64, size: u64) -> u64 {
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
+        Ok(at) => at.min(size),
+        Err(rustix::io::Errno::NXIO) => size,
+        Err(_) => pos,
+    }
+}
+
+/// Where the data at `pos` ends (`size` at most).
+fn next_hole(file: &std::fs::File, pos: u64, size: u64) -> u64 {
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(pos)) {
+        Ok(at) if at > pos => at.min(size),
+        _ => size,
+    }
+}
+
+/// Whether both files hold the same bytes in `range`, read in chunks.
+fn same_range(
+    a: &std::fs::File,
+    b: &std::fs::File,
+    range: std::ops::Range<u64>,
+    (x, y): &mut (Vec<u8>, Vec<u8>),
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut pos = range.start;
+    while pos < range.end {
+        let n = (range.end - pos).min(x.len() as u64) as usize;
+        let (x, y) = (&mut x[..n], &mut y[..n]);
+        if a.read_exact_at(x, pos).is_err() || b.read_exact_at(y, pos).is_err() || x != y {
+            return false;
+        }
+        pos += n as u64;
+    }
+    true
 }
 
 fn hash_reader(mut file: std::fs::File) -> Option<[u8; 32]> {
@@ -273,7 +349,7 @@ pub fn same(want: &Node, have: &Node, live_path: &Path, staged_path: Option<&Pat
             }
             match (want.sha256, staged_path) {
                 (Some(h), _) => hash_live(live_path) == Some(h),
-                (None, Some(staged)) => hash_live(staged) == hash_live(live_path),
+                (None, Some(staged)) => same_content(staged, live_path, want.size),
                 (None, None) => false,
             }
         }
@@ -302,6 +378,70 @@ pub fn join(base: &Path, rel: &[u8]) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file of `size` bytes holding `data` at each offset, holes between.
+    fn sparse(dir: &Path, name: &str, size: u64, data: &[(u64, &[u8])]) -> PathBuf {
+        use std::os::unix::fs::FileExt;
+        let path = dir.join(name);
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        for (at, bytes) in data {
+            f.write_all_at(bytes, *at).unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn same_content_reads_holes_as_the_zeros_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mib = 1u64 << 20;
+        let x = vec![b'x'; 4096];
+        let zeros = vec![0u8; 3 * mib as usize];
+        let a = sparse(d, "a", 64 * mib, &[(8 * mib, &x), (40 * mib, &x)]);
+        let same = sparse(d, "same", 64 * mib, &[(8 * mib, &x), (40 * mib, &x)]);
+        // Zeros written out where `a` has a hole: the same content.
+        let dense = sparse(
+            d,
+            "dense",
+            64 * mib,
+            &[(8 * mib, &x), (40 * mib, &x), (0, &zeros)],
+        );
+        // One byte more, in a range that is a hole in `a`.
+        let extra = sparse(
+            d,
+            "extra",
+            64 * mib,
+            &[(8 * mib, &x), (40 * mib, &x), (63 * mib, b"y")],
+        );
+        let moved = sparse(d, "moved", 64 * mib, &[(8 * mib, &x), (41 * mib, &x)]);
+        let short = sparse(d, "short", 64 * mib - 1, &[(8 * mib, &x), (40 * mib, &x)]);
+        assert!(same_content(&a, &same, 64 * mib));
+        assert!(same_content(&a, &dense, 64 * mib));
+        assert!(same_content(&dense, &a, 64 * mib));
+        assert!(!same_content(&a, &extra, 64 * mib));
+        assert!(!same_content(&extra, &a, 64 * mib));
+        assert!(!same_content(&a, &moved, 64 * mib));
+        assert!(!same_content(&a, &short, 64 * mib));
+        assert!(!same_content(&a, &d.join("absent"), 64 * mib));
+    }
+
+    #[test]
+    fn same_content_compares_every_byte_of_dense_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let body: Vec<u8> = (0..(3 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
+        let mut last = body.clone();
+        *last.last_mut().unwrap() ^= 1;
+        let n = body.len() as u64;
+        let a = sparse(d, "a", n, &[(0, &body)]);
+        let b = sparse(d, "b", n, &[(0, &body)]);
+        let c = sparse(d, "c", n, &[(0, &last)]);
+        assert!(same_content(&a, &b, n));
+        assert!(!same_content(&a, &c, n));
+        // A size the listing saw that the file no longer has.
+        assert!(!same_content(&a, &b, n + 1));
+    }
 
     #[test]
     fn actions_keep_their_paths_through_extend_and_skip_unchanged() {

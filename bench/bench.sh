@@ -11,7 +11,7 @@
 # beside the same full backup and restore on the home's local store.
 #
 #   bench/bench.sh [--size 1G] [--work DIR] [--runs N] [--cold] [--million]
-#                  [--only chains|s3]
+#                  [--only restore|chains|s3]
 #
 #   --size SIZE   corpus size for make-corpus.py (default 1G; e.g. 200M)
 #   --work DIR    where the corpus and every output go
@@ -22,6 +22,10 @@
 #                 untimed, and as root each run's input is also re-read after
 #                 a page-cache drop (see settle for why)
 #   --only PHASE  run one phase alone and print only its tables:
+#                 restore the restore rows: backstop's backups (plain and
+#                         age) and tar + zstd's, their restores into an empty
+#                         directory, `tar -x` of backstop's archive, and the
+#                         exact restore in place; the other tools skipped
 #                 chains  the incremental-chain rows
 #                 s3      backup --full and restore on the local store against
 #                         the same into and out of a bucket on moto_server
@@ -99,7 +103,8 @@ parse_args() {
     [[ $SIZE =~ ^[0-9]+(\.[0-9]+)?[KkMmGg]?[Bb]?$ ]] || die "bad --size: $SIZE"
     SIZE=$(printf '%s' "$SIZE" | tr '[:lower:]' '[:upper:]')
     [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "bad --runs: $RUNS"
-    [[ -z $ONLY || $ONLY == chains || $ONLY == s3 ]] || die "bad --only: $ONLY (the phases that run alone: chains, s3)"
+    [[ -z $ONLY || $ONLY == restore || $ONLY == chains || $ONLY == s3 ]] ||
+        die "bad --only: $ONLY (the phases that run alone: restore, chains, s3)"
     [[ $MILLION_DIRS =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_DIRS: $MILLION_DIRS"
     [[ $MILLION_FILES =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_MILLION_FILES: $MILLION_FILES"
     [[ -z $S3_PART_MIB || $S3_PART_MIB =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_S3_PART_MIB: $S3_PART_MIB"
@@ -440,6 +445,14 @@ prep_restore_borg() { export SRC=$OUTS/borg/repo BORG_BASE_DIR=$OUTS/borg/base; 
 SYNC_TREE='find "$OUT" -type f -exec sync {} +'
 SYNC_REPO='find "$OUT/repo" -type f -exec sync {} +'
 
+run_tar_zstd() {
+    if have zstd; then
+        bench tar-zstd "0" no_prep \
+            'tar -cf - -C "$WORK" corpus | zstd -T0 -3 -q -o "$OUT/corpus.tar.zst"' \
+            'sync "$OUT/corpus.tar.zst"' "$OUTS/tar-zstd"
+    else skip tar-zstd "zstd not installed"; fi
+}
+
 run_backups() {
     bench backstop-zstd "0 3" no_prep \
         '"$BACKSTOP" --home "$OUT/home" -q backup "$CORPUS"' \
@@ -448,16 +461,21 @@ run_backups() {
     bench backstop-age "0 3" no_prep \
         '"$BACKSTOP" --home "$OUT/home" -q backup "$CORPUS" --recipient "$AGE_RECIPIENT"' \
         "$SYNC_TREE" "$OUTS/backstop-age/home/backups"
+    if [ "$ONLY" = restore ]; then
+        # Only what the restore rows read: backstop's archives and tar's.
+        local id
+        for id in backstop-gzip tar-pigz tar-gzip restic borg; do
+            skip "$id" "not run with --only restore"
+        done
+        run_tar_zstd
+        return
+    fi
     bench backstop-gzip "0 3" no_prep \
         '"$BACKSTOP" --home "$OUT/home" -q backup "$CORPUS" --compression gzip' \
         "$SYNC_TREE" "$OUTS/backstop-gzip/home/backups"
     rm -rf "$OUTS/backstop-gzip"
 
-    if have zstd; then
-        bench tar-zstd "0" no_prep \
-            'tar -cf - -C "$WORK" corpus | zstd -T0 -3 -q -o "$OUT/corpus.tar.zst"' \
-            'sync "$OUT/corpus.tar.zst"' "$OUTS/tar-zstd"
-    else skip tar-zstd "zstd not installed"; fi
+    run_tar_zstd
 
     if have pigz; then
         bench tar-pigz "0" no_prep \
@@ -1390,7 +1408,7 @@ same run). Cache: $mode.
 
 EOF
     print_machine
-    if [ -z "$ONLY" ]; then print_main; fi
+    if [ -z "$ONLY" ] || [ "$ONLY" = restore ]; then print_main; fi
     if [ -z "$ONLY" ] || [ "$ONLY" = chains ]; then print_chains; fi
     if [ -z "$ONLY" ] || [ "$ONLY" = s3 ]; then print_s3; fi
     if [ "$MILLION" -eq 1 ]; then print_million; fi
@@ -1562,7 +1580,7 @@ main() {
     ensure_corpus
     log "corpus: $CORPUS_FILES files, $CORPUS_MIB MiB; $RUNS run(s) per tool; cold=$COLD"
     warm_up
-    if [ -z "$ONLY" ]; then
+    if [ -z "$ONLY" ] || [ "$ONLY" = restore ]; then
         run_backups
         run_restores
         run_exact

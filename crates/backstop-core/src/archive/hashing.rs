@@ -89,8 +89,8 @@ impl FileHashes {
     }
 
     /// Sends what is left and waits for the thread: the remaining digests,
-    /// in file order.
-    pub(crate) fn finish(mut self) -> Vec<[u8; 32]> {
+    /// in file order. Nothing may be hashed after.
+    pub(crate) fn finish(&mut self) -> Vec<[u8; 32]> {
         self.send();
         self.stop();
         self.digests.try_iter().collect()

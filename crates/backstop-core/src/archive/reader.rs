@@ -1009,35 +1009,28 @@ struct Tally {
     unchanged: u64,
     /// The first of `hashes` whose digest has not come back yet.
     unfilled: usize,
+    /// The thread that hashes the files read whole.
+    file_hashes: FileHashes,
 }
 
 impl Tally {
     /// A file read whole: its digest comes from `file_hashes`, later.
-    fn held(&mut self, key: u64, file_hashes: &mut FileHashes) {
+    fn held(&mut self, key: u64) {
         self.hashes.push((key, Some([0; 32])));
-        file_hashes.end_file();
-        self.fill(file_hashes.ready());
-    }
-
-    /// Puts the digests that came back, in order, in the files' places
-    /// (skipping the unchanged files no holder was asked for).
-    fn fill(&mut self, digests: impl Iterator<Item = [u8; 32]>) {
-        for digest in digests {
-            while let Some((_, None)) = self.hashes.get(self.unfilled) {
-                self.unfilled += 1;
-            }
-            if let Some((_, Some(slot))) = self.hashes.get_mut(self.unfilled) {
-                *slot = digest;
-                self.unfilled += 1;
-            }
-        }
+        self.file_hashes.end_file();
+        fill(
+            &mut self.hashes,
+            &mut self.unfilled,
+            self.file_hashes.ready(),
+        );
     }
 
     /// Waits for the last digests. Fails when one is missing, which only a
     /// bug of the walk's would cause: a file is never taken as checked
     /// without its hash.
-    fn finish(&mut self, file_hashes: FileHashes, path: &Path) -> Result<()> {
-        self.fill(file_hashes.finish().into_iter());
+    fn finish(&mut self, path: &Path) -> Result<()> {
+        let last = self.file_hashes.finish();
+        fill(&mut self.hashes, &mut self.unfilled, last.into_iter());
         if self.hashes[self.unfilled..]
             .iter()
             .any(|(_, h)| h.is_some())
@@ -1048,6 +1041,24 @@ impl Tally {
             ));
         }
         Ok(())
+    }
+}
+
+/// Puts the digests that came back, in order, in the files' places from
+/// `unfilled` on (skipping the unchanged files no holder was asked for).
+fn fill(
+    hashes: &mut [(u64, Option<[u8; 32]>)],
+    unfilled: &mut usize,
+    digests: impl Iterator<Item = [u8; 32]>,
+) {
+    for digest in digests {
+        while let Some((_, None)) = hashes.get(*unfilled) {
+            *unfilled += 1;
+        }
+        if let Some((_, Some(slot))) = hashes.get_mut(*unfilled) {
+            *slot = digest;
+            *unfilled += 1;
+        }
     }
 }
 
@@ -1103,8 +1114,8 @@ pub fn walk_chain<'h, R: Read>(
         bytes: 0,
         unchanged: 0,
         unfilled: 0,
+        file_hashes: FileHashes::start(),
     };
-    let mut file_hashes = FileHashes::start();
     let mut symlinks: HashSet<u64> = HashSet::new();
     let mut order = Order::default();
     // Unchanged files named by the dumpdirs read so far, not yet reached.
@@ -1124,14 +1135,7 @@ pub fn walk_chain<'h, R: Read>(
             let rest = std::mem::take(&mut pending);
             for member in rest.into_values() {
                 let h = holders.as_deref_mut();
-                unchanged_file(
-                    path,
-                    &member,
-                    h,
-                    visitor,
-                    (&mut tally, &mut file_hashes),
-                    &mut buf,
-                )?;
+                unchanged_file(path, &member, h, visitor, &mut tally, &mut buf)?;
             }
             break entry;
         }
@@ -1163,14 +1167,7 @@ pub fn walk_chain<'h, R: Read>(
             }
             let member = pending.remove(&first).unwrap_or_default();
             let h = holders.as_deref_mut();
-            unchanged_file(
-                path,
-                &member,
-                h,
-                visitor,
-                (&mut tally, &mut file_hashes),
-                &mut buf,
-            )?;
+            unchanged_file(path, &member, h, visitor, &mut tally, &mut buf)?;
         }
         // Nothing may sit below a symlink of the archive: extracting it
         // would write wherever the link points.
@@ -1227,7 +1224,7 @@ pub fn walk_chain<'h, R: Read>(
             source: &mut tar,
             archive: path,
             member: &shown,
-            hashes: is_file.then_some(&mut file_hashes),
+            hashes: is_file.then_some(&mut tally.file_hashes),
             read: 0,
         };
         visitor.entry(&entry, &mut content)?;
@@ -1243,10 +1240,10 @@ pub fn walk_chain<'h, R: Read>(
             tally.bytes += read;
             tally.held_files += 1;
             tally.files_seen.insert(path_key_now);
-            tally.held(path_key_now, &mut file_hashes);
+            tally.held(path_key_now);
         }
     };
-    tally.finish(file_hashes, path)?;
+    tally.finish(path)?;
 
     check_checksums(
         path,
@@ -1332,7 +1329,7 @@ fn unchanged_file<'h>(
     member: &[u8],
     holders: Option<&mut (dyn Holders + 'h)>,
     visitor: &mut dyn Visitor,
-    (tally, file_hashes): (&mut Tally, &mut FileHashes),
+    tally: &mut Tally,
     buf: &mut [u8],
 ) -> Result<()> {
     let key = path_key(member);
@@ -1362,7 +1359,7 @@ fn unchanged_file<'h>(
         source,
         archive: path,
         member: &shown,
-        hashes: Some(&mut *file_hashes),
+        hashes: Some(&mut tally.file_hashes),
         read: 0,
     };
     visitor.entry(&entry, &mut content)?;
@@ -1374,7 +1371,7 @@ fn unchanged_file<'h>(
             format!("{shown} holds {read} of its {} bytes", entry.size),
         ));
     }
-    tally.held(key, file_hashes);
+    tally.held(key);
     Ok(())
 }
 

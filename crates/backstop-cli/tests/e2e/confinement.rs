@@ -422,6 +422,74 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
     expect.finish(&context(&out));
 }
 
+/// A directory another user may list but not search (`r` without `x`),
+/// deep in the tree: what its entries are cannot be known, so neither can
+/// what to keep there, and the restore refuses before it changes anything,
+/// naming the directory.
+#[test]
+fn restore_refuses_a_directory_it_may_list_but_not_search() {
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("n");
+    let app = parent.join("app");
+    std::fs::create_dir_all(app.join("deep/er")).unwrap();
+    std::fs::write(app.join("a.txt"), b"original").unwrap();
+    std::fs::write(app.join("deep/er/b.txt"), b"b").unwrap();
+    chown_tree_to_nobody(&parent);
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = backup_id(&doc);
+    std::fs::write(app.join("a.txt"), b"modified").unwrap();
+    let listonly = app.join("deep/er/listonly");
+    std::fs::create_dir(&listonly).unwrap();
+    std::fs::write(listonly.join("x"), b"root's").unwrap();
+    std::fs::write(listonly.join("y"), b"root's").unwrap();
+    set_mode(&listonly, 0o744);
+    let before = listing(&app);
+
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &[
+            "restore".as_ref(),
+            id.as_ref(),
+            "--yes".as_ref(),
+            "--no-pre-backup".as_ref(),
+        ],
+    );
+    let err = stderr(&out);
+    let mut expect = Expect::default();
+    expect.check(
+        out.status.code() == Some(1),
+        format!("exit {:?}, not 1 (refused)", out.status.code()),
+    );
+    expect.check(
+        err.contains("deep/er/listonly in the destination"),
+        "stderr does not name the directory that could not be searched",
+    );
+    expect.check(
+        read(&app.join("a.txt")).as_deref() == Some(b"modified"),
+        "a.txt was changed: the restore went ahead",
+    );
+    let after = listing(&app);
+    expect.check(
+        after == before,
+        format!("the tree changed:\n    before {before:?}\n    after  {after:?}"),
+    );
+    expect.check(mode(&listonly) == Some(0o744), "listonly's mode changed");
+    let left = staging_left(env.dir.path());
+    expect.check(left.is_empty(), format!("staging left behind: {left:?}"));
+    expect.finish(&context(&out));
+}
+
 /// As an ordinary user, an exact restore in place moves files into and out
 /// of directories that user made read-only: each is opened up around the
 /// moves and given the backup's mode and time again, and a failure half

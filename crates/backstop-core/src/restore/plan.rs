@@ -26,7 +26,7 @@ use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::progress::Phase;
 use crate::restore::diff::{Action, Changes};
 use crate::restore::journal::{ImportTarget, Journal};
-use crate::restore::listing::Walk;
+use crate::restore::listing::{Walk, check_listable};
 use crate::restore::preview::{self, Preview, Skim};
 use crate::restore::stage::{Selection, root_relative};
 use crate::restore::steps::{Merger, Mode};
@@ -923,17 +923,6 @@ fn check_way_to(dest: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Walks the live tree at `target` to the end, without descending where a
-/// rule keeps: fails on the first directory it cannot read.
-fn check_readable(target: &Path, kept: &dyn Fn(&Path, bool) -> bool) -> Result<()> {
-    let mut walk = Walk::new(target, false)?;
-    while let Some((rel, node)) = walk.peek()? {
-        let descend = rel.as_os_str().is_empty() || !kept(rel, node.kind == "dir");
-        walk.take(descend);
-    }
-    walk.finish()
-}
-
 /// The root-relative paths the backup could not hold as they were: its
 /// trailer's vanished, unreadable and skipped paths.
 pub(crate) fn incomplete_paths(m: &Manifest, trailer: &Trailer) -> BTreeSet<PathBuf> {
@@ -1514,8 +1503,8 @@ impl Prepared<'_> {
                 continue;
             };
             let rel_base = rel_base(s);
-            check_readable(target, &|rel: &Path, is_dir: bool| {
-                self.kept(&target.join(rel), &rel_base.join(rel), is_dir)
+            check_listable(target, &|rel: &Path| {
+                self.kept(&target.join(rel), &rel_base.join(rel), true)
             })?;
         }
         Ok(())

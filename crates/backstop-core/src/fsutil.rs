@@ -50,16 +50,36 @@ pub fn fsync_dir(path: &Path) -> Result<()> {
 ///
 /// Fails on any I/O error; the temporary file is removed.
 pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    atomic_write_with(path, mode, &mut |out| out.write_all(bytes))
+}
+
+/// [`atomic_write`] of what `write` writes, streamed to the file through a
+/// buffer rather than held whole in memory first.
+///
+/// # Errors
+///
+/// Fails on any I/O error, `write`'s included; the temporary file is
+/// removed.
+pub fn atomic_write_with(
+    path: &Path,
+    mode: u32,
+    write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
     let dir = parent_dir(path);
     let tmp = temp_sibling(path, "tmp");
     let result = (|| {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&tmp)
             .at("creating", &tmp)?;
-        file.write_all(bytes).at("writing", &tmp)?;
+        let mut out = io::BufWriter::with_capacity(1 << 16, file);
+        write(&mut out).at("writing", &tmp)?;
+        let file = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .at("writing", &tmp)?;
         file.sync_all().at("flushing", &tmp)?;
         fs::rename(&tmp, path).at("renaming into place", path)?;
         fsync_dir(&dir)

@@ -219,7 +219,9 @@ impl Journal {
         home.join("journal").join(format!("{instance}.json"))
     }
 
-    /// Writes the journal durably (atomic replace, flushed).
+    /// Writes the journal durably (atomic replace, flushed), streamed: a
+    /// restore of many changes journals as many steps, and their text is
+    /// never held in memory beside them.
     ///
     /// # Errors
     ///
@@ -228,8 +230,9 @@ impl Journal {
     pub fn save(&self, home: &Path) -> Result<()> {
         let path = Journal::path(home, &self.instance);
         fsutil::create_private_dir_all(&fsutil::parent_dir(&path))?;
-        let text = serde_json::to_vec_pretty(self).expect("journal serialises");
-        fsutil::atomic_write(&path, &text, 0o600)
+        fsutil::atomic_write_with(&path, 0o600, &mut |out| {
+            serde_json::to_writer_pretty(out, self).map_err(std::io::Error::from)
+        })
     }
 
     /// Reads the journal of `instance`, if there is one.
@@ -239,15 +242,22 @@ impl Journal {
     /// Fails when it exists but cannot be read or parsed.
     pub fn load(home: &Path, instance: &str) -> Result<Option<Journal>> {
         let path = Journal::path(home, instance);
-        match std::fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).map(Some).map_err(|e| {
-                Error::usage(
-                    format!("the restore journal {} is damaged: {e}", path.display()),
-                    Some(
-                        "inspect it by hand; it lists the renames of an interrupted restore".into(),
-                    ),
-                )
-            }),
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                let reader = std::io::BufReader::with_capacity(1 << 16, file);
+                serde_json::from_reader(reader).map(Some).map_err(|e| {
+                    if e.is_io() {
+                        return Error::io("reading", &path, e.into());
+                    }
+                    Error::usage(
+                        format!("the restore journal {} is damaged: {e}", path.display()),
+                        Some(
+                            "inspect it by hand; it lists the renames of an interrupted restore"
+                                .into(),
+                        ),
+                    )
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("reading", &path, e)),
         }
@@ -501,6 +511,27 @@ mod tests {
             assert!(!dir.path().join("staging").exists());
             assert!(Journal::load(&home, "app").unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn a_damaged_journal_is_named_and_an_unreadable_one_is_a_read_error() {
+        let (dir, step) = setup();
+        let home = dir.path().join("home");
+        let j = journal(dir.path(), vec![step.clone(); 3], Phase::Applying);
+        j.save(&home).unwrap();
+        let path = Journal::path(&home, "app");
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(Journal::load(&home, "app").unwrap().unwrap(), j);
+        std::fs::write(&path, &text[..text.len() / 2]).unwrap();
+        let damaged = Journal::load(&home, "app").unwrap_err().to_string();
+        assert!(damaged.contains("is damaged"), "{damaged}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let unreadable = Journal::load(&home, "app").unwrap_err().to_string();
+        assert!(
+            unreadable.contains("reading") && !unreadable.contains("damaged"),
+            "{unreadable}"
+        );
     }
 
     #[test]

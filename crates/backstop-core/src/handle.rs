@@ -216,6 +216,19 @@ impl Pinned {
     }
 }
 
+/// Runs `f` on `path` pinned (opened `O_PATH`, not following a symlink
+/// there, which is refused): `f` gets the `/proc/self/fd` path that reaches
+/// exactly that inode, and its stat.
+///
+/// # Errors
+///
+/// Fails when `path` is a symlink or missing, or as `f` does.
+pub fn with_pinned<T>(path: &Path, f: impl FnOnce(&Path, &Stat) -> io::Result<T>) -> io::Result<T> {
+    let (dir, name) = open_parent(path)?;
+    let pinned = Pinned::at(&dir, name)?;
+    f(Path::new(&pinned.magic), &pinned.st)
+}
+
 /// Sets the mode, owner and modification time of `path` without following
 /// a symlink there (pinned as [`chmod`] does); the owner only where it
 /// differs, which only root may change.

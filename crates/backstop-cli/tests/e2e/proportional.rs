@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use backstop_test_support::{Compare, assert_same_tree, snapshot};
+use backstop_test_support::{Compare, assert_same_tree, skip, snapshot, supports_user_xattrs};
 
 use crate::support::{Env, copy_tree, run_paused};
 
@@ -243,6 +243,68 @@ fn a_failure_at_any_step_in_place_puts_every_entry_and_time_back() {
             assert!(!env.home().join("journal/app.json").exists(), "step {n}");
             failed += 1;
         }
+    }
+    panic!("the restore never got past its 40th step");
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+/// Extended attributes changed since the backup, and nothing else but one
+/// file's content: on a directory that had one (changed), on a directory
+/// and a file that had none (added). An ACL given to someone after the
+/// backup is one of these.
+fn disturb_xattrs(app: &Path) {
+    change_two(app);
+    set_xattr(&app.join("d1"), "user.note", b"changed");
+    set_xattr(&app.join("d3"), "user.added", b"since");
+    set_xattr(&file(app, 7), "user.added", b"since");
+}
+
+/// An exact restore in place gives every entry exactly the backup's
+/// extended attributes (security labels aside), directories that stay in
+/// place too, and a failure at any of its steps puts back the ones there
+/// were.
+#[test]
+fn extended_attributes_are_the_backups_after_an_exact_restore_in_place() {
+    let probe = Env::new();
+    if !supports_user_xattrs(probe.dir.path()) {
+        skip("the test directory's filesystem takes no user. extended attributes");
+        return;
+    }
+    let with_xattrs = Compare {
+        xattrs: true,
+        ..compare()
+    };
+    for n in 1..=40 {
+        let env = Env::new();
+        let app = env.path("app");
+        std::fs::create_dir_all(app.join("d1")).unwrap();
+        set_xattr(&app.join("d1"), "user.note", b"original");
+        let (app, reference, id) = backed_up(&env);
+        assert_eq!(
+            snapshot(&reference, with_xattrs),
+            snapshot(&app, with_xattrs)
+        );
+        disturb_xattrs(&app);
+        let before = snapshot(&app, with_xattrs);
+        let out = env
+            .cmd()
+            .env(
+                "BACKSTOP_FAILPOINTS",
+                format!("restore.apply-step=error@{n}"),
+            )
+            .args(["restore", &id, "--yes", "--no-pre-backup"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            assert_same_tree(&reference, &app, with_xattrs);
+            assert!(n > 3, "only {} steps failed", n - 1);
+            return;
+        }
+        assert_eq!(out.status.code(), Some(5), "step {n}: {out:?}");
+        assert_eq!(snapshot(&app, with_xattrs), before, "error at step {n}");
     }
     panic!("the restore never got past its 40th step");
 }

@@ -318,8 +318,11 @@ fn entry_meta(
 
 /// Where extended attributes are read from.
 enum Xattrs<'a> {
+    /// Not following the last component.
     Path(&'a Path),
     File(&'a File),
+    /// Following it: a `/proc/self/fd` path of a pinned inode.
+    Pinned(&'a Path),
 }
 
 impl Xattrs<'_> {
@@ -327,6 +330,7 @@ impl Xattrs<'_> {
         match self {
             Xattrs::Path(p) => rustix::fs::llistxattr(*p, buf),
             Xattrs::File(f) => rustix::fs::flistxattr(f.as_fd(), buf),
+            Xattrs::Pinned(p) => rustix::fs::listxattr(*p, buf),
         }
     }
 
@@ -334,8 +338,20 @@ impl Xattrs<'_> {
         match self {
             Xattrs::Path(p) => rustix::fs::lgetxattr(*p, name, buf),
             Xattrs::File(f) => rustix::fs::fgetxattr(f.as_fd(), name, buf),
+            Xattrs::Pinned(p) => rustix::fs::getxattr(*p, name, buf),
         }
     }
+}
+
+/// Every extended attribute of an open file.
+pub(crate) fn file_xattrs(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_xattrs(Xattrs::File(file))
+}
+
+/// Every extended attribute of what `magic` (a `/proc/self/fd` path of a
+/// pinned inode) reaches.
+pub(crate) fn pinned_xattrs(magic: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_xattrs(Xattrs::Pinned(magic))
 }
 
 /// Every extended attribute (not following symlinks). Filesystems without

@@ -24,7 +24,9 @@ use crate::lock::{InstanceLock, hostname};
 use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
 use crate::restore::diff::Changes;
-use crate::restore::journal::{self, Attrs, ImportTarget, Journal, Phase, Step};
+use crate::restore::journal::{
+    self, Attrs, ImportTarget, Journal, Phase, Step, XattrChange, own_xattrs,
+};
 use crate::restore::listing::Walk;
 use crate::restore::plan::{
     Place, Prepared, RestoreOutcome, RestoreReport, RestoreRequest, check_sum, database_paths,
@@ -1194,26 +1196,35 @@ fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
     if !root {
         open.mode |= 0o300;
     }
-    let after = match handle::lstat(staged) {
-        Ok(staged) if handle::is_dir(&staged) => {
-            let mut after = Attrs::of(&staged);
+    let (after, xattrs) = match handle::lstat(staged) {
+        Ok(staged_st) if handle::is_dir(&staged_st) => {
+            let mut after = Attrs::of(&staged_st);
             if !root {
                 // Staged as this user: the owner stays whoever it is.
                 (after.uid, after.gid) = (before.uid, before.gid);
             }
-            after
+            (after, xattr_change(live, staged)?)
         }
-        _ => before,
+        _ => (before, None),
     };
-    let step = |before, after| Step::Meta {
+    let step = |before, after, xattrs| Step::Meta {
         path: live.to_path_buf(),
         ino: st.st_ino,
         before,
         after,
+        xattrs,
     };
     // Undone in reverse: the last back to opened up, so that the moves can
     // be undone; the first back to what it was.
-    Ok(Some((step(before, open), step(open, after))))
+    Ok(Some((step(before, open, None), step(open, after, xattrs))))
+}
+
+/// The live directory's extended attributes and the staged one's (the
+/// backup's, as far as staging could set them), when they differ.
+fn xattr_change(live: &Path, staged: &Path) -> Result<Option<Box<XattrChange>>> {
+    let before = own_xattrs(live).map_err(|e| Error::io("reading", live, e))?;
+    let after = own_xattrs(staged).map_err(|e| Error::io("reading", staged, e))?;
+    Ok((before != after).then(|| Box::new(XattrChange { before, after })))
 }
 
 /// A name beside `path` for keeping a replaced entry: `<name>.bak-<time>`.

@@ -70,6 +70,9 @@ pub enum Step {
         ino: u64,
         before: Attrs,
         after: Attrs,
+        /// Its extended attributes too, where they differ from the backup's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        xattrs: Option<Box<XattrChange>>,
     },
     /// A captured source put back by a program: a podman volume imported,
     /// a dump fed to its restore command. Undone by putting back `undo`,
@@ -110,6 +113,64 @@ impl Attrs {
         }
         handle::set_attrs(path, self.mode, (self.uid, self.gid), self.mtime)
     }
+}
+
+/// Extended attributes as names and values.
+pub type XattrList = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What a [`Step::Meta`] does to a directory's extended attributes: all
+/// of them but security labels, before and after. Labels (`security.*`)
+/// are the system's (an SELinux policy's, set by relabelling) and are left
+/// as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XattrChange {
+    pub before: XattrList,
+    pub after: XattrList,
+}
+
+/// Whether `name` is a security label, which restores in place leave alone.
+pub fn is_label(name: &[u8]) -> bool {
+    name.starts_with(b"security.")
+}
+
+/// The extended attributes of `path` (not following a symlink there) but
+/// its security labels.
+///
+/// # Errors
+///
+/// Fails when `path` cannot be pinned.
+pub fn own_xattrs(path: &Path) -> std::io::Result<XattrList> {
+    handle::with_pinned(path, |magic, _| {
+        let mut all = crate::archive::read_entry::pinned_xattrs(magic);
+        all.retain(|(name, _)| !is_label(name));
+        Ok(all)
+    })
+}
+
+/// Makes the extended attributes of the directory `path`, if it is still
+/// inode `ino`, exactly `want` (labels aside): what is not in `want` is
+/// removed, the rest set. Taken again after a crash half way, it ends the
+/// same.
+fn set_xattrs(path: &Path, ino: u64, want: &XattrList) -> std::io::Result<()> {
+    use rustix::fs::XattrFlags;
+    handle::with_pinned(path, |magic, st| {
+        if st.st_ino != ino || !handle::is_dir(st) {
+            return Err(std::io::Error::other("it was replaced meanwhile"));
+        }
+        for (name, _) in crate::archive::read_entry::pinned_xattrs(magic) {
+            if is_label(&name) || want.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            match rustix::fs::removexattr(magic, name.as_slice()) {
+                Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (name, value) in want.iter().filter(|(n, _)| !is_label(n)) {
+            rustix::fs::setxattr(magic, name.as_slice(), value, XattrFlags::empty())?;
+        }
+        Ok(())
+    })
 }
 
 /// Where an [`Step::Import`] goes.
@@ -405,10 +466,18 @@ fn undo(step: &Step) -> Result<()> {
         // Setting the old attributes again is harmless if they were never
         // changed; a directory gone or replaced is not ours to touch.
         Step::Meta {
-            path, ino, before, ..
+            path,
+            ino,
+            before,
+            xattrs,
+            ..
         } => {
             if handle::ino(path) != Some(*ino) {
                 return Ok(());
+            }
+            if let Some(x) = xattrs {
+                set_xattrs(path, *ino, &x.before)
+                    .map_err(|e| Error::io("setting back the extended attributes of", path, e))?;
             }
             before
                 .set(path, *ino)
@@ -452,10 +521,22 @@ pub fn apply(step: &Step) -> Result<()> {
             handle::mkdir(path, 0o777).map_err(|e| Error::io("creating", path, e))
         }
         Step::Meta {
-            path, ino, after, ..
-        } => after
-            .set(path, *ino)
-            .map_err(|e| Error::io("setting the mode and time of", path, e)),
+            path,
+            ino,
+            after,
+            xattrs,
+            ..
+        } => {
+            // The attributes first: setting an access ACL changes the
+            // mode's group bits, which the mode set after puts right.
+            if let Some(x) = xattrs {
+                set_xattrs(path, *ino, &x.after)
+                    .map_err(|e| Error::io("setting the extended attributes of", path, e))?;
+            }
+            after
+                .set(path, *ino)
+                .map_err(|e| Error::io("setting the mode and time of", path, e))
+        }
         Step::Import { into, data, .. } => into.import(data),
     }
 }

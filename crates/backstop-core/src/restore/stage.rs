@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::archive::Manifest;
 use crate::archive::format::SourceManifest;
+use crate::archive::read_entry::file_xattrs;
 use crate::archive::reader::{Content, Visitor};
 use crate::archive::tarread::{Entry, Kind};
 use crate::error::{Error, Result};
@@ -31,6 +32,7 @@ use crate::fsutil;
 use crate::handle;
 use crate::progress::Cancel;
 use crate::restore::confine::Confined;
+use crate::restore::journal::{is_label, own_xattrs};
 use crate::source::exclude::Patterns;
 
 /// Which parts of a backup a restore writes.
@@ -380,7 +382,12 @@ impl Stager<'_> {
         else {
             return Ok(None);
         };
-        let same = st.st_size as u64 == entry.size && st.st_nlink == 1 && same_meta(&st, meta);
+        // The backup's file has no extended attributes; this one must have
+        // none either (an ACL added since, say), or it is not the backup's.
+        let same = st.st_size as u64 == entry.size
+            && st.st_nlink == 1
+            && same_meta(&st, meta)
+            && !has_own_xattrs(&file_xattrs(&file));
         Ok(same.then_some((file, st)))
     }
 
@@ -404,6 +411,11 @@ impl Stager<'_> {
             Err(e) => return Err(Error::io("reading", live.display(below), e)),
         };
         if !handle::is_dir(&st) || !same_meta(&st, meta) {
+            return Ok(false);
+        }
+        // Extended attributes the backup's directory does not have: staged,
+        // so that the steps give the live one the backup's.
+        if own_xattrs(&live.display(below)).map_or(true, |x| !x.is_empty()) {
             return Ok(false);
         }
         self.linked.insert(st.st_ino, change_time(&st));
@@ -487,6 +499,12 @@ impl Stager<'_> {
         }
         Ok(None)
     }
+}
+
+/// Whether `xattrs` has any beside security labels (which a restore in
+/// place leaves to the system).
+fn has_own_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    xattrs.iter().any(|(name, _)| !is_label(name))
 }
 
 /// Whether a live entry has the mode, owner (as root; else this user) and

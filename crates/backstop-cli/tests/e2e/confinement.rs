@@ -311,18 +311,25 @@ fn exact_restore_keeps_what_the_backup_could_not_read_or_excluded() {
     expect.finish(&context(&out));
 }
 
-#[test]
-fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
+/// As nobody: backs up a small tree, changes `a.txt`, and lets `foreign`
+/// put a directory of root's into it (returning it, and the mode it must
+/// keep); then a restore must refuse (exit 1) naming `named`, and change
+/// nothing. Gives the env, nobody's home, the tree, the backup and the
+/// directory.
+fn refused_over_a_foreign_directory(
+    foreign: &dyn Fn(&Path) -> (PathBuf, u32),
+    named: &str,
+) -> Option<(Env, PathBuf, PathBuf, String, PathBuf)> {
     if !can_be_nobody() {
-        return;
+        return None;
     }
     let env = Env::new();
     let home = nobody_home(&env);
     let parent = env.path("n");
     let app = parent.join("app");
-    std::fs::create_dir_all(app.join("sub")).unwrap();
+    std::fs::create_dir_all(app.join("deep/er")).unwrap();
     std::fs::write(app.join("a.txt"), b"original").unwrap();
-    std::fs::write(app.join("sub/b.txt"), b"b").unwrap();
+    std::fs::write(app.join("deep/er/b.txt"), b"b").unwrap();
     chown_tree_to_nobody(&parent);
     let out = backstop_as_nobody(
         &env,
@@ -332,13 +339,9 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
     assert_eq!(out.status.code(), Some(0), "{}", context(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = backup_id(&doc);
-    // After the backup: a change the restore would undo, and a directory of
-    // root's that nobody can neither read nor remove.
+    // After the backup: a change the restore would undo, and the directory.
     std::fs::write(app.join("a.txt"), b"modified").unwrap();
-    let foreign = app.join("rootonly");
-    std::fs::create_dir(&foreign).unwrap();
-    std::fs::write(foreign.join("secret"), b"root's").unwrap();
-    set_mode(&foreign, 0o700);
+    let (dir, dir_mode) = foreign(&app);
     let before = listing(&app);
 
     let out = backstop_as_nobody(
@@ -357,26 +360,42 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
         out.status.code() == Some(1),
         format!("exit {:?}, not 1 (refused)", out.status.code()),
     );
-    expect.check(
-        err.contains("rootonly"),
-        "stderr does not name the unreadable directory",
-    );
+    expect.check(err.contains(named), format!("stderr does not name {named}"));
     expect.check(
         read(&app.join("a.txt")).as_deref() == Some(b"modified"),
         "a.txt was changed: the restore went ahead",
-    );
-    expect.check(
-        read(&foreign.join("secret")).as_deref() == Some(b"root's"),
-        "rootonly/secret is no longer where it was",
     );
     let after = listing(&app);
     expect.check(
         after == before,
         format!("the tree changed:\n    before {before:?}\n    after  {after:?}"),
     );
+    expect.check(mode(&dir) == Some(dir_mode), "the directory's mode changed");
     let left = staging_left(env.dir.path());
     expect.check(left.is_empty(), format!("staging left behind: {left:?}"));
     expect.finish(&context(&out));
+    Some((env, home, app, id, dir))
+}
+
+#[test]
+fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
+    // A directory of root's that nobody can neither read nor remove.
+    let rootonly = |app: &Path| {
+        let foreign = app.join("rootonly");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("secret"), b"root's").unwrap();
+        set_mode(&foreign, 0o700);
+        (foreign, 0o700)
+    };
+    let Some((env, home, app, id, foreign)) =
+        refused_over_a_foreign_directory(&rootonly, "rootonly")
+    else {
+        return;
+    };
+    assert_eq!(
+        read(&foreign.join("secret")).as_deref(),
+        Some(&b"root's"[..])
+    );
 
     // Kept by --exclude, it stays where it is: an exact restore in place
     // moves only what differs from the backup, never root's directory.
@@ -428,66 +447,15 @@ fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
 /// naming the directory.
 #[test]
 fn restore_refuses_a_directory_it_may_list_but_not_search() {
-    if !can_be_nobody() {
-        return;
-    }
-    let env = Env::new();
-    let home = nobody_home(&env);
-    let parent = env.path("n");
-    let app = parent.join("app");
-    std::fs::create_dir_all(app.join("deep/er")).unwrap();
-    std::fs::write(app.join("a.txt"), b"original").unwrap();
-    std::fs::write(app.join("deep/er/b.txt"), b"b").unwrap();
-    chown_tree_to_nobody(&parent);
-    let out = backstop_as_nobody(
-        &env,
-        &home,
-        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = backup_id(&doc);
-    std::fs::write(app.join("a.txt"), b"modified").unwrap();
-    let listonly = app.join("deep/er/listonly");
-    std::fs::create_dir(&listonly).unwrap();
-    std::fs::write(listonly.join("x"), b"root's").unwrap();
-    std::fs::write(listonly.join("y"), b"root's").unwrap();
-    set_mode(&listonly, 0o744);
-    let before = listing(&app);
-
-    let out = backstop_as_nobody(
-        &env,
-        &home,
-        &[
-            "restore".as_ref(),
-            id.as_ref(),
-            "--yes".as_ref(),
-            "--no-pre-backup".as_ref(),
-        ],
-    );
-    let err = stderr(&out);
-    let mut expect = Expect::default();
-    expect.check(
-        out.status.code() == Some(1),
-        format!("exit {:?}, not 1 (refused)", out.status.code()),
-    );
-    expect.check(
-        err.contains("deep/er/listonly in the destination"),
-        "stderr does not name the directory that could not be searched",
-    );
-    expect.check(
-        read(&app.join("a.txt")).as_deref() == Some(b"modified"),
-        "a.txt was changed: the restore went ahead",
-    );
-    let after = listing(&app);
-    expect.check(
-        after == before,
-        format!("the tree changed:\n    before {before:?}\n    after  {after:?}"),
-    );
-    expect.check(mode(&listonly) == Some(0o744), "listonly's mode changed");
-    let left = staging_left(env.dir.path());
-    expect.check(left.is_empty(), format!("staging left behind: {left:?}"));
-    expect.finish(&context(&out));
+    let listonly = |app: &Path| {
+        let dir = app.join("deep/er/listonly");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("x"), b"root's").unwrap();
+        std::fs::write(dir.join("y"), b"root's").unwrap();
+        set_mode(&dir, 0o744);
+        (dir, 0o744)
+    };
+    refused_over_a_foreign_directory(&listonly, "deep/er/listonly in the destination");
 }
 
 /// As an ordinary user, an exact restore in place moves files into and out

@@ -262,10 +262,24 @@ fn disturb_xattrs(app: &Path) {
     set_xattr(&file(app, 7), "user.added", b"since");
 }
 
+/// [`backed_up`], with attributes that stay as they are on a directory
+/// (d9) and a file (f009), and one that changes on d1.
+fn backed_up_with_xattrs(env: &Env) -> (PathBuf, PathBuf, String) {
+    let app = env.path("app");
+    for d in ["d1", "d9"] {
+        std::fs::create_dir_all(app.join(d)).unwrap();
+    }
+    set_xattr(&app.join("d1"), "user.note", b"original");
+    set_xattr(&app.join("d9"), "user.note", b"stays");
+    std::fs::write(file(&app, 9), b"").unwrap();
+    set_xattr(&file(&app, 9), "user.note", b"stays");
+    backed_up(env)
+}
+
 /// An exact restore in place gives every entry exactly the backup's
 /// extended attributes (security labels aside), directories that stay in
 /// place too, and a failure at any of its steps puts back the ones there
-/// were.
+/// were. A file whose attributes are still the backup's stays in place.
 #[test]
 fn extended_attributes_are_the_backups_after_an_exact_restore_in_place() {
     let probe = Env::new();
@@ -279,15 +293,13 @@ fn extended_attributes_are_the_backups_after_an_exact_restore_in_place() {
     };
     for n in 1..=40 {
         let env = Env::new();
-        let app = env.path("app");
-        std::fs::create_dir_all(app.join("d1")).unwrap();
-        set_xattr(&app.join("d1"), "user.note", b"original");
-        let (app, reference, id) = backed_up(&env);
+        let (app, reference, id) = backed_up_with_xattrs(&env);
         assert_eq!(
             snapshot(&reference, with_xattrs),
             snapshot(&app, with_xattrs)
         );
         disturb_xattrs(&app);
+        let kept = inode(&file(&app, 9));
         let before = snapshot(&app, with_xattrs);
         let out = env
             .cmd()
@@ -300,6 +312,7 @@ fn extended_attributes_are_the_backups_after_an_exact_restore_in_place() {
             .unwrap();
         if out.status.success() {
             assert_same_tree(&reference, &app, with_xattrs);
+            assert_eq!(inode(&file(&app, 9)), kept, "f009 was rewritten");
             assert!(n > 3, "only {} steps failed", n - 1);
             return;
         }

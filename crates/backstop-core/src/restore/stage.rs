@@ -359,8 +359,10 @@ impl Stager<'_> {
 
     /// The live file at this entry's place when its type, size, mode,
     /// owner, time and link count say it may be the backup's own: then
-    /// only its content is left to compare. Sparse files and files with
-    /// extended attributes are always written.
+    /// only its content is left to compare. Its extended attributes must
+    /// be the backup's too (security labels aside, which a restore in place
+    /// leaves to the system): one given an ACL since is not the backup's.
+    /// Sparse files are always written.
     fn live_twin(
         &mut self,
         source: &str,
@@ -368,8 +370,7 @@ impl Stager<'_> {
         meta: &Meta,
     ) -> Result<Option<(File, rustix::fs::Stat)>> {
         let below = below(source, &entry.path);
-        if below.is_empty() || entry.sparse.is_some() || !entry.xattrs.is_empty() || entry.size == 0
-        {
+        if below.is_empty() || entry.sparse.is_some() || entry.size == 0 {
             return Ok(None);
         }
         let Some(live) = self.live.get_mut(source) else {
@@ -382,22 +383,21 @@ impl Stager<'_> {
         else {
             return Ok(None);
         };
-        // The backup's file has no extended attributes; this one must have
-        // none either (an ACL added since, say), or it is not the backup's.
         let same = st.st_size as u64 == entry.size
             && st.st_nlink == 1
             && same_meta(&st, meta)
-            && !has_own_xattrs(&file_xattrs(&file));
+            && own(file_xattrs(&file)) == own(entry.xattrs.clone());
         Ok(same.then_some((file, st)))
     }
 
     /// A directory of a source restored in place: lazy (made in staging
     /// only if something is staged inside) when the live one is a
-    /// directory with the backup's mode, owner and time, which is then
-    /// recorded with its change time. The top is always made.
+    /// directory with the backup's mode, owner, time and extended
+    /// attributes (labels aside), which is then recorded with its change
+    /// time. The top is always made.
     fn dir_in_place(&mut self, source: &str, entry: &Entry, meta: &Meta) -> Result<bool> {
         let below = below(source, &entry.path);
-        if below.is_empty() || !entry.xattrs.is_empty() {
+        if below.is_empty() {
             return Ok(false);
         }
         let Some(live) = self.live.get_mut(source) else {
@@ -413,9 +413,10 @@ impl Stager<'_> {
         if !handle::is_dir(&st) || !same_meta(&st, meta) {
             return Ok(false);
         }
-        // Extended attributes the backup's directory does not have: staged,
-        // so that the steps give the live one the backup's.
-        if own_xattrs(&live.display(below)).map_or(true, |x| !x.is_empty()) {
+        // Other extended attributes than the backup's: staged, so that the
+        // steps give the live one the backup's.
+        let want = own(entry.xattrs.clone());
+        if own_xattrs(&live.display(below)).map_or(true, |have| own(have) != want) {
             return Ok(false);
         }
         self.linked.insert(st.st_ino, change_time(&st));
@@ -501,10 +502,12 @@ impl Stager<'_> {
     }
 }
 
-/// Whether `xattrs` has any beside security labels (which a restore in
-/// place leaves to the system).
-fn has_own_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    xattrs.iter().any(|(name, _)| !is_label(name))
+/// Extended attributes but security labels (which a restore in place
+/// leaves to the system), in order, to compare.
+fn own(mut xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    xattrs.retain(|(name, _)| !is_label(name));
+    xattrs.sort();
+    xattrs
 }
 
 /// Whether a live entry has the mode, owner (as root; else this user) and

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use backstop_core::archive::format::SourceManifest;
-use backstop_test_support::{have, root};
+use backstop_test_support::{have, root, skip, supports_user_xattrs};
 
 use crate::craft::{Raw, craft_with, manifest, path_source};
 use crate::support::{Env, bin, run_paused, sqlite, walk};
@@ -458,10 +458,21 @@ fn restore_refuses_a_directory_it_may_list_but_not_search() {
     refused_over_a_foreign_directory(&listonly, "deep/er/listonly in the destination");
 }
 
+/// `user.note` of `path`, if it has one.
+fn note(path: &Path) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(path, "user.note", &mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+fn set_note(path: &Path, value: &[u8]) {
+    rustix::fs::lsetxattr(path, "user.note", value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
 /// As an ordinary user, an exact restore in place moves files into and out
 /// of directories that user made read-only: each is opened up around the
-/// moves and given the backup's mode and time again, and a failure half
-/// way gives them back their own.
+/// moves and given the backup's mode, time and extended attributes again,
+/// and a failure at any step gives them back their own.
 #[test]
 fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_them() {
     if !can_be_nobody() {
@@ -478,6 +489,13 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
     std::fs::write(app.join("locked/same"), b"same").unwrap();
     std::fs::write(app.join("locked/inner/g"), b"g").unwrap();
     chown_tree_to_nobody(&parent);
+    let locked = app.join("locked");
+    let xattrs = supports_user_xattrs(env.dir.path());
+    if xattrs {
+        set_note(&locked, b"v1");
+    } else {
+        skip("no user. extended attributes here: checking the rest only");
+    }
     set_mode(&app.join("locked/inner"), 0o555);
     set_mode(&app.join("locked"), 0o555);
     let out = backstop_as_nobody(
@@ -492,10 +510,14 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
         (md.mtime(), md.mtime_nsec())
     };
     let (locked_time, inner_time) = (times(&app.join("locked")), times(&app.join("locked/inner")));
-    // Changed behind the modes' back (as root), a file added and one gone.
+    // Changed behind the modes' back (as root), a file added and one gone,
+    // and locked/'s extended attribute.
     std::fs::write(app.join("locked/f"), b"v2").unwrap();
     std::fs::write(app.join("locked/added"), b"new").unwrap();
     std::fs::remove_file(app.join("locked/inner/g")).unwrap();
+    if xattrs {
+        set_note(&locked, b"v2");
+    }
     let restore = |failpoints: Option<&str>| {
         let args: Vec<&OsStr> = vec![
             "restore".as_ref(),
@@ -505,22 +527,28 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
         ];
         backstop_as_nobody_at(&env, &home, &args, failpoints)
     };
-    let before = listing(&app);
-    let out = restore(Some("restore.apply-step=error@4"));
+    let before = (listing(&app), note(&locked));
     let mut expect = Expect::default();
-    expect.check(
-        out.status.code() == Some(5),
-        format!("exit {:?}, not 5", out.status.code()),
-    );
-    expect.check(
-        listing(&app) == before,
-        "a failed restore did not put the tree back",
-    );
-    expect.check(
-        mode(&app.join("locked")) == Some(0o555),
-        "locked/ stayed opened up",
-    );
-    let out = restore(None);
+    // A failure at each step in turn, up to the one that goes through.
+    let mut out = restore(Some("restore.apply-step=error@1"));
+    for n in 2..=20 {
+        if out.status.success() {
+            break;
+        }
+        expect.check(
+            out.status.code() == Some(5),
+            format!("exit {:?}, not 5", out.status.code()),
+        );
+        expect.check(
+            (listing(&app), note(&locked)) == before,
+            format!("a failure at step {} did not put the tree back", n - 1),
+        );
+        expect.check(
+            mode(&app.join("locked")) == Some(0o555),
+            format!("locked/ stayed opened up after a failure at step {}", n - 1),
+        );
+        out = restore(Some(&format!("restore.apply-step=error@{n}")));
+    }
     expect.check(
         out.status.success(),
         format!("the restore failed: {}", stderr(&out)),
@@ -537,6 +565,12 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
         read(&app.join("locked/inner/g")).as_deref() == Some(b"g"),
         "locked/inner/g not back",
     );
+    if xattrs {
+        expect.check(
+            note(&locked).as_deref() == Some(b"v1"),
+            "locked/ has not the backup's extended attribute",
+        );
+    }
     for (dir, time) in [("locked", locked_time), ("locked/inner", inner_time)] {
         expect.check(
             mode(&app.join(dir)) == Some(0o555),

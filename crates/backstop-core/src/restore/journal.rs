@@ -475,13 +475,16 @@ fn undo(step: &Step) -> Result<()> {
             if handle::ino(path) != Some(*ino) {
                 return Ok(());
             }
+            // The mode first: back to opened up, so that this user may
+            // set the attributes (the step before gives the mode back).
+            before
+                .set(path, *ino)
+                .map_err(|e| Error::io("setting back the mode and time of", path, e))?;
             if let Some(x) = xattrs {
                 set_xattrs(path, *ino, &x.before)
                     .map_err(|e| Error::io("setting back the extended attributes of", path, e))?;
             }
-            before
-                .set(path, *ino)
-                .map_err(|e| Error::io("setting back the mode and time of", path, e))
+            Ok(())
         }
         // Whether it ran cannot be seen from outside: the live state
         // captured before is put back either way, which is harmless if the

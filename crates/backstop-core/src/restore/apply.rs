@@ -862,7 +862,7 @@ impl Decider<'_, '_> {
             size,
         );
         self.decided.steps.push(Step::Import {
-            into: into.clone(),
+            into: Box::new(into.clone()),
             data,
             undo,
         });
@@ -1210,8 +1210,8 @@ fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
     let step = |before, after, xattrs| Step::Meta {
         path: live.to_path_buf(),
         ino: st.st_ino,
-        before,
-        after,
+        before: Box::new(before),
+        after: Box::new(after),
         xattrs,
     };
     // Undone in reverse: the last back to opened up, so that the moves can

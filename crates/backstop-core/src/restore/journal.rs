@@ -68,8 +68,10 @@ pub enum Step {
     Meta {
         path: PathBuf,
         ino: u64,
-        before: Attrs,
-        after: Attrs,
+        // Boxed, as the import's target: a step is as large as its
+        // largest kind, and a restore of many changes holds many moves.
+        before: Box<Attrs>,
+        after: Box<Attrs>,
         /// Its extended attributes too, where they differ from the backup's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         xattrs: Option<Box<XattrChange>>,
@@ -78,7 +80,7 @@ pub enum Step {
     /// a dump fed to its restore command. Undone by putting back `undo`,
     /// captured from the live state just before.
     Import {
-        into: ImportTarget,
+        into: Box<ImportTarget>,
         data: PathBuf,
         undo: PathBuf,
     },
@@ -615,6 +617,17 @@ mod tests {
         assert!(
             unreadable.contains("reading") && !unreadable.contains("damaged"),
             "{unreadable}"
+        );
+    }
+
+    #[test]
+    fn a_step_is_no_larger_than_a_move() {
+        // A restore in place of many changes holds two moves a changed
+        // file: larger kinds of step keep their bulk behind a box.
+        assert!(
+            std::mem::size_of::<Step>() <= 72,
+            "{}",
+            std::mem::size_of::<Step>()
         );
     }
 

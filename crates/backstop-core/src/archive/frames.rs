@@ -21,7 +21,7 @@
 //! compressor threads of every backup.
 
 use std::collections::HashSet;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -494,12 +494,12 @@ impl<'a> PartialReader<'a> {
     }
 }
 
-impl Read for PartialReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl BufRead for PartialReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.at == self.out.len() {
             match self.fill() {
                 Ok(true) => {}
-                Ok(false) => return Ok(0),
+                Ok(false) => return Ok(&[]),
                 Err(e) => {
                     let shown = io::Error::other(e.to_string());
                     self.failed.get_or_insert(e);
@@ -507,9 +507,20 @@ impl Read for PartialReader<'_> {
                 }
             }
         }
-        let n = buf.len().min(self.out.len() - self.at);
-        buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
-        self.at += n;
+        Ok(&self.out[self.at..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at = (self.at + n).min(self.out.len());
+    }
+}
+
+impl Read for PartialReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let rest = self.fill_buf()?;
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

@@ -49,13 +49,15 @@ pub fn detect_codec(head: &[u8]) -> Option<Codec> {
     }
 }
 
-/// Wraps `reader` in the decoder for `codec`.
-fn decoder<'a, R: Read + 'a>(codec: Codec, reader: R) -> io::Result<Box<dyn Read + 'a>> {
+/// Wraps `reader` in the decoder for `codec`. The decoders read straight
+/// from its buffer: one of their own in between copied every compressed
+/// byte once more.
+fn decoder<'a, R: BufRead + 'a>(codec: Codec, reader: R) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match codec {
         // Multi-frame streams are read to the end: every block is a frame.
-        Codec::Zstd => Box::new(zstd::stream::read::Decoder::new(reader)?),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
         // Every block is a gzip member; `GzDecoder` would stop after the first.
-        Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         Codec::None => Box::new(reader),
     })
 }
@@ -126,7 +128,7 @@ pub(crate) fn open_stream<'a, R: BufRead + 'a>(
     keys: &Keys,
 ) -> Result<(Codec, Box<dyn Read + 'a>, AgeFailure)> {
     let failure = AgeFailure::default();
-    let (codec, raw): (Codec, Box<dyn Read + 'a>) = match codec {
+    let (codec, raw): (Codec, Box<dyn BufRead + 'a>) = match codec {
         Some(c) => (c, Box::new(input)),
         None => {
             let mut plain = Tracked {
@@ -142,7 +144,10 @@ pub(crate) fn open_stream<'a, R: BufRead + 'a>(
             })?;
             head.truncate(n);
             let codec = detect_codec(&head).ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))?;
-            (codec, Box::new(io::Cursor::new(head).chain(plain)))
+            (
+                codec,
+                Box::new(io::BufReader::new(io::Cursor::new(head).chain(plain))),
+            )
         }
     };
     let stream = decoder(codec, raw).map_err(|e| corrupt(path, e.to_string()))?;
@@ -890,11 +895,30 @@ pub trait DataSource {
     ///
     /// Fails on I/O errors and truncated data.
     fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Lends the next bytes of a plain file's data from the stream's own
+    /// buffer (empty at its end), for [`DataSource::consume_data`].
+    ///
+    /// # Errors
+    ///
+    /// Fails on a sparse file, I/O errors and truncated data.
+    fn peek_data(&mut self) -> io::Result<&[u8]>;
+
+    /// Takes the first `n` bytes lent.
+    fn consume_data(&mut self, n: usize);
 }
 
-impl<R: Read> DataSource for TarReader<R> {
+impl<R: BufRead> DataSource for TarReader<R> {
     fn read_data(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         TarReader::read_data(self, buf)
+    }
+
+    fn peek_data(&mut self) -> io::Result<&[u8]> {
+        TarReader::peek_data(self)
+    }
+
+    fn consume_data(&mut self, n: usize) {
+        TarReader::consume_data(self, n);
     }
 }
 
@@ -915,6 +939,39 @@ impl Content<'_> {
         self.read += n as u64;
         Ok(n)
     }
+
+    /// The next bytes of a plain file's content, lent from the archive's
+    /// buffer without a copy: empty at the end. [`Content::consume`] takes
+    /// them; what is not taken is lent again.
+    ///
+    /// # Errors
+    ///
+    /// As [`Content::read`]; and on a sparse file, whose holes are in no
+    /// buffer.
+    pub fn peek(&mut self) -> Result<&[u8]> {
+        self.source
+            .peek_data()
+            .map_err(|e| corrupt(self.archive, format!("reading {}: {e}", self.member)))
+    }
+
+    /// Takes (and hashes) the first `n` bytes [`Content::peek`] lent.
+    ///
+    /// # Errors
+    ///
+    /// As [`Content::peek`].
+    pub fn consume(&mut self, n: usize) -> Result<()> {
+        let lent = self
+            .source
+            .peek_data()
+            .map_err(|e| corrupt(self.archive, format!("reading {}: {e}", self.member)))?;
+        let n = n.min(lent.len());
+        if let Some(hashes) = self.hashes.as_deref_mut() {
+            hashes.update(&lent[..n]);
+        }
+        self.source.consume_data(n);
+        self.read += n as u64;
+        Ok(())
+    }
 }
 
 /// Reads `stream` as a backstop archive and checks everything the format
@@ -924,7 +981,7 @@ impl Content<'_> {
 /// # Errors
 ///
 /// Fails on the first problem found, or on the visitor's first error.
-pub fn walk<R: Read>(
+pub fn walk<R: BufRead>(
     path: &Path,
     stream: R,
     cancel: &Cancel,
@@ -1075,7 +1132,7 @@ fn fill(
 /// # Errors
 ///
 /// As [`walk`]; and when an unchanged file is in no archive of the chain.
-pub fn walk_chain<'h, R: Read>(
+pub fn walk_chain<'h, R: BufRead>(
     path: &Path,
     stream: R,
     cancel: &Cancel,

@@ -9,7 +9,7 @@
 //! sparse maps, sizes. Anything else (GNU long names, global PAX headers,
 //! devices, FIFOs) is reported as an unsupported type for the caller to refuse.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 use super::tarfmt::BLOCK;
 
@@ -466,6 +466,45 @@ impl<R: Read> TarReader<R> {
     }
 }
 
+impl<R: BufRead> TarReader<R> {
+    /// The next bytes of the current file's data as the stream's own buffer
+    /// holds them, lent rather than copied: empty at the end of the data.
+    /// [`TarReader::consume_data`] takes them. Plain files only: a sparse
+    /// file's holes are in no buffer.
+    ///
+    /// # Errors
+    ///
+    /// Fails on a sparse file, I/O errors and a stream that ends inside
+    /// the data.
+    pub fn peek_data(&mut self) -> io::Result<&[u8]> {
+        if self.sparse {
+            return Err(io::Error::other("a sparse file's data is read, not lent"));
+        }
+        let remaining = self.remaining;
+        if remaining == 0 {
+            return Ok(&[]);
+        }
+        let buf = self.inner.fill_buf()?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the tar stream ends inside a file",
+            ));
+        }
+        let n = (buf.len() as u64).min(remaining) as usize;
+        Ok(&buf[..n])
+    }
+
+    /// Takes the first `n` bytes [`TarReader::peek_data`] lent (never more
+    /// than the data has left).
+    pub fn consume_data(&mut self, n: usize) {
+        let n = (n as u64).min(self.remaining);
+        self.inner.consume(n as usize);
+        self.remaining -= n;
+        self.logical += n;
+    }
+}
+
 fn pad(n: u64) -> u64 {
     (BLOCK as u64 - n % BLOCK as u64) % BLOCK as u64
 }
@@ -586,6 +625,44 @@ mod tests {
         let mut r = TarReader::new(&stream[..]);
         r.next_entry().unwrap().unwrap();
         assert_eq!(r.next_entry().unwrap().unwrap().path, b"b");
+    }
+
+    #[test]
+    fn lent_data_is_the_files_and_ends_with_it() {
+        let mut stream = header(b"a", HeaderKind::File { size: 700 }, &[]);
+        stream.extend((0..700u32).map(|i| i as u8));
+        tarfmt::pad(&mut stream, 700);
+        stream.extend(header(b"b", HeaderKind::File { size: 3 }, &[]));
+        stream.extend_from_slice(b"xyz");
+        tarfmt::pad(&mut stream, 3);
+        stream.extend_from_slice(&tarfmt::END_OF_ARCHIVE);
+        // A buffer smaller than the data, so that it is lent in parts.
+        let mut r = TarReader::new(io::BufReader::with_capacity(300, &stream[..]));
+        r.next_entry().unwrap().unwrap();
+        let mut got = Vec::new();
+        loop {
+            let lent = r.peek_data().unwrap();
+            if lent.is_empty() {
+                break;
+            }
+            // Taken in two steps: what is not consumed is lent again.
+            let n = lent.len().div_ceil(2);
+            got.extend_from_slice(&lent[..n]);
+            r.consume_data(n);
+        }
+        assert_eq!(got, (0..700u32).map(|i| i as u8).collect::<Vec<_>>());
+        let b = r.next_entry().unwrap().unwrap();
+        assert_eq!(b.path, b"b");
+        assert_eq!(r.peek_data().unwrap(), b"xyz");
+        // Not consumed: skipped by the next entry.
+        assert!(r.next_entry().unwrap().is_none());
+        // Cut inside the data: an error, not an early end.
+        let headers = header(b"a", HeaderKind::File { size: 700 }, &[]).len();
+        let mut r = TarReader::new(&stream[..headers + 100]);
+        r.next_entry().unwrap().unwrap();
+        assert_eq!(r.peek_data().unwrap().len(), 100);
+        r.consume_data(100);
+        assert!(r.peek_data().is_err());
     }
 
     #[test]

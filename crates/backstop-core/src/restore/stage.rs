@@ -189,8 +189,8 @@ pub struct Stager<'a> {
     /// Files of those sources left in place, by [`path_key`], for hard
     /// links to them to link the live file.
     unstaged: HashSet<u64>,
-    /// The archive's and the live file's bytes, compared.
-    compare_buffers: (Vec<u8>, Vec<u8>),
+    /// The live file's bytes, to compare with the archive's.
+    compare_buffer: Vec<u8>,
 }
 
 /// What the writer thread hands back.
@@ -231,7 +231,7 @@ impl<'a> Stager<'a> {
             linked: HashMap::new(),
             in_place,
             unstaged: HashSet::new(),
-            compare_buffers: (Vec::new(), Vec::new()),
+            compare_buffer: Vec::new(),
         }
     }
 
@@ -436,13 +436,12 @@ impl Stager<'_> {
         (live, before): (File, rustix::fs::Stat),
     ) -> Result<()> {
         let shown = self.live[&source].display(below(&source, &entry.path));
-        // Two buffers for the whole restore, not two a file: a fresh
+        // One buffer for the whole restore, not one a file: a fresh
         // megabyte zeroed for each of many files was most of the time.
-        let (mut ours, mut theirs) = std::mem::take(&mut self.compare_buffers);
-        ours.resize(CHUNK, 0);
+        let mut theirs = std::mem::take(&mut self.compare_buffer);
         theirs.resize(CHUNK, 0);
-        let compared = self.compare(&mut ours, &mut theirs, content, &live, &shown);
-        self.compare_buffers = (ours, theirs);
+        let compared = self.compare(&mut theirs, content, &live, &shown);
+        self.compare_buffer = theirs;
         if let Some((pos, differs_from)) = compared? {
             self.send(Op::Open {
                 source,
@@ -475,10 +474,10 @@ impl Stager<'_> {
 
     /// Compares the entry's content with the live file, chunk by chunk:
     /// `None` when equal to the end, else the offset of the first chunk
-    /// that differs and that chunk (the entry's bytes).
+    /// that differs and that chunk (the entry's bytes). The entry's bytes
+    /// are compared where the archive's buffer holds them, not copied.
     fn compare(
         &mut self,
-        ours: &mut [u8],
         theirs: &mut [u8],
         content: &mut Content<'_>,
         live: &File,
@@ -486,15 +485,19 @@ impl Stager<'_> {
     ) -> Result<Option<(u64, Vec<u8>)>> {
         let mut pos = 0u64;
         loop {
-            let n = fill(ours, |b| content.read(b))?;
+            let ours = content.peek()?;
+            let n = ours.len().min(theirs.len());
             if n == 0 {
                 break;
             }
             let m = read_full_at(live, &mut theirs[..n], pos)
                 .map_err(|e| Error::io("reading", shown, e))?;
             if m != n || ours[..n] != theirs[..n] {
-                return Ok(Some((pos, ours[..n].to_vec())));
+                let differs = ours[..n].to_vec();
+                content.consume(n)?;
+                return Ok(Some((pos, differs)));
             }
+            content.consume(n)?;
             pos += n as u64;
             self.cancel.check()?;
         }
@@ -547,19 +550,6 @@ fn below<'p>(source: &str, member: &'p [u8]) -> &'p [u8] {
         .strip_prefix(source.as_bytes())
         .and_then(|r| r.strip_prefix(b"/"))
         .unwrap_or_default()
-}
-
-/// Reads into `buf` until it is full or `read` says the end (0).
-fn fill(buf: &mut [u8], mut read: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let k = read(&mut buf[n..])?;
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    Ok(n)
 }
 
 /// An inode's change time, which every write, chmod, chown or link moves,

@@ -59,6 +59,46 @@ pub fn supports_user_xattrs(dir: &Path) -> bool {
     ok
 }
 
+/// A POSIX access or default ACL as the kernel stores it in
+/// `system.posix_acl_access` / `system.posix_acl_default` (what `setfacl`
+/// writes): the owner, group and other permissions (`rwx` as 0–7) and named
+/// users, with a mask of the named users' and the group's permissions.
+pub fn posix_acl(owner: u16, named_users: &[(u32, u16)], group: u16, other: u16) -> Vec<u8> {
+    const UNDEFINED: u32 = u32::MAX;
+    let mut out = 2u32.to_le_bytes().to_vec();
+    let mut entry = |tag: u16, perm: u16, id: u32| {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    };
+    entry(0x01, owner, UNDEFINED);
+    for &(uid, perm) in named_users {
+        entry(0x02, perm, uid);
+    }
+    entry(0x04, group, UNDEFINED);
+    if !named_users.is_empty() {
+        let mask = named_users.iter().fold(group, |m, &(_, p)| m | p);
+        entry(0x10, mask, UNDEFINED);
+    }
+    entry(0x20, other, UNDEFINED);
+    out
+}
+
+/// Whether files under `dir` take POSIX ACLs.
+pub fn supports_acls(dir: &Path) -> bool {
+    let probe = dir.join(".acl-probe");
+    let _ = fs::write(&probe, b"");
+    let ok = rustix::fs::setxattr(
+        &probe,
+        "system.posix_acl_access",
+        &posix_acl(6, &[(1, 4)], 4, 4),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_ok();
+    let _ = fs::remove_file(&probe);
+    ok
+}
+
 /// A tmpfs mounted on a temporary directory; unmounted on drop.
 pub struct Tmpfs {
     dir: tempfile::TempDir,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use backstop_core::archive::format::SourceManifest;
-use backstop_test_support::{have, root, skip, supports_user_xattrs};
+use backstop_test_support::{have, posix_acl, root, skip, supports_acls, supports_user_xattrs};
 
 use crate::craft::{Raw, craft_with, manifest, path_source};
 use crate::support::{Env, bin, run_paused, sqlite, walk};
@@ -460,10 +460,17 @@ fn restore_refuses_a_directory_it_may_list_but_not_search() {
 
 /// `user.note` of `path`, if it has one.
 fn note(path: &Path) -> Option<Vec<u8>> {
-    let mut buf = [0u8; 64];
-    let n = rustix::fs::lgetxattr(path, "user.note", &mut buf).ok()?;
+    xattr(path, "user.note")
+}
+
+/// The extended attribute `name` of `path`, if it has one.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
     Some(buf[..n].to_vec())
 }
+
+const ACL: &str = "system.posix_acl_access";
 
 fn set_note(path: &Path, value: &[u8]) {
     rustix::fs::lsetxattr(path, "user.note", value, rustix::fs::XattrFlags::empty()).unwrap();
@@ -472,7 +479,9 @@ fn set_note(path: &Path, value: &[u8]) {
 /// As an ordinary user, an exact restore in place moves files into and out
 /// of directories that user made read-only: each is opened up around the
 /// moves and given the backup's mode, time and extended attributes again,
-/// and a failure at any step gives them back their own.
+/// and a failure at any step gives them back their own: an ACL given to
+/// one of them since too, whose undo would make it read-only again before
+/// the moves out of it are undone.
 #[test]
 fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_them() {
     if !can_be_nobody() {
@@ -518,6 +527,14 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
     if xattrs {
         set_note(&locked, b"v2");
     }
+    let acls = supports_acls(env.dir.path());
+    if acls {
+        // r-x for its owner, as its mode 0555 says, and for daemon.
+        let acl = posix_acl(5, &[(1, 5)], 5, 5);
+        rustix::fs::lsetxattr(&locked, ACL, &acl, rustix::fs::XattrFlags::empty()).unwrap();
+    } else {
+        skip("no POSIX ACLs here: checking the rest only");
+    }
     let restore = |failpoints: Option<&str>| {
         let args: Vec<&OsStr> = vec![
             "restore".as_ref(),
@@ -527,7 +544,7 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
         ];
         backstop_as_nobody_at(&env, &home, &args, failpoints)
     };
-    let before = (listing(&app), note(&locked));
+    let before = (listing(&app), note(&locked), xattr(&locked, ACL));
     let mut expect = Expect::default();
     // A failure at each step in turn, up to the one that goes through.
     let mut out = restore(Some("restore.apply-step=error@1"));
@@ -540,7 +557,7 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
             format!("exit {:?}, not 5", out.status.code()),
         );
         expect.check(
-            (listing(&app), note(&locked)) == before,
+            (listing(&app), note(&locked), xattr(&locked, ACL)) == before,
             format!("a failure at step {} did not put the tree back", n - 1),
         );
         expect.check(
@@ -571,6 +588,10 @@ fn an_in_place_restore_as_another_user_opens_read_only_directories_and_closes_th
             "locked/ has not the backup's extended attribute",
         );
     }
+    expect.check(
+        xattr(&locked, ACL).is_none(),
+        "locked/ kept the ACL it was given after the backup",
+    );
     for (dir, time) in [("locked", locked_time), ("locked/inner", inner_time)] {
         expect.check(
             mode(&app.join(dir)) == Some(0o555),

@@ -5,7 +5,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use backstop_test_support::{Compare, assert_same_tree, skip, snapshot, supports_user_xattrs};
+use backstop_test_support::{
+    Compare, assert_same_tree, posix_acl, root, skip, snapshot, supports_acls, supports_user_xattrs,
+};
 
 use crate::support::{Env, copy_tree, run_paused};
 
@@ -320,6 +322,164 @@ fn extended_attributes_are_the_backups_after_an_exact_restore_in_place() {
         assert_eq!(snapshot(&app, with_xattrs), before, "error at step {n}");
     }
     panic!("the restore never got past its 40th step");
+}
+
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// Every entry of `app` with the attribute `name`.
+fn entries_with(app: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![app.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p.clone());
+            }
+            if get_xattr(&p, name).is_some() {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// A default ACL on the directory the tree sits in, set after the backup:
+/// what a restore stages beside the tree must not inherit it, or the
+/// restored entries come out with access neither the backup nor the live
+/// tree gave.
+#[test]
+fn a_default_acl_above_the_tree_is_not_inherited_by_what_is_restored() {
+    let env = Env::new();
+    if !supports_acls(env.dir.path()) {
+        skip("the test directory's filesystem takes no POSIX ACLs");
+        return;
+    }
+    let (app, reference, id) = backed_up(&env);
+    change_two(&app);
+    std::fs::create_dir(app.join("d1/new")).unwrap();
+    let parent = app.parent().unwrap();
+    let default = posix_acl(7, &[(1, 7)], 5, 5);
+    rustix::fs::lsetxattr(
+        parent,
+        "system.posix_acl_default",
+        &default,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert_same_tree(&reference, &app, compare());
+    let granted = entries_with(&app, "system.posix_acl_access");
+    assert!(granted.is_empty(), "ACLs the backup had not: {granted:?}");
+    let defaults = entries_with(&app, "system.posix_acl_default");
+    assert!(
+        defaults.is_empty(),
+        "default ACLs the backup had not: {defaults:?}"
+    );
+}
+
+/// A directory's default ACL is restored, but only once what is inside it
+/// is: a file the backup holds without an ACL does not come out with one
+/// inherited from it.
+#[test]
+fn a_restored_default_acl_is_not_inherited_by_the_restored_files() {
+    let env = Env::new();
+    if !supports_acls(env.dir.path()) {
+        skip("the test directory's filesystem takes no POSIX ACLs");
+        return;
+    }
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("shared")).unwrap();
+    std::fs::write(app.join("shared/plain"), b"no ACL").unwrap();
+    let default = posix_acl(7, &[(1, 7)], 5, 5);
+    set_xattr(&app.join("shared"), "system.posix_acl_default", &default);
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    let dest = env.path("dest");
+    env.json(&[
+        "restore",
+        &id,
+        "--dest",
+        dest.to_str().unwrap(),
+        "--yes",
+        "--no-pre-backup",
+    ]);
+    assert_eq!(
+        get_xattr(&dest.join("shared"), "system.posix_acl_default"),
+        Some(default)
+    );
+    assert_eq!(
+        get_xattr(&dest.join("shared/plain"), "system.posix_acl_access"),
+        None
+    );
+}
+
+/// File capabilities are the file's own, not a security label: given to a
+/// file since the backup, they go; taken from one since, they come back.
+#[test]
+fn file_capabilities_are_the_backups_after_an_exact_restore_in_place() {
+    if !root("set file capabilities") {
+        return;
+    }
+    // cap_net_bind_service, permitted and effective (VFS_CAP_REVISION_2).
+    let cap: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let env = Env::new();
+    let (app, _reference, _) = backed_up(&env);
+    set_xattr(&file(&app, 8), "security.capability", &cap);
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    // Neither changes the file's time.
+    rustix::fs::lremovexattr(file(&app, 8), "security.capability").unwrap();
+    set_xattr(&file(&app, 9), "security.capability", &cap);
+    change_two(&app);
+    env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert_eq!(
+        get_xattr(&file(&app, 8), "security.capability").as_deref(),
+        Some(&cap[..])
+    );
+    assert_eq!(get_xattr(&file(&app, 9), "security.capability"), None);
+}
+
+/// `trusted.*` attributes, which a backup made by an ordinary user cannot
+/// see, are kept where the backup holds none: on a directory and a file
+/// that stay in place, and on a directory whose other attributes change.
+#[test]
+fn trusted_attributes_the_backup_does_not_hold_are_kept() {
+    if !root("set trusted. extended attributes") {
+        return;
+    }
+    let env = Env::new();
+    if !supports_user_xattrs(env.dir.path()) {
+        skip("the test directory's filesystem takes no user. extended attributes");
+        return;
+    }
+    let (app, reference, id) = backed_up(&env);
+    change_two(&app);
+    for p in [app.join("d5"), app.join("d1"), file(&app, 9)] {
+        set_xattr(&p, "trusted.keep", b"overlay's");
+    }
+    set_xattr(&app.join("d1"), "user.note", b"since");
+    let kept = inode(&file(&app, 9));
+    env.json(&["restore", &id, "--yes", "--no-pre-backup"]);
+    assert_same_tree(
+        &reference,
+        &app,
+        Compare {
+            xattrs: true,
+            ..compare()
+        },
+    );
+    for p in [app.join("d5"), app.join("d1"), file(&app, 9)] {
+        assert_eq!(
+            get_xattr(&p, "trusted.keep").as_deref(),
+            Some(&b"overlay's"[..]),
+            "{}",
+            p.display()
+        );
+    }
+    assert_eq!(inode(&file(&app, 9)), kept, "f009 was rewritten");
 }
 
 #[test]

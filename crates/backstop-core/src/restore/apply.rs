@@ -25,7 +25,7 @@ use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
 use crate::restore::diff::Changes;
 use crate::restore::journal::{
-    self, Attrs, ImportTarget, Journal, Phase, Step, XattrChange, own_xattrs,
+    self, Attrs, ImportTarget, Journal, Phase, Step, XattrChange, is_trusted, own_xattrs,
 };
 use crate::restore::listing::Walk;
 use crate::restore::plan::{
@@ -633,6 +633,7 @@ fn stage(
     for (s, staging) in prep.sources.iter().zip(&journal.staging) {
         handle::mkdir(staging, 0o700).map_err(|e| Error::io("creating", staging, e))?;
         let confined = Confined::open(staging).map_err(|e| Error::io("opening", staging, e))?;
+        drop_inherited_acls(&confined).map_err(|e| Error::io("setting up", staging, e))?;
         targets.insert(s.name.clone(), confined);
     }
     failpoint::hit("restore.before-stage")?;
@@ -685,6 +686,21 @@ fn stage(
         linked,
         in_place,
     })
+}
+
+/// Removes the ACLs a staging directory inherited from the default ACL of
+/// the directory it was made in: what is staged inside would inherit them
+/// in turn, and come out with entries neither the backup nor the live
+/// tree had.
+fn drop_inherited_acls(staging: &Confined) -> std::io::Result<()> {
+    for name in ["system.posix_acl_default", "system.posix_acl_access"] {
+        match rustix::fs::fremovexattr(staging.root_fd(), name) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::NODATA || e == rustix::io::Errno::OPNOTSUPP => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The steps of a restore, after the journal's first ones, and every
@@ -1221,9 +1237,18 @@ fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
 
 /// The live directory's extended attributes and the staged one's (the
 /// backup's, as far as staging could set them), when they differ.
+/// `trusted.*` attributes the backup does not hold stay (see
+/// [`is_trusted`]).
 fn xattr_change(live: &Path, staged: &Path) -> Result<Option<Box<XattrChange>>> {
-    let before = own_xattrs(live).map_err(|e| Error::io("reading", live, e))?;
-    let after = own_xattrs(staged).map_err(|e| Error::io("reading", staged, e))?;
+    let mut before = own_xattrs(live).map_err(|e| Error::io("reading", live, e))?;
+    let mut after = own_xattrs(staged).map_err(|e| Error::io("reading", staged, e))?;
+    for (name, value) in &before {
+        if is_trusted(name) && !after.iter().any(|(n, _)| n == name) {
+            after.push((name.clone(), value.clone()));
+        }
+    }
+    before.sort();
+    after.sort();
     Ok((before != after).then(|| Box::new(XattrChange { before, after })))
 }
 

@@ -121,18 +121,76 @@ impl Attrs {
 pub type XattrList = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// What a [`Step::Meta`] does to a directory's extended attributes: all
-/// of them but security labels, before and after. Labels (`security.*`)
-/// are the system's (an SELinux policy's, set by relabelling) and are left
-/// as they are.
+/// of them but security labels, before and after. Labels (an SELinux
+/// policy's, set by relabelling) are the system's and are left as they
+/// are. In the journal, names and values are hex strings: as arrays of
+/// numbers, a value took nineteen times its size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct XattrChange {
+    #[serde(with = "hex_pairs")]
     pub before: XattrList,
+    #[serde(with = "hex_pairs")]
     pub after: XattrList,
 }
 
-/// Whether `name` is a security label, which restores in place leave alone.
+/// An [`XattrList`] as `[["<name hex>", "<value hex>"], …]`; a journal
+/// written before (arrays of numbers) still loads.
+mod hex_pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::XattrList;
+
+    pub fn serialize<S: Serializer>(list: &XattrList, s: S) -> Result<S::Ok, S::Error> {
+        let pairs: Vec<(String, String)> = list
+            .iter()
+            .map(|(n, v)| (hex::encode(n), hex::encode(v)))
+            .collect();
+        pairs.serialize(s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Bytes {
+        Hex(String),
+        Numbers(Vec<u8>),
+    }
+
+    impl Bytes {
+        fn decode<E: serde::de::Error>(self) -> Result<Vec<u8>, E> {
+            match self {
+                Bytes::Hex(h) => hex::decode(h).map_err(E::custom),
+                Bytes::Numbers(v) => Ok(v),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<XattrList, D::Error> {
+        Vec::<(Bytes, Bytes)>::deserialize(d)?
+            .into_iter()
+            .map(|(n, v)| Ok((n.decode()?, v.decode()?)))
+            .collect()
+    }
+}
+
+/// Whether `name` is a security label, which restores in place leave
+/// alone. Other `security.*` attributes (a file's capabilities) are the
+/// file's own and restored like the rest.
 pub fn is_label(name: &[u8]) -> bool {
-    name.starts_with(b"security.")
+    const LABELS: [&[u8]; 5] = [
+        b"security.selinux",
+        b"security.SMACK64",
+        b"security.apparmor",
+        b"security.ima",
+        b"security.evm",
+    ];
+    LABELS.iter().any(|l| name.starts_with(l))
+}
+
+/// Whether `name` is in the `trusted.*` namespace, which only a
+/// privileged process can list: a backup made by an ordinary user never
+/// holds them, so a restore in place keeps the ones it does not hold.
+pub fn is_trusted(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.")
 }
 
 /// The extended attributes of `path` (not following a symlink there) but
@@ -168,7 +226,14 @@ fn set_xattrs(path: &Path, ino: u64, want: &XattrList) -> std::io::Result<()> {
                 Err(e) => return Err(e.into()),
             }
         }
-        for (name, value) in want.iter().filter(|(n, _)| !is_label(n)) {
+        // ACLs last: an access ACL sets the mode's bits, and without its
+        // write bit the owner may set no other attribute.
+        let is_acl = |n: &[u8]| n.starts_with(b"system.posix_acl_");
+        let (acls, rest): (Vec<_>, Vec<_>) = want
+            .iter()
+            .filter(|(n, _)| !is_label(n))
+            .partition(|(n, _)| is_acl(n));
+        for (name, value) in rest.into_iter().chain(acls) {
             rustix::fs::setxattr(magic, name.as_slice(), value, XattrFlags::empty())?;
         }
         Ok(())
@@ -479,12 +544,18 @@ fn undo(step: &Step) -> Result<()> {
             }
             // The mode first: back to opened up, so that this user may
             // set the attributes (the step before gives the mode back).
-            before
-                .set(path, *ino)
-                .map_err(|e| Error::io("setting back the mode and time of", path, e))?;
+            let mode = || {
+                before
+                    .set(path, *ino)
+                    .map_err(|e| Error::io("setting back the mode and time of", path, e))
+            };
+            mode()?;
             if let Some(x) = xattrs {
                 set_xattrs(path, *ino, &x.before)
                     .map_err(|e| Error::io("setting back the extended attributes of", path, e))?;
+                // An access ACL sets the mode's bits as it says: opened up
+                // again, or the moves into the directory cannot be undone.
+                mode()?;
             }
             Ok(())
         }
@@ -629,6 +700,47 @@ mod tests {
             "{}",
             std::mem::size_of::<Step>()
         );
+    }
+
+    #[test]
+    fn extended_attributes_are_written_as_hex_and_old_journals_still_load() {
+        let attrs = Attrs {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: (1, 2),
+        };
+        let value = vec![0xabu8; 4000];
+        let step = Step::Meta {
+            path: PathBuf::from("/srv/app/d"),
+            ino: 7,
+            before: Box::new(attrs),
+            after: Box::new(attrs),
+            xattrs: Some(Box::new(XattrChange {
+                before: vec![(b"user.big".to_vec(), value.clone())],
+                after: Vec::new(),
+            })),
+        };
+        let json = serde_json::to_string_pretty(&step).unwrap();
+        // Two hex digits a byte, and little else.
+        assert!(json.len() < 2 * value.len() + 400, "{} bytes", json.len());
+        assert_eq!(serde_json::from_str::<Step>(&json).unwrap(), step);
+        let old = r#"{"kind": "meta", "path": "/d", "ino": 1,
+            "before": {"mode": 493, "uid": 0, "gid": 0, "mtime": [1, 2]},
+            "after": {"mode": 493, "uid": 0, "gid": 0, "mtime": [1, 2]},
+            "xattrs": {"before": [[[117, 46, 97], [1, 2]]], "after": []}}"#;
+        let Step::Meta { xattrs, .. } = serde_json::from_str::<Step>(old).unwrap() else {
+            panic!("not a Meta step");
+        };
+        assert_eq!(xattrs.unwrap().before, vec![(b"u.a".to_vec(), vec![1, 2])]);
+    }
+
+    #[test]
+    fn only_security_labels_are_labels() {
+        assert!(is_label(b"security.selinux"));
+        assert!(is_label(b"security.SMACK64EXEC"));
+        assert!(!is_label(b"security.capability"));
+        assert!(!is_label(b"user.security.selinux"));
     }
 
     #[test]

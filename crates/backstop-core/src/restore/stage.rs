@@ -32,7 +32,7 @@ use crate::fsutil;
 use crate::handle;
 use crate::progress::Cancel;
 use crate::restore::confine::Confined;
-use crate::restore::journal::{is_label, own_xattrs};
+use crate::restore::journal::{is_label, is_trusted, own_xattrs};
 use crate::source::exclude::Patterns;
 
 /// Which parts of a backup a restore writes.
@@ -386,7 +386,7 @@ impl Stager<'_> {
         let same = st.st_size as u64 == entry.size
             && st.st_nlink == 1
             && same_meta(&st, meta)
-            && own(file_xattrs(&file)) == own(entry.xattrs.clone());
+            && same_xattrs(file_xattrs(&file), &entry.xattrs);
         Ok(same.then_some((file, st)))
     }
 
@@ -415,8 +415,7 @@ impl Stager<'_> {
         }
         // Other extended attributes than the backup's: staged, so that the
         // steps give the live one the backup's.
-        let want = own(entry.xattrs.clone());
-        if own_xattrs(&live.display(below)).map_or(true, |have| own(have) != want) {
+        if own_xattrs(&live.display(below)).map_or(true, |have| !same_xattrs(have, &entry.xattrs)) {
             return Ok(false);
         }
         self.linked.insert(st.st_ino, change_time(&st));
@@ -511,6 +510,20 @@ fn own(mut xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
     xattrs.retain(|(name, _)| !is_label(name));
     xattrs.sort();
     xattrs
+}
+
+/// Whether a live entry's extended attributes are the backup's, as a
+/// restore in place sees them: labels aside, and the `trusted.*` ones the
+/// backup does not hold kept (a backup made by an ordinary user could not
+/// see them). An ordinary user sees no `trusted.*` attribute at all, so
+/// the backup's are not compared then.
+fn same_xattrs(live: Vec<(Vec<u8>, Vec<u8>)>, backup: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let mut backup = own(backup.to_vec());
+    backup.retain(|(name, _)| root || !is_trusted(name));
+    let mut live = own(live);
+    live.retain(|(name, _)| !is_trusted(name) || backup.iter().any(|(n, _)| n == name));
+    live == backup
 }
 
 /// Whether a live entry has the mode, owner (as root; else this user) and
@@ -774,6 +787,11 @@ impl Writer {
         while let Some((source, path, meta)) = self.dirs.pop() {
             let target = self.targets.get_mut(&source).expect("source has a target");
             let shown = target.display(&path);
+            for (name, value) in &meta.xattrs {
+                if let Err(e) = target.set_xattr(&path, name, value) {
+                    self.warnings.push(xattr_warning(&shown, name, &e));
+                }
+            }
             if let Some((uid, gid)) = meta.owner {
                 target
                     .chown(&path, uid, gid)
@@ -837,15 +855,12 @@ impl Writer {
             .get_mut(&source)
             .expect("selected sources have targets");
         let shown = target.display(&path);
-        // Private until finished, so nothing can be put inside meanwhile.
+        // Private until finished, so nothing can be put inside meanwhile;
+        // its extended attributes come then too, so that what is staged
+        // inside inherits no default ACL of the backup's.
         target
             .create_dir(&path, 0o700)
             .map_err(|e| Error::io("creating", &shown, e))?;
-        for (name, value) in &meta.xattrs {
-            if let Err(e) = target.set_xattr(&path, name, value) {
-                self.warnings.push(xattr_warning(&shown, name, &e));
-            }
-        }
         self.dirs.push((source, path, meta));
         Ok(())
     }

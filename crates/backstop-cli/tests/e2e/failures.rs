@@ -318,6 +318,45 @@ fn an_unreadable_file_is_skipped_with_exit_3() {
     assert_eq!(doc["report"]["backup"]["files"], 0);
 }
 
+/// A file whose extended attributes cannot be listed (more names than the
+/// kernel gives in one list) is unreadable, exit 3, not stored as though
+/// it had none.
+#[test]
+fn a_file_whose_extended_attributes_cannot_be_read_is_unreadable() {
+    if !root("mount a tmpfs") {
+        return;
+    }
+    let fs = Tmpfs::mount(16 << 20);
+    let app = fs.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::write(app.join("plain"), b"fine").unwrap();
+    let many = app.join("many");
+    std::fs::write(&many, b"labelled to excess").unwrap();
+    // 300 names of 250 bytes: past the 64 KiB a list may hold.
+    for i in 0..300 {
+        let name = format!("user.{i:03}{}", "x".repeat(242));
+        if rustix::fs::setxattr(&many, name.as_str(), b"1", rustix::fs::XattrFlags::empty())
+            .is_err()
+        {
+            backstop_test_support::skip("this tmpfs takes no user. extended attributes");
+            return;
+        }
+    }
+    let env = Env::new();
+    let out = env
+        .std_cmd()
+        .args(["--json", "backup"])
+        .arg(&app)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unreadable = doc["report"]["trailer"]["unreadable"].to_string();
+    assert!(unreadable.contains("many"), "{doc}");
+    assert!(unreadable.contains("extended attributes"), "{doc}");
+    assert_eq!(doc["report"]["backup"]["files"], 1, "{doc}");
+}
+
 #[test]
 fn a_file_without_read_permission_is_skipped_with_exit_3() {
     if !root("run backstop as another user") || !have("setpriv") {

@@ -161,21 +161,28 @@ pub fn read_entry(
     };
     let (meta, kind, xattrs) = match found {
         Found::Dir(file, meta) => {
-            let xattrs = match &file {
-                Some(file) => read_xattrs(Xattrs::File(file)),
-                None => read_xattrs(Xattrs::Path(&proc_path(dir, name))),
+            let path = proc_path(dir, name);
+            let source = match &file {
+                Some(file) => Xattrs::File(file),
+                None => Xattrs::Path(&path),
+            };
+            let Some(xattrs) = entry_xattrs(source, send) else {
+                return;
             };
             (meta, MetaKind::Dir, xattrs)
         }
         Found::Symlink(stat, target) => {
-            let xattrs = read_xattrs(Xattrs::Path(&proc_path(dir, name)));
+            let Some(xattrs) = entry_xattrs(Xattrs::Path(&proc_path(dir, name)), send) else {
+                return;
+            };
             (Stat4::from(&stat), MetaKind::Symlink { target }, xattrs)
         }
-        Found::File(file, meta) if expected == NodeKind::HardLink => (
-            Stat4::from(&meta),
-            MetaKind::HardLink,
-            read_xattrs(Xattrs::File(&file)),
-        ),
+        Found::File(file, meta) if expected == NodeKind::HardLink => {
+            let Some(xattrs) = entry_xattrs(Xattrs::File(&file), send) else {
+                return;
+            };
+            (Stat4::from(&meta), MetaKind::HardLink, xattrs)
+        }
         // A file where the scan saw something else.
         Found::File(file, meta) => return read_file(file, meta, names, send),
         Found::Other => {
@@ -344,31 +351,34 @@ impl Xattrs<'_> {
 }
 
 /// Every extended attribute of an open file.
-pub(crate) fn file_xattrs(file: &File) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn file_xattrs(file: &File) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     read_xattrs(Xattrs::File(file))
 }
 
 /// Every extended attribute of what `magic` (a `/proc/self/fd` path of a
 /// pinned inode) reaches.
-pub(crate) fn pinned_xattrs(magic: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn pinned_xattrs(magic: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     read_xattrs(Xattrs::Pinned(magic))
 }
 
-/// Every extended attribute (not following symlinks). Filesystems without
-/// xattr support simply have none.
-fn read_xattrs(source: Xattrs<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Every extended attribute (not following symlinks), in order. A
+/// filesystem without them has none; one removed while it is read is not
+/// there. Any other failure (a list too long for the kernel to give, an I/O
+/// error) is an error: the entry's attributes are not known, and taking
+/// them for none would lose them.
+fn read_xattrs(source: Xattrs<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let unsupported = |e: Errno| e == Errno::NOTSUP || e == Errno::NOSYS;
     // Most files have none: one call with a small buffer answers that.
     let mut list = vec![0u8; 256];
     let len = loop {
         match source.list(&mut list) {
             Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => {
-                let Ok(size) = source.list(&mut []) else {
-                    return Vec::new();
-                };
+            Err(Errno::RANGE) => {
+                let size = source.list(&mut [])?;
                 list.resize(size.max(list.len() * 2), 0);
             }
-            Err(_) => return Vec::new(),
+            Err(e) if unsupported(e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
         }
     };
     let mut out = Vec::new();
@@ -381,18 +391,34 @@ fn read_xattrs(source: Xattrs<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
                     out.push((name.to_vec(), value));
                     break;
                 }
-                Err(rustix::io::Errno::RANGE) => {
-                    let Ok(size) = source.get(name, &mut []) else {
-                        break;
-                    };
+                Err(Errno::RANGE) => {
+                    let size = source.get(name, &mut [])?;
                     value.resize(size.max(value.len() * 2), 0);
                 }
-                Err(_) => break,
+                Err(Errno::NODATA) => break,
+                Err(e) => return Err(e.into()),
             }
         }
     }
     out.sort();
-    out
+    Ok(out)
+}
+
+/// [`read_xattrs`] for a backup: an entry whose attributes cannot be read
+/// is unreadable, said so, rather than stored without them.
+fn entry_xattrs(
+    source: Xattrs<'_>,
+    send: &mut dyn FnMut(Msg) -> bool,
+) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    match read_xattrs(source) {
+        Ok(xattrs) => Some(xattrs),
+        Err(e) => {
+            send(Msg::Unreadable(format!(
+                "its extended attributes cannot be read: {e}"
+            )));
+            None
+        }
+    }
 }
 
 /// Opens a file for reading: never through a symlink, never blocking on a
@@ -442,7 +468,9 @@ fn read_file(
     }
     let size = before.len();
     let sparse = sparse_map(&file, &before);
-    let xattrs = read_xattrs(Xattrs::File(&file));
+    let Some(xattrs) = entry_xattrs(Xattrs::File(&file), send) else {
+        return;
+    };
     let mut hasher = Sha256::new();
     let mut changed = None;
 
@@ -713,7 +741,7 @@ mod tests {
             return;
         }
         rustix::fs::setxattr(&p, "user.a", b"1", rustix::fs::XattrFlags::empty()).unwrap();
-        let got = read_xattrs(Xattrs::File(&File::open(&p).unwrap()));
+        let got = read_xattrs(Xattrs::File(&File::open(&p).unwrap())).unwrap();
         assert_eq!(
             got,
             vec![

@@ -198,10 +198,10 @@ pub fn is_trusted(name: &[u8]) -> bool {
 ///
 /// # Errors
 ///
-/// Fails when `path` cannot be pinned.
+/// Fails when `path` cannot be pinned or its attributes read.
 pub fn own_xattrs(path: &Path) -> std::io::Result<XattrList> {
     handle::with_pinned(path, |magic, _| {
-        let mut all = crate::archive::read_entry::pinned_xattrs(magic);
+        let mut all = crate::archive::read_entry::pinned_xattrs(magic)?;
         all.retain(|(name, _)| !is_label(name));
         Ok(all)
     })
@@ -217,7 +217,7 @@ fn set_xattrs(path: &Path, ino: u64, want: &XattrList) -> std::io::Result<()> {
         if st.st_ino != ino || !handle::is_dir(st) {
             return Err(std::io::Error::other("it was replaced meanwhile"));
         }
-        for (name, _) in crate::archive::read_entry::pinned_xattrs(magic) {
+        for (name, _) in crate::archive::read_entry::pinned_xattrs(magic)? {
             if is_label(&name) || want.iter().any(|(n, _)| *n == name) {
                 continue;
             }

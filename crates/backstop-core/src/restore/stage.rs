@@ -386,7 +386,9 @@ impl Stager<'_> {
         let same = st.st_size as u64 == entry.size
             && st.st_nlink == 1
             && same_meta(&st, meta)
-            && same_xattrs(file_xattrs(&file), &entry.xattrs);
+            // Attributes that cannot be read are not known to be the
+            // backup's: the file is staged.
+            && file_xattrs(&file).is_ok_and(|have| same_xattrs(have, &entry.xattrs));
         Ok(same.then_some((file, st)))
     }
 

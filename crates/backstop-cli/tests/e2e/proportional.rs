@@ -156,6 +156,48 @@ fn a_file_written_while_the_restore_runs_is_noticed() {
 }
 
 #[test]
+fn an_entry_put_where_staging_left_one_is_noticed() {
+    // Found as the backup has it, a file (or a whole directory) is left
+    // where it is. Something put in its place meanwhile has another
+    // inode: taken for an entry only the live tree has, it would be
+    // deleted, and the backup's, never staged, would not come back either.
+    // (d3 holds a changed file, so it is staged and its own change time is
+    // not what tells; the top never is.)
+    type Race = fn(&Path) -> PathBuf;
+    let cases: [(&str, Race); 2] = [
+        ("a file renamed over one left in place", |app| {
+            std::fs::write(app.join("d3/new"), b"the service's own").unwrap();
+            std::fs::rename(app.join("d3/new"), file(app, 13)).unwrap();
+            file(app, 13)
+        }),
+        ("a directory made again where one was left whole", |app| {
+            std::fs::remove_dir_all(app.join("d5")).unwrap();
+            std::fs::create_dir(app.join("d5")).unwrap();
+            std::fs::write(app.join("d5/new"), b"the service's own").unwrap();
+            app.join("d5/new")
+        }),
+    ];
+    for (case, race) in cases {
+        let env = Env::new();
+        let (app, _reference, id) = backed_up(&env);
+        change_two(&app);
+        let mut put = PathBuf::new();
+        let out = run_paused(&env, "restore.after-stage", &restore_args(&id), |_| {
+            put = race(&app);
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        assert!(
+            stderr.contains("changed while the restore"),
+            "{case}: {stderr}"
+        );
+        // Refused before any step: what the race put there is there.
+        assert_eq!(std::fs::read(&put).unwrap(), b"the service's own", "{case}");
+        assert!(std::fs::read(file(&app, 3)).unwrap().ends_with(b"upgrade"));
+    }
+}
+
+#[test]
 fn a_restore_into_an_empty_directory_links_nothing() {
     let env = Env::new();
     let (_app, reference, id) = backed_up(&env);

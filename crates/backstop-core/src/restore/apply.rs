@@ -9,6 +9,7 @@
 //! the next command that takes the lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,7 +33,7 @@ use crate::restore::plan::{
     Place, Prepared, RestoreOutcome, RestoreReport, RestoreRequest, check_sum, database_paths,
     import_action, import_kind, incomplete_paths, rel_base,
 };
-use crate::restore::stage::{Stager, remove_tree, staging_dir};
+use crate::restore::stage::{Stager, path_key, remove_tree, staging_dir};
 use crate::restore::steps::{Merger, Mode, Moves};
 use crate::service::{self, Stopped};
 use crate::systemd::{Systemd, UnitsReport};
@@ -614,6 +615,9 @@ struct Staged {
     /// where only what differs is staged and moved (see
     /// [`crate::restore::steps::InPlace`]).
     in_place: HashSet<String>,
+    /// The members of those sources that staging left where they were,
+    /// by [`path_key`](crate::restore::stage::path_key).
+    left: HashSet<u64>,
 }
 
 /// Creates the directories of the journal's first steps and the staging
@@ -678,12 +682,14 @@ fn stage(
     unrestorable.extend(stager.unrestorable.iter().cloned());
     unrestorable.extend(incomplete_paths(m, &verified.trailer));
     let linked = std::mem::take(&mut stager.linked);
+    let left = stager.take_left();
     out.linked_files = stager.counts.linked;
     out.linked_bytes = stager.counts.linked_bytes;
     failpoint::hit("restore.after-stage")?;
     Ok(Staged {
         unrestorable,
         linked,
+        left,
         in_place,
     })
 }
@@ -824,14 +830,21 @@ impl Decider<'_, '_> {
         let databases = &self.databases;
         let other = |abs: &Path| databases.iter().any(|d| d == abs);
         let in_place = self.staged.in_place.contains(&s.name);
+        let left = |rel: &Path| {
+            let mut member = s.name.as_bytes().to_vec();
+            if !rel.as_os_str().is_empty() {
+                member.push(b'/');
+                member.extend_from_slice(rel.as_os_str().as_bytes());
+            }
+            self.staged.left.contains(&path_key(&member))
+        };
         let (planned, moves, entries) = merge_staged(
             prep.mode,
-            &target,
-            &staged_top,
+            (&target, &staged_top),
             &kept_here,
             &other,
             &self.staged.linked,
-            in_place,
+            in_place.then_some(&left as &dyn Fn(&Path) -> bool),
         )?;
         self.decided.changes.extend(&planned);
         if entries == 0 || self.nested_dbs.contains(&s.name) {
@@ -1041,16 +1054,15 @@ impl Decider<'_, '_> {
 /// `other` say which live paths are kept and which are other sources'.
 fn merge_staged(
     mode: Mode,
-    target: &Path,
-    staged_top: &Path,
+    (target, staged_top): (&Path, &Path),
     kept: &dyn Fn(&Path, bool) -> bool,
     other: &dyn Fn(&Path) -> bool,
     linked: &HashMap<u64, u64>,
-    in_place: bool,
+    in_place: Option<&dyn Fn(&Path) -> bool>,
 ) -> Result<(Changes, Moves, u64)> {
     let mut merger = Merger::new(mode, target, Some(staged_top), kept, other, Some(linked))?;
-    if in_place {
-        merger = merger.in_place();
+    if let Some(left) = in_place {
+        merger = merger.in_place(left);
     }
     let mut staged = Walk::new(staged_top, true)?;
     let mut entries = 0;

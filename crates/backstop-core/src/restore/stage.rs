@@ -186,8 +186,9 @@ pub struct Stager<'a> {
     pub linked: HashMap<u64, u64>,
     /// Sources restored exactly in place (see [`crate::restore::steps::InPlace`]).
     in_place: HashSet<String>,
-    /// Files of those sources left in place, by [`path_key`], for hard
-    /// links to them to link the live file.
+    /// Files and directories of those sources left in place, by
+    /// [`path_key`]: for hard links to them to link the live file, and for
+    /// the merge to tell an entry put in one's place meanwhile.
     unstaged: HashSet<u64>,
     /// The live file's bytes, to compare with the archive's.
     compare_buffer: Vec<u8>,
@@ -290,6 +291,13 @@ impl<'a> Stager<'a> {
     /// Fails with the writer's first error, or when the flush fails.
     pub fn finish(&mut self) -> Result<()> {
         self.stop_writer()
+    }
+
+    /// The members of sources restored in place that staging left where
+    /// they were (files and directories found as the backup has them), by
+    /// [`path_key`].
+    pub fn take_left(&mut self) -> HashSet<u64> {
+        std::mem::take(&mut self.unstaged)
     }
 
     fn file(
@@ -421,6 +429,7 @@ impl Stager<'_> {
             return Ok(false);
         }
         self.linked.insert(st.st_ino, change_time(&st));
+        self.unstaged.insert(path_key(&entry.path));
         Ok(true)
     }
 

@@ -299,6 +299,9 @@ pub struct Merger<'a> {
     /// Exact in place: the moves, and `linked` holds the live files and
     /// directories found as the backup has them (never staged).
     in_place: Option<InPlace>,
+    /// Exact in place: whether staging left the live entry at a relative
+    /// path where it was, found as the backup has it.
+    left: Option<&'a dyn Fn(&Path) -> bool>,
     pub changes: Changes,
     pub moves: Moves,
 }
@@ -330,6 +333,7 @@ impl<'a> Merger<'a> {
             moved: None,
             last: None,
             in_place: None,
+            left: None,
             changes: Changes::default(),
             moves: Moves::default(),
         })
@@ -337,9 +341,12 @@ impl<'a> Merger<'a> {
 
     /// Makes this an exact restore in place (see [`InPlace`]): the live
     /// entries whose inodes `linked` holds are the backup's, unstaged.
+    /// `left` says which relative paths staging left where they were: an
+    /// entry found there with another inode was put there meanwhile.
     #[must_use]
-    pub fn in_place(mut self) -> Self {
+    pub fn in_place(mut self, left: &'a dyn Fn(&Path) -> bool) -> Self {
         self.in_place = Some(InPlace::default());
+        self.left = Some(left);
         self
     }
 
@@ -441,12 +448,19 @@ impl<'a> Merger<'a> {
     }
 
     /// Exact in place: a live entry that staging found as the backup has
-    /// it (and never staged), unless it changed since.
+    /// it (and never staged), unless it changed since. Another inode where
+    /// staging left one (a file renamed over it) changed too: taken for an
+    /// entry only the live tree has, it would go, and the backup's with it.
     fn unchanged_in_place(&self, rel: &Path, have: &Node) -> Result<bool> {
         if self.in_place.is_none() {
             return Ok(false);
         }
         let Some(ctime) = self.linked.and_then(|l| l.get(&have.ino)) else {
+            if self.left.is_some_and(|left| left(rel)) {
+                return Err(crate::restore::stage::changed_meanwhile(
+                    &self.target.join(rel),
+                ));
+            }
             return Ok(false);
         };
         if *ctime != have.ctime {

@@ -198,6 +198,49 @@ fn an_entry_put_where_staging_left_one_is_noticed() {
 }
 
 #[test]
+fn a_live_file_written_before_its_equal_part_is_copied_is_noticed() {
+    // A large file that differs only past its first megabyte: the staged
+    // copy takes its equal first part from the live file. Written between
+    // the comparison and that copy, the live file's bytes are no longer
+    // the backup's, and must not slip into the restored tree.
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let big = app.join("big.bin");
+    let body: Vec<u8> = (0..3u32 << 20).map(|k| (k % 251) as u8).collect();
+    std::fs::write(&big, &body).unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    // Changed late in the file, size and time kept: compared, not skipped.
+    let mtime = std::fs::metadata(&big).unwrap().modified().unwrap();
+    let mut changed = body.clone();
+    changed[(5 << 20) / 2] ^= 0xff;
+    std::fs::write(&big, &changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let out = run_paused(
+        &env,
+        "restore.before-prefix-copy",
+        &restore_args(&id),
+        |_| {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::options().write(true).open(&big).unwrap();
+            f.write_all_at(b"written meanwhile", 10).unwrap();
+        },
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while the restore"), "{stderr}");
+    // Refused before any step: the live file is as the service left it.
+    let now = std::fs::read(&big).unwrap();
+    assert_eq!(&now[10..27], b"written meanwhile");
+    assert_eq!(now[(5 << 20) / 2], changed[(5 << 20) / 2]);
+}
+
+#[test]
 fn a_restore_into_an_empty_directory_links_nothing() {
     let env = Env::new();
     let (_app, reference, id) = backed_up(&env);

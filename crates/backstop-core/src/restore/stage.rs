@@ -125,12 +125,13 @@ enum Op {
         meta: Meta,
     },
     /// A large file starts; `Data` follows, then `Close`. With `prefix`,
-    /// its first bytes are those of a live file, found equal.
+    /// its first bytes are those of a live file, found equal while its
+    /// change time was the one given.
     Open {
         source: String,
         path: Vec<u8>,
         sparse: Option<Vec<(u64, u64)>>,
-        prefix: Option<(File, u64)>,
+        prefix: Option<Prefix>,
     },
     /// A live file whose content, mode, owner and time are the backup's:
     /// linked into the staged tree.
@@ -192,6 +193,14 @@ pub struct Stager<'a> {
     unstaged: HashSet<u64>,
     /// The live file's bytes, to compare with the archive's.
     compare_buffer: Vec<u8>,
+}
+
+/// The first `len` bytes of a live file, found equal to the backup's
+/// while its change time was `ctime`.
+struct Prefix {
+    live: File,
+    len: u64,
+    ctime: u64,
 }
 
 /// What the writer thread hands back.
@@ -457,7 +466,11 @@ impl Stager<'_> {
                 source,
                 path: entry.path.clone(),
                 sparse: None,
-                prefix: Some((live, pos)),
+                prefix: Some(Prefix {
+                    live,
+                    len: pos,
+                    ctime: change_time(&before),
+                }),
             })?;
             self.send(Op::Data(differs_from))?;
             return self.rest(entry, content, meta);
@@ -976,10 +989,10 @@ impl Writer {
                     .create_file(&path, 0o600)
                     .map_err(|e| Error::io("creating", &shown, e))?;
                 let mut pos = 0;
-                if let Some((live, len)) = prefix {
-                    copy_prefix(&live, &mut file, len)
-                        .map_err(|e| Error::io("writing", &shown, e))?;
-                    pos = len;
+                if let Some(prefix) = prefix {
+                    crate::failpoint::hit("restore.before-prefix-copy")?;
+                    copy_equal_prefix(&prefix, &mut file, &shown)?;
+                    pos = prefix.len;
                 }
                 self.open = Some(OpenFile {
                     file,
@@ -1085,6 +1098,18 @@ impl Writer {
 
 /// Copies the first `len` bytes of `live` to the start of `out` (the
 /// kernel's copy where it can).
+/// Copies a live file's equal first part into the staged file; then its
+/// change time must be the one it had when compared, or the bytes copied
+/// may not be those found equal.
+fn copy_equal_prefix(prefix: &Prefix, out: &mut File, shown: &Path) -> Result<()> {
+    copy_prefix(&prefix.live, out, prefix.len).map_err(|e| Error::io("writing", shown, e))?;
+    let now = rustix::fs::fstat(&prefix.live).map_err(|e| Error::io("reading", shown, e.into()))?;
+    if change_time(&now) != prefix.ctime {
+        return Err(changed_meanwhile(shown));
+    }
+    Ok(())
+}
+
 fn copy_prefix(live: &File, out: &mut File, len: u64) -> std::io::Result<()> {
     let mut input = std::io::Read::take(live, len);
     let copied = std::io::copy(&mut input, out)?;

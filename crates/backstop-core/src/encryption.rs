@@ -24,6 +24,10 @@ pub use age::secrecy::SecretString;
 use age_core::format::{FileKey, Stanza};
 use serde::Deserialize;
 
+mod payload;
+
+pub use payload::Payload;
+
 use crate::command::{CommandEnv, CommandLine, Run};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -684,6 +688,131 @@ pub fn decrypt<R: BufRead>(
     input: R,
     keys: &Keys,
 ) -> Result<age::stream::StreamReader<R>> {
+    decrypt_with(path, input, keys, None)
+}
+
+/// Opens the age stream `input` (the file `path`) with `keys`, as
+/// [`decrypt`] does, and reads its header and the payload's nonce, no more:
+/// the rest of `input` is the sealed payload, which the [`Payload`] given
+/// decrypts. The header's MAC has been checked.
+///
+/// # Errors
+///
+/// As [`decrypt`].
+pub fn open_payload<R: BufRead>(path: &Path, input: &mut R, keys: &Keys) -> Result<Payload> {
+    let unwrapped = Mutex::new(None);
+    let mut read = Tail {
+        inner: input,
+        last: [0; 16],
+        seen: 0,
+    };
+    drop(decrypt_with(path, &mut read, keys, Some(&unwrapped))?);
+    let key = unwrapped
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (Some(key), true) = (key, read.seen >= 16) else {
+        return Err(EncryptionError::Damaged {
+            path: path.to_path_buf(),
+            detail: "the age header opened without a file key or a nonce".into(),
+        }
+        .into());
+    };
+    let payload_key = age_core::primitives::hkdf(&read.last, b"payload", key.expose_secret());
+    Ok(Payload::new(&payload_key))
+}
+
+/// A reader that keeps the last 16 bytes taken from it: what follows an
+/// age header is the payload's nonce, which the `age` crate reads but does
+/// not give.
+struct Tail<'a, R> {
+    inner: &'a mut R,
+    last: [u8; 16],
+    seen: u64,
+}
+
+impl<R: BufRead> BufRead for Tail<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        if n > 0
+            && let Ok(buf) = self.inner.fill_buf()
+        {
+            let took = &buf[..n.min(buf.len())];
+            let k = took.len().min(16);
+            self.last.copy_within(k.., 0);
+            self.last[16 - k..].copy_from_slice(&took[took.len() - k..]);
+            self.seen += took.len() as u64;
+        }
+        self.inner.consume(n);
+    }
+}
+
+impl<R: BufRead> Read for Tail<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let buf = self.fill_buf()?;
+        let n = buf.len().min(out.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// An identity whose file key, once unwrapped, is kept in `into` as well.
+struct Keeping<'a> {
+    inner: &'a dyn age::Identity,
+    into: &'a Mutex<Option<FileKey>>,
+}
+
+impl Keeping<'_> {
+    fn keep(
+        &self,
+        got: Option<std::result::Result<FileKey, age::DecryptError>>,
+    ) -> Option<std::result::Result<FileKey, age::DecryptError>> {
+        if let Some(Ok(key)) = &got {
+            *self.into.lock().unwrap_or_else(PoisonError::into_inner) = Some(copy_file_key(key));
+        }
+        got
+    }
+}
+
+impl age::Identity for Keeping<'_> {
+    fn unwrap_stanza(
+        &self,
+        stanza: &Stanza,
+    ) -> Option<std::result::Result<FileKey, age::DecryptError>> {
+        self.keep(self.inner.unwrap_stanza(stanza))
+    }
+
+    fn unwrap_stanzas(
+        &self,
+        stanzas: &[Stanza],
+    ) -> Option<std::result::Result<FileKey, age::DecryptError>> {
+        self.keep(self.inner.unwrap_stanzas(stanzas))
+    }
+}
+
+/// Unwraps `decryptor`'s header with the first of `identities` that fits,
+/// keeping its file key in `keep` when given.
+fn unwrap_with<'a, R: BufRead>(
+    decryptor: age::Decryptor<R>,
+    identities: impl Iterator<Item = &'a dyn age::Identity>,
+    keep: Option<&Mutex<Option<FileKey>>>,
+) -> std::result::Result<age::stream::StreamReader<R>, age::DecryptError> {
+    let Some(into) = keep else {
+        return decryptor.decrypt(identities);
+    };
+    let keeping: Vec<Keeping<'_>> = identities.map(|inner| Keeping { inner, into }).collect();
+    decryptor.decrypt(keeping.iter().map(|k| k as &dyn age::Identity))
+}
+
+fn decrypt_with<R: BufRead>(
+    path: &Path,
+    input: R,
+    keys: &Keys,
+    keep: Option<&Mutex<Option<FileKey>>>,
+) -> Result<age::stream::StreamReader<R>> {
     let damaged = |detail: String| EncryptionError::Damaged {
         path: path.to_path_buf(),
         detail,
@@ -708,16 +837,15 @@ pub fn decrypt<R: BufRead>(
                 opened: &keys.opened,
             })
             .collect();
-        return decryptor
-            .decrypt(std::iter::once(&remembered as _).chain(tried.iter().map(|i| i as _)))
-            .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => EncryptionError::WrongPassphrase {
-                    path: path.to_path_buf(),
-                    tried: passphrases.iter().map(|p| p.name.clone()).collect(),
-                }
-                .into(),
-                other => Error::from(damaged(other.to_string())),
-            });
+        let identities = std::iter::once(&remembered as _).chain(tried.iter().map(|i| i as _));
+        return unwrap_with(decryptor, identities, keep).map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => EncryptionError::WrongPassphrase {
+                path: path.to_path_buf(),
+                tried: passphrases.iter().map(|p| p.name.clone()).collect(),
+            }
+            .into(),
+            other => Error::from(damaged(other.to_string())),
+        });
     }
     let sets = keys.all()?;
     if sets.iter().all(|s| s.list.is_empty()) {
@@ -735,16 +863,15 @@ pub fn decrypt<R: BufRead>(
             })
         })
         .collect();
-    decryptor
-        .decrypt(std::iter::once(&remembered as _).chain(tried.iter().map(|i| i as _)))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => EncryptionError::WrongIdentity {
-                path: path.to_path_buf(),
-                tried: sets.iter().map(|s| s.name.clone()).collect(),
-            }
-            .into(),
-            other => Error::from(damaged(other.to_string())),
-        })
+    let identities = std::iter::once(&remembered as _).chain(tried.iter().map(|i| i as _));
+    unwrap_with(decryptor, identities, keep).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => EncryptionError::WrongIdentity {
+            path: path.to_path_buf(),
+            tried: sets.iter().map(|s| s.name.clone()).collect(),
+        }
+        .into(),
+        other => Error::from(damaged(other.to_string())),
+    })
 }
 
 /// Checks that `keys` open the age file `path`: its header is unwrapped,

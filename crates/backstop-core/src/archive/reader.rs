@@ -362,6 +362,19 @@ impl ChannelReader {
     }
 }
 
+/// A [`ChannelReader`] taken apart: the chunk being read, with where its
+/// unread part starts (if anything is left of it), and the channels, to
+/// take whole chunks from and give them back to.
+type Parts = (Option<(Vec<u8>, usize)>, Receiver<Vec<u8>>, Sender<Vec<u8>>);
+
+impl ChannelReader {
+    /// What is left to read, and its channels.
+    pub(crate) fn into_parts(self) -> Parts {
+        let current = (self.pos < self.chunk.len()).then_some((self.chunk, self.pos));
+        (current, self.rx, self.spent)
+    }
+}
+
 impl BufRead for ChannelReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.chunk.len() {
@@ -642,39 +655,88 @@ fn walk_partial(
 }
 
 /// The decryption stage of [`walk_archive`]: opens the age stream `input`
-/// with `keys`, names the codec of the plaintext's first bytes on
-/// `codec_tx`, and sends the plaintext on in chunks. Its errors are those
-/// [`open_stream`] and [`decode_error`] give on one thread.
+/// with `keys`, then decrypts its payload inside the chunks read from the
+/// file ([`encryption::Payload`]) and sends them on; names the codec of the
+/// plaintext's first bytes on `codec_tx`. Chunks the decompressor is done
+/// with go back to the reader. Its errors are those [`open_stream`] and
+/// [`decode_error`] give on one thread.
 fn decrypt_stage(
     path: &Path,
-    input: ChannelReader,
+    mut input: ChannelReader,
     keys: &Keys,
     codec_tx: &Sender<Codec>,
     (out, spent): (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
 ) -> Result<Codec> {
-    let damaged = |detail: String| {
+    let damaged = |e: io::Error| {
         Error::from(EncryptionError::Damaged {
             path: path.to_path_buf(),
-            detail,
+            detail: format!("age: {e}"),
         })
     };
-    let mut plain = encryption::decrypt(path, input, keys)?;
-    let mut buf = refill(spent);
-    let mut filled = read_full(&mut plain, &mut buf[..512]).map_err(|e| damaged(e.to_string()))?;
-    let codec = detect_codec(&buf[..filled]).ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))?;
-    let _ = codec_tx.send(codec);
+    let mut payload = encryption::open_payload(path, &mut input, keys)?;
+    let (mut next, sealed, raw_spent) = input.into_parts();
+    let mut plain = Plain {
+        out,
+        spent,
+        raw_spent: &raw_spent,
+        codec: None,
+        codec_tx,
+    };
     loop {
-        filled +=
-            read_full(&mut plain, &mut buf[filled..]).map_err(|e| damaged(format!("age: {e}")))?;
-        if filled == 0 {
-            return Ok(codec);
+        let (mut buf, from) = match next.take() {
+            Some(part) => part,
+            None => match sealed.recv() {
+                Ok(buf) => (buf, 0),
+                Err(_) => break,
+            },
+        };
+        let before = payload.open(&mut buf, from).map_err(damaged)?;
+        let sent = match before {
+            Some(chunk) => plain.send(path, chunk)? && plain.send(path, buf)?,
+            None => plain.send(path, buf)?,
+        };
+        if !sent {
+            return Ok(plain.codec.unwrap_or(Codec::None));
         }
-        buf.truncate(filled);
-        if out.send(buf).is_err() {
-            return Ok(codec);
+    }
+    let last = payload.finish().map_err(damaged)?;
+    plain.send(path, last)?;
+    match plain.codec {
+        Some(codec) => Ok(codec),
+        // No plaintext at all.
+        None => Err(corrupt(path, NOT_AN_ARCHIVE)),
+    }
+}
+
+/// Where [`decrypt_stage`] sends plaintext.
+struct Plain<'a> {
+    out: &'a Sender<Vec<u8>>,
+    /// Chunks the decompressor is done with...
+    spent: &'a Receiver<Vec<u8>>,
+    /// ...go back to the reader, to be filled again.
+    raw_spent: &'a Sender<Vec<u8>>,
+    codec: Option<Codec>,
+    codec_tx: &'a Sender<Codec>,
+}
+
+impl Plain<'_> {
+    /// Sends `buf` on (naming the codec from the first bytes): false when
+    /// the decompressor has stopped.
+    fn send(&mut self, path: &Path, buf: Vec<u8>) -> Result<bool> {
+        while let Ok(done) = self.spent.try_recv() {
+            if done.capacity() >= 1 << 20 {
+                let _ = self.raw_spent.try_send(done);
+            }
         }
-        buf = refill(spent);
-        filled = 0;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        if self.codec.is_none() {
+            let codec = detect_codec(&buf).ok_or_else(|| corrupt(path, NOT_AN_ARCHIVE))?;
+            self.codec = Some(codec);
+            let _ = self.codec_tx.send(codec);
+        }
+        Ok(self.out.send(buf).is_ok())
     }
 }
 

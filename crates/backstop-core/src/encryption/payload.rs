@@ -159,6 +159,16 @@ mod tests {
 
     /// Decrypts `sealed` with `Payload`, fed in buffers of `size` bytes.
     fn open(id: &age::x25519::Identity, sealed: &[u8], size: usize) -> io::Result<Vec<u8>> {
+        open_in(id, sealed, std::iter::repeat(size))
+    }
+
+    /// Decrypts `sealed` with `Payload`, fed in buffers of the `sizes`
+    /// given, each after a few bytes already read (as the header is).
+    fn open_in(
+        id: &age::x25519::Identity,
+        sealed: &[u8],
+        mut sizes: impl Iterator<Item = usize>,
+    ) -> io::Result<Vec<u8>> {
         let set =
             crate::encryption::IdentitySet::parse("key", id.to_string().expose_secret().as_bytes())
                 .unwrap();
@@ -168,9 +178,16 @@ mod tests {
             crate::encryption::open_payload(std::path::Path::new("x.age"), &mut input, &keys)
                 .unwrap();
         let mut out = Vec::new();
-        for part in input.chunks(size) {
-            let mut buf = part.to_vec();
-            if let Some(before) = payload.open(&mut buf, 0)? {
+        let mut i = 0;
+        while !input.is_empty() {
+            let size = sizes.next().unwrap_or(1).clamp(1, input.len());
+            let (part, rest) = input.split_at(size);
+            input = rest;
+            let read = i % 3 * 5;
+            i += 1;
+            let mut buf = vec![0xa5; read];
+            buf.extend_from_slice(part);
+            if let Some(before) = payload.open(&mut buf, read)? {
                 out.extend(before);
             }
             out.extend(buf);
@@ -200,6 +217,21 @@ mod tests {
             let mut back = Vec::new();
             r.read_to_end(&mut back).unwrap();
             assert_eq!(back, data);
+        }
+    }
+
+    #[test]
+    fn buffers_of_any_sizes_give_the_same_plaintext() {
+        let id = identity();
+        let data = plain(9 * CHUNK + 1234);
+        let sealed = seal(&id, &data);
+        let mut x: u64 = 7;
+        for _ in 0..20 {
+            let sizes = std::iter::from_fn(|| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                Some((x >> 33) as usize % (3 * SEALED) + 1)
+            });
+            assert_eq!(open_in(&id, &sealed, sizes).unwrap(), data);
         }
     }
 

@@ -1096,8 +1096,6 @@ impl Writer {
     }
 }
 
-/// Copies the first `len` bytes of `live` to the start of `out` (the
-/// kernel's copy where it can).
 /// Copies a live file's equal first part into the staged file; then its
 /// change time must be the one it had when compared, or the bytes copied
 /// may not be those found equal.
@@ -1110,6 +1108,8 @@ fn copy_equal_prefix(prefix: &Prefix, out: &mut File, shown: &Path) -> Result<()
     Ok(())
 }
 
+/// Copies the first `len` bytes of `live` to the start of `out` (the
+/// kernel's copy where it can).
 fn copy_prefix(live: &File, out: &mut File, len: u64) -> std::io::Result<()> {
     let mut input = std::io::Read::take(live, len);
     let copied = std::io::copy(&mut input, out)?;

@@ -344,43 +344,79 @@ declare -A RESULT=()
 PROBE=""
 declare -A PROBED=()
 bench() {
-    local id=$1 ok_codes=$2 prep=$3 tool_cmd=$4 sync_cmd=$5 size_path=$6
-    local runs_file=$TIMES/$id.runs run rc wall user sys rss cpu size note=""
-    local probe_file=$TIMES/$id.probe
-    export OUT=$OUTS/$id
-    : > "$runs_file"
-    : > "$probe_file"
+    bench_start "$1"
+    local run
     for run in $(seq 1 "$RUNS"); do
-        rm -rf "$OUT" "$RESTORE"
-        mkdir -p "$OUT" "$RESTORE"
-        "$prep"
-        settle
-        log "$id: run $run/$RUNS"
-        rc=0
-        if [ -n "$PROBE" ]; then "$PROBE" start; fi
-        time_once "$tool_cmd" "$sync_cmd" "$TIMES/$id.time" 2> "$TIMES/$id.err" || rc=$?
-        if [ -n "$PROBE" ]; then "$PROBE" stop >> "$probe_file"; fi
-        if ! [[ " $ok_codes " == *" $rc "* ]]; then
-            log "$id: failed with exit $rc; its stderr ends:"
-            tail -n 15 "$TIMES/$id.err" >&2
-            RESULT[$id]="FAIL exit $rc"
-            return 0
-        fi
-        if [ "$rc" -ne 0 ]; then note="exit $rc (warnings)"; fi
-        # GNU time puts "Command exited with non-zero status" first; the
-        # numbers are on the last line.
-        read -r wall user sys rss < <(tail -n 1 "$TIMES/$id.time")
-        cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
-        case "$size_path" in
-            s3:*) size=$(bucket_bytes "${size_path#s3:}") ;;
-            *) size=$(tree_bytes "$size_path") ;;
-        esac
-        printf '%s %s %s %s\n' "$wall" "$cpu" "$rss" "$size" >> "$runs_file"
-        log "$id: wall ${wall}s cpu ${cpu}s rss $((rss / 1024))MiB size $size B"
+        bench_once "$run" "$@" || return 0
     done
+    bench_finish "$1"
+}
+
+# bench_alternating A_ARGS... -- B_ARGS...: two rows whose ratio is a bar
+# (a restore and its encrypted twin), timed A B A B … rather than A A A
+# B B B, so that a machine whose speed drifts during the script (this
+# one's writes swing by several times within an hour) weighs on both
+# alike. Each side takes bench's six arguments.
+bench_alternating() {
+    local a=("${@:1:6}") b=("${@:8:6}") run a_ok=1 b_ok=1
+    [ "${7:-}" = "--" ] || die "bench_alternating: A's six arguments, --, then B's"
+    bench_start "${a[0]}"
+    bench_start "${b[0]}"
+    for run in $(seq 1 "$RUNS"); do
+        if [ "$a_ok" -eq 1 ]; then bench_once "$run" "${a[@]}" || a_ok=0; fi
+        if [ "$b_ok" -eq 1 ]; then bench_once "$run" "${b[@]}" || b_ok=0; fi
+    done
+    if [ "$a_ok" -eq 1 ]; then bench_finish "${a[0]}"; fi
+    if [ "$b_ok" -eq 1 ]; then bench_finish "${b[0]}"; fi
+}
+
+declare -A NOTE=()
+bench_start() {
+    : > "$TIMES/$1.runs"
+    : > "$TIMES/$1.probe"
+    NOTE[$1]=""
+}
+
+# bench_once RUN ID OK_CODES PREP_FN TOOL_CMD SYNC_CMD SIZE_PATH: one timed
+# run, its figures appended to the ID's runs; fails once it has recorded a
+# failure.
+bench_once() {
+    local run=$1 id=$2 ok_codes=$3 prep=$4 tool_cmd=$5 sync_cmd=$6 size_path=$7
+    local rc wall user sys rss cpu size
+    export OUT=$OUTS/$id
+    rm -rf "$OUT" "$RESTORE"
+    mkdir -p "$OUT" "$RESTORE"
+    "$prep"
+    settle
+    log "$id: run $run/$RUNS"
+    rc=0
+    if [ -n "$PROBE" ]; then "$PROBE" start; fi
+    time_once "$tool_cmd" "$sync_cmd" "$TIMES/$id.time" 2> "$TIMES/$id.err" || rc=$?
+    if [ -n "$PROBE" ]; then "$PROBE" stop >> "$TIMES/$id.probe"; fi
+    if ! [[ " $ok_codes " == *" $rc "* ]]; then
+        log "$id: failed with exit $rc; its stderr ends:"
+        tail -n 15 "$TIMES/$id.err" >&2
+        RESULT[$id]="FAIL exit $rc"
+        return 1
+    fi
+    if [ "$rc" -ne 0 ]; then NOTE[$id]="exit $rc (warnings)"; fi
+    # GNU time puts "Command exited with non-zero status" first; the
+    # numbers are on the last line.
+    read -r wall user sys rss < <(tail -n 1 "$TIMES/$id.time")
+    cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+    case "$size_path" in
+        s3:*) size=$(bucket_bytes "${size_path#s3:}") ;;
+        *) size=$(tree_bytes "$size_path") ;;
+    esac
+    printf '%s %s %s %s\n' "$wall" "$cpu" "$rss" "$size" >> "$TIMES/$id.runs"
+    log "$id: wall ${wall}s cpu ${cpu}s rss $((rss / 1024))MiB size $size B"
+}
+
+# bench_finish ID: the ID's row, from its runs.
+bench_finish() {
+    local id=$1 runs_file=$TIMES/$1.runs median n
     # Median by wall time; for an even N the lower middle run. Its CPU, RSS
     # and size are reported with it, so the row is one real run.
-    local median n
     median=$(sort -n -k1,1 "$runs_file" | sed -n "$(( (RUNS + 1) / 2 ))p")
     if [ -n "$PROBE" ]; then
         # The same pick by run number (ties by run order), so that the
@@ -388,9 +424,9 @@ bench() {
         n=$(awk '{ print $1, NR }' "$runs_file" | sort -n -k1,1 -k2,2n |
             sed -n "$(( (RUNS + 1) / 2 ))p" | cut -d' ' -f2)
         median=$(sed -n "${n}p" "$runs_file")
-        PROBED[$id]=$(sed -n "${n}p" "$probe_file")
+        PROBED[$id]=$(sed -n "${n}p" "$TIMES/$id.probe")
     fi
-    RESULT[$id]="$median ${note:-ok}"
+    RESULT[$id]="$median ${NOTE[$id]:-ok}"
     ALL_RUNS[$id]=$(cut -d' ' -f1 "$runs_file" | paste -sd' ' -)
 }
 declare -A ALL_RUNS=()
@@ -513,16 +549,24 @@ run_backups() {
 run_restores() {
     local restored_ok=1
     have zstd || restored_ok=0
-    if [[ ${RESULT[backstop-zstd]} != SKIP* && ${RESULT[backstop-zstd]} != FAIL* ]]; then
-        bench restore-backstop "0" prep_restore_backstop \
-            '"$BACKSTOP" -q --home "$OUT/home" restore "$SRC" --dest "$RESTORE/corpus" --yes --no-pre-backup' \
-            'sync' "$RESTORE"
-    else skip restore-backstop "no backstop archive"; fi
-    if [[ ${RESULT[backstop-age]} != SKIP* && ${RESULT[backstop-age]} != FAIL* ]]; then
-        bench restore-backstop-age "0" prep_restore_backstop_age \
-            '"$BACKSTOP" -q --home "$OUT/home" restore "$SRC" --dest "$RESTORE/corpus" --yes --no-pre-backup --identity "$AGE_KEY"' \
-            'sync' "$RESTORE"
-    else skip restore-backstop-age "no encrypted backstop archive"; fi
+    local plain=(restore-backstop "0" prep_restore_backstop
+        '"$BACKSTOP" -q --home "$OUT/home" restore "$SRC" --dest "$RESTORE/corpus" --yes --no-pre-backup'
+        'sync' "$RESTORE")
+    local sealed=(restore-backstop-age "0" prep_restore_backstop_age
+        '"$BACKSTOP" -q --home "$OUT/home" restore "$SRC" --dest "$RESTORE/corpus" --yes --no-pre-backup --identity "$AGE_KEY"'
+        'sync' "$RESTORE")
+    local have_plain=0 have_sealed=0
+    [[ ${RESULT[backstop-zstd]} != SKIP* && ${RESULT[backstop-zstd]} != FAIL* ]] && have_plain=1
+    [[ ${RESULT[backstop-age]} != SKIP* && ${RESULT[backstop-age]} != FAIL* ]] && have_sealed=1
+    # The encrypted restore's bar is a ratio to the plain one: alternated.
+    if [ "$have_plain" -eq 1 ] && [ "$have_sealed" -eq 1 ]; then
+        bench_alternating "${plain[@]}" -- "${sealed[@]}"
+    else
+        if [ "$have_plain" -eq 1 ]; then bench "${plain[@]}"
+        else skip restore-backstop "no backstop archive"; fi
+        if [ "$have_sealed" -eq 1 ]; then bench "${sealed[@]}"
+        else skip restore-backstop-age "no encrypted backstop archive"; fi
+    fi
     if [ "$restored_ok" -eq 1 ] && [[ ${RESULT[backstop-zstd]} != SKIP* && ${RESULT[backstop-zstd]} != FAIL* ]]; then
         bench restore-backstop-tar "0" prep_restore_backstop \
             'tar -I zstd -xf "$SRC" -C "$RESTORE"' 'sync' "$RESTORE"
@@ -1482,7 +1526,9 @@ EOF
 \`backstop backup --recipient R\`: the same zstd -3 archive as one age
 stream to one X25519 recipient (made with \`backstop key new\`, untimed),
 and its restore into an empty directory with \`--identity\`, each against
-the unencrypted row of this same run.
+the unencrypted row of this same run. The two restores' runs alternate
+(unencrypted, encrypted, unencrypted, …), so that a drift in the
+machine's speed during the script weighs on both.
 
 $hdr wall / unencrypted | size / unencrypted |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|

@@ -717,8 +717,11 @@ pub fn open_payload<R: BufRead>(path: &Path, input: &mut R, keys: &Keys) -> Resu
         }
         .into());
     };
-    let payload_key = age_core::primitives::hkdf(&read.last, b"payload", key.expose_secret());
-    Ok(Payload::new(&payload_key))
+    let mut payload_key = age_core::primitives::hkdf(&read.last, b"payload", key.expose_secret());
+    let payload = Payload::new(&payload_key);
+    // The cipher keeps (and zeroes when dropped) a copy of its own.
+    zeroize::Zeroize::zeroize(&mut payload_key);
+    Ok(payload)
 }
 
 /// A reader that keeps the last 16 bytes taken from it: what follows an

@@ -412,9 +412,12 @@ impl Read for ChannelReader {
 /// last use left short is zeroed again), else a new one.
 pub(crate) fn refill(spent: &Receiver<Vec<u8>>) -> Vec<u8> {
     let mut buf = spent.try_recv().unwrap_or_default();
-    buf.resize(1 << 20, 0);
+    buf.resize(CHUNK, 0);
     buf
 }
+
+/// The size of the chunks the stages pass on.
+const CHUNK: usize = 1 << 20;
 
 /// Reads `path` completely and checks it: the codec decodes to the end with
 /// nothing after it; the manifest is first and of a known format; every
@@ -724,7 +727,8 @@ impl Plain<'_> {
     /// the decompressor has stopped.
     fn send(&mut self, path: &Path, buf: Vec<u8>) -> Result<bool> {
         while let Ok(done) = self.spent.try_recv() {
-            if done.capacity() >= 1 << 20 {
+            // Not the small ones that held an age chunk two reads split.
+            if done.capacity() >= CHUNK {
                 let _ = self.raw_spent.try_send(done);
             }
         }

@@ -141,6 +141,7 @@ impl Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use age::secrecy::ExposeSecret;
     use std::io::{Read, Write};
 
     fn identity() -> age::x25519::Identity {
@@ -195,8 +196,6 @@ mod tests {
         out.extend(payload.finish()?);
         Ok(out)
     }
-
-    use age::secrecy::ExposeSecret;
 
     fn plain(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()

@@ -198,6 +198,41 @@ fn an_entry_put_where_staging_left_one_is_noticed() {
 }
 
 #[test]
+fn an_entry_left_in_place_and_gone_meanwhile_is_noticed() {
+    // Left where it is, a file (or a whole directory) is in no staged tree:
+    // deleted or moved away meanwhile, the restored tree would lack it and
+    // the restore would say it had put the backup back.
+    type Race = fn(&Path);
+    let cases: [(&str, Race); 3] = [
+        ("a file deleted", |app| {
+            std::fs::remove_file(file(app, 13)).unwrap();
+        }),
+        ("a file moved out of the tree", |app| {
+            std::fs::rename(file(app, 23), app.with_file_name("f023")).unwrap();
+        }),
+        ("a directory left whole, deleted", |app| {
+            std::fs::remove_dir_all(app.join("d5")).unwrap();
+        }),
+    ];
+    for (case, race) in cases {
+        let env = Env::new();
+        let (app, _reference, id) = backed_up(&env);
+        change_two(&app);
+        let out = run_paused(&env, "restore.after-stage", &restore_args(&id), |_| {
+            race(&app)
+        });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        assert!(stderr.contains("went while it ran"), "{case}: {stderr}");
+        // Refused before any step.
+        assert!(
+            std::fs::read(file(&app, 3)).unwrap().ends_with(b"upgrade"),
+            "{case}"
+        );
+    }
+}
+
+#[test]
 fn a_live_file_written_before_its_equal_part_is_copied_is_noticed() {
     // A large file that differs only past its first megabyte: the staged
     // copy takes its equal first part from the live file. Written between

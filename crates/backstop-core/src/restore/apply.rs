@@ -33,7 +33,7 @@ use crate::restore::plan::{
     Place, Prepared, RestoreOutcome, RestoreReport, RestoreRequest, check_sum, database_paths,
     import_action, import_kind, incomplete_paths, rel_base,
 };
-use crate::restore::stage::{Stager, path_key, remove_tree, staging_dir};
+use crate::restore::stage::{Left, Stager, path_key, remove_tree, staging_dir};
 use crate::restore::steps::{Merger, Mode, Moves};
 use crate::service::{self, Stopped};
 use crate::systemd::{Systemd, UnitsReport};
@@ -615,9 +615,8 @@ struct Staged {
     /// where only what differs is staged and moved (see
     /// [`crate::restore::steps::InPlace`]).
     in_place: HashSet<String>,
-    /// The members of those sources that staging left where they were,
-    /// by [`path_key`](crate::restore::stage::path_key).
-    left: HashSet<u64>,
+    /// What staging left where it was in those sources.
+    left: Left,
 }
 
 /// Creates the directories of the journal's first steps and the staging
@@ -836,15 +835,16 @@ impl Decider<'_, '_> {
                 member.push(b'/');
                 member.extend_from_slice(rel.as_os_str().as_bytes());
             }
-            self.staged.left.contains(&path_key(&member))
+            self.staged.left.keys.contains(&path_key(&member))
         };
+        let left_count = self.staged.left.counts.get(&s.name).copied().unwrap_or(0);
         let (planned, moves, entries) = merge_staged(
             prep.mode,
             (&target, &staged_top),
             &kept_here,
             &other,
             &self.staged.linked,
-            in_place.then_some(&left as &dyn Fn(&Path) -> bool),
+            in_place.then_some((&left as &dyn Fn(&Path) -> bool, left_count)),
         )?;
         self.decided.changes.extend(&planned);
         if entries == 0 || self.nested_dbs.contains(&s.name) {
@@ -1049,6 +1049,10 @@ impl Decider<'_, '_> {
     }
 }
 
+/// Exact in place: whether staging left a relative path where it was, and
+/// how many it left.
+type LeftHere<'a> = (&'a dyn Fn(&Path) -> bool, u64);
+
 /// Merges a staged tree with the live one: the plan of every path, the
 /// moves the mode asks for, and how many entries were staged. `kept` and
 /// `other` say which live paths are kept and which are other sources'.
@@ -1058,11 +1062,11 @@ fn merge_staged(
     kept: &dyn Fn(&Path, bool) -> bool,
     other: &dyn Fn(&Path) -> bool,
     linked: &HashMap<u64, u64>,
-    in_place: Option<&dyn Fn(&Path) -> bool>,
+    in_place: Option<LeftHere<'_>>,
 ) -> Result<(Changes, Moves, u64)> {
     let mut merger = Merger::new(mode, target, Some(staged_top), kept, other, Some(linked))?;
-    if let Some(left) = in_place {
-        merger = merger.in_place(left);
+    if let Some((left, count)) = in_place {
+        merger = merger.in_place(left, count);
     }
     let mut staged = Walk::new(staged_top, true)?;
     let mut entries = 0;

@@ -191,8 +191,20 @@ pub struct Stager<'a> {
     /// [`path_key`]: for hard links to them to link the live file, and for
     /// the merge to tell an entry put in one's place meanwhile.
     unstaged: HashSet<u64>,
+    /// How many of them each source has, for the merge to tell one gone.
+    left_counts: HashMap<String, u64>,
     /// The live file's bytes, to compare with the archive's.
     compare_buffer: Vec<u8>,
+}
+
+/// What staging left where it was, in the sources restored in place:
+/// files and directories found as the backup has them.
+#[derive(Debug, Default)]
+pub struct Left {
+    /// Their members, by [`path_key`].
+    pub keys: HashSet<u64>,
+    /// How many each source has.
+    pub counts: HashMap<String, u64>,
 }
 
 /// The first `len` bytes of a live file, found equal to the backup's
@@ -241,6 +253,7 @@ impl<'a> Stager<'a> {
             linked: HashMap::new(),
             in_place,
             unstaged: HashSet::new(),
+            left_counts: HashMap::new(),
             compare_buffer: Vec::new(),
         }
     }
@@ -303,10 +316,21 @@ impl<'a> Stager<'a> {
     }
 
     /// The members of sources restored in place that staging left where
-    /// they were (files and directories found as the backup has them), by
-    /// [`path_key`].
-    pub fn take_left(&mut self) -> HashSet<u64> {
-        std::mem::take(&mut self.unstaged)
+    /// they were (files and directories found as the backup has them).
+    pub fn take_left(&mut self) -> Left {
+        Left {
+            keys: std::mem::take(&mut self.unstaged),
+            counts: std::mem::take(&mut self.left_counts),
+        }
+    }
+
+    /// Leaves the live entry of `member` (inode `ino`, changed at `ctime`)
+    /// where it is: never staged.
+    fn leave(&mut self, source: &str, member: &[u8], (ino, ctime): (u64, u64)) {
+        self.linked.insert(ino, ctime);
+        if self.unstaged.insert(path_key(member)) {
+            *self.left_counts.entry(source.to_owned()).or_default() += 1;
+        }
     }
 
     fn file(
@@ -437,8 +461,7 @@ impl Stager<'_> {
         if own_xattrs(&live.display(below)).map_or(true, |have| !same_xattrs(have, &entry.xattrs)) {
             return Ok(false);
         }
-        self.linked.insert(st.st_ino, change_time(&st));
-        self.unstaged.insert(path_key(&entry.path));
+        self.leave(source, &entry.path, (st.st_ino, change_time(&st)));
         Ok(true)
     }
 
@@ -483,8 +506,7 @@ impl Stager<'_> {
         self.counts.linked_bytes += entry.size;
         if self.in_place.contains(&source) {
             // Left where it is, never staged.
-            self.linked.insert(after.st_ino, change_time(&after));
-            self.unstaged.insert(path_key(&entry.path));
+            self.leave(&source, &entry.path, (after.st_ino, change_time(&after)));
             return Ok(());
         }
         self.send(Op::Link {

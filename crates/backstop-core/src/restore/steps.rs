@@ -302,6 +302,12 @@ pub struct Merger<'a> {
     /// Exact in place: whether staging left the live entry at a relative
     /// path where it was, found as the backup has it.
     left: Option<&'a dyn Fn(&Path) -> bool>,
+    /// How many entries staging left, and how many of them the walk of
+    /// the live tree has met so far.
+    left_count: (u64, u64),
+    /// Kept directories the live walk did not list: left entries inside
+    /// are counted there if some were not met.
+    kept_dirs: Vec<PathBuf>,
     pub changes: Changes,
     pub moves: Moves,
 }
@@ -334,6 +340,8 @@ impl<'a> Merger<'a> {
             last: None,
             in_place: None,
             left: None,
+            left_count: (0, 0),
+            kept_dirs: Vec::new(),
             changes: Changes::default(),
             moves: Moves::default(),
         })
@@ -341,13 +349,31 @@ impl<'a> Merger<'a> {
 
     /// Makes this an exact restore in place (see [`InPlace`]): the live
     /// entries whose inodes `linked` holds are the backup's, unstaged.
-    /// `left` says which relative paths staging left where they were: an
-    /// entry found there with another inode was put there meanwhile.
+    /// `left` says which relative paths staging left where they were, and
+    /// `count` how many there are: an entry found there with another inode
+    /// was put there meanwhile, and one not found at all went.
     #[must_use]
-    pub fn in_place(mut self, left: &'a dyn Fn(&Path) -> bool) -> Self {
+    pub fn in_place(mut self, left: &'a dyn Fn(&Path) -> bool, count: u64) -> Self {
         self.in_place = Some(InPlace::default());
         self.left = Some(left);
+        self.left_count = (count, 0);
         self
+    }
+
+    /// Notes that the live walk met `rel`.
+    fn met(&mut self, rel: &Path) {
+        if self.left.is_some_and(|left| left(rel)) {
+            self.left_count.1 += 1;
+        }
+    }
+
+    /// Takes the live entry peeked at, descending into it or not; a kept
+    /// directory not descended into is noted (see [`Merger::check_left`]).
+    fn take_live(&mut self, rel: &Path, have: &Node, descend: bool, kept: bool) {
+        self.live.take(descend);
+        if !descend && kept && have.kind == "dir" && self.left.is_some() {
+            self.kept_dirs.push(rel.to_path_buf());
+        }
     }
 
     /// The live target.
@@ -381,6 +407,9 @@ impl<'a> Merger<'a> {
             Some((r, n)) if *r == rel => Some(n.clone()),
             _ => None,
         };
+        if have.is_some() {
+            self.met(&rel);
+        }
         if strictly_below(&rel, &self.blocked) {
             // Goes, or stays out, with the entry above it.
             if have.is_some() {
@@ -405,8 +434,8 @@ impl<'a> Merger<'a> {
             _ => false,
         };
         let d = decide(self.mode, Some(want), have.as_ref(), is_kept, is_same);
-        if have.is_some() {
-            self.live.take(d.descend_live);
+        if let Some(have) = &have {
+            self.take_live(&rel, have, d.descend_live, is_kept);
         }
         if d.block {
             self.blocked = Some(rel.clone());
@@ -506,6 +535,7 @@ impl<'a> Merger<'a> {
                 return Ok(());
             }
             let (rel, have) = (rel.clone(), have.clone());
+            self.met(&rel);
             if (self.other)(&self.target.join(&rel)) {
                 self.live.take(true);
                 if let Some(in_place) = self.in_place.as_mut() {
@@ -521,7 +551,7 @@ impl<'a> Merger<'a> {
                 continue;
             }
             let d = decide(self.mode, None, Some(&have), is_kept, false);
-            self.live.take(d.descend_live);
+            self.take_live(&rel, &have, d.descend_live, is_kept);
             self.plan(&rel, d.action, have.kind, 0);
             self.step_in_place(&rel, d.action, None, Some(have.kind))?;
             if d.step == Move::CarryOver
@@ -541,6 +571,7 @@ impl<'a> Merger<'a> {
     /// Fails when the live tree cannot be read.
     pub fn finish(mut self) -> Result<(Changes, Moves)> {
         self.live_before(None)?;
+        self.check_left()?;
         let Merger {
             live,
             changes,
@@ -554,6 +585,56 @@ impl<'a> Merger<'a> {
             p
         });
         Ok((changes, moves))
+    }
+}
+
+impl Merger<'_> {
+    /// Exact in place: refuses when an entry staging left where it was is
+    /// gone (deleted, or moved away, meanwhile). The backup's copy of it
+    /// was never staged, so the restored tree would lack it. Left entries
+    /// inside kept directories, which the merge does not list, are counted
+    /// there, and only when some were not met.
+    fn check_left(&self) -> Result<()> {
+        let (Some(left), (count, mut met)) = (self.left, self.left_count) else {
+            return Ok(());
+        };
+        for dir in &self.kept_dirs {
+            if met >= count {
+                break;
+            }
+            // One that cannot be listed counts nothing: refused below.
+            met += self.left_below(dir, left).unwrap_or(0);
+        }
+        if met >= count {
+            return Ok(());
+        }
+        Err(Error::Refused {
+            message: format!(
+                "{}: {} of the entries the restore found as the backup has them, and left in \
+                 place, went while it ran: something is deleting or moving things in the \
+                 destination",
+                self.target.display(),
+                count - met,
+            ),
+            hint: Some(
+                "stop what writes there (the instance's services, a sync job) and restore again"
+                    .into(),
+            ),
+        })
+    }
+
+    /// How many entries below the kept directory `dir` staging left.
+    fn left_below(&self, dir: &Path, left: &dyn Fn(&Path) -> bool) -> Result<u64> {
+        let mut walk = Walk::new(&self.target.join(dir), false)?;
+        let mut met = 0;
+        while let Some(rel) = walk.peek()?.map(|(rel, _)| rel.clone()) {
+            walk.take(true);
+            if !rel.as_os_str().is_empty() && left(&dir.join(&rel)) {
+                met += 1;
+            }
+        }
+        walk.finish()?;
+        Ok(met)
     }
 }
 
@@ -899,6 +980,43 @@ mod tests {
         assert_eq!(asides(&p), [Some("")]);
         assert_eq!(paths(&p.move_in), [""]);
         assert!(p.touch.is_empty());
+    }
+
+    #[test]
+    fn in_place_a_left_entry_gone_is_refused_and_those_in_kept_directories_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        for p in ["a", "keep"] {
+            std::fs::create_dir_all(live.join(p)).unwrap();
+        }
+        for p in ["a/f", "a/g", "keep/k"] {
+            std::fs::write(live.join(p), p).unwrap();
+        }
+        let left_paths = ["a", "a/f", "a/g", "keep", "keep/k"];
+        let left = |rel: &Path| left_paths.iter().any(|p| rel == Path::new(p));
+        let kept = |rel: &Path, _: bool| rel == Path::new("keep");
+        let other = |_: &Path| false;
+        let merge = || {
+            let linked: HashMap<u64, u64> = ["", "a", "a/f", "a/g", "keep", "keep/k"]
+                .iter()
+                .filter_map(|p| rustix::fs::lstat(live.join(p)).ok())
+                .map(|st| (st.st_ino, crate::restore::stage::change_time(&st)))
+                .collect();
+            let m = Merger::new(Mode::Exact, &live, None, &kept, &other, Some(&linked)).unwrap();
+            m.in_place(&left, left_paths.len() as u64)
+                .finish()
+                .map(|_| ())
+        };
+        // keep/ is not listed by the merge; what was left in it counts.
+        merge().unwrap();
+        std::fs::remove_file(live.join("a/g")).unwrap();
+        let err = merge().unwrap_err().to_string();
+        assert!(err.contains("1 of the entries"), "{err}");
+        // Gone from the kept directory too: still one short.
+        std::fs::write(live.join("a/g"), "a/g").unwrap();
+        std::fs::remove_file(live.join("keep/k")).unwrap();
+        let err = merge().unwrap_err().to_string();
+        assert!(err.contains("1 of the entries"), "{err}");
     }
 
     #[test]

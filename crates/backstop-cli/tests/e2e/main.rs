@@ -10,6 +10,7 @@ mod craft;
 mod encryption;
 mod failures;
 mod instances;
+mod load;
 mod migrate;
 mod names;
 mod offsite;

@@ -263,4 +263,321 @@ mod tests {
         swapped[b..b + SEALED].copy_from_slice(&first);
         assert!(open(&id, &swapped, 1 << 20).is_err());
     }
+
+    /// An identity that keeps the file key it unwraps.
+    struct Grab<'a>(
+        &'a age::x25519::Identity,
+        std::sync::Mutex<Option<[u8; 16]>>,
+    );
+
+    impl age::Identity for Grab<'_> {
+        fn unwrap_stanza(
+            &self,
+            stanza: &age_core::format::Stanza,
+        ) -> Option<Result<age_core::format::FileKey, age::DecryptError>> {
+            let got = age::Identity::unwrap_stanza(self.0, stanza);
+            if let Some(Ok(k)) = &got {
+                *self.1.lock().unwrap() = Some(k.expose_secret()[..].try_into().unwrap());
+            }
+            got
+        }
+    }
+
+    /// The header and nonce of a real age file to `id`, and its payload key.
+    fn prefix_and_key(id: &age::x25519::Identity) -> (Vec<u8>, [u8; 32]) {
+        let sealed = seal(id, b"");
+        let prefix = sealed[..sealed.len() - TAG].to_vec();
+        let nonce = &prefix[prefix.len() - 16..];
+        let grab = Grab(id, std::sync::Mutex::new(None));
+        let d = age::Decryptor::new_buffered(&sealed[..]).unwrap();
+        drop(
+            d.decrypt(std::iter::once(&grab as &dyn age::Identity))
+                .unwrap(),
+        );
+        let fk = grab.1.lock().unwrap().unwrap();
+        let key = age_core::primitives::hkdf(nonce, b"payload", &fk);
+        (prefix, key)
+    }
+
+    /// A chunk to seal: its plaintext, counter and last flag.
+    type Chunk = (Vec<u8>, u128, bool);
+
+    /// A payload of `chunks`, sealed under `key`.
+    fn craft(key: &[u8; 32], chunks: &[Chunk]) -> Vec<u8> {
+        let aead = ChaCha20Poly1305::new(key.into());
+        let mut out = Vec::new();
+        for (p, counter, last) in chunks {
+            let nonce: [u8; 12] = ((counter << 8) | u128::from(*last)).to_be_bytes()[4..]
+                .try_into()
+                .unwrap();
+            let mut body = p.clone();
+            let tag = aead
+                .encrypt_in_place_detached(&nonce.into(), &[], &mut body)
+                .unwrap();
+            out.extend_from_slice(&body);
+            out.extend_from_slice(&tag);
+        }
+        out
+    }
+
+    /// What the `age` crate decrypts `file` to.
+    fn age_opens(id: &age::x25519::Identity, file: &[u8]) -> io::Result<Vec<u8>> {
+        let d = age::Decryptor::new_buffered(file).unwrap();
+        let mut r = d.decrypt(std::iter::once(id as _)).unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back)?;
+        Ok(back)
+    }
+
+    /// STREAM payloads age itself never writes (an empty last chunk after
+    /// a full one, a chunk after the last, a counter that skips...),
+    /// sealed with the real payload key: opened exactly when the `age`
+    /// crate opens them, to the same plaintext, whatever the buffers.
+    #[test]
+    fn crafted_streams_are_opened_exactly_when_age_opens_them() {
+        let id = identity();
+        let (prefix, key) = prefix_and_key(&id);
+        let full = || plain(CHUNK);
+        let short = |n: usize| plain(n);
+        let e = Vec::new;
+        // (name, chunks, extra bytes appended, expect ok)
+        let cases: Vec<(&str, Vec<Chunk>, Vec<u8>, bool)> = vec![
+            ("empty", vec![(e(), 0, true)], vec![], true),
+            ("short", vec![(short(100), 0, true)], vec![], true),
+            ("full-last", vec![(full(), 0, true)], vec![], true),
+            (
+                "full-full-short",
+                vec![(full(), 0, false), (full(), 1, false), (short(1), 2, true)],
+                vec![],
+                true,
+            ),
+            (
+                "full-full-lastfull",
+                vec![(full(), 0, false), (full(), 1, true)],
+                vec![],
+                true,
+            ),
+            (
+                "full-then-empty-last",
+                vec![(full(), 0, false), (e(), 1, true)],
+                vec![],
+                false,
+            ),
+            (
+                "two-full-then-empty-last",
+                vec![(full(), 0, false), (full(), 1, false), (e(), 2, true)],
+                vec![],
+                false,
+            ),
+            (
+                "empty-then-empty",
+                vec![(e(), 0, true), (e(), 1, true)],
+                vec![],
+                false,
+            ),
+            ("empty-not-last", vec![(e(), 0, false)], vec![], false),
+            (
+                "full-last-then-short",
+                vec![(full(), 0, true), (short(10), 1, true)],
+                vec![],
+                false,
+            ),
+            (
+                "full-last-then-full-short",
+                vec![(full(), 0, true), (full(), 1, false), (short(5), 2, true)],
+                vec![],
+                false,
+            ),
+            (
+                "short-not-last-at-end",
+                vec![(full(), 0, false), (short(10), 1, false)],
+                vec![],
+                false,
+            ),
+            (
+                "full-not-last-at-end",
+                vec![(full(), 0, false), (full(), 1, false)],
+                vec![],
+                false,
+            ),
+            (
+                "only-full-not-last",
+                vec![(full(), 0, false)],
+                vec![],
+                false,
+            ),
+            (
+                "counter-skips",
+                vec![(full(), 0, false), (short(10), 2, true)],
+                vec![],
+                false,
+            ),
+            (
+                "counter-starts-at-1",
+                vec![(short(10), 1, true)],
+                vec![],
+                false,
+            ),
+            (
+                "short-non-last-in-middle",
+                vec![(short(100), 0, false), (short(10), 1, true)],
+                vec![],
+                false,
+            ),
+            (
+                "oversize-last",
+                vec![(plain(CHUNK + 1), 0, true)],
+                vec![],
+                false,
+            ),
+            (
+                "trailing-after-short",
+                vec![(short(100), 0, true)],
+                vec![0; 40],
+                false,
+            ),
+            (
+                "trailing-1-after-full",
+                vec![(full(), 0, true)],
+                vec![0],
+                false,
+            ),
+            (
+                "trailing-tag-after-full",
+                vec![(full(), 0, true)],
+                vec![0; TAG],
+                false,
+            ),
+            (
+                "trailing-after-empty",
+                vec![(e(), 0, true)],
+                vec![7; 3],
+                false,
+            ),
+            (
+                "trailing-valid-chunk-after-last",
+                vec![(short(3), 0, true)],
+                craft(&key, &[(short(3), 1, true)]),
+                false,
+            ),
+        ];
+        for (name, chunks, extra, ok) in cases {
+            let mut file = prefix.clone();
+            file.extend(craft(&key, &chunks));
+            file.extend(extra);
+            let want: Vec<u8> = chunks.iter().flat_map(|c| c.0.clone()).collect();
+            let theirs = age_opens(&id, &file);
+            assert_eq!(theirs.is_ok(), ok, "{name}: age says {theirs:?}");
+            if ok {
+                assert_eq!(theirs.unwrap(), want, "{name}");
+            }
+            for size in [
+                1,
+                15,
+                16,
+                17,
+                1000,
+                SEALED - 1,
+                SEALED,
+                SEALED + 1,
+                2 * SEALED,
+                1 << 20,
+            ] {
+                let ours = open(&id, &file, size);
+                match (&ours, ok) {
+                    (Ok(p), true) => assert_eq!(p, &want, "{name} in {size}"),
+                    (Err(_), false) => {}
+                    _ => panic!("{name} in {size}: ours {:?}", ours.map(|p| p.len())),
+                }
+            }
+        }
+    }
+
+    /// Drives open_payload and Payload over a ChannelReader exactly as
+    /// reader.rs's decrypt_stage does, with the file split into pieces
+    /// anywhere around the header, the nonce and the first chunk.
+    fn via_channel(
+        id: &age::x25519::Identity,
+        sealed: &[u8],
+        first: usize,
+        rest: usize,
+    ) -> io::Result<Vec<u8>> {
+        let set =
+            crate::encryption::IdentitySet::parse("key", id.to_string().expose_secret().as_bytes())
+                .unwrap();
+        let keys = crate::encryption::Keys::new(vec![set], Vec::new());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (stx, _srx) = crossbeam_channel::unbounded();
+        let mut at = 0;
+        let mut size = first;
+        while at < sealed.len() {
+            let n = size.min(sealed.len() - at);
+            tx.send(sealed[at..at + n].to_vec()).unwrap();
+            at += n;
+            size = rest;
+        }
+        drop(tx);
+        let mut input = crate::archive::reader::ChannelReader::new(rx, stx);
+        let mut payload =
+            crate::encryption::open_payload(std::path::Path::new("x.age"), &mut input, &keys)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        let (mut next, sealed_rx, _spent) = input.into_parts();
+        let mut out = Vec::new();
+        loop {
+            let (mut buf, from) = match next.take() {
+                Some(p) => p,
+                None => match sealed_rx.recv() {
+                    Ok(b) => (b, 0),
+                    Err(_) => break,
+                },
+            };
+            if let Some(b) = payload.open(&mut buf, from)? {
+                out.extend(b);
+            }
+            out.extend(buf);
+        }
+        out.extend(payload.finish()?);
+        Ok(out)
+    }
+
+    #[test]
+    fn the_nonce_is_found_wherever_the_reads_split_the_header() {
+        let id = identity();
+        for len in [0usize, 2 * CHUNK + 5] {
+            let data = plain(len);
+            let sealed = seal(&id, &data);
+            let body = if len == 0 { TAG } else { 2 * SEALED + 5 + TAG };
+            let payload_start = sealed.len() - body;
+            let header_end = payload_start - 16;
+            let mut firsts: Vec<usize> = (1..=24).collect();
+            for d in 0..=17 {
+                firsts.push(header_end - 8 + d);
+                firsts.push(payload_start + d);
+            }
+            firsts.push(payload_start + SEALED);
+            firsts.push(sealed.len());
+            for &first in &firsts {
+                // Byte by byte only where the payload is empty: each run
+                // unwraps the key, slow in a debug build.
+                let rests: &[usize] = if len == 0 {
+                    &[1, 16, 1 << 20]
+                } else {
+                    &[7, SEALED, 1 << 20]
+                };
+                for &rest in rests {
+                    let got = via_channel(&id, &sealed, first, rest)
+                        .unwrap_or_else(|e| panic!("{len}: first {first} rest {rest}: {e}"));
+                    assert!(got == data, "{len}: first {first} rest {rest}");
+                }
+            }
+            // A cut at the chunk boundary still fails through the channel.
+            if len > 0 {
+                for first in [header_end, payload_start, payload_start + SEALED] {
+                    let cut = &sealed[..payload_start + 2 * SEALED];
+                    let e = via_channel(&id, cut, first.min(cut.len()), 1000).unwrap_err();
+                    assert!(e.to_string().contains("truncated"), "{e}");
+                }
+            }
+        }
+    }
 }

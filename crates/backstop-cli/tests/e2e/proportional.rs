@@ -664,6 +664,63 @@ fn a_hard_link_to_a_file_left_in_place_is_made_again() {
 }
 
 #[test]
+fn a_file_left_in_place_written_before_a_further_name_links_it_is_noticed() {
+    // a/second comes back as a further name of a/first, left in place; the
+    // writer links it later than staging found a/first as the backup has
+    // it. A write in between must not pass for the backup's content.
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("a")).unwrap();
+    std::fs::write(app.join("a/first"), vec![7u8; 50_000]).unwrap();
+    std::fs::hard_link(app.join("a/first"), app.join("a/second")).unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(app.join("a/second")).unwrap();
+    let out = run_paused(&env, "restore.before-link", &restore_args(&id), |_| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options()
+            .write(true)
+            .open(app.join("a/first"))
+            .unwrap();
+        f.write_all_at(b"written meanwhile", 100).unwrap();
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while the restore"), "{stderr}");
+    // Refused before any step: as the service left it, no second name.
+    let now = std::fs::read(app.join("a/first")).unwrap();
+    assert_eq!(&now[100..117], b"written meanwhile");
+    assert!(!app.join("a/second").exists());
+}
+
+#[test]
+fn a_linked_file_written_before_a_further_name_is_made_is_noticed() {
+    // A merge links a/first, as the backup has it, into the staged tree,
+    // then makes a/second a further name of it there. A write to the live
+    // file in between must not come back under the second name.
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("a")).unwrap();
+    std::fs::write(app.join("a/first"), vec![7u8; 50_000]).unwrap();
+    std::fs::hard_link(app.join("a/first"), app.join("a/second")).unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(app.join("a/second")).unwrap();
+    let mut args = restore_args(&id).to_vec();
+    args.extend(["--mode", "merge"].map(std::ffi::OsStr::new));
+    let out = run_paused(&env, "restore.before-hard-link", &args, |_| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::options()
+            .write(true)
+            .open(app.join("a/first"))
+            .unwrap();
+        f.write_all_at(b"written meanwhile", 100).unwrap();
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while the restore"), "{stderr}");
+    assert!(!app.join("a/second").exists());
+}
+
+#[test]
 fn a_directory_in_which_every_file_changed_moves_whole() {
     let env = Env::new();
     let (app, reference, id) = backed_up(&env);

@@ -135,11 +135,14 @@ enum Op {
     },
     /// A live file whose content, mode, owner and time are the backup's:
     /// linked into the staged tree.
+    /// A live file found as the backup has it while its change time was
+    /// `ctime`: linked into the staged tree, unless it changed since.
     Link {
         source: String,
         path: Vec<u8>,
         live: File,
         meta: Meta,
+        ctime: u64,
     },
     Data(Vec<u8>),
     Close {
@@ -514,6 +517,7 @@ impl Stager<'_> {
             path: entry.path.clone(),
             live,
             meta,
+            ctime: change_time(&after),
         })
     }
 
@@ -701,10 +705,15 @@ impl Stager<'_> {
             .expect("in-place sources have a live tree");
         let first = below(&source, link);
         let shown = live.display(first);
-        let Some((file, _)) = live
+        let Some((file, st)) = live
             .open_existing(first)
             .map_err(|e| Error::io("reading", &shown, e))?
         else {
+            return Err(changed_meanwhile(&shown));
+        };
+        // The file staging left there, with its change time then: the
+        // writer checks it has not changed since.
+        let Some(&ctime) = self.linked.get(&st.st_ino) else {
             return Err(changed_meanwhile(&shown));
         };
         self.send(Op::Link {
@@ -712,6 +721,7 @@ impl Stager<'_> {
             path,
             live: file,
             meta,
+            ctime,
         })
     }
 }
@@ -967,6 +977,20 @@ impl Writer {
             } => {
                 let target = self.target(&source);
                 let shown = target.display(&path);
+                // A live file linked in: as it was when linked, or the
+                // further name would hide a change to it.
+                crate::failpoint::hit("restore.before-hard-link")?;
+                let st = target
+                    .stat(&link)
+                    .map_err(|e| Error::io("reading", target.display(&link), e))?;
+                if self
+                    .linked
+                    .get(&st.st_ino)
+                    .is_some_and(|c| *c != change_time(&st))
+                {
+                    return Err(changed_meanwhile(&shown));
+                }
+                let target = self.target(&source);
                 target
                     .hard_link(&link, &path)
                     .map_err(|e| Error::io("linking", &shown, e))?;
@@ -983,7 +1007,17 @@ impl Writer {
                 path,
                 live,
                 meta,
-            } => self.link(&source, &path, live, &meta)?,
+                ctime,
+            } => self.link(
+                &source,
+                &path,
+                Prefix {
+                    live,
+                    len: 0,
+                    ctime,
+                },
+                &meta,
+            )?,
             Op::File {
                 source,
                 path,
@@ -1037,16 +1071,26 @@ impl Writer {
         Ok(())
     }
 
-    /// Links the live file `live` at `path` in the staged tree; where the
-    /// kernel refuses (another filesystem below the target, protected hard
-    /// links), copies it instead.
-    fn link(&mut self, source: &str, path: &[u8], live: File, meta: &Meta) -> Result<()> {
+    /// Links the live file at `path` in the staged tree; where the kernel
+    /// refuses (another filesystem below the target, protected hard links),
+    /// copies it instead. Refuses the restore when the file changed since
+    /// it was found as the backup has it (`found.ctime`): the time the
+    /// writer's queue took is no gap for a write to slip through.
+    fn link(&mut self, source: &str, path: &[u8], found: Prefix, meta: &Meta) -> Result<()> {
+        let shown = self.target(source).display(path);
+        crate::failpoint::hit("restore.before-link")?;
+        let live = &found.live;
+        let now = rustix::fs::fstat(live).map_err(|e| Error::io("reading", &shown, e.into()))?;
+        // Linked here before (a further name of it): as it was then.
+        let expected = self.linked.get(&now.st_ino).copied().unwrap_or(found.ctime);
+        if change_time(&now) != expected {
+            return Err(changed_meanwhile(&shown));
+        }
         let target = self.target(source);
-        let shown = target.display(path);
-        match target.link_open_file(&live, path) {
+        match target.link_open_file(live, path) {
             Ok(()) => {
                 let st =
-                    rustix::fs::fstat(&live).map_err(|e| Error::io("reading", &shown, e.into()))?;
+                    rustix::fs::fstat(live).map_err(|e| Error::io("reading", &shown, e.into()))?;
                 self.linked.insert(st.st_ino, change_time(&st));
                 Ok(())
             }
@@ -1059,11 +1103,12 @@ impl Writer {
                 let mut file = target
                     .create_file(path, 0o600)
                     .map_err(|e| Error::io("creating", &shown, e))?;
-                let len = live
-                    .metadata()
-                    .map_err(|e| Error::io("reading", &shown, e))?
-                    .len();
-                copy_prefix(&live, &mut file, len).map_err(|e| Error::io("writing", &shown, e))?;
+                let whole = Prefix {
+                    live: found.live,
+                    len: now.st_size as u64,
+                    ctime: expected,
+                };
+                copy_equal_prefix(&whole, &mut file, &shown)?;
                 self.close(&file, &shown, None, meta)
             }
             Err(e) => Err(Error::io("linking", &shown, e)),

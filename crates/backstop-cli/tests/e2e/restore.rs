@@ -291,6 +291,64 @@ fn excluded_paths_are_left_as_they_are() {
 }
 
 #[test]
+fn what_no_backup_holds_is_kept_by_an_exact_restore() {
+    // backstop's own home (with its store) inside the tree, a directory
+    // tagged CACHEDIR.TAG and a FIFO: the backup leaves each out, so the
+    // exact restore keeps each, in its plan and in what it does.
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("docs")).unwrap();
+    std::fs::write(app.join("docs/d"), b"d").unwrap();
+    std::fs::create_dir_all(app.join("proj/build")).unwrap();
+    std::fs::write(
+        app.join("proj/build/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    std::fs::write(app.join("proj/build/out.o"), b"object").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &app.join("docs/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let home = app.join(".local/share/backstop");
+    let backstop = |args: &[&str]| {
+        let mut cmd = env.cmd_with_home(&home);
+        cmd.args(args);
+        cmd.output().unwrap()
+    };
+    let out = backstop(&["--json", "backup", app.to_str().unwrap()]);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = doc["report"]["backup"]["id"].as_str().unwrap().to_string();
+    std::fs::write(app.join("docs/d"), b"changed").unwrap();
+    let plan = backstop(&["--json", "restore", &id, "--dry-run"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let totals = &plan["restore"]["plan"]["totals"];
+    assert_eq!(totals["delete"], 0, "{plan}");
+    assert_eq!(totals["keep"], 3, "{plan}");
+    let out = backstop(&["restore", &id, "--yes"]);
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(app.join("docs/d")).unwrap(), b"d");
+    assert_eq!(
+        std::fs::read(app.join("proj/build/out.o")).unwrap(),
+        b"object"
+    );
+    assert!(app.join("docs/pipe").exists(), "the FIFO is kept");
+    // The home is whole: both backups and the safety backup are listed.
+    let out = backstop(&["--json", "list"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["backups"].as_array().unwrap().len(), 2, "{list}");
+}
+
+#[test]
 fn a_tampered_archive_or_sidecar_is_refused_with_the_tree_untouched() {
     let env = Env::new();
     let (app, _reference, id) = backed_up(&env);

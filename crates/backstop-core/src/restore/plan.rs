@@ -940,6 +940,15 @@ pub(crate) fn incomplete_paths(m: &Manifest, trailer: &Trailer) -> BTreeSet<Path
         .collect()
 }
 
+/// backstop's home and store, as a restored tree's paths would name them:
+/// symlinks resolved, as the destination's are.
+fn own_state(ctx: &Context<'_>) -> Vec<PathBuf> {
+    [&ctx.layout.home, &ctx.layout.store]
+        .into_iter()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+        .collect()
+}
+
 /// A restore planned and checked: the plan, and everything carrying it out
 /// needs.
 pub(crate) struct Prepared<'a> {
@@ -956,6 +965,9 @@ pub(crate) struct Prepared<'a> {
     /// What the backup never covered: paths its excludes matched, which
     /// stay as they are too.
     pub(crate) backup_excludes: Excludes,
+    /// backstop's own home and store, which no backup holds: kept wherever
+    /// they sit in a tree restored.
+    pub(crate) own_state: Vec<PathBuf>,
     /// The sources restored, in the backup's order.
     pub(crate) sources: Vec<&'a SourceManifest>,
     /// Where each of them goes, by name.
@@ -985,10 +997,15 @@ pub(crate) struct Prepared<'a> {
 impl Prepared<'_> {
     /// Whether a keep rule covers a path, given absolute and relative to
     /// the restored root: a never-restore path, an `--exclude`, or one the
-    /// backup's own excludes left out.
+    /// backup itself leaves out wherever it sits — what its excludes
+    /// match, backstop's own home and store, a directory holding a
+    /// `CACHEDIR.TAG`.
     pub(crate) fn kept(&self, abs: &Path, rel_root: &Path, is_dir: bool) -> bool {
         self.selection.keep.matches(rel_root, is_dir).is_some()
             || self.backup_excludes.check(abs, is_dir).is_some()
+            || is_dir
+                && (self.own_state.iter().any(|p| p == abs)
+                    || crate::source::exclude::has_cachedir_tag_at(abs))
     }
 }
 
@@ -1061,6 +1078,7 @@ pub(crate) fn prepare<'a>(
         mode,
         selection,
         backup_excludes,
+        own_state: own_state(ctx),
         sources,
         places,
         scratch,

@@ -543,7 +543,8 @@ impl<'a> Merger<'a> {
                 }
                 continue;
             }
-            let is_kept = (self.kept)(&rel, have.kind == "dir");
+            // FIFOs, sockets and devices, which no backup holds, stay.
+            let is_kept = have.kind == "other" || (self.kept)(&rel, have.kind == "dir");
             if !is_kept && self.unchanged_in_place(&rel, &have)? {
                 self.live.take(true);
                 self.plan(&rel, Action::Unchanged, have.kind, have.size);

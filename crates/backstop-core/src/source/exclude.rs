@@ -157,12 +157,39 @@ fn without_trailing_slash(path: &Path) -> &Path {
 /// Whether the open directory `dir` holds a `CACHEDIR.TAG` with the
 /// standard signature (the tag is opened without following a symlink).
 pub fn has_cachedir_tag(dir: impl AsFd) -> bool {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let Ok(fd) = rustix::fs::openat(dir, "CACHEDIR.TAG", flags, Mode::empty()) else {
+    is_cachedir_tag(rustix::fs::openat(
+        dir,
+        "CACHEDIR.TAG",
+        TAG_FLAGS,
+        Mode::empty(),
+    ))
+}
+
+const TAG_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+
+/// Whether `opened` is a tag file that begins with the signature.
+fn is_cachedir_tag(opened: rustix::io::Result<std::os::fd::OwnedFd>) -> bool {
+    let Ok(fd) = opened else {
         return false;
     };
     let mut head = [0u8; CACHEDIR_SIGNATURE.len()];
     File::from(fd).read_exact(&mut head).is_ok() && head == CACHEDIR_SIGNATURE
+}
+
+/// Whether the directory at `dir` holds a `CACHEDIR.TAG` with the standard
+/// signature: [`has_cachedir_tag`] for a live tree a restore lists by path,
+/// where a tagged directory, which no backup holds, is kept. The tag is
+/// opened without following a symlink; one path lookup, for a directory
+/// without a tag.
+pub fn has_cachedir_tag_at(dir: &Path) -> bool {
+    is_cachedir_tag(rustix::fs::open(
+        dir.join("CACHEDIR.TAG"),
+        TAG_FLAGS,
+        Mode::empty(),
+    ))
 }
 
 #[cfg(test)]

@@ -370,6 +370,91 @@ fn a_chain_with_a_missing_or_altered_link_is_refused_and_nothing_changes() {
     assert_eq!(std::fs::read(dest.join("config/two")).unwrap(), b"2");
 }
 
+/// The status of backup `id` in the catalog.
+fn status(env: &Env, id: &str) -> String {
+    let rows = env.list();
+    let row = rows.iter().find(|r| r["id"] == id).unwrap();
+    row["status"].as_str().unwrap().to_string()
+}
+
+/// A full backup of a small app and two incrementals, the first of which
+/// holds 200 KB of new data; its byte in the middle of that data flipped,
+/// its sidecar left as it was (damage on the disk).
+fn chain_with_a_damaged_link(env: &Env) -> (PathBuf, String, String) {
+    let (app, inc1, inc2, _) = damaged_chain(env);
+    (app, inc1, inc2)
+}
+
+/// [`chain_with_a_damaged_link`], with the damaged archive and the offset
+/// of its flipped byte.
+fn damaged_chain(env: &Env) -> (PathBuf, String, String, (PathBuf, u64)) {
+    let app = env.small_app("app");
+    env.backup(&app, &[]);
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    write(&app.join("data/noise"), &noise);
+    let inc1 = env.backup(&app, &[]);
+    write(&app.join("config/two"), b"2");
+    let inc2 = env.backup(&app, &[]);
+    let archive = location(&inc1);
+    let len = std::fs::metadata(&archive).unwrap().len();
+    flip_byte(&archive, len / 2);
+    (app, id(&inc1), id(&inc2), (archive, len / 2))
+}
+
+#[test]
+fn a_damaged_link_fails_its_childs_verify_and_no_backup_builds_on_it() {
+    // What verifies, restores: an incremental's verify reads its chain's
+    // archives too, and one whose bytes are not the recorded ones (its
+    // sidecar still agreeing) fails it. The link is recorded as corrupt: a
+    // restore that needs it is refused before its safety backup, and the
+    // next backup is a full one.
+    let env = Env::new();
+    let (app, inc1, inc2) = chain_with_a_damaged_link(&env);
+    env.cmd()
+        .args(["verify", &inc2])
+        .assert()
+        .code(4)
+        .stdout(predicate::str::contains(format!("{inc1} is damaged")));
+    assert_eq!(status(&env, &inc1), "corrupt");
+    let rows = env.list().len();
+    env.cmd()
+        .args(["restore", &inc2, "--yes"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains("failed its last verification"));
+    assert_eq!(env.list().len(), rows, "no safety backup was taken");
+    write(&app.join("config/three"), b"3");
+    let next = env.backup(&app, &[]);
+    assert!(next["parent"].is_null(), "{next}");
+}
+
+#[test]
+fn a_restore_that_finds_a_damaged_link_records_it() {
+    let env = Env::new();
+    let (_app, inc1, inc2, (archive, at)) = damaged_chain(&env);
+    env.cmd()
+        .args(["restore", &inc2, "--yes"])
+        .assert()
+        .code(4)
+        .stderr(predicate::str::contains(format!("{inc1} is damaged")))
+        .stderr(predicate::str::contains("recorded as corrupt"));
+    assert_eq!(status(&env, &inc1), "corrupt");
+    // Known now: refused before another safety backup is taken.
+    let rows = env.list().len();
+    env.cmd().args(["restore", &inc2, "--yes"]).assert().code(4);
+    assert_eq!(env.list().len(), rows);
+    // Whole again (an intact copy put back), it is verified again before
+    // the chain is used.
+    flip_byte(&archive, at);
+    env.cmd().args(["verify", &inc1]).assert().success();
+    env.cmd()
+        .args(["restore", &inc2, "--yes", "--no-pre-backup"])
+        .assert()
+        .success();
+}
+
 #[test]
 fn prune_keeps_what_kept_backups_need_and_delete_names_the_dependants() {
     let env = Env::new();

@@ -308,7 +308,7 @@ fn what_no_backup_holds_is_kept_by_an_exact_restore() {
     std::fs::write(app.join("proj/build/out.o"), b"object").unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &app.join("docs/pipe"),
+        app.join("docs/pipe"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,

@@ -506,9 +506,15 @@ pub enum ArchiveError {
     #[error("{} uses archive format {found}; this backstop reads format {FORMAT}", path.display())]
     NewerFormat { path: PathBuf, found: u64 },
     /// An incremental whose chain is not whole: an archive it needs is
-    /// missing, altered, or does not hold what it should.
+    /// missing, altered, or does not hold what it should. `damaged` names
+    /// the archive of the chain found damaged (its bytes not the ones
+    /// recorded, or unreadable), which the catalog then records.
     #[error("the chain of {} is broken: {detail}", path.display())]
-    BrokenChain { path: PathBuf, detail: String },
+    BrokenChain {
+        path: PathBuf,
+        detail: String,
+        damaged: Option<String>,
+    },
 }
 
 impl ArchiveError {
@@ -543,12 +549,20 @@ impl ArchiveError {
             ArchiveError::NewerFormat { .. } => {
                 Some("upgrade backstop to read this archive".into())
             }
-            ArchiveError::BrokenChain { .. } => Some(
+            ArchiveError::BrokenChain { damaged: None, .. } => Some(
                 "an incremental backup needs every archive of its chain: restore an older \
                  backup whose chain is whole (`backstop list`), or put the missing archive back \
                  and run `backstop reconcile`"
                     .into(),
             ),
+            ArchiveError::BrokenChain {
+                damaged: Some(id), ..
+            } => Some(format!(
+                "an incremental backup needs every archive of its chain, and {id} is recorded as \
+                 corrupt now (the next backup starts a new chain): restore an older backup whose \
+                 chain is whole (`backstop list`), or put an intact copy of {id} back (`backstop \
+                 copy` from another store) and run `backstop verify {id}`"
+            )),
         }
     }
 }

@@ -52,6 +52,25 @@ fn broken(path: &Path, detail: String) -> Error {
     ArchiveError::BrokenChain {
         path: path.to_path_buf(),
         detail,
+        damaged: None,
+    }
+    .into()
+}
+
+/// Why the catalog says backup `id` failed its last verification, if it
+/// does.
+fn failed_verification(catalog: Option<&Catalog>, id: &str) -> Option<String> {
+    let row = catalog?.get(id).ok().flatten()?;
+    (row.verify_ok == Some(false)).then(|| row.verify_error.unwrap_or_default())
+}
+
+/// The chain broken because its archive `id` is damaged: its bytes are
+/// not the ones recorded, or it cannot be read.
+fn damaged(path: &Path, id: &str, detail: String) -> Error {
+    ArchiveError::BrokenChain {
+        path: path.to_path_buf(),
+        detail,
+        damaged: Some(id.to_string()),
     }
     .into()
 }
@@ -92,6 +111,16 @@ pub fn resolve(
                 )
             })?;
         let path = at.label().to_path_buf();
+        if let Some(why) = failed_verification(catalog, &want.id) {
+            return Err(damaged(
+                newest,
+                &want.id,
+                format!(
+                    "{}, which {} is built on, failed its last verification: {why}",
+                    want.id, child.id
+                ),
+            ));
+        }
         let sidecar = read_sidecar(&at)?;
         if sidecar.as_deref() != Some(want.sha256.as_str()) {
             return Err(broken(
@@ -226,10 +255,11 @@ impl<'s> ChainReader<'s> {
             let outcome = hashed.join().expect("reader thread panicked");
             let err = match outcome {
                 Ok(sha) if sha == s.link.sha256 => continue,
-                Ok(sha) => broken(
+                Ok(sha) => damaged(
                     s.link.location.label(),
+                    &s.link.id,
                     format!(
-                        "{} changed while it was read (SHA-256 {sha}, recorded {})",
+                        "{} is damaged: its SHA-256 is {sha}, but {} was recorded",
                         s.link.id, s.link.sha256
                     ),
                 ),
@@ -326,11 +356,17 @@ fn start_stream<'s>(
 ) -> Result<Stream<'s>> {
     let path = link.location.label();
     let mut tar = TarReader::new(ChannelReader::new(plain_rx, plain_spent_tx));
-    let first = tar
-        .next_entry()
-        .map_err(|e| corrupt_link(link, &e))?
-        .ok_or_else(|| broken(path, format!("{} is empty", link.id)))?;
-    let manifest = parse_manifest(path, &read_doc(path, &mut tar, &first, MANIFEST_NAME)?)?;
+    let read = (|| {
+        let first = tar
+            .next_entry()
+            .map_err(|e| corrupt_link(link, &e))?
+            .ok_or_else(|| broken(path, format!("{} is empty", link.id)))?;
+        parse_manifest(path, &read_doc(path, &mut tar, &first, MANIFEST_NAME)?)
+    })();
+    let manifest = match read {
+        Ok(manifest) => manifest,
+        Err(e) => return Err(explained(link, hashed, e)),
+    };
     if manifest.id != link.id {
         return Err(broken(
             path,
@@ -346,11 +382,55 @@ fn start_stream<'s>(
     })
 }
 
+/// A link that cannot be read whose bytes are not the recorded ones is
+/// damaged: said so, rather than what reading it found.
+fn explained(link: &Link, hashed: Option<ScopedJoinHandle<'_, Result<String>>>, e: Error) -> Error {
+    let Some(Ok(sha)) = hashed.map(|h| h.join().expect("reader thread panicked")) else {
+        return e;
+    };
+    if sha == link.sha256 {
+        return e;
+    }
+    damaged(
+        link.location.label(),
+        &link.id,
+        format!(
+            "{} is damaged: its SHA-256 is {sha}, but {} was recorded",
+            link.id, link.sha256
+        ),
+    )
+}
+
 fn corrupt_link(link: &Link, e: &io::Error) -> Error {
     broken(
         link.location.label(),
         format!("{} cannot be read: {e}", link.id),
     )
+}
+
+/// What a walk of an incremental with the chain's archives read beside it
+/// (`whole`, from [`ChainReader::finish`]) comes to: a link whose bytes are
+/// not the recorded ones explains whatever the walk found wrong next.
+pub fn chain_outcome<T>(walked: Result<T>, whole: Result<()>) -> Result<T> {
+    match (walked, whole) {
+        (_, Err(e)) if is_damaged(&e) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok(v), whole) => whole.map(|()| v),
+    }
+}
+
+/// The archive of a chain an error found damaged, if it names one.
+pub fn damaged_link(e: &Error) -> Option<&str> {
+    match e {
+        Error::Archive(ArchiveError::BrokenChain {
+            damaged: Some(id), ..
+        }) => Some(id),
+        _ => None,
+    }
+}
+
+fn is_damaged(e: &Error) -> bool {
+    damaged_link(e).is_some()
 }
 
 impl Holders for ChainReader<'_> {

@@ -26,7 +26,7 @@ use crate::archive::format::{
 };
 use crate::archive::frames::{Partial, PartialReader};
 use crate::archive::hashing::FileHashes;
-use crate::archive::holders::{ChainReader, Link};
+use crate::archive::holders::{ChainReader, Link, chain_outcome};
 use crate::archive::index::{INDEX_NAME, IndexReader};
 use crate::archive::tarread::{Entry, Kind, TarReader};
 use crate::encryption::{self, EncryptionError, Keys};
@@ -558,7 +558,7 @@ pub fn walk_archive_chain(
             ChainReader::start(s, links, sources, (keys, cancel)).and_then(|mut holders| {
                 let walked = walk_chain(path, plain, cancel, visitor, Some(&mut holders), None);
                 let whole = holders.finish();
-                walked.and_then(|v| whole.map(|()| v))
+                chain_outcome(walked, whole)
             })
         };
         let decoded = decoder_thread.join().expect("decoder thread panicked");
@@ -635,7 +635,7 @@ fn walk_partial(
                     Some(&only),
                 );
                 let whole = holders.finish();
-                walked.and_then(|v| whole.map(|()| v))
+                chain_outcome(walked, whole)
             })
         };
         // A frame that failed its check explains what the walk saw next.
@@ -1475,6 +1475,7 @@ fn unchanged_file<'h>(
         return Err(ArchiveError::BrokenChain {
             path: path.to_path_buf(),
             detail: format!("{shown} is unchanged, but no earlier archive of the chain holds it"),
+            damaged: None,
         }
         .into());
     };

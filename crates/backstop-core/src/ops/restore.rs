@@ -45,6 +45,38 @@ pub fn restore(
     req: &RestoreRequest,
     confirm: &mut dyn FnMut(&RestorePlan) -> bool,
 ) -> Result<RestoreOutcome> {
+    let outcome = restore_inner(ctx, req, confirm);
+    if let Err(e) = &outcome {
+        record_damage(ctx, e);
+    }
+    outcome
+}
+
+/// A chain found with a damaged archive (its bytes not the recorded ones)
+/// has it recorded as corrupt: no backup builds on it then, and a restore
+/// that needs it is refused before its safety backup. What cannot be
+/// recorded changes nothing: the restore's own error is what is reported.
+fn record_damage(ctx: &Context<'_>, e: &crate::Error) {
+    let Some(id) = crate::archive::holders::damaged_link(e) else {
+        return;
+    };
+    if let Ok(Some(catalog)) = crate::ops::list::open_existing(ctx)
+        && catalog
+            .get(id)
+            .ok()
+            .flatten()
+            .is_some_and(|row| row.verify_ok != Some(false))
+    {
+        let now = crate::time::now_rfc3339();
+        let _ = catalog.record_verification(id, &now, Some(&e.to_string()));
+    }
+}
+
+fn restore_inner(
+    ctx: &Context<'_>,
+    req: &RestoreRequest,
+    confirm: &mut dyn FnMut(&RestorePlan) -> bool,
+) -> Result<RestoreOutcome> {
     let started = Instant::now();
     // Behind a migration of the store, then from the store it moved to. A
     // dry run too: it reads the archive.

@@ -3,6 +3,8 @@
 //! and the structure the format promises. The result is recorded in the
 //! catalog when the archive is one of its backups.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -62,7 +64,15 @@ pub struct VerifyReport {
     /// sidecar first, the row is asked again under the instance's lock.
     #[serde(skip)]
     pub sidecar_missing: bool,
+    /// Archives of the chain found damaged (id, problem), which the
+    /// catalog records as corrupt.
+    #[serde(skip)]
+    pub damaged: Vec<(String, String)>,
 }
+
+/// What the archives of chains read in one run came to, by id: `None`
+/// when the archive is the one recorded, else the problem.
+type LinksSeen = HashMap<String, Option<String>>;
 
 /// What `verify` did: a verdict per archive read, and how many backups
 /// `--all` left out because the catalog already knows their archive is
@@ -118,9 +128,10 @@ pub fn verify(
     };
     let all = matches!(targets, VerifyTargets::All);
     let mut reports = Vec::new();
+    let mut links_seen = LinksSeen::new();
     for target in resolved {
         ctx.cancel.check()?;
-        let mut report = verify_one(ctx, catalog.as_ref(), target)?;
+        let mut report = verify_one(ctx, catalog.as_ref(), target, &mut links_seen)?;
         // A backup pruned or deleted since the list was read is not a
         // failure of `verify --all`: it is simply no longer there to check.
         if all && report.removed {
@@ -166,6 +177,7 @@ fn verify_one(
     ctx: &Context<'_>,
     catalog: Option<&Catalog>,
     target: Resolved,
+    links_seen: &mut LinksSeen,
 ) -> Result<VerifyReport> {
     let (by_id, file, mut record) = match target {
         Resolved::Id(r) => (true, None, Some(r)),
@@ -180,7 +192,10 @@ fn verify_one(
                 .map(|l| ctx.config.stores.locate(l))
                 .transpose()?,
         };
-        let (mut report, missing) = check(ctx, path, record.as_ref())?;
+        let (mut report, missing) = check(ctx, path, record.as_ref(), links_seen)?;
+        if let Some(c) = catalog {
+            record_damaged(c, &report.damaged)?;
+        }
         let (Some(c), Some(r)) = (catalog, &record) else {
             return Ok(report);
         };
@@ -230,10 +245,77 @@ fn verify_one(
     }
 }
 
+/// Records the archives of a chain found damaged as corrupt (once).
+fn record_damaged(catalog: &Catalog, damaged: &[(String, String)]) -> Result<()> {
+    for (id, problem) in damaged {
+        if catalog
+            .get(id)?
+            .is_some_and(|row| row.verify_ok != Some(false))
+        {
+            catalog.record_verification(id, &time::now_rfc3339(), Some(problem))?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether two rows are the same backup (an id can be taken again by a
 /// backup made in the same second after the first was pruned).
 fn same_backup(a: &BackupRecord, b: &BackupRecord) -> bool {
     a.created_at == b.created_at && a.sha256 == b.sha256 && a.location == b.location
+}
+
+/// Hashes each archive of an incremental's chain (once a run) and reports
+/// any whose SHA-256 is not the one its child recorded.
+fn check_links(
+    ctx: &Context<'_>,
+    links: &[holders::Link],
+    links_seen: &mut LinksSeen,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    for link in links {
+        if !links_seen.contains_key(&link.id) {
+            let problem = match link_sha256(ctx, &link.location) {
+                Ok(sha) if sha == link.sha256 => None,
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                // Not read: not known to be damaged either.
+                Err(e) => {
+                    report.problems.push(error_chain(&e));
+                    continue;
+                }
+                Ok(sha) => Some(format!(
+                    "{} is damaged: its SHA-256 is {sha}, but {} was recorded",
+                    link.id, link.sha256
+                )),
+            };
+            links_seen.insert(link.id.clone(), problem);
+        }
+        if let Some(problem) = &links_seen[&link.id] {
+            report
+                .problems
+                .push(format!("the chain is broken: {problem}"));
+            report.damaged.push((link.id.clone(), problem.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The SHA-256 of the archive at `at`, read to its end.
+fn link_sha256(ctx: &Context<'_>, at: &Location) -> Result<String> {
+    use sha2::Digest;
+    let path = at.label();
+    let mut file = at.open()?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        ctx.cancel.check()?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// Reads the archive at `path` in full and checks it against its sidecar
@@ -242,6 +324,7 @@ fn check(
     ctx: &Context<'_>,
     path: Option<Location>,
     record: Option<&BackupRecord>,
+    links_seen: &mut LinksSeen,
 ) -> Result<(VerifyReport, bool)> {
     let started = Instant::now();
     let mut report = VerifyReport {
@@ -264,6 +347,7 @@ fn check(
         removed: false,
         duration_ms: 0,
         sidecar_missing: false,
+        damaged: Vec::new(),
     };
     let present = match &path {
         Some(p) => p.size()?.is_some(),
@@ -292,11 +376,11 @@ fn check(
                 report.id = Some(v.manifest.id.clone());
             }
             // An incremental's unchanged files are checked where they are
-            // held; here, that every archive of its chain is there as recorded.
-            if let Err(e) =
-                holders::resolve(&path, &v.manifest, (None, &ctx.config.stores), ctx.keys)
-            {
-                report.problems.push(error_chain(&e));
+            // held; here, that every archive of its chain is there, and is
+            // byte for byte the one recorded: what verifies, restores.
+            match holders::resolve(&path, &v.manifest, (None, &ctx.config.stores), ctx.keys) {
+                Ok(links) => check_links(ctx, &links, links_seen, &mut report)?,
+                Err(e) => report.problems.push(error_chain(&e)),
             }
             if let Some(r) = record
                 && r.id != v.manifest.id

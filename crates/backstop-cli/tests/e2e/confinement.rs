@@ -1005,6 +1005,39 @@ fn restore_into_dest_puts_a_database_below_dest() {
 }
 
 #[test]
+fn a_database_restored_in_place_is_planned_as_replaced() {
+    // The tree's backup leaves the database out (it is captured whole, as
+    // its own source): that exclude must not make the plan say the
+    // database is kept while the restore replaces it.
+    if !have("sqlite3") {
+        return;
+    }
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("data")).unwrap();
+    sqlite(
+        &app.join("data/app.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES ('hello');",
+    );
+    let config = write_config(&env, "app", &app, "db = { sqlite = \"data/app.db\" }");
+    let cfg = config.to_str().unwrap();
+    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
+    sqlite(&app.join("data/app.db"), "UPDATE t SET x = 'changed'");
+    let plan = env.json(&["--config", cfg, "restore", &id, "--dry-run"]);
+    let actions = plan["restore"]["plan"]["actions"].as_array().unwrap();
+    let db = app.join("data/app.db").display().to_string();
+    let of_db: Vec<_> = actions
+        .iter()
+        .filter(|a| a["path"] == db.as_str())
+        .collect();
+    assert_eq!(of_db.len(), 1, "{plan}");
+    assert_eq!(of_db[0]["action"], "replace", "{plan}");
+    let done = env.json(&["--config", cfg, "restore", &id, "--yes"]);
+    assert_eq!(done["restore"]["plan"]["totals"]["replace"], 1, "{done}");
+    assert_eq!(sqlite(&app.join("data/app.db"), "SELECT x FROM t"), "hello");
+}
+
+#[test]
 fn a_backup_between_plan_and_apply_is_refused_with_exit_6() {
     let env = Env::new();
     let app = env.small_app("svc");

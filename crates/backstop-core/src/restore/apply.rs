@@ -823,7 +823,7 @@ impl Decider<'_, '_> {
         let rel_base = rel_base(s);
         let unrestorable = &self.staged.unrestorable;
         let kept_here = |rel: &Path, is_dir: bool| {
-            prep.kept(&target.join(rel), &rel_base.join(rel), is_dir)
+            prep.kept_in(&s.name, &target.join(rel), &rel_base.join(rel), is_dir)
                 || unrestorable.contains(&rel_base.join(rel))
         };
         let databases = &self.databases;

@@ -1007,6 +1007,16 @@ impl Prepared<'_> {
                 && (self.own_state.iter().any(|p| p == abs)
                     || crate::source::exclude::has_cachedir_tag_at(abs))
     }
+
+    /// [`Prepared::kept`] for the paths of source `name`: a database file
+    /// is its own source, which the backup's excludes (that leave it out
+    /// of the tree around it, to be captured whole) do not keep.
+    pub(crate) fn kept_in(&self, name: &str, abs: &Path, rel_root: &Path, is_dir: bool) -> bool {
+        match self.places.get(name) {
+            Some(Place::File { .. }) => self.selection.keep.matches(rel_root, is_dir).is_some(),
+            _ => self.kept(abs, rel_root, is_dir),
+        }
+    }
 }
 
 /// Plans a restore of `src` (found, and checked against the request by
@@ -1805,7 +1815,7 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
             let rel_base = rel_base(s);
             let incomplete = &incomplete;
             let keep = move |rel: &Path, is_dir: bool| {
-                prep.kept(&target.join(rel), &rel_base.join(rel), is_dir)
+                prep.kept_in(&s.name, &target.join(rel), &rel_base.join(rel), is_dir)
                     || incomplete.contains(&rel_base.join(rel))
             };
             Some((

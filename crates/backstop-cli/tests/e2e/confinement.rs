@@ -1005,6 +1005,52 @@ fn restore_into_dest_puts_a_database_below_dest() {
 }
 
 #[test]
+fn a_restore_whose_staging_place_is_not_writable_is_refused_before_anything() {
+    // The staged copy goes beside the tree; a tree of nobody's in a
+    // directory only root may write: the plan must say so, not pass its
+    // checks and then fail (and roll back) after a safety backup.
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("r");
+    let app = parent.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("main.txt"), b"src").unwrap();
+    chown_tree_to_nobody(&app);
+    set_mode(&parent, 0o755);
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+    let id = backup_id(&serde_json::from_slice(&out.stdout).unwrap());
+    std::fs::write(app.join("main.txt"), b"changed").unwrap();
+    let list = |env: &Env| {
+        let out = backstop_as_nobody(env, &home, &["--json".as_ref(), "list".as_ref()]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["backups"].as_array().unwrap().len()
+    };
+    for extra in ["--dry-run", "--yes"] {
+        let out = backstop_as_nobody(
+            &env,
+            &home,
+            &["restore".as_ref(), id.as_ref(), extra.as_ref()],
+        );
+        assert_eq!(out.status.code(), Some(1), "{extra}: {}", context(&out));
+        assert!(
+            stderr(&out).contains("stages its copy"),
+            "{extra}: {}",
+            context(&out)
+        );
+    }
+    assert_eq!(list(&env), 1, "no safety backup");
+    assert_eq!(std::fs::read(app.join("main.txt")).unwrap(), b"changed");
+}
+
+#[test]
 fn a_database_restored_in_place_is_planned_as_replaced() {
     // The tree's backup leaves the database out (it is captured whole, as
     // its own source): that exclude must not make the plan say the

@@ -1316,6 +1316,7 @@ impl Prepared<'_> {
         let base = fsutil::existing_ancestor(&self.dest);
         checks.push(self.check_free_space(&base)?);
         checks.push(check_writable(&base)?);
+        self.check_staging_writable(&base)?;
         if self.mode == Mode::Exact && !is_own_root && !req.force {
             self.refuse_exact_elsewhere(own_root)?;
         }
@@ -1765,6 +1766,38 @@ impl VersionGate {
                  reports {current} (major version {now}): restored anyway, as --force asks"
             ),
         )))
+    }
+}
+
+impl Prepared<'_> {
+    /// Refuses a restore whose staged copy cannot be made: it goes beside
+    /// each target (to be renamed into place on the same filesystem), in
+    /// a directory other than `base` when the target is the destination
+    /// itself.
+    fn check_staging_writable(&self, base: &Path) -> Result<()> {
+        for place in self.places.values() {
+            let (Place::Tree(target) | Place::File { target, .. }) = place else {
+                continue;
+            };
+            let beside = fsutil::existing_ancestor(&fsutil::parent_dir(target));
+            if beside.as_path() != base
+                && rustix::fs::access(&beside, rustix::fs::Access::WRITE_OK).is_err()
+            {
+                return Err(Error::Refused {
+                    message: format!(
+                        "{} is not writable, and the restore stages its copy of {} there, \
+                         beside it, to move it into place",
+                        beside.display(),
+                        target.display()
+                    ),
+                    hint: Some(
+                        "run as a user who may write there, or restore elsewhere with --dest DIR"
+                            .into(),
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

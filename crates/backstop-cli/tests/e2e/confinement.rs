@@ -1005,6 +1005,50 @@ fn restore_into_dest_puts_a_database_below_dest() {
 }
 
 #[test]
+fn what_the_backup_could_not_read_is_kept_by_the_dry_run_and_the_restore() {
+    // A directory and a file of root's, shut to nobody, in nobody's tree:
+    // the backup lists them as unreadable; the plan (the safety backup's
+    // estimate included) and the restore keep them, never refuse them.
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("r");
+    let app = parent.join("notes");
+    std::fs::create_dir_all(app.join("private")).unwrap();
+    std::fs::write(app.join("private/s"), b"secret").unwrap();
+    std::fs::write(app.join("rootfile"), b"root's").unwrap();
+    std::fs::write(app.join("n"), b"note").unwrap();
+    let (u, g) = nobody();
+    for p in [&parent, &app, &app.join("n")] {
+        rustix::fs::chown(p.as_path(), Some(u), Some(g)).unwrap();
+    }
+    set_mode(&app.join("private"), 0o700);
+    set_mode(&app.join("rootfile"), 0o600);
+    let out = backstop_as_nobody(
+        &env,
+        &home,
+        &["--json".as_ref(), "backup".as_ref(), app.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", context(&out));
+    let id = backup_id(&serde_json::from_slice(&out.stdout).unwrap());
+    std::fs::write(app.join("n"), b"changed").unwrap();
+    for (extra, codes) in [("--dry-run", [0, 0]), ("--yes", [0, 3])] {
+        let out = backstop_as_nobody(
+            &env,
+            &home,
+            &["restore".as_ref(), id.as_ref(), extra.as_ref()],
+        );
+        let code = out.status.code().unwrap_or(-1);
+        assert!(codes.contains(&code), "{extra}: {}", context(&out));
+    }
+    assert_eq!(std::fs::read(app.join("n")).unwrap(), b"note");
+    assert_eq!(std::fs::read(app.join("private/s")).unwrap(), b"secret");
+    assert_eq!(std::fs::read(app.join("rootfile")).unwrap(), b"root's");
+}
+
+#[test]
 fn a_restore_whose_staging_place_is_not_writable_is_refused_before_anything() {
     // The staged copy goes beside the tree; a tree of nobody's in a
     // directory only root may write: the plan must say so, not pass its

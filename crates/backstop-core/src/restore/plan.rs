@@ -1417,9 +1417,19 @@ impl Prepared<'_> {
             let mut walk = Walk::new(target, false)?;
             while let Some((rel, node)) = walk.peek()? {
                 total += node.size;
-                let kept = !rel.as_os_str().is_empty()
-                    && node.kind == "dir"
-                    && self.kept(&target.join(rel), rel, true);
+                let is_dir = node.kind == "dir";
+                let kept = !rel.as_os_str().is_empty() && is_dir && {
+                    let abs = target.join(rel);
+                    // One this user cannot list (the backup's trailer may
+                    // keep it; if not, the restore refuses it later) is not
+                    // counted: an estimate does not fail on it.
+                    self.kept(&abs, rel, true)
+                        || rustix::fs::access(
+                            &abs,
+                            rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+                        )
+                        .is_err()
+                };
                 walk.take(!kept);
             }
             walk.finish()?;

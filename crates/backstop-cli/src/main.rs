@@ -710,7 +710,10 @@ fn cmd_prune(g: &Global, a: &PruneArgs, cancel: &Cancel) -> Result<u8, Error> {
     };
     let plans = with_context(g, &settings, cancel, |ctx| {
         let instances = match &a.instance {
-            Some(i) => vec![i.clone()],
+            Some(i) => {
+                list::require_known(ctx, i)?;
+                vec![i.clone()]
+            }
             None => list::instances(ctx)?,
         };
         instances
@@ -801,6 +804,11 @@ fn cmd_reconcile(g: &Global, a: &ReconcileArgs, cancel: &Cancel) -> Result<u8, E
     let settings = Settings::load_with_identities(g, &a.identity)?;
     let wait = a.wait.as_deref().map(settings::parse_wait).transpose()?;
     let report = with_context(g, &settings, cancel, |ctx| {
+        // In another store (a bucket on a fresh machine) an instance may
+        // be known to nothing here yet: that is what reconcile finds out.
+        if let (Some(name), None) = (a.instance(), a.store.as_deref()) {
+            list::require_known(ctx, name)?;
+        }
         reconcile::reconcile(ctx, a.instance(), a.store.as_deref(), a.apply, wait)
     })?;
     if g.json {

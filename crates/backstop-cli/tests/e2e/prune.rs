@@ -111,6 +111,26 @@ fn prune_keeps_by_rule_and_never_the_pinned_or_the_newest() {
 }
 
 #[test]
+fn prune_and_reconcile_of_an_instance_nothing_knows_fail_with_exit_2() {
+    // A typo'd name would otherwise prune or reconcile nothing, and say
+    // "removed 0 of 0" with exit 0.
+    let env = Env::new();
+    backups(&env, 3);
+    for args in [
+        &["prune", "nosuch", "--keep", "1"][..],
+        &["prune", "nosuch", "--keep", "1", "--dry-run"],
+        &["reconcile", "nosuch"],
+    ] {
+        env.cmd()
+            .args(args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("no instance named `nosuch`"));
+    }
+    assert_eq!(ids(&env).len(), 3);
+}
+
+#[test]
 fn prune_without_a_rule_removes_nothing_and_says_so() {
     let env = Env::new();
     let (_app, all) = backups(&env, 2);

@@ -56,6 +56,38 @@ pub fn repair_interrupted(ctx: &Context<'_>, catalog: &Catalog) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an instance name nothing knows: not in the config, with no
+/// backup in the catalog and no directory in the home's store (a typo,
+/// which would otherwise prune or reconcile nothing and succeed).
+///
+/// # Errors
+///
+/// A usage error (exit 2) naming it; or when the catalog cannot be read.
+pub fn require_known(ctx: &Context<'_>, name: &str) -> Result<()> {
+    if ctx.config.instances.contains_key(name)
+        || store_instances(&ctx.layout.store).iter().any(|i| i == name)
+    {
+        return Ok(());
+    }
+    if let Some(c) = open_existing(ctx)? {
+        let rows = c.list(&ListFilter {
+            instance: Some(name.to_string()),
+            limit: Some(1),
+            ..ListFilter::default()
+        })?;
+        if !rows.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(crate::Error::usage(
+        format!(
+            "there is no instance named `{name}`: the config does not define it, and no backup \
+             of it is in the catalog or the store"
+        ),
+        Some("check the spelling; `backstop list` shows the instances with backups".into()),
+    ))
+}
+
 /// The backups matching `filter`, newest first, and the archives of the
 /// store that the catalog does not know.
 ///

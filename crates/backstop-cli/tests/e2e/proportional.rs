@@ -233,6 +233,38 @@ fn an_entry_left_in_place_and_gone_meanwhile_is_noticed() {
 }
 
 #[test]
+fn files_named_like_a_staging_directory_are_restored_like_any_other() {
+    // Only this restore's own staging directories are passed over by its
+    // walks: a tree's own `.backstop-staging-*` files are the backup's.
+    for deleted in [true, false] {
+        let env = Env::new();
+        let app = env.path("app");
+        std::fs::create_dir_all(app.join("d")).unwrap();
+        for (p, body) in [
+            (".backstop-staging-notes", "i"),
+            ("d/.backstop-staging-x", "k"),
+            ("z", "z"),
+            ("d/y", "y"),
+            ("same", "s"),
+        ] {
+            std::fs::write(app.join(p), body).unwrap();
+        }
+        let reference = env.path("reference");
+        copy_tree(&app, &reference);
+        let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+        if deleted {
+            std::fs::remove_file(app.join(".backstop-staging-notes")).unwrap();
+            std::fs::remove_file(app.join("d/.backstop-staging-x")).unwrap();
+        }
+        std::fs::write(app.join("z"), "changed").unwrap();
+        let out = env.std_cmd().args(restore_args(&id)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "deleted {deleted}: {stderr}");
+        assert_same_tree(&reference, &app, compare());
+    }
+}
+
+#[test]
 fn a_live_file_written_before_its_equal_part_is_copied_is_noticed() {
     // A large file that differs only past its first megabyte: the staged
     // copy takes its equal first part from the live file. Written between

@@ -160,10 +160,7 @@ impl Walk {
                 continue;
             };
             // Another source's staging directory, made by this restore.
-            if name
-                .to_bytes()
-                .starts_with(crate::restore::stage::STAGING_PREFIX.as_bytes())
-            {
+            if crate::restore::stage::is_own_staging(name.to_bytes()) {
                 continue;
             }
             let rel = frame.rel.join(OsStr::from_bytes(name.to_bytes()));
@@ -286,10 +283,7 @@ impl Listed {
             let entry = entry.map_err(|e| unreadable(shown, e.into()))?;
             let name = entry.file_name();
             let bytes = name.to_bytes();
-            if bytes == b"."
-                || bytes == b".."
-                || bytes.starts_with(crate::restore::stage::STAGING_PREFIX.as_bytes())
-            {
+            if bytes == b"." || bytes == b".." || crate::restore::stage::is_own_staging(bytes) {
                 continue;
             }
             let is_dir = match entry.file_type() {

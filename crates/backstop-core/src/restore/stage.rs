@@ -1222,10 +1222,31 @@ fn write_chunk(
 /// (one per source: several sources may share a parent).
 pub fn staging_dir(target: &Path, backup_id: &str, source: &str) -> PathBuf {
     let parent = crate::fsutil::parent_dir(target);
-    parent.join(format!(
+    let name = format!(
         "{STAGING_PREFIX}{backup_id}-{}-{source}",
         std::process::id()
-    ))
+    );
+    OWN_STAGING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(name.clone().into_bytes());
+    parent.join(name)
+}
+
+/// The names of the staging directories this process makes: a walk of a
+/// tree passes over them (another source's, beside a target inside it),
+/// and over nothing else, whatever its name (a tree may hold a
+/// `.backstop-staging-notes` of its own).
+static OWN_STAGING: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether `name` is one of this process's staging directories.
+pub fn is_own_staging(name: &[u8]) -> bool {
+    name.starts_with(STAGING_PREFIX.as_bytes())
+        && OWN_STAGING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(name)
 }
 
 /// The name prefix of staging directories, so stale ones can be found.

@@ -1005,6 +1005,39 @@ fn restore_into_dest_puts_a_database_below_dest() {
 }
 
 #[test]
+fn a_symlink_put_where_the_backed_up_root_was_is_refused() {
+    // Root backs up a directory nobody owns; nobody swaps it for a symlink
+    // to a directory of root's. The restore with no --dest goes where the
+    // backup was taken: not through the symlink into the victim.
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let owner = env.path("owner");
+    let victim = env.path("victim");
+    std::fs::create_dir_all(owner.join("app")).unwrap();
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("canary"), b"root's").unwrap();
+    std::fs::write(owner.join("app/f"), b"data").unwrap();
+    chown_tree_to_nobody(&owner);
+    let app = owner.join("app");
+    let id = backup_id(&env.json(&["backup", app.to_str().unwrap()]));
+    std::fs::rename(&app, owner.join("app.moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, &app).unwrap();
+    for extra in ["--dry-run", "--yes"] {
+        let out = env
+            .cmd()
+            .args(["restore", &id, extra, "--no-pre-backup"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{extra}: {}", context(&out));
+        assert!(stderr(&out).contains("now leads to"), "{}", context(&out));
+    }
+    assert_eq!(std::fs::read(victim.join("canary")).unwrap(), b"root's");
+    assert!(!victim.join("f").exists());
+}
+
+#[test]
 fn what_the_backup_could_not_read_is_kept_by_the_dry_run_and_the_restore() {
     // A directory and a file of root's, shut to nobody, in nobody's tree:
     // the backup lists them as unreadable; the plan (the safety backup's

@@ -605,6 +605,34 @@ pub(crate) fn check_sum(
 }
 
 /// `dest` made absolute, with symlinks resolved in the part that exists.
+/// Where a restore with no `--dest` goes: the instance's root, resolved.
+/// A root the config names may be a symlink (resolved now, as at backup
+/// time); a root only the backup records was resolved then, so one that
+/// resolves elsewhere now (a symlink put in its place, by whoever may
+/// write beside it) is not the directory the backup was taken of.
+fn resolve_root(m: &Manifest, inst: Option<&Instance>, root: &Path) -> Result<PathBuf> {
+    let resolved = resolve_dest(root);
+    let configured = inst.is_some() && m.taken_of == TakenOf::InstanceRoot;
+    if configured || resolved == root {
+        return Ok(resolved);
+    }
+    Err(Error::Refused {
+        message: format!(
+            "{} now leads to {}, not to the directory backup {} was taken of (a symlink is \
+             on the way): nothing was changed",
+            root.display(),
+            resolved.display(),
+            m.id
+        ),
+        hint: Some(format!(
+            "if the data moved there, restore it with `--dest {}`; otherwise put the directory \
+             back at {}",
+            resolved.display(),
+            root.display()
+        )),
+    })
+}
+
 fn resolve_dest(dest: &Path) -> PathBuf {
     let abs = crate::config::absolute(dest);
     let base = fsutil::existing_ancestor(&abs);
@@ -1042,7 +1070,7 @@ pub(crate) fn prepare<'a>(
             resolve_dest(dest),
             root.unwrap_or_else(|_| PathBuf::from(&m.root)),
         ),
-        (None, Ok(root)) => (resolve_dest(&root), root),
+        (None, Ok(root)) => (resolve_root(m, inst, &root)?, root),
         (None, Err(e)) => return Err(e),
     };
     check_dest_is_dir(&dest)?;

@@ -233,6 +233,25 @@ fn an_entry_left_in_place_and_gone_meanwhile_is_noticed() {
 }
 
 #[test]
+fn an_entry_replaced_while_the_steps_run_is_never_moved_aside_for_it() {
+    // d3/f003 is to be moved aside and replaced. Another process saves a
+    // new version of it (written, then renamed over it) once the steps have
+    // begun: that version is not the entry the steps were decided on, and
+    // must stay where it is, the restore rolled back.
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    change_two(&app);
+    let out = run_paused(&env, "restore.apply-step", &restore_args(&id), |_| {
+        std::fs::write(app.join("d3/new"), b"the service's own").unwrap();
+        std::fs::rename(app.join("d3/new"), file(&app, 3)).unwrap();
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("changed while the restore"), "{stderr}");
+    assert_eq!(std::fs::read(file(&app, 3)).unwrap(), b"the service's own");
+}
+
+#[test]
 fn files_named_like_a_staging_directory_are_restored_like_any_other() {
     // Only this restore's own staging directories are passed over by its
     // walks: a tree's own `.backstop-staging-*` files are the backup's.

@@ -591,8 +591,25 @@ pub fn apply(step: &Step) -> Result<()> {
             handle::rename(staged, target, flags).map_err(io(target))
         }
         Step::Move {
-            from, to, reopen, ..
-        } => move_entry(from, to, *reopen).map_err(io(to)),
+            from,
+            to,
+            reopen,
+            ino: moved,
+        } => {
+            // Another entry at `from` than the one decided on (put there by
+            // another process since): moved aside and then not recognised
+            // by the undo, it would go with the staging directory.
+            if ino(from) != Some(*moved) {
+                return Err(crate::restore::stage::changed_meanwhile(from));
+            }
+            move_entry(from, to, *reopen).map_err(io(to))?;
+            if ino(to) != Some(*moved) {
+                // Renamed there between the look and the move: put back.
+                move_entry(to, from, *reopen).map_err(|e| Error::io("moving back", to, e))?;
+                return Err(crate::restore::stage::changed_meanwhile(from));
+            }
+            Ok(())
+        }
         Step::MakeDir { path } => {
             handle::mkdir(path, 0o777).map_err(|e| Error::io("creating", path, e))
         }

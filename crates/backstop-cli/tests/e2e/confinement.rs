@@ -1005,6 +1005,38 @@ fn restore_into_dest_puts_a_database_below_dest() {
 }
 
 #[test]
+fn a_never_restore_path_added_to_the_config_after_the_backup_is_kept() {
+    let env = Env::new();
+    let app = env.small_app("app");
+    let config = env.path("backstop.toml");
+    let root = format!("[instances.app]\nroot = \"{}\"\n", app.display());
+    std::fs::write(&config, &root).unwrap();
+    let cfg = config.to_str().unwrap();
+    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
+    std::fs::write(
+        &config,
+        format!("{root}never_restore = [\"data/.initialized\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(app.join("data/.initialized"), b"set up").unwrap();
+    std::fs::write(app.join("config/app.toml"), b"changed").unwrap();
+    let plan = env.json(&["--config", cfg, "restore", &id, "--dry-run"]);
+    assert_eq!(plan["restore"]["plan"]["totals"]["delete"], 0, "{plan}");
+    env.cmd()
+        .args(["--config", cfg, "restore", &id, "--yes", "--no-pre-backup"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(app.join("data/.initialized")).unwrap(),
+        b"set up"
+    );
+    assert_eq!(
+        std::fs::read(app.join("config/app.toml")).unwrap(),
+        b"port = 8080\n"
+    );
+}
+
+#[test]
 fn a_symlink_put_where_the_backed_up_root_was_is_refused() {
     // Root backs up a directory nobody owns; nobody swaps it for a symlink
     // to a directory of root's. The restore with no --dest goes where the

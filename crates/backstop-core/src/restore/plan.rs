@@ -1233,7 +1233,14 @@ fn selection(
     inst: Option<&Instance>,
     dest: &Path,
 ) -> Result<(Selection, Excludes)> {
+    // The backup's never-restore paths, and the config's now (one added
+    // since the backup keeps what it names too).
     let mut keep_patterns = m.never_restore.clone();
+    keep_patterns.extend(
+        inst.filter(|_| m.taken_of == TakenOf::InstanceRoot)
+            .map(|i| i.never_restore.clone())
+            .unwrap_or_default(),
+    );
     keep_patterns.extend(req.excludes.iter().cloned());
     let secrets = inst.map(|i| i.secrets.clone()).unwrap_or_default();
     let selection = Selection {

@@ -1026,14 +1026,14 @@ impl Prepared<'_> {
     /// Whether a keep rule covers a path, given absolute and relative to
     /// the restored root: a never-restore path, an `--exclude`, or one the
     /// backup itself leaves out wherever it sits — what its excludes
-    /// match, backstop's own home and store, a directory holding a
-    /// `CACHEDIR.TAG`.
+    /// match, backstop's own home and store. (A directory holding a
+    /// `CACHEDIR.TAG`, which the backup leaves out too, is kept by the
+    /// merge, which looks for the tag only in directories the backup does
+    /// not hold: see [`crate::restore::steps::Merger`].)
     pub(crate) fn kept(&self, abs: &Path, rel_root: &Path, is_dir: bool) -> bool {
         self.selection.keep.matches(rel_root, is_dir).is_some()
             || self.backup_excludes.check(abs, is_dir).is_some()
-            || is_dir
-                && (self.own_state.iter().any(|p| p == abs)
-                    || crate::source::exclude::has_cachedir_tag_at(abs))
+            || is_dir && self.own_state.iter().any(|p| p == abs)
     }
 
     /// [`Prepared::kept`] for the paths of source `name`: a database file

@@ -568,7 +568,7 @@ fn own(mut xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// see them). An ordinary user sees no `trusted.*` attribute at all, so
 /// the backup's are not compared then.
 fn same_xattrs(live: Vec<(Vec<u8>, Vec<u8>)>, backup: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    let root = rustix::process::geteuid().is_root();
+    let root = euid() == 0;
     let mut backup = own(backup.to_vec());
     backup.retain(|(name, _)| root || !is_trusted(name));
     let mut live = own(live);
@@ -579,7 +579,7 @@ fn same_xattrs(live: Vec<(Vec<u8>, Vec<u8>)>, backup: &[(Vec<u8>, Vec<u8>)]) -> 
 /// Whether a live entry has the mode, owner (as root; else this user) and
 /// time the backup gives it.
 fn same_meta(st: &rustix::fs::Stat, meta: &Meta) -> bool {
-    let euid = rustix::process::geteuid().as_raw();
+    let euid = euid();
     let owner_ok = match meta.owner {
         Some((uid, gid)) => st.st_uid == uid && st.st_gid == gid,
         None => st.st_uid == euid,
@@ -587,6 +587,13 @@ fn same_meta(st: &rustix::fs::Stat, meta: &Meta) -> bool {
     st.st_mode & 0o7777 == meta.mode
         && owner_ok
         && (st.st_mtime, st.st_mtime_nsec as u32) == meta.mtime
+}
+
+/// This process's effective user id, asked once: the comparisons ask for
+/// it for every live entry, a system call each.
+fn euid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
 /// A member's source name (its first component) and the rest of its path.

@@ -551,6 +551,11 @@ impl<'a> Merger<'a> {
                 self.step_in_place(&rel, Action::Unchanged, None, Some(have.kind))?;
                 continue;
             }
+            // So does a directory tagged as a cache, which the backup left
+            // out (looked for only here, in what only the live tree has).
+            let is_kept = is_kept
+                || have.kind == "dir"
+                    && crate::source::exclude::has_cachedir_tag_at(&self.target.join(&rel));
             let d = decide(self.mode, None, Some(&have), is_kept, false);
             self.take_live(&rel, &have, d.descend_live, is_kept);
             self.plan(&rel, d.action, have.kind, 0);

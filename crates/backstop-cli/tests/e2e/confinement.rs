@@ -974,21 +974,30 @@ fn a_crafted_manifest_cannot_escape_the_root_or_the_home() {
     expect.finish("");
 }
 
+/// An instance `app` whose one source is the SQLite database
+/// `data/app.db`, holding `rows` in table `t`, backed up: (its root, the
+/// config, the backup's id).
+fn backed_up_database(env: &Env, rows: &str) -> (PathBuf, PathBuf, String) {
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("data")).unwrap();
+    sqlite(
+        &app.join("data/app.db"),
+        &format!("CREATE TABLE t(x); INSERT INTO t VALUES {rows};"),
+    );
+    let config = write_config(env, "app", &app, "db = { sqlite = \"data/app.db\" }");
+    let cfg = config.to_str().unwrap();
+    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
+    (app, config, id)
+}
+
 #[test]
 fn restore_into_dest_puts_a_database_below_dest() {
     if !have("sqlite3") {
         return;
     }
     let env = Env::new();
-    let app = env.path("app");
-    std::fs::create_dir_all(app.join("data")).unwrap();
-    sqlite(
-        &app.join("data/app.db"),
-        "CREATE TABLE t(x); INSERT INTO t VALUES ('hello'), ('world');",
-    );
-    let config = write_config(&env, "app", &app, "db = { sqlite = \"data/app.db\" }");
+    let (_app, config, id) = backed_up_database(&env, "('hello'), ('world')");
     let cfg = config.to_str().unwrap();
-    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
     let fresh = env.path("fresh");
     let out = env
         .cmd()
@@ -1168,15 +1177,8 @@ fn a_database_restored_in_place_is_planned_as_replaced() {
         return;
     }
     let env = Env::new();
-    let app = env.path("app");
-    std::fs::create_dir_all(app.join("data")).unwrap();
-    sqlite(
-        &app.join("data/app.db"),
-        "CREATE TABLE t(x); INSERT INTO t VALUES ('hello');",
-    );
-    let config = write_config(&env, "app", &app, "db = { sqlite = \"data/app.db\" }");
+    let (app, config, id) = backed_up_database(&env, "('hello')");
     let cfg = config.to_str().unwrap();
-    let id = backup_id(&env.json(&["--config", cfg, "backup", "app"]));
     sqlite(&app.join("data/app.db"), "UPDATE t SET x = 'changed'");
     let plan = env.json(&["--config", cfg, "restore", &id, "--dry-run"]);
     let actions = plan["restore"]["plan"]["actions"].as_array().unwrap();

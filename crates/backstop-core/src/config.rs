@@ -195,7 +195,12 @@ impl Config {
         };
         let home = resolve("home", raw.home)?;
         let store = resolve("store", raw.store)?;
-        if let Some(codec) = raw.defaults.compression {
+        // A level alone is one for the default codec: checked against it.
+        if raw.defaults.compression.is_some() || raw.defaults.level.is_some() {
+            let codec = raw
+                .defaults
+                .compression
+                .unwrap_or(CompressionSpec::default().codec);
             CompressionSpec::new(codec, raw.defaults.level).map_err(|message| {
                 ConfigError::Invalid {
                     path: path.to_path_buf(),
@@ -412,6 +417,14 @@ mod tests {
         assert!(msg.contains("line 4"), "{msg}");
         assert!(msg.contains("compresion"), "{msg}");
         assert!(msg.contains("/etc/b.toml"), "{msg}");
+    }
+
+    #[test]
+    fn a_level_alone_is_checked_against_the_default_codec() {
+        let text = "[defaults]\nlevel = 40\n";
+        let err = Config::parse(text, Path::new("b.toml")).unwrap_err();
+        assert!(err.to_string().contains("out of range for zstd"), "{err}");
+        assert!(Config::parse("[defaults]\nlevel = 19\n", Path::new("b.toml")).is_ok());
     }
 
     #[test]

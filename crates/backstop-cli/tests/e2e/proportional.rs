@@ -252,6 +252,51 @@ fn an_entry_replaced_while_the_steps_run_is_never_moved_aside_for_it() {
 }
 
 #[test]
+fn a_symlinks_own_owner_and_time_are_the_backups_after_an_exact_restore_in_place() {
+    if !root("give a symlink another owner") {
+        return;
+    }
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
+    let env = Env::new();
+    let (app, _reference, id) = backed_up(&env);
+    let link = app.join("d1/l");
+    std::os::unix::fs::symlink("f001", &link).unwrap();
+    let id2 = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    assert_ne!(id, id2);
+    let before = std::fs::symlink_metadata(&link).unwrap();
+    rustix::fs::chownat(
+        CWD,
+        &link,
+        Some(rustix::process::Uid::from_raw(65534)),
+        Some(rustix::process::Gid::from_raw(65534)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let old = Timespec {
+        tv_sec: 978_307_200,
+        tv_nsec: 0,
+    };
+    let times = Timestamps {
+        last_access: old,
+        last_modification: old,
+    };
+    rustix::fs::utimensat(CWD, &link, &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    let out = env.std_cmd().args(restore_args(&id2)).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::symlink_metadata(&link).unwrap();
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec())
+    );
+}
+
+#[test]
 fn files_named_like_a_staging_directory_are_restored_like_any_other() {
     // Only this restore's own staging directories are passed over by its
     // walks: a tree's own `.backstop-staging-*` files are the backup's.

@@ -45,6 +45,8 @@ pub struct Node {
     /// Inode and change time, on disk (0 for an archive's entry).
     pub ino: u64,
     pub ctime: u64,
+    /// Owner and group, where known (what a restore as root gives).
+    pub owner: Option<(u64, u64)>,
 }
 
 /// One path and what happens to it.
@@ -338,7 +340,16 @@ pub fn same(want: &Node, have: &Node, live_path: &Path, staged_path: Option<&Pat
         return false;
     }
     match want.kind {
-        "symlink" => want.link == have.link,
+        // A link's own owner and time are the backup's too (its mode
+        // is always 0777); the owner only as root, who restores it.
+        "symlink" => {
+            want.link == have.link
+                && want.mtime == have.mtime
+                && (!crate::restore::stage::is_root()
+                    || want.owner.is_none()
+                    || have.owner.is_none()
+                    || want.owner == have.owner)
+        }
         "dir" => true,
         "file" => {
             if want.size != have.size {

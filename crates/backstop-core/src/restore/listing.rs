@@ -353,6 +353,7 @@ pub fn node(st: &Stat, link: Option<Vec<u8>>) -> Node {
         sha256: None,
         ino: st.st_ino,
         ctime: crate::restore::stage::change_time(st),
+        owner: Some((u64::from(st.st_uid), u64::from(st.st_gid))),
     }
 }
 

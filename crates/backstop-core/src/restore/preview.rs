@@ -133,6 +133,7 @@ impl Visitor for Preview<'_> {
                 sha256: None,
                 ino: 0,
                 ctime: 0,
+                owner: Some((entry.uid, entry.gid)),
             },
         };
         let Some((_, target)) = self.sources.get_mut(&name) else {
@@ -178,6 +179,7 @@ impl Preview<'_> {
             sha256: None,
             ino: 0,
             ctime: 0,
+            owner: None,
         };
         if self.unchanged.contains(&key)
             && let Some((_, Target::Tree(merger))) = self.sources.get(source)
@@ -201,6 +203,7 @@ fn file_node(entry: &Entry, size: u64, sha: Option<[u8; 32]>, ino: u64) -> Node 
         sha256: sha,
         ino,
         ctime: 0,
+        owner: Some((entry.uid, entry.gid)),
     }
 }
 

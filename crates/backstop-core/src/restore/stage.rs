@@ -589,6 +589,11 @@ fn same_meta(st: &rustix::fs::Stat, meta: &Meta) -> bool {
         && (st.st_mtime, st.st_mtime_nsec as u32) == meta.mtime
 }
 
+/// Whether this process runs as root (see [`euid`]).
+pub fn is_root() -> bool {
+    euid() == 0
+}
+
 /// This process's effective user id, asked once: the comparisons ask for
 /// it for every live entry, a system call each.
 fn euid() -> u32 {

@@ -664,6 +664,7 @@ mod tests {
             sha256: None,
             ino: 0,
             ctime: 0,
+            owner: None,
         }
     }
 

@@ -890,6 +890,16 @@ fn totals_line(t: &Totals) -> String {
 }
 
 fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: bool) {
+    action_lines_of(out, actions, (verbose, dry_run), None);
+}
+
+/// [`action_lines`], of the actions `only` when given.
+fn action_lines_of(
+    out: &mut String,
+    actions: &Actions,
+    (verbose, dry_run): (bool, bool),
+    only: Option<backstop_core::restore::diff::Action>,
+) {
     use backstop_core::restore::diff::Action;
     for (action, label) in [
         (Action::Create, if dry_run { "create" } else { "created" }),
@@ -903,6 +913,9 @@ fn action_lines(out: &mut String, actions: &Actions, verbose: bool, dry_run: boo
         (Action::Keep, "keep (excluded)"),
         (Action::Conflict, "conflict"),
     ] {
+        if only.is_some_and(|o| o != action) {
+            continue;
+        }
         let paths: Vec<PlannedAction> = actions.iter().filter(|a| a.action == action).collect();
         let shown = if verbose {
             paths.len()
@@ -996,6 +1009,10 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
             }
             if verbose {
                 action_lines(&mut out, &plan.changes.actions, true, false);
+            } else {
+                // What a safe restore left alone, differing: always named.
+                let conflicts = Some(backstop_core::restore::diff::Action::Conflict);
+                action_lines_of(&mut out, &plan.changes.actions, (false, false), conflicts);
             }
             match (&report.safety_backup, &report.undo) {
                 (Some(id), Some(undo)) => {

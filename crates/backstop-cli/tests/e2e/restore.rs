@@ -228,6 +228,13 @@ fn safe_mode_writes_only_missing_files_and_reports_conflicts() {
         conflicts.iter().any(|p| p.ends_with("config/app.toml")),
         "{conflicts:?}"
     );
+    // The text report names them too, without -v.
+    std::fs::remove_file(other.join("config/.env")).unwrap();
+    env.cmd()
+        .args(["restore", &id, "--yes", "--dest", other.to_str().unwrap()])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match(r"conflict +\S*config/app\.toml").unwrap());
 }
 
 #[test]

@@ -589,7 +589,7 @@ fn same_meta(st: &rustix::fs::Stat, meta: &Meta) -> bool {
         && (st.st_mtime, st.st_mtime_nsec as u32) == meta.mtime
 }
 
-/// Whether this process runs as root (see [`euid`]).
+/// Whether this process runs as root (its effective user id, asked once).
 pub fn is_root() -> bool {
     euid() == 0
 }

@@ -1092,13 +1092,9 @@ fn take_steps(ctx: &Context<'_>, journal: &Journal, made: usize) -> Result<()> {
                 journal::apply(step)?;
             }
         }
-        for dir in journal.touched_dirs() {
-            // A directory a later swap moved away (inside an old tree) is
-            // not part of the result; only existing ones matter.
-            if dir.symlink_metadata().is_ok() {
-                fsutil::fsync_dir(&dir)?;
-            }
-        }
+        // A directory a later swap moved away (inside an old tree) is not
+        // part of the result; only existing ones matter.
+        fsutil::sync_dirs(&journal.touched_dirs())?;
         failpoint::hit("restore.before-commit")
     })();
     if let Err(e) = applied {

@@ -1007,6 +1007,13 @@ pub fn restore(outcome: &RestoreOutcome, quiet: bool, verbose: bool) -> String {
                     bytes(report.linked_bytes)
                 );
             }
+            if report.undecoded_bytes > 0 {
+                let _ = writeln!(
+                    out,
+                    "  {} of them were checked against their checksums without decoding the archive's copy",
+                    bytes(report.undecoded_bytes)
+                );
+            }
             if verbose {
                 action_lines(&mut out, &plan.changes.actions, true, false);
             } else {

@@ -294,6 +294,18 @@ impl Partial {
             spans.push((s.start, s.end));
         }
         spans.push((table.tail, total));
+        Partial::of_spans(table, spans, wanted)
+    }
+
+    /// The read of the tail alone: the checksums, the index, the trailer.
+    pub fn tail(table: &FrameTable) -> Partial {
+        let total: u64 = table.frames.iter().map(|f| f.raw).sum();
+        Partial::of_spans(table, vec![(table.tail, total)], &[])
+    }
+
+    /// The read of `spans` of the tar stream (in order), and the frames
+    /// that hold them.
+    fn of_spans(table: &FrameTable, spans: Vec<(u64, u64)>, wanted: &[String]) -> Partial {
         let mut merged: Vec<(u64, u64)> = Vec::new();
         for (a, b) in spans.into_iter().filter(|(a, b)| b > a) {
             match merged.last_mut() {

@@ -9,6 +9,7 @@ pub mod holders;
 pub mod index;
 pub mod read_entry;
 pub mod reader;
+pub mod skip;
 pub mod tarfmt;
 pub mod tarread;
 pub mod writer;

@@ -11,6 +11,7 @@
 
 use std::io::{self, BufRead, Read};
 
+use super::skip::Gaps;
 use super::tarfmt::BLOCK;
 
 /// PAX data larger than this is refused: backstop writes at most a few KiB
@@ -502,6 +503,49 @@ impl<R: BufRead> TarReader<R> {
         self.inner.consume(n as usize);
         self.remaining -= n;
         self.logical += n;
+    }
+}
+
+impl<R: BufRead + Gaps> TarReader<R> {
+    /// The bytes of the current plain file's data at the cursor that the
+    /// decoder passed over ([`crate::archive::skip`]): 0 when none.
+    ///
+    /// # Errors
+    ///
+    /// Fails as reading the stream does.
+    pub fn data_gap(&mut self) -> io::Result<u64> {
+        if self.sparse || self.remaining == 0 {
+            return Ok(0);
+        }
+        Ok(self.inner.gap()?.min(self.remaining))
+    }
+
+    /// Moves past `n` bytes of the gap [`TarReader::data_gap`] gave.
+    pub fn pass_data_gap(&mut self, n: u64) {
+        let n = n.min(self.remaining);
+        self.inner.pass_gap(n);
+        self.remaining -= n;
+        self.logical += n;
+    }
+
+    /// Asks that the frames wholly inside the rest of the current plain
+    /// file's data, not decoded yet, be passed over.
+    pub fn ask_data_gaps(&mut self) {
+        if !self.sparse {
+            self.inner.ask_gaps(self.remaining);
+        }
+    }
+
+    /// Fills the gap at the cursor, if any, with its bytes read again.
+    ///
+    /// # Errors
+    ///
+    /// Fails when they cannot be.
+    pub fn fill_data_gap(&mut self) -> io::Result<()> {
+        if self.sparse || self.remaining == 0 {
+            return Ok(());
+        }
+        self.inner.fill_gap()
     }
 }
 

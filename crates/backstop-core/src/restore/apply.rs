@@ -120,6 +120,7 @@ struct Outcome {
     /// linked into the staged tree rather than written again.
     linked_files: u64,
     linked_bytes: u64,
+    undecoded_bytes: u64,
 }
 
 /// Carries out a planned and confirmed restore under `lock`: stops the
@@ -232,6 +233,7 @@ pub(crate) fn apply(
         restore_id: record.id(),
         linked_files: out.linked_files,
         linked_bytes: out.linked_bytes,
+        undecoded_bytes: out.undecoded_bytes,
         undo,
         replaced_cwd,
         safety_backup: safety_id,
@@ -684,6 +686,7 @@ fn stage(
     let left = stager.take_left();
     out.linked_files = stager.counts.linked;
     out.linked_bytes = stager.counts.linked_bytes;
+    out.undecoded_bytes = stager.counts.undecoded_bytes;
     failpoint::hit("restore.after-stage")?;
     Ok(Staged {
         unrestorable,

@@ -171,6 +171,10 @@ pub struct RestoreReport {
     /// in place, linked into the staged tree otherwise).
     pub linked_files: u64,
     pub linked_bytes: u64,
+    /// Of those bytes, the ones whose copy in the archive was not decoded:
+    /// large files whose live copy hashed to the checksum the archive
+    /// records (the archive's bytes are still read and hashed whole).
+    pub undecoded_bytes: u64,
     pub safety_backup: Option<String>,
     /// The command that undoes this restore: the safety backup restored
     /// (to the directory it was taken of), then what this restore created
@@ -269,8 +273,19 @@ impl Found {
             .iter()
             .map(|s| s.name.as_bytes().to_vec())
             .collect();
+        // A full read of an archive whose frame table the catalog records
+        // may pass over the frames of large files already in place. A
+        // table that is not the recorded one is not used: the archive's
+        // own SHA-256 then tells what is wrong with it.
+        let table = match (&self.partial, &self.record) {
+            (None, Some(record)) => record.frames_sha256.as_deref().and_then(|sha| {
+                let size = self.source().size().ok()??;
+                frames::read_table(self.source(), size, sha, &self.manifest.id).ok()
+            }),
+            _ => None,
+        };
         walk_archive_chain(
-            (self.source(), self.partial.as_ref()),
+            (self.source(), self.partial.as_ref(), table.as_ref()),
             (&self.links, sources),
             (ctx.progress, phase),
             ctx.cancel,

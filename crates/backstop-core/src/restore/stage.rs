@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use sha2::{Digest, Sha256};
 
 use crate::archive::Manifest;
 use crate::archive::format::SourceManifest;
@@ -84,6 +85,9 @@ pub struct StageCounts {
     /// staged tree instead of written, and their bytes.
     pub linked: u64,
     pub linked_bytes: u64,
+    /// Of those bytes, the ones not decoded: the archive's frames inside
+    /// large files already in place, passed over ([`crate::archive::skip`]).
+    pub undecoded_bytes: u64,
 }
 
 /// Metadata set on an entry once it exists (for directories: once
@@ -485,9 +489,14 @@ impl Stager<'_> {
         // megabyte zeroed for each of many files was most of the time.
         let mut theirs = std::mem::take(&mut self.compare_buffer);
         theirs.resize(CHUNK, 0);
-        let compared = self.compare(&mut theirs, content, &live, &shown);
+        let compared = vouch(&mut theirs, content, &live, &shown)
+            .and_then(|()| self.compare(&mut theirs, content, &live, &shown));
         self.compare_buffer = theirs;
-        if let Some((pos, differs_from)) = compared? {
+        let compared = compared?;
+        if compared.is_some() && content.vouched() {
+            return Err(unlike_its_sum(content, &live, &before, &shown));
+        }
+        if let Some((pos, differs_from)) = compared {
             self.send(Op::Open {
                 source,
                 path: entry.path.clone(),
@@ -534,6 +543,13 @@ impl Stager<'_> {
     ) -> Result<Option<(u64, Vec<u8>)>> {
         let mut pos = 0u64;
         loop {
+            let gap = content.gap()?;
+            if gap > 0 {
+                content.pass_gap(gap);
+                pos += gap;
+                self.counts.undecoded_bytes += gap;
+                continue;
+            }
             let ours = content.peek()?;
             let n = ours.len().min(theirs.len());
             if n == 0 {
@@ -551,6 +567,50 @@ impl Stager<'_> {
             self.cancel.check()?;
         }
         Ok(None)
+    }
+}
+
+/// Vouches for a large file whose live twin hashes to the SHA-256 the
+/// archive's index records for it ([`Content::sum`]): the archive's frames
+/// inside it are then passed over, and what is still decoded of it is
+/// compared with the live file as any file's is.
+fn vouch(buf: &mut [u8], content: &mut Content<'_>, live: &File, shown: &Path) -> Result<()> {
+    let Some(sum) = content.sum() else {
+        return Ok(());
+    };
+    // The archive is read on while the live file is hashed.
+    content.pass_over()?;
+    let mut hasher = Sha256::new();
+    let mut pos = 0u64;
+    loop {
+        let n = read_full_at(live, buf, pos).map_err(|e| Error::io("reading", shown, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        pos += n as u64;
+    }
+    if <[u8; 32]>::from(hasher.finalize()) == sum {
+        content.vouch()?;
+        crate::failpoint::hit("restore.after-vouch")?;
+    }
+    Ok(())
+}
+
+/// A file vouched for whose decoded bytes are not the live file's: the
+/// live file changed while it was compared, or the archive's bytes are
+/// not those its index records.
+fn unlike_its_sum(
+    content: &Content<'_>,
+    live: &File,
+    before: &rustix::fs::Stat,
+    shown: &Path,
+) -> Error {
+    match rustix::fs::fstat(live) {
+        Ok(now) if change_time(&now) == change_time(before) => {
+            content.corrupt("its bytes are not those its checksum records")
+        }
+        _ => changed_meanwhile(shown),
     }
 }
 
@@ -739,6 +799,10 @@ impl Stager<'_> {
 }
 
 impl Visitor for Stager<'_> {
+    fn compares_live(&self) -> bool {
+        !self.live.is_empty()
+    }
+
     fn entry(&mut self, entry: &Entry, content: &mut Content<'_>) -> Result<()> {
         let (source_name, _) = split_member(&entry.path);
         let Some(source) = self.sources.get(&source_name) else {

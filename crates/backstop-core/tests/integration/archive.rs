@@ -299,7 +299,7 @@ fn a_partial_read_takes_the_frames_of_its_sources_each_checked() {
     let source = table.sources[0].name.clone();
     let walk = |at: &Location, partial: &Partial| {
         walk_archive_chain(
-            (at, Some(partial)),
+            (at, Some(partial), None),
             (&[], Vec::new()),
             (&NoProgress, backstop_core::progress::Phase::Verify),
             &Cancel::default(),

@@ -313,23 +313,13 @@ impl Partial {
                 _ => merged.push((a, b)),
             }
         }
-        let mut frames = Vec::new();
-        let (mut offset, mut raw_offset) = (0u64, 0u64);
-        for (index, f) in table.frames.iter().enumerate() {
-            let (r0, r1) = (raw_offset, raw_offset + f.raw);
-            if merged.iter().any(|&(a, b)| a < r1 && r0 < b) {
-                frames.push(Needed {
-                    index,
-                    offset,
-                    raw_offset,
-                    size: f.size,
-                    raw: f.raw,
-                    blake3: f.blake3.clone(),
-                });
-            }
-            offset += f.size;
-            raw_offset += f.raw;
-        }
+        let frames = placed(&table.frames)
+            .into_iter()
+            .filter(|f| {
+                let (r0, r1) = (f.raw_offset, f.raw_offset + f.raw);
+                merged.iter().any(|&(a, b)| a < r1 && r0 < b)
+            })
+            .collect();
         Partial {
             spans: merged,
             frames,
@@ -346,6 +336,29 @@ impl Partial {
     pub fn source_names(&self) -> HashSet<Vec<u8>> {
         self.sources.iter().map(|s| s.as_bytes().to_vec()).collect()
     }
+}
+
+/// Every frame of a table, with where it starts in the file and in the
+/// tar stream.
+pub fn placed(frames: &[Frame]) -> Vec<Needed> {
+    let (mut offset, mut raw_offset) = (0u64, 0u64);
+    frames
+        .iter()
+        .enumerate()
+        .map(|(index, f)| {
+            let placed = Needed {
+                index,
+                offset,
+                raw_offset,
+                size: f.size,
+                raw: f.raw,
+                blake3: f.blake3.clone(),
+            };
+            offset += f.size;
+            raw_offset += f.raw;
+            placed
+        })
+        .collect()
 }
 
 /// Reads frame `f` of the archive at `loc` and checks it against the table.
@@ -529,11 +542,7 @@ impl BufRead for PartialReader<'_> {
 
 impl Read for PartialReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = self.fill_buf()?;
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.consume(n);
-        Ok(n)
+        crate::archive::reader::read_buffered(self, buf)
     }
 }
 

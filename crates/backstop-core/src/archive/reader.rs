@@ -401,12 +401,17 @@ impl BufRead for ChannelReader {
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = self.fill_buf()?;
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
+}
+
+/// `Read::read` of a reader that has its own buffer: a copy out of it.
+pub(crate) fn read_buffered(r: &mut impl BufRead, buf: &mut [u8]) -> io::Result<usize> {
+    let rest = r.fill_buf()?;
+    let n = buf.len().min(rest.len());
+    buf[..n].copy_from_slice(&rest[..n]);
+    r.consume(n);
+    Ok(n)
 }
 
 /// A 1 MiB buffer to fill: a spent chunk when one came back (only what its

@@ -34,9 +34,11 @@ use crossbeam_channel::{Receiver, Sender};
 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
 
 use crate::archive::format::{ArchiveError, CHECKSUMS_NAME};
-use crate::archive::frames::{Frame, FrameTable, Needed, Partial, PartialReader, read_frame};
+use crate::archive::frames::{
+    Frame, FrameTable, Needed, Partial, PartialReader, placed, read_frame,
+};
 use crate::archive::index::{INDEX_NAME, IndexKind, IndexReader};
-use crate::archive::reader::{ChannelReader, MemberData, refill};
+use crate::archive::reader::{ChannelReader, MemberData, read_buffered, refill};
 use crate::archive::tarread::TarReader;
 use crate::error::{Error, Result};
 use crate::stores::Location;
@@ -67,27 +69,9 @@ pub(crate) struct Refetch {
 
 impl Refetch {
     pub(crate) fn new(loc: &Location, table: &[Frame]) -> io::Result<Refetch> {
-        let (mut offset, mut raw_offset) = (0u64, 0u64);
-        let frames = table
-            .iter()
-            .enumerate()
-            .map(|(index, f)| {
-                let n = Needed {
-                    index,
-                    offset,
-                    raw_offset,
-                    size: f.size,
-                    raw: f.raw,
-                    blake3: f.blake3.clone(),
-                };
-                offset += f.size;
-                raw_offset += f.raw;
-                n
-            })
-            .collect();
         Ok(Refetch {
             loc: loc.clone(),
-            frames,
+            frames: placed(table),
             decoder: zstd::bulk::Decompressor::new()?,
         })
     }
@@ -455,11 +439,7 @@ impl BufRead for PlainReader {
 
 impl Read for PlainReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = self.fill_buf()?;
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.consume(n);
-        Ok(n)
+        read_buffered(self, buf)
     }
 }
 

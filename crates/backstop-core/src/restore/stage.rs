@@ -102,13 +102,11 @@ struct Meta {
 
 /// One change for the writer thread, in archive order.
 enum Op {
-    /// A directory; `lazy` (exact in place, the live one as the backup
-    /// has it): only made once something is staged inside it.
+    /// A directory.
     Dir {
         source: String,
         path: Vec<u8>,
         meta: Meta,
-        lazy: bool,
     },
     Symlink {
         source: String,
@@ -202,6 +200,10 @@ pub struct Stager<'a> {
     left_counts: HashMap<String, u64>,
     /// The live file's bytes, to compare with the archive's.
     compare_buffer: Vec<u8>,
+    /// Directories left in place, not made in staging yet, outermost
+    /// first: made when something is staged inside, dropped when the walk
+    /// leaves them.
+    lazy: Vec<(String, Vec<u8>, Meta)>,
 }
 
 /// What staging left where it was, in the sources restored in place:
@@ -262,6 +264,7 @@ impl<'a> Stager<'a> {
             unstaged: HashSet::new(),
             left_counts: HashMap::new(),
             compare_buffer: Vec::new(),
+            lazy: Vec::new(),
         }
     }
 
@@ -283,7 +286,51 @@ impl<'a> Stager<'a> {
         }
     }
 
+    /// Sends `op` to the writer, with the lazy directories it lies in
+    /// first (outermost first); those it does not lie in are dropped.
     fn send(&mut self, op: Op) -> Result<()> {
+        let place = match &op {
+            Op::Dir { source, path, .. }
+            | Op::Symlink { source, path, .. }
+            | Op::HardLink { source, path, .. }
+            | Op::Link { source, path, .. }
+            | Op::File { source, path, .. }
+            | Op::Open { source, path, .. } => Some((source, path)),
+            Op::Data(_) | Op::Close { .. } => None,
+        };
+        if let Some((source, path)) = place {
+            self.leave_lazy(source, path);
+            for (source, path, meta) in std::mem::take(&mut self.lazy) {
+                self.send_now(Op::Dir { source, path, meta })?;
+            }
+        }
+        self.send_now(op)
+    }
+
+    /// A directory of a source restored in place, found as the backup has
+    /// it: made in staging only once something is staged inside it, so
+    /// that the writer's queue holds only what it has to do.
+    fn lazy_dir(&mut self, source: String, path: Vec<u8>, meta: Meta) {
+        self.leave_lazy(&source, &path);
+        self.lazy.push((source, path, meta));
+    }
+
+    /// Drops the lazy directories `path` (in `source`) is not inside: the
+    /// walk has left them.
+    fn leave_lazy(&mut self, source: &str, path: &[u8]) {
+        while let Some((s, dir, _)) = self.lazy.last() {
+            let inside = s == source
+                && path.len() > dir.len()
+                && path.starts_with(dir)
+                && path[dir.len()] == b'/';
+            if inside {
+                break;
+            }
+            self.lazy.pop();
+        }
+    }
+
+    fn send_now(&mut self, op: Op) -> Result<()> {
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(op).is_ok());
         if !sent {
             // The writer stopped: it failed, and says why.
@@ -828,14 +875,17 @@ impl Visitor for Stager<'_> {
         match entry.kind {
             Kind::File => self.file(source_name, entry, content, meta)?,
             Kind::Dir => {
-                let lazy = self.in_place.contains(&source_name)
-                    && self.dir_in_place(&source_name, entry, &meta)?;
-                self.send(Op::Dir {
-                    source: source_name,
-                    path,
-                    meta,
-                    lazy,
-                })?
+                if self.in_place.contains(&source_name)
+                    && self.dir_in_place(&source_name, entry, &meta)?
+                {
+                    self.lazy_dir(source_name, path, meta);
+                } else {
+                    self.send(Op::Dir {
+                        source: source_name,
+                        path,
+                        meta,
+                    })?;
+                }
             }
             Kind::Symlink => {
                 let target = entry.link.clone().unwrap_or_default();
@@ -888,9 +938,6 @@ struct Writer {
     targets: HashMap<String, Confined>,
     /// Directories whose metadata is set at the end, deepest last in.
     dirs: Vec<(String, Vec<u8>, Meta)>,
-    /// Lazy directories not made yet, outermost first: made when
-    /// something is staged inside, dropped when the walk leaves them.
-    pending: Vec<(String, Vec<u8>, Meta)>,
     /// The large file being written.
     open: Option<OpenFile>,
     warnings: Vec<String>,
@@ -903,7 +950,6 @@ impl Writer {
         Writer {
             targets,
             dirs: Vec::new(),
-            pending: Vec::new(),
             open: None,
             warnings: Vec::new(),
             linked: HashMap::new(),
@@ -959,28 +1005,6 @@ impl Writer {
             .expect("selected sources have targets")
     }
 
-    /// Drops the lazy directories `path` (in `source`) is not inside, and
-    /// with `make` makes those it is.
-    fn parents(&mut self, source: &str, path: &[u8], make: bool) -> Result<()> {
-        while let Some((s, dir, _)) = self.pending.last() {
-            let inside = s == source
-                && path.len() > dir.len()
-                && path.starts_with(dir)
-                && path[dir.len()] == b'/';
-            if inside {
-                break;
-            }
-            self.pending.pop();
-        }
-        if !make {
-            return Ok(());
-        }
-        for (source, path, meta) in std::mem::take(&mut self.pending) {
-            self.make_dir(source, path, meta)?;
-        }
-        Ok(())
-    }
-
     fn make_dir(&mut self, source: String, path: Vec<u8>, meta: Meta) -> Result<()> {
         let target = self
             .targets
@@ -998,34 +1022,8 @@ impl Writer {
     }
 
     fn apply(&mut self, op: Op) -> Result<()> {
-        match &op {
-            Op::Dir { source, path, .. }
-            | Op::Symlink { source, path, .. }
-            | Op::HardLink { source, path, .. }
-            | Op::Link { source, path, .. }
-            | Op::File { source, path, .. }
-            | Op::Open { source, path, .. } => {
-                if !self.pending.is_empty() {
-                    let make = !matches!(op, Op::Dir { lazy: true, .. });
-                    let (source, path) = (source.clone(), path.clone());
-                    self.parents(&source, &path, make)?;
-                }
-            }
-            Op::Data(_) | Op::Close { .. } => {}
-        }
         match op {
-            Op::Dir {
-                source,
-                path,
-                meta,
-                lazy,
-            } => {
-                if lazy {
-                    self.pending.push((source, path, meta));
-                } else {
-                    self.make_dir(source, path, meta)?;
-                }
-            }
+            Op::Dir { source, path, meta } => self.make_dir(source, path, meta)?,
             Op::Symlink {
                 source,
                 path,

@@ -995,3 +995,35 @@ fn a_large_file_written_after_it_was_vouched_for_is_noticed() {
         "refused before any step"
     );
 }
+
+#[test]
+fn a_merge_restore_links_large_files_in_place_without_decoding_them() {
+    // Merge mode stages a whole tree and links the live files found as
+    // the backup has them into it: large ones are vouched for and their
+    // frames passed over there too, and what is only in the live tree
+    // stays.
+    let env = Env::new();
+    let (app, reference, id) = backed_up_large(&env);
+    std::fs::remove_file(app.join("settings.toml")).unwrap();
+    std::fs::write(app.join("notes.txt"), "mine\n").unwrap();
+    let doc = env.json(&[
+        "restore",
+        &id,
+        "--mode",
+        "merge",
+        "--yes",
+        "--no-pre-backup",
+    ]);
+    let report = &doc["restore"];
+    assert_eq!(report["outcome"], "restored", "{doc}");
+    assert!(
+        report["undecoded_bytes"].as_u64().unwrap() >= 24 << 20,
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(app.join("notes.txt")).unwrap(),
+        "mine\n"
+    );
+    std::fs::remove_file(app.join("notes.txt")).unwrap();
+    assert_same_tree(&reference, &app, compare());
+}

@@ -28,7 +28,7 @@ use crate::archive::frames::{FrameTable, Partial, PartialReader};
 use crate::archive::hashing::FileHashes;
 use crate::archive::holders::{ChainReader, Link, chain_outcome};
 use crate::archive::index::{INDEX_NAME, IndexReader};
-use crate::archive::skip::{self, Ask, Gaps, Piece, PlainReader, Skips, Sums};
+use crate::archive::skip::{self, Ask, Gaps, Piece, PlainReader, Sums};
 use crate::archive::tarread::{Entry, Kind, TarReader};
 use crate::encryption::{self, EncryptionError, Keys};
 use crate::error::{Error, Result};
@@ -515,18 +515,20 @@ pub fn walk_archive_chain(
         }
     };
     let encrypted = sniffed.is_none();
-    let mut skips = table
+    // What passing frames over needs: the table's frames, the large
+    // files' checksums, and where to read a frame again. A tail that
+    // cannot be read is left to the walk to report.
+    let skips = table
         .filter(|_| links.is_empty() && sniffed == Some(Codec::Zstd) && visitor.compares_live())
         .and_then(|t| {
-            // A tail that cannot be read is left to the walk to report.
             let sums = skip::sums(loc, t).ok()?;
-            Some(Skips {
-                frames: t.frames.clone(),
-                sums,
-                refetch: Some(skip::Refetch::new(loc, &t.frames).ok()?),
-            })
+            let refetch = skip::Refetch::new(loc, &t.frames).ok()?;
+            Some((&t.frames[..], sums, refetch))
         });
-    let refetch = skips.as_mut().and_then(|k| k.refetch.take());
+    let (frames, sums, refetch) = match skips {
+        Some((frames, sums, refetch)) => (Some(frames), Some(sums), Some(refetch)),
+        None => (None, None, None),
+    };
     let total = loc.size().ok().flatten().unwrap_or(0);
     progress.start(phase, total);
     let run = std::thread::scope(|s| {
@@ -564,7 +566,7 @@ pub fn walk_archive_chain(
             }
         };
         // Stage 3: decompress. Says whether it read all it was given.
-        let (frames, decoder_ask) = (skips.as_ref().map(|k| &k.frames[..]), ask.clone());
+        let decoder_ask = ask.clone();
         let decoder_thread = s.spawn(move || -> (Result<()>, bool) {
             let input = ChannelReader::new(compressed_rx, compressed_spent_tx);
             let drained = input.drained.clone();
@@ -581,7 +583,7 @@ pub fn walk_archive_chain(
         });
         // Stage 4: the tar stream, here.
         let plain = PlainReader::new(plain_rx, plain_spent_tx, (ask, refetch));
-        let sums = skips.as_ref().map(|k| &k.sums);
+        let sums = sums.as_ref();
         let checked = if links.is_empty() {
             walk_chain(path, plain, cancel, visitor, (None, None), sums)
         } else {

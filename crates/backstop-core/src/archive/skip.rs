@@ -51,14 +51,6 @@ pub const LARGE: u64 = 8 << 20;
 /// The SHA-256 the index records for each large file, by member path.
 pub type Sums = HashMap<Vec<u8>, [u8; 32]>;
 
-/// What the walk of an archive can pass over: its frames, and the
-/// checksums of its large files; and where to read a frame again.
-pub(crate) struct Skips {
-    pub(crate) frames: Vec<Frame>,
-    pub(crate) sums: Sums,
-    pub(crate) refetch: Option<Refetch>,
-}
-
 /// Where to read a frame passed over again: the archive and its table.
 pub(crate) struct Refetch {
     loc: Location,
@@ -255,13 +247,11 @@ pub(crate) fn decode_frames(
 }
 
 /// Where `decode_frames` is: the frame it is in or at, where that frame
-/// starts in the file and in the tar stream, and what it has read and
-/// made of it so far.
+/// starts in the tar stream, and what it has read and made of it so far.
 #[derive(Default)]
 struct Place {
     frame: usize,
     in_frame: bool,
-    offset: u64,
     raw: u64,
     used: u64,
     made: u64,
@@ -275,7 +265,6 @@ impl Place {
 
     fn passed(&mut self, f: &Frame) {
         self.frame += 1;
-        self.offset += f.size;
         self.raw += f.raw;
     }
 

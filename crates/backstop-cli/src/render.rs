@@ -900,7 +900,7 @@ fn action_lines_of(
     (verbose, dry_run): (bool, bool),
     only: Option<backstop_core::restore::diff::Action>,
 ) {
-    use backstop_core::restore::diff::Action;
+    use backstop_core::restore::diff::{Action, Kind};
     for (action, label) in [
         (Action::Create, if dry_run { "create" } else { "created" }),
         (
@@ -927,7 +927,7 @@ fn action_lines_of(
                 out,
                 "  {label:<8} {}{}",
                 a.path,
-                if a.kind == "dir" { "/" } else { "" }
+                if a.kind == Kind::Dir { "/" } else { "" }
             );
         }
         if shown < paths.len() {
@@ -1424,11 +1424,11 @@ mod tests {
 
     #[test]
     fn the_restore_question_lists_the_changes() {
-        use backstop_core::restore::diff::{Action, Changes};
+        use backstop_core::restore::diff::{Action, Changes, Kind};
         let mut changes = Changes::default();
-        changes.push("/srv/app/added.txt", Action::Delete, "file", 0);
-        changes.push("/srv/app/config.toml", Action::Replace, "file", 2);
-        changes.push("/srv/app/same.txt", Action::Unchanged, "file", 0);
+        changes.push("/srv/app/added.txt", Action::Delete, Kind::File, 0);
+        changes.push("/srv/app/config.toml", Action::Replace, Kind::File, 2);
+        changes.push("/srv/app/same.txt", Action::Unchanged, Kind::File, 0);
         let plan = RestorePlan {
             backup: "app-2026-12-01-000000".into(),
             archive: "/x.tar.zst".into(),

@@ -32,10 +32,40 @@ pub enum Action {
     Conflict,
 }
 
+/// What a planned path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// A FIFO, socket or device: what no backup holds.
+    Other,
+    /// A podman volume, imported.
+    Volume,
+    /// A database dump, imported.
+    Dump,
+}
+
+impl Kind {
+    /// How plans and messages name it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Dir => "dir",
+            Kind::File => "file",
+            Kind::Symlink => "symlink",
+            Kind::Other => "other",
+            Kind::Volume => "volume",
+            Kind::Dump => "dump",
+        }
+    }
+}
+
 /// One entry of a backup or of a live tree, as the comparison sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub size: u64,
     pub mode: u32,
     pub mtime: (i64, u32),
@@ -55,8 +85,7 @@ pub struct PlannedAction {
     /// Relative to the destination.
     pub path: String,
     pub action: Action,
-    /// `dir`, `file`, `symlink`.
-    pub kind: &'static str,
+    pub kind: Kind,
 }
 
 /// Every path a restore changes or keeps, and the totals (unchanged
@@ -73,20 +102,13 @@ impl Changes {
     /// Records what happens to one path. Unchanged paths are only
     /// counted: a plan lists what changes, so that it stays the size of
     /// the change, not of the tree.
-    pub fn push(&mut self, path: &str, action: Action, kind: &'static str, bytes: u64) {
+    pub fn push(&mut self, path: &str, action: Action, kind: Kind, bytes: u64) {
         self.push_below(path, "", action, kind, bytes);
     }
 
     /// Records what happens to `below` (relative, `""` for `top` itself)
     /// under `top`.
-    pub fn push_below(
-        &mut self,
-        top: &str,
-        below: &str,
-        action: Action,
-        kind: &'static str,
-        bytes: u64,
-    ) {
+    pub fn push_below(&mut self, top: &str, below: &str, action: Action, kind: Kind, bytes: u64) {
         self.totals.add(action, bytes);
         if action != Action::Unchanged {
             self.actions.push(top, below, action, kind);
@@ -105,14 +127,11 @@ impl Changes {
                 .tops
                 .get(top as usize)
                 .map_or("", String::as_str);
-            self.actions.push(top, below, action, KINDS[kind as usize]);
+            self.actions.push(top, below, action, kind);
         }
         self.totals.merge(&other.totals);
     }
 }
-
-/// The kinds a planned action names.
-const KINDS: [&str; 6] = ["dir", "file", "symlink", "other", "volume", "dump"];
 
 /// The actions of a plan, held compactly (a restore of a million files
 /// plans a million actions): each path as the part below its target, in
@@ -124,18 +143,17 @@ pub struct Actions {
     tops: Vec<String>,
     /// The parts below them, end to end.
     paths: String,
-    /// (target index, end of the part in `paths`, action, index in `KINDS`).
-    items: Vec<(u32, u32, Action, u8)>,
+    /// (target index, end of the part in `paths`, action, kind).
+    items: Vec<(u32, u32, Action, Kind)>,
 }
 
 impl Actions {
-    fn push(&mut self, top: &str, below: &str, action: Action, kind: &'static str) {
+    fn push(&mut self, top: &str, below: &str, action: Action, kind: Kind) {
         if self.tops.last().is_none_or(|t| t != top) {
             self.tops.push(top.to_string());
         }
         let top = u32::try_from(self.tops.len() - 1).unwrap_or(u32::MAX);
         self.paths.push_str(below);
-        let kind = KINDS.iter().position(|k| *k == kind).unwrap_or(3) as u8;
         let end = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
         self.items.push((top, end, action, kind));
     }
@@ -163,11 +181,7 @@ impl Actions {
             } else {
                 format!("{top}/{below}")
             };
-            PlannedAction {
-                path,
-                action,
-                kind: KINDS[kind as usize],
-            }
+            PlannedAction { path, action, kind }
         })
     }
 }
@@ -342,7 +356,7 @@ pub fn same(want: &Node, have: &Node, live_path: &Path, staged_path: Option<&Pat
     match want.kind {
         // A link's own owner and time are the backup's too (its mode
         // is always 0777); the owner only as root, who restores it.
-        "symlink" => {
+        Kind::Symlink => {
             want.link == have.link
                 && want.mtime == have.mtime
                 && (!crate::restore::stage::is_root()
@@ -350,8 +364,8 @@ pub fn same(want: &Node, have: &Node, live_path: &Path, staged_path: Option<&Pat
                     || have.owner.is_none()
                     || want.owner == have.owner)
         }
-        "dir" => true,
-        "file" => {
+        Kind::Dir => true,
+        Kind::File => {
             if want.size != have.size {
                 return false;
             }
@@ -457,13 +471,13 @@ mod tests {
     #[test]
     fn actions_keep_their_paths_through_extend_and_skip_unchanged() {
         let mut a = Changes::default();
-        a.push("x/one", Action::Create, "file", 3);
-        a.push("x/same", Action::Unchanged, "file", 0);
+        a.push("x/one", Action::Create, Kind::File, 3);
+        a.push("x/same", Action::Unchanged, Kind::File, 0);
         let mut b = Changes::default();
-        b.push("y/two", Action::Delete, "dir", 0);
-        b.push("y/ü", Action::Keep, "symlink", 0);
+        b.push("y/two", Action::Delete, Kind::Dir, 0);
+        b.push("y/ü", Action::Keep, Kind::Symlink, 0);
         a.extend(&b);
-        let got: Vec<(String, Action, &str)> = a
+        let got: Vec<(String, Action, Kind)> = a
             .actions
             .iter()
             .map(|p| (p.path, p.action, p.kind))
@@ -471,9 +485,9 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("x/one".to_string(), Action::Create, "file"),
-                ("y/two".to_string(), Action::Delete, "dir"),
-                ("y/ü".to_string(), Action::Keep, "symlink"),
+                ("x/one".to_string(), Action::Create, Kind::File),
+                ("y/two".to_string(), Action::Delete, Kind::Dir),
+                ("y/ü".to_string(), Action::Keep, Kind::Symlink),
             ]
         );
         assert_eq!(a.totals.unchanged, 1);

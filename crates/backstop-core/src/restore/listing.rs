@@ -15,7 +15,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use crate::error::{Error, Result};
 use crate::handle;
-use crate::restore::diff::Node;
+use crate::restore::diff::{Kind, Node};
 
 /// One directory being listed: its descriptor, its path below the top,
 /// and the names left, in reverse order (the next one is last).
@@ -104,7 +104,7 @@ impl Walk {
     pub fn take(&mut self, descend: bool) -> Option<(PathBuf, Node)> {
         let taken = self.peeked.take();
         if let Some((rel, node)) = &taken
-            && node.kind == "dir"
+            && node.kind == Kind::Dir
             && descend
             && !rel.as_os_str().is_empty()
         {
@@ -337,10 +337,10 @@ pub fn node(st: &Stat, link: Option<Vec<u8>>) -> Node {
     let ft = FileType::from_raw_mode(st.st_mode);
     Node {
         kind: match ft {
-            FileType::Directory => "dir",
-            FileType::Symlink => "symlink",
-            FileType::RegularFile => "file",
-            _ => "other",
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::RegularFile => Kind::File,
+            _ => Kind::Other,
         },
         size: if ft == FileType::RegularFile {
             st.st_size as u64

@@ -24,7 +24,7 @@ use crate::instance::{Instance, Source, SourceSpec};
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::progress::Phase;
-use crate::restore::diff::{Action, Changes};
+use crate::restore::diff::{Action, Changes, Kind};
 use crate::restore::journal::{ImportTarget, Journal};
 use crate::restore::listing::{Walk, check_listable};
 use crate::restore::preview::{self, Preview, Skim};
@@ -686,11 +686,11 @@ impl SourceKind {
 
 /// What the plan calls a source put back by a program: a `volume` or a
 /// `dump`.
-pub(crate) fn import_kind(source: &SourceManifest) -> &'static str {
+pub(crate) fn import_kind(source: &SourceManifest) -> Kind {
     if SourceKind::of(source) == Some(SourceKind::Volume) {
-        "volume"
+        Kind::Volume
     } else {
-        "dump"
+        Kind::Dump
     }
 }
 
@@ -1467,7 +1467,7 @@ impl Prepared<'_> {
             let mut walk = Walk::new(target, false)?;
             while let Some((rel, node)) = walk.peek()? {
                 total += node.size;
-                let is_dir = node.kind == "dir";
+                let is_dir = node.kind == Kind::Dir;
                 let kept = !rel.as_os_str().is_empty() && is_dir && {
                     let abs = target.join(rel);
                     // One this user cannot list (the backup's trailer may

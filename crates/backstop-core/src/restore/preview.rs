@@ -13,7 +13,7 @@ use crate::archive::reader::{Content, Visitor};
 use crate::archive::tarread::{Entry, Kind};
 use crate::error::Result;
 use crate::handle;
-use crate::restore::diff::{Action, Node};
+use crate::restore::diff::{Action, Kind as NodeKind, Node};
 use crate::restore::stage::{Selection, path_key, root_relative, split_member};
 use crate::restore::steps::Merger;
 
@@ -122,9 +122,9 @@ impl Visitor for Preview<'_> {
             }
             _ => Node {
                 kind: if entry.kind == Kind::Dir {
-                    "dir"
+                    NodeKind::Dir
                 } else {
-                    "symlink"
+                    NodeKind::Symlink
                 },
                 size: 0,
                 mode: entry.mode,
@@ -171,7 +171,7 @@ impl Preview<'_> {
         let key = path_key(target);
         let size = *self.restored.get(&key)?;
         let mut node = Node {
-            kind: "file",
+            kind: NodeKind::File,
             size,
             mode: 0,
             mtime: (0, 0),
@@ -195,7 +195,7 @@ impl Preview<'_> {
 
 fn file_node(entry: &Entry, size: u64, sha: Option<[u8; 32]>, ino: u64) -> Node {
     Node {
-        kind: "file",
+        kind: NodeKind::File,
         size,
         mode: entry.mode,
         mtime: (entry.mtime, entry.mtime_nsec),

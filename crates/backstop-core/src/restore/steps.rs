@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::restore::diff::{Action, Changes, Node, same};
+use crate::restore::diff::{Action, Changes, Kind, Node, same};
 use crate::restore::listing::Walk;
 
 /// How a restore treats what is already at the destination.
@@ -173,8 +173,8 @@ impl InPlace {
         &mut self,
         rel: &Path,
         action: Action,
-        want: Option<&str>,
-        have: Option<&str>,
+        want: Option<Kind>,
+        have: Option<Kind>,
         staged: bool,
     ) -> std::result::Result<(), PathBuf> {
         self.close(Some(rel));
@@ -187,14 +187,14 @@ impl InPlace {
             Action::Keep => self.stays(),
             Action::Create => self.bring_in(rel, want),
             Action::Replace | Action::Unchanged if staged => match (want, have) {
-                (Some("dir"), Some("dir")) => {
+                (Some(Kind::Dir), Some(Kind::Dir)) => {
                     self.open(rel, false);
                     self.touch.push(rel.to_path_buf());
                 }
-                (Some("symlink"), Some("symlink")) if action == Action::Unchanged => {}
+                (Some(Kind::Symlink), Some(Kind::Symlink)) if action == Action::Unchanged => {}
                 _ => {
                     self.aside.push(Some(rel.to_path_buf()));
-                    if have == Some("dir") {
+                    if have == Some(Kind::Dir) {
                         self.replaced = Some(rel.to_path_buf());
                     }
                     self.bring_in(rel, want);
@@ -203,7 +203,7 @@ impl InPlace {
             // The backup's, as it is.
             Action::Unchanged => self.stays(),
             Action::Delete if !under_replaced => {
-                if have == Some("dir") {
+                if have == Some(Kind::Dir) {
                     self.open(rel, true);
                 }
                 self.aside.push(Some(rel.to_path_buf()));
@@ -235,9 +235,9 @@ impl InPlace {
         });
     }
 
-    fn bring_in(&mut self, rel: &Path, want: Option<&str>) {
+    fn bring_in(&mut self, rel: &Path, want: Option<Kind>) {
         self.move_in.push(rel.to_path_buf());
-        if want == Some("dir") {
+        if want == Some(Kind::Dir) {
             self.moved = Some(rel.to_path_buf());
         }
     }
@@ -371,7 +371,7 @@ impl<'a> Merger<'a> {
     /// directory not descended into is noted (see [`Merger::check_left`]).
     fn take_live(&mut self, rel: &Path, have: &Node, descend: bool, kept: bool) {
         self.live.take(descend);
-        if !descend && kept && have.kind == "dir" && self.left.is_some() {
+        if !descend && kept && have.kind == Kind::Dir && self.left.is_some() {
             self.kept_dirs.push(rel.to_path_buf());
         }
     }
@@ -382,7 +382,7 @@ impl<'a> Merger<'a> {
     }
 
     /// Records the action on `rel`, the target's path kept once.
-    fn plan(&mut self, rel: &Path, action: Action, kind: &'static str, bytes: u64) {
+    fn plan(&mut self, rel: &Path, action: Action, kind: Kind, bytes: u64) {
         let below = rel.display().to_string();
         self.changes
             .push_below(&self.shown_top, &below, action, kind, bytes);
@@ -418,14 +418,14 @@ impl<'a> Merger<'a> {
             return Ok(None);
         }
         if let Some(linked) = self.linked
-            && want.kind == "file"
+            && want.kind == Kind::File
             && linked.get(&want.ino).is_some_and(|c| *c != want.ctime)
         {
             return Err(crate::restore::stage::changed_meanwhile(
                 &self.target.join(&rel),
             ));
         }
-        let is_kept = have.is_some() && (self.kept)(&rel, want.kind == "dir");
+        let is_kept = have.is_some() && (self.kept)(&rel, want.kind == Kind::Dir);
         let is_same = match (&have, is_kept) {
             (Some(h), false) => {
                 let staged = self.staged_top.map(|s| s.join(&rel));
@@ -456,8 +456,8 @@ impl<'a> Merger<'a> {
         &mut self,
         rel: &Path,
         action: Action,
-        want: Option<&str>,
-        have: Option<&str>,
+        want: Option<Kind>,
+        have: Option<Kind>,
     ) -> Result<()> {
         let Some(in_place) = self.in_place.as_mut() else {
             return Ok(());
@@ -468,7 +468,7 @@ impl<'a> Merger<'a> {
                 message: format!(
                     "{} is kept (a never-restore or excluded path), but the backup has a {} where the directory around it is",
                     self.target.join(&kept).display(),
-                    want.unwrap_or("file"),
+                    want.unwrap_or(Kind::File).as_str(),
                 ),
                 hint: Some(
                     "restore with --mode merge, or move the kept path out of the way first".into(),
@@ -544,7 +544,7 @@ impl<'a> Merger<'a> {
                 continue;
             }
             // FIFOs, sockets and devices, which no backup holds, stay.
-            let is_kept = have.kind == "other" || (self.kept)(&rel, have.kind == "dir");
+            let is_kept = have.kind == Kind::Other || (self.kept)(&rel, have.kind == Kind::Dir);
             if !is_kept && self.unchanged_in_place(&rel, &have)? {
                 self.live.take(true);
                 self.plan(&rel, Action::Unchanged, have.kind, have.size);
@@ -554,7 +554,7 @@ impl<'a> Merger<'a> {
             // So does a directory tagged as a cache, which the backup left
             // out (looked for only here, in what only the live tree has).
             let is_kept = is_kept
-                || have.kind == "dir"
+                || have.kind == Kind::Dir
                     && crate::source::exclude::has_cachedir_tag_at(&self.target.join(&rel));
             let d = decide(self.mode, None, Some(&have), is_kept, false);
             self.take_live(&rel, &have, d.descend_live, is_kept);
@@ -654,7 +654,7 @@ fn strictly_below(rel: &Path, top: &Option<PathBuf>) -> bool {
 mod tests {
     use super::*;
 
-    fn node(kind: &'static str) -> Node {
+    fn node(kind: Kind) -> Node {
         Node {
             kind,
             size: 1,
@@ -671,7 +671,7 @@ mod tests {
     #[test]
     #[allow(clippy::type_complexity)]
     fn every_case_of_every_mode() {
-        let (f, d) = (node("file"), node("dir"));
+        let (f, d) = (node(Kind::File), node(Kind::Dir));
         use Action::*;
         use Mode::*;
         // (mode, want, have, kept, same) → (action, block, descend, step)
@@ -870,13 +870,13 @@ mod tests {
         let kept = |rel: &Path, _: bool| rel == Path::new("keep");
         let other = |_: &Path| false;
         let mut m = Merger::new(Mode::Exact, &live, None, &kept, &other, None).unwrap();
-        let mut file = node("file");
+        let mut file = node(Kind::File);
         use sha2::Digest;
         file.sha256 = Some(sha2::Sha256::digest(b"1").into());
         for (rel, n) in [
-            ("", node("dir")),
-            ("a", node("dir")),
-            ("a/new", node("file")),
+            ("", node(Kind::Dir)),
+            ("a", node(Kind::Dir)),
+            ("a/new", node(Kind::File)),
             ("a/same", file),
         ] {
             m.backup_entry(PathBuf::from(rel), &n).unwrap();
@@ -908,7 +908,7 @@ mod tests {
     }
 
     /// One call of [`InPlace::step`]: path, action, want, have, staged.
-    type Step<'a> = (&'a str, Action, Option<&'a str>, Option<&'a str>, bool);
+    type Step<'a> = (&'a str, Action, Option<Kind>, Option<Kind>, bool);
 
     /// Runs [`InPlace::step`] over `steps`.
     fn in_place(steps: &[Step<'_>]) -> InPlace {
@@ -934,7 +934,7 @@ mod tests {
     #[test]
     fn in_place_only_what_differs_moves() {
         use Action::*;
-        let (d, f, l) = (Some("dir"), Some("file"), Some("symlink"));
+        let (d, f, l) = (Some(Kind::Dir), Some(Kind::File), Some(Kind::Symlink));
         let p = in_place(&[
             ("", Unchanged, d, d, true),
             ("a", Replace, f, f, true),
@@ -960,7 +960,7 @@ mod tests {
     #[test]
     fn in_place_a_directory_in_which_nothing_stays_moves_whole() {
         use Action::*;
-        let (d, f) = (Some("dir"), Some("file"));
+        let (d, f) = (Some(Kind::Dir), Some(Kind::File));
         let p = in_place(&[
             ("", Unchanged, d, d, true),
             ("all", Unchanged, d, d, true),
@@ -1029,7 +1029,7 @@ mod tests {
     #[test]
     fn in_place_a_deleted_directory_goes_whole_unless_something_kept_is_inside() {
         use Action::*;
-        let (d, f) = (Some("dir"), Some("file"));
+        let (d, f) = (Some(Kind::Dir), Some(Kind::File));
         let p = in_place(&[
             ("g", Delete, None, d, false),
             ("g/x", Delete, None, f, false),
@@ -1059,10 +1059,16 @@ mod tests {
     fn in_place_a_kept_path_inside_a_replaced_directory_is_refused() {
         use Action::*;
         let mut p = InPlace::default();
-        p.step(Path::new("d"), Replace, Some("file"), Some("dir"), true)
-            .unwrap();
+        p.step(
+            Path::new("d"),
+            Replace,
+            Some(Kind::File),
+            Some(Kind::Dir),
+            true,
+        )
+        .unwrap();
         let err = p
-            .step(Path::new("d/keep"), Keep, None, Some("dir"), false)
+            .step(Path::new("d/keep"), Keep, None, Some(Kind::Dir), false)
             .unwrap_err();
         assert_eq!(err, Path::new("d/keep"));
     }
@@ -1073,7 +1079,11 @@ mod tests {
         let kept = |_: &Path, _: bool| false;
         let other = |_: &Path| false;
         let mut m = Merger::new(Mode::Exact, dir.path(), None, &kept, &other, None).unwrap();
-        m.backup_entry(PathBuf::from("b"), &node("file")).unwrap();
-        assert!(m.backup_entry(PathBuf::from("a"), &node("file")).is_err());
+        m.backup_entry(PathBuf::from("b"), &node(Kind::File))
+            .unwrap();
+        assert!(
+            m.backup_entry(PathBuf::from("a"), &node(Kind::File))
+                .is_err()
+        );
     }
 }

@@ -908,9 +908,9 @@ fn action_lines_of(
             if dry_run { "replace" } else { "replaced" },
         ),
         (Action::Delete, if dry_run { "delete" } else { "deleted" }),
-        // Kept by a rule: --exclude, never-restore, the backup's own
-        // excludes, or what the backup could not read.
-        (Action::Keep, "keep (excluded)"),
+        // Each with why: never-restore, --exclude, what the backup left
+        // out or could not read, and what no backup holds.
+        (Action::Keep, "keep"),
         (Action::Conflict, "conflict"),
     ] {
         if only.is_some_and(|o| o != action) {
@@ -923,12 +923,18 @@ fn action_lines_of(
             paths.len().min(10)
         };
         for a in &paths[..shown] {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "  {label:<8} {}{}",
                 a.path,
                 if a.kind == Kind::Dir { "/" } else { "" }
             );
+            match a.why {
+                Some(why) => {
+                    let _ = writeln!(out, "  ({})", why.as_str());
+                }
+                None => out.push('\n'),
+            }
         }
         if shown < paths.len() {
             let _ = writeln!(

@@ -1013,6 +1013,28 @@ fn restore_into_dest_puts_a_database_below_dest() {
     assert_eq!(sqlite(&db, "SELECT x FROM t ORDER BY x"), "hello\nworld");
 }
 
+/// The paths a restore plan keeps, below its destination, each with why.
+fn kept_why(plan: &serde_json::Value) -> Vec<String> {
+    let top = plan["restore"]["plan"]["destination"]
+        .as_str()
+        .map(str::to_string);
+    plan["restore"]["plan"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "keep")
+        .map(|a| {
+            let path = a["path"].as_str().unwrap();
+            let below = top
+                .as_deref()
+                .and_then(|t| path.strip_prefix(t))
+                .unwrap_or(path)
+                .trim_start_matches('/');
+            format!("{below} ({})", a["why"].as_str().unwrap_or("?"))
+        })
+        .collect()
+}
+
 #[test]
 fn a_never_restore_path_added_to_the_config_after_the_backup_is_kept() {
     let env = Env::new();
@@ -1031,6 +1053,7 @@ fn a_never_restore_path_added_to_the_config_after_the_backup_is_kept() {
     std::fs::write(app.join("config/app.toml"), b"changed").unwrap();
     let plan = env.json(&["--config", cfg, "restore", &id, "--dry-run"]);
     assert_eq!(plan["restore"]["plan"]["totals"]["delete"], 0, "{plan}");
+    assert_eq!(kept_why(&plan), ["data/.initialized (never-restore)"]);
     env.cmd()
         .args(["--config", cfg, "restore", &id, "--yes", "--no-pre-backup"])
         .assert()
@@ -1108,6 +1131,21 @@ fn what_the_backup_could_not_read_is_kept_by_the_dry_run_and_the_restore() {
     assert_eq!(out.status.code(), Some(3), "{}", context(&out));
     let id = backup_id(&serde_json::from_slice(&out.stdout).unwrap());
     std::fs::write(app.join("n"), b"changed").unwrap();
+    let plan = backstop_as_nobody(
+        &env,
+        &home,
+        &[
+            "--json".as_ref(),
+            "restore".as_ref(),
+            id.as_ref(),
+            "--dry-run".as_ref(),
+        ],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(
+        kept_why(&plan),
+        ["private (not-read)", "rootfile (not-read)"]
+    );
     for (extra, codes) in [("--dry-run", [0, 0]), ("--yes", [0, 3])] {
         let out = backstop_as_nobody(
             &env,

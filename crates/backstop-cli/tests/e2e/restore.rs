@@ -337,6 +337,35 @@ fn what_no_backup_holds_is_kept_by_an_exact_restore() {
     let totals = &plan["restore"]["plan"]["totals"];
     assert_eq!(totals["delete"], 0, "{plan}");
     assert_eq!(totals["keep"], 3, "{plan}");
+    // Each with its own reason.
+    let mut why: Vec<(String, String)> = plan["restore"]["plan"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "keep")
+        .map(|a| {
+            let path = a["path"].as_str().unwrap();
+            let below = path.rsplit_once("/app/").unwrap().1.to_string();
+            (below, a["why"].as_str().unwrap().to_string())
+        })
+        .collect();
+    why.sort();
+    assert_eq!(
+        why,
+        [
+            (".local/share/backstop", "backstop"),
+            ("docs/pipe", "special"),
+            ("proj/build", "cache"),
+        ]
+        .iter()
+        .map(|(p, w)| (p.to_string(), w.to_string()))
+        .collect::<Vec<_>>(),
+        "{plan}"
+    );
+    let text = backstop(&["restore", &id, "--dry-run"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("/docs/pipe  (special file)\n"), "{text}");
+    assert!(text.contains("/proj/build/  (CACHEDIR.TAG)\n"), "{text}");
     let out = backstop(&["restore", &id, "--yes"]);
     assert!(
         matches!(out.status.code(), Some(0 | 3)),
@@ -1301,6 +1330,11 @@ fn an_excluded_source_is_kept_and_counted_as_kept_not_deleted() {
             .collect()
     };
     assert_eq!(of(&config), ["keep"], "{plan}");
+    let why: Vec<&serde_json::Value> = actions.iter().map(|a| &a["why"]).collect();
+    assert!(
+        why.iter().any(|w| *w == "excluded") && why.iter().all(|w| w.is_null() || *w == "excluded"),
+        "{plan}"
+    );
     assert_eq!(plan["totals"]["delete"], 1, "only data/added.bin: {plan}");
     assert_eq!(plan["totals"]["keep"], 1, "{plan}");
     let text = env
@@ -1312,7 +1346,7 @@ fn an_excluded_source_is_kept_and_counted_as_kept_not_deleted() {
         .stdout;
     let text = String::from_utf8_lossy(&text);
     assert!(
-        text.contains(&format!("  keep (excluded) {}/\n", config.display())),
+        text.contains(&format!("  keep     {}/  (--exclude)\n", config.display())),
         "{text}"
     );
     assert!(text.contains("  1 deleted, "), "{text}");

@@ -24,7 +24,7 @@ use crate::instance::{Instance, SourceSpec};
 use crate::lock::{InstanceLock, hostname};
 use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
-use crate::restore::diff::Changes;
+use crate::restore::diff::{Changes, Why};
 use crate::restore::journal::{
     self, Attrs, ImportTarget, Journal, Phase, Step, XattrChange, is_trusted, own_xattrs,
 };
@@ -605,10 +605,10 @@ fn staging_dirs(prep: &Prepared<'_>, journal: &mut Journal) -> Result<usize> {
 
 /// What staging found out, for deciding the steps.
 struct Staged {
-    /// Paths kept as they are, never deleted: hard links whose shared file
-    /// was excluded, and what the backup could not hold (its trailer's
-    /// vanished, unreadable and skipped paths).
-    unrestorable: BTreeSet<PathBuf>,
+    /// Paths kept as they are, never deleted, and why: hard links whose
+    /// shared file was excluded, and what the backup could not hold (its
+    /// trailer's vanished, unreadable and skipped paths).
+    unrestorable: BTreeMap<PathBuf, Why>,
     /// Inodes linked from the live tree, with their change time once
     /// linked; for sources restored in place, the live files and
     /// directories found as the backup has them.
@@ -679,9 +679,13 @@ fn stage(
     prep.src.release_fetched();
     stager.finish()?;
     out.warnings.extend(stager.warnings.iter().cloned());
-    let mut unrestorable = BTreeSet::new();
-    unrestorable.extend(stager.unrestorable.iter().cloned());
-    unrestorable.extend(incomplete_paths(m, &verified.trailer));
+    let mut unrestorable = BTreeMap::new();
+    for rel in incomplete_paths(m, &verified.trailer) {
+        unrestorable.insert(rel, Why::NotRead);
+    }
+    for rel in &stager.unrestorable {
+        unrestorable.insert(rel.clone(), Why::LinkedToKept);
+    }
     let linked = std::mem::take(&mut stager.linked);
     let left = stager.take_left();
     out.linked_files = stager.counts.linked;
@@ -826,8 +830,8 @@ impl Decider<'_, '_> {
         let rel_base = rel_base(s);
         let unrestorable = &self.staged.unrestorable;
         let kept_here = |rel: &Path, is_dir: bool| {
-            prep.kept_in(&s.name, &target.join(rel), &rel_base.join(rel), is_dir)
-                || unrestorable.contains(&rel_base.join(rel))
+            prep.why_kept_in(&s.name, &target.join(rel), &rel_base.join(rel), is_dir)
+                .or_else(|| unrestorable.get(&rel_base.join(rel)).copied())
         };
         let databases = &self.databases;
         let other = |abs: &Path| databases.iter().any(|d| d == abs);
@@ -1062,7 +1066,7 @@ type LeftHere<'a> = (&'a dyn Fn(&Path) -> bool, u64);
 fn merge_staged(
     mode: Mode,
     (target, staged_top): (&Path, &Path),
-    kept: &dyn Fn(&Path, bool) -> bool,
+    kept: &dyn Fn(&Path, bool) -> Option<Why>,
     other: &dyn Fn(&Path) -> bool,
     linked: &HashMap<u64, u64>,
     in_place: Option<LeftHere<'_>>,

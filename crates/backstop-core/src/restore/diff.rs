@@ -32,6 +32,47 @@ pub enum Action {
     Conflict,
 }
 
+/// Why a path is kept as it is (the plan's `keep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Why {
+    /// A never-restore path of the backup or of the instance's config now.
+    NeverRestore,
+    /// An `--exclude` of this restore.
+    Excluded,
+    /// What the backup's excludes left out (a cache, a pattern of its
+    /// config), which it does not hold.
+    NotBackedUp,
+    /// What the backup could not hold as it was: read errors, files that
+    /// vanished or were skipped while it ran (its trailer lists them).
+    NotRead,
+    /// A further name of a file this restore does not write.
+    LinkedToKept,
+    /// backstop's own home or store.
+    Backstop,
+    /// A directory tagged as a cache (`CACHEDIR.TAG`).
+    Cache,
+    /// A FIFO, socket or device, which no backup holds.
+    Special,
+}
+
+impl Why {
+    /// How plans say it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::NeverRestore => "never-restore",
+            Why::Excluded => "--exclude",
+            Why::NotBackedUp => "not backed up",
+            Why::NotRead => "not read by the backup",
+            Why::LinkedToKept => "a link to a kept file",
+            Why::Backstop => "backstop's own",
+            Why::Cache => "CACHEDIR.TAG",
+            Why::Special => "special file",
+        }
+    }
+}
+
 /// What a planned path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +127,9 @@ pub struct PlannedAction {
     pub path: String,
     pub action: Action,
     pub kind: Kind,
+    /// Why it is kept, for [`Action::Keep`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<Why>,
 }
 
 /// Every path a restore changes or keeps, and the totals (unchanged
@@ -111,14 +155,21 @@ impl Changes {
     pub fn push_below(&mut self, top: &str, below: &str, action: Action, kind: Kind, bytes: u64) {
         self.totals.add(action, bytes);
         if action != Action::Unchanged {
-            self.actions.push(top, below, action, kind);
+            self.actions.push(top, below, (action, kind, None));
         }
+    }
+
+    /// Records that `below` under `top` is kept as it is, and why.
+    pub fn keep_below(&mut self, top: &str, below: &str, kind: Kind, why: Why) {
+        self.totals.add(Action::Keep, 0);
+        self.actions
+            .push(top, below, (Action::Keep, kind, Some(why)));
     }
 
     /// Appends `other`'s paths and totals.
     pub fn extend(&mut self, other: &Changes) {
         let mut start = 0usize;
-        for &(top, end, action, kind) in &other.actions.items {
+        for &(top, end, action, kind, why) in &other.actions.items {
             let end = (end as usize).min(other.actions.paths.len());
             let below = other.actions.paths.get(start..end).unwrap_or_default();
             start = end;
@@ -127,7 +178,7 @@ impl Changes {
                 .tops
                 .get(top as usize)
                 .map_or("", String::as_str);
-            self.actions.push(top, below, action, kind);
+            self.actions.push(top, below, (action, kind, why));
         }
         self.totals.merge(&other.totals);
     }
@@ -143,19 +194,19 @@ pub struct Actions {
     tops: Vec<String>,
     /// The parts below them, end to end.
     paths: String,
-    /// (target index, end of the part in `paths`, action, kind).
-    items: Vec<(u32, u32, Action, Kind)>,
+    /// (target index, end of the part in `paths`, action, kind, why kept).
+    items: Vec<(u32, u32, Action, Kind, Option<Why>)>,
 }
 
 impl Actions {
-    fn push(&mut self, top: &str, below: &str, action: Action, kind: Kind) {
+    fn push(&mut self, top: &str, below: &str, (action, kind, why): (Action, Kind, Option<Why>)) {
         if self.tops.last().is_none_or(|t| t != top) {
             self.tops.push(top.to_string());
         }
         let top = u32::try_from(self.tops.len() - 1).unwrap_or(u32::MAX);
         self.paths.push_str(below);
         let end = u32::try_from(self.paths.len()).unwrap_or(u32::MAX);
-        self.items.push((top, end, action, kind));
+        self.items.push((top, end, action, kind, why));
     }
 
     /// How many paths are planned.
@@ -171,18 +222,25 @@ impl Actions {
     /// Every planned path, in order.
     pub fn iter(&self) -> impl Iterator<Item = PlannedAction> + '_ {
         let mut start = 0usize;
-        self.items.iter().map(move |&(top, end, action, kind)| {
-            let end = (end as usize).min(self.paths.len());
-            let below = self.paths.get(start..end).unwrap_or_default();
-            start = end;
-            let top = self.tops.get(top as usize).map_or("", String::as_str);
-            let path = if below.is_empty() {
-                top.to_string()
-            } else {
-                format!("{top}/{below}")
-            };
-            PlannedAction { path, action, kind }
-        })
+        self.items
+            .iter()
+            .map(move |&(top, end, action, kind, why)| {
+                let end = (end as usize).min(self.paths.len());
+                let below = self.paths.get(start..end).unwrap_or_default();
+                start = end;
+                let top = self.tops.get(top as usize).map_or("", String::as_str);
+                let path = if below.is_empty() {
+                    top.to_string()
+                } else {
+                    format!("{top}/{below}")
+                };
+                PlannedAction {
+                    path,
+                    action,
+                    kind,
+                    why,
+                }
+            })
     }
 }
 
@@ -475,7 +533,7 @@ mod tests {
         a.push("x/same", Action::Unchanged, Kind::File, 0);
         let mut b = Changes::default();
         b.push("y/two", Action::Delete, Kind::Dir, 0);
-        b.push("y/ü", Action::Keep, Kind::Symlink, 0);
+        b.keep_below("y", "ü", Kind::Symlink, Why::NeverRestore);
         a.extend(&b);
         let got: Vec<(String, Action, Kind)> = a
             .actions
@@ -495,5 +553,9 @@ mod tests {
         assert_eq!(a.totals.bytes, 3);
         let json = serde_json::to_value(&a).unwrap();
         assert_eq!(json["actions"][2]["path"], "y/ü");
+        assert_eq!(json["actions"][2]["why"], "never-restore");
+        assert_eq!(json["actions"][2]["kind"], "symlink");
+        assert!(json["actions"][0].get("why").is_none(), "{json}");
+        assert_eq!(a.totals.keep, 1);
     }
 }

@@ -24,7 +24,7 @@ use crate::instance::{Instance, Source, SourceSpec};
 use crate::ops::list::open_existing;
 use crate::ops::show::{Resolved, resolve as resolve_name};
 use crate::progress::Phase;
-use crate::restore::diff::{Action, Changes, Kind};
+use crate::restore::diff::{Action, Changes, Kind, Why};
 use crate::restore::journal::{ImportTarget, Journal};
 use crate::restore::listing::{Walk, check_listable};
 use crate::restore::preview::{self, Preview, Skim};
@@ -1046,18 +1046,35 @@ impl Prepared<'_> {
     /// merge, which looks for the tag only in directories the backup does
     /// not hold: see [`crate::restore::steps::Merger`].)
     pub(crate) fn kept(&self, abs: &Path, rel_root: &Path, is_dir: bool) -> bool {
-        self.selection.keep.matches(rel_root, is_dir).is_some()
-            || self.backup_excludes.check(abs, is_dir).is_some()
-            || is_dir && self.own_state.iter().any(|p| p == abs)
+        self.why_kept(abs, rel_root, is_dir).is_some()
     }
 
-    /// [`Prepared::kept`] for the paths of source `name`: a database file
-    /// is its own source, which the backup's excludes (that leave it out
-    /// of the tree around it, to be captured whole) do not keep.
-    pub(crate) fn kept_in(&self, name: &str, abs: &Path, rel_root: &Path, is_dir: bool) -> bool {
+    /// Why a keep rule covers a path (see [`Prepared::kept`]).
+    pub(crate) fn why_kept(&self, abs: &Path, rel_root: &Path, is_dir: bool) -> Option<Why> {
+        if let Some(why) = self.selection.why_kept(rel_root, is_dir) {
+            Some(why)
+        } else if self.backup_excludes.check(abs, is_dir).is_some() {
+            Some(Why::NotBackedUp)
+        } else if is_dir && self.own_state.iter().any(|p| p == abs) {
+            Some(Why::Backstop)
+        } else {
+            None
+        }
+    }
+
+    /// [`Prepared::why_kept`] for the paths of source `name`: a database
+    /// file is its own source, which the backup's excludes (that leave it
+    /// out of the tree around it, to be captured whole) do not keep.
+    pub(crate) fn why_kept_in(
+        &self,
+        name: &str,
+        abs: &Path,
+        rel_root: &Path,
+        is_dir: bool,
+    ) -> Option<Why> {
         match self.places.get(name) {
-            Some(Place::File { .. }) => self.selection.keep.matches(rel_root, is_dir).is_some(),
-            _ => self.kept(abs, rel_root, is_dir),
+            Some(Place::File { .. }) => self.selection.why_kept(rel_root, is_dir),
+            _ => self.why_kept(abs, rel_root, is_dir),
         }
     }
 }
@@ -1261,6 +1278,7 @@ fn selection(
     let selection = Selection {
         only: req.only.clone(),
         keep: Patterns::new(dest, &keep_patterns)?,
+        excluded: Patterns::new(dest, &req.excludes)?,
         secrets: Patterns::new(dest, &secrets)?,
     };
     // What the backup never covered stays too: paths its excludes matched.
@@ -1881,7 +1899,7 @@ fn check_writable(base: &Path) -> Result<Check> {
 }
 
 /// Whether a keep rule covers a path relative to a target.
-type KeepRule<'a> = Box<dyn Fn(&Path, bool) -> bool + 'a>;
+type KeepRule<'a> = Box<dyn Fn(&Path, bool) -> Option<Why> + 'a>;
 
 /// What a dry run plans: the archive read once (twice when the catalog
 /// cannot rule out paths the backup could not hold, whose list comes last),
@@ -1908,13 +1926,14 @@ fn preview(ctx: &Context<'_>, prep: &Prepared<'_>) -> Result<Changes> {
             let rel_base = rel_base(s);
             let incomplete = &incomplete;
             let keep = move |rel: &Path, is_dir: bool| {
-                prep.kept_in(&s.name, &target.join(rel), &rel_base.join(rel), is_dir)
-                    || incomplete.contains(&rel_base.join(rel))
+                prep.why_kept_in(&s.name, &target.join(rel), &rel_base.join(rel), is_dir)
+                    .or_else(|| {
+                        incomplete
+                            .contains(&rel_base.join(rel))
+                            .then_some(Why::NotRead)
+                    })
             };
-            Some((
-                s.name.clone(),
-                Box::new(keep) as Box<dyn Fn(&Path, bool) -> bool>,
-            ))
+            Some((s.name.clone(), Box::new(keep) as KeepRule<'_>))
         })
         .collect();
     let mut targets = Vec::new();

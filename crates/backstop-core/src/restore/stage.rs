@@ -33,6 +33,7 @@ use crate::fsutil;
 use crate::handle;
 use crate::progress::Cancel;
 use crate::restore::confine::Confined;
+use crate::restore::diff::Why;
 use crate::restore::journal::{is_label, is_trusted, own_xattrs};
 use crate::source::exclude::Patterns;
 
@@ -43,12 +44,24 @@ pub struct Selection {
     /// Paths (relative to the instance root) not written: never-restore
     /// paths and `--exclude` patterns.
     pub keep: Patterns,
+    /// The `--exclude` patterns alone, to say why a path is kept.
+    pub excluded: Patterns,
     /// Paths (relative to the root) whose files are made 0600 whatever the
     /// archive says.
     pub secrets: Patterns,
 }
 
 impl Selection {
+    /// Why the rules of this restore keep `rel` (relative to the root).
+    pub fn why_kept(&self, rel: &Path, is_dir: bool) -> Option<Why> {
+        self.keep.matches(rel, is_dir)?;
+        Some(if self.excluded.matches(rel, is_dir).is_some() {
+            Why::Excluded
+        } else {
+            Why::NeverRestore
+        })
+    }
+
     /// Whether source `name` is restored.
     pub fn source_selected(&self, name: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|o| o == name)

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::restore::diff::{Action, Changes, Kind, Node, same};
+use crate::restore::diff::{Action, Changes, Kind, Node, Why, same};
 use crate::restore::listing::Walk;
 
 /// How a restore treats what is already at the destination.
@@ -286,8 +286,8 @@ pub struct Merger<'a> {
     /// The staged tree (a real restore), whose files compare by content.
     staged_top: Option<&'a Path>,
     live: Walk,
-    /// Whether a keep rule covers a relative path.
-    kept: &'a dyn Fn(&Path, bool) -> bool,
+    /// Why a keep rule covers a relative path, if one does.
+    kept: &'a dyn Fn(&Path, bool) -> Option<Why>,
     /// Whether a live path is another source's (a database in the tree).
     other: &'a dyn Fn(&Path) -> bool,
     /// Inodes linked from the live tree, with their change time once
@@ -322,7 +322,7 @@ impl<'a> Merger<'a> {
         mode: Mode,
         target: &'a Path,
         staged_top: Option<&'a Path>,
-        kept: &'a dyn Fn(&Path, bool) -> bool,
+        kept: &'a dyn Fn(&Path, bool) -> Option<Why>,
         other: &'a dyn Fn(&Path) -> bool,
         linked: Option<&'a HashMap<u64, u64>>,
     ) -> Result<Merger<'a>> {
@@ -381,11 +381,18 @@ impl<'a> Merger<'a> {
         self.target
     }
 
-    /// Records the action on `rel`, the target's path kept once.
-    fn plan(&mut self, rel: &Path, action: Action, kind: Kind, bytes: u64) {
+    /// Records the action on `rel`, the target's path kept once, and why
+    /// it is kept when it is.
+    fn plan(&mut self, rel: &Path, (action, kind): (Action, Kind), bytes: u64, why: Option<Why>) {
         let below = rel.display().to_string();
-        self.changes
-            .push_below(&self.shown_top, &below, action, kind, bytes);
+        match (action, why) {
+            (Action::Keep, Some(why)) => {
+                self.changes.keep_below(&self.shown_top, &below, kind, why)
+            }
+            _ => self
+                .changes
+                .push_below(&self.shown_top, &below, action, kind, bytes),
+        }
     }
 
     /// One entry of the backup (relative to the target), in archive order.
@@ -425,7 +432,10 @@ impl<'a> Merger<'a> {
                 &self.target.join(&rel),
             ));
         }
-        let is_kept = have.is_some() && (self.kept)(&rel, want.kind == Kind::Dir);
+        let why = have
+            .as_ref()
+            .and_then(|_| (self.kept)(&rel, want.kind == Kind::Dir));
+        let is_kept = why.is_some();
         let is_same = match (&have, is_kept) {
             (Some(h), false) => {
                 let staged = self.staged_top.map(|s| s.join(&rel));
@@ -440,12 +450,12 @@ impl<'a> Merger<'a> {
         if d.block {
             self.blocked = Some(rel.clone());
         }
-        self.plan(&rel, d.action, want.kind, want.size);
+        self.plan(&rel, (d.action, want.kind), want.size, why);
         self.step_in_place(
             &rel,
             d.action,
-            Some(want.kind),
-            have.as_ref().map(|h| h.kind),
+            (Some(want.kind), have.as_ref().map(|h| h.kind)),
+            why,
         )?;
         self.record(rel, d.step);
         Ok(Some(d.action))
@@ -456,8 +466,8 @@ impl<'a> Merger<'a> {
         &mut self,
         rel: &Path,
         action: Action,
-        want: Option<Kind>,
-        have: Option<Kind>,
+        (want, have): (Option<Kind>, Option<Kind>),
+        why: Option<Why>,
     ) -> Result<()> {
         let Some(in_place) = self.in_place.as_mut() else {
             return Ok(());
@@ -466,8 +476,9 @@ impl<'a> Merger<'a> {
             .step(rel, action, want, have, want.is_some())
             .map_err(|kept| Error::Refused {
                 message: format!(
-                    "{} is kept (a never-restore or excluded path), but the backup has a {} where the directory around it is",
+                    "{} is kept ({}), but the backup has a {} where the directory around it is",
                     self.target.join(&kept).display(),
+                    why.map_or("a keep rule", Why::as_str),
                     want.unwrap_or(Kind::File).as_str(),
                 ),
                 hint: Some(
@@ -544,22 +555,29 @@ impl<'a> Merger<'a> {
                 continue;
             }
             // FIFOs, sockets and devices, which no backup holds, stay.
-            let is_kept = have.kind == Kind::Other || (self.kept)(&rel, have.kind == Kind::Dir);
-            if !is_kept && self.unchanged_in_place(&rel, &have)? {
+            let why = if have.kind == Kind::Other {
+                Some(Why::Special)
+            } else {
+                (self.kept)(&rel, have.kind == Kind::Dir)
+            };
+            if why.is_none() && self.unchanged_in_place(&rel, &have)? {
                 self.live.take(true);
-                self.plan(&rel, Action::Unchanged, have.kind, have.size);
-                self.step_in_place(&rel, Action::Unchanged, None, Some(have.kind))?;
+                self.plan(&rel, (Action::Unchanged, have.kind), have.size, None);
+                self.step_in_place(&rel, Action::Unchanged, (None, Some(have.kind)), None)?;
                 continue;
             }
             // So does a directory tagged as a cache, which the backup left
             // out (looked for only here, in what only the live tree has).
-            let is_kept = is_kept
-                || have.kind == Kind::Dir
-                    && crate::source::exclude::has_cachedir_tag_at(&self.target.join(&rel));
+            let why = why.or_else(|| {
+                (have.kind == Kind::Dir
+                    && crate::source::exclude::has_cachedir_tag_at(&self.target.join(&rel)))
+                .then_some(Why::Cache)
+            });
+            let is_kept = why.is_some();
             let d = decide(self.mode, None, Some(&have), is_kept, false);
             self.take_live(&rel, &have, d.descend_live, is_kept);
-            self.plan(&rel, d.action, have.kind, 0);
-            self.step_in_place(&rel, d.action, None, Some(have.kind))?;
+            self.plan(&rel, (d.action, have.kind), 0, why);
+            self.step_in_place(&rel, d.action, (None, Some(have.kind)), why)?;
             if d.step == Move::CarryOver
                 && !rel.as_os_str().is_empty()
                 && self.staged_top.is_some()
@@ -867,7 +885,7 @@ mod tests {
         }
         std::fs::write(live.join("a/same"), b"1").unwrap();
         std::fs::write(live.join("gone/x"), b"x").unwrap();
-        let kept = |rel: &Path, _: bool| rel == Path::new("keep");
+        let kept = |rel: &Path, _: bool| (rel == Path::new("keep")).then_some(Why::NeverRestore);
         let other = |_: &Path| false;
         let mut m = Merger::new(Mode::Exact, &live, None, &kept, &other, None).unwrap();
         let mut file = node(Kind::File);
@@ -1001,7 +1019,7 @@ mod tests {
         }
         let left_paths = ["a", "a/f", "a/g", "keep", "keep/k"];
         let left = |rel: &Path| left_paths.iter().any(|p| rel == Path::new(p));
-        let kept = |rel: &Path, _: bool| rel == Path::new("keep");
+        let kept = |rel: &Path, _: bool| (rel == Path::new("keep")).then_some(Why::Excluded);
         let other = |_: &Path| false;
         let merge = || {
             let linked: HashMap<u64, u64> = ["", "a", "a/f", "a/g", "keep", "keep/k"]
@@ -1076,7 +1094,7 @@ mod tests {
     #[test]
     fn entries_out_of_order_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = |_: &Path, _: bool| false;
+        let kept = |_: &Path, _: bool| None;
         let other = |_: &Path| false;
         let mut m = Merger::new(Mode::Exact, dir.path(), None, &kept, &other, None).unwrap();
         m.backup_entry(PathBuf::from("b"), &node(Kind::File))

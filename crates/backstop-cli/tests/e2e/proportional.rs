@@ -104,6 +104,46 @@ fn an_exact_restore_after_a_small_change_rewrites_only_what_changed() {
 }
 
 #[test]
+fn merge_and_safe_restores_leave_unchanged_files_untouched_for_the_next_backup() {
+    // What a merge or safe restore finds as the backup has it stays where
+    // it is, its change time too: the next incremental backup finds every
+    // file but the restored one as it was, and reads none of them again.
+    for mode in ["merge", "safe"] {
+        let env = Env::new();
+        let (app, _reference, id) = backed_up(&env);
+        std::fs::remove_file(file(&app, 3)).unwrap();
+        let stamp = |i: usize| {
+            let m = std::fs::symlink_metadata(file(&app, i)).unwrap();
+            (m.ino(), m.ctime(), m.ctime_nsec())
+        };
+        let before: Vec<_> = (0..FILES).filter(|i| *i != 3).map(stamp).collect();
+        let doc = env.json(&["restore", &id, "--yes", "--no-pre-backup", "--mode", mode]);
+        let report = &doc["restore"];
+        assert_eq!(report["outcome"], "restored", "{mode}: {doc}");
+        assert_eq!(report["plan"]["totals"]["create"], 1, "{mode}: {report}");
+        assert_eq!(
+            report["plan"]["totals"]["unchanged"].as_u64().unwrap(),
+            FILES as u64 - 1 + 11,
+            "{mode}: the other files and the 11 directories: {report}"
+        );
+        assert_eq!(
+            report["linked_files"],
+            (FILES - 1) as u64,
+            "{mode}: {report}"
+        );
+        let after: Vec<_> = (0..FILES).filter(|i| *i != 3).map(stamp).collect();
+        assert_eq!(before, after, "{mode}: inodes and change times");
+        assert!(file(&app, 3).is_file(), "{mode}");
+        let inc = env.json(&["backup", app.to_str().unwrap(), "--incremental"]);
+        assert_eq!(
+            inc["report"]["unchanged_files"].as_u64(),
+            Some(FILES as u64 - 1),
+            "{mode}: {inc}"
+        );
+    }
+}
+
+#[test]
 fn a_restore_killed_after_linking_leaves_the_live_tree_as_it_was() {
     for point in ["restore.after-stage", "restore.before-commit"] {
         let env = Env::new();
@@ -789,10 +829,10 @@ fn a_file_left_in_place_written_before_a_further_name_links_it_is_noticed() {
 }
 
 #[test]
-fn a_linked_file_written_before_a_further_name_is_made_is_noticed() {
-    // A merge links a/first, as the backup has it, into the staged tree,
-    // then makes a/second a further name of it there. A write to the live
-    // file in between must not come back under the second name.
+fn a_merge_leaves_a_file_in_place_and_notices_a_write_before_a_further_name_links_it() {
+    // A merge leaves a/first, as the backup has it, where it is, then
+    // links it into the staged tree as a/second. A write to the live file
+    // in between must not come back under the second name.
     let env = Env::new();
     let app = env.path("app");
     std::fs::create_dir_all(app.join("a")).unwrap();
@@ -802,7 +842,7 @@ fn a_linked_file_written_before_a_further_name_is_made_is_noticed() {
     std::fs::remove_file(app.join("a/second")).unwrap();
     let mut args = restore_args(&id).to_vec();
     args.extend(["--mode", "merge"].map(std::ffi::OsStr::new));
-    let out = run_paused(&env, "restore.before-hard-link", &args, |_| {
+    let out = run_paused(&env, "restore.before-link", &args, |_| {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::options()
             .write(true)

@@ -613,9 +613,9 @@ struct Staged {
     /// linked; for sources restored in place, the live files and
     /// directories found as the backup has them.
     linked: HashMap<u64, u64>,
-    /// The sources restored exactly in place: an existing live tree,
-    /// where only what differs is staged and moved (see
-    /// [`crate::restore::steps::InPlace`]).
+    /// The sources restored over an existing live tree, where only what
+    /// differs is staged: moved in by an exact restore (see
+    /// [`crate::restore::steps::InPlace`]), merged by the other modes.
     in_place: HashSet<String>,
     /// What staging left where it was in those sources.
     left: Left,
@@ -642,8 +642,9 @@ fn stage(
         targets.insert(s.name.clone(), confined);
     }
     failpoint::hit("restore.before-stage")?;
-    // The live trees, where files the backup holds unchanged are found and
-    // linked instead of written again.
+    // The live trees, where what the backup holds unchanged is found and
+    // left where it is, never staged: its change time stays too, so the
+    // next backup does not read it again.
     let mut live = HashMap::new();
     let mut in_place = HashSet::new();
     for s in &prep.sources {
@@ -652,9 +653,7 @@ fn stage(
         {
             let tree = Confined::open(target).map_err(|e| Error::io("opening", target, e))?;
             live.insert(s.name.clone(), tree);
-            if prep.mode == Mode::Exact {
-                in_place.insert(s.name.clone());
-            }
+            in_place.insert(s.name.clone());
         }
     }
     let mut stager = Stager::new(
@@ -1073,7 +1072,10 @@ fn merge_staged(
 ) -> Result<(Changes, Moves, u64)> {
     let mut merger = Merger::new(mode, target, Some(staged_top), kept, other, Some(linked))?;
     if let Some((left, count)) = in_place {
-        merger = merger.in_place(left, count);
+        merger = match mode {
+            Mode::Exact => merger.in_place(left, count),
+            Mode::Merge | Mode::Safe => merger.leaving(left, count),
+        };
     }
     let mut staged = Walk::new(staged_top, true)?;
     let mut entries = 0;

@@ -1064,9 +1064,9 @@ impl Writer {
             } => {
                 let target = self.target(&source);
                 let shown = target.display(&path);
-                // A live file linked in: as it was when linked, or the
+                // A live file linked in (none is: one left in place is
+                // linked by `Op::Link`): as it was when linked, or the
                 // further name would hide a change to it.
-                crate::failpoint::hit("restore.before-hard-link")?;
                 let st = target
                     .stat(&link)
                     .map_err(|e| Error::io("reading", target.display(&link), e))?;

@@ -347,17 +347,25 @@ impl<'a> Merger<'a> {
         })
     }
 
-    /// Makes this an exact restore in place (see [`InPlace`]): the live
-    /// entries whose inodes `linked` holds are the backup's, unstaged.
-    /// `left` says which relative paths staging left where they were, and
-    /// `count` how many there are: an entry found there with another inode
-    /// was put there meanwhile, and one not found at all went.
+    /// Makes this a restore over a live tree in which staging left what
+    /// it found as the backup has it: the live entries whose inodes
+    /// `linked` holds are the backup's, unstaged. `left` says which
+    /// relative paths staging left where they were, and `count` how many
+    /// there are: an entry found there with another inode was put there
+    /// meanwhile, and one not found at all went.
     #[must_use]
-    pub fn in_place(mut self, left: &'a dyn Fn(&Path) -> bool, count: u64) -> Self {
-        self.in_place = Some(InPlace::default());
+    pub fn leaving(mut self, left: &'a dyn Fn(&Path) -> bool, count: u64) -> Self {
         self.left = Some(left);
         self.left_count = (count, 0);
         self
+    }
+
+    /// [`Merger::leaving`] for an exact restore in place, which moves
+    /// what changes (see [`InPlace`]).
+    #[must_use]
+    pub fn in_place(mut self, left: &'a dyn Fn(&Path) -> bool, count: u64) -> Self {
+        self.in_place = Some(InPlace::default());
+        self.leaving(left, count)
     }
 
     /// Notes that the live walk met `rel`.
@@ -492,7 +500,7 @@ impl<'a> Merger<'a> {
     /// staging left one (a file renamed over it) changed too: taken for an
     /// entry only the live tree has, it would go, and the backup's with it.
     fn unchanged_in_place(&self, rel: &Path, have: &Node) -> Result<bool> {
-        if self.in_place.is_none() {
+        if self.left.is_none() {
             return Ok(false);
         }
         let Some(ctime) = self.linked.and_then(|l| l.get(&have.ino)) else {

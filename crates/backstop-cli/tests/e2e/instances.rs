@@ -945,3 +945,83 @@ fn rollback_crosses_major_versions_without_force() {
         "2.0.0\n"
     );
 }
+
+#[test]
+fn an_exact_restore_gives_a_databases_directory_its_time_back() {
+    // data/app.db is its own source inside the tree: its exchange, and its
+    // staging directory in data/, moved data/'s time. Exact means the
+    // backup's time, for data/ too, and for the undo the one it had.
+    if !backstop_test_support::have("sqlite3") {
+        return;
+    }
+    let env = Env::new();
+    let root = env.path("app");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir_all(root.join("conf")).unwrap();
+    std::fs::write(root.join("conf/c"), b"c").unwrap();
+    std::fs::write(root.join("data/notes"), b"n").unwrap();
+    sqlite(
+        &root.join("data/app.db"),
+        "create table t(x); insert into t values (1);",
+    );
+    std::fs::write(
+        env.path("backstop.toml"),
+        format!(
+            "[instances.app]\nroot = \"{}\"\n[instances.app.sources]\nall = \".\"\ndb = {{ sqlite = \"data/app.db\" }}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let then = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    let set_time = |dir: &Path| {
+        std::fs::File::open(dir)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    };
+    let time_of = |dir: &Path| std::fs::metadata(dir).unwrap().modified().unwrap();
+    set_time(&root.join("data"));
+    let id = backup_id(&env, &["backup", "app"]);
+    sqlite(&root.join("data/app.db"), "insert into t values (2);");
+    set_time(&root.join("data"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    env.cmd()
+        .args(["restore", &id, "--yes", "--no-pre-backup"])
+        .assert()
+        .success();
+    assert_eq!(
+        sqlite(&root.join("data/app.db"), "select count(*) from t;"),
+        "1"
+    );
+    assert_eq!(time_of(&root.join("data")), then, "the backup's time");
+    // Undone (a failed health check): the time it had before.
+    sqlite(&root.join("data/app.db"), "insert into t values (3);");
+    let before = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    std::fs::File::open(root.join("data"))
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "restore.before-commit=error")
+        .args(["restore", &id, "--yes", "--no-pre-backup"])
+        .assert()
+        .failure();
+    assert_eq!(
+        sqlite(&root.join("data/app.db"), "select count(*) from t;"),
+        "2"
+    );
+    assert_eq!(time_of(&root.join("data")), before, "the time it had");
+    // Killed right after the commit point: recovery finishes the cleanup,
+    // the time included.
+    env.cmd()
+        .env("BACKSTOP_FAILPOINTS", "restore.after-commit=abort")
+        .args(["restore", &id, "--yes", "--no-pre-backup"])
+        .assert()
+        .failure();
+    env.cmd().args(["recover", "app"]).assert().success();
+    assert_eq!(
+        sqlite(&root.join("data/app.db"), "select count(*) from t;"),
+        "1"
+    );
+    assert_eq!(time_of(&root.join("data")), then, "the backup's time");
+}

@@ -26,7 +26,8 @@ use crate::ops::backup::{BackupRequest, Output, backup_locked, error_chain};
 use crate::restore::confine::Confined;
 use crate::restore::diff::{Changes, Why};
 use crate::restore::journal::{
-    self, Attrs, ImportTarget, Journal, Phase, Step, XattrChange, is_trusted, own_xattrs,
+    self, Attrs, ImportTarget, Journal, Phase, StagingParent, Step, XattrChange, is_trusted,
+    own_xattrs,
 };
 use crate::restore::listing::Walk;
 use crate::restore::plan::{
@@ -179,6 +180,7 @@ pub(crate) fn apply(
         staging: Vec::new(),
         steps: Vec::new(),
         services_stopped: running.clone(),
+        staging_parents: Vec::new(),
     };
     if let Err(e) = journal.save(home) {
         record.finish(Ended::Failed, Some(&e));
@@ -594,6 +596,14 @@ fn staging_dirs(prep: &Prepared<'_>, journal: &mut Journal) -> Result<usize> {
             }
         }
         let staging = staging_dir(&target, &prep.src.manifest.id, &s.name);
+        if let Some(parent) = staging_parent(prep, &staging)
+            && !journal
+                .staging_parents
+                .iter()
+                .any(|p| p.path == parent.path)
+        {
+            journal.staging_parents.push(parent);
+        }
         journal.staging.push(staging);
     }
     journal.steps = make_dirs
@@ -601,6 +611,25 @@ fn staging_dirs(prep: &Prepared<'_>, journal: &mut Journal) -> Result<usize> {
         .map(|p| Step::MakeDir { path: p.clone() })
         .collect();
     Ok(make_dirs.len())
+}
+
+/// The directory `staging` is made in, as it is now, when it lies in a
+/// tree an exact restore gives back (see [`Journal::staging_parents`]).
+fn staging_parent(prep: &Prepared<'_>, staging: &Path) -> Option<StagingParent> {
+    if prep.mode != Mode::Exact {
+        return None;
+    }
+    let parent = fsutil::parent_dir(staging);
+    let in_a_tree = prep
+        .sources
+        .iter()
+        .any(|s| matches!(&prep.places[&s.name], Place::Tree(t) if parent.starts_with(t)));
+    let st = handle::lstat(&parent).ok().filter(handle::is_dir)?;
+    in_a_tree.then(|| StagingParent {
+        path: parent,
+        ino: st.st_ino,
+        attrs: Attrs::of(&st),
+    })
 }
 
 /// What staging found out, for deciding the steps.
@@ -730,6 +759,16 @@ fn decide(
     staged: &Staged,
 ) -> Result<Decided> {
     let (nested, nested_dbs) = nested_databases(prep, &journal.staging, &staged.in_place);
+    let trees_in_place = prep
+        .sources
+        .iter()
+        .zip(&journal.staging)
+        .filter(|(s, _)| staged.in_place.contains(&s.name))
+        .filter_map(|(s, staging)| match &prep.places[&s.name] {
+            Place::Tree(target) => Some((target.clone(), staging.join(&s.name))),
+            _ => None,
+        })
+        .collect();
     let mut decider = Decider {
         ctx,
         prep,
@@ -737,6 +776,8 @@ fn decide(
         databases: database_paths(&prep.places),
         nested,
         nested_dbs,
+        trees_in_place,
+        staging_parents: &journal.staging_parents,
         stamp: time::now().strftime("%Y%m%dT%H%M%S").to_string(),
         decided: Decided {
             steps: journal.steps.clone(),
@@ -812,6 +853,10 @@ struct Decider<'p, 'a> {
     /// [`nested_databases`]).
     nested: Nested,
     nested_dbs: Vec<String>,
+    /// The trees restored in place, each target with its staged copy.
+    trees_in_place: Vec<(PathBuf, PathBuf)>,
+    /// The directories staging directories were made in, as they were.
+    staging_parents: &'p [StagingParent],
     /// The time in the names of `.bak` copies.
     stamp: String,
     decided: Decided,
@@ -858,16 +903,60 @@ impl Decider<'_, '_> {
             // the tree around it.
             return Ok(());
         }
-        if let Place::File { .. } = &prep.places[&s.name]
-            && prep.mode != Mode::Safe
-        {
+        let is_file = matches!(&prep.places[&s.name], Place::File { .. });
+        // The renames of a file change its directory's time: an exact
+        // restore gives the directory the time it is to have again.
+        let around = match prep.mode {
+            Mode::Exact if is_file => self.parent_attrs(&target)?,
+            _ => None,
+        };
+        if let Some((open, _)) = &around {
+            self.decided.steps.push(open.clone());
+        }
+        if is_file && prep.mode != Mode::Safe {
             self.aside_journal_files(s, &target, staging)?;
         }
         match prep.mode {
-            Mode::Exact if in_place => self.in_place(s, &target, &staged_top, staging, &moves),
-            Mode::Exact => self.exact(s, &target, &staged_top, &moves),
-            Mode::Merge | Mode::Safe => self.move_in(&target, &staged_top, &moves),
+            Mode::Exact if in_place => self.in_place(s, &target, &staged_top, staging, &moves)?,
+            Mode::Exact => self.exact(s, &target, &staged_top, &moves)?,
+            Mode::Merge | Mode::Safe => self.move_in(&target, &staged_top, &moves)?,
         }
+        if let Some((_, close)) = around {
+            self.decided.steps.push(close);
+        }
+        Ok(())
+    }
+
+    /// The two attribute steps around the renames of a file restored
+    /// exactly (a database): its live directory opened up for them, then
+    /// given the attributes it is to have. Those are the backup's when a
+    /// tree restored in place staged the directory, else the ones it had
+    /// before this restore made a staging directory in it (as the backup
+    /// has them when the tree left it in place).
+    fn parent_attrs(&self, target: &Path) -> Result<Option<(Step, Step)>> {
+        let parent = fsutil::parent_dir(target);
+        if !handle::lstat(&parent).is_ok_and(|st| handle::is_dir(&st)) {
+            return Ok(None);
+        }
+        let staged = self
+            .trees_in_place
+            .iter()
+            .filter(|(tree, _)| parent.starts_with(tree))
+            .max_by_key(|(tree, _)| tree.components().count())
+            .map(|(tree, staged_top)| {
+                let below = parent.strip_prefix(tree).unwrap_or(Path::new(""));
+                if below.as_os_str().is_empty() {
+                    staged_top.clone()
+                } else {
+                    staged_top.join(below)
+                }
+            });
+        let had = self
+            .staging_parents
+            .iter()
+            .find(|p| p.path == parent)
+            .map(|p| p.attrs);
+        dir_attrs(&parent, staged.as_deref().unwrap_or(Path::new("")), had)
     }
 
     /// The step of a volume or dump source: an import of its staged data,
@@ -1015,7 +1104,7 @@ impl Decider<'_, '_> {
         }
         let mut last = Vec::new();
         for rel in dirs {
-            if let Some((first, then)) = dir_attrs(&at(target, rel), &at(staged_top, rel))? {
+            if let Some((first, then)) = dir_attrs(&at(target, rel), &at(staged_top, rel), None)? {
                 self.decided.steps.push(first);
                 last.push(then);
             }
@@ -1119,9 +1208,7 @@ fn commit(ctx: &Context<'_>, mut journal: Journal) -> Result<()> {
     journal.phase = Phase::Committed;
     journal.save(&ctx.layout.home)?;
     failpoint::hit("restore.after-commit")?;
-    for staging in &journal.staging {
-        remove_tree(staging)?;
-    }
+    journal.remove_staging(true)?;
     // The journal goes last, after the caller has recorded the outcome: a
     // crash in between is completed (and recorded again) by recovery.
     Ok(())
@@ -1218,10 +1305,10 @@ fn open_staged_parents(staged_top: &Path, move_in: &[PathBuf]) -> Result<()> {
 /// place: before the moves, opened up for them (as another user than
 /// root, writable and searchable by its owner); after them, the staged
 /// copy's mode, owner and time, or (where nothing inside it was staged)
-/// the ones it had. None for a directory of another user, restoring as
-/// someone else than root: its attributes are not this user's to set (the
-/// moves need it writable).
-fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
+/// `had`, else the ones it has. None for a directory of another user,
+/// restoring as someone else than root: its attributes are not this
+/// user's to set (the moves need it writable).
+fn dir_attrs(live: &Path, staged: &Path, had: Option<Attrs>) -> Result<Option<(Step, Step)>> {
     let st = handle::lstat(live).map_err(|e| Error::io("reading", live, e))?;
     let before = Attrs::of(&st);
     let euid = rustix::process::geteuid();
@@ -1242,7 +1329,7 @@ fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
             }
             (after, xattr_change(live, staged)?)
         }
-        _ => (before, None),
+        _ => (had.unwrap_or(before), None),
     };
     let step = |before, after, xattrs| Step::Meta {
         path: live.to_path_buf(),

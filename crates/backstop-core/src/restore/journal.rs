@@ -329,6 +329,21 @@ pub struct Journal {
     /// again.
     #[serde(default)]
     pub services_stopped: Vec<String>,
+    /// The directories of the restored trees that staging directories are
+    /// made in (a database's, inside a tree restored exactly), as they
+    /// were before: making and removing a staging directory moves its
+    /// directory's time, which is given back (see
+    /// [`Journal::remove_staging`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staging_parents: Vec<StagingParent>,
+}
+
+/// A directory a staging directory is made in, and its attributes before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingParent {
+    pub path: PathBuf,
+    pub ino: u64,
+    pub attrs: Attrs,
 }
 
 /// What recovery did.
@@ -424,11 +439,36 @@ impl Journal {
                 Recovered::RolledBack
             }
         };
+        self.remove_staging(outcome == Recovered::Completed)?;
+        Journal::remove(home, &self.instance)?;
+        Ok(outcome)
+    }
+
+    /// Removes the staging directories, then gives each of
+    /// [`Journal::staging_parents`] the attributes the steps gave it (the
+    /// last `Meta` step's, `committed`), else the ones it had before.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a staging directory cannot be removed.
+    pub fn remove_staging(&self, committed: bool) -> Result<()> {
         for dir in &self.staging {
             remove_tree(dir)?;
         }
-        Journal::remove(home, &self.instance)?;
-        Ok(outcome)
+        for parent in &self.staging_parents {
+            let given = self
+                .steps
+                .iter()
+                .rev()
+                .filter(|_| committed)
+                .find_map(|step| match step {
+                    Step::Meta { path, after, .. } if *path == parent.path => Some(**after),
+                    _ => None,
+                });
+            // Best effort: the restore is done (or undone) already.
+            let _ = given.unwrap_or(parent.attrs).set(&parent.path, parent.ino);
+        }
+        Ok(())
     }
 
     /// The directories whose entries (or, for `Meta`, own attributes) the
@@ -649,6 +689,7 @@ mod tests {
             staging: vec![dir.join("staging")],
             steps,
             services_stopped: Vec::new(),
+            staging_parents: Vec::new(),
         }
     }
 

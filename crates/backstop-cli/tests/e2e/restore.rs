@@ -1566,3 +1566,34 @@ fn rollback_without_a_version_asks_which_on_a_terminal() {
         run.screen
     );
 }
+
+#[test]
+fn a_kept_path_the_restore_cannot_keep_is_refused_by_the_dry_run_too() {
+    // The backup has a file x; x is a directory now, and --exclude x/
+    // keeps what is inside it. The exact restore cannot put the file there
+    // and keep x/sub: it refuses, and so does its dry run, which used to
+    // show a plan that the restore then refused.
+    let env = Env::new();
+    let app = env.path("app");
+    std::fs::create_dir_all(app.join("y")).unwrap();
+    std::fs::write(app.join("x"), b"file").unwrap();
+    std::fs::write(app.join("y/b"), b"b").unwrap();
+    let id = env.backup(&app, &[])["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(app.join("x")).unwrap();
+    std::fs::create_dir_all(app.join("x/sub")).unwrap();
+    std::fs::write(app.join("x/sub/f"), b"live").unwrap();
+    for extra in ["--dry-run", "--yes"] {
+        let out = env
+            .cmd()
+            .args(["restore", &id, "--exclude", "x/", "--no-pre-backup", extra])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra}: {stderr}");
+        assert!(
+            stderr.contains("x/sub is kept (--exclude), but the backup has a file"),
+            "{extra}: {stderr}"
+        );
+    }
+    assert_eq!(std::fs::read(app.join("x/sub/f")).unwrap(), b"live");
+}

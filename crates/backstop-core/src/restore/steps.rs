@@ -294,6 +294,9 @@ pub struct Merger<'a> {
     /// linked.
     linked: Option<&'a HashMap<u64, u64>>,
     blocked: Option<PathBuf>,
+    /// Exact: the last live directory the backup replaces with something
+    /// else (that kind), inside which nothing can be kept.
+    replaced: Option<(PathBuf, Kind)>,
     moved: Option<PathBuf>,
     last: Option<PathBuf>,
     /// Exact in place: the moves, and `linked` holds the live files and
@@ -336,6 +339,7 @@ impl<'a> Merger<'a> {
             other,
             linked,
             blocked: None,
+            replaced: None,
             moved: None,
             last: None,
             in_place: None,
@@ -458,6 +462,13 @@ impl<'a> Merger<'a> {
         if d.block {
             self.blocked = Some(rel.clone());
         }
+        if self.mode == Mode::Exact
+            && d.action == Action::Replace
+            && want.kind != Kind::Dir
+            && have.as_ref().is_some_and(|h| h.kind == Kind::Dir)
+        {
+            self.replaced = Some((rel.clone(), want.kind));
+        }
         self.plan(&rel, (d.action, want.kind), want.size, why);
         self.step_in_place(
             &rel,
@@ -480,19 +491,22 @@ impl<'a> Merger<'a> {
         let Some(in_place) = self.in_place.as_mut() else {
             return Ok(());
         };
+        let replacing = self.replaced.as_ref().map_or(Kind::File, |(_, k)| *k);
         in_place
             .step(rel, action, want, have, want.is_some())
-            .map_err(|kept| Error::Refused {
-                message: format!(
-                    "{} is kept ({}), but the backup has a {} where the directory around it is",
-                    self.target.join(&kept).display(),
-                    why.map_or("a keep rule", Why::as_str),
-                    want.unwrap_or(Kind::File).as_str(),
-                ),
-                hint: Some(
-                    "restore with --mode merge, or move the kept path out of the way first".into(),
-                ),
-            })
+            .map_err(|kept| kept_inside_replaced(&self.target.join(&kept), why, replacing))
+    }
+
+    /// Exact: refuses a path kept inside a live directory the backup
+    /// replaces with something else, which cannot hold it. The plan (a dry
+    /// run) refuses it as the restore does.
+    fn check_not_inside_replaced(&self, rel: &Path, why: Option<Why>) -> Result<()> {
+        match (&self.replaced, why) {
+            (Some((dir, kind)), Some(_)) if rel.starts_with(dir) && rel != dir.as_path() => {
+                Err(kept_inside_replaced(&self.target.join(rel), why, *kind))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Exact in place: a live entry that staging found as the backup has
@@ -581,6 +595,7 @@ impl<'a> Merger<'a> {
                     && crate::source::exclude::has_cachedir_tag_at(&self.target.join(&rel)))
                 .then_some(Why::Cache)
             });
+            self.check_not_inside_replaced(&rel, why)?;
             let is_kept = why.is_some();
             let d = decide(self.mode, None, Some(&have), is_kept, false);
             self.take_live(&rel, &have, d.descend_live, is_kept);
@@ -671,6 +686,20 @@ impl Merger<'_> {
 }
 
 /// Whether `rel` lies below (not at) `top`.
+/// The refusal of a path kept (for `why`) inside a directory the backup
+/// has a `kind` in place of.
+fn kept_inside_replaced(path: &Path, why: Option<Why>, kind: Kind) -> Error {
+    Error::Refused {
+        message: format!(
+            "{} is kept ({}), but the backup has a {} where the directory around it is",
+            path.display(),
+            why.map_or("a keep rule", Why::as_str),
+            kind.as_str(),
+        ),
+        hint: Some("restore with --mode merge, or move the kept path out of the way first".into()),
+    }
+}
+
 fn strictly_below(rel: &Path, top: &Option<PathBuf>) -> bool {
     top.as_ref()
         .is_some_and(|t| rel.starts_with(t) && rel != t.as_path())

@@ -378,6 +378,40 @@ fn refused_over_a_foreign_directory(
 }
 
 #[test]
+fn an_unreadable_directory_is_refused_before_the_safety_backup() {
+    // With a safety backup to take first, the restore refuses what it
+    // cannot read before taking it: the catalog holds the one backup.
+    if !can_be_nobody() {
+        return;
+    }
+    let env = Env::new();
+    let home = nobody_home(&env);
+    let parent = env.path("n");
+    let app = parent.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("a.txt"), b"original").unwrap();
+    chown_tree_to_nobody(&parent);
+    let nobody = |args: &[&str]| {
+        let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        backstop_as_nobody(&env, &home, &args)
+    };
+    let out = nobody(&["--json", "backup", app.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", context(&out));
+    let id = backup_id(&serde_json::from_slice(&out.stdout).unwrap());
+    std::fs::write(app.join("a.txt"), b"modified").unwrap();
+    let foreign = app.join("rootonly");
+    std::fs::create_dir(&foreign).unwrap();
+    set_mode(&foreign, 0o700);
+    let out = nobody(&["restore", &id, "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", context(&out));
+    assert!(stderr(&out).contains("rootonly"), "{}", context(&out));
+    let out = nobody(&["--json", "list"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["backups"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(std::fs::read(app.join("a.txt")).unwrap(), b"modified");
+}
+
+#[test]
 fn restore_refuses_an_unreadable_directory_it_knows_nothing_of() {
     // A directory of root's that nobody can neither read nor remove.
     let rootonly = |app: &Path| {

@@ -1166,6 +1166,19 @@ pub(crate) fn prepare<'a>(
     let mut checks = prep.checks(ctx, req, &own_root, is_own_root)?;
     prep.existing = prep.safety_sources();
     prep.safety = req.pre_backup && !prep.existing.is_empty();
+    // The destination must be readable wherever no rule keeps it: the
+    // merge's walk of the live tree refuses what it cannot read, before
+    // any change to it. When services stop or a safety backup is taken
+    // first, and the catalog says the backup had no warnings (its trailer
+    // keeps nothing else), an unreadable directory is refused now, before
+    // either; otherwise the walk beside the staging would cost a pass
+    // over the tree for nothing.
+    if !req.dry_run
+        && (prep.safety || prep.services.is_some())
+        && prep.src.record.as_ref().is_some_and(|r| r.warnings == 0)
+    {
+        prep.check_readable()?;
+    }
     if let Some(problem) = src
         .catalog_unusable
         .as_ref()
@@ -1387,14 +1400,6 @@ impl Prepared<'_> {
         self.check_staging_writable(&base)?;
         if self.mode == Mode::Exact && !is_own_root && !req.force {
             self.refuse_exact_elsewhere(own_root)?;
-        }
-        // The destination must be readable wherever no rule keeps it. When
-        // the catalog says the backup had no warnings, its trailer keeps
-        // nothing else, so an unreadable directory is refused now, before
-        // any service stops; otherwise once the archive (and its trailer)
-        // has been read.
-        if !req.dry_run && self.src.record.as_ref().is_some_and(|r| r.warnings == 0) {
-            self.check_readable()?;
         }
         if let Some(s) = self.services {
             checks.push(Check {

@@ -14,7 +14,7 @@ use backstop_core::archive::format::SourceManifest;
 use backstop_test_support::{have, posix_acl, root, skip, supports_acls, supports_user_xattrs};
 
 use crate::craft::{Raw, craft_with, manifest, path_source};
-use crate::support::{Env, bin, run_paused, sqlite, walk};
+use crate::support::{Env, bin, kept_why, run_paused, sqlite, walk};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -1045,28 +1045,6 @@ fn restore_into_dest_puts_a_database_below_dest() {
     assert!(db.is_file(), "no {}: {:?}", db.display(), listing(&fresh));
     assert_eq!(sqlite(&db, "PRAGMA integrity_check"), "ok");
     assert_eq!(sqlite(&db, "SELECT x FROM t ORDER BY x"), "hello\nworld");
-}
-
-/// The paths a restore plan keeps, below its destination, each with why.
-fn kept_why(plan: &serde_json::Value) -> Vec<String> {
-    let top = plan["restore"]["plan"]["destination"]
-        .as_str()
-        .map(str::to_string);
-    plan["restore"]["plan"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == "keep")
-        .map(|a| {
-            let path = a["path"].as_str().unwrap();
-            let below = top
-                .as_deref()
-                .and_then(|t| path.strip_prefix(t))
-                .unwrap_or(path)
-                .trim_start_matches('/');
-            format!("{below} ({})", a["why"].as_str().unwrap_or("?"))
-        })
-        .collect()
 }
 
 #[test]

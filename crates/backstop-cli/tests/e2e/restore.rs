@@ -12,7 +12,7 @@ use predicates::prelude::*;
 use rustix::process::Signal;
 
 use crate::craft::{Raw, craft, craft_with, manifest};
-use crate::support::{Env, copy_tree, run_paused, signal, spawn, walk};
+use crate::support::{Env, copy_tree, kept_why, run_paused, signal, spawn, walk};
 use backstop_core::archive::format::SourceManifest;
 
 fn compare_all(env: &Env) -> Compare {
@@ -338,28 +338,15 @@ fn what_no_backup_holds_is_kept_by_an_exact_restore() {
     assert_eq!(totals["delete"], 0, "{plan}");
     assert_eq!(totals["keep"], 3, "{plan}");
     // Each with its own reason.
-    let mut why: Vec<(String, String)> = plan["restore"]["plan"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == "keep")
-        .map(|a| {
-            let path = a["path"].as_str().unwrap();
-            let below = path.rsplit_once("/app/").unwrap().1.to_string();
-            (below, a["why"].as_str().unwrap().to_string())
-        })
-        .collect();
+    let mut why = kept_why(&plan);
     why.sort();
     assert_eq!(
         why,
         [
-            (".local/share/backstop", "backstop"),
-            ("docs/pipe", "special"),
-            ("proj/build", "cache"),
-        ]
-        .iter()
-        .map(|(p, w)| (p.to_string(), w.to_string()))
-        .collect::<Vec<_>>(),
+            ".local/share/backstop (backstop)",
+            "docs/pipe (special)",
+            "proj/build (cache)",
+        ],
         "{plan}"
     );
     let text = backstop(&["restore", &id, "--dry-run"]);

@@ -415,3 +415,25 @@ impl Drop for Tmux {
             .status();
     }
 }
+
+/// The paths a restore plan keeps, below its destination, each with why.
+pub fn kept_why(plan: &serde_json::Value) -> Vec<String> {
+    let top = plan["restore"]["plan"]["destination"]
+        .as_str()
+        .map(str::to_string);
+    plan["restore"]["plan"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "keep")
+        .map(|a| {
+            let path = a["path"].as_str().unwrap();
+            let below = top
+                .as_deref()
+                .and_then(|t| path.strip_prefix(t))
+                .unwrap_or(path)
+                .trim_start_matches('/');
+            format!("{below} ({})", a["why"].as_str().unwrap_or("?"))
+        })
+        .collect()
+}

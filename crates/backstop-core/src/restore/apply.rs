@@ -759,16 +759,6 @@ fn decide(
     staged: &Staged,
 ) -> Result<Decided> {
     let (nested, nested_dbs) = nested_databases(prep, &journal.staging, &staged.in_place);
-    let trees_in_place = prep
-        .sources
-        .iter()
-        .zip(&journal.staging)
-        .filter(|(s, _)| staged.in_place.contains(&s.name))
-        .filter_map(|(s, staging)| match &prep.places[&s.name] {
-            Place::Tree(target) => Some((target.clone(), staging.join(&s.name))),
-            _ => None,
-        })
-        .collect();
     let mut decider = Decider {
         ctx,
         prep,
@@ -776,8 +766,6 @@ fn decide(
         databases: database_paths(&prep.places),
         nested,
         nested_dbs,
-        trees_in_place,
-        staging_parents: &journal.staging_parents,
         stamp: time::now().strftime("%Y%m%dT%H%M%S").to_string(),
         decided: Decided {
             steps: journal.steps.clone(),
@@ -853,10 +841,6 @@ struct Decider<'p, 'a> {
     /// [`nested_databases`]).
     nested: Nested,
     nested_dbs: Vec<String>,
-    /// The trees restored in place, each target with its staged copy.
-    trees_in_place: Vec<(PathBuf, PathBuf)>,
-    /// The directories staging directories were made in, as they were.
-    staging_parents: &'p [StagingParent],
     /// The time in the names of `.bak` copies.
     stamp: String,
     decided: Decided,
@@ -903,60 +887,16 @@ impl Decider<'_, '_> {
             // the tree around it.
             return Ok(());
         }
-        let is_file = matches!(&prep.places[&s.name], Place::File { .. });
-        // The renames of a file change its directory's time: an exact
-        // restore gives the directory the time it is to have again.
-        let around = match prep.mode {
-            Mode::Exact if is_file => self.parent_attrs(&target)?,
-            _ => None,
-        };
-        if let Some((open, _)) = &around {
-            self.decided.steps.push(open.clone());
-        }
-        if is_file && prep.mode != Mode::Safe {
+        if let Place::File { .. } = &prep.places[&s.name]
+            && prep.mode != Mode::Safe
+        {
             self.aside_journal_files(s, &target, staging)?;
         }
         match prep.mode {
-            Mode::Exact if in_place => self.in_place(s, &target, &staged_top, staging, &moves)?,
-            Mode::Exact => self.exact(s, &target, &staged_top, &moves)?,
-            Mode::Merge | Mode::Safe => self.move_in(&target, &staged_top, &moves)?,
+            Mode::Exact if in_place => self.in_place(s, &target, &staged_top, staging, &moves),
+            Mode::Exact => self.exact(s, &target, &staged_top, &moves),
+            Mode::Merge | Mode::Safe => self.move_in(&target, &staged_top, &moves),
         }
-        if let Some((_, close)) = around {
-            self.decided.steps.push(close);
-        }
-        Ok(())
-    }
-
-    /// The two attribute steps around the renames of a file restored
-    /// exactly (a database): its live directory opened up for them, then
-    /// given the attributes it is to have. Those are the backup's when a
-    /// tree restored in place staged the directory, else the ones it had
-    /// before this restore made a staging directory in it (as the backup
-    /// has them when the tree left it in place).
-    fn parent_attrs(&self, target: &Path) -> Result<Option<(Step, Step)>> {
-        let parent = fsutil::parent_dir(target);
-        if !handle::lstat(&parent).is_ok_and(|st| handle::is_dir(&st)) {
-            return Ok(None);
-        }
-        let staged = self
-            .trees_in_place
-            .iter()
-            .filter(|(tree, _)| parent.starts_with(tree))
-            .max_by_key(|(tree, _)| tree.components().count())
-            .map(|(tree, staged_top)| {
-                let below = parent.strip_prefix(tree).unwrap_or(Path::new(""));
-                if below.as_os_str().is_empty() {
-                    staged_top.clone()
-                } else {
-                    staged_top.join(below)
-                }
-            });
-        let had = self
-            .staging_parents
-            .iter()
-            .find(|p| p.path == parent)
-            .map(|p| p.attrs);
-        dir_attrs(&parent, staged.as_deref().unwrap_or(Path::new("")), had)
     }
 
     /// The step of a volume or dump source: an import of its staged data,
@@ -1104,7 +1044,7 @@ impl Decider<'_, '_> {
         }
         let mut last = Vec::new();
         for rel in dirs {
-            if let Some((first, then)) = dir_attrs(&at(target, rel), &at(staged_top, rel), None)? {
+            if let Some((first, then)) = dir_attrs(&at(target, rel), &at(staged_top, rel))? {
                 self.decided.steps.push(first);
                 last.push(then);
             }
@@ -1305,10 +1245,10 @@ fn open_staged_parents(staged_top: &Path, move_in: &[PathBuf]) -> Result<()> {
 /// place: before the moves, opened up for them (as another user than
 /// root, writable and searchable by its owner); after them, the staged
 /// copy's mode, owner and time, or (where nothing inside it was staged)
-/// `had`, else the ones it has. None for a directory of another user,
-/// restoring as someone else than root: its attributes are not this
-/// user's to set (the moves need it writable).
-fn dir_attrs(live: &Path, staged: &Path, had: Option<Attrs>) -> Result<Option<(Step, Step)>> {
+/// the ones it had. None for a directory of another user, restoring as
+/// someone else than root: its attributes are not this user's to set (the
+/// moves need it writable).
+fn dir_attrs(live: &Path, staged: &Path) -> Result<Option<(Step, Step)>> {
     let st = handle::lstat(live).map_err(|e| Error::io("reading", live, e))?;
     let before = Attrs::of(&st);
     let euid = rustix::process::geteuid();
@@ -1329,7 +1269,7 @@ fn dir_attrs(live: &Path, staged: &Path, had: Option<Attrs>) -> Result<Option<(S
             }
             (after, xattr_change(live, staged)?)
         }
-        _ => (had.unwrap_or(before), None),
+        _ => (before, None),
     };
     let step = |before, after, xattrs| Step::Meta {
         path: live.to_path_buf(),

@@ -456,19 +456,19 @@ impl Journal {
             remove_tree(dir)?;
         }
         for parent in &self.staging_parents {
-            let given = self
-                .steps
-                .iter()
-                .rev()
-                .filter(|_| committed)
-                .find_map(|step| match step {
-                    Step::Meta { path, after, .. } if *path == parent.path => Some(**after),
-                    _ => None,
-                });
+            let given = committed.then(|| self.last_attrs(&parent.path)).flatten();
             // Best effort: the restore is done (or undone) already.
             let _ = given.unwrap_or(parent.attrs).set(&parent.path, parent.ino);
         }
         Ok(())
+    }
+
+    /// The attributes the last `Meta` step of directory `dir` gives it.
+    fn last_attrs(&self, dir: &Path) -> Option<Attrs> {
+        self.steps.iter().rev().find_map(|step| match step {
+            Step::Meta { path, after, .. } if path == dir => Some(**after),
+            _ => None,
+        })
     }
 
     /// The directories whose entries (or, for `Meta`, own attributes) the
